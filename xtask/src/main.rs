@@ -1,1 +1,183 @@
-fn main(){}
+//! Project automation: `cargo xtask ci` reproduces CI on this machine; `quickstart` shows the contour working.
+//!
+//! Kept to std, anyhow and serde_json so that building it costs seconds, not minutes.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod layering;
+mod quickstart;
+mod tidy;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// The cargo-deny release CI installs when none is on the PATH; pinned so a CI run is reproducible.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny
+  layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
+  tidy         check that every Rust file opens with a //! line
+  deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
+  quickstart   build the release binaries and bring up a local contour under target/quickstart";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match command.as_str() {
+        "ci" => ci(&root),
+        "layering" => layering::check(&root),
+        "tidy" => tidy::check(&root),
+        "deny" => deny(),
+        "quickstart" => quickstart::run(&root, &rest),
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn ci(root: &Path) -> Result<()> {
+    step("fmt", cargo(&["fmt", "--all", "--check"]))?;
+    step("tidy", tidy::check(root))?;
+    step("layering", layering::check(root))?;
+    step("cargo-deny", deny())?;
+    step(
+        "clippy",
+        cargo(&[
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step("rustdoc", rustdoc())?;
+    // Tests last, so that the test runner's summary is the last thing a reader of the log sees.
+    step("tests", tests())?;
+    println!("\nxtask ci: all checks passed");
+    Ok(())
+}
+
+fn step(name: &str, result: Result<()>) -> Result<()> {
+    match result {
+        Ok(()) => {
+            println!("xtask ci: {name} ok");
+            Ok(())
+        }
+        Err(err) => Err(err.context(format!("ci step `{name}` failed"))),
+    }
+}
+
+fn tests() -> Result<()> {
+    // nextest does not run doctests.
+    cargo(&["test", "--locked", "--workspace", "--doc"])?;
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if nextest {
+        cargo(&[
+            "nextest",
+            "run",
+            "--locked",
+            "--workspace",
+            "--no-fail-fast",
+        ])?;
+    } else {
+        eprintln!("xtask: cargo-nextest not found, running `cargo test` instead");
+        cargo(&[
+            "test",
+            "--locked",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+        ])?;
+    }
+    Ok(())
+}
+
+fn rustdoc() -> Result<()> {
+    let status = Command::new("cargo")
+        .args([
+            "doc",
+            "--locked",
+            "--workspace",
+            "--no-deps",
+            "--document-private-items",
+        ])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .status()
+        .context("cannot run cargo doc")?;
+    ensure_success(status, "cargo doc")
+}
+
+fn deny() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !installed {
+        eprintln!(
+            "xtask: cargo-deny not found; installing cargo-deny {CARGO_DENY_VERSION} (a few minutes)"
+        );
+        cargo(&[
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ])?;
+    }
+    // Advisories need the network to fetch the database; bans, licenses and sources do not.
+    cargo(&["deny", "--offline", "check", "bans", "licenses", "sources"])
+}
+
+/// Runs `cargo ARGS` in the workspace root, inheriting stdio, and fails on a non-zero exit.
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    ensure_success(status, &format!("cargo {}", args.join(" ")))
+}
+
+fn ensure_success(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("`{what}` exited with {status}")
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // CARGO_MANIFEST_DIR is xtask/; the workspace root is its parent.
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
+}
