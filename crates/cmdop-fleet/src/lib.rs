@@ -1,3 +1,48 @@
 //! Fleets, credentials and their scope, machine records and the machine-name resolver.
 //!
-//! Pure logic: no IO, no clock, no async. Skeleton; filled in by issue 3.
+//! Pure logic: no IO, no clock, no async; time comes in as a [`Timestamp`] and randomness
+//! through a `&mut impl CryptoRngCore`. The relay stores what this crate produces and calls it
+//! to decide; the model is described in `docs/fleet.md`.
+//!
+//! ```text
+//!  "cmdop_ak_…"  ──CredentialSecret::parse──▶ CredentialSecret
+//!                                                 │ CredentialRecord::authenticate(now)
+//!                                                 ▼
+//!                                           Authenticated ──select_fleet / fleet_access──▶ FleetAccess
+//!                                                                                            │
+//!                         resolve · list_machines · register · rename  ◀────────────────────┘
+//!
+//!  Capability ──sign(trust key)──▶ SignedCapability ──to_bytes/from_bytes──▶ agent: verify(now)
+//! ```
+
+mod capability;
+mod credential;
+mod fleet;
+mod id;
+mod machine;
+mod name;
+mod resolve;
+mod scope;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+pub use capability::{Capability, CapabilityError, Operation, OperationSet, SignedCapability};
+pub use credential::{
+    ApiKey, ApiKeySpec, CredentialHash, CredentialKind, CredentialParseError, CredentialRecord,
+    CredentialSecret, IssueError, UserToken, UserTokenSpec,
+};
+pub use fleet::{Fleet, User};
+pub use id::{CredentialId, FleetId, IdError, MachineId, UserId, is_uuid_shaped};
+pub use machine::{
+    AgentInfo, Enrolment, MISSED_HEARTBEATS_OFFLINE, Machine, Registration, RegistrationError,
+    list_machines, register, rename,
+};
+pub use name::{DisplayName, FleetName, Hostname, Label, NameError, UserName};
+pub use resolve::{Candidate, MIN_PREFIX_CHARS, ResolveError, resolve};
+pub use scope::{
+    AuthError, Authenticated, FleetAccess, Permission, Role, RoleParseError, ScopeError,
+    authenticate,
+};
+pub use time::Timestamp;
