@@ -1,3 +1,35 @@
 //! Agent and client identity: an Ed25519 keypair derived from a 32-byte seed that never leaves the machine.
 //!
-//! Skeleton; filled in by the identity work (issue 2).
+//! The entry point is [`Identity`], built from a [`Seed`]; the seed is the only secret and the only thing
+//! persisted, encrypted, by [`store::SeedStore`]. Everything that is signed carries a [`Purpose`] label so a
+//! signature made for one protocol step can never be replayed as another.
+//!
+//! ```text
+//!  OS CSPRNG ──► Seed ──(store: AES-256-GCM, KEK in keyring or key file)──► agent_keypair.bin
+//!                 │
+//!                 ▼
+//!              Identity ──sign(Purpose, msg)──► Signature
+//!                 │                                 │
+//!                 ▼                                 ▼
+//!              PublicKey ──verify(Purpose, msg, sig) (verify_strict)
+//!                 │
+//!                 ▼
+//!              Fingerprint  "SHA256:…" (long)  /  "abcde-fghij" (short)
+//! ```
+//!
+//! Formats (text forms, fingerprint derivation, file layout) are specified in `docs/identity.md`; the purpose
+//! labels are registered in `docs/security.md`.
+
+mod error;
+mod fingerprint;
+mod keys;
+mod seed;
+pub mod store;
+
+#[cfg(test)]
+mod rfc8032_tests;
+
+pub use error::IdentityError;
+pub use fingerprint::Fingerprint;
+pub use keys::{Identity, PublicKey, Purpose, Signature, SignatureError};
+pub use seed::Seed;

@@ -1,0 +1,398 @@
+//! The keypair, public keys, signatures and the purpose labels that domain-separate every signature.
+
+use std::fmt;
+use std::str::FromStr;
+
+use data_encoding::BASE64URL_NOPAD;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRngCore;
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::IdentityError;
+use crate::fingerprint::Fingerprint;
+use crate::seed::Seed;
+
+/// Prefix of the public key text form.
+pub(crate) const PUBLIC_KEY_PREFIX: &str = "ed25519:";
+const PUBLIC_KEY_TEXT_LEN: usize = 43;
+const SIGNATURE_LEN: usize = 64;
+
+/// What a signature is for. Each purpose has its own versioned label that is signed along with the message,
+/// so a signature made for one purpose never verifies for another.
+///
+/// New purposes are appended; a label never changes meaning (a new meaning gets a new `vN`). The registry is
+/// `docs/security.md`.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// An agent or CLI proves key possession to the relay (signs challenge + TLS exporter + own key).
+    RelayLogin,
+    /// The agent signs the Noise handshake hash on an end-to-end stream.
+    E2eAgentAuth,
+    /// The client signs the Noise handshake hash on an end-to-end stream.
+    E2eClientAuth,
+    /// A fleet trust key signs a client capability.
+    Capability,
+}
+
+impl Purpose {
+    /// Every purpose, for registries and tests.
+    pub const ALL: [Self; 4] = [
+        Self::RelayLogin,
+        Self::E2eAgentAuth,
+        Self::E2eClientAuth,
+        Self::Capability,
+    ];
+
+    /// The label signed in front of the message, for example `"cmdop relay-login v1"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RelayLogin => "cmdop relay-login v1",
+            Self::E2eAgentAuth => "cmdop e2e-agent-auth v1",
+            Self::E2eClientAuth => "cmdop e2e-client-auth v1",
+            Self::Capability => "cmdop capability v1",
+        }
+    }
+}
+
+/// The bytes actually signed: one length byte, the label, then the message. The length prefix makes the
+/// encoding injective, so no (label, message) pair can collide with another even if one label were a prefix
+/// of another.
+pub(crate) fn framed(label: &str, message: &[u8]) -> Vec<u8> {
+    let label = label.as_bytes();
+    // Labels are short compile-time constants; the registry test checks they fit in one byte.
+    let len = u8::try_from(label.len()).unwrap_or(u8::MAX);
+    let mut out = Vec::with_capacity(1 + label.len() + message.len());
+    out.push(len);
+    out.extend_from_slice(label);
+    out.extend_from_slice(message);
+    out
+}
+
+/// An Ed25519 keypair held in memory. Private key bytes are never handed out; `Debug` shows only the
+/// fingerprint. The signing key is zeroized on drop.
+pub struct Identity {
+    signing: SigningKey,
+    public: PublicKey,
+}
+
+impl Identity {
+    /// Derives the keypair from `seed` (RFC 8032 key generation).
+    pub fn from_seed(seed: &Seed) -> Self {
+        let signing = SigningKey::from_bytes(seed.expose());
+        let public = PublicKey(signing.verifying_key());
+        Self { signing, public }
+    }
+
+    /// Creates an identity from a fresh seed; for trust keys and tests that need no persistence.
+    pub fn generate<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        Self::from_seed(&Seed::generate(rng))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// Signs `message` for `purpose`; the signature verifies only with the same purpose.
+    pub fn sign(&self, purpose: Purpose, message: &[u8]) -> Signature {
+        self.sign_raw(&framed(purpose.label(), message))
+    }
+
+    /// Plain RFC 8032 Ed25519 over exactly `bytes`, with no label; kept private so that every signature the
+    /// crate hands out is domain separated. The RFC 8032 known-answer tests use it directly.
+    pub(crate) fn sign_raw(&self, bytes: &[u8]) -> Signature {
+        Signature(self.signing.sign(bytes).to_bytes())
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.public.fingerprint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated Ed25519 public key: on the curve, canonically encoded, not of small order.
+///
+/// Text form: `ed25519:` followed by the 32 bytes in unpadded base64url (43 characters).
+///
+/// Equality, ordering and hashing are over the canonical 32 bytes.
+#[derive(Clone, Copy)]
+pub struct PublicKey(VerifyingKey);
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PublicKey {
+    /// Validates 32 bytes as a public key; rejects non-points, non-canonical encodings and small-order keys.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, IdentityError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| IdentityError::InvalidPoint)?;
+        // ed25519-dalek accepts y >= p and "negative zero"; re-encoding catches both, so that one key has
+        // exactly one byte form and comparing bytes compares keys.
+        if key.to_edwards().compress().as_bytes() != bytes {
+            return Err(IdentityError::InvalidPoint);
+        }
+        if key.is_weak() {
+            return Err(IdentityError::WeakKey);
+        }
+        Ok(Self(key))
+    }
+
+    /// The 32-byte encoding.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The 32-byte encoding, borrowed.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Checks `signature` over `message` for `purpose` with `verify_strict` (no malleable or weak-key
+    /// signatures).
+    pub fn verify(
+        &self,
+        purpose: Purpose,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        self.verify_raw(&framed(purpose.label(), message), signature)
+    }
+
+    /// Strict RFC 8032 verification over exactly `bytes`; private for the same reason as `Identity::sign_raw`.
+    pub(crate) fn verify_raw(
+        &self,
+        bytes: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.0
+            .verify_strict(bytes, &signature)
+            .map_err(|_| SignatureError(()))
+    }
+
+    /// The fingerprint people compare out of band.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PUBLIC_KEY_PREFIX}{}",
+            BASE64URL_NOPAD.encode(self.as_bytes())
+        )
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = IdentityError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let body = strip_tag(text, "public key", PUBLIC_KEY_PREFIX)?;
+        let bytes: [u8; 32] = decode_fixed(
+            body,
+            "public key",
+            PUBLIC_KEY_TEXT_LEN,
+            &BASE64URL_NOPAD,
+            "base64url (A-Z a-z 0-9 - _)",
+        )?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+/// Strips `tag` from `text`, or says what was found instead.
+pub(crate) fn strip_tag<'a>(
+    text: &'a str,
+    what: &'static str,
+    tag: &'static str,
+) -> Result<&'a str, IdentityError> {
+    text.strip_prefix(tag)
+        .ok_or_else(|| IdentityError::WrongPrefix {
+            what,
+            expected: tag,
+            found: text.chars().take(tag.len() + 4).collect(),
+        })
+}
+
+/// Decodes exactly `N` bytes from `body`, mapping the encoder's complaints to our error messages.
+pub(crate) fn decode_fixed<const N: usize>(
+    body: &str,
+    what: &'static str,
+    text_len: usize,
+    encoding: &data_encoding::Encoding,
+    alphabet: &'static str,
+) -> Result<[u8; N], IdentityError> {
+    if body.len() != text_len {
+        return Err(IdentityError::BadLength {
+            what,
+            expected: text_len,
+            found: body.chars().count(),
+        });
+    }
+    let decoded = encoding.decode(body.as_bytes()).map_err(|e| match e.kind {
+        data_encoding::DecodeKind::Trailing => IdentityError::NonCanonicalText { what },
+        _ => IdentityError::BadCharacter {
+            what,
+            position: e.position,
+            alphabet,
+        },
+    })?;
+    decoded.try_into().map_err(|_| IdentityError::BadLength {
+        what,
+        expected: text_len,
+        found: body.len(),
+    })
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serialize_raw(self.as_bytes(), serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(de::Error::custom)
+        } else {
+            let bytes: [u8; 32] = deserialize_raw(deserializer)?;
+            Self::from_bytes(&bytes).map_err(de::Error::custom)
+        }
+    }
+}
+
+/// An Ed25519 signature (64 bytes). Serialized as 64 raw bytes in binary formats and lowercase hex in
+/// human-readable ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature([u8; SIGNATURE_LEN]);
+
+impl Signature {
+    /// Wraps 64 signature bytes; whether they are a valid signature is decided by [`PublicKey::verify`].
+    pub fn from_bytes(bytes: &[u8; SIGNATURE_LEN]) -> Self {
+        Self(*bytes)
+    }
+
+    /// The 64-byte encoding (R followed by s).
+    pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
+        self.0
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", data_encoding::HEXLOWER.encode(&self.0))
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&data_encoding::HEXLOWER.encode(&self.0))
+        } else {
+            serialize_raw(&self.0, serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            let bytes = data_encoding::HEXLOWER_PERMISSIVE
+                .decode(text.as_bytes())
+                .map_err(|e| de::Error::custom(format_args!("signature is not hex: {e}")))?;
+            let bytes: [u8; SIGNATURE_LEN] = bytes.try_into().map_err(|v: Vec<u8>| {
+                de::Error::custom(format_args!("signature must be 64 bytes, got {}", v.len()))
+            })?;
+            Ok(Self(bytes))
+        } else {
+            deserialize_raw(deserializer).map(Self)
+        }
+    }
+}
+
+/// Writes `N` bytes as a fixed-size tuple, which postcard encodes with no length prefix.
+fn serialize_raw<const N: usize, S: Serializer>(
+    bytes: &[u8; N],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut tuple = serializer.serialize_tuple(N)?;
+    for byte in bytes {
+        tuple.serialize_element(byte)?;
+    }
+    tuple.end()
+}
+
+/// Reads the fixed-size tuple written by [`serialize_raw`].
+fn deserialize_raw<'de, const N: usize, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<[u8; N], D::Error> {
+    struct Raw<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for Raw<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = [0u8; N];
+            for (i, slot) in out.iter_mut().enumerate() {
+                *slot = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_tuple(N, Raw::<N>)
+}
+
+/// A signature did not verify. Deliberately opaque: telling an attacker why helps only the attacker.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("signature verification failed")]
+pub struct SignatureError(());
