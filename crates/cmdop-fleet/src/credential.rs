@@ -26,8 +26,9 @@ use crate::name::Label;
 use crate::scope::Role;
 use crate::time::Timestamp;
 
-/// Domain label of the credential hash; bump the version if the hashed layout ever changes.
-const HASH_DOMAIN: &[u8] = b"cmdop credential-hash v1\0";
+/// Domain label of the credential hash, framed like signature labels (length byte, then the
+/// label; see docs/identity.md); bump the version if the hashed layout ever changes.
+const HASH_DOMAIN: &[u8] = b"\x18cmdop credential-hash v1";
 /// Length of a credential id in the text form (16 bytes, unpadded base32).
 const ID_CHARS: usize = 26;
 /// Length of a credential secret in the text form (32 bytes, unpadded base32).
@@ -598,6 +599,19 @@ mod tests {
             CredentialSecret::parse(&bad).unwrap_err(),
             CredentialParseError::BadEncoding
         );
+    }
+
+    #[test]
+    fn hash_matches_the_documented_construction() {
+        // Computed independently with Python's hashlib:
+        // sha256(b"\x18cmdop credential-hash v1" + b"\x01" + bytes(range(16)) + bytes(range(32, 64)))
+        assert_eq!(usize::from(HASH_DOMAIN[0]), HASH_DOMAIN.len() - 1);
+        let text = "cmdop_ak_aaaqeayeaudaocajbifqydiob4_eaqseizeeutcokbjfivsyljof4ydcmrtgq2tmnzyhe5dwpb5hy7q";
+        let secret = CredentialSecret::parse(text).unwrap();
+        assert_eq!(secret.id().to_bytes(), core::array::from_fn::<u8, 16, _>(|i| i as u8));
+        assert_eq!(*secret.expose_text(), text);
+        let hex: String = secret.hash().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "9fc3d712f823edcada74450c9a7f3325262e189ecb7041c97936e43a454aac50");
     }
 
     #[test]
