@@ -19,6 +19,7 @@ use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use serde::{Deserialize, Serialize};
 
 use crate::id::FleetId;
+use crate::scope::{FleetAccess, Permission, ScopeError};
 use crate::time::Timestamp;
 
 /// The encoding version this code writes and accepts.
@@ -218,6 +219,27 @@ impl Capability {
             return Err(CapabilityError::Malformed);
         }
         Ok((capability, rest))
+    }
+
+    /// A capability for `client_key` in the fleet of `access`, which must allow
+    /// [`Permission::Reach`], valid from `now` for `lifetime_secs` seconds. Tying issuance to a
+    /// [`FleetAccess`] means a capability is only ever granted to a credential that covers the
+    /// fleet.
+    pub fn grant(
+        access: &FleetAccess,
+        client_key: PublicKey,
+        operations: OperationSet,
+        now: Timestamp,
+        lifetime_secs: u64,
+    ) -> Result<Self, ScopeError> {
+        access.require(Permission::Reach)?;
+        Ok(Self {
+            client_key,
+            fleet: access.fleet_id(),
+            operations,
+            not_before: now,
+            not_after: now.saturating_add_seconds(lifetime_secs),
+        })
     }
 
     /// Signs the canonical bytes with the fleet's trust key.

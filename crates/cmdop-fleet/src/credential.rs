@@ -608,10 +608,21 @@ mod tests {
         assert_eq!(usize::from(HASH_DOMAIN[0]), HASH_DOMAIN.len() - 1);
         let text = "cmdop_ak_aaaqeayeaudaocajbifqydiob4_eaqseizeeutcokbjfivsyljof4ydcmrtgq2tmnzyhe5dwpb5hy7q";
         let secret = CredentialSecret::parse(text).unwrap();
-        assert_eq!(secret.id().to_bytes(), core::array::from_fn::<u8, 16, _>(|i| i as u8));
+        assert_eq!(
+            secret.id().to_bytes(),
+            core::array::from_fn::<u8, 16, _>(|i| i as u8)
+        );
         assert_eq!(*secret.expose_text(), text);
-        let hex: String = secret.hash().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "9fc3d712f823edcada74450c9a7f3325262e189ecb7041c97936e43a454aac50");
+        let hex: String = secret
+            .hash()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "9fc3d712f823edcada74450c9a7f3325262e189ecb7041c97936e43a454aac50"
+        );
     }
 
     #[test]

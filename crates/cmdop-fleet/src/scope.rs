@@ -192,12 +192,7 @@ impl CredentialRecord {
         if !self.hash().verify(presented) {
             return Err(AuthError::BadSecret { id });
         }
-        if let Some(at) = self.revoked() {
-            return Err(AuthError::Revoked { id, at });
-        }
-        if let Some(at) = self.expires().filter(|at| now >= *at) {
-            return Err(AuthError::Expired { id, at });
-        }
+        self.standing(now)?;
         let subject = match self {
             Self::ApiKey(key) => Subject::Fleet {
                 fleet: key.fleet,
@@ -213,6 +208,30 @@ impl CredentialRecord {
             expires: self.expires(),
             subject,
         })
+    }
+}
+
+impl CredentialRecord {
+    /// Whether the credential may still be used at `now`: not revoked, not expired. A relay
+    /// re-checks this for live connections (the secret is long gone by then) and closes those
+    /// whose credential no longer stands.
+    pub fn standing(&self, now: Timestamp) -> Result<(), AuthError> {
+        let id = self.id();
+        if let Some(at) = self.revoked() {
+            return Err(AuthError::Revoked { id, at });
+        }
+        if let Some(at) = self.expires().filter(|at| now >= *at) {
+            return Err(AuthError::Expired { id, at });
+        }
+        Ok(())
+    }
+
+    /// Records a successful use at `now` (for `key list`'s last-used column).
+    pub fn mark_used(&mut self, now: Timestamp) {
+        match self {
+            Self::ApiKey(key) => key.last_used = Some(now),
+            Self::UserToken(token) => token.last_used = Some(now),
+        }
     }
 }
 

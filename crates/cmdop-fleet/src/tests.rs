@@ -145,6 +145,29 @@ mod authentication {
     }
 
     #[test]
+    fn standing_is_rechecked_without_the_secret() {
+        let mut rng = rng();
+        let prod = fleet(&mut rng, "prod");
+        let (mut record, secret) = user_token(&mut rng, &[&prod]);
+        assert_eq!(record.standing(at(2_000)), Ok(()));
+        record.mark_used(at(2_000));
+        let CredentialRecord::UserToken(mut token) = record else {
+            unreachable!()
+        };
+        assert_eq!(token.last_used, Some(at(2_000)));
+        token.revoked = Some(at(2_001));
+        let record = CredentialRecord::from(token);
+        assert_eq!(
+            record.standing(at(2_001)),
+            Err(AuthError::Revoked {
+                id: secret.id(),
+                at: at(2_001)
+            })
+        );
+        assert!(record.authenticate(&secret, at(2_002)).is_err());
+    }
+
+    #[test]
     fn a_user_token_secret_never_passes_as_an_api_key_with_the_same_id() {
         let mut rng = rng();
         let prod = fleet(&mut rng, "prod");
@@ -880,6 +903,32 @@ mod capabilities {
             fleet,
             signed,
         }
+    }
+
+    #[test]
+    fn only_a_credential_that_may_reach_the_fleet_gets_a_grant() {
+        let mut rng = rng();
+        let prod = fleet(&mut rng, "prod");
+        let client = Identity::generate(&mut rng).public_key();
+        let access = member_access(&mut rng, &prod);
+        let ops = OperationSet::EMPTY.with(Operation::Exec);
+        let cap = Capability::grant(&access, client, ops, at(100), 60).unwrap();
+        assert_eq!(
+            (cap.fleet, cap.client_key, cap.operations),
+            (prod.id, client, ops)
+        );
+        assert_eq!((cap.not_before, cap.not_after), (at(100), at(160)));
+        let (record, secret) = api_key(&mut rng, &prod, Role::Agent, None);
+        let agent = auth(&record, &secret)
+            .fleet_access(&prod, Permission::Enrol)
+            .unwrap();
+        assert_eq!(
+            Capability::grant(&agent, client, ops, at(100), 60).unwrap_err(),
+            ScopeError::NotPermitted {
+                role: Role::Agent,
+                need: Permission::Reach
+            }
+        );
     }
 
     #[test]
