@@ -1,3 +1,19 @@
-//! The cmdop relay protocol and its QUIC transport.
+//! The cmdop relay: wire protocol, embedded store, QUIC transport, server and client library.
 //!
-//! Skeleton; filled in by issues 3 and 4.
+//! ```text
+//!  agent ──QUIC/TLS 1.3 (pinned cert)──► relay ◄──QUIC/TLS 1.3 (pinned cert)── cmdop CLI
+//!          Hello → Challenge → AgentLogin        Hello → Challenge → ClientLogin
+//!                  (signed, exporter-bound)              (signed, exporter-bound)
+//!                                   │
+//!                              store (SQLite)
+//! ```
+//!
+//! Entry points: [`server::Server`] for the relay, [`client`] for agents and the CLI, [`wire`] for the sans-IO
+//! protocol (specified in `docs/protocol.md`), [`store::Store`] for the admin operations.
+
+mod control;
+pub mod e2e;
+pub mod server;
+pub mod store;
+pub mod transport;
+pub mod wire;

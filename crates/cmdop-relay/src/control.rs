@@ -1,0 +1,89 @@
+//! The control stream: one bidirectional QUIC stream carrying length-prefixed wire messages.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::wire::{self, FrameDecoder, WireError};
+
+/// Bytes read from QUIC per call; also the most the stream buffers beyond the current frame.
+const READ_CHUNK: usize = 4096;
+
+/// Why the control stream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    /// The bytes received are not valid frames.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// QUIC failed or the peer reset the stream.
+    #[error("connection lost: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// QUIC failed while sending.
+    #[error("connection lost: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+}
+
+/// A framed control stream.
+#[derive(Debug)]
+pub(crate) struct ControlStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+impl ControlStream {
+    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+            pending: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Sends one message.
+    pub(crate) async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), StreamError> {
+        let frame = wire::encode(message)?;
+        self.send.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Receives one message; `Ok(None)` when the peer finished the stream cleanly.
+    pub(crate) async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
+        loop {
+            if let Some(rest) = self.pending.get(self.pos..) {
+                let mut input = rest;
+                let decoded = self.decoder.decode(&mut input)?;
+                self.pos = self.pending.len() - input.len();
+                if decoded.is_some() {
+                    return Ok(decoded);
+                }
+            }
+            self.pending.resize(READ_CHUNK, 0);
+            self.pos = 0;
+            match self.recv.read(&mut self.pending).await? {
+                Some(n) => self.pending.truncate(n),
+                None => {
+                    self.pending.clear();
+                    return if self.decoder.is_mid_frame() {
+                        Err(StreamError::Truncated)
+                    } else {
+                        Ok(None)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Finishes the sending side and waits (bounded) until the peer has received everything, so a final
+    /// error message is not lost when the connection is closed right after.
+    pub(crate) async fn finish_and_flush(&mut self, wait: std::time::Duration) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(wait, self.send.stopped()).await;
+        }
+    }
+}

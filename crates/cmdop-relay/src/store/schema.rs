@@ -1,0 +1,74 @@
+//! Versioned schema migrations; `PRAGMA user_version` holds how many have been applied.
+//!
+//! Append new migrations; never edit one that has shipped.
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE fleets (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    -- Seed of the fleet's trust key (signs client capabilities). Protected by the file's 0600 mode.
+    trust_seed  BLOB NOT NULL CHECK (length(trust_seed) = 32),
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE users (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    fleet_id     TEXT NOT NULL REFERENCES fleets(id),
+    role         TEXT NOT NULL CHECK (role IN ('agent', 'member', 'admin')),
+    label        TEXT,
+    secret_hash  BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    last_used_at INTEGER
+);
+CREATE TABLE user_tokens (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users(id),
+    label        TEXT,
+    secret_hash  BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    last_used_at INTEGER
+);
+CREATE TABLE token_fleets (
+    token_id  TEXT NOT NULL REFERENCES user_tokens(id),
+    fleet_id  TEXT NOT NULL REFERENCES fleets(id),
+    PRIMARY KEY (token_id, fleet_id)
+);
+CREATE TABLE machines (
+    id             TEXT PRIMARY KEY,
+    fleet_id       TEXT NOT NULL REFERENCES fleets(id),
+    public_key     BLOB NOT NULL CHECK (length(public_key) = 32),
+    hostname       TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    os             TEXT NOT NULL,
+    arch           TEXT NOT NULL,
+    agent_version  TEXT NOT NULL,
+    online         INTEGER NOT NULL DEFAULT 0,
+    last_seen      INTEGER,
+    created_at     INTEGER NOT NULL,
+    UNIQUE (fleet_id, public_key),
+    UNIQUE (fleet_id, hostname)
+);
+CREATE TABLE audit_log (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    fleet_id TEXT,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE INDEX audit_log_fleet ON audit_log (fleet_id, seq);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+"];

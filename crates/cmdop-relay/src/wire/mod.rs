@@ -1,0 +1,352 @@
+//! The relay wire protocol, sans-IO: message types, framing and the login transcript.
+//!
+//! Normative description: `docs/protocol.md`. Every frame is a `u32` big-endian length followed by a postcard
+//! body. Peers send [`PeerMessage`]s, the relay answers with [`RelayMessage`]s. Rules that keep old peers working:
+//! enum variants and error codes are only ever appended, fields are never reordered, and the protocol version in
+//! [`Hello`] changes when an existing message changes shape. No wire type is recursive, so decoding depth is
+//! bounded by the types, not by the input.
+
+mod frame;
+
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use frame::{
+    FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_SIZE, decode_body, encode, encoded_len,
+};
+
+/// The protocol version carried in [`Hello`]; the relay refuses any other.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The QUIC ALPN identifier of this protocol.
+pub const ALPN: &[u8] = b"cmdop/1";
+
+/// The TLS keying-material exporter label bound into every login signature (RFC 5705 / RFC 8446 §7.5).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-cmdop relay-login v1";
+
+/// Length of the TLS exporter output bound into a login signature.
+pub const EXPORTER_LEN: usize = 32;
+
+/// Prefix of the login transcript, so the signed bytes cannot be mistaken for any other cmdop message.
+pub const LOGIN_TRANSCRIPT_LABEL: &[u8] = b"cmdop relay-login transcript v1";
+
+/// The auth capability an agent must advertise: it proves its key with an Ed25519 signature.
+pub const AUTH_CAPABILITY_ED25519: &str = "ed25519";
+
+/// Errors of the wire layer.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A frame announced (or a message needed) more than [`MAX_FRAME_SIZE`] bytes.
+    #[error(
+        "frame of {len} bytes exceeds the {MAX_FRAME_SIZE}-byte limit; the peer must send smaller messages"
+    )]
+    FrameTooLarge {
+        /// The announced or required body length.
+        len: usize,
+    },
+    /// The body is not a valid message of the expected type.
+    #[error(
+        "malformed frame: the body is not a valid cmdop/1 message; check that both sides run compatible versions"
+    )]
+    Malformed,
+    /// A complete message was followed by unexpected bytes inside the same frame.
+    #[error(
+        "malformed frame: {len} bytes left over after the message; the peer's encoder is broken"
+    )]
+    TrailingBytes {
+        /// How many bytes were left over.
+        len: usize,
+    },
+    /// The message could not be serialized.
+    #[error("message could not be encoded; this is a bug in cmdop")]
+    Encode,
+}
+
+/// Which side of the relay a connecting peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A machine's agent, registering itself.
+    Agent,
+    /// A person or script using the `cmdop` CLI.
+    Client,
+}
+
+/// An Ed25519 public key as it travels: 32 raw bytes, validated by the relay after decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyBytes(pub [u8; 32]);
+
+/// An Ed25519 signature as it travels: exactly 64 raw bytes, no length prefix.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SignatureBytes(pub [u8; 64]);
+
+/// A 16-byte UUID as it travels (machine and fleet ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdBytes(pub [u8; 16]);
+
+/// The first message on a control stream, from agents and clients alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must be [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Whether an agent or a client is connecting.
+    pub role: Role,
+    /// Free-form software name and version, for the audit log (e.g. `cmdop-agent 0.1.0`).
+    pub client_software: String,
+}
+
+/// The relay's fresh challenge, answered by a login message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// 32 random bytes, new for every connection.
+    pub nonce: [u8; 32],
+}
+
+/// An agent's login and registration request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLogin {
+    /// The API key text (`cmdop_ak_<id>_<secret>`, role `agent`).
+    pub credential: String,
+    /// The fleet name the agent enrols into; must be the key's fleet.
+    pub workspace: String,
+    /// The agent's Ed25519 public key.
+    pub public_key: KeyBytes,
+    /// Signature with purpose `RelayLogin` over [`login_transcript`].
+    pub signature: SignatureBytes,
+    /// The machine's hostname (unique within a fleet).
+    pub hostname: String,
+    /// A display name; the hostname when absent.
+    pub display_name: Option<String>,
+    /// Operating system, e.g. `linux`.
+    pub os: String,
+    /// CPU architecture, e.g. `x86_64`.
+    pub arch: String,
+    /// The agent's version string.
+    pub agent_version: String,
+    /// Proof methods the agent supports; must contain [`AUTH_CAPABILITY_ED25519`].
+    pub auth_capabilities: Vec<String>,
+}
+
+/// A person's or script's login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLogin {
+    /// An API key (`cmdop_ak_…`, role member or admin) or a user token (`cmdop_ut_…`).
+    pub credential: String,
+    /// The client's Ed25519 public key.
+    pub public_key: KeyBytes,
+    /// Signature with purpose `RelayLogin` over [`login_transcript`].
+    pub signature: SignatureBytes,
+}
+
+/// A client's request for the machines of one fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMachines {
+    /// The fleet; may be omitted when exactly one fleet is in scope.
+    pub workspace: Option<String>,
+}
+
+/// The relay's answer to a successful agent login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The machine's server-issued id, stable for this (fleet, public key).
+    pub machine_id: IdBytes,
+    /// The fleet the machine belongs to.
+    pub fleet_id: IdBytes,
+    /// How often the agent must send [`PeerMessage::Heartbeat`].
+    pub heartbeat_interval_secs: u32,
+}
+
+/// The relay's answer to a successful client login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Who the credential belongs to, for display (e.g. `user alice` or `api key 0123… (member)`).
+    pub principal: String,
+    /// Names of the fleets in the credential's scope.
+    pub fleets: Vec<String>,
+}
+
+/// One machine in a [`RelayMessage::Machines`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// Server-issued id.
+    pub id: IdBytes,
+    /// Hostname, unique within the fleet.
+    pub hostname: String,
+    /// Display name.
+    pub name: String,
+    /// The agent's public key.
+    pub public_key: KeyBytes,
+    /// Whether the machine is connected and heartbeating.
+    pub online: bool,
+    /// Last heartbeat or login, unix seconds; `None` if never seen.
+    pub last_seen: Option<u64>,
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// A refusal or failure, followed by the relay closing the stream unless stated otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Machine-readable code (see [`ErrorCode`]).
+    pub code: ErrorCode,
+    /// Human-readable explanation that names the fix.
+    pub message: String,
+}
+
+/// A numeric error code. Kept open (a plain number) so a newer relay's codes still decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The frame was malformed, oversized or had trailing bytes.
+    pub const BAD_FRAME: Self = Self(1);
+    /// The [`Hello`] version is not supported.
+    pub const UNSUPPORTED_VERSION: Self = Self(2);
+    /// A message arrived that is not valid in the current state.
+    pub const UNEXPECTED_MESSAGE: Self = Self(3);
+    /// The credential is unknown, wrong, revoked or expired, or the signature is invalid.
+    pub const AUTHENTICATION_FAILED: Self = Self(4);
+    /// The credential is valid but its role does not allow this.
+    pub const FORBIDDEN: Self = Self(5);
+    /// The named fleet does not exist or is not in the credential's scope (indistinguishable on purpose).
+    pub const FLEET_NOT_FOUND: Self = Self(6);
+    /// Several fleets are in scope and no workspace was named.
+    pub const WORKSPACE_REQUIRED: Self = Self(7);
+    /// Another machine of the fleet already uses this hostname.
+    pub const HOSTNAME_TAKEN: Self = Self(8);
+    /// The agent does not support a required capability.
+    pub const MISSING_CAPABILITY: Self = Self(9);
+    /// The relay is at a configured limit; retry later.
+    pub const BUSY: Self = Self(10);
+    /// The relay failed internally; retry later.
+    pub const INTERNAL: Self = Self(11);
+    /// The login did not finish within the deadline.
+    pub const TIMEOUT: Self = Self(12);
+}
+
+/// A QUIC application close code the relay uses when it ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(pub u32);
+
+impl CloseCode {
+    /// Normal end (goodbye, client done).
+    pub const NORMAL: Self = Self(0);
+    /// The peer broke the protocol (bad frame, unexpected message).
+    pub const PROTOCOL_ERROR: Self = Self(1);
+    /// The login was refused.
+    pub const LOGIN_REFUSED: Self = Self(2);
+    /// The credential of this connection was revoked or expired.
+    pub const CREDENTIAL_REVOKED: Self = Self(3);
+    /// The login did not finish within the deadline.
+    pub const LOGIN_TIMEOUT: Self = Self(4);
+    /// No heartbeat for three intervals.
+    pub const HEARTBEAT_TIMEOUT: Self = Self(5);
+    /// The same machine connected again; this older connection is closed.
+    pub const REPLACED: Self = Self(6);
+    /// The relay is shutting down.
+    pub const SHUTDOWN: Self = Self(7);
+}
+
+/// Messages sent by agents and clients to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// First message of a control stream.
+    Hello(Hello),
+    /// Agent login answering a [`Challenge`].
+    AgentLogin(AgentLogin),
+    /// Client login answering a [`Challenge`].
+    ClientLogin(ClientLogin),
+    /// Agent presence; answered with [`RelayMessage::HeartbeatAck`].
+    Heartbeat,
+    /// Client request for the machines of a fleet.
+    ListMachines(ListMachines),
+    /// Graceful stop: the relay marks the machine offline at once.
+    Goodbye,
+}
+
+/// Messages sent by the relay to agents and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayMessage {
+    /// Answer to [`Hello`].
+    Challenge(Challenge),
+    /// Successful agent login.
+    Registered(Registered),
+    /// Successful client login.
+    Welcome(Welcome),
+    /// Answer to a heartbeat.
+    HeartbeatAck,
+    /// Answer to [`ListMachines`].
+    Machines(Vec<MachineInfo>),
+    /// A refusal or failure.
+    Error(ErrorMessage),
+}
+
+/// The bytes a peer signs (purpose `RelayLogin`) to log in: label ‖ challenge ‖ TLS exporter ‖ public key.
+///
+/// The challenge makes the signature fresh, the exporter binds it to this one TLS session (a relayed or logged
+/// signature is useless on any other connection) and the public key binds it to the claimed identity.
+pub fn login_transcript(
+    challenge: &[u8; 32],
+    exporter: &[u8; EXPORTER_LEN],
+    public_key: &KeyBytes,
+) -> Vec<u8> {
+    let mut transcript = Vec::with_capacity(LOGIN_TRANSCRIPT_LABEL.len() + 32 + EXPORTER_LEN + 32);
+    transcript.extend_from_slice(LOGIN_TRANSCRIPT_LABEL);
+    transcript.extend_from_slice(challenge);
+    transcript.extend_from_slice(exporter);
+    transcript.extend_from_slice(&public_key.0);
+    transcript
+}
+
+impl fmt::Debug for SignatureBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignatureBytes({})", hex::encode(self.0))
+    }
+}
+
+impl Serialize for SignatureBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // serde only derives arrays up to 32 elements; a 64-element tuple keeps postcard's encoding at 64 raw bytes.
+        let mut tuple = serializer.serialize_tuple(64)?;
+        for byte in &self.0 {
+            tuple.serialize_element(byte)?;
+        }
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SignatureBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SignatureVisitor;
+
+        impl<'de> Visitor<'de> for SignatureVisitor {
+            type Value = SignatureBytes;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 signature bytes")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SignatureBytes, A::Error> {
+                let mut bytes = [0u8; 64];
+                for (index, slot) in bytes.iter_mut().enumerate() {
+                    *slot = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(index, &self))?;
+                }
+                Ok(SignatureBytes(bytes))
+            }
+        }
+
+        deserializer.deserialize_tuple(64, SignatureVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! Golden bytes, round trips and never-panic properties for the wire protocol.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn sample_agent_login() -> AgentLogin {
+    AgentLogin {
+        credential: "ak".into(),
+        workspace: "f".into(),
+        public_key: KeyBytes([0x11; 32]),
+        signature: SignatureBytes([0x22; 64]),
+        hostname: "h".into(),
+        display_name: Some("n".into()),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+        auth_capabilities: vec!["ed25519".into()],
+    }
+}
+
+fn sample_machine() -> MachineInfo {
+    MachineInfo {
+        id: IdBytes([0x33; 16]),
+        hostname: "h".into(),
+        name: "n".into(),
+        public_key: KeyBytes([0x11; 32]),
+        online: true,
+        last_seen: Some(1_700_000_000),
+        os: "linux".into(),
+        arch: "arm64".into(),
+        agent_version: "0.1.0".into(),
+    }
+}
+
+fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
+    vec![
+        (
+            PeerMessage::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Agent,
+                client_software: "a".into(),
+            }),
+            "00000005 00 01 00 01 61",
+        ),
+        (
+            PeerMessage::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Client,
+                client_software: "".into(),
+            }),
+            "00000004 00 01 01 00",
+        ),
+        (
+            PeerMessage::AgentLogin(sample_agent_login()),
+            concat!(
+                "00000087 01 02 616b 01 66",
+                " 1111111111111111111111111111111111111111111111111111111111111111",
+                " 22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+                " 01 68 01 01 6e 05 6c696e7578 06 7838365f3634 05 302e312e30 01 07 65643235353139",
+            ),
+        ),
+        (
+            PeerMessage::ClientLogin(ClientLogin {
+                credential: "ut".into(),
+                public_key: KeyBytes([0x11; 32]),
+                signature: SignatureBytes([0x22; 64]),
+            }),
+            concat!(
+                "00000064 02 02 7574",
+                " 1111111111111111111111111111111111111111111111111111111111111111",
+                " 22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+            ),
+        ),
+        (PeerMessage::Heartbeat, "00000001 03"),
+        (
+            PeerMessage::ListMachines(ListMachines { workspace: None }),
+            "00000002 04 00",
+        ),
+        (
+            PeerMessage::ListMachines(ListMachines {
+                workspace: Some("prod".into()),
+            }),
+            "00000007 04 01 04 70726f64",
+        ),
+        (PeerMessage::Goodbye, "00000001 05"),
+    ]
+}
+
+fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
+    vec![
+        (
+            RelayMessage::Challenge(Challenge { nonce: [0xab; 32] }),
+            "00000021 00 abababababababababababababababababababababababababababababababab",
+        ),
+        (
+            RelayMessage::Registered(Registered {
+                machine_id: IdBytes([0x33; 16]),
+                fleet_id: IdBytes([0x44; 16]),
+                heartbeat_interval_secs: 30,
+            }),
+            "00000022 01 33333333333333333333333333333333 44444444444444444444444444444444 1e",
+        ),
+        (
+            RelayMessage::Welcome(Welcome {
+                principal: "user a".into(),
+                fleets: vec!["prod".into(), "dev".into()],
+            }),
+            "00000012 02 06 757365722061 02 04 70726f64 03 646576",
+        ),
+        (RelayMessage::HeartbeatAck, "00000001 03"),
+        (RelayMessage::Machines(vec![]), "00000002 04 00"),
+        (
+            RelayMessage::Machines(vec![sample_machine()]),
+            concat!(
+                "0000004f 04 01 33333333333333333333333333333333 01 68 01 6e",
+                " 1111111111111111111111111111111111111111111111111111111111111111",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30",
+            ),
+        ),
+        (
+            RelayMessage::Error(ErrorMessage {
+                code: ErrorCode::AUTHENTICATION_FAILED,
+                message: "no".into(),
+            }),
+            "00000005 05 04 02 6e6f",
+        ),
+    ]
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(compact).unwrap()
+}
+
+#[test]
+fn golden_peer_messages() {
+    for (message, golden) in peer_samples() {
+        let bytes = encode(&message).unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            hex::encode(unhex(golden)),
+            "{message:?}"
+        );
+        assert_eq!(encoded_len(&message).unwrap(), bytes.len());
+        let decoded: PeerMessage = FrameDecoder::new()
+            .decode(&mut bytes.as_slice())
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded, message);
+    }
+}
+
+#[test]
+fn golden_relay_messages() {
+    for (message, golden) in relay_samples() {
+        let bytes = encode(&message).unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            hex::encode(unhex(golden)),
+            "{message:?}"
+        );
+        assert_eq!(encoded_len(&message).unwrap(), bytes.len());
+        let decoded: RelayMessage = FrameDecoder::new()
+            .decode(&mut bytes.as_slice())
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded, message);
+    }
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_the_body_arrives() {
+    let mut decoder = FrameDecoder::new();
+    let prefix = u32::try_from(MAX_FRAME_SIZE + 1).unwrap().to_be_bytes();
+    let result = decoder.decode::<PeerMessage>(&mut prefix.as_slice());
+    assert_eq!(
+        result,
+        Err(WireError::FrameTooLarge {
+            len: MAX_FRAME_SIZE + 1
+        })
+    );
+    let huge = u32::MAX.to_be_bytes();
+    let result = FrameDecoder::new().decode::<PeerMessage>(&mut huge.as_slice());
+    assert!(matches!(result, Err(WireError::FrameTooLarge { .. })));
+}
+
+#[test]
+fn trailing_bytes_inside_a_frame_are_refused() {
+    // A heartbeat (one byte) in a frame that claims two bytes.
+    let frame = [0, 0, 0, 2, 3, 0];
+    let result = FrameDecoder::new().decode::<PeerMessage>(&mut frame.as_slice());
+    assert_eq!(result, Err(WireError::TrailingBytes { len: 1 }));
+}
+
+#[test]
+fn empty_frames_and_unknown_variants_are_malformed() {
+    let empty = [0, 0, 0, 0];
+    assert_eq!(
+        FrameDecoder::new().decode::<PeerMessage>(&mut empty.as_slice()),
+        Err(WireError::Malformed)
+    );
+    let unknown = [0, 0, 0, 1, 0x7f];
+    assert_eq!(
+        FrameDecoder::new().decode::<PeerMessage>(&mut unknown.as_slice()),
+        Err(WireError::Malformed)
+    );
+}
+
+#[test]
+fn encoding_refuses_messages_over_the_limit() {
+    let message = PeerMessage::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Agent,
+        client_software: "x".repeat(MAX_FRAME_SIZE),
+    });
+    assert!(matches!(
+        encode(&message),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+}
+
+#[test]
+fn pipelined_frames_decode_one_at_a_time() {
+    let mut bytes = encode(&PeerMessage::Heartbeat).unwrap();
+    bytes.extend(encode(&PeerMessage::Goodbye).unwrap());
+    let mut input = bytes.as_slice();
+    let mut decoder = FrameDecoder::new();
+    assert_eq!(
+        decoder.decode(&mut input).unwrap(),
+        Some(PeerMessage::Heartbeat)
+    );
+    assert_eq!(input.len(), 5);
+    assert_eq!(
+        decoder.decode(&mut input).unwrap(),
+        Some(PeerMessage::Goodbye)
+    );
+    assert!(input.is_empty());
+}
+
+#[test]
+fn login_transcript_layout() {
+    let transcript = login_transcript(&[1; 32], &[2; 32], &KeyBytes([3; 32]));
+    assert_eq!(
+        &transcript[..LOGIN_TRANSCRIPT_LABEL.len()],
+        LOGIN_TRANSCRIPT_LABEL
+    );
+    assert_eq!(transcript.len(), LOGIN_TRANSCRIPT_LABEL.len() + 96);
+    assert_eq!(transcript[LOGIN_TRANSCRIPT_LABEL.len()], 1);
+    assert_eq!(transcript[LOGIN_TRANSCRIPT_LABEL.len() + 32], 2);
+    assert_eq!(transcript[LOGIN_TRANSCRIPT_LABEL.len() + 64], 3);
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-z0-9 _.-]{0,24}"
+}
+
+fn arb_peer() -> impl Strategy<Value = PeerMessage> {
+    prop_oneof![
+        (any::<u16>(), any::<bool>(), text()).prop_map(|(version, agent, client_software)| {
+            PeerMessage::Hello(Hello {
+                version,
+                role: if agent { Role::Agent } else { Role::Client },
+                client_software,
+            })
+        }),
+        (
+            text(),
+            text(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            text(),
+            proptest::option::of(text()),
+            proptest::collection::vec(text(), 0..4)
+        )
+            .prop_map(
+                |(credential, workspace, key, half, hostname, display_name, auth_capabilities)| {
+                    let mut signature = [0u8; 64];
+                    signature[..32].copy_from_slice(&half);
+                    signature[32..].copy_from_slice(&key);
+                    PeerMessage::AgentLogin(AgentLogin {
+                        credential,
+                        workspace,
+                        public_key: KeyBytes(key),
+                        signature: SignatureBytes(signature),
+                        hostname,
+                        display_name,
+                        os: "linux".into(),
+                        arch: "x86_64".into(),
+                        agent_version: "1".into(),
+                        auth_capabilities,
+                    })
+                }
+            ),
+        (text(), any::<[u8; 32]>()).prop_map(|(credential, key)| PeerMessage::ClientLogin(
+            ClientLogin {
+                credential,
+                public_key: KeyBytes(key),
+                signature: SignatureBytes([key[0]; 64]),
+            }
+        )),
+        Just(PeerMessage::Heartbeat),
+        proptest::option::of(text())
+            .prop_map(|workspace| PeerMessage::ListMachines(ListMachines { workspace })),
+        Just(PeerMessage::Goodbye),
+    ]
+}
+
+fn arb_relay() -> impl Strategy<Value = RelayMessage> {
+    let machine = (
+        any::<[u8; 16]>(),
+        text(),
+        text(),
+        any::<bool>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(id, hostname, name, online, last_seen)| MachineInfo {
+            id: IdBytes(id),
+            hostname,
+            name,
+            public_key: KeyBytes([id[0]; 32]),
+            online,
+            last_seen,
+            os: "linux".into(),
+            arch: "arm64".into(),
+            agent_version: "1".into(),
+        });
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|nonce| RelayMessage::Challenge(Challenge { nonce })),
+        (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<u32>()).prop_map(
+            |(m, f, heartbeat_interval_secs)| {
+                RelayMessage::Registered(Registered {
+                    machine_id: IdBytes(m),
+                    fleet_id: IdBytes(f),
+                    heartbeat_interval_secs,
+                })
+            }
+        ),
+        (text(), proptest::collection::vec(text(), 0..4))
+            .prop_map(|(principal, fleets)| RelayMessage::Welcome(Welcome { principal, fleets })),
+        Just(RelayMessage::HeartbeatAck),
+        proptest::collection::vec(machine, 0..4).prop_map(RelayMessage::Machines),
+        (any::<u16>(), text()).prop_map(|(code, message)| RelayMessage::Error(ErrorMessage {
+            code: ErrorCode(code),
+            message
+        })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn peer_round_trip_and_exact_len(message in arb_peer(), split in 0usize..200) {
+        let bytes = encode(&message).unwrap();
+        prop_assert_eq!(encoded_len(&message).unwrap(), bytes.len());
+        // Arbitrary chunking must not change the result.
+        let split = split.min(bytes.len());
+        let mut decoder = FrameDecoder::new();
+        let mut first = &bytes[..split];
+        let early: Option<PeerMessage> = decoder.decode(&mut first).unwrap();
+        let decoded = match early {
+            Some(decoded) => decoded,
+            None => decoder.decode(&mut &bytes[split..]).unwrap().unwrap(),
+        };
+        prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn relay_round_trip_and_exact_len(message in arb_relay()) {
+        let bytes = encode(&message).unwrap();
+        prop_assert_eq!(encoded_len(&message).unwrap(), bytes.len());
+        let decoded: RelayMessage = FrameDecoder::new().decode(&mut bytes.as_slice()).unwrap().unwrap();
+        prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn decode_never_panics_on_random_input(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = FrameDecoder::new().decode::<PeerMessage>(&mut bytes.as_slice());
+        let _ = FrameDecoder::new().decode::<RelayMessage>(&mut bytes.as_slice());
+        let _ = decode_body::<PeerMessage>(&bytes);
+        let _ = decode_body::<RelayMessage>(&bytes);
+    }
+
+    #[test]
+    fn decode_never_panics_on_perturbed_messages(
+        message in arb_peer(),
+        reply in arb_relay(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for mut bytes in [encode(&message).unwrap(), encode(&reply).unwrap()] {
+            for (index, value) in &flips {
+                let at = index.index(bytes.len());
+                bytes[at] ^= value;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = FrameDecoder::new().decode::<PeerMessage>(&mut bytes.as_slice());
+            let _ = FrameDecoder::new().decode::<RelayMessage>(&mut bytes.as_slice());
+        }
+    }
+}
