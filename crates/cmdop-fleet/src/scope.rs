@@ -209,9 +209,7 @@ impl CredentialRecord {
             subject,
         })
     }
-}
 
-impl CredentialRecord {
     /// Whether the credential may still be used at `now`: not revoked, not expired. A relay
     /// re-checks this for live connections (the secret is long gone by then) and closes those
     /// whose credential no longer stands.
