@@ -182,6 +182,26 @@ mod authentication {
 
     proptest! {
         #[test]
+        fn parsing_any_text_never_panics_and_accepts_only_the_canonical_form(text in "\\PC{0,100}") {
+            if let Ok(secret) = CredentialSecret::parse(&text) {
+                let shown = secret.expose_text();
+                prop_assert_eq!(shown.as_str(), text.trim_matches(|c: char| c.is_ascii_whitespace()));
+            }
+        }
+
+        #[test]
+        fn parsing_near_misses_never_panics(
+            kind in prop_oneof![Just("cmdop_ak_"), Just("cmdop_ut_"), Just("cmdop_")],
+            body in "[a-z2-7_A-Z0-9]{0,90}",
+        ) {
+            let text = format!("{kind}{body}");
+            if let Ok(secret) = CredentialSecret::parse(&text) {
+                let shown = secret.expose_text();
+                prop_assert_eq!(shown.as_str(), text.as_str());
+            }
+        }
+
+        #[test]
         fn revoked_or_expired_never_authenticates(
             expires in proptest::option::of(1_001u64..10_000),
             revoked in proptest::option::of(1_000u64..10_000),
@@ -972,6 +992,48 @@ mod capabilities {
         expected.extend_from_slice(&[0xab; 16]);
         expected.extend_from_slice(&[0x03, 0x01, 0xac, 0x02]);
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn signed_encoding_matches_an_independent_implementation() {
+        // Computed with Python's `cryptography` (Ed25519 over 0x13 | "cmdop capability v1" |
+        // capability bytes): trust seed [1; 32], client seed [2; 32], fleet 0xab x 16,
+        // exec + copy, valid 1_700_000_000 .. 1_700_003_600.
+        const GOLDEN: &str = "018139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394abababababababababababababababab0980e2cfaa0690fecfaa067411e973ad1ef11286d7a522af3b988bebeee6f951a5c560f1c659a2bd91b35c3e634c35200eac80319e5315c506766d0026c7e190c15419954082f473fd4105";
+        let seed = |b| cmdop_identity::Seed::from_bytes([b; 32]);
+        let trust = Identity::from_seed(&seed(1));
+        let client = Identity::from_seed(&seed(2)).public_key();
+        let fleet = FleetId::from_bytes([0xab; 16]);
+        let signed = Capability {
+            client_key: client,
+            fleet,
+            operations: [Operation::Exec, Operation::Copy].into_iter().collect(),
+            not_before: at(1_700_000_000),
+            not_after: at(1_700_003_600),
+        }
+        .sign(&trust);
+        let hex: String = signed
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, GOLDEN);
+        let bytes: Vec<u8> = (0..GOLDEN.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
+            .collect();
+        let decoded = SignedCapability::from_bytes(&bytes).unwrap();
+        assert!(
+            decoded
+                .verify(
+                    &trust.public_key(),
+                    &client,
+                    fleet,
+                    Operation::Copy,
+                    at(1_700_000_000)
+                )
+                .is_ok()
+        );
     }
 
     #[test]
