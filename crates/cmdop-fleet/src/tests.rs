@@ -583,6 +583,25 @@ mod registration {
     }
 
     #[test]
+    fn machine_records_round_trip_through_json_and_postcard() {
+        let prod = fleet(&mut rng(), "prod");
+        let m = machine(&prod, 7, "web-1", Some("Frontend"));
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["hostname"], "web-1");
+        assert_eq!(json["name"], "Frontend");
+        assert_eq!(json["id"], m.id.to_string());
+        assert_eq!(json["public_key"], m.public_key.to_string());
+        assert_eq!(serde_json::from_value::<Machine>(json).unwrap(), m);
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Machine>(&bytes).unwrap(), m);
+        // Deserialising validates: a hostname with a space is refused.
+        let mut bad = serde_json::to_value(&m).unwrap();
+        bad["hostname"] = "web 1".into();
+        assert!(serde_json::from_value::<Machine>(bad).is_err());
+        assert_eq!(serde_json::to_string(&Role::Agent).unwrap(), "\"agent\"");
+    }
+
+    #[test]
     fn agent_info_is_bounded() {
         assert!(AgentInfo::new("", "x", "1").is_err());
         assert!(AgentInfo::new(&"l".repeat(65), "x", "1").is_err());
