@@ -1,1 +1,7 @@
 //! The cmdop agent runtime, as a library under the thin `cmdop-agent` binary.
+//!
+//! ```text
+//!   relay ──QUIC──► connection (registration, presence) ──► per-stream end-to-end channel ──► exec
+//! ```
+
+pub mod exec;
