@@ -1,0 +1,633 @@
+//! The client library agents and the `cmdop` CLI use to talk to a relay.
+//!
+//! ```text
+//! let relay = RelayTarget::new("relay.example:4433", fingerprint);
+//! let mut agent = AgentConnection::register(&relay, &identity, &registration).await?;   // agent
+//! let mut client = ClientConnection::login(&relay, &identity, &credential).await?;       // CLI
+//! let machines = client.list_machines(Some("prod")).await?;
+//! ```
+//!
+//! Every connection pins the relay certificate fingerprint; a mismatch fails inside the TLS handshake, before any
+//! credential is sent. Errors are typed so the CLI can map them to exit codes, and their messages name the fix.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cmdop_identity::{Identity, PublicKey, Purpose};
+use rand_core::RngCore;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::control::{ControlStream, StreamError};
+use crate::transport::{Limits, RelayFingerprint, SERVER_NAME, TransportError, client_config};
+use crate::wire::{
+    AUTH_CAPABILITY_ED25519, AgentLogin, ClientLogin, CloseCode, EXPORTER_LABEL, EXPORTER_LEN,
+    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, PROTOCOL_VERSION,
+    PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
+};
+
+/// How long connecting (including the TLS handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay may take to answer one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Largest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Errors a relay client sees. Each message names the fix.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay presented a different certificate than the pinned one. Nothing was sent.
+    #[error(
+        "relay certificate fingerprint mismatch: expected {expected}, got {got}; check --relay-fingerprint (run `cmdop-relay fingerprint` on the relay)"
+    )]
+    FingerprintMismatch {
+        /// The pinned fingerprint.
+        expected: RelayFingerprint,
+        /// The fingerprint the relay presented.
+        got: RelayFingerprint,
+    },
+    /// The relay address does not resolve.
+    #[error("cannot resolve relay address {address:?}; check --relay (HOST:PORT)")]
+    Resolve {
+        /// The address given.
+        address: String,
+    },
+    /// The relay could not be reached or the connection broke.
+    #[error(
+        "cannot reach the relay at {address}: {reason}; check that it runs and that UDP traffic to it is allowed"
+    )]
+    Unreachable {
+        /// The address tried.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The relay refused the credential or the key proof.
+    #[error("{0}")]
+    AuthenticationFailed(String),
+    /// The credential is valid but may not do this (e.g. an agent key used by the CLI).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The fleet does not exist or is not in the credential's scope.
+    #[error("{0}")]
+    FleetNotFound(String),
+    /// Several fleets are in scope; `--workspace` must choose one.
+    #[error("{message}")]
+    WorkspaceRequired {
+        /// The relay's explanation.
+        message: String,
+    },
+    /// Another machine of the fleet uses this hostname.
+    #[error("{0}")]
+    HostnameTaken(String),
+    /// Any other refusal from the relay.
+    #[error("relay refused (code {}): {message}", code.0)]
+    Refused {
+        /// The relay's error code.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay closed the connection because its credential was revoked or expired.
+    #[error("the relay closed the connection: {0}; ask the relay admin for a new credential")]
+    CredentialRevoked(String),
+    /// The relay closed the connection.
+    #[error("the relay closed the connection (code {code}): {reason}")]
+    Closed {
+        /// The application close code.
+        code: u32,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay did not answer in time.
+    #[error("the relay did not answer within {0:?}; check the relay and the network")]
+    Timeout(Duration),
+    /// The relay sent something this client does not understand.
+    #[error("protocol error: {0}; check that the relay and this client run compatible versions")]
+    Protocol(String),
+    /// Local TLS or QUIC setup failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl ClientError {
+    /// Whether retrying later can help (network trouble, relay restarts, relay busy) as opposed to a refusal
+    /// that needs a human (bad credential, wrong fingerprint, scope). The caller decides what to do with either.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Closed { .. } | Self::Timeout(_)
+        ) || matches!(self, Self::Refused { code, .. } if *code == ErrorCode::BUSY || *code == ErrorCode::INTERNAL)
+    }
+}
+
+/// Where the relay is and which certificate it must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// The pinned certificate fingerprint.
+    pub fingerprint: RelayFingerprint,
+}
+
+impl RelayTarget {
+    /// A target from an address (`HOST:PORT`) and a pinned fingerprint.
+    pub fn new(address: impl Into<String>, fingerprint: RelayFingerprint) -> Self {
+        Self {
+            address: address.into(),
+            fingerprint,
+        }
+    }
+}
+
+/// What an agent tells the relay about itself.
+#[derive(Clone)]
+pub struct AgentRegistration {
+    /// The agent API key text (`cmdop_ak_…`). Zeroized on drop.
+    pub api_key: Zeroizing<String>,
+    /// The fleet to enrol into (`--workspace`).
+    pub workspace: String,
+    /// The machine's hostname.
+    pub hostname: String,
+    /// A display name; the relay keeps the current one (or the hostname) when `None`.
+    pub display_name: Option<String>,
+    /// Operating system (e.g. `std::env::consts::OS`).
+    pub os: String,
+    /// CPU architecture (e.g. `std::env::consts::ARCH`).
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+impl std::fmt::Debug for AgentRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRegistration")
+            .field("workspace", &self.workspace)
+            .field("hostname", &self.hostname)
+            .field("display_name", &self.display_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A machine as listed by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Server-issued id.
+    pub id: Uuid,
+    /// Hostname.
+    pub hostname: String,
+    /// Display name.
+    pub name: String,
+    /// The agent's public key (`None` if the relay sent an invalid one).
+    pub public_key: Option<PublicKey>,
+    /// Whether the machine is online.
+    pub online: bool,
+    /// Last heartbeat or login, unix seconds.
+    pub last_seen: Option<u64>,
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// A registered agent's connection.
+#[derive(Debug)]
+pub struct AgentConnection {
+    link: Link,
+    machine_id: Uuid,
+    fleet_id: Uuid,
+    heartbeat_interval: Duration,
+}
+
+impl AgentConnection {
+    /// Connects, proves the agent's key and registers the machine.
+    pub async fn register(
+        relay: &RelayTarget,
+        identity: &Identity,
+        registration: &AgentRegistration,
+    ) -> Result<Self, ClientError> {
+        let mut link = Link::connect(
+            relay,
+            Role::Agent,
+            &format!("cmdop-agent {}", registration.agent_version),
+        )
+        .await?;
+        let (public_key, signature) = link.prove(identity)?;
+        let login = PeerMessage::AgentLogin(AgentLogin {
+            credential: registration.api_key.to_string(),
+            workspace: registration.workspace.clone(),
+            public_key,
+            signature,
+            hostname: registration.hostname.clone(),
+            display_name: registration.display_name.clone(),
+            os: registration.os.clone(),
+            arch: registration.arch.clone(),
+            agent_version: registration.agent_version.clone(),
+            auth_capabilities: vec![AUTH_CAPABILITY_ED25519.to_owned()],
+        });
+        match link.request(&login).await? {
+            RelayMessage::Registered(registered) => Ok(Self {
+                link,
+                machine_id: Uuid::from_bytes(registered.machine_id.0),
+                fleet_id: Uuid::from_bytes(registered.fleet_id.0),
+                heartbeat_interval: Duration::from_secs(
+                    registered.heartbeat_interval_secs.max(1).into(),
+                ),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The machine's id, stable for this key in this fleet.
+    pub fn machine_id(&self) -> Uuid {
+        self.machine_id
+    }
+
+    /// The fleet's id.
+    pub fn fleet_id(&self) -> Uuid {
+        self.fleet_id
+    }
+
+    /// How often the relay expects a heartbeat.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// Sends one heartbeat and waits for its acknowledgement.
+    pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        match self.link.request(&PeerMessage::Heartbeat).await? {
+            RelayMessage::HeartbeatAck => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends heartbeats at the relay's interval until one fails; returns that error (e.g. the relay restarted or
+    /// revoked the key). Cancel-safe between heartbeats: drop the future and call [`goodbye`](Self::goodbye).
+    pub async fn keep_alive(&mut self) -> ClientError {
+        let mut ticker = tokio::time::interval(self.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(err) = self.heartbeat().await {
+                return err;
+            }
+        }
+    }
+
+    /// Stops gracefully: the relay marks the machine offline at once.
+    pub async fn goodbye(mut self) -> Result<(), ClientError> {
+        self.link.send(&PeerMessage::Goodbye).await?;
+        self.link.finish().await;
+        Ok(())
+    }
+
+    /// Completes when the relay closes the connection, with the reason.
+    pub async fn closed(&self) -> ClientError {
+        self.link.closed().await
+    }
+}
+
+/// A logged-in person's or script's connection.
+#[derive(Debug)]
+pub struct ClientConnection {
+    link: Link,
+    principal: String,
+    fleets: Vec<String>,
+}
+
+impl ClientConnection {
+    /// Connects and logs in with an API key (`cmdop_ak_…`, member or admin) or a user token (`cmdop_ut_…`).
+    pub async fn login(
+        relay: &RelayTarget,
+        identity: &Identity,
+        credential: &str,
+    ) -> Result<Self, ClientError> {
+        let mut link = Link::connect(
+            relay,
+            Role::Client,
+            concat!("cmdop ", env!("CARGO_PKG_VERSION")),
+        )
+        .await?;
+        let (public_key, signature) = link.prove(identity)?;
+        let login = PeerMessage::ClientLogin(ClientLogin {
+            credential: credential.trim().to_owned(),
+            public_key,
+            signature,
+        });
+        match link.request(&login).await? {
+            RelayMessage::Welcome(welcome) => Ok(Self {
+                link,
+                principal: welcome.principal,
+                fleets: welcome.fleets,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Who the credential belongs to, e.g. `user alice`.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// The fleets in the credential's scope.
+    pub fn fleets(&self) -> &[String] {
+        &self.fleets
+    }
+
+    /// The machines of one fleet; `None` works when exactly one fleet is in scope.
+    pub async fn list_machines(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<Vec<Machine>, ClientError> {
+        let request = PeerMessage::ListMachines(ListMachines {
+            workspace: workspace.map(str::to_owned),
+        });
+        match self.link.request(&request).await? {
+            RelayMessage::Machines(machines) => Ok(machines.into_iter().map(machine).collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) {
+        let _ = self.link.send(&PeerMessage::Goodbye).await;
+        self.link.finish().await;
+    }
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from 0.5 s, doubling, capped at 30 s,
+/// with "equal jitter" (half fixed, half uniformly random) so a fleet reconnecting after a relay restart spreads
+/// out instead of arriving at once. A pure function of its inputs.
+pub fn reconnect_delay<R: RngCore + ?Sized>(attempt: u32, rng: &mut R) -> Duration {
+    let initial = u64::try_from(BACKOFF_INITIAL.as_millis()).unwrap_or(u64::MAX);
+    let max = u64::try_from(BACKOFF_MAX.as_millis()).unwrap_or(u64::MAX);
+    let ceiling = initial
+        .saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX))
+        .min(max);
+    let half = ceiling / 2;
+    let jitter = if half == 0 {
+        0
+    } else {
+        rng.next_u64() % (half + 1)
+    };
+    Duration::from_millis(ceiling - half + jitter)
+}
+
+fn machine(info: MachineInfo) -> Machine {
+    Machine {
+        id: Uuid::from_bytes(info.id.0),
+        hostname: info.hostname,
+        name: info.name,
+        public_key: PublicKey::from_bytes(&info.public_key.0).ok(),
+        online: info.online,
+        last_seen: info.last_seen,
+        os: info.os,
+        arch: info.arch,
+        agent_version: info.agent_version,
+    }
+}
+
+fn unexpected(message: &RelayMessage) -> ClientError {
+    match message {
+        RelayMessage::Error(error) => refusal(error),
+        other => ClientError::Protocol(format!("unexpected relay message {other:?}")),
+    }
+}
+
+fn refusal(error: &ErrorMessage) -> ClientError {
+    let message = error.message.clone();
+    match error.code {
+        ErrorCode::AUTHENTICATION_FAILED => ClientError::AuthenticationFailed(message),
+        ErrorCode::FORBIDDEN => ClientError::Forbidden(message),
+        ErrorCode::FLEET_NOT_FOUND => ClientError::FleetNotFound(message),
+        ErrorCode::WORKSPACE_REQUIRED => ClientError::WorkspaceRequired { message },
+        ErrorCode::HOSTNAME_TAKEN => ClientError::HostnameTaken(message),
+        code => ClientError::Refused { code, message },
+    }
+}
+
+/// One connection with its control stream and the login challenge state.
+#[derive(Debug)]
+struct Link {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    stream: ControlStream,
+    address: String,
+    nonce: [u8; 32],
+}
+
+impl Link {
+    async fn connect(relay: &RelayTarget, role: Role, software: &str) -> Result<Self, ClientError> {
+        let address = relay.address.clone();
+        let resolved: SocketAddr = tokio::net::lookup_host(&address)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| ClientError::Resolve {
+                address: address.clone(),
+            })?;
+        let seen = Arc::new(Mutex::new(None));
+        let config = client_config(relay.fingerprint, seen.clone(), &Limits::default())?;
+        let bind: SocketAddr = if resolved.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|_| ClientError::Resolve {
+            address: address.clone(),
+        })?;
+        let unreachable = |reason: String| ClientError::Unreachable {
+            address: address.clone(),
+            reason,
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+        let connecting = endpoint
+            .connect(resolved, SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(ClientError::Timeout(CONNECT_TIMEOUT)),
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => {
+                let got = seen.lock().ok().and_then(|seen| *seen);
+                return Err(match got {
+                    Some(got) if got != relay.fingerprint => ClientError::FingerprintMismatch {
+                        expected: relay.fingerprint,
+                        got,
+                    },
+                    _ => unreachable(err.to_string()),
+                });
+            }
+        };
+        // The handshake (and so the pin check) is complete; only now is anything sent.
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut link = Self {
+            endpoint,
+            connection,
+            stream: ControlStream::new(send, recv),
+            address,
+            nonce: [0; 32],
+        };
+        let hello = PeerMessage::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            client_software: software.to_owned(),
+        });
+        match link.request(&hello).await? {
+            RelayMessage::Challenge(challenge) => link.nonce = challenge.nonce,
+            other => return Err(unexpected(&other)),
+        }
+        Ok(link)
+    }
+
+    /// Signs the login transcript for this connection.
+    fn prove(&self, identity: &Identity) -> Result<(KeyBytes, SignatureBytes), ClientError> {
+        let mut exporter = [0u8; EXPORTER_LEN];
+        self.connection
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| {
+                ClientError::Protocol("TLS keying-material exporter unavailable".into())
+            })?;
+        let public_key = KeyBytes(identity.public_key().to_bytes());
+        let transcript = login_transcript(&self.nonce, &exporter, &public_key);
+        let signature = identity.sign(Purpose::RelayLogin, &transcript);
+        Ok((public_key, SignatureBytes(signature.to_bytes())))
+    }
+
+    async fn send(&mut self, message: &PeerMessage) -> Result<(), ClientError> {
+        match self.stream.send(message).await {
+            Ok(()) => Ok(()),
+            Err(err) => Err(self.stream_error(err)),
+        }
+    }
+
+    async fn request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
+        self.send(message).await?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.stream.recv::<RelayMessage>()).await {
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(self.close_reason().unwrap_or_else(|| ClientError::Closed {
+                code: CloseCode::NORMAL.0,
+                reason: "control stream ended".into(),
+            })),
+            Ok(Err(err)) => Err(self.stream_error(err)),
+        }
+    }
+
+    fn stream_error(&self, err: StreamError) -> ClientError {
+        match err {
+            StreamError::Wire(err) => ClientError::Protocol(err.to_string()),
+            StreamError::Truncated => ClientError::Protocol("the relay cut a message short".into()),
+            other => self
+                .close_reason()
+                .unwrap_or_else(|| ClientError::Unreachable {
+                    address: self.address.clone(),
+                    reason: other.to_string(),
+                }),
+        }
+    }
+
+    fn close_reason(&self) -> Option<ClientError> {
+        self.connection
+            .close_reason()
+            .map(|reason| self.map_close(reason))
+    }
+
+    fn map_close(&self, reason: quinn::ConnectionError) -> ClientError {
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
+                let text = String::from_utf8_lossy(&close.reason).into_owned();
+                if code == CloseCode::CREDENTIAL_REVOKED.0 {
+                    ClientError::CredentialRevoked(text)
+                } else {
+                    ClientError::Closed { code, reason: text }
+                }
+            }
+            other => ClientError::Unreachable {
+                address: self.address.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    async fn closed(&self) -> ClientError {
+        let reason = self.connection.closed().await;
+        self.map_close(reason)
+    }
+
+    async fn finish(&mut self) {
+        self.stream.finish_and_flush(Duration::from_secs(1)).await;
+        self.connection.close(CloseCode::NORMAL.0.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::OsRng;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_is_capped() {
+        let mut rng = OsRng;
+        for attempt in 0..100 {
+            let delay = reconnect_delay(attempt, &mut rng);
+            let ceiling = BACKOFF_INITIAL
+                .saturating_mul(1 << attempt.min(10))
+                .min(BACKOFF_MAX);
+            assert!(
+                delay <= ceiling,
+                "attempt {attempt}: {delay:?} > {ceiling:?}"
+            );
+            assert!(
+                delay >= ceiling / 2,
+                "attempt {attempt}: {delay:?} < half of {ceiling:?}"
+            );
+        }
+        assert!(reconnect_delay(0, &mut OsRng) <= Duration::from_millis(500));
+        assert!(reconnect_delay(u32::MAX, &mut OsRng) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn backoff_is_a_pure_function_of_attempt_and_rng() {
+        struct Fixed(u64);
+        impl RngCore for Fixed {
+            fn next_u32(&mut self) -> u32 {
+                0
+            }
+            fn next_u64(&mut self) -> u64 {
+                self.0
+            }
+            fn fill_bytes(&mut self, _: &mut [u8]) {}
+            fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), rand_core::Error> {
+                Ok(())
+            }
+        }
+        assert_eq!(
+            reconnect_delay(0, &mut Fixed(0)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            reconnect_delay(0, &mut Fixed(250)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            reconnect_delay(3, &mut Fixed(0)),
+            Duration::from_millis(2000)
+        );
+        assert_eq!(reconnect_delay(20, &mut Fixed(0)), Duration::from_secs(15));
+    }
+}
