@@ -298,8 +298,15 @@ impl SeedStore {
             seed_path: seed_path.clone(),
             kek_location: kek_location.clone(),
         })?;
+        let identity = Identity::from_seed(&seed);
+        tracing::info!(
+            seed_path = %seed_path.display(),
+            kek = %kek_location,
+            fingerprint = %identity.public_key().fingerprint(),
+            "loaded the identity"
+        );
         Ok(Some((
-            Identity::from_seed(&seed),
+            identity,
             StoreInfo {
                 seed_path,
                 kek_location,
@@ -331,19 +338,18 @@ impl SeedStore {
         let bytes = format::seal_seed(&seed, &kek, slot, &key_id, &nonce);
 
         let seed_path = self.seed_path();
-        let created = files::create_new_atomically(&seed_path, &bytes).map_err(|source| {
-            StoreError::Write {
-                path: seed_path.clone(),
-                source,
+        let written = files::create_new_atomically(&seed_path, &bytes);
+        if slot == KekSlot::Keyring && !matches!(written, Ok(true)) {
+            // Our fresh entry encrypts nothing now; leaving it would only clutter the user's keyring.
+            if let Err(reason) = os_keyring::delete(&key_id, self.keyring_timeout) {
+                tracing::debug!(%reason, "could not remove an unused keyring entry");
             }
+        }
+        let created = written.map_err(|source| StoreError::Write {
+            path: seed_path.clone(),
+            source,
         })?;
         if !created {
-            if slot == KekSlot::Keyring {
-                // Our fresh entry encrypts nothing now; leaving it would only clutter the user's keyring.
-                if let Err(reason) = os_keyring::delete(&key_id, self.keyring_timeout) {
-                    tracing::debug!(%reason, "could not remove the unused keyring entry after losing the creation race");
-                }
-            }
             return match self.load()? {
                 Some((identity, info)) => Ok((identity, info, Created::Existing)),
                 None => Err(StoreError::Vanished { path: seed_path }),
