@@ -1,5 +1,8 @@
 //! Proves the Noise layer against the cacophony `Noise_NN_25519_AESGCM_SHA256` vector, byte for byte.
 
+// Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use cmdop_relay::e2e::Ephemeral;
 use cmdop_relay::e2e::noise::{NnInitiator, NnResponder, PROTOCOL_NAME};
 use serde_json::Value;

@@ -224,12 +224,12 @@ impl ClientAwaitingAgent {
             Purpose::E2eClientAuth,
             &client_signed_message(&self.session.handshake_hash, &client_key, capability),
         );
-        let auth = Frame::Auth(AuthFrame {
+        let auth = Frame::Auth(Box::new(AuthFrame {
             role: Role::Client,
             public_key: client_key,
             capability: capability.to_vec(),
             signature,
-        });
+        }));
         self.session.seal(&auth, now, out)?;
         Ok(self.session)
     }
@@ -274,12 +274,12 @@ impl AgentHandshake {
         let mut signed = Vec::with_capacity(64);
         signed.extend_from_slice(&session.handshake_hash);
         signed.extend_from_slice(agent_key.as_bytes());
-        let auth = Frame::Auth(AuthFrame {
+        let auth = Frame::Auth(Box::new(AuthFrame {
             role: Role::Agent,
             public_key: agent_key,
             capability: Vec::new(),
             signature: identity.sign(Purpose::E2eAgentAuth, &signed),
-        });
+        }));
         let start = out.len();
         encode_message(&message2, out)?;
         if let Err(error) = session.seal(&auth, now, out) {

@@ -21,7 +21,7 @@ pub const MAX_CLOSE_MESSAGE_LEN: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// Proof of identity: the first frame in each direction, never sent again.
-    Auth(AuthFrame),
+    Auth(Box<AuthFrame>),
     /// Application bytes (at most [`MAX_DATA_PER_FRAME`]).
     Data(Vec<u8>),
     /// The sender switched its sending key with Noise `Rekey()` right after this frame.

@@ -1,13 +1,14 @@
 //! Shared harness for the end-to-end channel tests: fixed identities, a deterministic handshake, a wire reader.
-#![allow(dead_code, unreachable_pub)]
+// Test harness: a panic here is a test failure, which is what unwrap is for.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::time::Instant;
 
 use cmdop_identity::{Identity, Seed};
 use cmdop_relay::e2e::noise::{NnInitiator, NnResponder, TransportState};
 use cmdop_relay::e2e::{
-    AgentAwaitingClient, AgentHandshake, ChannelError, ClientHandshake, Ephemeral, Frame, Incoming, MessageDecoder,
-    PendingClient, Prologue, RekeyPolicy, Session, StreamKind,
+    AgentAwaitingClient, AgentHandshake, ChannelError, ClientHandshake, Ephemeral, Frame, Incoming,
+    MessageDecoder, PendingClient, Prologue, RekeyPolicy, Session, StreamKind,
 };
 
 pub const FLEET: [u8; 16] = [0x11; 16];
@@ -27,7 +28,24 @@ pub fn client() -> Identity {
 }
 
 pub fn prologue(agent: &Identity) -> Prologue {
-    Prologue { fleet_id: FLEET, agent_key: agent.public_key(), channel_id: CHANNEL, kind: StreamKind::Exec }
+    Prologue {
+        fleet_id: FLEET,
+        agent_key: agent.public_key(),
+        channel_id: CHANNEL,
+        kind: StreamKind::Exec,
+    }
+}
+
+/// Splits framed bytes into messages, reporting broken framing as an error.
+pub fn try_messages(wire: &[u8]) -> Result<Vec<Vec<u8>>, ChannelError> {
+    let mut decoder = MessageDecoder::new();
+    let mut input = wire;
+    let mut out = Vec::new();
+    while let Some(message) = decoder.feed(&mut input)? {
+        out.push(message);
+    }
+    decoder.finish()?;
+    Ok(out)
 }
 
 /// Splits framed bytes into messages; panics on framing errors (test input is well-formed).
@@ -60,7 +78,12 @@ pub fn now() -> Instant {
 }
 
 /// A deterministic handshake: `salt` picks the ephemerals so different salts give unrelated sessions.
-pub fn pair_with(salt: u8, prologue_client: Prologue, prologue_agent: Prologue, policy: RekeyPolicy) -> Pair {
+pub fn pair_with(
+    salt: u8,
+    prologue_client: Prologue,
+    prologue_agent: Prologue,
+    policy: RekeyPolicy,
+) -> Pair {
     try_pair(salt, prologue_client, prologue_agent, policy).unwrap()
 }
 
@@ -73,20 +96,46 @@ pub fn try_pair(
     let at = now();
     let (agent_id, client_id) = (agent(), client());
     let mut msg1 = Vec::new();
-    let handshake = ClientHandshake::start(prologue_client, client_ephemeral(salt), policy, &mut msg1)?;
+    let handshake =
+        ClientHandshake::start(prologue_client, client_ephemeral(salt), policy, &mut msg1)?;
     let mut agent_flight = Vec::new();
-    let awaiting = start_agent(prologue_agent, policy, &messages(&msg1)[0], &agent_id, salt, at, &mut agent_flight)?;
+    let awaiting = start_agent(
+        prologue_agent,
+        policy,
+        &messages(&msg1)[0],
+        &agent_id,
+        salt,
+        at,
+        &mut agent_flight,
+    )?;
     let flight = messages(&agent_flight);
     let client_awaiting = handshake.read_response(&flight[0])?;
     let mut client_flight = Vec::new();
-    let client = client_awaiting.read_agent_auth(&flight[1], &client_id, CAPABILITY, at, &mut client_flight)?;
+    let client = client_awaiting.read_agent_auth(
+        &flight[1],
+        &client_id,
+        CAPABILITY,
+        at,
+        &mut client_flight,
+    )?;
     let pending = awaiting.read_client_auth(&messages(&client_flight)[0])?;
-    Ok(Pair { client, agent: pending.accept(), msg1, agent_flight, client_flight })
+    Ok(Pair {
+        client,
+        agent: pending.accept(),
+        msg1,
+        agent_flight,
+        client_flight,
+    })
 }
 
 pub fn pair() -> Pair {
     let agent_id = agent();
-    pair_with(0, prologue(&agent_id), prologue(&agent_id), RekeyPolicy::default())
+    pair_with(
+        0,
+        prologue(&agent_id),
+        prologue(&agent_id),
+        RekeyPolicy::default(),
+    )
 }
 
 pub fn client_ephemeral(salt: u8) -> Ephemeral {
@@ -115,10 +164,20 @@ pub fn pending(salt: u8) -> (PendingClient, Session, Vec<u8>) {
     let (agent_id, client_id) = (agent(), client());
     let p = prologue(&agent_id);
     let mut msg1 = Vec::new();
-    let handshake = ClientHandshake::start(p, client_ephemeral(salt), RekeyPolicy::default(), &mut msg1).unwrap();
+    let handshake =
+        ClientHandshake::start(p, client_ephemeral(salt), RekeyPolicy::default(), &mut msg1)
+            .unwrap();
     let mut agent_flight = Vec::new();
-    let awaiting =
-        start_agent(p, RekeyPolicy::default(), &messages(&msg1)[0], &agent_id, salt, at, &mut agent_flight).unwrap();
+    let awaiting = start_agent(
+        p,
+        RekeyPolicy::default(),
+        &messages(&msg1)[0],
+        &agent_id,
+        salt,
+        at,
+        &mut agent_flight,
+    )
+    .unwrap();
     let flight = messages(&agent_flight);
     let mut client_flight = Vec::new();
     let mut client = handshake
@@ -129,7 +188,9 @@ pub fn pending(salt: u8) -> (PendingClient, Session, Vec<u8>) {
     let auth = messages(&client_flight);
     // The client's first request travels in the same flight as its auth frame.
     let mut request = Vec::new();
-    client.send_data(b"first request", at, &mut request).unwrap();
+    client
+        .send_data(b"first request", at, &mut request)
+        .unwrap();
     let pending = awaiting.read_client_auth(&auth[0]).unwrap();
     (pending, client, request)
 }
@@ -138,12 +199,21 @@ pub fn pending(salt: u8) -> (PendingClient, Session, Vec<u8>) {
 pub fn raw_client(salt: u8, prologue: Prologue) -> (AgentAwaitingClient, TransportState, Vec<u8>) {
     let at = now();
     let mut msg1 = Vec::new();
-    let initiator = NnInitiator::start(&prologue.to_bytes(), client_ephemeral(salt), &[], &mut msg1).unwrap();
+    let initiator =
+        NnInitiator::start(&prologue.to_bytes(), client_ephemeral(salt), &[], &mut msg1).unwrap();
     let mut framed = Vec::new();
     cmdop_relay::e2e::encode_message(&msg1, &mut framed).unwrap();
     let mut agent_flight = Vec::new();
-    let awaiting =
-        start_agent(prologue, RekeyPolicy::default(), &msg1, &agent(), salt, at, &mut agent_flight).unwrap();
+    let awaiting = start_agent(
+        prologue,
+        RekeyPolicy::default(),
+        &msg1,
+        &agent(),
+        salt,
+        at,
+        &mut agent_flight,
+    )
+    .unwrap();
     let flight = messages(&agent_flight);
     let (_, mut transport) = initiator.finish(&flight[0]).unwrap();
     // Consume the agent's auth frame so the receive nonce is in step.
@@ -155,13 +225,18 @@ pub fn raw_client(salt: u8, prologue: Prologue) -> (AgentAwaitingClient, Transpo
 pub fn raw_agent(salt: u8, prologue: Prologue, msg1: &[u8]) -> (TransportState, Vec<u8>) {
     let (responder, _) = NnResponder::read(&prologue.to_bytes(), msg1).unwrap();
     let mut msg2 = Vec::new();
-    let transport = responder.respond(agent_ephemeral(salt), &[], &mut msg2).unwrap();
+    let transport = responder
+        .respond(agent_ephemeral(salt), &[], &mut msg2)
+        .unwrap();
     (transport, msg2)
 }
 
 /// Encrypts `frame` with a raw transport state and frames it.
 pub fn seal_raw(transport: &mut TransportState, frame: &Frame) -> Vec<u8> {
-    let ciphertext = transport.send.encrypt_with_ad(b"", &frame.encode().unwrap()).unwrap();
+    let ciphertext = transport
+        .send
+        .encrypt_with_ad(b"", &frame.encode().unwrap())
+        .unwrap();
     let mut framed = Vec::new();
     cmdop_relay::e2e::encode_message(&ciphertext, &mut framed).unwrap();
     framed
@@ -184,10 +259,20 @@ pub fn receive(session: &mut Session, wire: &[u8], chunk: usize) -> Received {
                 Ok(Some(message)) => match session.open(&message) {
                     Ok(Some(incoming)) => delivered.push(incoming),
                     Ok(None) => {}
-                    Err(error) => return Received { delivered, outcome: Err(error) },
+                    Err(error) => {
+                        return Received {
+                            delivered,
+                            outcome: Err(error),
+                        };
+                    }
                 },
                 Ok(None) => break,
-                Err(error) => return Received { delivered, outcome: Err(error) },
+                Err(error) => {
+                    return Received {
+                        delivered,
+                        outcome: Err(error),
+                    };
+                }
             }
         }
     }
