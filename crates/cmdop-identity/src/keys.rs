@@ -101,6 +101,11 @@ impl Identity {
         self.sign_raw(&framed(purpose.label(), message))
     }
 
+    /// The seed, for deriving purpose-bound symmetric keys inside this crate only (see `derive.rs`).
+    pub(crate) fn seed_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
+    }
+
     /// Plain RFC 8032 Ed25519 over exactly `bytes`, with no label; kept private so that every signature the
     /// crate hands out is domain separated. The RFC 8032 known-answer tests use it directly.
     pub(crate) fn sign_raw(&self, bytes: &[u8]) -> Signature {

@@ -20,6 +20,7 @@
 //! Formats (text forms, fingerprint derivation, file layout) are specified in `docs/identity.md`; the purpose
 //! labels are registered in `docs/security.md`.
 
+mod derive;
 mod error;
 mod fingerprint;
 mod keys;
@@ -29,6 +30,7 @@ pub mod store;
 #[cfg(test)]
 mod rfc8032_tests;
 
+pub use derive::KeyPurpose;
 pub use error::IdentityError;
 pub use fingerprint::Fingerprint;
 pub use keys::{Identity, PublicKey, Purpose, Signature, SignatureError};
