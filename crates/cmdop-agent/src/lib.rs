@@ -5,3 +5,5 @@
 //! ```
 
 pub mod exec;
+pub mod presence;
+pub mod settings;

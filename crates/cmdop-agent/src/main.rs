@@ -2,6 +2,7 @@
 //! command modules.
 
 mod identity_command;
+mod run_command;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,10 @@ enum Command {
     /// Create or show this machine's agent identity.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Register this machine with its relay and keep it online until stopped (SIGINT or SIGTERM).
+    Run(run_command::RelayArgs),
+    /// Save the relay, fleet and API key so that a later `run` needs no flags.
+    Enroll(run_command::RelayArgs),
 }
 
 /// The command-line spelling of [`KekBackend`].
@@ -71,6 +76,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store = SeedStore::new(dir, backend);
     match cli.command {
         Command::Identity(command) => identity_command::run(command, &store),
+        Command::Run(args) => run_command::run(args, &store),
+        Command::Enroll(args) => run_command::enroll(args, &store),
     }
 }
 

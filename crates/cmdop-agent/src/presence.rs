@@ -1,0 +1,103 @@
+//! Keeping the machine present on its relay: register, heartbeat, and reconnect with backoff, forever.
+//!
+//! The rule for failures: what time can fix (the relay restarting, the network dropping) is retried with
+//! capped exponential backoff and jitter; what needs a person (a refused or revoked key, a wrong relay
+//! fingerprint, a hostname taken by another machine) stops the agent with that message, because retrying
+//! a refused credential forever only fills the relay's audit log.
+
+use std::future::Future;
+use std::time::Duration;
+
+use cmdop_identity::Identity;
+use cmdop_relay::client::{
+    AgentConnection, AgentRegistration, ClientError, RelayTarget, reconnect_delay,
+};
+use rand::rngs::OsRng;
+use uuid::Uuid;
+
+/// Where and how the agent registers.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// The relay and its pinned certificate fingerprint.
+    pub relay: RelayTarget,
+    /// What the agent tells the relay about this machine.
+    pub registration: AgentRegistration,
+}
+
+/// Something the presence loop reports, for logs and for the binary's status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// Registered; the machine is online.
+    Online {
+        /// The server-issued machine id (stable for this key in this fleet).
+        machine_id: Uuid,
+        /// The fleet's id.
+        fleet_id: Uuid,
+    },
+    /// The connection failed or was lost; retrying after `delay`.
+    Retrying {
+        /// What went wrong.
+        reason: String,
+        /// How long until the next attempt.
+        delay: Duration,
+    },
+}
+
+/// Why the presence loop stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The relay refused in a way retrying cannot fix.
+    #[error(transparent)]
+    Refused(ClientError),
+}
+
+/// Registers and keeps the machine online until `shutdown` completes, then says goodbye so the relay marks it
+/// offline at once. Returns an error only for refusals that need a person.
+pub async fn run(
+    identity: &Identity,
+    config: &PresenceConfig,
+    shutdown: impl Future<Output = ()>,
+    mut on_event: impl FnMut(PresenceEvent),
+) -> Result<(), PresenceError> {
+    tokio::pin!(shutdown);
+    let mut attempt: u32 = 0;
+    loop {
+        let connected = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            result = AgentConnection::register(&config.relay, identity, &config.registration) => result,
+        };
+        let failure = match connected {
+            Ok(mut connection) => {
+                attempt = 0;
+                on_event(PresenceEvent::Online {
+                    machine_id: connection.machine_id(),
+                    fleet_id: connection.fleet_id(),
+                });
+                tokio::select! {
+                    () = &mut shutdown => {
+                        if let Err(err) = connection.goodbye().await {
+                            tracing::warn!(error = %err, "could not say goodbye to the relay");
+                        }
+                        return Ok(());
+                    }
+                    err = connection.keep_alive() => err,
+                }
+            }
+            Err(err) => err,
+        };
+        if !failure.is_retryable() {
+            return Err(PresenceError::Refused(failure));
+        }
+        let delay = reconnect_delay(attempt, &mut OsRng);
+        attempt = attempt.saturating_add(1);
+        on_event(PresenceEvent::Retrying {
+            reason: failure.to_string(),
+            delay,
+        });
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `cmdop-agent run` and `cmdop-agent enroll`: connect this machine to its relay and keep it there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
+use cmdop_agent::settings::{self, Settings};
+use cmdop_identity::store::SeedStore;
+use cmdop_relay::client::{AgentRegistration, RelayTarget};
+use cmdop_relay::transport::RelayFingerprint;
+use zeroize::Zeroizing;
+
+/// Where the relay is and which fleet to join; each flag falls back to what `enroll` saved.
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// The relay, as HOST:PORT.
+    #[arg(long, env = "CMDOP_RELAY", value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// The relay's certificate fingerprint (`cmdop-relay fingerprint` prints it); connections to any other
+    /// certificate fail before a credential is sent.
+    #[arg(long, env = "CMDOP_RELAY_FINGERPRINT", value_name = "FP")]
+    relay_fingerprint: Option<String>,
+    /// The fleet to enrol into.
+    #[arg(long, env = "CMDOP_WORKSPACE", value_name = "FLEET")]
+    workspace: Option<String>,
+    /// A file holding the fleet's agent API key; the key may also come from CMDOP_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// The hostname to report [default: this machine's].
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// A display name to report [default: the hostname, or the name set on the relay].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+/// `enroll`: save the settings (and the API key, 0600) so that `run` needs no flags.
+pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
+    let dir = store.dir();
+    let saved = Settings::load(dir)?;
+    let (settings, key) = merge(args, saved, dir)?;
+    // Validate before saving: a typo in the fingerprint should not wait for the first `run`.
+    settings
+        .relay_fingerprint
+        .as_deref()
+        .map(str::parse::<RelayFingerprint>)
+        .transpose()?;
+    let (identity, info, _) = store
+        .load_or_create_with_os_rng()
+        .context("cannot initialise the agent identity")?;
+    let path = settings.save(dir)?;
+    let key_path = settings::save_api_key(dir, &key)?;
+    println!("saved settings to {}", path.display());
+    println!("saved the API key to {}", key_path.display());
+    println!(
+        "identity {} ({})",
+        identity.public_key().fingerprint(),
+        info.kek_location
+    );
+    println!(
+        "start the agent with: cmdop-agent --config-dir {} run",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `run`: register and stay online until SIGINT or SIGTERM.
+pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
+    let dir = store.dir().to_path_buf();
+    let (settings, api_key) = merge(args, Settings::load(&dir)?, &dir)?;
+    let relay = settings
+        .relay
+        .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
+    let fingerprint: RelayFingerprint = settings
+        .relay_fingerprint
+        .context(
+            "no relay fingerprint given; pass --relay-fingerprint (from `cmdop-relay fingerprint`)",
+        )?
+        .parse()?;
+    let workspace = settings
+        .workspace
+        .context("no fleet given; pass --workspace FLEET")?;
+    let hostname = match settings.hostname {
+        Some(hostname) => hostname,
+        None => system_hostname()?,
+    };
+    let (identity, info, created) = store
+        .load_or_create_with_os_rng()
+        .context("cannot load or create the agent identity")?;
+    tracing::info!(fingerprint = %identity.public_key().fingerprint(), kek = %info.kek_location, ?created, "agent identity");
+    let config = PresenceConfig {
+        relay: RelayTarget::new(relay.clone(), fingerprint),
+        registration: AgentRegistration {
+            api_key,
+            workspace: workspace.clone(),
+            hostname: hostname.clone(),
+            display_name: settings.name,
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let fingerprint_short = identity.public_key().fingerprint().short();
+    runtime.block_on(async {
+        presence::run(&identity, &config, shutdown_signal(), |event| match event {
+            PresenceEvent::Online { machine_id, .. } => {
+                // One line on stdout per (re)registration, for people and for scripts that wait on it.
+                println!("online: machine {machine_id} ({hostname}, key {fingerprint_short}) in fleet {workspace} via {relay}");
+            }
+            PresenceEvent::Retrying { reason, delay } => {
+                tracing::warn!(%reason, ?delay, "relay connection lost; retrying");
+            }
+        })
+        .await
+    })?;
+    tracing::info!("stopped; the relay was told this machine is going offline");
+    Ok(())
+}
+
+/// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then
+/// `CMDOP_API_KEY`, then the saved key file.
+fn merge(
+    args: RelayArgs,
+    saved: Settings,
+    dir: &Path,
+) -> anyhow::Result<(Settings, Zeroizing<String>)> {
+    let key = if let Some(path) = &args.api_key_file {
+        settings::read_api_key(path)?
+            .with_context(|| format!("API key file {} does not exist", path.display()))?
+    } else if let Some(key) = std::env::var_os("CMDOP_API_KEY") {
+        Zeroizing::new(
+            key.to_str()
+                .context("CMDOP_API_KEY is not valid UTF-8")?
+                .trim()
+                .to_owned(),
+        )
+    } else if let Some(key) = settings::read_api_key(&dir.join(settings::API_KEY_FILE))? {
+        key
+    } else {
+        bail!(
+            "no API key given; pass --api-key-file FILE or set CMDOP_API_KEY (create one with `cmdop-relay key create --fleet NAME --role agent`)"
+        );
+    };
+    if key.is_empty() {
+        bail!("the API key is empty; check --api-key-file or CMDOP_API_KEY");
+    }
+    let settings = Settings {
+        relay: args.relay.or(saved.relay),
+        relay_fingerprint: args.relay_fingerprint.or(saved.relay_fingerprint),
+        workspace: args.workspace.or(saved.workspace),
+        hostname: args.hostname.or(saved.hostname),
+        name: args.name.or(saved.name),
+    };
+    Ok((settings, key))
+}
+
+fn system_hostname() -> anyhow::Result<String> {
+    let name = nix::unistd::gethostname()
+        .context("cannot read this machine's hostname; pass --hostname")?;
+    name.into_string()
+        .map_err(|_| anyhow::anyhow!("this machine's hostname is not UTF-8; pass --hostname"))
+}
+
+/// Completes on SIGINT or SIGTERM (how service managers ask a daemon to stop).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,204 @@
+//! The agent's saved enrolment settings (`agent.json`) and API key (`agent_api_key`), so that after
+//! `cmdop-agent enroll …` a plain `cmdop-agent run` needs no flags.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// File name of the saved settings inside the config directory.
+pub const SETTINGS_FILE: &str = "agent.json";
+/// File name of the saved API key inside the config directory (mode 0600).
+pub const API_KEY_FILE: &str = "agent_api_key";
+
+/// What `enroll` saves and `run` falls back to for every flag it is not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `HOST:PORT` of the relay.
+    pub relay: Option<String>,
+    /// The relay's certificate fingerprint, `sha256:…`.
+    pub relay_fingerprint: Option<String>,
+    /// The fleet to enrol into.
+    pub workspace: Option<String>,
+    /// A hostname to report instead of the system's.
+    pub hostname: Option<String>,
+    /// A display name to report.
+    pub name: Option<String>,
+}
+
+/// Why settings could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// Reading or writing a file failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The settings file is not valid.
+    #[error("{} is not valid agent settings ({source}); fix it or run `cmdop-agent enroll` again", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: serde_json::Error,
+    },
+    /// A secret file can be read by other users.
+    #[error("{} is readable by other users (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+impl Settings {
+    /// Loads `agent.json` from `dir`; a missing file is empty settings.
+    pub fn load(dir: &Path) -> Result<Self, SettingsError> {
+        let path = dir.join(SETTINGS_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| SettingsError::Parse { path, source }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(SettingsError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Saves `agent.json` into `dir` atomically.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, SettingsError> {
+        let path = dir.join(SETTINGS_FILE);
+        let mut text = serde_json::to_vec_pretty(self).map_err(|source| SettingsError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        text.push(b'\n');
+        write_private(&path, &text)?;
+        Ok(path)
+    }
+}
+
+/// Saves the API key into `dir/agent_api_key`, mode 0600, atomically.
+pub fn save_api_key(dir: &Path, key: &str) -> Result<PathBuf, SettingsError> {
+    let path = dir.join(API_KEY_FILE);
+    write_private(&path, format!("{}\n", key.trim()).as_bytes())?;
+    Ok(path)
+}
+
+/// Reads an API key file, refusing one that other users can read. `None` if it does not exist.
+pub fn read_api_key(path: &Path) -> Result<Option<Zeroizing<String>>, SettingsError> {
+    let metadata = match fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SettingsError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SettingsError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = fs::read_to_string(path).map_err(|source| SettingsError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some(Zeroizing::new(text.trim().to_owned())))
+}
+
+/// Writes `bytes` to `path` via a 0600 temp file, fsync and rename, creating `path`'s directory 0700.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
+    let io = |action, source| SettingsError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("write", e))?;
+    // The mode above is filtered by the umask; set it explicitly so a umask of 000 cannot loosen it.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("set permissions on", e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", e))?;
+    fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_and_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Settings::load(dir.path()).unwrap(), Settings::default());
+        let settings = Settings {
+            relay: Some("127.0.0.1:4433".into()),
+            workspace: Some("prod".into()),
+            ..Settings::default()
+        };
+        settings.save(dir.path()).unwrap();
+        assert_eq!(Settings::load(dir.path()).unwrap(), settings);
+    }
+
+    #[test]
+    fn api_key_file_is_private_and_loose_modes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = save_api_key(dir.path(), "cmdop_ak_x_y").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            read_api_key(&path).unwrap().unwrap().as_str(),
+            "cmdop_ak_x_y"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_api_key(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_settings_file_names_itself_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SETTINGS_FILE), b"{not json").unwrap();
+        let err = Settings::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.json") && err.contains("enroll"),
+            "{err}"
+        );
+    }
+}

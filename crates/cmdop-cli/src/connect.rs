@@ -1,0 +1,136 @@
+//! `cmdop connect`: list the machines of a fleet.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use cmdop_relay::client::{ClientConnection, Machine};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::exit::{Failure, Kind};
+use crate::login::runtime;
+use crate::profile::Profile;
+use crate::{GlobalArgs, Outcome};
+
+/// Flags of `cmdop connect`.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The fleet to work in; may be left out when the credential covers exactly one.
+    #[arg(long, value_name = "NAME")]
+    workspace: Option<String>,
+    /// List the fleet's machines, online ones first.
+    #[arg(long)]
+    list: bool,
+    /// With --list: only machines that are online now.
+    #[arg(long, requires = "list")]
+    online: bool,
+    /// With --list: print a JSON array.
+    #[arg(long, requires = "list")]
+    json: bool,
+}
+
+/// Runs `cmdop connect`.
+pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
+    if !args.list {
+        return Err(Failure::new(
+            Kind::General,
+            "nothing to do; use `cmdop connect --list` to see the fleet's machines",
+        ));
+    }
+    let profile = Profile::open(global)?;
+    let session = profile.session(global)?;
+    let runtime = runtime()?;
+    let machines = runtime.block_on(async {
+        let mut client =
+            ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
+        let machines = client.list_machines(args.workspace.as_deref()).await;
+        client.close().await;
+        machines
+    })?;
+    let mut machines: Vec<Machine> = machines
+        .into_iter()
+        .filter(|m| m.online || !args.online)
+        .collect();
+    machines.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+    if args.json {
+        let rows: Vec<Value> = machines.iter().map(machine_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
+        );
+    } else {
+        print_table(&machines);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn machine_json(machine: &Machine) -> Value {
+    json!({
+        "id": machine.id.to_string(),
+        "hostname": machine.hostname,
+        "name": machine.name,
+        "fingerprint": machine.public_key.map(|key| key.fingerprint().to_string()),
+        "public_key": machine.public_key.map(|key| key.to_string()),
+        "online": machine.online,
+        "last_seen": machine.last_seen.and_then(rfc3339),
+        "os": machine.os,
+        "arch": machine.arch,
+        "agent_version": machine.agent_version,
+    })
+}
+
+fn print_table(machines: &[Machine]) {
+    if machines.is_empty() {
+        println!("no machines; enrol one with `cmdop-agent run --workspace FLEET …`");
+        return;
+    }
+    let rows: Vec<[String; 6]> = machines
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.hostname.clone(),
+                if m.online {
+                    "online".to_owned()
+                } else {
+                    "offline".to_owned()
+                },
+                m.last_seen
+                    .and_then(rfc3339)
+                    .unwrap_or_else(|| "never".to_owned()),
+                m.public_key
+                    .map(|k| k.fingerprint().short())
+                    .unwrap_or_else(|| "?".to_owned()),
+                m.id.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "HOSTNAME", "STATUS", "LAST SEEN", "KEY", "ID"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+}
+
+fn rfc3339(unix_seconds: u64) -> Option<String> {
+    let seconds = i64::try_from(unix_seconds).ok()?;
+    OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
+}

@@ -1,0 +1,67 @@
+//! Exit codes (documented in docs/cli.md) and the one place a failure is printed.
+
+use std::process::ExitCode;
+
+use cmdop_relay::client::ClientError;
+
+/// Why cmdop itself failed, as distinct from a remote command's own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Anything else: local files, bad input.
+    General = 1,
+    /// The relay refused the credential, or it does not cover what was asked.
+    Auth = 3,
+    /// A machine or fleet was not found, or the name was ambiguous.
+    NotFound = 4,
+    /// The relay could not be reached, did not answer, or the connection was lost.
+    Unreachable = 5,
+    /// The relay presented a certificate other than the pinned one.
+    Fingerprint = 6,
+}
+
+/// A failure with its exit code and a one-line message that names the problem and the fix.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    kind: Kind,
+    message: String,
+}
+
+impl Failure {
+    /// A failure of `kind` with `message`.
+    pub(crate) fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Prints `cmdop: <message>` to stderr and returns the exit code.
+    pub(crate) fn report(self) -> ExitCode {
+        eprintln!("cmdop: {}", self.message);
+        ExitCode::from(self.kind as u8)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Self::new(Kind::General, format!("{err:#}"))
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        let kind = match &err {
+            ClientError::FingerprintMismatch { .. } => Kind::Fingerprint,
+            ClientError::AuthenticationFailed(_)
+            | ClientError::Forbidden(_)
+            | ClientError::CredentialRevoked(_) => Kind::Auth,
+            ClientError::FleetNotFound(_) | ClientError::WorkspaceRequired { .. } => Kind::NotFound,
+            ClientError::Resolve { .. }
+            | ClientError::Unreachable { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Timeout(_) => Kind::Unreachable,
+            _ => Kind::General,
+        };
+        Self::new(kind, err.to_string())
+    }
+}

@@ -1,0 +1,140 @@
+//! `cmdop login`, `cmdop logout` and `cmdop status`.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use cmdop_relay::client::ClientConnection;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::exit::{Failure, Kind};
+use crate::profile::Profile;
+use crate::{GlobalArgs, Outcome};
+
+/// Flags of `cmdop login`.
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// A file holding the user token (or an API key); else CMDOP_TOKEN, else a hidden prompt.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// Flags of `cmdop status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Checks the credential against the relay, then saves both.
+pub(crate) fn login(global: &GlobalArgs, args: LoginArgs) -> Outcome {
+    if global.relay.is_none() || global.relay_fingerprint.is_none() {
+        return Err(Failure::new(
+            Kind::General,
+            "cmdop login needs --relay HOST:PORT and --relay-fingerprint FP (run `cmdop-relay fingerprint` on the relay)",
+        ));
+    }
+    let token = read_token(&args)?;
+    let profile = Profile::open(global)?;
+    let relay = profile.relay_target(global, None)?;
+    let (identity, _) = profile.identity()?;
+    let client = runtime()?.block_on(ClientConnection::login(&relay, &identity, &token))?;
+    let path = profile.save_login(&identity, &relay, &token)?;
+    println!("logged in to {} as {}", relay.address, client.principal());
+    println!("fleets: {}", client.fleets().join(", "));
+    println!("saved to {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Forgets the saved login.
+pub(crate) fn logout(global: &GlobalArgs) -> Outcome {
+    let profile = Profile::open(global)?;
+    if profile.forget_login()? {
+        println!("logged out: removed {}", profile.login_path().display());
+        println!("the credential itself is still valid on the relay; revoke it there if it leaked");
+    } else {
+        println!("not logged in");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says who you are, which relay, and which fleets.
+pub(crate) fn status(global: &GlobalArgs, args: StatusArgs) -> Outcome {
+    let profile = Profile::open(global)?;
+    let session = profile.session(global)?;
+    let (_, info) = profile.identity()?;
+    let runtime = runtime()?;
+    let client = runtime.block_on(ClientConnection::login(
+        &session.relay,
+        &session.identity,
+        &session.credential,
+    ))?;
+    let fingerprint = session.identity.public_key().fingerprint();
+    if args.json {
+        let value = json!({
+            "relay": session.relay.address,
+            "relay_fingerprint": session.relay.fingerprint.to_string(),
+            "principal": client.principal(),
+            "fleets": client.fleets(),
+            "client_fingerprint": fingerprint.to_string(),
+            "client_key_storage": info.kek_location.to_string(),
+        });
+        println!("{value:#}");
+    } else {
+        println!(
+            "relay:    {} ({})",
+            session.relay.address, session.relay.fingerprint
+        );
+        println!("you:      {}", client.principal());
+        println!("fleets:   {}", client.fleets().join(", "));
+        println!(
+            "this client: key {} ({})",
+            fingerprint.short(),
+            info.kek_location
+        );
+    }
+    runtime.block_on(client.close());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_token(args: &LoginArgs) -> Result<Zeroizing<String>, Failure> {
+    let token = if let Some(path) = &args.token_file {
+        let mut text = Zeroizing::new(String::new());
+        std::fs::File::open(path)
+            .and_then(|mut file| file.read_to_string(&mut text))
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        text
+    } else if let Ok(token) = std::env::var("CMDOP_TOKEN") {
+        Zeroizing::new(token)
+    } else if std::io::stdin().is_terminal() {
+        Zeroizing::new(
+            rpassword::prompt_password("token: ")
+                .context("cannot read the token from the terminal")?,
+        )
+    } else {
+        return Err(Failure::new(
+            Kind::General,
+            "no token given; pass --token-file FILE, set CMDOP_TOKEN, or run on a terminal to be prompted",
+        ));
+    };
+    let token = Zeroizing::new(token.trim().to_owned());
+    if token.is_empty() {
+        return Err(Failure::new(
+            Kind::General,
+            "the token is empty; check --token-file or CMDOP_TOKEN",
+        ));
+    }
+    Ok(token)
+}
+
+/// A single-threaded runtime: one command, one connection.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
