@@ -530,3 +530,89 @@ fn child_process_entry() {
         Err(err) => println!("ERROR {err}"),
     }
 }
+
+/// Hands out OS randomness and remembers every byte, so the test knows all secrets the store generated.
+struct RecordingRng(Vec<u8>);
+
+impl rand_core::RngCore for RecordingRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core::RngCore::fill_bytes(&mut OsRng, dest);
+        self.0.extend_from_slice(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for RecordingRng {}
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("no test thread panicked while logging")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = file_store(&tmp.path().join("cmdop"));
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let mut rng = RecordingRng(Vec::new());
+    tracing::subscriber::with_default(subscriber, || {
+        let (identity, _, _) = store.load_or_create(&mut rng).unwrap();
+        let (loaded, _) = store.load().unwrap().unwrap();
+        tracing::info!(?identity, ?loaded, "debug forms");
+        // An error path too: a wrong KEK.
+        let mut key = fs::read(store.key_path()).unwrap();
+        key[40] ^= 1;
+        fs::write(store.key_path(), &key).unwrap();
+        let err = store.load().unwrap_err();
+        tracing::error!(?err, "load failed: {err}");
+    });
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("created a new identity") && logs.contains("loaded the identity"),
+        "{logs}"
+    );
+    // Key id, KEK, seed and nonce: every 8-byte stretch of them, in hex, must be absent.
+    assert_eq!(
+        rng.0.len(),
+        16 + 32 + 32 + 12,
+        "the store drew key id, KEK, seed and nonce"
+    );
+    for window in rng.0.windows(8) {
+        let hex = hex::encode(window);
+        assert!(
+            !logs.contains(&hex),
+            "{hex} from the generated secrets appears in the logs:\n{logs}"
+        );
+    }
+}
