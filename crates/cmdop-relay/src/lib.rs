@@ -11,6 +11,7 @@
 //! Entry points: [`server::Server`] for the relay, [`client`] for agents and the CLI, [`wire`] for the sans-IO
 //! protocol (specified in `docs/protocol.md`), [`store::Store`] for the admin operations.
 
+pub mod admin;
 pub mod client;
 mod control;
 pub mod e2e;

@@ -656,13 +656,13 @@ async fn serve_agent(
     machine_id: Uuid,
 ) {
     let previous = shared.online().insert(machine_id, session_id);
-    if let Some(previous) = previous {
-        if let Some(old) = shared.sessions().get(&previous) {
-            old.connection.close(
-                CloseCode::REPLACED.0.into(),
-                b"the same machine connected again",
-            );
-        }
+    if let Some(previous) = previous
+        && let Some(old) = shared.sessions().get(&previous)
+    {
+        old.connection.close(
+            CloseCode::REPLACED.0.into(),
+            b"the same machine connected again",
+        );
     }
     if let Err(err) = shared
         .lock_store()
@@ -844,3 +844,6 @@ async fn watch_revocations(shared: Arc<Shared>, poll: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

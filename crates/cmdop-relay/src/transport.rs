@@ -188,12 +188,20 @@ impl TlsIdentity {
     }
 }
 
-/// Prints nothing and generates nothing: the fingerprint of the certificate the relay in `data_dir` serves.
+/// The fingerprint of the generated certificate stored in `data_dir`; reads only, never generates.
 pub fn stored_fingerprint(data_dir: &Path) -> Result<RelayFingerprint, TransportError> {
     Ok(
         TlsIdentity::from_pem_files(&data_dir.join(CERT_FILE), &data_dir.join(KEY_FILE))?
             .fingerprint(),
     )
+}
+
+/// The fingerprint of the first certificate in a PEM file (the leaf), e.g. a CA-issued one passed to `--cert`.
+pub fn leaf_fingerprint_from_pem(pem: &[u8]) -> Option<RelayFingerprint> {
+    CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()
+        .map(|leaf| RelayFingerprint::of_cert(&leaf))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TransportError> {

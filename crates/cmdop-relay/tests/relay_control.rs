@@ -1,5 +1,8 @@
 //! The relay's control plane end to end: real QUIC on loopback, a real SQLite file, the public client library.
 
+// Test helpers outside #[test] functions panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -672,10 +672,10 @@ impl Store {
         }
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(record) = self.credential(&id)? {
-                if fleet.is_none_or(|name| record.fleets.iter().any(|f| f == name)) {
-                    records.push(record);
-                }
+            if let Some(record) = self.credential(&id)?
+                && fleet.is_none_or(|name| record.fleets.iter().any(|f| f == name))
+            {
+                records.push(record);
             }
         }
         Ok(records)

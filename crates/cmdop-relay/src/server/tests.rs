@@ -1,0 +1,218 @@
+//! Hostile-peer tests that need raw frames: malformed and oversized input, silent connections.
+
+use std::sync::{Arc, Mutex};
+
+use rand_core::OsRng;
+
+use super::*;
+use crate::client::{ClientConnection, RelayTarget};
+use crate::store::Store;
+use crate::transport::client_config;
+use crate::wire::{FrameDecoder, MAX_FRAME_SIZE};
+
+struct Running {
+    addr: SocketAddr,
+    fingerprint: RelayFingerprint,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+async fn start(data: &std::path::Path, limits: Limits) -> Running {
+    let (tls, _) = TlsIdentity::load_or_generate(data).unwrap();
+    let mut config = ServerConfig::new(data.to_owned(), "127.0.0.1:0".parse().unwrap(), tls);
+    config.limits = limits;
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let fingerprint = server.fingerprint();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        fingerprint,
+        stop,
+        task,
+    }
+}
+
+async fn raw_connection(running: &Running) -> (quinn::Endpoint, quinn::Connection) {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = client_config(
+        running.fingerprint,
+        Arc::new(Mutex::new(None)),
+        &Limits::default(),
+    )
+    .unwrap();
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(running.addr, crate::transport::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, connection)
+}
+
+/// Sends `bytes` on a fresh control stream and returns the relay's first message and the close code.
+async fn send_raw(running: &Running, bytes: &[u8]) -> (Option<RelayMessage>, Option<u64>) {
+    let (_endpoint, connection) = raw_connection(running).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut received = Vec::new();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(n)) = recv.read(&mut buf).await {
+            received.extend_from_slice(&buf[..n]);
+        }
+        FrameDecoder::new()
+            .decode::<RelayMessage>(&mut received.as_slice())
+            .ok()
+            .flatten()
+    })
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .unwrap();
+    let code = match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
+    };
+    (reply, code)
+}
+
+fn bad_frame(reply: Option<RelayMessage>) -> bool {
+    matches!(
+        reply,
+        Some(RelayMessage::Error(ErrorMessage {
+            code: ErrorCode::BAD_FRAME,
+            ..
+        }))
+    )
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_get_an_error_and_others_keep_being_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", unix_now()).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, unix_now())
+        .unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+
+    let oversized = u32::try_from(MAX_FRAME_SIZE + 1).unwrap().to_be_bytes();
+    let (reply, code) = send_raw(&running, &oversized).await;
+    assert!(bad_frame(reply.clone()), "{reply:?}");
+    assert_eq!(code, Some(CloseCode::PROTOCOL_ERROR.0.into()));
+
+    let (reply, code) = send_raw(&running, &[0, 0, 0, 3, 0x7f, 0x7f, 0x7f]).await;
+    assert!(bad_frame(reply.clone()), "{reply:?}");
+    assert_eq!(code, Some(CloseCode::PROTOCOL_ERROR.0.into()));
+
+    // A valid Hello followed by junk in the same frame: leftover bytes are refused.
+    let mut hello = crate::wire::encode(&PeerMessage::Hello(crate::wire::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+        client_software: String::new(),
+    }))
+    .unwrap();
+    hello[3] += 2;
+    hello.extend_from_slice(&[1, 2]);
+    let (reply, _) = send_raw(&running, &hello).await;
+    assert!(bad_frame(reply.clone()), "{reply:?}");
+
+    // An unsupported version is named as such.
+    let old = crate::wire::encode(&PeerMessage::Hello(crate::wire::Hello {
+        version: 99,
+        role: Role::Client,
+        client_software: String::new(),
+    }))
+    .unwrap();
+    let (reply, _) = send_raw(&running, &old).await;
+    assert!(
+        matches!(
+            reply,
+            Some(RelayMessage::Error(ErrorMessage {
+                code: ErrorCode::UNSUPPORTED_VERSION,
+                ..
+            }))
+        ),
+        "{reply:?}"
+    );
+
+    // The relay still serves a well-behaved client.
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let mut client = ClientConnection::login(
+        &target,
+        &cmdop_identity::Identity::generate(&mut OsRng),
+        &member.expose_text(),
+    )
+    .await
+    .unwrap();
+    assert!(client.list_machines(None).await.unwrap().is_empty());
+    client.close().await;
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_that_never_logs_in_is_cut_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        login_deadline: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let running = start(dir.path(), limits).await;
+    let (_endpoint, connection) = raw_connection(&running).await;
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(CloseCode::LOGIN_TIMEOUT.0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let audit = Store::open(dir.path()).unwrap().audit(None).unwrap();
+    assert!(audit.iter().any(|a| a.detail == "login deadline exceeded"));
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_unauthenticated: 1,
+        ..Limits::default()
+    };
+    let running = start(dir.path(), limits).await;
+    let (_first_endpoint, _first) = raw_connection(&running).await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        client_config(
+            running.fingerprint,
+            Arc::new(Mutex::new(None)),
+            &Limits::default(),
+        )
+        .unwrap(),
+    );
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        endpoint.connect(running.addr, "cmdop-relay").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        second.is_err(),
+        "second unauthenticated connection accepted"
+    );
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
