@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use cmdop_identity::{Fingerprint, Identity, PublicKey, Purpose, Seed, Signature};
+use cmdop_identity::{Fingerprint, Identity, KeyPurpose, PublicKey, Purpose, Seed, Signature};
 
 /// Splits a vector file into blocks of `key: value` fields, skipping comments.
 fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
@@ -124,8 +124,12 @@ fn purpose_labels_are_distinct_short_versioned_and_registered() {
             "{label} is not registered in docs/security.md"
         );
     }
-    assert!(
-        registry.contains("`cmdop fingerprint v1`"),
-        "the fingerprint label is not registered"
-    );
+    // Hash and KDF labels share the namespace: none may equal a signature label, and each is registered.
+    for label in ["cmdop fingerprint v1", KeyPurpose::ClientLoginStore.label()] {
+        assert!(seen.insert(label), "{label} used twice");
+        assert!(
+            registry.contains(&format!("`{label}`")),
+            "{label} is not registered in docs/security.md"
+        );
+    }
 }
