@@ -129,6 +129,7 @@ impl Default for RekeyPolicy {
 }
 
 /// The client (Noise initiator) after sending message 1.
+#[must_use = "the handshake stalls unless this state is driven with the next message"]
 pub struct ClientHandshake {
     prologue: Prologue,
     noise: NnInitiator,
@@ -180,6 +181,7 @@ impl fmt::Debug for ClientHandshake {
 
 /// The client after the Noise handshake: waits for the agent's identity proof.
 #[derive(Debug)]
+#[must_use = "the handshake stalls unless this state is driven with the next message"]
 pub struct ClientAwaitingAgent {
     agent_key: PublicKey,
     session: Session,
@@ -292,6 +294,7 @@ impl AgentHandshake {
 
 /// The agent after answering: processes nothing but the client's `Auth` frame.
 #[derive(Debug)]
+#[must_use = "the handshake stalls unless this state is driven with the next message"]
 pub struct AgentAwaitingClient {
     session: Session,
 }
@@ -345,6 +348,7 @@ fn client_signed_message(
 ///
 /// [`accept`]: PendingClient::accept
 #[derive(Debug)]
+#[must_use = "call accept() or reject() after checking the capability"]
 pub struct PendingClient {
     session: Session,
     client_key: PublicKey,

@@ -2,7 +2,7 @@
 //!
 //! Only what the NN pattern needs is here: `CipherState` (§5.1), `SymmetricState` (§5.2) and the two
 //! handshake messages `-> e` and `<- e, ee` (§5.3, §7.4), plus `Rekey` (§11.3). It is proven byte for byte
-//! against the cacophony vector in `tests/e2e_noise_vectors.rs`. The cmdop channel in [`super::channel`]
+//! against the cacophony vector in `tests/e2e_noise_vectors.rs`. The cmdop channel (`channel.rs`)
 //! always uses empty handshake payloads; payload support exists so the vector can be checked.
 
 use std::fmt;
@@ -170,7 +170,7 @@ impl CipherState {
         Ok(body_len)
     }
 
-    /// Convenience over [`CipherState::encrypt_in_place`]: returns ciphertext ‖ tag.
+    /// `EncryptWithAd(ad, plaintext)`: returns ciphertext ‖ tag (just the plaintext before the first key).
     pub fn encrypt_with_ad(
         &mut self,
         ad: &[u8],
@@ -183,7 +183,7 @@ impl CipherState {
         Ok(out)
     }
 
-    /// Convenience over [`CipherState::decrypt_in_place`]: returns the plaintext.
+    /// `DecryptWithAd(ad, ciphertext)`: returns the plaintext; nothing is returned if the tag fails.
     pub fn decrypt_with_ad(
         &mut self,
         ad: &[u8],

@@ -160,8 +160,18 @@ pub fn start_agent(
 
 /// Agent side up to (not including) accept: for tests of authorization.
 pub fn pending(salt: u8) -> (PendingClient, Session, Vec<u8>) {
+    pending_with(salt, &client(), CAPABILITY)
+}
+
+/// Like [`pending`], for a chosen client identity and capability. Returns the agent's pending client, the
+/// client's session, and the client's first request (sealed in the same flight as its auth frame).
+pub fn pending_with(
+    salt: u8,
+    client_id: &Identity,
+    capability: &[u8],
+) -> (PendingClient, Session, Vec<u8>) {
     let at = now();
-    let (agent_id, client_id) = (agent(), client());
+    let agent_id = agent();
     let p = prologue(&agent_id);
     let mut msg1 = Vec::new();
     let handshake =
@@ -183,10 +193,9 @@ pub fn pending(salt: u8) -> (PendingClient, Session, Vec<u8>) {
     let mut client = handshake
         .read_response(&flight[0])
         .unwrap()
-        .read_agent_auth(&flight[1], &client_id, CAPABILITY, at, &mut client_flight)
+        .read_agent_auth(&flight[1], client_id, capability, at, &mut client_flight)
         .unwrap();
     let auth = messages(&client_flight);
-    // The client's first request travels in the same flight as its auth frame.
     let mut request = Vec::new();
     client
         .send_data(b"first request", at, &mut request)
