@@ -910,3 +910,36 @@ fn close_message_is_bounded() {
     assert_eq!(*reason, CloseReason::Shutdown);
     assert_eq!(message.len(), 1024);
 }
+
+#[test]
+fn close_after_end_survives_a_time_rekey() {
+    let mut pair = pair();
+    let t0 = now();
+    let mut wire = Vec::new();
+    pair.agent.send_end(0, t0, &mut wire).unwrap();
+    pair.agent
+        .send_close(
+            CloseReason::Shutdown,
+            "bye",
+            t0 + Duration::from_secs(3600),
+            &mut wire,
+        )
+        .unwrap();
+    assert_eq!(
+        messages(&wire).len(),
+        3,
+        "end, rekey (the key is an hour old), close"
+    );
+    let got = receive(&mut pair.client, &wire, 4096);
+    assert_eq!(
+        got.delivered,
+        vec![
+            Incoming::End { status: 0 },
+            Incoming::Close {
+                reason: CloseReason::Shutdown,
+                message: "bye".into()
+            }
+        ]
+    );
+    assert_eq!(got.outcome, Ok(()));
+}

@@ -447,7 +447,8 @@ impl Session {
     }
 
     /// Appends `data` to `out` as one or more framed `Data` messages (split at [`MAX_DATA_PER_FRAME`]),
-    /// preceded by a `Rekey` frame whenever the policy says the sending key is used up.
+    /// preceded by a `Rekey` frame whenever the policy says the sending key is used up. Empty `data` sends
+    /// nothing.
     pub fn send_data(
         &mut self,
         data: &[u8],
@@ -502,7 +503,8 @@ impl Session {
     /// `Ok(None)` means a control frame (rekey) was handled and there is nothing for the application.
     pub fn open(&mut self, message: &[u8]) -> Result<Option<Incoming>, ChannelError> {
         let frame = self.open_frame(message)?;
-        if self.received_end && !matches!(frame, Frame::Close { .. }) {
+        // A sender may still rekey (its policy is checked on every seal) and close after its end frame.
+        if self.received_end && !matches!(frame, Frame::Close { .. } | Frame::Rekey) {
             return Err(self.fail(ChannelError::UnexpectedFrame {
                 expected: "nothing after the end frame",
             }));
