@@ -4,6 +4,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
+mod contour;
 mod layering;
 mod quickstart;
 mod tidy;
@@ -25,7 +27,8 @@ commands:
   layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
   tidy         check that every Rust file opens with a //! line
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
-  quickstart   build the release binaries and bring up a local contour under target/quickstart";
+  quickstart   build the release binaries and bring up a local contour under target/quickstart
+  bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     match run() {
@@ -49,6 +52,7 @@ fn run() -> Result<()> {
         "tidy" => tidy::check(&root),
         "deny" => deny(),
         "quickstart" => quickstart::run(&root, &rest),
+        "bench" => bench::run(&root, &rest),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

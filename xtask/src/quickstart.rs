@@ -1,44 +1,101 @@
-//! `cargo xtask quickstart`: builds the binaries and shows the contour on this machine with embedded defaults.
+//! `cargo xtask quickstart`: builds the release binaries and brings up the whole contour on this machine.
 //!
-//! Every step prints the exact command it runs, so a person can repeat it by hand.
+//! State lives under `target/quickstart/`, so a second run reuses the same relay certificate, fleet, keys,
+//! agent identity and login. Every step prints the exact command it runs.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-/// Runs the quickstart. State lives under `target/quickstart/`, so a second run reuses the same identity.
+use crate::contour::{self, Binaries, Contour};
+
+/// The quickstart relay's address: fixed, so that a second run (and a person repeating the steps) finds it
+/// where the saved login says it is.
+const LISTEN: &str = "127.0.0.1:4433";
+
+const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--stop]
+
+  --no-shell  exit after showing the contour instead of keeping it up until Ctrl-C
+  --stop      stop a contour an earlier quickstart left running";
+
+/// Runs the quickstart with its command-line arguments.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
-    if let Some(unknown) = args.first() {
-        bail!("quickstart takes no arguments, got `{unknown}`");
+    let mut no_shell = false;
+    let mut stop = false;
+    for arg in args {
+        match arg.as_str() {
+            "--no-shell" => no_shell = true,
+            "--stop" => stop = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("quickstart does not take `{other}`\n\n{USAGE}"),
+        }
     }
     let state = root.join("target").join("quickstart");
-    let agent_dir = state.join("agent");
-    println!("# building the binaries");
-    shown(Command::new("cargo").args(["build", "--release", "-p", "cmdop-agent"]))?;
-    let agent = root.join("target").join("release").join("cmdop-agent");
-    let agent_dir = agent_dir
-        .to_str()
-        .context("the quickstart directory is not UTF-8")?;
-    println!("\n# the agent's identity: created on first run, the same on every run after");
-    shown(Command::new(&agent).args(["--config-dir", agent_dir, "identity", "init"]))?;
-    shown(Command::new(&agent).args(["--config-dir", agent_dir, "identity", "show"]))?;
+    if stop {
+        if !contour::stop_leftovers(&state)? {
+            println!("no quickstart contour is running");
+        }
+        return Ok(());
+    }
+
+    contour::header("building the release binaries");
+    let bins = Binaries::build_release(root)?;
+    let mut contour = Contour::up(bins, &state, LISTEN)?;
+
+    contour::header("the agent's identity (the same on every run)");
+    let mut show = contour.agent_command();
+    show.args(["identity", "show"]);
+    // The identity store logs at info level; the summary on stdout is what a person wants here.
+    show.env("RUST_LOG", "warn");
+    contour::run_shown(&mut show)?;
+
+    contour::header("the machines in the fleet, as the CLI sees them");
+    let mut list = contour.cli();
+    list.args(["connect", "--list"]);
+    contour::run_shown(&mut list)?;
+
+    contour::header("a command on this machine, through the relay");
+    if exec_available(&contour) {
+        let mut exec = contour.cli();
+        exec.args(["connect", "exec", &contour.machine, "--", "uname", "-a"]);
+        contour::run_shown(&mut exec)?;
+    } else {
+        println!("  `cmdop connect exec` is not available in this build yet; skipping it");
+    }
+
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if no_shell || !interactive {
+        contour::header("done; stopping the agent and the relay");
+        contour.stop();
+        println!(
+            "  state kept in {} (run again to reuse it)",
+            state.display()
+        );
+        return Ok(());
+    }
+    contour::header("the contour is up");
+    println!(
+        "  try it from another terminal:\n    {} --config-dir {} connect --list\n  \
+         Ctrl-C here stops the agent and the relay (or run `cargo xtask quickstart --stop`).",
+        root.join("target/release/cmdop").display(),
+        state.join("client").display()
+    );
+    // Ctrl-C reaches the whole foreground process group, so the relay and the agent stop on their own (and
+    // this process with them). Should one of them exit for another reason, the other is stopped too.
+    let why = contour.wait()?;
+    println!("\n  {why}; stopping the rest");
+    contour.stop();
     Ok(())
 }
 
-/// Prints a command the way a person would type it, then runs it with inherited stdio.
-fn shown(command: &mut Command) -> Result<()> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let args: Vec<String> = command
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    println!("$ {program} {}", args.join(" "));
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !status.success() {
-        bail!("`{program}` exited with {status}");
-    }
-    Ok(())
+/// Whether this build's CLI has `connect exec`: its help succeeds only once the subcommand exists.
+pub(crate) fn exec_available(contour: &Contour) -> bool {
+    let mut help: Command = contour.cli();
+    help.args(["connect", "exec", "--help"]);
+    help.output().is_ok_and(|out| out.status.success())
 }

@@ -1,0 +1,569 @@
+//! A whole cmdop contour on this machine from the real binaries: relay, fleet, keys, one agent, a logged-in CLI.
+//!
+//! Shared by `cargo xtask quickstart` (state under `target/quickstart/`, fixed port, reused between runs) and
+//! `cargo xtask bench` (state in a temporary directory, ephemeral port). Every command is printed as `$ …`
+//! before it runs so that a person can repeat the step by hand.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The fleet the contour creates and enrols this machine into.
+pub(crate) const FLEET: &str = "quickstart";
+
+/// How long a daemon gets to print the line we wait for; a cold release binary starts in well under a second.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a daemon gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The three release binaries, by path.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    /// `cmdop-relay`.
+    pub(crate) relay: PathBuf,
+    /// `cmdop-agent`.
+    pub(crate) agent: PathBuf,
+    /// `cmdop`.
+    pub(crate) cli: PathBuf,
+}
+
+impl Binaries {
+    /// Builds the release binaries with cargo (printing the command) and returns their paths.
+    pub(crate) fn build_release(root: &Path) -> Result<Self> {
+        let mut build = Command::new("cargo");
+        build.args([
+            "build",
+            "--release",
+            "-p",
+            "cmdop-relay",
+            "-p",
+            "cmdop-agent",
+            "-p",
+            "cmdop-cli",
+        ]);
+        run_shown(&mut build)?;
+        let dir = root.join("target").join("release");
+        Ok(Self {
+            relay: dir.join("cmdop-relay"),
+            agent: dir.join("cmdop-agent"),
+            cli: dir.join("cmdop"),
+        })
+    }
+}
+
+/// A running contour. Dropping it stops the agent and the relay (SIGTERM, then SIGKILL after a grace period).
+#[derive(Debug)]
+pub(crate) struct Contour {
+    bins: Binaries,
+    state: PathBuf,
+    // Stopped in this order: the agent first, so that it can tell the relay it is going offline.
+    agent: Option<Daemon>,
+    relay: Option<Daemon>,
+    /// The relay's UDP address, `127.0.0.1:PORT`.
+    pub(crate) address: String,
+    /// The relay's certificate fingerprint, `sha256:…`, which the agent and the CLI pin.
+    pub(crate) fingerprint: String,
+    /// The machine id the relay gave this machine's agent.
+    pub(crate) machine: String,
+}
+
+impl Contour {
+    /// Brings up a contour with all its state under `state`, the relay listening on `listen`.
+    ///
+    /// Existing state is reused: the relay's certificate and database, the fleet, the keys (kept in 0600 files
+    /// under `state/secrets/`), the agent's identity and the CLI's login. Leftover daemons from an earlier run
+    /// that was not stopped cleanly are stopped first.
+    pub(crate) fn up(bins: Binaries, state: &Path, listen: &str) -> Result<Self> {
+        fs::create_dir_all(state)
+            .with_context(|| format!("cannot create the state directory {}", state.display()))?;
+        fs::set_permissions(state, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", state.display()))?;
+        stop_leftovers(state)?;
+        let mut contour = Self {
+            bins,
+            state: state.to_path_buf(),
+            agent: None,
+            relay: None,
+            address: String::new(),
+            fingerprint: String::new(),
+            machine: String::new(),
+        };
+
+        header("the relay: a self-signed certificate and a SQLite database in its data directory");
+        let mut serve = Command::new(&contour.bins.relay);
+        serve
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(contour.relay_dir())
+            .args(["--listen", listen]);
+        let relay = contour.spawn("relay", serve)?;
+        contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
+            line.strip_prefix("relay fingerprint: ")
+                .map(|fp| fp.trim().to_owned())
+        })?;
+        contour.address = relay.wait_for("the relay's address", |line| {
+            line.strip_prefix("listening on ")
+                .map(|addr| addr.trim().to_owned())
+        })?;
+        println!(
+            "  relay listening on {} with fingerprint {}",
+            contour.address, contour.fingerprint
+        );
+        contour.relay = Some(relay);
+
+        header(&format!("the fleet `{FLEET}` and its keys"));
+        contour.ensure_fleet()?;
+        let agent_key = contour.ensure_key("agent")?;
+        let member_key = contour.ensure_key("member")?;
+
+        header("the agent for this machine: its own Ed25519 identity, dialling out to the relay");
+        let mut run = Command::new(&contour.bins.agent);
+        run.arg("--config-dir")
+            .arg(contour.agent_dir())
+            .args(["--kek-backend", "file", "run", "--relay"])
+            .arg(&contour.address)
+            .arg("--relay-fingerprint")
+            .arg(&contour.fingerprint)
+            .args(["--workspace", FLEET, "--api-key-file"])
+            .arg(&agent_key);
+        let agent = contour.spawn("agent", run)?;
+        let online = agent.wait_for("the agent to come online", |line| {
+            line.strip_prefix("online: ").map(str::to_owned)
+        })?;
+        contour.machine = machine_id(&online)
+            .context("the agent's `online:` line names no machine")?
+            .to_owned();
+        println!("  online: {online}");
+        contour.agent = Some(agent);
+
+        header("the CLI, logged in with the member key");
+        let mut login = contour.cli();
+        login
+            .arg("login")
+            .arg("--relay")
+            .arg(&contour.address)
+            .arg("--relay-fingerprint")
+            .arg(&contour.fingerprint)
+            .arg("--token-file")
+            .arg(&member_key);
+        run_shown(&mut login)?;
+        Ok(contour)
+    }
+
+    /// A `cmdop` command using this contour's client directory (and so its saved login).
+    pub(crate) fn cli(&self) -> Command {
+        let mut command = Command::new(&self.bins.cli);
+        command.arg("--config-dir").arg(self.state.join("client"));
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// A `cmdop-agent` command using this contour's agent directory.
+    pub(crate) fn agent_command(&self) -> Command {
+        let mut command = Command::new(&self.bins.agent);
+        command.arg("--config-dir").arg(self.agent_dir());
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Waits until the relay or the agent exits (for instance on Ctrl-C, which reaches them too) and says which.
+    pub(crate) fn wait(&mut self) -> Result<String> {
+        loop {
+            for daemon in self.agent.iter_mut().chain(self.relay.iter_mut()) {
+                if let Some(status) = daemon.child.try_wait().context("cannot poll a child")? {
+                    return Ok(format!("the {} exited with {status}", daemon.name));
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the agent, then the relay.
+    pub(crate) fn stop(&mut self) {
+        for daemon in [self.agent.take(), self.relay.take()].into_iter().flatten() {
+            daemon.stop();
+        }
+    }
+
+    fn relay_dir(&self) -> PathBuf {
+        self.state.join("relay")
+    }
+
+    fn agent_dir(&self) -> PathBuf {
+        self.state.join("agent")
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.state.join("secrets")
+    }
+
+    fn spawn(&self, name: &'static str, command: Command) -> Result<Daemon> {
+        Daemon::spawn(name, command, &self.state)
+    }
+
+    fn ensure_fleet(&self) -> Result<()> {
+        let mut list = self.admin(&["fleet", "list"]);
+        let listing = capture(&mut list)?;
+        if fleet_listed(&listing, FLEET) {
+            println!("  fleet {FLEET} exists");
+            return Ok(());
+        }
+        let mut create = self.admin(&["fleet", "create", FLEET]);
+        run_shown(&mut create)
+    }
+
+    /// Returns the 0600 file holding a `role` key for the fleet, creating the key if there is none the relay
+    /// still accepts.
+    fn ensure_key(&self, role: &str) -> Result<PathBuf> {
+        let dir = self.secrets_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+        let secret = dir.join(format!("{role}.key"));
+        // The id is not secret; keeping it beside the secret lets us ask the relay whether the key still works
+        // without reading the secret back.
+        let id_file = dir.join(format!("{role}.key.id"));
+        if let (true, Ok(id)) = (secret.exists(), fs::read_to_string(&id_file)) {
+            let mut list = self.admin(&["key", "list"]);
+            if key_active(&capture(&mut list)?, id.trim()) {
+                println!("  {role} key {} exists ({})", id.trim(), secret.display());
+                return Ok(secret);
+            }
+        }
+        // Either no key yet or the relay's data was reset: start over with a fresh key.
+        let _ = fs::remove_file(&secret);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .with_context(|| format!("cannot create {}", secret.display()))?;
+        let mut create = self.admin(&["key", "create", "--fleet", FLEET, "--role", role]);
+        // The secret goes straight from the relay binary into its 0600 file and never through this process.
+        create.stdout(file).stderr(Stdio::piped());
+        println!("{} > {}", shell_line(&create), secret.display());
+        let output = create
+            .output()
+            .context("cannot run cmdop-relay key create")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            bail!(
+                "`cmdop-relay key create` exited with {}: {}",
+                output.status,
+                stderr.trim()
+            );
+        }
+        let id = created_key_id(&stderr)
+            .with_context(|| format!("no key id in the output of key create: {stderr:?}"))?;
+        fs::write(&id_file, format!("{id}\n"))
+            .with_context(|| format!("cannot write {}", id_file.display()))?;
+        println!("  created {role} key {id}");
+        Ok(secret)
+    }
+
+    fn admin(&self, verb: &[&str]) -> Command {
+        let mut command = Command::new(&self.bins.relay);
+        command.args(verb).arg("--data-dir").arg(self.relay_dir());
+        command.stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for Contour {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Stops the daemons a quickstart under `state` left running (`cargo xtask quickstart --stop`).
+pub(crate) fn stop_leftovers(state: &Path) -> Result<bool> {
+    let mut stopped = false;
+    for name in ["agent", "relay"] {
+        let pid_file = state.join(format!("{name}.pid"));
+        let Ok(text) = fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let _ = fs::remove_file(&pid_file);
+        let Ok(pid) = text.trim().parse::<u32>() else {
+            continue;
+        };
+        // A pid file outlives its process, and the pid may since belong to something else: only signal a
+        // process that is still one of ours.
+        let ours = fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("cmdop"));
+        if !ours {
+            continue;
+        }
+        println!("  stopping the {name} left running by an earlier run (pid {pid})");
+        signal(pid, "TERM")?;
+        let deadline = Instant::now() + STOP_GRACE;
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            signal(pid, "KILL")?;
+        }
+        stopped = true;
+    }
+    Ok(stopped)
+}
+
+/// A long-running child whose output lines go to a log file in the state directory and to a channel.
+#[derive(Debug)]
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pid_file: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, mut command: Command, state: &Path) -> Result<Self> {
+        let log_path = state.join(format!("{name}.log"));
+        println!("{} > {} 2>&1 &", shell_line(&command), log_path.display());
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        let pid_file = state.join(format!("{name}.pid"));
+        fs::write(&pid_file, format!("{}\n", child.id()))
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
+        let (tx, lines) = mpsc::channel();
+        let streams: [Option<Box<dyn Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let tx = tx.clone();
+            let mut log = log.try_clone().context("cannot share the log file")?;
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    // Losing a log line is not worth stopping the contour for.
+                    let _ = writeln!(log, "{line}");
+                    // The receiver goes away once nobody waits for lines; keep draining so the child never
+                    // blocks on a full pipe.
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Ok(Self {
+            name,
+            child,
+            lines,
+            pid_file,
+        })
+    }
+
+    /// Waits for an output line that `pick` accepts, failing with the daemon's output if it exits or is slow.
+    fn wait_for<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = pick(&line) {
+                        return Ok(found);
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "timed out after {STARTUP_TIMEOUT:?} waiting for {what}; the {} printed:\n{}",
+                    self.name,
+                    seen.join("\n")
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the {} exited before {what}; it printed:\n{}",
+                    self.name,
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM first: the agent then tells the relay it is going offline.
+            let _ = signal(self.child.id(), "TERM");
+            let deadline = Instant::now() + STOP_GRACE;
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Sends a signal with kill(1): std only offers SIGKILL, and this crate stays free of unsafe code and libc.
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run kill")?;
+    // kill fails when the process is already gone, which is what we wanted anyway.
+    let _ = status;
+    Ok(())
+}
+
+/// Prints a short step header.
+pub(crate) fn header(text: &str) {
+    println!("\n== {text}");
+}
+
+/// The command as a person would type it: program and arguments, quoted where a shell would need it.
+pub(crate) fn shell_line(command: &Command) -> String {
+    let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+    words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    format!("$ {}", quoted.join(" "))
+}
+
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Prints the command, runs it with inherited stdout and stderr, and fails on a non-zero exit.
+pub(crate) fn run_shown(command: &mut Command) -> Result<()> {
+    println!("{}", shell_line(command));
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {}", command.get_program().to_string_lossy()))?;
+    if !status.success() {
+        bail!("`{}` exited with {status}", shell_line(command));
+    }
+    Ok(())
+}
+
+/// Runs a command quietly (a lookup, not a step) and returns its stdout; fails with its stderr.
+pub(crate) fn capture(command: &mut Command) -> Result<String> {
+    let output: Output = command
+        .output()
+        .with_context(|| format!("cannot run {}", command.get_program().to_string_lossy()))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` exited with {}: {}",
+            shell_line(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The machine id in the rest of an agent's `online: machine <uuid> (…)` line.
+fn machine_id(online: &str) -> Option<&str> {
+    online
+        .strip_prefix("machine ")
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+/// Whether `cmdop-relay fleet list` (`NAME\tID\tCREATED` rows under a header) lists `fleet`.
+fn fleet_listed(listing: &str, fleet: &str) -> bool {
+    listing
+        .lines()
+        .skip(1)
+        .any(|row| row.split_whitespace().next() == Some(fleet))
+}
+
+/// Whether `cmdop-relay key list` shows the key `id` as active.
+fn key_active(listing: &str, id: &str) -> bool {
+    listing.lines().skip(1).any(|row| {
+        let mut columns = row.split_whitespace();
+        columns.next() == Some(id) && columns.any(|c| c == "active")
+    })
+}
+
+/// The id in key create's `created <role> key <id> for fleet …` message.
+fn created_key_id(stderr: &str) -> Option<&str> {
+    let mut words = stderr.split_whitespace().skip_while(|w| *w != "key");
+    words.next()?;
+    words.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_agents_online_line() {
+        let rest = "machine e601442a-5e40-4e96-b1a6-00745158442a (vm, key hikgo-kjzpb) in fleet quickstart";
+        assert_eq!(
+            machine_id(rest),
+            Some("e601442a-5e40-4e96-b1a6-00745158442a")
+        );
+        assert_eq!(machine_id("something else"), None);
+    }
+
+    #[test]
+    fn finds_a_fleet_by_name_not_by_substring() {
+        let listing = "NAME\tID\tCREATED\nquickstart2\tx\ty\nquickstart\t8957\t2026\n";
+        assert!(fleet_listed(listing, "quickstart"));
+        assert!(!fleet_listed(
+            "NAME\tID\tCREATED\nquickstart2\tx\ty\n",
+            "quickstart"
+        ));
+        assert!(!fleet_listed("NAME\tID\tCREATED\n", "NAME"));
+    }
+
+    #[test]
+    fn a_revoked_key_is_not_reused() {
+        let listing = "ID\tKIND\tROLE/USER\tFLEETS\tLABEL\tEXPIRES\tSTATUS\tLAST USED\n\
+            17057b2aee6a5393\tapi-key\tmember\tquickstart\t-\t-\tactive\t-\n\
+            b89249fd8a71ac76\tapi-key\tagent\tquickstart\t-\t-\trevoked\t-\n";
+        assert!(key_active(listing, "17057b2aee6a5393"));
+        assert!(!key_active(listing, "b89249fd8a71ac76"));
+        assert!(!key_active(listing, "0000000000000000"));
+    }
+
+    #[test]
+    fn reads_the_id_of_a_created_key() {
+        let stderr = "created agent key b89249fd8a71ac76 for fleet quickstart; the secret below is shown only once:\n";
+        assert_eq!(created_key_id(stderr), Some("b89249fd8a71ac76"));
+        assert_eq!(created_key_id("error: no such fleet"), None);
+    }
+
+    #[test]
+    fn shows_commands_the_way_a_shell_takes_them() {
+        let mut command = Command::new("cmdop");
+        command.args(["connect", "exec", "m", "--", "echo", "it's here", ""]);
+        assert_eq!(
+            shell_line(&command),
+            r"$ cmdop connect exec m -- echo 'it'\''s here' ''"
+        );
+    }
+}
