@@ -148,6 +148,20 @@ pub enum StoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A secret file belongs to another user, who could have planted it.
+    #[error(
+        "{} is owned by uid {owner}, not by uid {expected} that runs cmdop, and is refused because someone else may have placed it there; if it is yours, run `chown {expected} {}`",
+        path.display(),
+        path.display()
+    )]
+    WrongOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        expected: u32,
+    },
     /// The path exists but is not a regular file.
     #[error("{} is not a regular file; move it out of the way", path.display())]
     NotAFile {
@@ -476,12 +490,18 @@ fn keyring_location(key_id: &[u8; KEY_ID_LEN]) -> KekLocation {
 
 /// Reads an owner-only file, mapping every refusal to the error the user sees.
 fn read_checked(path: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
-    match files::read_owner_only(path) {
+    let uid = files::current_uid();
+    match files::read_owner_only(path, uid) {
         Ok(Checked::Missing) => Ok(None),
         Ok(Checked::Contents(bytes)) => Ok(Some(bytes)),
         Ok(Checked::TooOpen(mode)) => Err(StoreError::TooOpen {
             path: path.to_owned(),
             mode,
+        }),
+        Ok(Checked::WrongOwner(owner)) => Err(StoreError::WrongOwner {
+            path: path.to_owned(),
+            owner,
+            expected: uid,
         }),
         Ok(Checked::NotAFile) => Err(StoreError::NotAFile {
             path: path.to_owned(),

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,10 +20,18 @@ pub(crate) enum Checked {
     TooOpen(u32),
     /// Not a regular file (a directory, a device, a FIFO…).
     NotAFile,
+    /// Owned by another user (this uid): someone else could have planted it, so it must not become our
+    /// identity, even though root could read it.
+    WrongOwner(u32),
 }
 
-/// Reads `path` if it exists, refusing files that group or others could read or write.
-pub(crate) fn read_owner_only(path: &Path) -> io::Result<Checked> {
+/// The effective uid of this process: the owner every secret file must have.
+pub(crate) fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Reads `path` if it exists, refusing files not owned by `owner` or that group or others could access.
+pub(crate) fn read_owner_only(path: &Path, owner: u32) -> io::Result<Checked> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checked::Missing),
@@ -33,6 +41,9 @@ pub(crate) fn read_owner_only(path: &Path) -> io::Result<Checked> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok(Checked::NotAFile);
+    }
+    if meta.uid() != owner {
+        return Ok(Checked::WrongOwner(meta.uid()));
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -101,4 +112,39 @@ fn temp_path(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_another_owner_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        assert!(create_new_atomically(&path, b"x").unwrap());
+        let me = current_uid();
+        assert!(
+            matches!(read_owner_only(&path, me).unwrap(), Checked::Contents(b) if b.as_slice() == b"x")
+        );
+        // Pretend to be someone else rather than chown, which needs root.
+        let other = me.wrapping_add(1);
+        assert!(
+            matches!(read_owner_only(&path, other).unwrap(), Checked::WrongOwner(uid) if uid == me)
+        );
+    }
+
+    #[test]
+    fn create_new_atomically_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        assert!(create_new_atomically(&path, b"first").unwrap());
+        assert!(!create_new_atomically(&path, b"second").unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temp file is left behind"
+        );
+    }
 }
