@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(secret) = CredentialSecret::parse(text)
     {
-        assert_eq!(CredentialSecret::parse(&secret.expose_text()).map(|s| s.hash().0), Ok(secret.hash().0));
+        assert_eq!(CredentialSecret::parse(&secret.expose_text()).map(|s| s.hash().to_bytes()), Ok(secret.hash().to_bytes()));
     }
 });

@@ -78,8 +78,8 @@ pub fn credentials_table(credentials: &[CredentialRecord], now: u64) -> String {
     let mut out = String::from("ID\tKIND\tROLE/USER\tFLEETS\tLABEL\tEXPIRES\tSTATUS\tLAST USED\n");
     for c in credentials {
         let kind = match c.kind {
-            CredentialKind::ApiKey => "api-key",
             CredentialKind::UserToken => "user-token",
+            _ => "api-key",
         };
         let who = c
             .role

@@ -273,10 +273,17 @@ impl AgentConnection {
         let mut ticker = tokio::time::interval(self.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        // Watch the connection between heartbeats too: a revocation closes it at once, and waiting for the
+        // next heartbeat to notice would keep a cut agent looking alive for up to a whole interval.
+        let connection = self.link.connection.clone();
         loop {
-            ticker.tick().await;
-            if let Err(err) = self.heartbeat().await {
-                return err;
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(err) = self.heartbeat().await {
+                        return err;
+                    }
+                }
+                reason = connection.closed() => return self.link.map_close(reason),
             }
         }
     }

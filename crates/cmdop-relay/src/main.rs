@@ -136,7 +136,7 @@ enum KeyCommand {
     Revoke {
         #[command(flatten)]
         data: DataDir,
-        /// The key id (16 hex digits, see `key list`).
+        /// The key id (a UUID, printed by `key create` and `key list`).
         id: String,
     },
 }
@@ -172,7 +172,7 @@ enum TokenCommand {
     Revoke {
         #[command(flatten)]
         data: DataDir,
-        /// The token id (16 hex digits, see `key list`).
+        /// The token id (a UUID, printed by `token create` and `key list`).
         id: String,
     },
 }
@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<()> {
                 role.as_str(),
                 record.id
             );
-            println!("{}", secret.expose_text());
+            println!("{}", secret.expose_text().as_str());
             Ok(())
         }
         Command::Key(KeyCommand::List { data, fleet }) => {
@@ -334,7 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 record.id,
                 fleets.join(", ")
             );
-            println!("{}", secret.expose_text());
+            println!("{}", secret.expose_text().as_str());
             Ok(())
         }
         Command::Machines(MachinesCommand::List { data, fleet, json }) => {

@@ -96,7 +96,7 @@ impl Fixture {
             .admin
             .create_api_key(fleet, role, None, None, now())
             .unwrap();
-        (record.id, secret.expose_text())
+        (record.id, secret.expose_text().to_string())
     }
 }
 

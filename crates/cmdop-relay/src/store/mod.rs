@@ -5,7 +5,6 @@
 //! time. The admin verbs run in another process than the server; SQLite's WAL mode and `busy_timeout` let both
 //! write safely, and [`Store::data_version`] lets the server notice their changes cheaply.
 
-mod credential;
 mod schema;
 
 use std::fs;
@@ -17,8 +16,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use credential::{
-    CREDENTIAL_ID_LEN, CredentialHash, CredentialKind, CredentialParseError, CredentialSecret,
+// Credential texts and hashes are cmdop-fleet's (format and hashing specified in docs/fleet.md).
+pub use cmdop_fleet::{
+    CredentialHash, CredentialId, CredentialKind, CredentialParseError, CredentialSecret,
 };
 
 /// The database file name inside the data dir.
@@ -131,7 +131,7 @@ impl KeyRole {
 /// A credential's metadata (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CredentialRecord {
-    /// Public id (16 hex digits).
+    /// Public id (a UUID, also embedded in the credential text).
     pub id: String,
     /// API key or user token.
     #[serde(serialize_with = "serialize_kind")]
@@ -154,10 +154,19 @@ pub struct CredentialRecord {
     pub last_used_at: Option<u64>,
 }
 
+/// The table holding credentials of `kind`.
+fn credential_table(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::UserToken => "user_tokens",
+        // cmdop-fleet may add kinds; until the store knows them, they are looked up nowhere else.
+        _ => "api_keys",
+    }
+}
+
 fn serialize_kind<S: serde::Serializer>(kind: &CredentialKind, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(match kind {
-        CredentialKind::ApiKey => "api_key",
         CredentialKind::UserToken => "user_token",
+        _ => "api_key",
     })
 }
 
@@ -306,12 +315,12 @@ impl Principal {
     /// The actor string for the audit log: `api_key:<id>` or `user_token:<id>`.
     pub fn actor(&self) -> String {
         match self.kind {
-            CredentialKind::ApiKey => format!("api_key:{}", self.credential_id),
             CredentialKind::UserToken => format!("user_token:{}", self.credential_id),
+            _ => format!("api_key:{}", self.credential_id),
         }
     }
 
-    /// A short human description, e.g. `user alice` or `api key 0123456789abcdef (member)`.
+    /// A short human description, e.g. `user alice` or `api key 8f23a4b0-1c2d-4e5f-8a9b-0c1d2e3f4a5b (member)`.
     pub fn description(&self) -> String {
         match (&self.user, self.role) {
             (Some(user), _) => format!("user {user}"),
@@ -484,15 +493,16 @@ impl Store {
     ) -> Result<(CredentialRecord, CredentialSecret), StoreError> {
         let fleet = self.require_fleet(fleet)?;
         let secret = CredentialSecret::generate(CredentialKind::ApiKey, &mut OsRng);
+        let id = secret.id().to_string();
         self.conn.execute(
             "INSERT INTO api_keys (id, fleet_id, role, label, secret_hash, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                secret.id(),
+                id,
                 fleet.id.to_string(),
                 role.as_str(),
                 label,
-                secret.hash().0.as_slice(),
+                secret.hash().to_bytes().as_slice(),
                 to_sql_time(now),
                 expires_at.map(to_sql_time)
             ],
@@ -503,11 +513,11 @@ impl Store {
             actor: "admin",
             action: "key.create",
             outcome: "done",
-            detail: &format!("api key {} role {}", secret.id(), role.as_str()),
+            detail: &format!("api key {} role {}", id, role.as_str()),
         })?;
         let record = self
-            .credential(secret.id())?
-            .ok_or_else(|| StoreError::UnknownCredential(secret.id().into()))?;
+            .credential(&id)?
+            .ok_or_else(|| StoreError::UnknownCredential(id.clone()))?;
         Ok((record, secret))
     }
 
@@ -557,15 +567,16 @@ impl Store {
             .map(|f| self.require_fleet(f))
             .collect::<Result<Vec<_>, _>>()?;
         let secret = CredentialSecret::generate(CredentialKind::UserToken, &mut OsRng);
+        let id = secret.id().to_string();
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO user_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![secret.id(), user_id, secret.hash().0.as_slice(), to_sql_time(now), expires_at.map(to_sql_time)],
+            params![id, user_id, secret.hash().to_bytes().as_slice(), to_sql_time(now), expires_at.map(to_sql_time)],
         )?;
         for fleet in &fleet_records {
             tx.execute(
                 "INSERT OR IGNORE INTO token_fleets (token_id, fleet_id) VALUES (?1, ?2)",
-                params![secret.id(), fleet.id.to_string()],
+                params![id, fleet.id.to_string()],
             )?;
         }
         tx.commit()?;
@@ -575,15 +586,11 @@ impl Store {
             actor: "admin",
             action: "token.create",
             outcome: "done",
-            detail: &format!(
-                "user token {} for {user} fleets {}",
-                secret.id(),
-                fleets.join(",")
-            ),
+            detail: &format!("user token {} for {user} fleets {}", id, fleets.join(",")),
         })?;
         let record = self
-            .credential(secret.id())?
-            .ok_or_else(|| StoreError::UnknownCredential(secret.id().into()))?;
+            .credential(&id)?
+            .ok_or_else(|| StoreError::UnknownCredential(id.clone()))?;
         Ok((record, secret))
     }
 
@@ -592,10 +599,7 @@ impl Store {
         let record = self
             .credential(id)?
             .ok_or_else(|| StoreError::UnknownCredential(id.to_owned()))?;
-        let table = match record.kind {
-            CredentialKind::ApiKey => "api_keys",
-            CredentialKind::UserToken => "user_tokens",
-        };
+        let table = credential_table(record.kind);
         self.conn.execute(
             &format!("UPDATE {table} SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1"),
             params![id, to_sql_time(now)],
@@ -700,23 +704,23 @@ impl Store {
         let Ok(secret) = CredentialSecret::parse(text) else {
             return Ok(Err(AuthRefusal::Malformed));
         };
-        let Some(record) = self.credential(secret.id())? else {
+        let id = secret.id().to_string();
+        let Some(record) = self.credential(&id)? else {
             return Ok(Err(AuthRefusal::Unknown));
         };
         // A credential of one kind presented with the other kind's prefix is simply unknown.
         if record.kind != secret.kind() {
             return Ok(Err(AuthRefusal::Unknown));
         }
-        let table = match record.kind {
-            CredentialKind::ApiKey => "api_keys",
-            CredentialKind::UserToken => "user_tokens",
-        };
+        let table = credential_table(record.kind);
         let stored: Vec<u8> = self.conn.query_row(
             &format!("SELECT secret_hash FROM {table} WHERE id = ?1"),
-            [secret.id()],
+            [&id],
             |r| r.get(0),
         )?;
-        if !secret.hash().matches(&stored) {
+        let matches = <[u8; 32]>::try_from(stored.as_slice())
+            .is_ok_and(|stored| CredentialHash::from_bytes(stored).verify(&secret));
+        if !matches {
             return Ok(Err(AuthRefusal::WrongSecret));
         }
         if record.revoked_at.is_some() {
@@ -727,15 +731,15 @@ impl Store {
         }
         self.conn.execute(
             &format!("UPDATE {table} SET last_used_at = ?2 WHERE id = ?1"),
-            params![secret.id(), to_sql_time(now)],
+            params![id, to_sql_time(now)],
         )?;
         let fleets = match record.kind {
-            CredentialKind::ApiKey => record
+            CredentialKind::UserToken => self.token_fleets(&id)?,
+            _ => record
                 .fleets
                 .iter()
                 .filter_map(|n| self.fleet_by_name(n).transpose())
                 .collect::<Result<_, _>>()?,
-            CredentialKind::UserToken => self.token_fleets(secret.id())?,
         };
         Ok(Ok(Principal {
             kind: record.kind,

@@ -106,17 +106,23 @@ fn authentication_refusals_name_the_reason() {
     let (_, good) = store
         .create_api_key("prod", KeyRole::Member, None, None, NOW)
         .unwrap();
-    let mut wrong = good.expose_text();
+    let mut wrong = good.expose_text().to_string();
     wrong.pop();
-    wrong.push('x');
+    wrong.push('_');
     let check = |text: &str| store.authenticate(text, NOW).unwrap().err();
     assert_eq!(check(&expired.expose_text()), Some(AuthRefusal::Expired));
     assert_eq!(check(&revoked.expose_text()), Some(AuthRefusal::Revoked));
     assert_eq!(check("nonsense"), Some(AuthRefusal::Malformed));
     assert_eq!(check(&wrong), Some(AuthRefusal::Malformed));
-    let mut wrong_secret = good.expose_text();
-    let last = wrong_secret.pop().unwrap();
-    wrong_secret.push(if last == '0' { '1' } else { '0' });
+    // Change the first secret character to another valid base32 character.
+    let good_text = good.expose_text().to_string();
+    let at = good_text.rfind('_').unwrap() + 1;
+    let swapped = if good_text.as_bytes()[at] == b'a' {
+        "b"
+    } else {
+        "a"
+    };
+    let wrong_secret = format!("{}{swapped}{}", &good_text[..at], &good_text[at + 1..]);
     assert_eq!(check(&wrong_secret), Some(AuthRefusal::WrongSecret));
     let unknown = CredentialSecret::generate(CredentialKind::ApiKey, &mut OsRng).expose_text();
     assert_eq!(check(&unknown), Some(AuthRefusal::Unknown));
