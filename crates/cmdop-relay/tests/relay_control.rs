@@ -617,3 +617,59 @@ async fn agents_come_back_by_themselves_after_a_relay_restart() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    let fx = Fixture::new();
+    fx.fleet("prod");
+    let (_, member_key) = fx.key("prod", KeyRole::Member);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["relay.example".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let cert_path = fx.data.join("chain.pem");
+    let key_path = fx.data.join("leaf-key.pem");
+    std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+
+    let tls = TlsIdentity::from_pem_files(&cert_path, &key_path).unwrap();
+    let expected = RelayFingerprint::of_cert(leaf.der());
+    assert_eq!(tls.fingerprint(), expected);
+    let server = Server::bind(ServerConfig::new(
+        fx.data.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        tls,
+    ))
+    .unwrap();
+    let target = RelayTarget::new(server.local_addr().unwrap().to_string(), expected);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let client = ClientConnection::login(&target, &Identity::generate(&mut OsRng), &member_key)
+        .await
+        .unwrap();
+    client.close().await;
+    // Pinning the CA's fingerprint instead of the leaf's is a mismatch: only the served leaf counts.
+    let ca_pin = RelayTarget::new(
+        target.address.clone(),
+        RelayFingerprint::of_cert(ca_cert.der()),
+    );
+    let err = ClientConnection::login(&ca_pin, &Identity::generate(&mut OsRng), &member_key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::FingerprintMismatch { .. }),
+        "{err:?}"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
