@@ -15,6 +15,8 @@ pub mod admin;
 pub mod client;
 mod control;
 pub mod e2e;
+pub mod ops;
+pub mod secure_stream;
 pub mod server;
 pub mod store;
 pub mod transport;
