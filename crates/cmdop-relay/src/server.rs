@@ -503,8 +503,11 @@ async fn login(
     let key_text = hex::encode(public_key.0);
     match message {
         Some(PeerMessage::AgentLogin(login)) => {
-            if principal.kind != CredentialKind::ApiKey || principal.role != Some(KeyRole::Agent) {
-                refuse_auth("agent login with a credential that is not an agent API key");
+            // cmdop-fleet's roles: agent keys enrol, admin keys may too, members and user tokens may not.
+            let may_enrol = principal.kind == CredentialKind::ApiKey
+                && matches!(principal.role, Some(KeyRole::Agent | KeyRole::Admin));
+            if !may_enrol {
+                refuse_auth("agent login with a credential that is not an agent or admin API key");
                 return Err(Refusal::new(
                     ErrorCode::FORBIDDEN,
                     "this credential cannot enrol machines; use an API key created with --role agent",

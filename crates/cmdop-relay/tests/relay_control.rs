@@ -381,6 +381,16 @@ async fn fleets_never_see_each_other() {
         in_a.machine_id()
     );
 
+    // Member keys and user tokens cannot enrol machines.
+    for credential in [member_a.as_str(), token_ac.expose_text().as_str()] {
+        let enrol = AgentConnection::register(
+            &relay.target,
+            &Identity::generate(&mut OsRng),
+            &registration(credential, "a", "intruder"),
+        )
+        .await;
+        assert!(matches!(enrol, Err(ClientError::Forbidden(_))), "{enrol:?}");
+    }
     // Agent keys are for enrolling only.
     let agent_as_client =
         ClientConnection::login(&relay.target, &Identity::generate(&mut OsRng), &agent_a).await;

@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cmdop_fleet::{AuthError, Role as FleetRole, Timestamp};
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -713,21 +714,15 @@ impl Store {
             return Ok(Err(AuthRefusal::Unknown));
         }
         let table = credential_table(record.kind);
-        let stored: Vec<u8> = self.conn.query_row(
-            &format!("SELECT secret_hash FROM {table} WHERE id = ?1"),
-            [&id],
-            |r| r.get(0),
-        )?;
-        let matches = <[u8; 32]>::try_from(stored.as_slice())
-            .is_ok_and(|stored| CredentialHash::from_bytes(stored).verify(&secret));
-        if !matches {
-            return Ok(Err(AuthRefusal::WrongSecret));
-        }
-        if record.revoked_at.is_some() {
-            return Ok(Err(AuthRefusal::Revoked));
-        }
-        if record.expires_at.is_some_and(|at| at <= now) {
-            return Ok(Err(AuthRefusal::Expired));
+        // The decision (hash in constant time, revocation, expiry) is cmdop-fleet's; the store only maps rows.
+        let fleet_record = self.fleet_credential_record(&record, &secret)?;
+        if let Err(err) = fleet_record.authenticate(&secret, Timestamp::from_unix_seconds(now)) {
+            return Ok(Err(match err {
+                AuthError::BadSecret { .. } => AuthRefusal::WrongSecret,
+                AuthError::Revoked { .. } => AuthRefusal::Revoked,
+                AuthError::Expired { .. } => AuthRefusal::Expired,
+                _ => AuthRefusal::Unknown,
+            }));
         }
         self.conn.execute(
             &format!("UPDATE {table} SET last_used_at = ?2 WHERE id = ?1"),
@@ -749,6 +744,68 @@ impl Store {
             expires_at: record.expires_at,
             fleets,
         }))
+    }
+
+    /// The cmdop-fleet view of a stored credential, for its authentication decision.
+    fn fleet_credential_record(
+        &self,
+        record: &CredentialRecord,
+        secret: &CredentialSecret,
+    ) -> Result<cmdop_fleet::CredentialRecord, StoreError> {
+        let id = record.id.as_str();
+        let table = credential_table(record.kind);
+        let (owner, stored): (String, Vec<u8>) = self.conn.query_row(
+            &format!(
+                "SELECT {}, secret_hash FROM {table} WHERE id = ?1",
+                if record.kind == CredentialKind::UserToken {
+                    "user_id"
+                } else {
+                    "fleet_id"
+                }
+            ),
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        // A stored hash of the wrong length can match nothing; an all-zero hash stands in for it.
+        let hash =
+            CredentialHash::from_bytes(<[u8; 32]>::try_from(stored.as_slice()).unwrap_or([0; 32]));
+        let owner = parse_uuid(0, &owner)?.into_bytes();
+        let stamp = Timestamp::from_unix_seconds;
+        Ok(if record.kind == CredentialKind::UserToken {
+            let fleets = self
+                .token_fleets(id)?
+                .into_iter()
+                .map(|f| cmdop_fleet::FleetId::from_bytes(f.id.into_bytes()))
+                .collect();
+            cmdop_fleet::CredentialRecord::UserToken(cmdop_fleet::UserToken {
+                id: secret.id(),
+                user: cmdop_fleet::UserId::from_bytes(owner),
+                fleets,
+                label: None,
+                hash,
+                created: stamp(record.created_at),
+                expires: record.expires_at.map(stamp),
+                revoked: record.revoked_at.map(stamp),
+                last_used: record.last_used_at.map(stamp),
+            })
+        } else {
+            let role = match record.role {
+                Some(KeyRole::Agent) => FleetRole::Agent,
+                Some(KeyRole::Admin) => FleetRole::Admin,
+                _ => FleetRole::Member,
+            };
+            cmdop_fleet::CredentialRecord::ApiKey(cmdop_fleet::ApiKey {
+                id: secret.id(),
+                fleet: cmdop_fleet::FleetId::from_bytes(owner),
+                role,
+                label: None,
+                hash,
+                created: stamp(record.created_at),
+                expires: record.expires_at.map(stamp),
+                revoked: record.revoked_at.map(stamp),
+                last_used: record.last_used_at.map(stamp),
+            })
+        })
     }
 
     /// Whether a credential is still usable at `now` (exists, not revoked, not expired).
