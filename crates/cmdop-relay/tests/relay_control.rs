@@ -36,9 +36,24 @@ struct Relay {
 impl Relay {
     async fn start(data_dir: &Path, listen: SocketAddr, heartbeat: Duration) -> Self {
         let (tls, _) = TlsIdentity::load_or_generate(data_dir).unwrap();
-        let mut config = ServerConfig::new(data_dir.to_owned(), listen, tls);
-        config.heartbeat_interval = heartbeat;
-        let server = Server::bind(config).unwrap();
+        // Rebinding the port of a relay that just stopped can race the release of its socket; retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut tls = Some(tls);
+        let server = loop {
+            let identity = tls
+                .take()
+                .unwrap_or_else(|| TlsIdentity::load_or_generate(data_dir).unwrap().0);
+            let mut config = ServerConfig::new(data_dir.to_owned(), listen, identity);
+            config.heartbeat_interval = heartbeat;
+            match Server::bind(config) {
+                Ok(server) => break server,
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("bind failed, retrying: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("cannot bind {listen}: {err}"),
+            }
+        };
         let addr = server.local_addr().unwrap();
         let target = RelayTarget::new(addr.to_string(), server.fingerprint());
         let (stop, stopped) = oneshot::channel::<()>();
