@@ -17,9 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
-const USAGE: &str = "usage: cargo xtask bench exec [--runs N]
+const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
 
-  --runs N  timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds";
+  --runs N    timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds
+  --no-build  use the release binaries already in target/release instead of building them";
 
 const DEFAULT_RUNS: usize = 30;
 const WARMUP_RUNS: usize = 3;
@@ -33,10 +34,14 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     if which != "exec" {
         bail!("unknown benchmark `{which}`\n\n{USAGE}");
     }
-    let runs = parse_runs(rest)?;
+    let (runs, build) = parse_args(rest)?;
 
-    contour::header("building the release binaries");
-    let bins = Binaries::build_release(root)?;
+    let bins = if build {
+        contour::header("building the release binaries");
+        Binaries::build_release(root)?
+    } else {
+        Binaries::existing_release(root)?
+    };
     let scratch = Scratch::new()?;
 
     contour::header("a local sshd with a throwaway host key and an ed25519 user key");
@@ -83,7 +88,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     };
     let report = Report {
         date: utc_now(),
-        command: format!("cargo xtask bench exec --runs {runs}"),
+        command: format!(
+            "cargo xtask bench exec --runs {runs}{}",
+            if build { "" } else { " --no-build" }
+        ),
         machine: machine()?,
         versions: versions()?,
         runs,
@@ -107,15 +115,25 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn parse_runs(args: &[String]) -> Result<usize> {
-    match args {
-        [] => Ok(DEFAULT_RUNS),
-        [flag, n] if flag == "--runs" => match n.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => bail!("--runs takes a positive whole number, got `{n}`"),
-        },
-        _ => bail!("unexpected arguments {args:?}\n\n{USAGE}"),
+/// Parses `[--runs N] [--no-build]` into the number of timed rounds and whether to build first.
+fn parse_args(args: &[String]) -> Result<(usize, bool)> {
+    let mut runs = DEFAULT_RUNS;
+    let mut build = true;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--no-build" => build = false,
+            "--runs" => {
+                let n = args.next().context("--runs takes a number")?;
+                runs = match n.parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => bail!("--runs takes a positive whole number, got `{n}`"),
+                };
+            }
+            other => bail!("bench exec does not take `{other}`\n\n{USAGE}"),
+        }
     }
+    Ok((runs, build))
 }
 
 /// Runs the command to completion with its output discarded and returns its wall time.
@@ -525,12 +543,19 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_number_of_runs() {
-        assert_eq!(parse_runs(&[]).unwrap(), DEFAULT_RUNS);
-        assert_eq!(parse_runs(&["--runs".into(), "20".into()]).unwrap(), 20);
-        assert!(parse_runs(&["--runs".into(), "0".into()]).is_err());
-        assert!(parse_runs(&["--runs".into()]).is_err());
-        assert!(parse_runs(&["--fast".into()]).is_err());
+    fn parses_the_arguments() {
+        assert_eq!(parse_args(&[]).unwrap(), (DEFAULT_RUNS, true));
+        assert_eq!(
+            parse_args(&["--runs".into(), "20".into()]).unwrap(),
+            (20, true)
+        );
+        assert_eq!(
+            parse_args(&["--no-build".into(), "--runs".into(), "5".into()]).unwrap(),
+            (5, false)
+        );
+        assert!(parse_args(&["--runs".into(), "0".into()]).is_err());
+        assert!(parse_args(&["--runs".into()]).is_err());
+        assert!(parse_args(&["--fast".into()]).is_err());
     }
 
     #[test]

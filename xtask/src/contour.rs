@@ -5,11 +5,9 @@
 //! before it runs so that a person can repeat the step by hand.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,12 +48,29 @@ impl Binaries {
             "cmdop-cli",
         ]);
         run_shown(&mut build)?;
-        let dir = root.join("target").join("release");
-        Ok(Self {
+        Ok(Self::in_dir(&root.join("target").join("release")))
+    }
+
+    /// The release binaries a previous build left in `target/release`; fails naming the first one missing.
+    pub(crate) fn existing_release(root: &Path) -> Result<Self> {
+        let bins = Self::in_dir(&root.join("target").join("release"));
+        for bin in [&bins.relay, &bins.agent, &bins.cli] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing; build it with `cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli`",
+                    bin.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+
+    fn in_dir(dir: &Path) -> Self {
+        Self {
             relay: dir.join("cmdop-relay"),
             agent: dir.join("cmdop-agent"),
             cli: dir.join("cmdop"),
-        })
+        }
     }
 }
 
@@ -104,7 +119,7 @@ impl Contour {
             .arg("--data-dir")
             .arg(contour.relay_dir())
             .args(["--listen", listen]);
-        let relay = contour.spawn("relay", serve)?;
+        let mut relay = contour.spawn("relay", serve)?;
         contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
             line.strip_prefix("relay fingerprint: ")
                 .map(|fp| fp.trim().to_owned())
@@ -134,7 +149,7 @@ impl Contour {
             .arg(&contour.fingerprint)
             .args(["--workspace", FLEET, "--api-key-file"])
             .arg(&agent_key);
-        let agent = contour.spawn("agent", run)?;
+        let mut agent = contour.spawn("agent", run)?;
         let online = agent.wait_for("the agent to come online", |line| {
             line.strip_prefix("online: ").map(str::to_owned)
         })?;
@@ -316,12 +331,15 @@ pub(crate) fn stop_leftovers(state: &Path) -> Result<bool> {
     Ok(stopped)
 }
 
-/// A long-running child whose output lines go to a log file in the state directory and to a channel.
+/// A long-running child whose stdout and stderr go straight to a log file in the state directory.
+///
+/// The file, not a pipe, so that the daemon never depends on this process staying alive to drain its output
+/// (Ctrl-C ends this process together with the daemons, and their last lines still reach the log).
 #[derive(Debug)]
 struct Daemon {
     name: &'static str,
     child: Child,
-    lines: mpsc::Receiver<String>,
+    log_path: PathBuf,
     pid_file: PathBuf,
 }
 
@@ -331,73 +349,52 @@ impl Daemon {
         println!("{} > {} 2>&1 &", shell_line(&command), log_path.display());
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
+        let log_too = log.try_clone().context("cannot share the log file")?;
+        command.stdin(Stdio::null()).stdout(log).stderr(log_too);
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start the {name}"))?;
         let pid_file = state.join(format!("{name}.pid"));
         fs::write(&pid_file, format!("{}\n", child.id()))
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
-        let (tx, lines) = mpsc::channel();
-        let streams: [Option<Box<dyn Read + Send>>; 2] = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ];
-        for stream in streams.into_iter().flatten() {
-            let tx = tx.clone();
-            let mut log = log.try_clone().context("cannot share the log file")?;
-            thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { return };
-                    // Losing a log line is not worth stopping the contour for.
-                    let _ = writeln!(log, "{line}");
-                    // The receiver goes away once nobody waits for lines; keep draining so the child never
-                    // blocks on a full pipe.
-                    let _ = tx.send(line);
-                }
-            });
-        }
         Ok(Self {
             name,
             child,
-            lines,
+            log_path,
             pid_file,
         })
     }
 
-    /// Waits for an output line that `pick` accepts, failing with the daemon's output if it exits or is slow.
-    fn wait_for<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> Result<T> {
+    /// Waits for a log line that `pick` accepts, failing with the daemon's output if it exits or is slow.
+    fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> Result<T> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let mut seen = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(found) = pick(&line) {
-                        return Ok(found);
-                    }
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "timed out after {STARTUP_TIMEOUT:?} waiting for {what}; the {} printed:\n{}",
-                    self.name,
-                    seen.join("\n")
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
-                    "the {} exited before {what}; it printed:\n{}",
-                    self.name,
-                    seen.join("\n")
-                ),
+            // Read before checking for exit, so that a line printed just before exiting is still seen.
+            let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+            // Only whole lines: the daemon may be half-way through writing the last one.
+            let complete = text
+                .rfind('\n')
+                .map_or("", |end| text.get(..end).unwrap_or(""));
+            if let Some(found) = complete.lines().find_map(&mut pick) {
+                return Ok(found);
             }
+            if let Some(status) = self.child.try_wait().context("cannot poll a child")? {
+                bail!(
+                    "the {} exited with {status} before {what}; its log {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    text.trim_end()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {STARTUP_TIMEOUT:?} waiting for {what}; the {}'s log {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    text.trim_end()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -15,19 +15,22 @@ use crate::contour::{self, Binaries, Contour};
 /// where the saved login says it is.
 const LISTEN: &str = "127.0.0.1:4433";
 
-const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--stop]
+const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--stop]
 
   --no-shell  exit after showing the contour instead of keeping it up until Ctrl-C
+  --no-build  use the release binaries already in target/release instead of building them
   --stop      stop a contour an earlier quickstart left running";
 
 /// Runs the quickstart with its command-line arguments.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut no_shell = false;
     let mut stop = false;
+    let mut build = true;
     for arg in args {
         match arg.as_str() {
             "--no-shell" => no_shell = true,
             "--stop" => stop = true,
+            "--no-build" => build = false,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -43,8 +46,12 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         return Ok(());
     }
 
-    contour::header("building the release binaries");
-    let bins = Binaries::build_release(root)?;
+    let bins = if build {
+        contour::header("building the release binaries");
+        Binaries::build_release(root)?
+    } else {
+        Binaries::existing_release(root)?
+    };
     let mut contour = Contour::up(bins, &state, LISTEN)?;
 
     contour::header("the agent's identity (the same on every run)");
