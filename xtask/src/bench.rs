@@ -93,7 +93,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             if build { "" } else { " --no-build" }
         ),
         machine: machine()?,
-        versions: versions()?,
+        versions: versions(build)?,
         runs,
         exec,
         rows: vec![
@@ -447,7 +447,7 @@ fn machine() -> Result<String> {
     Ok(format!("{cores} cores (nproc), {model}, Linux {kernel}"))
 }
 
-fn versions() -> Result<String> {
+fn versions(built: bool) -> Result<String> {
     // `ssh -V` prints to stderr.
     let ssh = Command::new("ssh")
         .arg("-V")
@@ -467,7 +467,13 @@ fn versions() -> Result<String> {
     } else {
         ""
     };
-    Ok(format!("cmdop git {commit}{tree}; {ssh}"))
+    // With --no-build the binaries may predate HEAD; say so rather than let the commit vouch for them.
+    let binaries = if built {
+        "built from it"
+    } else {
+        "binaries already in target/release, not rebuilt"
+    };
+    Ok(format!("cmdop git {commit}{tree} ({binaries}); {ssh}"))
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`, computed from the Unix clock (std has no calendar).
