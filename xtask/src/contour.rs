@@ -203,9 +203,9 @@ impl Contour {
 
     /// Stops the agent, then the relay.
     pub(crate) fn stop(&mut self) {
-        for daemon in [self.agent.take(), self.relay.take()].into_iter().flatten() {
-            daemon.stop();
-        }
+        // Dropping a daemon stops it.
+        drop(self.agent.take());
+        drop(self.relay.take());
     }
 
     fn relay_dir(&self) -> PathBuf {
@@ -397,8 +397,12 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
 
-    fn stop(mut self) {
+// On drop rather than by an explicit call, so that a daemon started by a step that then fails (say, the relay
+// never printing its address) is stopped too.
+impl Drop for Daemon {
+    fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SIGTERM first: the agent then tells the relay it is going offline.
             let _ = signal(self.child.id(), "TERM");
@@ -418,14 +422,14 @@ impl Daemon {
 
 /// Sends a signal with kill(1): std only offers SIGKILL, and this crate stays free of unsafe code and libc.
 fn signal(pid: u32, name: &str) -> Result<()> {
-    let status = Command::new("kill")
+    // kill(1) fails when the process is already gone, which is what we wanted anyway; only being unable to
+    // run it at all is an error.
+    Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .stderr(Stdio::null())
         .status()
         .context("cannot run kill")?;
-    // kill fails when the process is already gone, which is what we wanted anyway.
-    let _ = status;
     Ok(())
 }
 
