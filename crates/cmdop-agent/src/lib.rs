@@ -7,3 +7,4 @@
 pub mod exec;
 pub mod presence;
 pub mod settings;
+pub mod streams;

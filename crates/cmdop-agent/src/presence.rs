@@ -6,14 +6,20 @@
 //! a refused credential forever only fills the relay's audit log.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use cmdop_fleet::FleetId;
 use cmdop_identity::Identity;
 use cmdop_relay::client::{
     AgentConnection, AgentRegistration, ClientError, RelayTarget, reconnect_delay,
 };
 use rand::rngs::OsRng;
 use uuid::Uuid;
+
+use crate::settings::{self, SettingsError};
+use crate::streams::{self, StreamContext, StreamLimits};
 
 /// Where and how the agent registers.
 #[derive(Debug, Clone)]
@@ -22,6 +28,10 @@ pub struct PresenceConfig {
     pub relay: RelayTarget,
     /// What the agent tells the relay about this machine.
     pub registration: AgentRegistration,
+    /// Where the fleet trust key is pinned (the agent's config directory).
+    pub state_dir: PathBuf,
+    /// Limits on the streams served.
+    pub stream_limits: StreamLimits,
 }
 
 /// Something the presence loop reports, for logs and for the binary's status line.
@@ -50,12 +60,15 @@ pub enum PresenceError {
     /// The relay refused in a way retrying cannot fix.
     #[error(transparent)]
     Refused(ClientError),
+    /// The relay's fleet trust key does not match the pinned one (or the pin file is unusable).
+    #[error(transparent)]
+    TrustKey(#[from] SettingsError),
 }
 
 /// Registers and keeps the machine online until `shutdown` completes, then says goodbye so the relay marks it
 /// offline at once. Returns an error only for refusals that need a person.
 pub async fn run(
-    identity: &Identity,
+    identity: Arc<Identity>,
     config: &PresenceConfig,
     shutdown: impl Future<Output = ()>,
     mut on_event: impl FnMut(PresenceEvent),
@@ -65,24 +78,43 @@ pub async fn run(
     loop {
         let connected = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            result = AgentConnection::register(&config.relay, identity, &config.registration) => result,
+            result = AgentConnection::register(&config.relay, &identity, &config.registration) => result,
         };
         let failure = match connected {
             Ok(mut connection) => {
                 attempt = 0;
+                let trust_key = connection.trust_key();
+                settings::pin_trust_key(
+                    &config.state_dir,
+                    &connection.fleet_id().to_string(),
+                    &trust_key.to_string(),
+                )?;
+                let context = Arc::new(StreamContext {
+                    identity: Arc::clone(&identity),
+                    fleet_id: FleetId::from_bytes(connection.fleet_id().into_bytes()),
+                    trust_key,
+                });
+                let serving = tokio::spawn(streams::serve(
+                    connection.acceptor(),
+                    context,
+                    config.stream_limits,
+                ));
                 on_event(PresenceEvent::Online {
                     machine_id: connection.machine_id(),
                     fleet_id: connection.fleet_id(),
                 });
-                tokio::select! {
+                let failure = tokio::select! {
                     () = &mut shutdown => {
+                        serving.abort();
                         if let Err(err) = connection.goodbye().await {
                             tracing::warn!(error = %err, "could not say goodbye to the relay");
                         }
                         return Ok(());
                     }
                     err = connection.keep_alive() => err,
-                }
+                };
+                serving.abort();
+                failure
             }
             Err(err) => err,
         };

@@ -89,6 +89,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
         .load_or_create_with_os_rng()
         .context("cannot load or create the agent identity")?;
     tracing::info!(fingerprint = %identity.public_key().fingerprint(), kek = %info.kek_location, ?created, "agent identity");
+    let identity = std::sync::Arc::new(identity);
     let config = PresenceConfig {
         relay: RelayTarget::new(relay.clone(), fingerprint),
         registration: AgentRegistration {
@@ -100,11 +101,13 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
+        state_dir: dir.clone(),
+        stream_limits: cmdop_agent::streams::StreamLimits::default(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();
     runtime.block_on(async {
-        presence::run(&identity, &config, shutdown_signal(), |event| match event {
+        presence::run(std::sync::Arc::clone(&identity), &config, shutdown_signal(), |event| match event {
             PresenceEvent::Online { machine_id, .. } => {
                 // One line on stdout per (re)registration, for people and for scripts that wait on it.
                 println!("online: machine {machine_id} ({hostname}, key {fingerprint_short}) in fleet {workspace} via {relay}");

@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 pub const SETTINGS_FILE: &str = "agent.json";
 /// File name of the saved API key inside the config directory (mode 0600).
 pub const API_KEY_FILE: &str = "agent_api_key";
+/// File name of the pinned fleet trust keys inside the config directory: `<fleet id> <public key>` per line.
+pub const TRUST_FILE: &str = "fleet_trust_keys";
 
 /// What `enroll` saves and `run` falls back to for every flag it is not given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +53,22 @@ pub enum SettingsError {
         path: PathBuf,
         /// What the parser said.
         source: serde_json::Error,
+    },
+    /// The relay presented a fleet trust key other than the one pinned at enrolment.
+    #[error(
+        "the relay presented a different trust key for fleet {fleet}: pinned {pinned}, presented {presented}; \
+         capabilities signed by it will not be accepted. If the fleet was re-created on purpose, remove its line from {}",
+        path.display()
+    )]
+    TrustKeyChanged {
+        /// The fleet.
+        fleet: String,
+        /// The pinned key.
+        pinned: String,
+        /// The key the relay presented now.
+        presented: String,
+        /// The pin file.
+        path: PathBuf,
     },
     /// A secret file can be read by other users.
     #[error("{} is readable by other users (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
@@ -126,6 +144,40 @@ pub fn read_api_key(path: &Path) -> Result<Option<Zeroizing<String>>, SettingsEr
     Ok(Some(Zeroizing::new(text.trim().to_owned())))
 }
 
+/// Checks the fleet trust key the relay presented against the one pinned on first registration, pinning it
+/// then. The agent accepts capabilities only under the pinned key, so a relay cannot swap the key later
+/// without a person noticing.
+pub fn pin_trust_key(dir: &Path, fleet: &str, presented: &str) -> Result<(), SettingsError> {
+    let path = dir.join(TRUST_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(SettingsError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    };
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        if fields.next() == Some(fleet) {
+            let pinned = fields.next().unwrap_or_default();
+            if pinned == presented {
+                return Ok(());
+            }
+            return Err(SettingsError::TrustKeyChanged {
+                fleet: fleet.to_owned(),
+                pinned: pinned.to_owned(),
+                presented: presented.to_owned(),
+                path,
+            });
+        }
+    }
+    write_private(&path, format!("{text}{fleet} {presented}\n").as_bytes())
+}
+
 /// Writes `bytes` to `path` via a 0600 temp file, fsync and rename, creating `path`'s directory 0700.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
     let io = |action, source| SettingsError::Io {
@@ -189,6 +241,21 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_api_key(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_trust_key_is_pinned_once_and_a_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        pin_trust_key(dir.path(), "fleet-a", "ed25519:key-1").unwrap();
+        pin_trust_key(dir.path(), "fleet-a", "ed25519:key-1").unwrap();
+        pin_trust_key(dir.path(), "fleet-b", "ed25519:key-2").unwrap();
+        let err = pin_trust_key(dir.path(), "fleet-a", "ed25519:key-3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("different trust key") && err.contains(TRUST_FILE),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! `cmdop connect`: list the machines of a fleet.
+//! `cmdop connect`: list the machines of a fleet, or run a command on one (`exec`).
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use cmdop_relay::client::{ClientConnection, Machine};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -17,7 +17,7 @@ use crate::{GlobalArgs, Outcome};
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
     /// The fleet to work in; may be left out when the credential covers exactly one.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME")]
     workspace: Option<String>,
     /// List the fleet's machines, online ones first.
     #[arg(long)]
@@ -28,10 +28,25 @@ pub(crate) struct ConnectArgs {
     /// With --list: print a JSON array.
     #[arg(long, requires = "list")]
     json: bool,
+    #[command(subcommand)]
+    action: Option<ConnectAction>,
+}
+
+/// What to do on a machine.
+#[derive(Debug, Subcommand)]
+enum ConnectAction {
+    /// Run one command on a machine and exit with its exit code (the `--` is required).
+    #[command(
+        after_help = "Examples:\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect exec web-1 --timeout 5m -- ./backup.sh\n  echo hi | cmdop connect exec web-1 -- cat"
+    )]
+    Exec(crate::exec::ExecArgs),
 }
 
 /// Runs `cmdop connect`.
 pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
+    if let Some(ConnectAction::Exec(exec)) = args.action {
+        return Ok(crate::exec::run(global, args.workspace.as_deref(), exec));
+    }
     if !args.list {
         return Err(Failure::new(
             Kind::General,

@@ -35,9 +35,22 @@ impl Failure {
         }
     }
 
-    /// Prints `cmdop: <message>` to stderr and returns the exit code.
-    pub(crate) fn report(self) -> ExitCode {
+    /// The connection broke before the operation finished.
+    pub(crate) fn connection_lost(detail: &str) -> Self {
+        Self::new(
+            Kind::Unreachable,
+            format!("connection lost: {detail}; the result is incomplete"),
+        )
+    }
+
+    /// Prints `cmdop: <message>` to stderr.
+    pub(crate) fn print(&self) {
         eprintln!("cmdop: {}", self.message);
+    }
+
+    /// Prints the failure and returns its exit code.
+    pub(crate) fn report(self) -> ExitCode {
+        self.print();
         ExitCode::from(self.kind as u8)
     }
 }
@@ -48,6 +61,12 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<cmdop_relay::secure_stream::SecureStreamError> for Failure {
+    fn from(err: cmdop_relay::secure_stream::SecureStreamError) -> Self {
+        Self::new(Kind::Unreachable, err.to_string())
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Self {
         let kind = match &err {
@@ -55,7 +74,11 @@ impl From<ClientError> for Failure {
             ClientError::AuthenticationFailed(_)
             | ClientError::Forbidden(_)
             | ClientError::CredentialRevoked(_) => Kind::Auth,
-            ClientError::FleetNotFound(_) | ClientError::WorkspaceRequired { .. } => Kind::NotFound,
+            ClientError::FleetNotFound(_)
+            | ClientError::WorkspaceRequired { .. }
+            | ClientError::MachineNotFound(_)
+            | ClientError::Ambiguous(_) => Kind::NotFound,
+            ClientError::MachineOffline(_) => Kind::Unreachable,
             ClientError::Resolve { .. }
             | ClientError::Unreachable { .. }
             | ClientError::Closed { .. }

@@ -3,7 +3,9 @@
 //! Thin by design: flags, then one module per subcommand; the protocol lives in `cmdop-relay`.
 
 mod connect;
+mod exec;
 mod exit;
+mod known_machines;
 mod login;
 mod profile;
 

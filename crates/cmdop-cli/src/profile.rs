@@ -89,6 +89,11 @@ impl Profile {
         Ok((identity, info))
     }
 
+    /// The client directory (`<config>/client`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where `login.json` lives.
     pub(crate) fn login_path(&self) -> PathBuf {
         self.dir.join(LOGIN_FILE)

@@ -20,11 +20,12 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::e2e::StreamKind;
 use crate::transport::{Limits, RelayFingerprint, SERVER_NAME, TransportError, client_config};
 use crate::wire::{
     AUTH_CAPABILITY_ED25519, AgentLogin, ClientLogin, CloseCode, EXPORTER_LABEL, EXPORTER_LEN,
-    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, PROTOCOL_VERSION,
-    PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
+    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, OpenStream,
+    PROTOCOL_VERSION, PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
 };
 
 /// How long connecting (including the TLS handshake) may take.
@@ -84,6 +85,15 @@ pub enum ClientError {
     /// Another machine of the fleet uses this hostname.
     #[error("{0}")]
     HostnameTaken(String),
+    /// No machine of the fleet matches the name.
+    #[error("{0}")]
+    MachineNotFound(String),
+    /// Several machines match the name; the message lists them.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The machine is not connected.
+    #[error("{0}")]
+    MachineOffline(String),
     /// Any other refusal from the relay.
     #[error("relay refused (code {}): {message}", code.0)]
     Refused {
@@ -203,6 +213,7 @@ pub struct AgentConnection {
     machine_id: Uuid,
     fleet_id: Uuid,
     heartbeat_interval: Duration,
+    trust_key: PublicKey,
 }
 
 impl AgentConnection {
@@ -233,6 +244,9 @@ impl AgentConnection {
         });
         match link.request(&login).await? {
             RelayMessage::Registered(registered) => Ok(Self {
+                trust_key: PublicKey::from_bytes(&registered.trust_key.0).map_err(|_| {
+                    ClientError::Protocol("the relay sent an invalid fleet trust key".into())
+                })?,
                 link,
                 machine_id: Uuid::from_bytes(registered.machine_id.0),
                 fleet_id: Uuid::from_bytes(registered.fleet_id.0),
@@ -257,6 +271,19 @@ impl AgentConnection {
     /// How often the relay expects a heartbeat.
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
+    }
+
+    /// The fleet trust key the relay presented; the agent pins it and accepts only capabilities it signed.
+    pub fn trust_key(&self) -> PublicKey {
+        self.trust_key
+    }
+
+    /// A handle that accepts the streams the relay routes to this agent; usable from another task while
+    /// this connection heartbeats.
+    pub fn acceptor(&self) -> StreamAcceptor {
+        StreamAcceptor {
+            connection: self.link.connection.clone(),
+        }
     }
 
     /// Sends one heartbeat and waits for its acknowledgement.
@@ -357,9 +384,63 @@ impl ClientConnection {
             workspace: workspace.map(str::to_owned),
         });
         match self.link.request(&request).await? {
-            RelayMessage::Machines(machines) => Ok(machines.into_iter().map(machine).collect()),
+            RelayMessage::Machines(machines) => {
+                Ok(machines.into_iter().map(machine_from).collect())
+            }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Asks the relay for a stream to `machine` (resolved within the fleet) for `kind`. The answer names the
+    /// machine and carries the capability the agent will check; the caller runs the end-to-end channel over it.
+    pub async fn open_stream(
+        &mut self,
+        workspace: Option<&str>,
+        machine: &str,
+        kind: StreamKind,
+    ) -> Result<RoutedStream, ClientError> {
+        let (send, recv) = self
+            .link
+            .connection
+            .open_bi()
+            .await
+            .map_err(|err| self.link.map_close(err))?;
+        let mut control = ControlStream::new(send, recv);
+        let request = PeerMessage::OpenStream(OpenStream {
+            workspace: workspace.map(str::to_owned),
+            machine: machine.to_owned(),
+            kind: kind.to_byte(),
+        });
+        control
+            .send(&request)
+            .await
+            .map_err(|err| self.link.stream_error(err))?;
+        let reply =
+            match tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await {
+                Err(_) => return Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+                Ok(Ok(Some(reply))) => reply,
+                Ok(Ok(None)) => {
+                    return Err(ClientError::Protocol(
+                        "the relay ended the stream without an answer".into(),
+                    ));
+                }
+                Ok(Err(err)) => return Err(self.link.stream_error(err)),
+            };
+        let RelayMessage::StreamReady(ready) = reply else {
+            return Err(unexpected(&reply));
+        };
+        let (send, recv, leftover) = control.into_parts();
+        Ok(RoutedStream {
+            machine: machine_from(ready.machine),
+            fleet_id: Uuid::from_bytes(ready.fleet_id.0),
+            channel_id: ready.channel_id,
+            capability: ready.capability,
+            streams: RawStream {
+                send,
+                recv,
+                leftover,
+            },
+        })
     }
 
     /// Ends the session politely.
@@ -387,7 +468,130 @@ pub fn reconnect_delay<R: RngCore + ?Sized>(attempt: u32, rng: &mut R) -> Durati
     Duration::from_millis(ceiling - half + jitter)
 }
 
-fn machine(info: MachineInfo) -> Machine {
+/// The QUIC halves of a routed stream and the bytes already read past its header.
+pub(crate) struct RawStream {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    pub(crate) leftover: Vec<u8>,
+}
+
+/// A stream the relay routed to a machine, before the end-to-end handshake
+/// ([`crate::secure_stream::connect`]).
+pub struct RoutedStream {
+    machine: Machine,
+    fleet_id: Uuid,
+    channel_id: [u8; 16],
+    capability: Vec<u8>,
+    pub(crate) streams: RawStream,
+}
+
+impl RoutedStream {
+    /// The machine the name resolved to, as the relay reports it (its key is only a claim until pinned).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The fleet the machine belongs to.
+    pub fn fleet_id(&self) -> Uuid {
+        self.fleet_id
+    }
+
+    /// The relay's random id for this stream, bound into the end-to-end prologue.
+    pub fn channel_id(&self) -> [u8; 16] {
+        self.channel_id
+    }
+
+    /// The capability the relay issued for this client's key.
+    pub fn capability(&self) -> &[u8] {
+        &self.capability
+    }
+}
+
+impl std::fmt::Debug for RoutedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedStream")
+            .field("machine", &self.machine.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts the streams the relay routes to an agent.
+#[derive(Debug, Clone)]
+pub struct StreamAcceptor {
+    connection: quinn::Connection,
+}
+
+impl StreamAcceptor {
+    /// The next routed stream, after its header; an error once the connection is gone.
+    pub async fn accept(&self) -> Result<IncomingStream, ClientError> {
+        loop {
+            let (send, recv) =
+                self.connection
+                    .accept_bi()
+                    .await
+                    .map_err(|err| ClientError::Closed {
+                        code: 0,
+                        reason: err.to_string(),
+                    })?;
+            let mut control = ControlStream::new(send, recv);
+            // A header that does not arrive or does not parse costs this stream only, not the connection.
+            let header =
+                match tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await {
+                    Ok(Ok(Some(RelayMessage::IncomingStream(header)))) => header,
+                    _ => continue,
+                };
+            let Some(kind) = StreamKind::from_byte(header.kind) else {
+                continue;
+            };
+            let (send, recv, leftover) = control.into_parts();
+            return Ok(IncomingStream {
+                channel_id: header.channel_id,
+                fleet_id: Uuid::from_bytes(header.fleet_id.0),
+                kind,
+                streams: RawStream {
+                    send,
+                    recv,
+                    leftover,
+                },
+            });
+        }
+    }
+}
+
+/// A stream routed to this agent, before the end-to-end handshake ([`crate::secure_stream::accept`]).
+pub struct IncomingStream {
+    channel_id: [u8; 16],
+    fleet_id: Uuid,
+    kind: StreamKind,
+    pub(crate) streams: RawStream,
+}
+
+impl IncomingStream {
+    /// The relay's random id for this stream.
+    pub fn channel_id(&self) -> [u8; 16] {
+        self.channel_id
+    }
+
+    /// The fleet the relay says the stream belongs to (the prologue makes a lie here fail the handshake).
+    pub fn fleet_id(&self) -> Uuid {
+        self.fleet_id
+    }
+
+    /// What the stream is for.
+    pub fn kind(&self) -> StreamKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Debug for IncomingStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingStream")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn machine_from(info: MachineInfo) -> Machine {
     Machine {
         id: Uuid::from_bytes(info.id.0),
         hostname: info.hostname,
@@ -416,6 +620,9 @@ fn refusal(error: &ErrorMessage) -> ClientError {
         ErrorCode::FLEET_NOT_FOUND => ClientError::FleetNotFound(message),
         ErrorCode::WORKSPACE_REQUIRED => ClientError::WorkspaceRequired { message },
         ErrorCode::HOSTNAME_TAKEN => ClientError::HostnameTaken(message),
+        ErrorCode::MACHINE_NOT_FOUND => ClientError::MachineNotFound(message),
+        ErrorCode::AMBIGUOUS => ClientError::Ambiguous(message),
+        ErrorCode::MACHINE_OFFLINE => ClientError::MachineOffline(message),
         code => ClientError::Refused { code, message },
     }
 }

@@ -79,6 +79,17 @@ impl ControlStream {
         }
     }
 
+    /// Gives back the raw streams and any bytes read past the last message, for a stream that switches from
+    /// framed messages to opaque bytes (a routed stream after its header).
+    pub(crate) fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream, Vec<u8>) {
+        let leftover = self
+            .pending
+            .get(self.pos..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        (self.send, self.recv, leftover)
+    }
+
     /// Finishes the sending side and waits (bounded) until the peer has received everything, so a final
     /// error message is not lost when the connection is closed right after.
     pub(crate) async fn finish_and_flush(&mut self, wait: std::time::Duration) {

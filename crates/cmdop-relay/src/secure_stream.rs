@@ -14,6 +14,7 @@ use rand_core::OsRng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::client::{IncomingStream, RawStream, RoutedStream};
 use crate::e2e::{
     AgentHandshake, ChannelError, ClientHandshake, CloseReason, Ephemeral, Incoming,
     MessageDecoder, Prologue, RekeyPolicy, Session,
@@ -88,12 +89,16 @@ impl std::fmt::Debug for SecureReceiver {
 /// Runs the client side of the handshake on a routed stream. `prologue.agent_key` must come from the client's
 /// own pin store, never from the relay's answer alone.
 pub async fn connect(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    routed: RoutedStream,
     prologue: Prologue,
     identity: &Identity,
     capability: &[u8],
 ) -> Result<(SecureSender, SecureReceiver), SecureStreamError> {
+    let RawStream {
+        mut send,
+        mut recv,
+        leftover,
+    } = routed.streams;
     let mut out = Vec::new();
     let handshake = ClientHandshake::start(
         prologue,
@@ -103,7 +108,7 @@ pub async fn connect(
     )?;
     write(&mut send, &out).await?;
     let mut messages = MessageDecoder::new();
-    let mut buffer = Vec::new();
+    let mut buffer = leftover;
     let response = next_message(&mut recv, &mut messages, &mut buffer).await?;
     let awaiting = handshake.read_response(&response)?;
     let auth = next_message(&mut recv, &mut messages, &mut buffer).await?;
@@ -117,14 +122,18 @@ pub async fn connect(
 /// Runs the agent side of the handshake. `authorize` sees the client's authenticated key and its capability
 /// bytes, and returns `Err(reason)` to refuse; nothing flows before it says yes.
 pub async fn accept(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    incoming: IncomingStream,
     prologue: Prologue,
     identity: &Identity,
     authorize: impl FnOnce(&PublicKey, &[u8]) -> Result<(), String>,
 ) -> Result<(SecureSender, SecureReceiver), SecureStreamError> {
+    let RawStream {
+        mut send,
+        mut recv,
+        leftover,
+    } = incoming.streams;
     let mut messages = MessageDecoder::new();
-    let mut buffer = Vec::new();
+    let mut buffer = leftover;
     let first = next_message(&mut recv, &mut messages, &mut buffer).await?;
     let mut out = Vec::new();
     let awaiting = AgentHandshake::new(prologue, RekeyPolicy::default()).respond(

@@ -42,6 +42,21 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// How long the relay waits for a peer to receive a final error before closing.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
+mod routing;
+
+pub use routing::STALL_TIMEOUT;
+
+/// Observes every byte the relay forwards on routed streams. A testing hook: the end-to-end tests use it to
+/// prove the relay only ever sees ciphertext.
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap(..)")
+    }
+}
+
 /// Errors of the server.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +94,8 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// How often live connections are checked against revocations and expiries.
     pub revocation_poll: Duration,
+    /// Sees every forwarded byte of routed streams (tests only; `None` in the binary).
+    pub tap: Option<Tap>,
 }
 
 impl ServerConfig {
@@ -91,6 +108,7 @@ impl ServerConfig {
             limits: Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             revocation_poll: Duration::from_millis(250),
+            tap: None,
         }
     }
 }
@@ -114,6 +132,7 @@ struct Shared {
     sessions: Mutex<HashMap<u64, Session>>,
     online: Mutex<HashMap<Uuid, u64>>,
     next_session: AtomicU64,
+    tap: Option<Tap>,
 }
 
 #[derive(Debug)]
@@ -145,6 +164,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            tap: config.tap,
         });
         Ok(Self {
             endpoint,
@@ -328,6 +348,8 @@ enum LoggedIn {
     },
     Client {
         principal: Principal,
+        /// The key the client proved at login; capabilities are issued for it.
+        client_key: PublicKey,
     },
 }
 
@@ -389,7 +411,7 @@ async fn handle_incoming(
             fleet_id,
             ..
         } => (principal, Some(*fleet_id)),
-        LoggedIn::Client { principal } => (principal, None),
+        LoggedIn::Client { principal, .. } => (principal, None),
     };
     shared.sessions().insert(
         session_id,
@@ -404,8 +426,19 @@ async fn handle_incoming(
         LoggedIn::Agent { machine_id, .. } => {
             serve_agent(&shared, &connection, &mut stream, session_id, machine_id).await
         }
-        LoggedIn::Client { principal } => {
-            serve_client(&shared, &connection, &mut stream, &principal).await
+        LoggedIn::Client {
+            principal,
+            client_key,
+        } => {
+            // Routed streams arrive as further bidirectional streams beside the control stream.
+            let routes = tokio::spawn(routing::accept_routes(
+                shared.clone(),
+                connection.clone(),
+                principal.clone(),
+                client_key,
+            ));
+            serve_client(&shared, &connection, &mut stream, &principal).await;
+            routes.abort();
         }
     }
     shared.sessions().remove(&session_id);
@@ -581,12 +614,14 @@ async fn login(
                     machine.id, machine.hostname
                 ),
             });
+            let trust_key = shared.lock_store().fleet_trust_key(fleet_id)?.public_key();
             stream
                 .send(&RelayMessage::Registered(Registered {
                     machine_id: IdBytes(machine.id.into_bytes()),
                     fleet_id: IdBytes(fleet_id.into_bytes()),
                     heartbeat_interval_secs: u32::try_from(shared.heartbeat_interval.as_secs())
                         .unwrap_or(u32::MAX),
+                    trust_key: KeyBytes(trust_key.to_bytes()),
                 }))
                 .await?;
             Ok(LoggedIn::Agent {
@@ -621,7 +656,11 @@ async fn login(
                     fleets: principal.fleet_names(),
                 }))
                 .await?;
-            Ok(LoggedIn::Client { principal })
+            let client_key = PublicKey::from_bytes(&public_key.0).map_err(|_| Refusal::auth())?;
+            Ok(LoggedIn::Client {
+                principal,
+                client_key,
+            })
         }
     }
 }

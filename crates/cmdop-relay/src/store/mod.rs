@@ -291,6 +291,8 @@ pub struct Principal {
     /// Expiry, if any.
     pub expires_at: Option<u64>,
     fleets: Vec<FleetRecord>,
+    /// cmdop-fleet's proof that the credential verified; fleet-scoped decisions (routing) go through it.
+    authenticated: cmdop_fleet::Authenticated,
 }
 
 /// Proof that an authenticated principal may reach one fleet. Only [`Principal::fleet_access`] builds it, and
@@ -354,6 +356,23 @@ impl Principal {
                 _ => Err(ScopeError::WorkspaceRequired(self.fleet_names())),
             },
         }
+    }
+}
+
+impl Principal {
+    /// cmdop-fleet's access to the fleet of `access` with permission `need`: the role check, and the only key
+    /// to cmdop-fleet's resolver and capability grants.
+    pub fn fleet_permission(
+        &self,
+        access: &FleetAccess,
+        need: cmdop_fleet::Permission,
+    ) -> Result<cmdop_fleet::FleetAccess, cmdop_fleet::ScopeError> {
+        let fleet = cmdop_fleet::Fleet {
+            id: cmdop_fleet::FleetId::from_bytes(access.fleet.id.into_bytes()),
+            name: cmdop_fleet::FleetName::parse(&access.fleet.name)
+                .map_err(|_| cmdop_fleet::ScopeError::NoFleet)?,
+        };
+        self.authenticated.fleet_access(&fleet, need)
     }
 }
 
@@ -716,14 +735,18 @@ impl Store {
         let table = credential_table(record.kind);
         // The decision (hash in constant time, revocation, expiry) is cmdop-fleet's; the store only maps rows.
         let fleet_record = self.fleet_credential_record(&record, &secret)?;
-        if let Err(err) = fleet_record.authenticate(&secret, Timestamp::from_unix_seconds(now)) {
-            return Ok(Err(match err {
-                AuthError::BadSecret { .. } => AuthRefusal::WrongSecret,
-                AuthError::Revoked { .. } => AuthRefusal::Revoked,
-                AuthError::Expired { .. } => AuthRefusal::Expired,
-                _ => AuthRefusal::Unknown,
-            }));
-        }
+        let authenticated =
+            match fleet_record.authenticate(&secret, Timestamp::from_unix_seconds(now)) {
+                Ok(authenticated) => authenticated,
+                Err(err) => {
+                    return Ok(Err(match err {
+                        AuthError::BadSecret { .. } => AuthRefusal::WrongSecret,
+                        AuthError::Revoked { .. } => AuthRefusal::Revoked,
+                        AuthError::Expired { .. } => AuthRefusal::Expired,
+                        _ => AuthRefusal::Unknown,
+                    }));
+                }
+            };
         self.conn.execute(
             &format!("UPDATE {table} SET last_used_at = ?2 WHERE id = ?1"),
             params![id, to_sql_time(now)],
@@ -743,6 +766,7 @@ impl Store {
             user: record.user,
             expires_at: record.expires_at,
             fleets,
+            authenticated,
         }))
     }
 
@@ -806,6 +830,27 @@ impl Store {
                 last_used: record.last_used_at.map(stamp),
             })
         })
+    }
+
+    /// The fleet's trust key, which signs client capabilities. Its seed lives in `relay.db` (0600): in this
+    /// version the relay is the fleet's authority (see docs/security.md).
+    pub fn fleet_trust_key(&self, fleet_id: Uuid) -> Result<cmdop_identity::Identity, StoreError> {
+        let seed: Vec<u8> = self.conn.query_row(
+            "SELECT trust_seed FROM fleets WHERE id = ?1",
+            [fleet_id.to_string()],
+            |r| r.get(0),
+        )?;
+        // The schema's CHECK keeps the seed at 32 bytes; a row that breaks it is a corrupt database.
+        let seed: [u8; 32] = seed.try_into().map_err(|_| {
+            StoreError::Sql(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Blob,
+                "trust seed is not 32 bytes".into(),
+            ))
+        })?;
+        Ok(cmdop_identity::Identity::from_seed(
+            &cmdop_identity::Seed::from_bytes(seed),
+        ))
     }
 
     /// Whether a credential is still usable at `now` (exists, not revoked, not expired).

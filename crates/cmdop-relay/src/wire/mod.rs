@@ -141,6 +141,44 @@ pub struct ClientLogin {
     pub signature: SignatureBytes,
 }
 
+/// A client's request to reach a machine: the first and only framed message on a new stream, after which
+/// the stream carries the end-to-end channel as opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenStream {
+    /// The fleet; may be omitted when exactly one fleet is in scope.
+    pub workspace: Option<String>,
+    /// The machine, as a person names it (id, hostname, display name or a unique prefix).
+    pub machine: String,
+    /// The stream kind, as in the end-to-end prologue (1 shell, 2 exec, 3 tunnel, 4 copy).
+    pub kind: u8,
+}
+
+/// The relay's answer to [`OpenStream`]: the route is set up; everything after this is the peer's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReady {
+    /// Fresh random id of this stream, bound into the end-to-end prologue by both ends.
+    pub channel_id: [u8; 16],
+    /// The fleet the machine belongs to.
+    pub fleet_id: IdBytes,
+    /// The machine the name resolved to.
+    pub machine: MachineInfo,
+    /// A capability for the client's key, signed by the fleet trust key, for the agent to check.
+    pub capability: Vec<u8>,
+}
+
+/// The header the relay writes on a stream it opens to an agent; after it, the client's bytes follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// The stream's random id, the same the client was told.
+    pub channel_id: [u8; 16],
+    /// The fleet, as the relay routed it.
+    pub fleet_id: IdBytes,
+    /// The stream kind.
+    pub kind: u8,
+    /// The client's key as the relay authenticated it (informational: the agent trusts only the channel).
+    pub client_key: KeyBytes,
+}
+
 /// A client's request for the machines of one fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListMachines {
@@ -157,6 +195,8 @@ pub struct Registered {
     pub fleet_id: IdBytes,
     /// How often the agent must send [`PeerMessage::Heartbeat`].
     pub heartbeat_interval_secs: u32,
+    /// The fleet's trust key: capabilities presented to the agent must carry its signature.
+    pub trust_key: KeyBytes,
 }
 
 /// The relay's answer to a successful client login.
@@ -229,6 +269,12 @@ impl ErrorCode {
     pub const INTERNAL: Self = Self(11);
     /// The login did not finish within the deadline.
     pub const TIMEOUT: Self = Self(12);
+    /// No machine of the fleet matches the name.
+    pub const MACHINE_NOT_FOUND: Self = Self(13);
+    /// Several machines match the name; the message lists them.
+    pub const AMBIGUOUS: Self = Self(14);
+    /// The machine is not connected to the relay.
+    pub const MACHINE_OFFLINE: Self = Self(15);
 }
 
 /// A QUIC application close code the relay uses when it ends a connection.
@@ -269,6 +315,8 @@ pub enum PeerMessage {
     ListMachines(ListMachines),
     /// Graceful stop: the relay marks the machine offline at once.
     Goodbye,
+    /// Client request to route this (new) stream to a machine.
+    OpenStream(OpenStream),
 }
 
 /// Messages sent by the relay to agents and clients.
@@ -286,6 +334,10 @@ pub enum RelayMessage {
     Machines(Vec<MachineInfo>),
     /// A refusal or failure.
     Error(ErrorMessage),
+    /// Answer to [`OpenStream`]: the stream is routed.
+    StreamReady(StreamReady),
+    /// Header of a stream the relay opens to an agent.
+    IncomingStream(StreamHeader),
 }
 
 /// The bytes a peer signs (purpose `RelayLogin`) to log in: label ‖ challenge ‖ TLS exporter ‖ public key.

@@ -84,6 +84,14 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
             "00000007 04 01 04 70726f64",
         ),
         (PeerMessage::Goodbye, "00000001 05"),
+        (
+            PeerMessage::OpenStream(OpenStream {
+                workspace: Some("prod".into()),
+                machine: "web".into(),
+                kind: 2,
+            }),
+            "0000000c 06 01 04 70726f64 03 776562 02",
+        ),
     ]
 }
 
@@ -98,8 +106,9 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                 machine_id: IdBytes([0x33; 16]),
                 fleet_id: IdBytes([0x44; 16]),
                 heartbeat_interval_secs: 30,
+                trust_key: KeyBytes([0x55; 32]),
             }),
-            "00000022 01 33333333333333333333333333333333 44444444444444444444444444444444 1e",
+            "00000042 01 33333333333333333333333333333333 44444444444444444444444444444444 1e 5555555555555555555555555555555555555555555555555555555555555555",
         ),
         (
             RelayMessage::Welcome(Welcome {
@@ -124,6 +133,34 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                 message: "no".into(),
             }),
             "00000005 05 04 02 6e6f",
+        ),
+        (
+            RelayMessage::StreamReady(StreamReady {
+                channel_id: [0x11; 16],
+                fleet_id: IdBytes([0x22; 16]),
+                machine: MachineInfo {
+                    id: IdBytes([0x33; 16]),
+                    hostname: "w".into(),
+                    name: "w".into(),
+                    public_key: KeyBytes([0x44; 32]),
+                    online: true,
+                    last_seen: None,
+                    os: "l".into(),
+                    arch: "a".into(),
+                    agent_version: "1".into(),
+                },
+                capability: vec![0xca, 0xfe],
+            }),
+            "00000060 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe",
+        ),
+        (
+            RelayMessage::IncomingStream(StreamHeader {
+                channel_id: [0x11; 16],
+                fleet_id: IdBytes([0x22; 16]),
+                kind: 2,
+                client_key: KeyBytes([0x33; 32]),
+            }),
+            "00000042 07 11111111111111111111111111111111 22222222222222222222222222222222 02 3333333333333333333333333333333333333333333333333333333333333333",
         ),
     ]
 }
@@ -303,47 +340,91 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
         proptest::option::of(text())
             .prop_map(|workspace| PeerMessage::ListMachines(ListMachines { workspace })),
         Just(PeerMessage::Goodbye),
+        (proptest::option::of(text()), text(), any::<u8>()).prop_map(
+            |(workspace, machine, kind)| {
+                PeerMessage::OpenStream(OpenStream {
+                    workspace,
+                    machine,
+                    kind,
+                })
+            }
+        ),
     ]
 }
 
 fn arb_relay() -> impl Strategy<Value = RelayMessage> {
-    let machine = (
-        any::<[u8; 16]>(),
-        text(),
-        text(),
-        any::<bool>(),
-        proptest::option::of(any::<u64>()),
-    )
-        .prop_map(|(id, hostname, name, online, last_seen)| MachineInfo {
-            id: IdBytes(id),
-            hostname,
-            name,
-            public_key: KeyBytes([id[0]; 32]),
-            online,
-            last_seen,
-            os: "linux".into(),
-            arch: "arm64".into(),
-            agent_version: "1".into(),
-        });
+    let machine = || {
+        (
+            any::<[u8; 16]>(),
+            text(),
+            text(),
+            any::<bool>(),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(|(id, hostname, name, online, last_seen)| MachineInfo {
+                id: IdBytes(id),
+                hostname,
+                name,
+                public_key: KeyBytes([id[0]; 32]),
+                online,
+                last_seen,
+                os: "linux".into(),
+                arch: "arm64".into(),
+                agent_version: "1".into(),
+            })
+    };
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| RelayMessage::Challenge(Challenge { nonce })),
-        (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<u32>()).prop_map(
-            |(m, f, heartbeat_interval_secs)| {
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u32>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(m, f, heartbeat_interval_secs, k)| {
                 RelayMessage::Registered(Registered {
                     machine_id: IdBytes(m),
                     fleet_id: IdBytes(f),
                     heartbeat_interval_secs,
+                    trust_key: KeyBytes(k),
                 })
-            }
-        ),
+            }),
         (text(), proptest::collection::vec(text(), 0..4))
             .prop_map(|(principal, fleets)| RelayMessage::Welcome(Welcome { principal, fleets })),
         Just(RelayMessage::HeartbeatAck),
-        proptest::collection::vec(machine, 0..4).prop_map(RelayMessage::Machines),
+        proptest::collection::vec(machine(), 0..4).prop_map(RelayMessage::Machines),
         (any::<u16>(), text()).prop_map(|(code, message)| RelayMessage::Error(ErrorMessage {
             code: ErrorCode(code),
             message
         })),
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            machine(),
+            proptest::collection::vec(any::<u8>(), 0..80)
+        )
+            .prop_map(
+                |(channel_id, fleet, machine, capability)| RelayMessage::StreamReady(StreamReady {
+                    channel_id,
+                    fleet_id: IdBytes(fleet),
+                    machine,
+                    capability,
+                })
+            ),
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u8>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(
+                |(channel_id, fleet, kind, key)| RelayMessage::IncomingStream(StreamHeader {
+                    channel_id,
+                    fleet_id: IdBytes(fleet),
+                    kind,
+                    client_key: KeyBytes(key),
+                })
+            ),
     ]
 }
 

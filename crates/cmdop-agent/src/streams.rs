@@ -1,0 +1,211 @@
+//! Streams the relay routes to this agent: authenticate the client end to end, check its capability against
+//! the fleet trust key this agent pinned, then serve the operation.
+//!
+//! The relay's word is not enough: a stream is served only if the client proves its key inside the
+//! end-to-end channel and presents a capability for that key, this fleet and this operation, signed by the
+//! fleet's trust key. The capability is checked on every stream, so revocation and expiry bite at once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cmdop_fleet::{FleetId, Operation, SignedCapability, Timestamp};
+use cmdop_identity::{Identity, PublicKey};
+use cmdop_relay::client::{IncomingStream, StreamAcceptor};
+use cmdop_relay::e2e::{CloseReason, Prologue, StreamKind};
+use cmdop_relay::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
+use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+
+/// Limits on what clients may make this agent do at once.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Streams served at once; more wait for a slot.
+    pub max_concurrent: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 256,
+        }
+    }
+}
+
+/// What every stream handler needs to know.
+#[derive(Debug)]
+pub struct StreamContext {
+    /// This agent's identity.
+    pub identity: Arc<Identity>,
+    /// The fleet this agent is enrolled in.
+    pub fleet_id: FleetId,
+    /// The fleet trust key this agent pinned; capabilities must carry its signature.
+    pub trust_key: PublicKey,
+}
+
+/// Accepts and serves routed streams until the connection ends.
+pub async fn serve(acceptor: StreamAcceptor, context: Arc<StreamContext>, limits: StreamLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_concurrent));
+    loop {
+        let incoming = match acceptor.accept().await {
+            Ok(incoming) => incoming,
+            Err(err) => {
+                tracing::debug!(error = %err, "no more streams on this connection");
+                return;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let channel = hex_id(&incoming.channel_id());
+            if let Err(err) = handle(incoming, &context).await {
+                tracing::info!(%channel, error = %err, "stream ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    incoming: IncomingStream,
+    context: &StreamContext,
+) -> Result<(), SecureStreamError> {
+    let kind = incoming.kind();
+    let operation = match kind {
+        StreamKind::Exec => Some(Operation::Exec),
+        _ => None,
+    };
+    let prologue = Prologue {
+        fleet_id: context.fleet_id.to_bytes(),
+        agent_key: context.identity.public_key(),
+        channel_id: incoming.channel_id(),
+        kind,
+    };
+    let (sender, receiver) = secure_stream::accept(
+        incoming,
+        prologue,
+        &context.identity,
+        |client, capability| {
+            let Some(operation) = operation else {
+                return Err(format!("this agent does not serve {kind:?} streams yet"));
+            };
+            authorize(context, client, capability, operation)
+        },
+    )
+    .await?;
+    match kind {
+        StreamKind::Exec => serve_exec(sender, receiver).await,
+        _ => Ok(()),
+    }
+}
+
+/// The capability check: signed by the pinned fleet trust key, for this client key, this fleet, this
+/// operation, and valid now.
+fn authorize(
+    context: &StreamContext,
+    client: &PublicKey,
+    capability: &[u8],
+    operation: Operation,
+) -> Result<(), String> {
+    let signed = SignedCapability::from_bytes(capability)
+        .map_err(|err| format!("no valid capability: {err}"))?;
+    signed
+        .verify(
+            &context.trust_key,
+            client,
+            context.fleet_id,
+            operation,
+            now(),
+        )
+        .map(|_| ())
+        .map_err(|err| format!("capability refused: {err}"))
+}
+
+async fn serve_exec(
+    mut sender: SecureSender,
+    mut receiver: SecureReceiver,
+) -> Result<(), SecureStreamError> {
+    let request = match receiver.recv::<ClientOp>().await? {
+        Some(ClientOp::Exec(request)) => request,
+        _ => {
+            sender
+                .close(CloseReason::Protocol, "expected an exec request first")
+                .await;
+            return Ok(());
+        }
+    };
+    let (input_tx, input_rx) = mpsc::channel(16);
+    let (output_tx, mut output_rx) = mpsc::channel(16);
+    if !request.stdin {
+        let _ = input_tx.send(ExecInput::StdinEof).await;
+    }
+    let spec = ExecSpec {
+        argv: request.argv,
+        timeout: request.timeout_ms.map(Duration::from_millis),
+    };
+    let run = tokio::spawn(exec::run(spec, input_rx, output_tx));
+
+    // Client input, forwarded until the client ends its side; it is cancel-safe to stop reading any time.
+    let forward_input = async move {
+        while let Ok(Some(op)) = receiver.recv::<ClientOp>().await {
+            let input = match op {
+                ClientOp::Stdin(bytes) => ExecInput::Stdin(bytes),
+                ClientOp::StdinEof => ExecInput::StdinEof,
+                ClientOp::Signal(number) => ExecInput::Signal(number),
+                ClientOp::Exec(_) => continue,
+            };
+            if input_tx.send(input).await.is_err() {
+                break;
+            }
+        }
+        // Keep the receiver alive so the stream is not reset while output still flows.
+        receiver
+    };
+    let input_task = tokio::spawn(forward_input);
+
+    while let Some(output) = output_rx.recv().await {
+        let op = match output {
+            ExecOutput::Stdout(bytes) => AgentOp::Stdout(bytes),
+            ExecOutput::Stderr(bytes) => AgentOp::Stderr(bytes),
+        };
+        debug_assert!(
+            matches!(&op, AgentOp::Stdout(b) | AgentOp::Stderr(b) if b.len() <= MAX_CHUNK)
+        );
+        // A failed send means the client went away: dropping output_rx makes exec kill the process group.
+        if sender.send(&op).await.is_err() {
+            break;
+        }
+    }
+    drop(output_rx);
+    let result = run.await;
+    input_task.abort();
+    let last = match result {
+        Ok(Ok(outcome)) => AgentOp::Exited(match outcome {
+            ExecOutcome::Exited(code) => ExitStatus::Code(code),
+            ExecOutcome::Signaled(signal) => ExitStatus::Signal(signal),
+            ExecOutcome::TimedOut => ExitStatus::TimedOut,
+        }),
+        Ok(Err(err)) => AgentOp::Failed {
+            message: err.to_string(),
+        },
+        Err(_) => AgentOp::Failed {
+            message: "the agent lost track of the command".to_owned(),
+        },
+    };
+    sender.send(&last).await?;
+    sender.end(0).await
+}
+
+fn now() -> Timestamp {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Timestamp::from_unix_seconds(seconds)
+}
+
+fn hex_id(bytes: &[u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,262 @@
+//! `cmdop connect exec MACHINE -- CMD…`: run one command on a machine through the relay, end to end encrypted.
+//!
+//! Exit status follows ssh: the remote command's code (128+N for a signal, 124 for `--timeout`, 127 when it
+//! could not be started), and 255 for any failure of cmdop itself, so scripts can tell the two apart.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use cmdop_relay::client::ClientConnection;
+use cmdop_relay::e2e::{Prologue, StreamKind};
+use cmdop_relay::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
+use cmdop_relay::secure_stream;
+use serde_json::json;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
+
+use crate::GlobalArgs;
+use crate::exit::Failure;
+use crate::known_machines::{self, Pin};
+use crate::login::runtime;
+use crate::profile::Profile;
+
+/// cmdop's own failures, as ssh reports its own: distinct from any code the remote command returns.
+const OWN_FAILURE: u8 = 255;
+/// The remote program could not be started (as `env(1)` reports a missing program).
+const CANNOT_START: u8 = 127;
+
+/// Flags of `cmdop connect exec`.
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// The machine: its id, hostname, display name, or a unique prefix of one of them.
+    machine: String,
+    /// Kill the remote command (its whole process group) after this long and exit 124; `0` for no limit.
+    /// Units: ms, s, m, h.
+    #[arg(long, default_value = "30s", value_name = "DUR")]
+    timeout: String,
+    /// Print one JSON object (machine_id, hostname, command, exit_code, stdout, stderr, duration_ms) instead
+    /// of streaming the output.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Runs `cmdop connect exec`.
+pub(crate) fn run(global: &GlobalArgs, workspace: Option<&str>, args: ExecArgs) -> ExitCode {
+    let started = Instant::now();
+    match execute(global, workspace, &args, started) {
+        Ok(code) => code,
+        Err(failure) => {
+            failure.print();
+            ExitCode::from(OWN_FAILURE)
+        }
+    }
+}
+
+fn execute(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    args: &ExecArgs,
+    started: Instant,
+) -> Result<ExitCode, Failure> {
+    let timeout = parse_duration(&args.timeout)?;
+    let profile = Profile::open(global)?;
+    let session = profile.session(global)?;
+    let known = profile.dir().join(known_machines::FILE_NAME);
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let mut client =
+            ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
+        let routed = client
+            .open_stream(workspace, &args.machine, StreamKind::Exec)
+            .await?;
+        let machine = routed.machine().clone();
+        let reported = machine
+            .public_key
+            .context("the relay reported no valid key for this machine")?;
+        if known_machines::check_or_pin(&known, machine.id, &machine.hostname, &reported)?
+            == Pin::Added
+        {
+            eprintln!(
+                "cmdop: first contact with {} ({}): pinned its key {} in {}",
+                machine.hostname,
+                machine.id,
+                reported.fingerprint(),
+                known.display()
+            );
+        }
+        let prologue = Prologue {
+            fleet_id: *routed.fleet_id().as_bytes(),
+            // The key the client pinned, never only the relay's word; check_or_pin made sure they agree.
+            agent_key: reported,
+            channel_id: routed.channel_id(),
+            kind: StreamKind::Exec,
+        };
+        let capability = routed.capability().to_vec();
+        let (mut sender, mut receiver) =
+            secure_stream::connect(routed, prologue, &session.identity, &capability).await?;
+        let forward_stdin = !std::io::stdin().is_terminal();
+        sender
+            .send(&ClientOp::Exec(ExecRequest {
+                argv: args.command.clone(),
+                timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                stdin: forward_stdin,
+            }))
+            .await?;
+
+        // One writer task owns the sending half; stdin and Ctrl-C feed it through a channel.
+        let (ops_tx, mut ops_rx) = mpsc::channel::<ClientOp>(8);
+        let writer = tokio::spawn(async move {
+            while let Some(op) = ops_rx.recv().await {
+                if sender.send(&op).await.is_err() {
+                    break;
+                }
+            }
+            sender
+        });
+        if forward_stdin {
+            tokio::spawn(pump_stdin(ops_tx.clone()));
+        }
+        let interrupts = ops_tx.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                // SIGINT is 2 on every platform cmdop runs on.
+                if interrupts.send(ClientOp::Signal(2)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        drop(ops_tx);
+
+        let mut captured = (Vec::new(), Vec::new());
+        let mut status = None;
+        let mut failed = None;
+        while let Some(op) = receiver.recv::<AgentOp>().await? {
+            match op {
+                AgentOp::Stdout(bytes) if args.json => captured.0.extend(bytes),
+                AgentOp::Stderr(bytes) if args.json => captured.1.extend(bytes),
+                AgentOp::Stdout(bytes) => write_all(&mut std::io::stdout(), &bytes)?,
+                AgentOp::Stderr(bytes) => write_all(&mut std::io::stderr(), &bytes)?,
+                AgentOp::Exited(exit) => status = Some(exit),
+                AgentOp::Failed { message } => failed = Some(message),
+            }
+        }
+        // recv returned None: the agent's authenticated end frame arrived, so the output is complete.
+        writer.abort();
+        client.close().await;
+        let code = match (status, failed) {
+            (Some(exit), _) => exit.shell_code(),
+            (None, Some(message)) => {
+                eprintln!("cmdop: {}: {message}", machine.hostname);
+                i32::from(CANNOT_START)
+            }
+            (None, None) => {
+                return Err(Failure::connection_lost(
+                    "the machine ended the stream without an exit status",
+                ));
+            }
+        };
+        if args.json {
+            let value = json!({
+                "machine_id": machine.id.to_string(),
+                "hostname": machine.hostname,
+                "command": args.command,
+                "exit_code": code,
+                "timed_out": status == Some(ExitStatus::TimedOut),
+                "stdout": String::from_utf8_lossy(&captured.0),
+                "stderr": String::from_utf8_lossy(&captured.1),
+                "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+            println!("{value}");
+        }
+        Ok(ExitCode::from(
+            u8::try_from(code & 0xff).unwrap_or(OWN_FAILURE),
+        ))
+    })
+}
+
+async fn pump_stdin(ops: mpsc::Sender<ClientOp>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = ops.send(ClientOp::StdinEof).await;
+                return;
+            }
+            Ok(n) => {
+                if ops
+                    .send(ClientOp::Stdin(buf.get(..n).unwrap_or_default().to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn write_all(out: &mut impl std::io::Write, bytes: &[u8]) -> Result<(), Failure> {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // A reader that went away (`| head`) is not cmdop's failure; stop quietly like other tools.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => Err(Failure::from(
+            anyhow::Error::from(err).context("cannot write the command's output"),
+        )),
+    }
+}
+
+/// `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds; `0` means no limit.
+fn parse_duration(text: &str) -> Result<Option<Duration>, Failure> {
+    let bad = || {
+        Failure::from(anyhow::anyhow!(
+            "invalid --timeout {text:?}: use a number with ms, s, m or h, e.g. 30s or 5m; 0 for none"
+        ))
+    };
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => number,
+        "" | "s" => number.saturating_mul(1000),
+        "m" => number.saturating_mul(60_000),
+        "h" => number.saturating_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("30s").unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("5m").unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("250ms").unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("7").unwrap(), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0").unwrap(), None);
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
