@@ -24,7 +24,7 @@ const SANE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
-    /// Program and arguments; the program is looked up in [`SANE_PATH`] order.
+    /// Program and arguments; the program is looked up in the sane `PATH` the command gets.
     pub argv: Vec<String>,
     /// Kill the process group after this long; `None` waits forever.
     pub timeout: Option<Duration>,

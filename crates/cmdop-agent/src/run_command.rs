@@ -101,7 +101,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
-        state_dir: dir.clone(),
+        state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -128,14 +128,11 @@ async fn serve_exec(
     mut sender: SecureSender,
     mut receiver: SecureReceiver,
 ) -> Result<(), SecureStreamError> {
-    let request = match receiver.recv::<ClientOp>().await? {
-        Some(ClientOp::Exec(request)) => request,
-        _ => {
-            sender
-                .close(CloseReason::Protocol, "expected an exec request first")
-                .await;
-            return Ok(());
-        }
+    let Some(ClientOp::Exec(request)) = receiver.recv::<ClientOp>().await? else {
+        sender
+            .close(CloseReason::Protocol, "expected an exec request first")
+            .await;
+        return Ok(());
     };
     let (input_tx, input_rx) = mpsc::channel(16);
     let (output_tx, mut output_rx) = mpsc::channel(16);

@@ -535,11 +535,11 @@ impl StreamAcceptor {
                     })?;
             let mut control = ControlStream::new(send, recv);
             // A header that does not arrive or does not parse costs this stream only, not the connection.
-            let header =
-                match tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await {
-                    Ok(Ok(Some(RelayMessage::IncomingStream(header)))) => header,
-                    _ => continue,
-                };
+            let Ok(Ok(Some(RelayMessage::IncomingStream(header)))) =
+                tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await
+            else {
+                continue;
+            };
             let Some(kind) = StreamKind::from_byte(header.kind) else {
                 continue;
             };

@@ -49,7 +49,10 @@ pub use routing::STALL_TIMEOUT;
 /// Observes every byte the relay forwards on routed streams. A testing hook: the end-to-end tests use it to
 /// prove the relay only ever sees ciphertext.
 #[derive(Clone)]
-pub struct Tap(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+pub struct Tap(pub Arc<TapFn>);
+
+/// The function a [`Tap`] calls with each forwarded chunk.
+pub type TapFn = dyn Fn(&[u8]) + Send + Sync;
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

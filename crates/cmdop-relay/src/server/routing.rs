@@ -77,17 +77,16 @@ async fn route(
     client_key: PublicKey,
 ) {
     let mut control = ControlStream::new(send, recv);
-    let request = match tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await {
-        Ok(Ok(Some(PeerMessage::OpenStream(request)))) => request,
-        _ => {
-            let _ = refuse(
-                &mut control,
-                ErrorCode::UNEXPECTED_MESSAGE,
-                "expected OpenStream as the first message of a stream",
-            )
-            .await;
-            return;
-        }
+    let Ok(Ok(Some(PeerMessage::OpenStream(request)))) =
+        tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await
+    else {
+        let _ = refuse(
+            &mut control,
+            ErrorCode::UNEXPECTED_MESSAGE,
+            "expected OpenStream as the first message of a stream",
+        )
+        .await;
+        return;
     };
     let route = match prepare(shared, principal, &request, client_key) {
         Ok(route) => route,
