@@ -6,5 +6,7 @@
 mod exec;
 /// Registration, presence, identity across restarts and renames, relay restarts.
 mod presence;
+/// The relay sees only ciphertext; a cut stream is never success; Ctrl-C reaches the remote command.
+mod relay_blindness;
 /// Fleet boundaries, credential scope, revocation and expiry, relay pinning.
 mod scope;

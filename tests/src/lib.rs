@@ -194,7 +194,8 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 /// start agents and CLIs against it. Everything lives in one temporary directory.
 pub struct Contour {
     pub root: tempfile::TempDir,
-    pub relay: Daemon,
+    /// The relay process; `None` when the test runs the relay in-process (see [`Contour::attach`]).
+    pub relay: Option<Daemon>,
     pub address: String,
     pub fingerprint: String,
 }
@@ -206,9 +207,27 @@ impl Contour {
         let (relay, address, fingerprint) = Self::serve(&root.path().join("relay"), "127.0.0.1:0");
         Self {
             root,
-            relay,
+            relay: Some(relay),
             address,
             fingerprint,
+        }
+    }
+
+    /// A contour around a relay the test runs itself (in-process), whose data directory is
+    /// `root/relay` so the admin verbs reach the same store.
+    pub fn attach(root: tempfile::TempDir, address: String, fingerprint: String) -> Self {
+        Self {
+            root,
+            relay: None,
+            address,
+            fingerprint,
+        }
+    }
+
+    /// Kills the relay process (SIGKILL).
+    pub fn kill_relay(&mut self) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.kill();
         }
     }
 
@@ -230,14 +249,14 @@ impl Contour {
 
     /// Kills the relay (SIGKILL) and starts it again on the same address with the same data.
     pub fn restart_relay(&mut self) {
-        self.relay.kill();
+        self.kill_relay();
         let (relay, address, fingerprint) = Self::serve(&self.data_dir(), &self.address);
         assert_eq!(address, self.address);
         assert_eq!(
             fingerprint, self.fingerprint,
             "the relay's certificate must survive a restart"
         );
-        self.relay = relay;
+        self.relay = Some(relay);
     }
 
     pub fn data_dir(&self) -> PathBuf {
