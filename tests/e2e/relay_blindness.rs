@@ -21,7 +21,7 @@ fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
     let (address, fingerprint) = {
         let seen = Arc::clone(&seen);
         let (tls, _) = TlsIdentity::load_or_generate(&data_dir).unwrap();
-        let mut config = ServerConfig::new(data_dir.clone(), "127.0.0.1:0".parse().unwrap(), tls);
+        let mut config = ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap(), tls);
         config.tap = Some(Tap(Arc::new(move |bytes: &[u8]| {
             seen.lock().unwrap().extend_from_slice(bytes)
         })));
