@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cmdop_tests::{Contour, Daemon, online_id};
+use cmdop_tests::{Contour, Daemon, OneMachine};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -21,11 +21,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let contour = Contour::start();
-        contour.admin(&["fleet", "create", "prod"]);
-        let (_, agent_key) = contour.api_key("prod", "agent");
-        let (_, member_key) = contour.api_key("prod", "member");
-        let mut agent = contour.agent("web-1", "prod", &agent_key, &[]);
-        let machine_id = online_id(&mut agent);
+        let OneMachine {
+            agent,
+            machine_id,
+            member_key,
+        } = contour.one_machine();
         Self {
             contour,
             member_key,
@@ -243,4 +243,25 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
         text(&out.stderr)
     );
     assert!(!std::path::Path::new("/tmp/cmdop-must-not-exist").exists());
+}
+
+#[test]
+fn an_ambiguous_name_lists_the_candidates() {
+    let f = Fixture::new();
+    let (_, agent_key) = f.contour.api_key("prod", "agent");
+    let mut second = f.contour.agent("web-2", "prod", &agent_key, &[]);
+    cmdop_tests::online_id(&mut second);
+    let mut cmd = f.contour.cli("alice");
+    cmd.arg("--api-key-file")
+        .arg(&f.member_key)
+        .args(["connect", "exec", "web", "--", "true"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("web-1") && stderr.contains("web-2"),
+        "{stderr}"
+    );
+    // An exact hostname still wins over the shared prefix.
+    assert_eq!(f.run(&["true"]).status.code(), Some(0));
 }

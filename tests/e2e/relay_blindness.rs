@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cmdop_relay::server::{Server, ServerConfig, Tap};
 use cmdop_relay::transport::TlsIdentity;
-use cmdop_tests::{Contour, online_id};
+use cmdop_tests::{Contour, OneMachine};
 use data_encoding::{BASE64, BASE64_NOPAD, BASE64URL_NOPAD};
 use rand::RngCore as _;
 
@@ -32,11 +32,11 @@ fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
         (address, fingerprint)
     };
     let contour = Contour::attach(root, address, fingerprint);
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
-    let mut agent = contour.agent("web-1", "prod", &agent_key, &[]);
-    online_id(&mut agent);
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
 
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -101,11 +101,11 @@ fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
 #[test]
 fn an_exec_cut_by_a_dying_relay_never_reports_success() {
     let mut contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
-    let mut agent = contour.agent("web-1", "prod", &agent_key, &[]);
-    online_id(&mut agent);
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
     let mut exec = contour.cli("alice");
     exec.arg("--api-key-file")
         .arg(&member_key)
@@ -136,11 +136,11 @@ fn an_exec_cut_by_a_dying_relay_never_reports_success() {
 #[test]
 fn ctrl_c_on_the_client_interrupts_the_remote_command() {
     let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
-    let mut agent = contour.agent("web-1", "prod", &agent_key, &[]);
-    online_id(&mut agent);
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
     let mut exec = contour.cli("alice");
     exec.arg("--api-key-file")
         .arg(&member_key)

@@ -357,6 +357,29 @@ impl Contour {
     }
 }
 
+/// One fleet `prod` with one online machine `web-1`, and a member key to reach it.
+pub struct OneMachine {
+    pub agent: Daemon,
+    pub machine_id: String,
+    pub member_key: PathBuf,
+}
+
+impl Contour {
+    /// Creates fleet `prod`, an agent key and a member key, and starts agent `web-1`; waits until it is online.
+    pub fn one_machine(&self) -> OneMachine {
+        self.admin(&["fleet", "create", "prod"]);
+        let (_, agent_key) = self.api_key("prod", "agent");
+        let (_, member_key) = self.api_key("prod", "member");
+        let mut agent = self.agent("web-1", "prod", &agent_key, &[]);
+        let machine_id = online_id(&mut agent);
+        OneMachine {
+            agent,
+            machine_id,
+            member_key,
+        }
+    }
+}
+
 /// Waits for an agent's `online: machine <uuid> …` line and returns the uuid.
 pub fn online_id(agent: &mut Daemon) -> String {
     agent.wait_for(Duration::from_secs(30), |line| {

@@ -2,8 +2,7 @@
 //! `cmdop-agent enroll …` a plain `cmdop-agent run` needs no flags.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -178,35 +177,13 @@ pub fn pin_trust_key(dir: &Path, fleet: &str, presented: &str) -> Result<(), Set
     write_private(&path, format!("{text}{fleet} {presented}\n").as_bytes())
 }
 
-/// Writes `bytes` to `path` via a 0600 temp file, fsync and rename, creating `path`'s directory 0700.
+/// Writes a private file through the identity store's one implementation (atomic, 0600, directory 0700).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
-    let io = |action, source| SettingsError::Io {
-        action,
+    cmdop_identity::store::write_private_file(path, bytes).map_err(|source| SettingsError::Io {
+        action: "write",
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("write", e))?;
-    // The mode above is filtered by the umask; set it explicitly so a umask of 000 cannot loosen it.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("set permissions on", e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))?;
-    fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

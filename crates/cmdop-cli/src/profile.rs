@@ -12,8 +12,7 @@
 //! in the OS keyring where one answers, else in a 0600 key file.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -281,23 +280,8 @@ fn associated_data(relay: &str, fingerprint: &str) -> Vec<u8> {
     format!("cmdop login v1\0{relay}\0{fingerprint}").into_bytes()
 }
 
-/// Writes `bytes` to `path` via a 0600 temp file, fsync and rename; the directory is created 0700.
+/// Writes a private file through the identity store's one implementation (atomic, 0600, directory 0700).
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("login path has no directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set permissions on {}", dir.display()))?;
-    let tmp = dir.join(format!(".{LOGIN_FILE}.tmp-{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    store::write_private_file(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

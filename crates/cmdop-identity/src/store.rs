@@ -46,6 +46,13 @@ pub fn default_config_dir() -> Option<PathBuf> {
         .map(|base| base.join("cmdop"))
 }
 
+/// Writes a small secret file (a saved credential, settings next to the identity): atomically, replacing any
+/// previous version, mode 0600 whatever the umask, its directory created 0700. The one way cmdop writes
+/// private files, so every such file gets the same care as the seed.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    files::replace_atomically(path, bytes)
+}
+
 /// Where a new identity's key-encryption key may be kept. Loading ignores this: it follows the location
 /// recorded in the seed file.
 #[non_exhaustive]

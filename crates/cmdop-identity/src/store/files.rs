@@ -91,6 +91,22 @@ pub(crate) fn create_new_atomically(path: &Path, bytes: &[u8]) -> io::Result<boo
     Ok(created)
 }
 
+/// Writes `bytes` to `path`, replacing any previous file, atomically (temp file, fsync, `rename(2)`, directory
+/// fsync) and with mode 0600 whatever the umask; the directory is created 0700 if missing.
+pub(crate) fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    ensure_dir(dir)?;
+    let temp = temp_path(path);
+    let result = write_temp(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result?;
+    File::open(dir)?.sync_all()
+}
+
 fn write_temp(temp: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
