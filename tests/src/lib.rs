@@ -27,20 +27,29 @@ pub fn bin_dir() -> &'static Path {
             .expect("target/<profile> directory")
             .to_path_buf();
         // Cargo builds binaries only for the package under test, so make sure the others exist and are fresh.
+        // Exactly the build `cargo xtask ci` runs first (same packages, same features), so there it is a no-op.
         // Serialised: parallel test threads would otherwise race on cargo's lock for nothing.
         static BUILD: Mutex<()> = Mutex::new(());
         let _guard = BUILD.lock().unwrap();
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "cmdop-relay",
-                "-p",
-                "cmdop-agent",
-                "-p",
-                "cmdop-cli",
-            ])
+        let mut build = Command::new(env!("CARGO"));
+        // A test process carries the variables cargo sets for tests; some crates' builds track such variables,
+        // so building with them would rebuild the binaries (and the next plain build would rebuild them back).
+        build.env_clear();
+        for key in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO_TARGET_DIR",
+            "TMPDIR",
+        ] {
+            if let Some(value) = std::env::var_os(key) {
+                build.env(key, value);
+            }
+        }
+        let status = build
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");

@@ -65,9 +65,7 @@ impl std::fmt::Debug for Tap {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The UDP socket could not be bound.
-    #[error(
-        "cannot listen on {addr}: {source}; pick another --listen address or stop the process using it"
-    )]
+    #[error("cannot listen on {addr}; pick another --listen address or stop the process using it")]
     Bind {
         /// The requested address.
         addr: SocketAddr,
