@@ -58,6 +58,21 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
+/// Variables cargo sets for the package it runs or tests, which must not leak into a nested cargo build.
+fn is_cargo_package_variable(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
+}
+
 /// A command for one of the workspace binaries, with every `CMDOP_*`, `RUST_LOG` and XDG variable cleared
 /// so that the developer's own settings never leak into a test.
 pub fn command(binary: &str) -> Command {

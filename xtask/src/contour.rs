@@ -36,7 +36,7 @@ pub(crate) struct Binaries {
 impl Binaries {
     /// Builds the release binaries with cargo (printing the command) and returns their paths.
     pub(crate) fn build_release(root: &Path) -> Result<Self> {
-        let mut build = Command::new("cargo");
+        let mut build = crate::cargo_command();
         build.args([
             "build",
             "--release",

@@ -132,7 +132,7 @@ fn tests() -> Result<()> {
 }
 
 fn rustdoc() -> Result<()> {
-    let status = Command::new("cargo")
+    let status = cargo_command()
         .args([
             "doc",
             "--locked",
@@ -169,11 +169,35 @@ fn deny() -> Result<()> {
 
 /// Runs `cargo ARGS` in the workspace root, inheriting stdio, and fails on a non-zero exit.
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo")
+    let status = cargo_command()
         .args(args)
         .status()
         .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
     ensure_success(status, &format!("cargo {}", args.join(" ")))
+}
+
+/// `cargo` without the variables `cargo run` set for xtask itself: ring's build script tracks
+/// CARGO_MANIFEST_DIR, so a nested build that inherits them rebuilds ring and everything above it, and the
+/// end-to-end tests' own build (tests/src/lib.rs strips the same set) would then rebuild it all again.
+pub(crate) fn cargo_command() -> Command {
+    let mut command = Command::new("cargo");
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        let package_variable = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            );
+        if package_variable {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
 }
 
 fn ensure_success(status: std::process::ExitStatus, what: &str) -> Result<()> {
