@@ -32,20 +32,13 @@ pub fn bin_dir() -> &'static Path {
         static BUILD: Mutex<()> = Mutex::new(());
         let _guard = BUILD.lock().unwrap();
         let mut build = Command::new(env!("CARGO"));
-        // A test process carries the variables cargo sets for tests; some crates' builds track such variables,
-        // so building with them would rebuild the binaries (and the next plain build would rebuild them back).
-        build.env_clear();
-        for key in [
-            "PATH",
-            "HOME",
-            "CARGO_HOME",
-            "RUSTUP_HOME",
-            "RUSTUP_TOOLCHAIN",
-            "CARGO_TARGET_DIR",
-            "TMPDIR",
-        ] {
-            if let Some(value) = std::env::var_os(key) {
-                build.env(key, value);
+        // A test process carries the variables cargo sets for the package under test; ring's build script
+        // tracks CARGO_MANIFEST_DIR, so building with them would rebuild the binaries (and the next plain build
+        // would rebuild them back). `cargo xtask` strips the same set (xtask/src/main.rs).
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if is_cargo_package_variable(&key) {
+                build.env_remove(key.as_ref());
             }
         }
         let status = build
