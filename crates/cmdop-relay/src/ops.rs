@@ -16,6 +16,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The largest chunk of stdin, stdout or stderr carried in one message; leaves room under the frame limit.
+///
+/// Byte payloads use serde's byte-string form (`serde_bytes`): postcard encodes it exactly like a sequence of
+/// `u8` (varint length, raw bytes), so the wire is unchanged, but it is one copy instead of a per-byte loop.
 pub const MAX_CHUNK: usize = 32 * 1024;
 
 /// A request to run one command, the first message on an exec stream.
@@ -35,7 +38,7 @@ pub enum ClientOp {
     /// Run a command (first message only).
     Exec(ExecRequest),
     /// Bytes for the command's stdin (at most [`MAX_CHUNK`]).
-    Stdin(Vec<u8>),
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The client's stdin ended.
     StdinEof,
     /// Deliver this signal number to the command's process group (e.g. 2 for SIGINT on Ctrl-C).
@@ -68,9 +71,9 @@ impl ExitStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentOp {
     /// A chunk of the command's stdout (at most [`MAX_CHUNK`]).
-    Stdout(Vec<u8>),
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A chunk of the command's stderr (at most [`MAX_CHUNK`]).
-    Stderr(Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The command ended; nothing but the channel's end frame follows.
     Exited(ExitStatus),
     /// The command could not be run (e.g. no such program); nothing but the end frame follows.

@@ -23,7 +23,7 @@ pub enum Frame {
     /// Proof of identity: the first frame in each direction, never sent again.
     Auth(Box<AuthFrame>),
     /// Application bytes (at most [`MAX_DATA_PER_FRAME`]).
-    Data(#[serde(with = "byte_string")] Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The sender switched its sending key with Noise `Rekey()` right after this frame.
     Rekey,
     /// The sender finished sending, cleanly; `status` is the application's (0 = success). A stream whose
@@ -60,7 +60,7 @@ pub struct AuthFrame {
     /// The signer's identity key.
     pub public_key: PublicKey,
     /// Opaque signed capability bytes (client only; empty for the agent). The agent's caller interprets them.
-    #[serde(with = "byte_string")]
+    #[serde(with = "serde_bytes")]
     pub capability: Vec<u8>,
     /// The signature.
     pub signature: Signature,
@@ -78,55 +78,6 @@ pub enum CloseReason {
     Protocol,
     /// The peer failed internally.
     Internal,
-}
-
-/// `Vec<u8>` as a serde byte string instead of a sequence of `u8`.
-///
-/// postcard encodes both identically (varint length, then the raw bytes), so the wire format does not change;
-/// this only turns a per-byte loop into one copy, which matters for 100 MiB transfers.
-mod byte_string {
-    use std::fmt;
-
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(ByteBuf)
-    }
-
-    struct ByteBuf;
-
-    impl<'de> Visitor<'de> for ByteBuf {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(bytes.to_vec())
-        }
-
-        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(bytes)
-        }
-
-        // Self-describing formats may present bytes as a sequence; postcard never does. No pre-allocation
-        // from a peer-supplied size hint.
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut bytes = Vec::new();
-            while let Some(byte) = seq.next_element()? {
-                bytes.push(byte);
-            }
-            Ok(bytes)
-        }
-    }
 }
 
 impl Frame {
