@@ -4,6 +4,8 @@
 
 /// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
 mod exec;
+/// Config files, JSON logs without secrets, metrics, status, draining, systemd units, CLI conventions.
+mod operations;
 /// Registration, presence, identity across restarts and renames, relay restarts.
 mod presence;
 /// The relay sees only ciphertext; a cut stream is never success; Ctrl-C reaches the remote command.

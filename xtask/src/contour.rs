@@ -86,6 +86,8 @@ pub(crate) struct Contour {
     pub(crate) address: String,
     /// The relay's certificate fingerprint, `sha256:…`, which the agent and the CLI pin.
     pub(crate) fingerprint: String,
+    /// The relay's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
+    pub(crate) metrics: String,
     /// The machine id the relay gave this machine's agent.
     pub(crate) machine: String,
 }
@@ -109,6 +111,7 @@ impl Contour {
             relay: None,
             address: String::new(),
             fingerprint: String::new(),
+            metrics: String::new(),
             machine: String::new(),
         };
 
@@ -118,7 +121,9 @@ impl Contour {
             .arg("serve")
             .arg("--data-dir")
             .arg(contour.relay_dir())
-            .args(["--listen", listen]);
+            .args(["--listen", listen])
+            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
+            .args(["--metrics", "127.0.0.1:0"]);
         let mut relay = contour.spawn("relay", serve)?;
         contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
             line.strip_prefix("relay fingerprint: ")
@@ -128,9 +133,13 @@ impl Contour {
             line.strip_prefix("listening on ")
                 .map(|addr| addr.trim().to_owned())
         })?;
+        contour.metrics = relay.wait_for("the relay's metrics address", |line| {
+            line.strip_prefix("metrics on ")
+                .map(|url| url.trim().to_owned())
+        })?;
         println!(
-            "  relay listening on {} with fingerprint {}",
-            contour.address, contour.fingerprint
+            "  relay listening on {} with fingerprint {}; metrics on {}",
+            contour.address, contour.fingerprint, contour.metrics
         );
         contour.relay = Some(relay);
 
@@ -179,6 +188,20 @@ impl Contour {
         command.arg("--config-dir").arg(self.state.join("client"));
         command.stdin(Stdio::null());
         command
+    }
+
+    /// `cmdop-relay ARGS… --data-dir DIR` for this contour's relay (admin verbs, `status`).
+    pub(crate) fn relay_command(&self, args: &[&str]) -> Command {
+        self.admin(args)
+    }
+
+    /// HOOK for issue 5 (interactive shells): the command that opens an interactive shell on this machine
+    /// through the relay, e.g. `cmdop connect <machine>` built from [`Contour::cli`]. `cargo xtask quickstart`
+    /// runs it when stdin and stdout are a terminal (and `--no-shell` is not given), waits for the shell to
+    /// exit, then keeps the contour up until Ctrl-C. Returns `None` while this build's CLI cannot open shells;
+    /// the quickstart then says so and skips the step.
+    pub(crate) fn shell_command(&self) -> Option<Command> {
+        None
     }
 
     /// A `cmdop-agent` command using this contour's agent directory.

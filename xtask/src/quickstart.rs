@@ -75,7 +75,32 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         println!("  `cmdop connect exec` is not available in this build yet; skipping it");
     }
 
+    contour::header("how the relay is doing (it serves Prometheus metrics too)");
+    let mut relay_status = contour.relay_command(&["status"]);
+    contour::run_shown(&mut relay_status)?;
+    println!("  metrics: {}", contour.metrics);
+    let mut cli_status = contour.cli();
+    cli_status.arg("status");
+    contour::run_shown(&mut cli_status)?;
+
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !no_shell && interactive {
+        contour::header(
+            "an interactive shell on this machine, through the relay (exit it to go on)",
+        );
+        match contour.shell_command() {
+            Some(mut shell) => {
+                // The shell needs the terminal: stdin too, not the null device the other steps get.
+                shell.stdin(std::process::Stdio::inherit());
+                if let Err(err) = contour::run_shown(&mut shell) {
+                    println!("  the shell ended with an error: {err:#}");
+                }
+            }
+            None => {
+                println!("  interactive shells are not available in this build yet; skipping it")
+            }
+        }
+    }
     if no_shell || !interactive {
         contour::header("done; stopping the agent and the relay");
         contour.stop();

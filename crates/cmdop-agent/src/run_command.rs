@@ -33,6 +33,24 @@ pub(crate) struct RelayArgs {
     /// A display name to report [default: the hostname, or the name set on the relay].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// `api_key_file` from the config file: below CMDOP_API_KEY, above the saved key.
+    #[arg(skip)]
+    file_api_key_file: Option<PathBuf>,
+}
+
+impl RelayArgs {
+    /// Fills what neither a flag nor the environment gave from the config file.
+    pub(crate) fn with_file(mut self, file: &crate::agent_config::AgentFile) -> Self {
+        self.relay = self.relay.or_else(|| file.relay.clone());
+        self.relay_fingerprint = self
+            .relay_fingerprint
+            .or_else(|| file.relay_fingerprint.clone());
+        self.workspace = self.workspace.or_else(|| file.workspace.clone());
+        self.hostname = self.hostname.or_else(|| file.hostname.clone());
+        self.name = self.name.or_else(|| file.name.clone());
+        self.file_api_key_file = file.api_key_file.clone();
+        self
+    }
 }
 
 /// `enroll`: save the settings (and the API key, 0600) so that `run` needs no flags.
@@ -123,7 +141,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
 }
 
 /// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then
-/// `CMDOP_API_KEY`, then the saved key file.
+/// `CMDOP_API_KEY`, then the config file's `api_key_file`, then the saved key file.
 fn merge(
     args: RelayArgs,
     saved: Settings,
@@ -139,6 +157,13 @@ fn merge(
                 .trim()
                 .to_owned(),
         )
+    } else if let Some(path) = &args.file_api_key_file {
+        settings::read_api_key(path)?.with_context(|| {
+            format!(
+                "api_key_file {} (from the config file) does not exist",
+                path.display()
+            )
+        })?
     } else if let Some(key) = settings::read_api_key(&dir.join(settings::API_KEY_FILE))? {
         key
     } else {
