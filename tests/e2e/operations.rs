@@ -292,7 +292,7 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
         ("agent API key", read_secret(&agent_key)),
         ("member API key", read_secret(&member_key)),
         ("revoked API key", read_secret(&revoked_key)),
-        ("user token", token.clone()),
+        ("user token", token),
     ];
     // The key-encryption keys that unlock the agent's and the clients' seeds (the seeds themselves are
     // only ever held encrypted on disk, so the harness checks the keys that open them).

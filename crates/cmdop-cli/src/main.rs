@@ -165,7 +165,7 @@ fn man_pages(out_dir: Option<PathBuf>) -> Outcome {
         let path = dir.join(format!("{name}.1"));
         let mut file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        clap_mangen::Man::new(command.display_name(name.clone()))
+        clap_mangen::Man::new(command.display_name(name))
             .render(&mut file)
             .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
