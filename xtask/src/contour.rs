@@ -53,13 +53,34 @@ impl Binaries {
 
     /// The release binaries a previous build left in `target/release`; fails naming the first one missing.
     pub(crate) fn existing_release(root: &Path) -> Result<Self> {
-        let bins = Self::in_dir(&root.join("target").join("release"));
+        Self::existing(
+            &root.join("target").join("release"),
+            "cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli",
+        )
+    }
+
+    /// Builds the debug binaries exactly as `cargo xtask ci` and the end-to-end tests do (the whole
+    /// workspace's binaries, so features unify the same way and nothing is rebuilt), and returns their paths.
+    pub(crate) fn build_debug(root: &Path) -> Result<Self> {
+        let mut build = crate::cargo_command();
+        build.args(["build", "--locked", "--workspace", "--bins"]);
+        run_shown(&mut build)?;
+        Ok(Self::in_dir(&root.join("target").join("debug")))
+    }
+
+    /// The debug binaries a previous build left in `target/debug`.
+    pub(crate) fn existing_debug(root: &Path) -> Result<Self> {
+        Self::existing(
+            &root.join("target").join("debug"),
+            "cargo build --workspace --bins",
+        )
+    }
+
+    fn existing(dir: &Path, build: &str) -> Result<Self> {
+        let bins = Self::in_dir(dir);
         for bin in [&bins.relay, &bins.agent, &bins.cli] {
             if !bin.is_file() {
-                bail!(
-                    "{} is missing; build it with `cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli`",
-                    bin.display()
-                );
+                bail!("{} is missing; build it with `{build}`", bin.display());
             }
         }
         Ok(bins)

@@ -15,10 +15,12 @@ use crate::contour::{self, Binaries, Contour};
 /// where the saved login says it is.
 const LISTEN: &str = "127.0.0.1:4433";
 
-const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--stop]
+const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--debug] [--stop]
 
-  --no-shell  exit after showing the contour instead of keeping it up until Ctrl-C
-  --no-build  use the release binaries already in target/release instead of building them
+  --no-shell  exit after showing the contour instead of opening a shell and keeping it up until Ctrl-C
+  --no-build  use the binaries already built instead of building them
+  --debug     use the debug binaries (target/debug, the ones `cargo xtask ci` builds) instead of release
+              ones: CI uses this to skip a second, optimised build of the whole dependency tree
   --stop      stop a contour an earlier quickstart left running";
 
 /// Runs the quickstart with its command-line arguments.
@@ -26,9 +28,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut no_shell = false;
     let mut stop = false;
     let mut build = true;
+    let mut debug = false;
     for arg in args {
         match arg.as_str() {
             "--no-shell" => no_shell = true,
+            "--debug" => debug = true,
             "--stop" => stop = true,
             "--no-build" => build = false,
             "-h" | "--help" => {
@@ -46,11 +50,17 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         return Ok(());
     }
 
-    let bins = if build {
-        contour::header("building the release binaries");
-        Binaries::build_release(root)?
-    } else {
-        Binaries::existing_release(root)?
+    let bins = match (build, debug) {
+        (true, false) => {
+            contour::header("building the release binaries");
+            Binaries::build_release(root)?
+        }
+        (true, true) => {
+            contour::header("building the debug binaries");
+            Binaries::build_debug(root)?
+        }
+        (false, false) => Binaries::existing_release(root)?,
+        (false, true) => Binaries::existing_debug(root)?,
     };
     let mut contour = Contour::up(bins, &state, LISTEN)?;
 
@@ -112,10 +122,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     contour::header("the contour is up");
     println!(
-        "  try it from another terminal:\n    {} --config-dir {} connect --list\n  \
+        "  try it from another terminal:\n    {}\n  \
          Ctrl-C here stops the agent and the relay (or run `cargo xtask quickstart --stop`).",
-        root.join("target/release/cmdop").display(),
-        state.join("client").display()
+        contour::shell_line(contour.cli().args(["connect", "--list"])).trim_start_matches("$ ")
     );
     // Ctrl-C reaches the whole foreground process group, so the relay and the agent stop on their own (and
     // this process with them). Should one of them exit for another reason, the other is stopped too.
