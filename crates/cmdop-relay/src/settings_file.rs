@@ -91,7 +91,7 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// Whether stderr gets colours: only on a terminal, and never with `NO_COLOR` set (https://no-color.org).
+/// Whether stderr gets colours: only on a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
 pub fn colour_stderr() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
