@@ -299,6 +299,22 @@ pub(crate) fn server_config(
     Ok(config)
 }
 
+/// The relay endpoint's configuration, with a stateless-reset key derived from the TLS private key.
+///
+/// quinn's default is a random key per process. Deriving it from the stored key instead means a restarted
+/// relay answers packets of connections it no longer knows with a *valid* stateless reset (RFC 9000 §10.3),
+/// so agents and clients learn of the restart from their next packet and reconnect at once, instead of
+/// waiting out the idle timeout. The derivation is one-way (HKDF-SHA256), so the reset key reveals nothing
+/// about the TLS key.
+pub(crate) fn endpoint_config(identity: &TlsIdentity) -> quinn::EndpointConfig {
+    let mut reset_key = zeroize::Zeroizing::new([0u8; 32]);
+    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(b"cmdop relay"), identity.key.secret_der());
+    // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    let _ = hkdf.expand(b"cmdop stateless reset v1", reset_key.as_mut_slice());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key.as_slice());
+    quinn::EndpointConfig::new(Arc::new(key))
+}
+
 /// A peer's quinn client configuration that only accepts the relay certificate with fingerprint `pin`. The
 /// fingerprint actually presented is written to `seen`, so a mismatch can be reported precisely.
 pub(crate) fn client_config(
