@@ -103,6 +103,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
         },
         state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
+        session_limits: cmdop_agent::shell::SessionLimits::default(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();
