@@ -2,9 +2,10 @@
 //!
 //! Three threads own the blocking ends: one reads the PTY into the session's [`OutputRing`], one writes
 //! keystrokes to it, one waits for the shell to exit. Attached clients are async tasks that read the ring
-//! from their own offset. While a client is attached the reader never evicts bytes that client has not been
-//! sent yet; it waits instead, so the program is slowed to the pace of its slowest viewer, as over ssh. With
-//! nobody attached it keeps reading and the ring drops the oldest output, so a detached program never blocks.
+//! from their own offset. While a client is attached the reader never evicts bytes that client has not
+//! acknowledged writing to its terminal; it waits instead, so the program is slowed to the pace of its
+//! slowest viewer, as over ssh, and a client that dies mid-burst resumes without a gap. With nobody attached
+//! it keeps reading and the ring drops the oldest output, so a detached program never blocks.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -72,6 +73,8 @@ struct Attachment {
     owner: Owner,
     /// Output offset sent so far.
     sent: u64,
+    /// Output offset the client confirmed it wrote to its terminal; the buffer keeps everything after it.
+    acked: u64,
     replaced: watch::Sender<bool>,
 }
 
@@ -238,6 +241,7 @@ impl PtySession {
             Attachment {
                 owner,
                 sent: offset,
+                acked: offset,
                 replaced: replaced_tx,
             },
         );
@@ -282,11 +286,20 @@ impl PtySession {
         }
     }
 
-    /// Records that attachment `id` was sent `bytes` more bytes, making room for the reader.
+    /// Records that attachment `id` was sent `bytes` more bytes.
     pub fn sent(&self, id: u64, bytes: usize) {
         let mut state = self.lock();
         if let Some(attachment) = state.attachments.get_mut(&id) {
             attachment.sent = attachment.sent.saturating_add(bytes as u64);
+        }
+    }
+
+    /// Records that attachment `id`'s client wrote output up to `offset`, making room for the reader. An
+    /// offset beyond what was sent is a lying or confused client: it is capped, never trusted.
+    pub fn ack(&self, id: u64, offset: u64) {
+        let mut state = self.lock();
+        if let Some(attachment) = state.attachments.get_mut(&id) {
+            attachment.acked = attachment.acked.max(offset.min(attachment.sent));
         }
         drop(state);
         self.room.notify_all();
@@ -378,7 +391,7 @@ impl PtySession {
             let mut state = self.lock();
             loop {
                 let keep_from = state.ring.start_after_push(chunk.len());
-                let lagging = state.attachments.values().any(|a| a.sent < keep_from);
+                let lagging = state.attachments.values().any(|a| a.acked < keep_from);
                 if !lagging || state.closing {
                     break;
                 }
@@ -531,6 +544,7 @@ mod tests {
                 Next::Output(bytes) => {
                     session.sent(id, bytes.len());
                     seen.extend(bytes);
+                    session.ack(id, u64::MAX);
                     if String::from_utf8_lossy(&seen).contains(needle) {
                         return String::from_utf8_lossy(&seen).into_owned();
                     }

@@ -255,7 +255,7 @@ async fn attached(
                 session.sent(grant.id, len);
                 // Keystrokes queued behind a long burst of output still get through promptly.
                 while let Ok(request) = requests.try_recv() {
-                    if let Some(ending) = apply(session, request, read_only).await {
+                    if let Some(ending) = apply(session, grant.id, request, read_only).await {
                         return Ok(ending);
                     }
                 }
@@ -284,7 +284,7 @@ async fn attached(
                     // The client's side ended without a detach: its connection went away.
                     return Ok(Ending::Detached);
                 };
-                if let Some(ending) = apply(session, request, read_only).await {
+                if let Some(ending) = apply(session, grant.id, request, read_only).await {
                     return Ok(ending);
                 }
             }
@@ -293,10 +293,16 @@ async fn attached(
 }
 
 /// Applies one client request to the session; returns how the attachment ends, if it does.
-async fn apply(session: &PtySession, request: ShellRequest, read_only: bool) -> Option<Ending> {
+async fn apply(
+    session: &PtySession,
+    id: u64,
+    request: ShellRequest,
+    read_only: bool,
+) -> Option<Ending> {
     match request {
         ShellRequest::Input(bytes) if !read_only => session.write(bytes).await,
         ShellRequest::Resize(size) if !read_only => session.resize(size),
+        ShellRequest::Ack(offset) => session.ack(id, offset),
         ShellRequest::Detach => return Some(Ending::Detached),
         // Observers' input is ignored; a second attach/list/kill on the same stream is meaningless.
         _ => {}

@@ -9,7 +9,7 @@
 //!  client                                       agent
 //!  ShellRequest::Attach{session, resume_from…} ──▶ finds or creates the session
 //!                                           ◀── ShellReply::Attached{name, offset, dropped}
-//!  ShellRequest::Input / Resize / Detach     ──▶
+//!  ShellRequest::Input / Resize / Ack / Detach ──▶
 //!                                           ◀── ShellReply::Output (contiguous from `offset`)
 //!                                           ◀── ShellReply::Exited(status), then the channel's End frame
 //!
@@ -76,6 +76,10 @@ pub enum ShellRequest {
     Resize(WindowSize),
     /// Leave the session running and end this attachment.
     Detach,
+    /// The client has written the session's output up to this offset to its terminal. Until acknowledged,
+    /// the agent keeps bytes in its buffer even when that means pausing the program, so a client that dies
+    /// and comes back (or its successor) can resume without a gap.
+    Ack(u64),
 }
 
 /// One session, as `cmdop connect sessions` shows it.
@@ -296,6 +300,7 @@ mod tests {
             any::<(u16, u16)>()
                 .prop_map(|(cols, rows)| ShellRequest::Resize(WindowSize { cols, rows })),
             Just(ShellRequest::Detach),
+            any::<u64>().prop_map(ShellRequest::Ack),
         ]
     }
 
