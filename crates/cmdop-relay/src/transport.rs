@@ -318,7 +318,9 @@ pub(crate) fn endpoint_config(identity: &TlsIdentity) -> quinn::EndpointConfig {
     let mut cid_key = [0u8; 8];
     let _ = hkdf.expand(b"cmdop connection id v1", &mut cid_key);
     let cid_key = u64::from_le_bytes(cid_key);
-    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     config
 }
 
