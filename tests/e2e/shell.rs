@@ -146,6 +146,16 @@ fn detach_leaves_the_session_running_and_reattach_shows_what_happened() {
     let code = again.wait(WAIT);
     assert_eq!(code, 129, "SIGHUP ends the shell: 128+1");
 
+    // Without a machine, on a terminal, a picker offers the fleet's machines.
+    let mut picker = Terminal::spawn(&f.connect("alice", &[]), 100, 30);
+    picker.expect("machine", WAIT);
+    picker.send(b"web");
+    std::thread::sleep(Duration::from_millis(300));
+    picker.send(b"\r");
+    type_and_expect(&mut picker, "echo picked-$((1+1))", "picked-2");
+    picker.send(b"exit 4\r");
+    assert_eq!(picker.wait(WAIT), 4);
+
     // Without a machine and without a terminal, cmdop asks for one.
     let output = run(&mut f.connect("alice", &[]));
     assert!(!output.status.success());
@@ -192,24 +202,41 @@ fn a_killed_client_resumes_with_complete_ordered_output() {
     let mut second = f.attach("alice", &["--session", "long"]);
     second.expect("\r\n200000\r\n", Duration::from_secs(60));
     type_and_expect(&mut second, "echo done-$((2+3))", "done-5");
-    let mut transcript = before;
-    transcript.extend(second.output());
-    let numbers = number_lines(&transcript);
+    let after = second.output();
     let expected: Vec<u64> = (1..=200_000).collect();
-    if numbers != expected {
-        let first_gap = numbers
-            .iter()
-            .zip(&expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(numbers.len().min(expected.len()));
-        panic!(
-            "{} lines instead of {}; first difference at index {first_gap}: {:?}",
-            numbers.len(),
-            expected.len(),
-            &numbers[first_gap.saturating_sub(3)..(first_gap + 3).min(numbers.len())]
-        );
-    }
-    assert_eq!(digest(&numbers), digest(&expected));
+    // The resume position is saved right after each write to the terminal. A SIGKILL that lands inside
+    // that one write (or in the microseconds before its position is saved) leaves the terminal a little
+    // ahead of the saved position, and that write is shown again: never a gap, never a reordering, at most
+    // one write (32 KiB) repeated exactly at the seam. No two independent sinks can be committed atomically
+    // against SIGKILL; every gentler ending (signals, network loss, relay restart) is exact.
+    let seam = (0..=after.len().min(32 * 1024))
+        .find(|&k| {
+            before.ends_with(&after[..k]) && {
+                let mut joined = before.clone();
+                joined.extend_from_slice(&after[k..]);
+                number_lines(&joined) == expected
+            }
+        })
+        .unwrap_or_else(|| {
+            let mut joined = before.clone();
+            joined.extend_from_slice(&after);
+            let numbers = number_lines(&joined);
+            let first_gap = numbers
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(numbers.len().min(expected.len()));
+            panic!(
+                "output lost or reordered: {} lines instead of {}; first difference at index {first_gap}: {:?}",
+                numbers.len(),
+                expected.len(),
+                &numbers[first_gap.saturating_sub(3)..(first_gap + 3).min(numbers.len())]
+            )
+        });
+    let mut joined = before;
+    joined.extend_from_slice(&after[seam..]);
+    assert_eq!(digest(&number_lines(&joined)), digest(&expected));
+    eprintln!("bytes repeated at the seam: {seam}");
     second.send(b"exit\r");
     assert_eq!(second.wait(WAIT), 0);
 }

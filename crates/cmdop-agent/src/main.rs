@@ -36,7 +36,7 @@ enum Command {
     #[command(subcommand)]
     Identity(IdentityCommand),
     /// Register this machine with its relay and keep it online until stopped (SIGINT or SIGTERM).
-    Run(run_command::RelayArgs),
+    Run(run_command::RunArgs),
     /// Save the relay, fleet and API key so that a later `run` needs no flags.
     Enroll(run_command::RelayArgs),
 }

@@ -1,5 +1,6 @@
 //! `cmdop-agent run` and `cmdop-agent enroll`: connect this machine to its relay and keep it there.
 
+use cmdop_agent::shell::SessionLimits;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -35,6 +36,45 @@ pub(crate) struct RelayArgs {
     name: Option<String>,
 }
 
+/// Flags of `run`: where to register, and the limits on interactive sessions.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    relay: RelayArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
+}
+
+/// Limits on the interactive sessions this machine keeps (documented in docs/cli.md).
+#[derive(Debug, Args)]
+pub(crate) struct SessionArgs {
+    /// Sessions kept at once; attaching a new one beyond this is refused.
+    #[arg(
+        long,
+        env = "CMDOP_MAX_SESSIONS",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    max_sessions: usize,
+    /// End a session nobody has been attached to for this long (e.g. `24h`, `90m`).
+    #[arg(long, env = "CMDOP_SESSION_IDLE_TTL", default_value = "24h", value_parser = humantime::parse_duration, value_name = "DUR")]
+    session_idle_ttl: std::time::Duration,
+    /// Output kept per session for reattaching, in bytes (at least 64 KiB).
+    #[arg(long, env = "CMDOP_SESSION_BUFFER", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 30)), value_name = "BYTES")]
+    session_buffer: u64,
+}
+
+impl SessionArgs {
+    fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_sessions: self.max_sessions,
+            idle_ttl: self.session_idle_ttl,
+            buffer: usize::try_from(self.session_buffer).unwrap_or(1 << 20),
+            ..SessionLimits::default()
+        }
+    }
+}
+
 /// `enroll`: save the settings (and the API key, 0600) so that `run` needs no flags.
 pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir();
@@ -66,9 +106,10 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
 }
 
 /// `run`: register and stay online until SIGINT or SIGTERM.
-pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
+pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir().to_path_buf();
-    let (settings, api_key) = merge(args, Settings::load(&dir)?, &dir)?;
+    let session_limits = args.sessions.limits();
+    let (settings, api_key) = merge(args.relay, Settings::load(&dir)?, &dir)?;
     let relay = settings
         .relay
         .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
@@ -103,7 +144,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
         },
         state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
-        session_limits: cmdop_agent::shell::SessionLimits::default(),
+        session_limits,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();

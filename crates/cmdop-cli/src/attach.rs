@@ -9,6 +9,8 @@ use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::os::fd::AsFd as _;
+
 use clap::Args;
 use cmdop_relay::client::{ClientConnection, Machine, reconnect_delay};
 use cmdop_relay::e2e::StreamKind;
@@ -17,6 +19,7 @@ use cmdop_relay::ops::shell::{
 };
 use cmdop_relay::ops::{ExitStatus, MAX_CHUNK};
 use cmdop_relay::secure_stream::SecureStreamError;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::json;
@@ -31,7 +34,7 @@ use crate::known_machines;
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
-use crate::terminal::{self, RawMode};
+use crate::terminal::{self, RawMode, TerminalWriter};
 
 /// cmdop's own failures, as ssh reports its own: distinct from the shell's exit code.
 const OWN_FAILURE: u8 = 255;
@@ -159,6 +162,8 @@ struct Attachment {
     /// Whether `resume` was claimed (a second terminal on the same session runs without one).
     claim_tried: bool,
     read_only: bool,
+    /// The current stream got as far as `Attached`.
+    reached: bool,
     escape: EscapeChar,
     scanner: EscapeScanner,
     profile_dir: std::path::PathBuf,
@@ -176,6 +181,7 @@ impl Attachment {
             resume: None,
             claim_tried: false,
             read_only: args.read_only,
+            reached: false,
             escape: args.escape_char,
             scanner: EscapeScanner::new(args.escape_char),
             profile_dir: profile.dir().to_path_buf(),
@@ -236,6 +242,7 @@ impl Attachment {
             )
         })?;
         let mut input = spawn_stdin_reader();
+        let mut stdout = TerminalWriter::new();
         let mut live = Some((client, channel));
         let mut create = true;
         let mut attempt: u32 = 0;
@@ -248,14 +255,23 @@ impl Attachment {
                         .await
                     {
                         Ok(Some(live)) => live,
-                        Ok(None) => continue,
+                        Ok(None) => {
+                            attempt = attempt.saturating_add(1);
+                            continue;
+                        }
                         Err(end) => break end,
                     }
                 }
             };
-            attempt = attempt.saturating_add(1);
             let end = self
-                .attached(client, channel, create, &mut input, &mut signals)
+                .attached(
+                    client,
+                    channel,
+                    create,
+                    &mut input,
+                    &mut stdout,
+                    &mut signals,
+                )
                 .await;
             create = false;
             match end {
@@ -266,8 +282,10 @@ impl Attachment {
                         self.escape.display()
                     ));
                     // A stream that attached resets the backoff: the connection did work.
-                    if self.offset.is_some() {
+                    if std::mem::take(&mut self.reached) {
                         attempt = 0;
+                    } else {
+                        attempt = attempt.saturating_add(1);
                     }
                 }
                 other => break other,
@@ -316,6 +334,7 @@ impl Attachment {
         channel: Channel,
         create: bool,
         input: &mut mpsc::Receiver<Vec<u8>>,
+        stdout: &mut TerminalWriter,
         signals: &mut Signals,
     ) -> End {
         let Channel {
@@ -340,6 +359,7 @@ impl Attachment {
                     failure.print();
                 }
                 self.session = Some(session);
+                self.reached = true;
                 if dropped > 0 {
                     note(&format!(
                         "{dropped} bytes of output were produced while detached and no longer fit the session's buffer"
@@ -353,20 +373,23 @@ impl Attachment {
             Ok(None) => return End::Lost("the machine ended the stream".into()),
             Err(err) => return lost(err),
         }
-        let mut stdout = std::io::stdout();
         let mut input_open = true;
         let mut acked = self.offset.unwrap_or(0);
         let end = loop {
             tokio::select! {
                 reply = receiver.recv::<ShellReply>() => match reply {
                     Ok(Some(ShellReply::Output(bytes))) => {
-                        if write_terminal(&mut stdout, &bytes).is_err() {
+                        // The position advances by exactly what the terminal took, saved after each piece, so a
+                        // kill at any moment leaves it true.
+                        let written = stdout.write_all(&bytes, |n| {
+                            self.offset = Some(self.offset.unwrap_or(0).saturating_add(n as u64));
+                            self.save();
+                        }).await;
+                        if written.is_err() {
                             // The terminal went away (a closed pipe): leave the session running.
                             break End::Detached;
                         }
-                        let offset = self.offset.unwrap_or(0).saturating_add(bytes.len() as u64);
-                        self.offset = Some(offset);
-                        self.save();
+                        let offset = self.offset.unwrap_or(0);
                         if offset.saturating_sub(acked) >= ACK_EVERY {
                             acked = offset;
                             if let Err(err) = sender.send(&ShellRequest::Ack(offset)).await {
@@ -401,6 +424,7 @@ impl Attachment {
                 }
                 _ = signals.term.recv() => break End::Signal(15),
                 _ = signals.hup.recv() => break End::Signal(1),
+                _ = signals.int.recv() => break End::Signal(2),
             }
         };
         if matches!(end, End::Detached) {
@@ -463,6 +487,7 @@ impl Attachment {
                 bytes = input.recv() => self.while_disconnected(bytes)?,
                 _ = signals.term.recv() => return Err(End::Signal(15)),
                 _ = signals.hup.recv() => return Err(End::Signal(1)),
+                _ = signals.int.recv() => return Err(End::Signal(2)),
             }
         }
         let machine = self.machine.id.to_string();
@@ -494,6 +519,7 @@ impl Attachment {
                 bytes = input.recv() => self.while_disconnected(bytes)?,
                 _ = signals.term.recv() => return Err(End::Signal(15)),
                 _ = signals.hup.recv() => return Err(End::Signal(1)),
+                _ = signals.int.recv() => return Err(End::Signal(2)),
             }
         }
     }
@@ -531,6 +557,8 @@ struct Signals {
     winch: Signal,
     term: Signal,
     hup: Signal,
+    /// In raw mode Ctrl-C is a byte, not SIGINT; this is `kill -INT` from elsewhere.
+    int: Signal,
 }
 
 impl Signals {
@@ -547,6 +575,7 @@ impl Signals {
             winch: install(SignalKind::window_change())?,
             term: install(SignalKind::terminate())?,
             hup: install(SignalKind::hangup())?,
+            int: install(SignalKind::interrupt())?,
         })
     }
 }
@@ -571,6 +600,12 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
                         }
                     }
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        let stdin = std::io::stdin();
+                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::NONE);
+                    }
                     Err(_) => return,
                 }
             }
