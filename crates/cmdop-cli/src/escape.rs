@@ -199,7 +199,8 @@ mod tests {
         );
         assert_eq!("none".parse::<EscapeChar>().unwrap(), EscapeChar::None);
         assert_eq!("%".parse::<EscapeChar>().unwrap(), EscapeChar::Byte(b'%'));
-        for bad in ["", "ab", "é", "^", "^1", "\x07"] {
+        assert_eq!("^".parse::<EscapeChar>().unwrap(), EscapeChar::Byte(b'^'));
+        for bad in ["", "ab", "é", "^1", "^é", "\x07"] {
             assert!(bad.parse::<EscapeChar>().is_err(), "{bad:?}");
         }
     }
