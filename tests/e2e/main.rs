@@ -12,3 +12,6 @@ mod presence;
 mod relay_blindness;
 /// Fleet boundaries, credential scope, revocation and expiry, relay pinning.
 mod scope;
+/// Interactive sessions through a real terminal: raw mode, resize, Ctrl-C, full-screen programs, detach and
+/// reattach, resume after a killed client or a restarted relay, read-only observers.
+mod shell;

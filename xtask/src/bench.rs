@@ -18,6 +18,7 @@ use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
 const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
+       cargo xtask bench keystroke [--keystrokes N] [--no-build]
 
   --runs N    timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds
   --no-build  use the release binaries already in target/release instead of building them";
@@ -31,6 +32,9 @@ const SECTION: &str = "## exec: cmdop vs ssh";
 /// Runs `cargo xtask bench ARGS`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let (which, rest) = args.split_first().context(USAGE)?;
+    if which == "keystroke" {
+        return crate::keystroke::run(root, rest);
+    }
     if which != "exec" {
         bail!("unknown benchmark `{which}`\n\n{USAGE}");
     }
@@ -109,7 +113,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("{section}");
     let doc = root.join("docs").join("benchmarks.md");
     let old = fs::read_to_string(&doc).unwrap_or_default();
-    fs::write(&doc, replace_section(&old, &section))
+    fs::write(&doc, replace_section(&old, SECTION, &section))
         .with_context(|| format!("cannot write {}", doc.display()))?;
     println!("written to {}", doc.display());
     Ok(())
@@ -157,10 +161,10 @@ fn time(command: &mut Command) -> Result<Duration> {
 
 /// A temporary directory removed on drop (std has none, and this crate keeps its dependencies to three).
 #[derive(Debug)]
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -171,7 +175,7 @@ impl Scratch {
         Ok(Self(path))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -184,14 +188,14 @@ impl Drop for Scratch {
 
 /// A foreground sshd (`-D`) on a free loopback port, killed on drop.
 #[derive(Debug)]
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     port: u16,
     user_key: PathBuf,
 }
 
 impl Sshd {
-    fn start(dir: &Path) -> Result<Self> {
+    pub(crate) fn start(dir: &Path) -> Result<Self> {
         install_sshd()?;
         let dir = dir.join("ssh");
         fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -256,6 +260,14 @@ impl Sshd {
     }
 
     fn client(&self) -> Command {
+        let mut ssh = self.command();
+        ssh.arg("true");
+        ssh.stdin(Stdio::null());
+        ssh
+    }
+
+    /// `ssh` to this sshd with the throwaway key, up to the host: the caller adds the remote command.
+    pub(crate) fn command(&self) -> Command {
         let mut ssh = Command::new("ssh");
         ssh.args([
             "-o",
@@ -272,8 +284,7 @@ impl Sshd {
             "-i",
         ])
         .arg(&self.user_key)
-        .args(["-p", &self.port.to_string(), "127.0.0.1", "true"]);
-        ssh.stdin(Stdio::null());
+        .args(["-p", &self.port.to_string(), "127.0.0.1"]);
         ssh
     }
 }
@@ -307,15 +318,16 @@ fn free_port() -> Result<u16> {
 
 /// The order statistics of one command's wall times.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Summary {
-    min: Duration,
-    median: Duration,
-    p90: Duration,
-    max: Duration,
+pub(crate) struct Summary {
+    pub(crate) min: Duration,
+    pub(crate) median: Duration,
+    pub(crate) p90: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Summary {
-    fn of(samples: &[Duration]) -> Result<Self> {
+    pub(crate) fn of(samples: &[Duration]) -> Result<Self> {
         let mut sorted = samples.to_vec();
         sorted.sort();
         let (Some(&min), Some(&max)) = (sorted.first(), sorted.last()) else {
@@ -330,10 +342,12 @@ impl Summary {
         };
         // Nearest rank: the smallest sample with at least 90% of the samples at or below it.
         let p90 = middle((n * 9).div_ceil(10).saturating_sub(1));
+        let p99 = middle((n * 99).div_ceil(100).saturating_sub(1));
         Ok(Self {
             min,
             median,
             p90,
+            p99,
             max,
         })
     }
@@ -404,8 +418,8 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Replaces the `SECTION` part of the document (up to the next `## ` heading), or appends it.
-fn replace_section(doc: &str, section: &str) -> String {
+/// Replaces the `heading` part of the document (up to the next `## ` heading), or appends it.
+pub(crate) fn replace_section(doc: &str, heading: &str, section: &str) -> String {
     let doc = if doc.trim().is_empty() {
         "# Benchmarks\n\nNumbers from `cargo xtask bench …`; each section is rewritten by its benchmark.\n"
     } else {
@@ -416,7 +430,7 @@ fn replace_section(doc: &str, section: &str) -> String {
     let mut state = 0; // 0: before the section, 1: inside it, 2: after it
     for line in doc.split_inclusive('\n') {
         match state {
-            0 if line.trim_end() == SECTION => state = 1,
+            0 if line.trim_end() == heading => state = 1,
             0 => before.push_str(line),
             1 if line.starts_with("## ") => {
                 state = 2;
@@ -437,7 +451,7 @@ fn replace_section(doc: &str, section: &str) -> String {
     out
 }
 
-fn machine() -> Result<String> {
+pub(crate) fn machine() -> Result<String> {
     let cores = thread::available_parallelism().map_or(0, usize::from);
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -451,7 +465,7 @@ fn machine() -> Result<String> {
     Ok(format!("{cores} cores (nproc), {model}, Linux {kernel}"))
 }
 
-fn versions(built: bool) -> Result<String> {
+pub(crate) fn versions(built: bool) -> Result<String> {
     // `ssh -V` prints to stderr.
     let ssh = Command::new("ssh")
         .arg("-V")
@@ -481,7 +495,7 @@ fn versions(built: bool) -> Result<String> {
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`, computed from the Unix clock (std has no calendar).
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -533,21 +547,21 @@ mod tests {
     #[test]
     fn replaces_only_its_own_section() {
         let doc = "# Benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## exec: cmdop vs ssh\n\nold numbers\n\n## later\n\nkeep me too\n";
-        let new = replace_section(doc, "## exec: cmdop vs ssh\n\nnew numbers\n");
+        let new = replace_section(doc, SECTION, "## exec: cmdop vs ssh\n\nnew numbers\n");
         assert_eq!(
             new,
             "# Benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## exec: cmdop vs ssh\n\nnew numbers\n\n## later\n\nkeep me too\n"
         );
         // Running twice changes nothing more.
         assert_eq!(
-            replace_section(&new, "## exec: cmdop vs ssh\n\nnew numbers\n"),
+            replace_section(&new, SECTION, "## exec: cmdop vs ssh\n\nnew numbers\n"),
             new
         );
     }
 
     #[test]
     fn starts_a_document_when_there_is_none() {
-        let new = replace_section("", "## exec: cmdop vs ssh\n\nnumbers\n");
+        let new = replace_section("", SECTION, "## exec: cmdop vs ssh\n\nnumbers\n");
         assert!(new.starts_with("# Benchmarks\n"));
         assert!(new.ends_with("## exec: cmdop vs ssh\n\nnumbers\n"));
     }

@@ -216,13 +216,14 @@ impl Contour {
         self.admin(args)
     }
 
-    /// HOOK for issue 5 (interactive shells): the command that opens an interactive shell on this machine
-    /// through the relay, e.g. `cmdop connect <machine>` built from [`Contour::cli`]. `cargo xtask quickstart`
-    /// runs it when stdin and stdout are a terminal (and `--no-shell` is not given), waits for the shell to
-    /// exit, then keeps the contour up until Ctrl-C. Returns `None` while this build's CLI cannot open shells;
-    /// the quickstart then says so and skips the step.
+    /// The command that opens an interactive shell on this machine through the relay: `cmdop connect
+    /// <machine>`. `cargo xtask quickstart` runs it when stdin and stdout are a terminal (and `--no-shell` is
+    /// not given), waits for the shell to exit, then keeps the contour up until Ctrl-C. `None` would make the
+    /// quickstart skip the step, for a CLI that cannot open shells.
     pub(crate) fn shell_command(&self) -> Option<Command> {
-        None
+        let mut shell = self.cli();
+        shell.args(["connect", &self.machine]);
+        Some(shell)
     }
 
     /// A `cmdop-agent` command using this contour's agent directory.

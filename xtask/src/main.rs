@@ -1,11 +1,13 @@
 //! Project automation: `cargo xtask ci` reproduces CI on this machine; `quickstart` shows the contour working.
 //!
-//! Kept to std, anyhow and serde_json so that building it costs seconds, not minutes.
+//! Kept to std, anyhow, serde_json and portable-pty (the keystroke bench drives real terminals), all of which
+//! the workspace builds anyway.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
 mod contour;
+mod keystroke;
 mod layering;
 mod quickstart;
 mod tidy;
@@ -28,7 +30,9 @@ commands:
   tidy         check that every Rust file opens with a //! line
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
   quickstart   build the release binaries and bring up a local contour under target/quickstart
-  bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md";
+  bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
+  bench keystroke
+               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt` to a local sshd";
 
 fn main() -> ExitCode {
     match run() {

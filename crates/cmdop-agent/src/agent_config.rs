@@ -26,6 +26,9 @@ pub(crate) struct AgentFile {
     pub(crate) name: Option<String>,
     pub(crate) kek_backend: Option<crate::KekChoice>,
     pub(crate) log_format: Option<LogFormat>,
+    pub(crate) max_sessions: Option<usize>,
+    pub(crate) session_idle_ttl: Option<String>,
+    pub(crate) session_buffer: Option<u64>,
 }
 
 /// The config file in force, if any.
@@ -52,6 +55,25 @@ pub(crate) fn load(explicit: Option<&Path>, config_dir: Option<&Path>) -> Result
                     path.display()
                 )
             })?;
+    }
+    if let Some(text) = &file.session_idle_ttl {
+        humantime::parse_duration(text).map_err(|err| {
+            anyhow::anyhow!(
+                "{}: session_idle_ttl {text:?} is not a duration ({err}); write it like \"24h\" or \"90m\"",
+                path.display()
+            )
+        })?;
+    }
+    if let Some(bytes) = file.session_buffer {
+        let range = crate::run_command::SESSION_BUFFER_RANGE;
+        if !range.contains(&bytes) {
+            anyhow::bail!(
+                "{}: session_buffer = {bytes} is outside {}..={} bytes",
+                path.display(),
+                range.start(),
+                range.end()
+            );
+        }
     }
     Ok(Loaded {
         file,

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 pub const OUTPUT_CHUNK: usize = 32 * 1024;
 
 /// The PATH a command sees: the agent's own environment may be a service manager's minimal one.
-const SANE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SANE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to run.
 #[derive(Debug, Clone)]

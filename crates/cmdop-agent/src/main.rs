@@ -67,7 +67,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  cmdop-agent run\n  cmdop-agent run --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key\n  CMDOP_API_KEY=… cmdop-agent --log-format json run"
     )]
-    Run(run_command::RelayArgs),
+    Run(run_command::RunArgs),
     /// Save the relay, fleet and API key so that a later `run` needs no flags.
     #[command(
         after_help = "Example:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key"
@@ -204,6 +204,19 @@ fn config_check(explicit: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<(
     println!(
         "  log_format        = {:?}",
         file.log_format.unwrap_or_default()
+    );
+    let or_default = |value: Option<String>| value.unwrap_or_else(|| "(default)".to_owned());
+    println!(
+        "  max_sessions      = {}",
+        or_default(file.max_sessions.map(|n| n.to_string()))
+    );
+    println!(
+        "  session_idle_ttl  = {}",
+        or_default(file.session_idle_ttl.clone())
+    );
+    println!(
+        "  session_buffer    = {}",
+        or_default(file.session_buffer.map(|n| n.to_string()))
     );
     Ok(())
 }

@@ -19,6 +19,7 @@ use rand::rngs::OsRng;
 use uuid::Uuid;
 
 use crate::settings::{self, SettingsError};
+use crate::shell::{SessionLimits, Sessions};
 use crate::streams::{self, StreamContext, StreamLimits};
 
 /// Where and how the agent registers.
@@ -32,6 +33,8 @@ pub struct PresenceConfig {
     pub state_dir: PathBuf,
     /// Limits on the streams served.
     pub stream_limits: StreamLimits,
+    /// Limits on interactive sessions.
+    pub session_limits: SessionLimits,
 }
 
 /// Something the presence loop reports, for logs and for the binary's status line.
@@ -75,6 +78,10 @@ pub async fn run(
 ) -> Result<(), PresenceError> {
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
+    // Sessions belong to the machine, not to a connection: a relay restart must not end anyone's shell.
+    let sessions = Arc::new(Sessions::new(config.session_limits));
+    let reaper = tokio::spawn(Arc::clone(&sessions).reap_forever(REAP_INTERVAL));
+    let _reaper = AbortOnDrop(reaper);
     loop {
         let connected = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -93,6 +100,7 @@ pub async fn run(
                     identity: Arc::clone(&identity),
                     fleet_id: FleetId::from_bytes(connection.fleet_id().into_bytes()),
                     trust_key,
+                    sessions: Arc::clone(&sessions),
                 });
                 let serving = tokio::spawn(streams::serve(
                     connection.acceptor(),
@@ -131,5 +139,17 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// How often ended and idle sessions are swept.
+const REAP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Aborts the session reaper when the presence loop returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,5 +1,6 @@
 //! `cmdop-agent run` and `cmdop-agent enroll`: connect this machine to its relay and keep it there.
 
+use cmdop_agent::shell::SessionLimits;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -53,6 +54,66 @@ impl RelayArgs {
     }
 }
 
+/// Flags of `run`: where to register, and the limits on interactive sessions.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    relay: RelayArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
+}
+
+/// Limits on the interactive sessions this machine keeps (documented in docs/cli.md).
+#[derive(Debug, Args)]
+pub(crate) struct SessionArgs {
+    /// Sessions kept at once; attaching a new one beyond this is refused [config: max_sessions] [default: 64].
+    #[arg(long, env = "CMDOP_MAX_SESSIONS", value_name = "N")]
+    max_sessions: Option<usize>,
+    /// End a session nobody has been attached to for this long (e.g. `24h`, `90m`) [config: session_idle_ttl]
+    /// [default: 24h].
+    #[arg(long, env = "CMDOP_SESSION_IDLE_TTL", value_parser = humantime::parse_duration, value_name = "DUR")]
+    session_idle_ttl: Option<std::time::Duration>,
+    /// Output kept per session for reattaching, in bytes (at least 64 KiB) [config: session_buffer]
+    /// [default: 1048576].
+    #[arg(long, env = "CMDOP_SESSION_BUFFER", value_parser = clap::value_parser!(u64).range(SESSION_BUFFER_RANGE), value_name = "BYTES")]
+    session_buffer: Option<u64>,
+}
+
+/// The accepted sizes of `--session-buffer` (and `session_buffer` in the config file).
+pub(crate) const SESSION_BUFFER_RANGE: std::ops::RangeInclusive<u64> = 65_536..=(1 << 30);
+
+impl RunArgs {
+    /// Fills what neither a flag nor the environment gave from the config file.
+    pub(crate) fn with_file(self, file: &crate::agent_config::AgentFile) -> Self {
+        Self {
+            relay: self.relay.with_file(file),
+            sessions: SessionArgs {
+                max_sessions: self.sessions.max_sessions.or(file.max_sessions),
+                // The file's value was checked when it was loaded.
+                session_idle_ttl: self.sessions.session_idle_ttl.or_else(|| {
+                    file.session_idle_ttl
+                        .as_deref()
+                        .and_then(|text| humantime::parse_duration(text).ok())
+                }),
+                session_buffer: self.sessions.session_buffer.or(file.session_buffer),
+            },
+        }
+    }
+}
+
+impl SessionArgs {
+    fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_sessions: self.max_sessions.unwrap_or(64),
+            idle_ttl: self
+                .session_idle_ttl
+                .unwrap_or(std::time::Duration::from_secs(24 * 3600)),
+            buffer: usize::try_from(self.session_buffer.unwrap_or(1 << 20)).unwrap_or(1 << 20),
+            ..SessionLimits::default()
+        }
+    }
+}
+
 /// `enroll`: save the settings (and the API key, 0600) so that `run` needs no flags.
 pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir();
@@ -84,9 +145,10 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
 }
 
 /// `run`: register and stay online until SIGINT or SIGTERM.
-pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
+pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir().to_path_buf();
-    let (settings, api_key) = merge(args, Settings::load(&dir)?, &dir)?;
+    let session_limits = args.sessions.limits();
+    let (settings, api_key) = merge(args.relay, Settings::load(&dir)?, &dir)?;
     let relay = settings
         .relay
         .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
@@ -121,6 +183,7 @@ pub(crate) fn run(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
         },
         state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
+        session_limits,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();

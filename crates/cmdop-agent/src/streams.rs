@@ -17,6 +17,7 @@ use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender, SecureStrea
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+use crate::shell::{self, Sessions};
 
 /// Limits on what clients may make this agent do at once.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,8 @@ pub struct StreamContext {
     pub fleet_id: FleetId,
     /// The fleet trust key this agent pinned; capabilities must carry its signature.
     pub trust_key: PublicKey,
+    /// This machine's interactive sessions; they outlive any one relay connection.
+    pub sessions: Arc<Sessions>,
 }
 
 /// Accepts and serves routed streams until the connection ends.
@@ -76,6 +79,7 @@ async fn handle(
     let kind = incoming.kind();
     let operation = match kind {
         StreamKind::Exec => Some(Operation::Exec),
+        StreamKind::Shell => Some(Operation::Shell),
         _ => None,
     };
     let prologue = Prologue {
@@ -84,6 +88,7 @@ async fn handle(
         channel_id: incoming.channel_id(),
         kind,
     };
+    let mut client_key = String::new();
     let (sender, receiver) = secure_stream::accept(
         incoming,
         prologue,
@@ -92,12 +97,14 @@ async fn handle(
             let Some(operation) = operation else {
                 return Err(format!("this agent does not serve {kind:?} streams yet"));
             };
+            client_key = client.to_string();
             authorize(context, client, capability, operation)
         },
     )
     .await?;
     match kind {
         StreamKind::Exec => serve_exec(sender, receiver).await,
+        StreamKind::Shell => shell::serve(sender, receiver, &context.sessions, client_key).await,
         _ => Ok(()),
     }
 }

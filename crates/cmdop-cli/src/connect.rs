@@ -1,4 +1,5 @@
-//! `cmdop connect`: list the machines of a fleet, or run a command on one (`exec`).
+//! `cmdop connect`: open a shell on a machine, list the machines of a fleet, run a command on one (`exec`),
+//! and list or end a machine's sessions.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::exit::{Failure, Kind};
 use crate::login::runtime;
 use crate::profile::Profile;
 use crate::{GlobalArgs, Outcome};
@@ -28,6 +28,12 @@ pub(crate) struct ConnectArgs {
     /// With --list: print a JSON array.
     #[arg(long, requires = "list")]
     json: bool,
+    /// The machine to open a shell on: its id, hostname, display name, or a unique prefix of one of them.
+    /// Left out on a terminal, a picker offers the fleet's machines.
+    #[arg(value_name = "MACHINE", conflicts_with = "list")]
+    machine: Option<String>,
+    #[command(flatten)]
+    attach: crate::attach::AttachArgs,
     #[command(subcommand)]
     action: Option<ConnectAction>,
 }
@@ -40,17 +46,35 @@ enum ConnectAction {
         after_help = "Examples:\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect exec web-1 --timeout 5m -- ./backup.sh\n  echo hi | cmdop connect exec web-1 -- cat"
     )]
     Exec(crate::exec::ExecArgs),
+    /// List a machine's interactive sessions.
+    #[command(
+        after_help = "Examples:\n  cmdop connect sessions web-1\n  cmdop connect sessions web-1 --json"
+    )]
+    Sessions(crate::attach::SessionsArgs),
+    /// End one of a machine's sessions (its processes get SIGHUP, then SIGKILL).
+    #[command(after_help = "Example:\n  cmdop connect kill web-1 3")]
+    Kill(crate::attach::KillArgs),
 }
 
 /// Runs `cmdop connect`.
 pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
-    if let Some(ConnectAction::Exec(exec)) = args.action {
-        return Ok(crate::exec::run(global, args.workspace.as_deref(), exec));
+    let workspace = args.workspace.as_deref();
+    match args.action {
+        Some(ConnectAction::Exec(exec)) => return Ok(crate::exec::run(global, workspace, exec)),
+        Some(ConnectAction::Sessions(sessions)) => {
+            return Ok(crate::attach::list(global, workspace, &sessions));
+        }
+        Some(ConnectAction::Kill(kill)) => {
+            return Ok(crate::attach::kill(global, workspace, &kill));
+        }
+        None => {}
     }
     if !args.list {
-        return Err(Failure::new(
-            Kind::General,
-            "nothing to do; use `cmdop connect --list` to see the fleet's machines",
+        return Ok(crate::attach::run(
+            global,
+            workspace,
+            args.machine,
+            &args.attach,
         ));
     }
     let profile = Profile::open(global)?;
@@ -121,28 +145,35 @@ fn print_table(machines: &[Machine]) {
             ]
         })
         .collect();
-    let header = ["NAME", "HOSTNAME", "STATUS", "LAST SEEN", "KEY", "ID"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+    print_columns(
+        &["NAME", "HOSTNAME", "STATUS", "LAST SEEN", "KEY", "ID"],
+        &rows,
+    );
+}
+
+/// Prints a table: a header and rows in columns as wide as their widest cell.
+pub(crate) fn print_columns<R: AsRef<[String]>>(header: &[&str], rows: &[R]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(&header.map(str::to_owned));
-    for row in &rows {
-        line(row);
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for row in rows {
+        line(row.as_ref());
     }
 }
 
-fn rfc3339(unix_seconds: u64) -> Option<String> {
+pub(crate) fn rfc3339(unix_seconds: u64) -> Option<String> {
     let seconds = i64::try_from(unix_seconds).ok()?;
     OffsetDateTime::from_unix_timestamp(seconds)
         .ok()?

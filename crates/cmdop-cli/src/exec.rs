@@ -7,19 +7,18 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 use cmdop_relay::client::ClientConnection;
-use cmdop_relay::e2e::{Prologue, StreamKind};
+use cmdop_relay::e2e::StreamKind;
 use cmdop_relay::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
-use cmdop_relay::secure_stream;
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
 
 use crate::GlobalArgs;
+use crate::channel::{self, Channel};
 use crate::exit::Failure;
-use crate::known_machines::{self, Pin};
+use crate::known_machines;
 use crate::login::runtime;
 use crate::profile::Profile;
 
@@ -72,34 +71,19 @@ fn execute(
     runtime.block_on(async {
         let mut client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
-        let routed = client
-            .open_stream(workspace, &args.machine, StreamKind::Exec)
-            .await?;
-        let machine = routed.machine().clone();
-        let reported = machine
-            .public_key
-            .context("the relay reported no valid key for this machine")?;
-        if known_machines::check_or_pin(&known, machine.id, &machine.hostname, &reported)?
-            == Pin::Added
-        {
-            eprintln!(
-                "cmdop: first contact with {} ({}): pinned its key {} in {}",
-                machine.hostname,
-                machine.id,
-                reported.fingerprint(),
-                known.display()
-            );
-        }
-        let prologue = Prologue {
-            fleet_id: *routed.fleet_id().as_bytes(),
-            // The key the client pinned, never only the relay's word; check_or_pin made sure they agree.
-            agent_key: reported,
-            channel_id: routed.channel_id(),
-            kind: StreamKind::Exec,
-        };
-        let capability = routed.capability().to_vec();
-        let (mut sender, mut receiver) =
-            secure_stream::connect(routed, prologue, &session.identity, &capability).await?;
+        let Channel {
+            machine,
+            mut sender,
+            mut receiver,
+        } = channel::open(
+            &mut client,
+            &session.identity,
+            &known,
+            workspace,
+            &args.machine,
+            StreamKind::Exec,
+        )
+        .await?;
         let forward_stdin = !std::io::stdin().is_terminal();
         sender
             .send(&ClientOp::Exec(ExecRequest {

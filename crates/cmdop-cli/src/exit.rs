@@ -43,6 +43,16 @@ impl Failure {
         )
     }
 
+    /// Whether retrying later may succeed: the relay or the machine was unreachable for a while.
+    pub(crate) fn is_retryable(&self) -> bool {
+        self.kind == Kind::Unreachable
+    }
+
+    /// The message, without the `cmdop:` prefix.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Prints `cmdop: <message>` to stderr.
     pub(crate) fn print(&self) {
         eprintln!("cmdop: {}", self.message);
@@ -63,7 +73,13 @@ impl From<anyhow::Error> for Failure {
 
 impl From<cmdop_relay::secure_stream::SecureStreamError> for Failure {
     fn from(err: cmdop_relay::secure_stream::SecureStreamError) -> Self {
-        Self::new(Kind::Unreachable, err.to_string())
+        use cmdop_relay::secure_stream::SecureStreamError;
+        // Only a broken transport is worth retrying; a refused or tampered channel is not.
+        let kind = match err {
+            SecureStreamError::Io(_) => Kind::Unreachable,
+            _ => Kind::General,
+        };
+        Self::new(kind, err.to_string())
     }
 }
 

@@ -2,12 +2,17 @@
 //!
 //! Thin by design: flags, then one module per subcommand; the protocol lives in `cmdop-relay`.
 
+mod attach;
+mod channel;
 mod connect;
+mod escape;
 mod exec;
 mod exit;
 mod known_machines;
 mod login;
 mod profile;
+mod resume;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,9 +73,9 @@ enum Command {
     /// Show who you are, which relay, and which fleets are in scope.
     #[command(after_help = "Example:\n  cmdop status --json")]
     Status(login::StatusArgs),
-    /// Reach machines: list them, or run a command on one.
+    /// Reach machines: open a shell on one, list them, or run a command on one.
     #[command(
-        after_help = "Examples:\n  cmdop connect --list\n  cmdop connect --workspace prod --list --online --json"
+        after_help = "Examples:\n  cmdop connect web-1                       a shell in a new session (~. detaches)\n  cmdop connect web-1 --session build       create or reattach the session \"build\"\n  cmdop connect web-1 --session build --read-only\n  cmdop connect                             pick a machine\n  cmdop connect --list\n  cmdop connect --workspace prod --list --online --json\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect sessions web-1"
     )]
     Connect(connect::ConnectArgs),
     /// Print a shell completion script for bash, zsh or fish.

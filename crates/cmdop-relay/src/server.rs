@@ -24,7 +24,9 @@ use crate::store::{
     AuditEntry, AuthRefusal, CredentialKind, FleetAccess, KeyRole, MachineReport, Principal,
     ScopeError, Store, StoreError,
 };
-use crate::transport::{Limits, RelayFingerprint, TlsIdentity, TransportError, server_config};
+use crate::transport::{
+    Limits, RelayFingerprint, TlsIdentity, TransportError, endpoint_config, server_config,
+};
 use crate::wire::{
     AUTH_CAPABILITY_ED25519, Challenge, CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode,
     ErrorMessage, IdBytes, KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage, Registered,
@@ -163,11 +165,16 @@ impl Server {
         store.mark_all_offline()?;
         let fingerprint = config.tls.fingerprint();
         let quic = server_config(&config.tls, &config.limits)?;
+        let bind_error = |source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_error(std::io::Error::other("no async runtime found")))?;
         let endpoint =
-            quinn::Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+            quinn::Endpoint::new(endpoint_config(&config.tls), Some(quic), socket, runtime)
+                .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

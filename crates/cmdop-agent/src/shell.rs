@@ -1,0 +1,320 @@
+//! Interactive sessions on this machine: the registry that keeps them across client and relay connections,
+//! its limits, and the handler for shell streams (attach, list, kill).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use cmdop_relay::ops::shell::{
+    AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
+};
+use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use tokio::sync::mpsc;
+
+use crate::pty_session::{Expiry, Next, Owner, PtySession};
+
+/// Limits on the sessions this agent keeps; documented in `docs/cli.md`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Sessions at once (running or just ended).
+    pub max_sessions: usize,
+    /// A session nobody has been attached to for this long is ended.
+    pub idle_ttl: Duration,
+    /// Output kept per session for reattaching, in bytes.
+    pub buffer: usize,
+    /// How long an ended session is kept for a client that reconnects to collect its last output and status.
+    pub keep_exited: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 64,
+            idle_ttl: Duration::from_secs(24 * 3600),
+            buffer: 1 << 20,
+            keep_exited: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Every session on this machine, by name. Lives as long as the agent process, across relay reconnects.
+#[derive(Debug)]
+pub struct Sessions {
+    limits: SessionLimits,
+    sessions: Mutex<BTreeMap<String, Arc<PtySession>>>,
+}
+
+impl Sessions {
+    /// An empty registry.
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            limits,
+            sessions: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<PtySession>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Finds the requested session, or creates it when allowed. Returns whether it was created.
+    fn find_or_create(&self, request: &AttachRequest) -> Result<(Arc<PtySession>, bool), String> {
+        let mut sessions = self.lock();
+        if let Some(name) = &request.session {
+            if !valid_session_name(name) {
+                return Err(format!(
+                    "invalid session name {name:?}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '-' or '.'"
+                ));
+            }
+            if let Some(session) = sessions.get(name) {
+                return Ok((Arc::clone(session), false));
+            }
+            if !request.create {
+                return Err(format!(
+                    "no session {name:?} on this machine any more: it ended or the agent restarted"
+                ));
+            }
+        }
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(format!(
+                "this machine already has {} sessions, the agent's limit; end one with `cmdop connect kill MACHINE SESSION`",
+                sessions.len()
+            ));
+        }
+        let name = match &request.session {
+            Some(name) => name.clone(),
+            // The smallest free number, so generated names stay short to type.
+            None => (1..)
+                .map(|n: u64| n.to_string())
+                .find(|n| !sessions.contains_key(n))
+                .unwrap_or_default(),
+        };
+        let session = PtySession::spawn(
+            name.clone(),
+            &request.term,
+            request.size,
+            self.limits.buffer,
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(session = %name, "session started");
+        sessions.insert(name, Arc::clone(&session));
+        Ok((session, true))
+    }
+
+    /// Every session, by name.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let sessions: Vec<Arc<PtySession>> = self.lock().values().cloned().collect();
+        sessions.iter().map(|s| s.info()).collect()
+    }
+
+    /// Ends a session by name.
+    pub fn kill(&self, name: &str) -> Result<(), String> {
+        let session = self
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no session {name:?} on this machine"))?;
+        session.kill();
+        Ok(())
+    }
+
+    /// Forgets ended sessions and ends idle ones; run periodically.
+    pub fn reap(&self, now: Instant) {
+        let mut sessions = self.lock();
+        sessions.retain(|name, session| {
+            match session.expiry(now, self.limits.idle_ttl, self.limits.keep_exited) {
+                Expiry::Keep => true,
+                Expiry::Ended => false,
+                Expiry::Idle => {
+                    tracing::info!(session = %name, "ending a session idle for longer than its TTL");
+                    session.kill();
+                    true
+                }
+            }
+        });
+    }
+
+    /// Runs [`Self::reap`] every `every` until dropped with the task.
+    pub async fn reap_forever(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.reap(Instant::now());
+        }
+    }
+}
+
+/// Serves one shell stream whose client proved `client_key`.
+pub async fn serve(
+    mut sender: SecureSender,
+    mut receiver: SecureReceiver,
+    sessions: &Sessions,
+    client_key: String,
+) -> Result<(), SecureStreamError> {
+    let request = match receiver.recv::<ShellRequest>().await? {
+        Some(ShellRequest::Attach(request)) => request,
+        Some(ShellRequest::List) => {
+            sender.send(&ShellReply::Sessions(sessions.list())).await?;
+            return sender.end(0).await;
+        }
+        Some(ShellRequest::Kill { name }) => {
+            let reply = match sessions.kill(&name) {
+                Ok(()) => ShellReply::Killed,
+                Err(message) => ShellReply::Failed { message },
+            };
+            sender.send(&reply).await?;
+            return sender.end(0).await;
+        }
+        _ => {
+            sender
+                .send(&ShellReply::Failed {
+                    message: "a shell stream must start with attach, list or kill".into(),
+                })
+                .await?;
+            return sender.end(0).await;
+        }
+    };
+    let (session, created) = match sessions.find_or_create(&request) {
+        Ok(found) => found,
+        Err(message) => {
+            sender.send(&ShellReply::Failed { message }).await?;
+            return sender.end(0).await;
+        }
+    };
+    let owner = Owner {
+        client_key,
+        instance: request.instance,
+    };
+    let grant = session.attach(owner, request.resume_from);
+    let id = grant.id;
+    let result = attached(&mut sender, receiver, &session, &request, created, grant).await;
+    session.detach(id);
+    match result {
+        Ok(Ending::Exited) => {
+            // The client saw the exit; the registry may now forget the session.
+            sessions.reap(Instant::now());
+            sender.end(0).await
+        }
+        Ok(Ending::Detached | Ending::Replaced) => sender.end(0).await,
+        Err(err) => Err(err),
+    }
+}
+
+enum Ending {
+    Exited,
+    Detached,
+    Replaced,
+}
+
+async fn attached(
+    sender: &mut SecureSender,
+    mut receiver: SecureReceiver,
+    session: &Arc<PtySession>,
+    request: &AttachRequest,
+    created: bool,
+    mut grant: crate::pty_session::Grant,
+) -> Result<Ending, SecureStreamError> {
+    if !request.read_only && !created {
+        // The newest writer's window wins, as in tmux's "latest" policy.
+        session.resize(request.size);
+    }
+    sender
+        .send(&ShellReply::Attached {
+            session: session.name().to_owned(),
+            created,
+            offset: grant.offset,
+            dropped: grant.dropped,
+        })
+        .await?;
+
+    // The client's requests arrive on their own task so a slow send of output never delays a keystroke, and
+    // a keystroke never interrupts a send half-way.
+    let (requests_tx, mut requests) = mpsc::channel::<ShellRequest>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            match receiver.recv::<ShellRequest>().await {
+                Ok(Some(request)) => {
+                    if requests_tx.send(request).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    });
+    let _reader_guard = AbortOnDrop(reader);
+    let read_only = request.read_only;
+    let mut progress = session.progress();
+    loop {
+        // Send everything available before waiting.
+        match session.next(grant.id) {
+            Next::Output(bytes) => {
+                let len = bytes.len();
+                sender.send(&ShellReply::Output(bytes)).await?;
+                session.sent(grant.id, len);
+                // Keystrokes queued behind a long burst of output still get through promptly.
+                while let Ok(request) = requests.try_recv() {
+                    if let Some(ending) = apply(session, grant.id, request, read_only).await {
+                        return Ok(ending);
+                    }
+                }
+                continue;
+            }
+            Next::Exited(status) => {
+                sender.send(&ShellReply::Exited(status)).await?;
+                return Ok(Ending::Exited);
+            }
+            Next::Wait => {}
+        }
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Ok(Ending::Detached);
+                }
+            }
+            replaced = grant.replaced.changed() => {
+                if replaced.is_err() || *grant.replaced.borrow() {
+                    sender.send(&ShellReply::Replaced).await?;
+                    return Ok(Ending::Replaced);
+                }
+            }
+            request = requests.recv() => {
+                let Some(request) = request else {
+                    // The client's side ended without a detach: its connection went away.
+                    return Ok(Ending::Detached);
+                };
+                if let Some(ending) = apply(session, grant.id, request, read_only).await {
+                    return Ok(ending);
+                }
+            }
+        }
+    }
+}
+
+/// Applies one client request to the session; returns how the attachment ends, if it does.
+async fn apply(
+    session: &PtySession,
+    id: u64,
+    request: ShellRequest,
+    read_only: bool,
+) -> Option<Ending> {
+    match request {
+        ShellRequest::Input(bytes) if !read_only => session.write(bytes).await,
+        ShellRequest::Resize(size) if !read_only => session.resize(size),
+        ShellRequest::Ack(offset) => session.ack(id, offset),
+        ShellRequest::Detach => return Some(Ending::Detached),
+        // Observers' input is ignored; a second attach/list/kill on the same stream is meaningless.
+        _ => {}
+    }
+    None
+}
+
+/// Aborts a task when the owner goes away, so no reader outlives its attachment.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), SecureStreamError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

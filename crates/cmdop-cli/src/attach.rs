@@ -1,0 +1,814 @@
+//! `cmdop connect MACHINE`: an interactive shell in a session on the machine, through the relay, end to end
+//! encrypted; plus `cmdop connect sessions` and `cmdop connect kill`.
+//!
+//! The session lives on the agent. This process is only a terminal attached to it: when its connection
+//! breaks (network loss, relay restart) it reconnects with backoff and resumes from the exact output offset
+//! it had written, so nothing is lost or repeated; `~.` detaches and leaves the session running.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use std::os::fd::AsFd as _;
+
+use clap::Args;
+use cmdop_relay::client::{ClientConnection, Machine, reconnect_delay};
+use cmdop_relay::e2e::StreamKind;
+use cmdop_relay::ops::shell::{
+    AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
+};
+use cmdop_relay::ops::{ExitStatus, MAX_CHUNK};
+use cmdop_relay::secure_stream::SecureStreamError;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use serde_json::json;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::GlobalArgs;
+use crate::channel::{self, Channel};
+use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
+use crate::exit::{Failure, Kind};
+use crate::known_machines;
+use crate::login::runtime;
+use crate::profile::{Profile, Session};
+use crate::resume::{Claim, Resume, ResumeFile};
+use crate::terminal::{self, RawMode, TerminalWriter};
+
+/// cmdop's own failures, as ssh reports its own: distinct from the shell's exit code.
+const OWN_FAILURE: u8 = 255;
+/// Acknowledge written output every this many bytes: often enough that the agent's 1 MiB buffer never
+/// fills with acknowledged-but-unconfirmed output, rarely enough to cost nothing.
+const ACK_EVERY: u64 = 64 * 1024;
+/// The longest wait between reconnect attempts: a person is waiting at the terminal.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Flags of an interactive `cmdop connect MACHINE`.
+#[derive(Debug, Args)]
+pub(crate) struct AttachArgs {
+    /// Attach to this session, creating it if it does not exist; without it a new session is started.
+    #[arg(long, value_name = "NAME")]
+    session: Option<String>,
+    /// Watch the session without typing into it (needs --session).
+    #[arg(long, requires = "session")]
+    read_only: bool,
+    /// The escape character (at the start of a line: `~.` detaches, `~?` lists escapes); `^X` for a control
+    /// character, `none` to disable.
+    #[arg(long, default_value = "~", value_name = "CHAR")]
+    escape_char: EscapeChar,
+}
+
+/// Flags of `cmdop connect sessions`.
+#[derive(Debug, Args)]
+pub(crate) struct SessionsArgs {
+    /// The machine: its id, hostname, display name, or a unique prefix of one of them.
+    machine: String,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `cmdop connect kill`.
+#[derive(Debug, Args)]
+pub(crate) struct KillArgs {
+    /// The machine.
+    machine: String,
+    /// The session to end (its processes get SIGHUP, then SIGKILL).
+    session: String,
+}
+
+/// Runs an interactive session; with no machine, offers a picker on a terminal.
+pub(crate) fn run(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    machine: Option<String>,
+    args: &AttachArgs,
+) -> ExitCode {
+    match interactive(global, workspace, machine, args) {
+        Ok(code) => code,
+        Err(failure) => {
+            terminal::restore();
+            failure.print();
+            ExitCode::from(OWN_FAILURE)
+        }
+    }
+}
+
+fn interactive(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    machine: Option<String>,
+    args: &AttachArgs,
+) -> Result<ExitCode, Failure> {
+    if let Some(name) = args
+        .session
+        .as_ref()
+        .filter(|name| !valid_session_name(name))
+    {
+        return Err(Failure::new(
+            Kind::General,
+            format!(
+                "invalid --session {name:?}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '-' or '.'"
+            ),
+        ));
+    }
+    let profile = Profile::open(global)?;
+    let session = profile.session(global)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let machine = match machine {
+            Some(machine) => machine,
+            None => pick_machine(&session, workspace).await?,
+        };
+        let mut client =
+            ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
+        let known = profile.dir().join(known_machines::FILE_NAME);
+        let channel = channel::open(
+            &mut client,
+            &session.identity,
+            &known,
+            workspace,
+            &machine,
+            StreamKind::Shell,
+        )
+        .await?;
+        let mut attachment = Attachment::new(&profile, &channel.machine, args)?;
+        let code = attachment
+            .run(&session, workspace, &known, client, channel)
+            .await?;
+        Ok(code)
+    })
+}
+
+/// How one attached stream ended.
+enum End {
+    Exited(ExitStatus),
+    Detached,
+    Replaced,
+    Refused(String),
+    Lost(String),
+    Signal(i32),
+}
+
+/// The terminal's side of a session across reconnects.
+struct Attachment {
+    machine: Machine,
+    session: Option<String>,
+    instance: [u8; 16],
+    /// The output offset written to the terminal so far; `None` until the first attach answered.
+    offset: Option<u64>,
+    resume: Option<ResumeFile>,
+    /// Whether `resume` was claimed (a second terminal on the same session runs without one).
+    claim_tried: bool,
+    read_only: bool,
+    /// The current stream got as far as `Attached`.
+    reached: bool,
+    escape: EscapeChar,
+    scanner: EscapeScanner,
+    profile_dir: std::path::PathBuf,
+}
+
+impl Attachment {
+    fn new(profile: &Profile, machine: &Machine, args: &AttachArgs) -> Result<Self, Failure> {
+        let mut instance = [0u8; 16];
+        OsRng.fill_bytes(&mut instance);
+        let mut attachment = Self {
+            machine: machine.clone(),
+            session: args.session.clone(),
+            instance,
+            offset: None,
+            resume: None,
+            claim_tried: false,
+            read_only: args.read_only,
+            reached: false,
+            escape: args.escape_char,
+            scanner: EscapeScanner::new(args.escape_char),
+            profile_dir: profile.dir().to_path_buf(),
+        };
+        if let Some(name) = args.session.clone() {
+            attachment.claim(&name)?;
+        }
+        Ok(attachment)
+    }
+
+    /// Takes over the resume file of `name`, adopting the position a previous terminal left there.
+    fn claim(&mut self, name: &str) -> Result<(), Failure> {
+        self.claim_tried = true;
+        let claim = ResumeFile::claim(&self.profile_dir, self.machine.id, name).map_err(|err| {
+            Failure::new(
+                Kind::General,
+                format!(
+                    "cannot open the session state under {}: {err}",
+                    self.profile_dir.join("sessions").display()
+                ),
+            )
+        })?;
+        if let Claim::Owned(file, saved) = claim {
+            if let Some(saved) = saved {
+                self.instance = saved.instance;
+                self.offset = Some(saved.offset);
+            }
+            self.resume = Some(file);
+        }
+        Ok(())
+    }
+
+    fn request(&self, create: bool) -> ShellRequest {
+        ShellRequest::Attach(AttachRequest {
+            session: self.session.clone(),
+            create,
+            instance: self.instance,
+            resume_from: self.offset,
+            read_only: self.read_only,
+            term: terminal::term(),
+            size: terminal::size(),
+        })
+    }
+
+    async fn run(
+        &mut self,
+        session: &Session,
+        workspace: Option<&str>,
+        known: &std::path::Path,
+        client: ClientConnection,
+        channel: Channel,
+    ) -> Result<ExitCode, Failure> {
+        let mut signals = Signals::new()?;
+        let raw = RawMode::enable().map_err(|err| {
+            Failure::new(
+                Kind::General,
+                format!("cannot put the terminal in raw mode: {err}"),
+            )
+        })?;
+        let mut input = spawn_stdin_reader();
+        let mut stdout = TerminalWriter::new();
+        let mut live = Some((client, channel));
+        let mut create = true;
+        let mut attempt: u32 = 0;
+        let end = loop {
+            let (client, channel) = match live.take() {
+                Some(live) => live,
+                None => {
+                    match self
+                        .reconnect(session, workspace, known, &mut input, &mut signals, attempt)
+                        .await
+                    {
+                        Ok(Some(live)) => live,
+                        Ok(None) => {
+                            attempt = attempt.saturating_add(1);
+                            continue;
+                        }
+                        Err(end) => break end,
+                    }
+                }
+            };
+            let end = self
+                .attached(
+                    client,
+                    channel,
+                    create,
+                    &mut input,
+                    &mut stdout,
+                    &mut signals,
+                )
+                .await;
+            create = false;
+            match end {
+                End::Lost(reason) => {
+                    let name = self.session.as_deref().unwrap_or("?");
+                    note(&format!(
+                        "connection lost ({reason}); reconnecting to session {name} (type {}. to give up)",
+                        self.escape.display()
+                    ));
+                    // A stream that attached resets the backoff: the connection did work.
+                    if std::mem::take(&mut self.reached) {
+                        attempt = 0;
+                    } else {
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+                other => break other,
+            }
+        };
+        drop(raw);
+        let host = self.machine.hostname.clone();
+        let name = self.session.clone().unwrap_or_default();
+        match end {
+            End::Exited(status) => {
+                if let Some(file) = self.resume.take() {
+                    file.remove();
+                }
+                Ok(exit_code(status.shell_code()))
+            }
+            End::Detached => {
+                eprintln!(
+                    "cmdop: detached from session {name} on {host}; it keeps running. Reattach with: cmdop connect {host} --session {name}"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            End::Signal(number) => {
+                eprintln!(
+                    "cmdop: stopped by signal {number}; session {name} on {host} keeps running"
+                );
+                Ok(exit_code(128 + number))
+            }
+            End::Replaced => Err(Failure::new(
+                Kind::General,
+                format!("another attach of this terminal to session {name} on {host} took over"),
+            )),
+            End::Refused(message) => {
+                if let Some(file) = self.resume.take() {
+                    file.remove();
+                }
+                Err(Failure::new(Kind::General, format!("{host}: {message}")))
+            }
+            End::Lost(reason) => Err(Failure::connection_lost(&reason)),
+        }
+    }
+
+    /// One attached stream: sends the attach, then moves keystrokes one way and output the other.
+    async fn attached(
+        &mut self,
+        client: ClientConnection,
+        channel: Channel,
+        create: bool,
+        input: &mut mpsc::Receiver<Vec<u8>>,
+        stdout: &mut TerminalWriter,
+        signals: &mut Signals,
+    ) -> End {
+        let Channel {
+            mut sender,
+            mut receiver,
+            ..
+        } = channel;
+        let lost = |err: SecureStreamError| End::Lost(err.to_string());
+        if let Err(err) = sender.send(&self.request(create)).await {
+            return lost(err);
+        }
+        match receiver.recv::<ShellReply>().await {
+            Ok(Some(ShellReply::Attached {
+                session,
+                offset,
+                dropped,
+                ..
+            })) => {
+                if !self.claim_tried
+                    && let Err(failure) = self.claim(&session)
+                {
+                    failure.print();
+                }
+                self.session = Some(session);
+                self.reached = true;
+                if dropped > 0 {
+                    note(&format!(
+                        "{dropped} bytes of output were produced while detached and no longer fit the session's buffer"
+                    ));
+                }
+                self.offset = Some(offset);
+                self.save();
+            }
+            Ok(Some(ShellReply::Failed { message })) => return End::Refused(message),
+            Ok(Some(other)) => return End::Lost(format!("unexpected first reply {other:?}")),
+            Ok(None) => return End::Lost("the machine ended the stream".into()),
+            Err(err) => return lost(err),
+        }
+        let mut input_open = true;
+        let mut acked = self.offset.unwrap_or(0);
+        let end = loop {
+            tokio::select! {
+                reply = receiver.recv::<ShellReply>() => match reply {
+                    Ok(Some(ShellReply::Output(bytes))) => {
+                        // The position advances by exactly what the terminal took, saved after each piece, so a
+                        // kill at any moment leaves it true.
+                        let written = stdout.write_all(&bytes, |n| {
+                            self.offset = Some(self.offset.unwrap_or(0).saturating_add(n as u64));
+                            self.save();
+                        }).await;
+                        if written.is_err() {
+                            // The terminal went away (a closed pipe): leave the session running.
+                            break End::Detached;
+                        }
+                        let offset = self.offset.unwrap_or(0);
+                        if offset.saturating_sub(acked) >= ACK_EVERY {
+                            acked = offset;
+                            if let Err(err) = sender.send(&ShellRequest::Ack(offset)).await {
+                                break lost(err);
+                            }
+                        }
+                    }
+                    Ok(Some(ShellReply::Exited(status))) => break End::Exited(status),
+                    Ok(Some(ShellReply::Replaced)) => break End::Replaced,
+                    Ok(Some(ShellReply::Failed { message })) => break End::Refused(message),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break End::Lost("the machine ended the stream".into()),
+                    Err(err) => break lost(err),
+                },
+                bytes = input.recv(), if input_open => {
+                    let Some(bytes) = bytes else {
+                        input_open = false;
+                        continue;
+                    };
+                    match self.keystrokes(&mut sender, &bytes).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => break end,
+                        Err(err) => break lost(err),
+                    }
+                }
+                _ = signals.winch.recv() => {
+                    if !self.read_only
+                        && let Err(err) = sender.send(&ShellRequest::Resize(terminal::size())).await
+                    {
+                        break lost(err);
+                    }
+                }
+                _ = signals.term.recv() => break End::Signal(15),
+                _ = signals.hup.recv() => break End::Signal(1),
+                _ = signals.int.recv() => break End::Signal(2),
+            }
+        };
+        if matches!(end, End::Detached) {
+            // Let the agent see the detach before the connection closes.
+            let _ = sender.send(&ShellRequest::Detach).await;
+            let _ = sender.end(0).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(Some(_)) = receiver.recv::<ShellReply>().await {}
+            })
+            .await;
+        }
+        client.close().await;
+        end
+    }
+
+    /// Sends keystrokes, acting on escapes; returns how the attachment ends, if it does.
+    async fn keystrokes(
+        &mut self,
+        sender: &mut cmdop_relay::secure_stream::SecureSender,
+        bytes: &[u8],
+    ) -> Result<Option<End>, SecureStreamError> {
+        for action in self.scanner.feed(bytes) {
+            match action {
+                Action::Send(bytes) => {
+                    if self.read_only {
+                        continue;
+                    }
+                    for chunk in bytes.chunks(MAX_CHUNK) {
+                        sender.send(&ShellRequest::Input(chunk.to_vec())).await?;
+                    }
+                }
+                Action::Detach => return Ok(Some(End::Detached)),
+                Action::Help => {
+                    let _ =
+                        write_terminal(&mut std::io::stderr(), help_text(self.escape).as_bytes());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reconnects after a lost connection, with backoff, until it works, the session is gone, or the person
+    /// gives up with the escape. `Ok(None)`: this attempt failed in a way worth retrying.
+    async fn reconnect(
+        &mut self,
+        session: &Session,
+        workspace: Option<&str>,
+        known: &std::path::Path,
+        input: &mut mpsc::Receiver<Vec<u8>>,
+        signals: &mut Signals,
+        attempt: u32,
+    ) -> Result<Option<(ClientConnection, Channel)>, End> {
+        let delay = reconnect_delay(attempt, &mut OsRng).min(MAX_RECONNECT_DELAY);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        // Only the escape matters while disconnected; other keystrokes have nowhere to go.
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                bytes = input.recv() => self.while_disconnected(bytes)?,
+                _ = signals.term.recv() => return Err(End::Signal(15)),
+                _ = signals.hup.recv() => return Err(End::Signal(1)),
+                _ = signals.int.recv() => return Err(End::Signal(2)),
+            }
+        }
+        let machine = self.machine.id.to_string();
+        let identity = &session.identity;
+        let attempt_connect = async {
+            let mut client =
+                ClientConnection::login(&session.relay, identity, &session.credential).await?;
+            let channel = channel::open(
+                &mut client,
+                identity,
+                known,
+                workspace,
+                &machine,
+                StreamKind::Shell,
+            )
+            .await?;
+            Ok::<_, Failure>((client, channel))
+        };
+        tokio::pin!(attempt_connect);
+        loop {
+            tokio::select! {
+                result = &mut attempt_connect => {
+                    return match result {
+                        Ok(live) => Ok(Some(live)),
+                        Err(failure) if failure.is_retryable() => Ok(None),
+                        Err(failure) => Err(End::Refused(failure.message().to_owned())),
+                    };
+                }
+                bytes = input.recv() => self.while_disconnected(bytes)?,
+                _ = signals.term.recv() => return Err(End::Signal(15)),
+                _ = signals.hup.recv() => return Err(End::Signal(1)),
+                _ = signals.int.recv() => return Err(End::Signal(2)),
+            }
+        }
+    }
+
+    fn while_disconnected(&mut self, bytes: Option<Vec<u8>>) -> Result<(), End> {
+        let Some(bytes) = bytes else {
+            // No more input; keep trying to reconnect for the output.
+            return Ok(());
+        };
+        for action in self.scanner.feed(&bytes) {
+            match action {
+                Action::Detach => return Err(End::Detached),
+                Action::Help => {
+                    let _ =
+                        write_terminal(&mut std::io::stderr(), help_text(self.escape).as_bytes());
+                }
+                Action::Send(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&self) {
+        if let (Some(file), Some(offset)) = (&self.resume, self.offset) {
+            file.save(Resume {
+                instance: self.instance,
+                offset,
+            });
+        }
+    }
+}
+
+/// The signals an attached terminal handles itself.
+struct Signals {
+    winch: Signal,
+    term: Signal,
+    hup: Signal,
+    /// In raw mode Ctrl-C is a byte, not SIGINT; this is `kill -INT` from elsewhere.
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|err| {
+                Failure::new(
+                    Kind::General,
+                    format!("cannot install a signal handler: {err}"),
+                )
+            })
+        };
+        Ok(Self {
+            winch: install(SignalKind::window_change())?,
+            term: install(SignalKind::terminate())?,
+            hup: install(SignalKind::hangup())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// Reads stdin on its own thread (a terminal read cannot be cancelled) and hands the bytes over.
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(64);
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx
+                            .blocking_send(buf.get(..n).unwrap_or_default().to_vec())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        let stdin = std::io::stdin();
+                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::NONE);
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    rx
+}
+
+fn write_terminal(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A one-line notice on the terminal, in raw mode or not.
+fn note(message: &str) {
+    let _ = write_terminal(
+        &mut std::io::stderr(),
+        format!("\r\n[cmdop] {message}\r\n").as_bytes(),
+    );
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(OWN_FAILURE))
+}
+
+/// `cmdop connect` with no machine on a terminal: a fuzzy picker over the fleet's machines, online first.
+async fn pick_machine(session: &Session, workspace: Option<&str>) -> Result<String, Failure> {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(Failure::new(
+            Kind::General,
+            "no machine given; name one (`cmdop connect MACHINE`), or list them with `cmdop connect --list`",
+        ));
+    }
+    let mut client =
+        ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
+    let mut machines = client.list_machines(workspace).await?;
+    client.close().await;
+    if machines.is_empty() {
+        return Err(Failure::new(
+            Kind::NotFound,
+            "this fleet has no machines yet; enrol one with `cmdop-agent run --workspace FLEET …`",
+        ));
+    }
+    machines.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+    let items: Vec<String> = machines
+        .iter()
+        .map(|m| {
+            let status = if m.online { "online" } else { "offline" };
+            format!("{:<24} {:<8} {}", m.name, status, m.hostname)
+        })
+        .collect();
+    let chosen = tokio::task::spawn_blocking(move || {
+        dialoguer::FuzzySelect::new()
+            .with_prompt("machine (type to filter)")
+            .items(&items)
+            .default(0)
+            .interact_opt()
+    })
+    .await
+    .map_err(|err| Failure::new(Kind::General, format!("the picker failed: {err}")))?
+    .map_err(|err| Failure::new(Kind::General, format!("the picker failed: {err}")))?;
+    let index = chosen.ok_or_else(|| Failure::new(Kind::General, "no machine chosen"))?;
+    machines
+        .get(index)
+        .map(|m| m.id.to_string())
+        .ok_or_else(|| Failure::new(Kind::General, "no machine chosen"))
+}
+
+/// Runs `cmdop connect sessions MACHINE`.
+pub(crate) fn list(global: &GlobalArgs, workspace: Option<&str>, args: &SessionsArgs) -> ExitCode {
+    let result = one_request(global, workspace, &args.machine, ShellRequest::List).and_then(
+        |(machine, reply)| match reply {
+            ShellReply::Sessions(sessions) => {
+                print_sessions(&machine, &sessions, args.json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            other => Err(unexpected(&machine, other)),
+        },
+    );
+    result.unwrap_or_else(Failure::report)
+}
+
+/// Runs `cmdop connect kill MACHINE SESSION`.
+pub(crate) fn kill(global: &GlobalArgs, workspace: Option<&str>, args: &KillArgs) -> ExitCode {
+    let request = ShellRequest::Kill {
+        name: args.session.clone(),
+    };
+    let result =
+        one_request(global, workspace, &args.machine, request).and_then(|(machine, reply)| {
+            match reply {
+                ShellReply::Killed => {
+                    println!("ended session {} on {}", args.session, machine.hostname);
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(unexpected(&machine, other)),
+            }
+        });
+    result.unwrap_or_else(Failure::report)
+}
+
+fn unexpected(machine: &Machine, reply: ShellReply) -> Failure {
+    match reply {
+        ShellReply::Failed { message } => {
+            Failure::new(Kind::NotFound, format!("{}: {message}", machine.hostname))
+        }
+        other => Failure::new(
+            Kind::General,
+            format!("{}: unexpected reply {other:?}", machine.hostname),
+        ),
+    }
+}
+
+/// Opens a shell stream, sends one request and returns the one reply.
+fn one_request(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    machine: &str,
+    request: ShellRequest,
+) -> Result<(Machine, ShellReply), Failure> {
+    let profile = Profile::open(global)?;
+    let session = profile.session(global)?;
+    let known = profile.dir().join(known_machines::FILE_NAME);
+    runtime()?.block_on(async {
+        let mut client =
+            ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
+        let Channel {
+            machine,
+            mut sender,
+            mut receiver,
+        } = channel::open(
+            &mut client,
+            &session.identity,
+            &known,
+            workspace,
+            machine,
+            StreamKind::Shell,
+        )
+        .await?;
+        sender.send(&request).await?;
+        let reply = receiver
+            .recv::<ShellReply>()
+            .await?
+            .ok_or_else(|| Failure::connection_lost("the machine sent no answer"))?;
+        let _ = sender.end(0).await;
+        client.close().await;
+        Ok((machine, reply))
+    })
+}
+
+fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Result<(), Failure> {
+    if json {
+        let rows: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "created": crate::connect::rfc3339(s.created),
+                    "last_attached": crate::connect::rfc3339(s.last_attached),
+                    "attached": s.attached,
+                    "command": s.command,
+                    "buffered_bytes": s.buffered,
+                    "exit_code": s.exited.map(ExitStatus::shell_code),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
+        );
+        return Ok(());
+    }
+    if sessions.is_empty() {
+        println!(
+            "no sessions on {}; start one with `cmdop connect {}`",
+            machine.hostname, machine.hostname
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                crate::connect::rfc3339(s.created).unwrap_or_default(),
+                crate::connect::rfc3339(s.last_attached).unwrap_or_default(),
+                s.attached.to_string(),
+                match s.exited {
+                    Some(status) => format!("(exited {})", status.shell_code()),
+                    None => s.command.clone(),
+                },
+                s.buffered.to_string(),
+            ]
+        })
+        .collect();
+    crate::connect::print_columns(
+        &[
+            "NAME",
+            "CREATED",
+            "LAST ATTACHED",
+            "CLIENTS",
+            "COMMAND",
+            "BUFFERED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
