@@ -114,5 +114,17 @@ mod tests {
         std::fs::write(&path, "relay_fingerprint = \"md5:nope\"\n").unwrap();
         let err = format!("{:#}", load(Some(&path), None).unwrap_err());
         assert!(err.contains("relay_fingerprint"), "{err}");
+        std::fs::write(&path, "session_buffer = 10\n").unwrap();
+        let err = format!("{:#}", load(Some(&path), None).unwrap_err());
+        assert!(
+            err.contains("session_buffer") && err.contains("65536"),
+            "{err}"
+        );
+        std::fs::write(&path, "session_idle_ttl = \"soon\"\n").unwrap();
+        let err = format!("{:#}", load(Some(&path), None).unwrap_err());
+        assert!(
+            err.contains("session_idle_ttl") && err.contains("24h"),
+            "{err}"
+        );
     }
 }
