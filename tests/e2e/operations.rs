@@ -301,10 +301,18 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     assert!(agent_kek.is_file());
     let client_kek = contour.root.path().join("clients/alice/agent_keypair.key");
     for path in [agent_kek, client_kek].into_iter().filter(|p| p.is_file()) {
-        let kek = std::fs::read(path).unwrap();
+        let kek = std::fs::read(&path).unwrap();
         let kek = kek.get(kek.len() - 32..).unwrap().to_vec();
+        // And the seed itself, decrypted the way docs/identity.md specifies the file.
+        let seed = open_seed(&path.with_extension("bin"), &kek);
         secrets.push(("key-encryption key (hex)", hex::encode(&kek)));
         secrets.push(("key-encryption key (base64)", base64(&kek)));
+        secrets.push(("identity seed (hex)", hex::encode(&seed)));
+        secrets.push(("identity seed (base64)", base64(&seed)));
+        secrets.push((
+            "identity seed (base64url)",
+            data_encoding::BASE64URL_NOPAD.encode(&seed),
+        ));
     }
     let everything = format!("{relay_log}\n{agent_log}\n{client_logs}");
     for (what, secret) in &secrets {
@@ -562,6 +570,27 @@ fn terminate(child: &std::process::Child) {
 
 fn read_secret(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// Decrypts a version-1 seed file (`docs/identity.md`): a 38-byte header (magic, version, KEK location, key id,
+/// nonce) authenticated as associated data, then the 32-byte seed sealed with AES-256-GCM under the KEK.
+fn open_seed(path: &Path, kek: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+    let file = std::fs::read(path).unwrap();
+    let (header, sealed) = file.split_at(38);
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(kek).unwrap();
+    let nonce = aes_gcm::Nonce::from_slice(header.get(26..38).unwrap());
+    let seed = cipher
+        .decrypt(
+            nonce,
+            Payload {
+                msg: sealed,
+                aad: header,
+            },
+        )
+        .expect("the seed file opens with its key-encryption key");
+    assert_eq!(seed.len(), 32);
+    seed
 }
 
 fn base64(bytes: &[u8]) -> String {
