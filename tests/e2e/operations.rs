@@ -147,6 +147,11 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
         "colour codes written to a pipe:\n{client_logs}"
     );
 
+    // Every client above has gone: the gauge comes back to zero (a client that exits abruptly, as the closed-pipe one below does, stays counted until QUIC's idle timeout).
+    eventually(WAIT, "no client left connected", || {
+        let text = scrape(&metrics_addr, "/metrics");
+        (metric(&text, "cmdop_relay_clients_connected{fleet=\"prod\"}") == 0).then_some(())
+    });
     // A reader that goes away (`cmdop connect --list | head -0`) ends cmdop quietly.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
