@@ -4,6 +4,10 @@
 
 /// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
 mod exec;
+/// `cmdop connect cp`: trees with modes, hostile names, resume after a cut.
+mod copy;
+/// `cmdop connect forward`: bulk and parallel connections, half-close, per-connection errors, destination policy.
+mod forward;
 /// Registration, presence, identity across restarts and renames, relay restarts.
 mod presence;
 /// The relay sees only ciphertext; a cut stream is never success; Ctrl-C reaches the remote command.

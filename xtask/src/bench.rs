@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
+mod transfer;
+
 const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
 
   --runs N    timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds
@@ -31,8 +33,11 @@ const SECTION: &str = "## exec: cmdop vs ssh";
 /// Runs `cargo xtask bench ARGS`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let (which, rest) = args.split_first().context(USAGE)?;
-    if which != "exec" {
-        bail!("unknown benchmark `{which}`\n\n{USAGE}");
+    match which.as_str() {
+        "exec" => {}
+        "tunnel" => return transfer::tunnel(root, rest),
+        "cp" => return transfer::cp(root, rest),
+        _ => bail!("unknown benchmark `{which}`\n\n{USAGE}\n\n{}", transfer::USAGE),
     }
     let (runs, build) = parse_args(rest)?;
 
@@ -109,7 +114,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("{section}");
     let doc = root.join("docs").join("benchmarks.md");
     let old = fs::read_to_string(&doc).unwrap_or_default();
-    fs::write(&doc, replace_section(&old, &section))
+    fs::write(&doc, replace_section(&old, SECTION, &section))
         .with_context(|| format!("cannot write {}", doc.display()))?;
     println!("written to {}", doc.display());
     Ok(())
@@ -256,7 +261,15 @@ impl Sshd {
     }
 
     fn client(&self) -> Command {
-        let mut ssh = Command::new("ssh");
+        let mut ssh = self.base("ssh");
+        ssh.args(["-p", &self.port.to_string(), "127.0.0.1", "true"]);
+        ssh
+    }
+
+    /// `program` (ssh or scp) with this sshd's user key and the options of a fair, quiet, non-interactive
+    /// baseline, but no port or destination.
+    fn base(&self, program: &str) -> Command {
+        let mut ssh = Command::new(program);
         ssh.args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -271,8 +284,7 @@ impl Sshd {
             "GSSAPIAuthentication=no",
             "-i",
         ])
-        .arg(&self.user_key)
-        .args(["-p", &self.port.to_string(), "127.0.0.1", "true"]);
+        .arg(&self.user_key);
         ssh.stdin(Stdio::null());
         ssh
     }
@@ -404,8 +416,8 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Replaces the `SECTION` part of the document (up to the next `## ` heading), or appends it.
-fn replace_section(doc: &str, section: &str) -> String {
+/// Replaces the part of the document under `heading` (up to the next `## ` heading), or appends it.
+fn replace_section(doc: &str, heading: &str, section: &str) -> String {
     let doc = if doc.trim().is_empty() {
         "# Benchmarks\n\nNumbers from `cargo xtask bench …`; each section is rewritten by its benchmark.\n"
     } else {
@@ -416,7 +428,7 @@ fn replace_section(doc: &str, section: &str) -> String {
     let mut state = 0; // 0: before the section, 1: inside it, 2: after it
     for line in doc.split_inclusive('\n') {
         match state {
-            0 if line.trim_end() == SECTION => state = 1,
+            0 if line.trim_end() == heading => state = 1,
             0 => before.push_str(line),
             1 if line.starts_with("## ") => {
                 state = 2;
@@ -533,21 +545,21 @@ mod tests {
     #[test]
     fn replaces_only_its_own_section() {
         let doc = "# Benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## exec: cmdop vs ssh\n\nold numbers\n\n## later\n\nkeep me too\n";
-        let new = replace_section(doc, "## exec: cmdop vs ssh\n\nnew numbers\n");
+        let new = replace_section(doc, SECTION, "## exec: cmdop vs ssh\n\nnew numbers\n");
         assert_eq!(
             new,
             "# Benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## exec: cmdop vs ssh\n\nnew numbers\n\n## later\n\nkeep me too\n"
         );
         // Running twice changes nothing more.
         assert_eq!(
-            replace_section(&new, "## exec: cmdop vs ssh\n\nnew numbers\n"),
+            replace_section(&new, SECTION, "## exec: cmdop vs ssh\n\nnew numbers\n"),
             new
         );
     }
 
     #[test]
     fn starts_a_document_when_there_is_none() {
-        let new = replace_section("", "## exec: cmdop vs ssh\n\nnumbers\n");
+        let new = replace_section("", SECTION, "## exec: cmdop vs ssh\n\nnumbers\n");
         assert!(new.starts_with("# Benchmarks\n"));
         assert!(new.ends_with("## exec: cmdop vs ssh\n\nnumbers\n"));
     }

@@ -28,7 +28,9 @@ commands:
   tidy         check that every Rust file opens with a //! line
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
   quickstart   build the release binaries and bring up a local contour under target/quickstart
-  bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md";
+  bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
+  bench tunnel bulk TCP throughput through `cmdop connect forward` against `ssh -L`; writes docs/benchmarks.md
+  bench cp     a 1 GiB file with `cmdop connect cp` against scp; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     match run() {

@@ -19,6 +19,7 @@ use rand::rngs::OsRng;
 use uuid::Uuid;
 
 use crate::settings::{self, SettingsError};
+use crate::destination_policy::DestinationPolicy;
 use crate::streams::{self, StreamContext, StreamLimits};
 
 /// Where and how the agent registers.
@@ -32,6 +33,8 @@ pub struct PresenceConfig {
     pub state_dir: PathBuf,
     /// Limits on the streams served.
     pub stream_limits: StreamLimits,
+    /// Where forwards may connect.
+    pub forward_policy: DestinationPolicy,
 }
 
 /// Something the presence loop reports, for logs and for the binary's status line.
@@ -93,6 +96,7 @@ pub async fn run(
                     identity: Arc::clone(&identity),
                     fleet_id: FleetId::from_bytes(connection.fleet_id().into_bytes()),
                     trust_key,
+                    forward_policy: config.forward_policy.clone(),
                 });
                 let serving = tokio::spawn(streams::serve(
                     connection.acceptor(),

@@ -16,7 +16,9 @@ use cmdop_relay::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
 use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::destination_policy::DestinationPolicy;
 use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+use crate::{copy, forward};
 
 /// Limits on what clients may make this agent do at once.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +44,8 @@ pub struct StreamContext {
     pub fleet_id: FleetId,
     /// The fleet trust key this agent pinned; capabilities must carry its signature.
     pub trust_key: PublicKey,
+    /// Where forwards may connect.
+    pub forward_policy: DestinationPolicy,
 }
 
 /// Accepts and serves routed streams until the connection ends.
@@ -76,6 +80,8 @@ async fn handle(
     let kind = incoming.kind();
     let operation = match kind {
         StreamKind::Exec => Some(Operation::Exec),
+        StreamKind::Tunnel => Some(Operation::Forward),
+        StreamKind::Copy => Some(Operation::Copy),
         _ => None,
     };
     let prologue = Prologue {
@@ -98,6 +104,8 @@ async fn handle(
     .await?;
     match kind {
         StreamKind::Exec => serve_exec(sender, receiver).await,
+        StreamKind::Tunnel => forward::serve(sender, receiver, &context.forward_policy).await,
+        StreamKind::Copy => copy::serve(sender, receiver).await,
         _ => Ok(()),
     }
 }

@@ -40,12 +40,31 @@ enum ConnectAction {
         after_help = "Examples:\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect exec web-1 --timeout 5m -- ./backup.sh\n  echo hi | cmdop connect exec web-1 -- cat"
     )]
     Exec(crate::exec::ExecArgs),
+    /// Forward local TCP ports to destinations reached from a machine, like `ssh -L`; runs until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  cmdop connect forward db-1 5432:localhost:5432\n  cmdop connect forward web-1 8080:10.0.0.7:80 0.0.0.0:9000:localhost:9000"
+    )]
+    Forward(crate::forward::ForwardArgs),
+    /// Copy files to or from a machine, like scp (`MACHINE:PATH` on one side); resumes after interruptions.
+    #[command(
+        after_help = "Examples:\n  cmdop connect cp ./backup.tar web-1:/var/backups/\n  cmdop connect cp -r web-1:logs ./logs-web-1\n  cmdop connect cp --json web-1:big.iso ."
+    )]
+    Cp(crate::cp::CpArgs),
 }
 
 /// Runs `cmdop connect`.
 pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
-    if let Some(ConnectAction::Exec(exec)) = args.action {
-        return Ok(crate::exec::run(global, args.workspace.as_deref(), exec));
+    match args.action {
+        Some(ConnectAction::Exec(exec)) => {
+            return Ok(crate::exec::run(global, args.workspace.as_deref(), exec));
+        }
+        Some(ConnectAction::Forward(forward)) => {
+            return crate::forward::run(global, args.workspace.as_deref(), forward);
+        }
+        Some(ConnectAction::Cp(cp)) => {
+            return crate::cp::run(global, args.workspace.as_deref(), cp);
+        }
+        None => {}
     }
     if !args.list {
         return Err(Failure::new(

@@ -70,7 +70,7 @@ fn execute(
     let known = profile.dir().join(known_machines::FILE_NAME);
     let runtime = runtime()?;
     runtime.block_on(async {
-        let mut client =
+        let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
         let routed = client
             .open_stream(workspace, &args.machine, StreamKind::Exec)

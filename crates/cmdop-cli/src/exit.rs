@@ -43,6 +43,11 @@ impl Failure {
         )
     }
 
+    /// The message, without the `cmdop:` prefix.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Prints `cmdop: <message>` to stderr.
     pub(crate) fn print(&self) {
         eprintln!("cmdop: {}", self.message);

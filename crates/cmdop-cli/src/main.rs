@@ -3,11 +3,14 @@
 //! Thin by design: flags, then one module per subcommand; the protocol lives in `cmdop-relay`.
 
 mod connect;
+mod cp;
 mod exec;
 mod exit;
+mod forward;
 mod known_machines;
 mod login;
 mod profile;
+mod reach;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

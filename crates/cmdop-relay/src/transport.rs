@@ -221,7 +221,8 @@ pub struct Limits {
     pub max_unauthenticated: usize,
     /// Time a connection has to finish its login.
     pub login_deadline: Duration,
-    /// Bidirectional streams a peer may open (the control stream, plus e2e sessions later).
+    /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
+    /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
     pub max_bidi_streams: u32,
     /// Per-stream receive window, bytes.
     pub stream_receive_window: u32,
@@ -243,7 +244,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_unauthenticated: 128,
             login_deadline: Duration::from_secs(10),
-            max_bidi_streams: 16,
+            max_bidi_streams: 256,
             stream_receive_window: 256 * 1024,
             connection_receive_window: 1024 * 1024,
             send_window: 1024 * 1024,

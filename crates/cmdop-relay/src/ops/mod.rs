@@ -15,6 +15,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod copy;
+pub mod forward;
+
 /// The largest chunk of stdin, stdout or stderr carried in one message; leaves room under the frame limit.
 ///
 /// Byte payloads use serde's byte-string form (`serde_bytes`): postcard encodes it exactly like a sequence of
