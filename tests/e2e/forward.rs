@@ -74,7 +74,12 @@ fn http_server(body: Arc<Vec<u8>>) -> u16 {
 }
 
 /// Starts `cmdop connect forward MACHINE SPEC…` and returns it with the local port of each spec, in order.
-fn forward(contour: &Contour, key: &PathBuf, machine: &str, specs: &[String]) -> (Daemon, Vec<u16>) {
+fn forward(
+    contour: &Contour,
+    key: &PathBuf,
+    machine: &str,
+    specs: &[String],
+) -> (Daemon, Vec<u16>) {
     let mut command = contour.cli("alice");
     command
         .arg("--api-key-file")
@@ -99,7 +104,9 @@ fn forward(contour: &Contour, key: &PathBuf, machine: &str, specs: &[String]) ->
 /// request with FIN talks.
 fn fetch_half_closed(port: u16, path: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
     let mut answer = Vec::new();
@@ -128,7 +135,11 @@ fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() 
     let body = Arc::new(body());
     let http = http_server(Arc::clone(&body));
     // A port with nothing behind it: bind, note, close.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (mut forward, ports) = forward(
         &contour,
         &member_key,
@@ -144,9 +155,13 @@ fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() 
     let dir = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..PARTS)
         .map(|i| {
-            curl(web, &format!("/part/{i}"), &dir.path().join(format!("part{i}")))
-                .spawn()
-                .unwrap()
+            curl(
+                web,
+                &format!("/part/{i}"),
+                &dir.path().join(format!("part{i}")),
+            )
+            .spawn()
+            .unwrap()
         })
         .collect();
     for mut child in children {
@@ -164,12 +179,15 @@ fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() 
 
     // A connection to a closed port fails alone, with a message; the forward goes on.
     let mut stream = TcpStream::connect(("127.0.0.1", dead)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     assert!(answer.is_empty());
     forward.wait_for(Duration::from_secs(30), |line| {
-        (line.contains(&format!("127.0.0.1:{closed}")) && line.contains("cannot connect")).then_some(())
+        (line.contains(&format!("127.0.0.1:{closed}")) && line.contains("cannot connect"))
+            .then_some(())
     });
 
     // Half-close: the request ends with FIN, the whole answer still comes back.
@@ -226,10 +244,17 @@ fn the_destination_policy_holds_across_address_spellings() {
     );
     for (spec, port) in allowed.iter().zip(&ports) {
         let answer = fetch_half_closed(*port, "/");
-        assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{spec}: {}", open.output());
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{spec}: {}",
+            open.output()
+        );
     }
     for ((spec, host), port) in refused.iter().zip(&ports[allowed.len()..]) {
-        assert!(fetch_half_closed(*port, "/").is_empty(), "{spec} reached something");
+        assert!(
+            fetch_half_closed(*port, "/").is_empty(),
+            "{spec} reached something"
+        );
         open.wait_for(Duration::from_secs(30), |line| {
             (line.contains("not an allowed destination") && line.contains(host)).then_some(())
         });
@@ -237,11 +262,113 @@ fn the_destination_policy_holds_across_address_spellings() {
 
     let (mut locked_forward, ports) = forward(&contour, &member_key, "locked-1", &allowed);
     for (spec, port) in allowed.iter().zip(&ports) {
-        assert!(fetch_half_closed(*port, "/").is_empty(), "{spec} passed a loopback deny");
+        assert!(
+            fetch_half_closed(*port, "/").is_empty(),
+            "{spec} passed a loopback deny"
+        );
     }
     // Each spelling was refused by the deny list, not by a failed connection.
     cmdop_tests::eventually(Duration::from_secs(30), "five refusals", || {
         let output = locked_forward.output();
         (output.matches("forward_deny").count() == allowed.len()).then_some(())
     });
+}
+
+/// A throwaway sshd on a free loopback port (host and user keys generated here), and the user key.
+fn sshd(dir: &std::path::Path) -> (Daemon, u16, PathBuf) {
+    let host_key = dir.join("host_ed25519");
+    let user_key = dir.join("user_ed25519");
+    for key in [&host_key, &user_key] {
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(key)
+            .status()
+            .expect("ssh-keygen (openssh-client; `cargo xtask ci` installs it)");
+        assert!(status.success());
+    }
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(user_key.with_extension("pub"), &authorized).unwrap();
+    // sshd refuses to start without its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             PermitRootLogin prohibit-password\nPidFile {}\nUseDNS no\n",
+            host_key.display(),
+            authorized.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("/usr/sbin/sshd");
+    command.arg("-D").arg("-e").arg("-f").arg(&config);
+    let daemon = Daemon::spawn(command);
+    cmdop_tests::eventually(Duration::from_secs(10), "sshd to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    (daemon, port, user_key)
+}
+
+#[test]
+fn ssh_works_through_a_forward() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshd, sshd_port, user_key) = sshd(dir.path());
+    let (_forward, ports) = forward(
+        &contour,
+        &member_key,
+        "web-1",
+        &[format!("0:localhost:{sshd_port}")],
+    );
+    // 2 MiB up through ssh's own encryption inside cmdop's; the remote side hashes what it got.
+    let payload = body()[..2 << 20].to_vec();
+    let mut ssh = Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(&user_key)
+        .args([
+            "-p",
+            &ports[0].to_string(),
+            "127.0.0.1",
+            "echo through-cmdop; sha256sum",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ssh.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&payload));
+    let out = ssh.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = hex::encode(Sha256::digest(&body()[..2 << 20]));
+    assert_eq!(stdout, format!("through-cmdop\n{expected}  -\n"));
 }

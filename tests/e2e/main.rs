@@ -2,10 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-/// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
-mod exec;
 /// `cmdop connect cp`: trees with modes, hostile names, resume after a cut.
 mod copy;
+/// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
+mod exec;
 /// `cmdop connect forward`: bulk and parallel connections, half-close, per-connection errors, destination policy.
 mod forward;
 /// Registration, presence, identity across restarts and renames, relay restarts.

@@ -37,7 +37,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         "exec" => {}
         "tunnel" => return transfer::tunnel(root, rest),
         "cp" => return transfer::cp(root, rest),
-        _ => bail!("unknown benchmark `{which}`\n\n{USAGE}\n\n{}", transfer::USAGE),
+        _ => bail!(
+            "unknown benchmark `{which}`\n\n{USAGE}\n\n{}",
+            transfer::USAGE
+        ),
     }
     let (runs, build) = parse_args(rest)?;
 

@@ -103,6 +103,7 @@ fn step(name: &str, result: Result<()>) -> Result<()> {
 }
 
 fn tests() -> Result<()> {
+    test_tools()?;
     // The end-to-end tests run the real binaries; build them once here rather than in every test process.
     cargo(&["build", "--locked", "--workspace", "--bins"])?;
     // nextest does not run doctests.
@@ -131,6 +132,37 @@ fn tests() -> Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// The programs the end-to-end tests drive through cmdop as real clients and servers (curl through a forward,
+/// ssh to an sshd through a forward), installed from Debian's packages when missing: a fresh machine has none.
+fn test_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/sbin/sshd", "openssh-server"),
+        ("/usr/bin/ssh", "openssh-client"),
+        ("/usr/bin/ssh-keygen", "openssh-client"),
+        ("/usr/bin/curl", "curl"),
+    ]
+    .iter()
+    .filter(|(path, _)| !Path::new(path).exists())
+    .map(|(_, package)| *package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing what the end-to-end tests need: {missing:?}");
+    let update = Command::new("apt-get")
+        .arg("update")
+        .status()
+        .context("cannot run apt-get update")?;
+    ensure_success(update, "apt-get update")?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get install")?;
+    ensure_success(install, "apt-get install")
 }
 
 fn rustdoc() -> Result<()> {

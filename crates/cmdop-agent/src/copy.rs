@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 
 use cmdop_relay::e2e::CloseReason;
 use cmdop_relay::ops::MAX_CHUNK;
-use cmdop_relay::ops::copy::{
-    CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name,
-};
+use cmdop_relay::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name};
 use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use sha2::{Digest as _, Sha256};
 
@@ -143,7 +141,10 @@ async fn list(
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let mut names: Vec<_> = match fs::read_dir(&dir) {
-            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name()).collect(),
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect(),
             Err(err) => {
                 return sender
                     .send(&failed(format!("cannot list {shown}/{prefix}: {err}")))
@@ -164,7 +165,11 @@ async fn list(
                 .ok()
                 .and_then(|t| t.to_str().map(str::to_owned));
             sender
-                .send(&CopyReply::Entry(entry(relative.clone(), &metadata, target)))
+                .send(&CopyReply::Entry(entry(
+                    relative.clone(),
+                    &metadata,
+                    target,
+                )))
                 .await?;
             if metadata.is_dir() {
                 subdirs.push((path, format!("{relative}/")));
@@ -204,11 +209,11 @@ async fn put(
                     ));
                     continue;
                 }
-                if let Some(file) = file.as_mut() {
-                    if let Err(err) = file.write_all(&bytes) {
-                        problem = Some(format!("cannot write {}: {err}", part.display()));
-                        continue;
-                    }
+                if let Some(file) = file.as_mut()
+                    && let Err(err) = file.write_all(&bytes)
+                {
+                    problem = Some(format!("cannot write {}: {err}", part.display()));
+                    continue;
                 }
                 hasher.update(&bytes);
             }
@@ -224,11 +229,9 @@ async fn put(
     };
     let reply = match problem {
         Some(message) => failed(message),
-        None if written != size => {
-            failed(format!(
-                "{written} bytes arrived, {size} were announced; the source changed during the copy, run it again"
-            ))
-        }
+        None if written != size => failed(format!(
+            "{written} bytes arrived, {size} were announced; the source changed during the copy, run it again"
+        )),
         None if <[u8; 32]>::from(hasher.finalize()) != digest => {
             let _ = fs::remove_file(&part);
             failed(format!(
@@ -253,13 +256,9 @@ async fn put(
 
 /// Opens (or resumes) the partial file: returns it positioned at its end, its path, the hash of what it
 /// holds, and that length.
-fn open_part(
-    target: &Path,
-    size: u64,
-    tag: u64,
-) -> Result<(File, PathBuf, Sha256, u64), String> {
-    let part = part_path(target, tag)
-        .ok_or_else(|| format!("{} is not a file name", target.display()))?;
+fn open_part(target: &Path, size: u64, tag: u64) -> Result<(File, PathBuf, Sha256, u64), String> {
+    let part =
+        part_path(target, tag).ok_or_else(|| format!("{} is not a file name", target.display()))?;
     remove_stale_parts(target, &part);
     let cannot = |err: std::io::Error| format!("cannot write {}: {err}", part.display());
     let mut file = OpenOptions::new()
@@ -296,8 +295,11 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
         return;
     };
     let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
-    else {
+    let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
@@ -319,16 +321,17 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
 /// Mode, fsync, rename, fsync of the directory: the target appears complete or not at all.
 fn finish(file: Option<File>, part: &Path, target: &Path, mode: u32) -> Result<(), String> {
     let file = file.ok_or_else(|| "the partial file was not open".to_owned())?;
-    let cannot = |what: &str, err: std::io::Error| format!("cannot {what} {}: {err}", target.display());
+    let cannot =
+        |what: &str, err: std::io::Error| format!("cannot {what} {}: {err}", target.display());
     file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
         .map_err(|e| cannot("set the mode of", e))?;
     file.sync_all().map_err(|e| cannot("sync", e))?;
     drop(file);
     fs::rename(part, target).map_err(|e| cannot("rename the partial file to", e))?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
     }
     Ok(())
 }
@@ -345,10 +348,16 @@ async fn get(
     });
     let (mut file, metadata) = match opened {
         Ok(opened) => opened,
-        Err(err) => return sender.send(&failed(format!("cannot read {shown}: {err}"))).await,
+        Err(err) => {
+            return sender
+                .send(&failed(format!("cannot read {shown}: {err}")))
+                .await;
+        }
     };
     if !metadata.is_file() {
-        return sender.send(&failed(format!("{shown} is not a regular file"))).await;
+        return sender
+            .send(&failed(format!("{shown} is not a regular file")))
+            .await;
     }
     if offset > metadata.len() {
         return sender
@@ -366,7 +375,11 @@ async fn get(
         match prefix.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => hasher.update(buffer.get(..n).unwrap_or_default()),
-            Err(err) => return sender.send(&failed(format!("cannot read {shown}: {err}"))).await,
+            Err(err) => {
+                return sender
+                    .send(&failed(format!("cannot read {shown}: {err}")))
+                    .await;
+            }
         }
     }
     loop {
@@ -377,7 +390,11 @@ async fn get(
                 hasher.update(chunk);
                 sender.send(&CopyReply::Chunk(chunk.to_vec())).await?;
             }
-            Err(err) => return sender.send(&failed(format!("cannot read {shown}: {err}"))).await,
+            Err(err) => {
+                return sender
+                    .send(&failed(format!("cannot read {shown}: {err}")))
+                    .await;
+            }
         }
     }
     sender
@@ -413,8 +430,14 @@ mod tests {
         let (_, part, hasher, offset) = open_part(&target, 10, 2).unwrap();
         assert_eq!(part, current);
         assert_eq!(offset, 5);
-        assert_eq!(hasher.finalize().as_slice(), Sha256::digest(b"hello").as_slice());
-        assert!(!old.exists(), "a partial file of another version is removed");
+        assert_eq!(
+            hasher.finalize().as_slice(),
+            Sha256::digest(b"hello").as_slice()
+        );
+        assert!(
+            !old.exists(),
+            "a partial file of another version is removed"
+        );
         // A partial file longer than the source starts over.
         let (_, _, _, offset) = open_part(&target, 3, 2).unwrap();
         assert_eq!(offset, 0);

@@ -28,7 +28,9 @@ pub struct Network {
 
 /// Why a network in the configuration could not be parsed.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid network {text:?} in the forward policy: write an address or ADDRESS/PREFIX, e.g. 10.0.0.0/8 or fd00::/8")]
+#[error(
+    "invalid network {text:?} in the forward policy: write an address or ADDRESS/PREFIX, e.g. 10.0.0.0/8 or fd00::/8"
+)]
 pub struct NetworkParseError {
     text: String,
 }
@@ -87,7 +89,9 @@ impl Network {
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.address, address) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -266,7 +270,11 @@ mod tests {
     fn configured_lists_come_first_deny_before_allow() {
         let policy = DestinationPolicy::from_lists(
             &["127.0.0.0/8".into(), "10.9.0.0/16".into()],
-            &["169.254.10.0/24".into(), "10.0.0.0/8".into(), "8.8.8.8".into()],
+            &[
+                "169.254.10.0/24".into(),
+                "10.0.0.0/8".into(),
+                "8.8.8.8".into(),
+            ],
         )
         .unwrap();
         assert!(!allowed(&policy, "127.0.0.1"));
@@ -291,7 +299,12 @@ mod tests {
             "1.2.3.4/32"
         );
         assert_eq!("0.0.0.0/0".parse::<Network>().unwrap().prefix, 0);
-        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains("9.9.9.9".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Network>()
+                .unwrap()
+                .contains("9.9.9.9".parse().unwrap())
+        );
         for bad in ["10.0.0.0/33", "fe80::/129", "example.com", "10.0.0.0/x", ""] {
             let err = bad.parse::<Network>().unwrap_err().to_string();
             assert!(err.contains(bad) && err.contains("ADDRESS/PREFIX"), "{err}");

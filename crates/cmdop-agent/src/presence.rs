@@ -18,8 +18,8 @@ use cmdop_relay::client::{
 use rand::rngs::OsRng;
 use uuid::Uuid;
 
-use crate::settings::{self, SettingsError};
 use crate::destination_policy::DestinationPolicy;
+use crate::settings::{self, SettingsError};
 use crate::streams::{self, StreamContext, StreamLimits};
 
 /// Where and how the agent registers.

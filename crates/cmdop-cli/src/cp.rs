@@ -91,10 +91,14 @@ pub(crate) fn run(
             (first, false)
         }
         (Location::Remote { .. }, false) => {
-            return Err(usage("copying between two machines is not supported; copy through this one"));
+            return Err(usage(
+                "copying between two machines is not supported; copy through this one",
+            ));
         }
         (Location::Local(_), true) => {
-            return Err(usage("one side must be MACHINE:PATH; for local copies use cp"));
+            return Err(usage(
+                "one side must be MACHINE:PATH; for local copies use cp",
+            ));
         }
     };
     let started = Instant::now();
@@ -128,7 +132,13 @@ pub(crate) fn run(
             push_all(&mut transfer, &local, &remote, args.recursive).await
         } else {
             let remote: Vec<String> = sources.iter().map(|s| s.path().to_owned()).collect();
-            pull_all(&mut transfer, &remote, Path::new(destination.path()), args.recursive).await
+            pull_all(
+                &mut transfer,
+                &remote,
+                Path::new(destination.path()),
+                args.recursive,
+            )
+            .await
         };
         transfer.progress.finish_and_clear();
         result?;
@@ -177,10 +187,12 @@ impl Location {
     /// colon.
     fn parse(text: &str) -> Self {
         match text.split_once(':') {
-            Some((machine, path)) if !machine.is_empty() && !machine.contains('/') => Self::Remote {
-                machine: machine.to_owned(),
-                path: path.to_owned(),
-            },
+            Some((machine, path)) if !machine.is_empty() && !machine.contains('/') => {
+                Self::Remote {
+                    machine: machine.to_owned(),
+                    path: path.to_owned(),
+                }
+            }
             _ => Self::Local(text.to_owned()),
         }
     }
@@ -206,7 +218,9 @@ impl Location {
 fn usage(why: &str) -> Failure {
     Failure::new(
         Kind::General,
-        format!("{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"),
+        format!(
+            "{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
+        ),
     )
 }
 
@@ -215,7 +229,9 @@ fn parse_rate(text: &str) -> Result<Option<u64>, Failure> {
     let bad = || {
         Failure::new(
             Kind::General,
-            format!("invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"),
+            format!(
+                "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
+            ),
         )
     };
     let text = text.trim();
@@ -256,7 +272,14 @@ fn unexpected(reply: &CopyReply) -> Failure {
 
 /// Remote stat; `None` when nothing exists there.
 async fn stat(transfer: &mut Transfer, path: &str) -> Result<Option<Entry>, Failure> {
-    match request(transfer, &CopyRequest::Stat { path: path.to_owned() }).await? {
+    match request(
+        transfer,
+        &CopyRequest::Stat {
+            path: path.to_owned(),
+        },
+    )
+    .await?
+    {
         CopyReply::Entry(entry) => Ok(Some(entry)),
         CopyReply::Missing => Ok(None),
         CopyReply::Failed { message } => Err(remote_failure(message)),
@@ -279,7 +302,12 @@ fn local_name(path: &Path) -> Result<String, Failure> {
     let name = path
         .file_name()
         .map(ToOwned::to_owned)
-        .or_else(|| fs::canonicalize(path).ok()?.file_name().map(ToOwned::to_owned))
+        .or_else(|| {
+            fs::canonicalize(path)
+                .ok()?
+                .file_name()
+                .map(ToOwned::to_owned)
+        })
         .and_then(|n| n.to_str().map(str::to_owned))
         .ok_or_else(|| usage(&format!("{} has no usable file name", path.display())))?;
     Ok(name)
@@ -301,8 +329,8 @@ async fn push_all(
     // Sizes first, so the progress bar knows the total.
     let mut plan = Vec::new();
     for source in sources {
-        let metadata = fs::metadata(source)
-            .with_context(|| format!("cannot read {}", source.display()))?;
+        let metadata =
+            fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
         let remote = if into_dir {
             remote_join(destination, &local_name(source)?)
         } else {
@@ -310,10 +338,16 @@ async fn push_all(
         };
         if metadata.is_dir() {
             if !recursive {
-                return Err(usage(&format!("{} is a directory; add -r", source.display())));
+                return Err(usage(&format!(
+                    "{} is a directory; add -r",
+                    source.display()
+                )));
             }
             let entries = walk_local(source)?;
-            let bytes: u64 = entries.iter().map(|(_, m)| if m.is_file() { m.len() } else { 0 }).sum();
+            let bytes: u64 = entries
+                .iter()
+                .map(|(_, m)| if m.is_file() { m.len() } else { 0 })
+                .sum();
             transfer.progress.inc_length(bytes);
             plan.push((source.clone(), remote, metadata, Some(entries)));
         } else {
@@ -406,7 +440,12 @@ async fn put_file(
     metadata: &fs::Metadata,
     remote: &str,
 ) -> Result<(), Failure> {
-    let cannot = |err: std::io::Error| Failure::new(Kind::General, format!("cannot read {}: {err}", local.display()));
+    let cannot = |err: std::io::Error| {
+        Failure::new(
+            Kind::General,
+            format!("cannot read {}: {err}", local.display()),
+        )
+    };
     let mut file = File::open(local).map_err(cannot)?;
     let size = metadata.len();
     let mode = metadata.mode() & 0o7777;
@@ -438,7 +477,10 @@ async fn put_file(
         }
         let chunk = buffer.get(..n).unwrap_or_default();
         hasher.update(chunk);
-        transfer.sender.send(&CopyRequest::Chunk(chunk.to_vec())).await?;
+        transfer
+            .sender
+            .send(&CopyRequest::Chunk(chunk.to_vec()))
+            .await?;
         account(transfer, n).await;
     }
     let reply = request(
@@ -507,9 +549,12 @@ async fn pull_all(
     }
     let mut plan = Vec::new();
     for source in sources {
-        let entry = stat(transfer, source)
-            .await?
-            .ok_or_else(|| Failure::new(Kind::NotFound, format!("{source}: no such file or directory on the machine")))?;
+        let entry = stat(transfer, source).await?.ok_or_else(|| {
+            Failure::new(
+                Kind::NotFound,
+                format!("{source}: no such file or directory on the machine"),
+            )
+        })?;
         let name = remote_base_name(source)?;
         let local = if into_dir {
             destination.join(&name)
@@ -561,12 +606,14 @@ async fn pull_all(
                         EntryKind::Symlink { target: link } => {
                             match symlink_stays_inside(&relative, link) {
                                 Ok(()) => {
-                                    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                                    if fs::symlink_metadata(&target)
+                                        .is_ok_and(|m| m.file_type().is_symlink())
+                                    {
                                         let _ = fs::remove_file(&target);
                                     }
-                                    std::os::unix::fs::symlink(link, &target).with_context(|| {
-                                        format!("cannot create symlink {}", target.display())
-                                    })?;
+                                    std::os::unix::fs::symlink(link, &target).with_context(
+                                        || format!("cannot create symlink {}", target.display()),
+                                    )?;
                                 }
                                 Err(why) => refuse(transfer, &child.path, why),
                             }
@@ -596,7 +643,9 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), Failure> {
 async fn list(transfer: &mut Transfer, path: &str) -> Result<Vec<Entry>, Failure> {
     transfer
         .sender
-        .send(&CopyRequest::List { path: path.to_owned() })
+        .send(&CopyRequest::List {
+            path: path.to_owned(),
+        })
         .await?;
     let mut entries = Vec::new();
     loop {
@@ -614,7 +663,9 @@ fn remote_base_name(path: &str) -> Result<String, Failure> {
     let trimmed = path.trim_end_matches('/');
     let name = trimmed.rsplit('/').next().unwrap_or_default();
     match name {
-        "" | "~" => Err(usage(&format!("{path:?} names no file; give a destination name"))),
+        "" | "~" => Err(usage(&format!(
+            "{path:?} names no file; give a destination name"
+        ))),
         _ => {
             safe_relative(name).map_err(|why| usage(&format!("{path:?}: {why}")))?;
             Ok(name.to_owned())
@@ -641,7 +692,10 @@ fn safe_relative(name: &str) -> Result<PathBuf, &'static str> {
             part => path.push(part),
         }
     }
-    if path.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
         return Err("not a plain relative path");
     }
     Ok(path)
@@ -700,7 +754,12 @@ async fn get_file(
     let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
     let part = local.with_file_name(part_name(name, tag));
     remove_stale_parts(local, &part);
-    let cannot = |err: std::io::Error| Failure::new(Kind::General, format!("cannot write {}: {err}", part.display()));
+    let cannot = |err: std::io::Error| {
+        Failure::new(
+            Kind::General,
+            format!("cannot write {}: {err}", part.display()),
+        )
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -743,7 +802,9 @@ async fn get_file(
         let _ = fs::remove_file(&part);
         return Err(Failure::new(
             Kind::General,
-            format!("{remote} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again"),
+            format!(
+                "{remote} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again"
+            ),
         ));
     }
     let finish = || -> std::io::Result<()> {
@@ -755,7 +816,12 @@ async fn get_file(
         }
         Ok(())
     };
-    finish().map_err(|err| Failure::new(Kind::General, format!("cannot finish {}: {err}", local.display())))?;
+    finish().map_err(|err| {
+        Failure::new(
+            Kind::General,
+            format!("cannot finish {}: {err}", local.display()),
+        )
+    })?;
     transfer.totals.files += 1;
     Ok(())
 }
@@ -770,10 +836,14 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
         _ => Path::new("."),
     };
     let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.filter_map(Result::ok) {
         let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
         let tag = file_name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(cmdop_relay::ops::copy::PART_SUFFIX));
@@ -811,7 +881,17 @@ mod tests {
 
     #[test]
     fn hostile_names_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "x\u{1b}[2J", "new\nline", ".."] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "x\u{1b}[2J",
+            "new\nline",
+            "..",
+        ] {
             assert!(safe_relative(bad).is_err(), "{bad:?}");
         }
         assert_eq!(safe_relative("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));

@@ -40,7 +40,11 @@ struct Spec {
 }
 
 /// Runs `cmdop connect forward` until Ctrl-C.
-pub(crate) fn run(global: &GlobalArgs, workspace: Option<&str>, args: ForwardArgs) -> Result<ExitCode, Failure> {
+pub(crate) fn run(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    args: ForwardArgs,
+) -> Result<ExitCode, Failure> {
     let specs = args
         .specs
         .iter()
@@ -136,7 +140,9 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure
             Ok(())
         }
         Some(TunnelReply::Refused { message }) => Err(Failure::new(Kind::General, message)),
-        None => Err(Failure::connection_lost("the machine ended the stream without an answer")),
+        None => Err(Failure::connection_lost(
+            "the machine ended the stream without an answer",
+        )),
     }
 }
 
@@ -243,7 +249,16 @@ mod tests {
 
     #[test]
     fn bad_specs_say_what_to_write() {
-        for bad in ["8080", "8080:db", "x:db:80", "8080:db:0", "8080::80", "[::1:80:db:80", "a:b:c:d:e", "host:1:db:2"] {
+        for bad in [
+            "8080",
+            "8080:db",
+            "x:db:80",
+            "8080:db:0",
+            "8080::80",
+            "[::1:80:db:80",
+            "a:b:c:d:e",
+            "host:1:db:2",
+        ] {
             let failure = parse_spec(bad).unwrap_err();
             assert!(
                 failure.message().contains("LOCAL_PORT:HOST:PORT"),

@@ -42,7 +42,10 @@ pub async fn pipe(
     Ok(PipeTotals { sent, received })
 }
 
-async fn upstream(mut read: OwnedReadHalf, mut sender: SecureSender) -> Result<u64, SecureStreamError> {
+async fn upstream(
+    mut read: OwnedReadHalf,
+    mut sender: SecureSender,
+) -> Result<u64, SecureStreamError> {
     let mut buffer = vec![0u8; TCP_READ_CHUNK];
     let mut total = 0u64;
     loop {

@@ -48,7 +48,9 @@ fn parse(args: &[String], name: &str) -> Result<Options> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut number = |flag: &str| -> Result<u64> {
-            let n = args.next().with_context(|| format!("{flag} takes a number"))?;
+            let n = args
+                .next()
+                .with_context(|| format!("{flag} takes a number"))?;
             match n.parse::<u64>() {
                 Ok(n) if n >= 1 => Ok(n),
                 _ => bail!("{flag} takes a positive whole number, got `{n}`"),
@@ -118,14 +120,21 @@ fn tree_cpu(pids: &[u32]) -> f64 {
     let mut stats = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.filter_map(Result::ok) {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) {
                 // Fields after the `(comm)`, which may contain spaces.
                 if let Some((_, rest)) = text.rsplit_once(") ") {
                     let fields: Vec<&str> = rest.split_whitespace().collect();
-                    let ppid = fields.get(1).and_then(|f| f.parse::<u32>().ok()).unwrap_or(0);
+                    let ppid = fields
+                        .get(1)
+                        .and_then(|f| f.parse::<u32>().ok())
+                        .unwrap_or(0);
                     let cpu: f64 = [11, 12, 13, 14]
                         .iter()
                         .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
@@ -178,12 +187,17 @@ fn sink() -> Result<u16> {
 
 /// Sends `mib` MiB to `port`, half-closes, and waits for the sink's count.
 fn send(port: u16, mib: u64) -> Result<Duration> {
-    let block: Vec<u8> = (0..MIB).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let block: Vec<u8> = (0..MIB)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let started = Instant::now();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("cannot connect to the forward")?;
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).context("cannot connect to the forward")?;
     stream.set_nodelay(true)?;
     for _ in 0..mib {
-        stream.write_all(&block).context("the forward broke while sending")?;
+        stream
+            .write_all(&block)
+            .context("the forward broke while sending")?;
     }
     stream.shutdown(Shutdown::Write)?;
     let mut count = [0u8; 8];
@@ -249,7 +263,11 @@ pub(super) fn tunnel(root: &Path, args: &[String]) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     println!("{}", contour::shell_line(&forward));
-    let mut forward = Killed(forward.spawn().context("cannot start cmdop connect forward")?);
+    let mut forward = Killed(
+        forward
+            .spawn()
+            .context("cannot start cmdop connect forward")?,
+    );
     let mut line = String::new();
     BufReader::new(forward.0.stdout.take().context("no stdout")?)
         .read_line(&mut line)
@@ -303,7 +321,7 @@ pub(super) fn tunnel(root: &Path, args: &[String]) -> Result<()> {
 
     let rows = [
         (
-            format!("`cmdop connect forward` (client → relay → agent, end-to-end encrypted)"),
+            "`cmdop connect forward` (client → relay → agent, end-to-end encrypted)".to_owned(),
             &cmdop,
             "client + relay + agent",
         ),
@@ -329,7 +347,10 @@ pub(super) fn cp(root: &Path, args: &[String]) -> Result<()> {
     let options = parse(args, "cp")?;
     let (scratch, sshd, contour) = setup(root, &options)?;
 
-    contour::header(&format!("a {} MiB file of incompressible bytes", options.mib));
+    contour::header(&format!(
+        "a {} MiB file of incompressible bytes",
+        options.mib
+    ));
     let source = scratch.path().join("payload.bin");
     {
         let mut file = fs::File::create(&source).context("cannot create the payload")?;
@@ -352,10 +373,11 @@ pub(super) fn cp(root: &Path, args: &[String]) -> Result<()> {
     fs::create_dir_all(&scp_dir)?;
 
     let mut cmdop_cp = contour.cli();
-    cmdop_cp
-        .args(["connect", "cp"])
-        .arg(&source)
-        .arg(format!("{}:{}/", contour.machine, cmdop_dir.display()));
+    cmdop_cp.args(["connect", "cp"]).arg(&source).arg(format!(
+        "{}:{}/",
+        contour.machine,
+        cmdop_dir.display()
+    ));
     let mut scp = sshd.base("scp");
     scp.args(["-P", &sshd.port.to_string()])
         .arg(&source)
@@ -383,7 +405,10 @@ pub(super) fn cp(root: &Path, args: &[String]) -> Result<()> {
                 .context("the copy left no file")?
                 .len();
             if copied != options.mib * MIB {
-                bail!("the copy has {copied} bytes, expected {}", options.mib * MIB);
+                bail!(
+                    "the copy has {copied} bytes, expected {}",
+                    options.mib * MIB
+                );
             }
             side.record(wall, cpu);
         }
@@ -401,7 +426,11 @@ pub(super) fn cp(root: &Path, args: &[String]) -> Result<()> {
             &cmdop,
             "cp + relay + agent",
         ),
-        ("`scp FILE 127.0.0.1:DIR/`".to_owned(), &openssh, "scp + ssh + sshd"),
+        (
+            "`scp FILE 127.0.0.1:DIR/`".to_owned(),
+            &openssh,
+            "scp + ssh + sshd",
+        ),
     ];
     let method = format!(
         "Method: one {mib} MiB file of incompressible bytes copied to a fresh name on this machine, the \
@@ -449,7 +478,9 @@ fn children_cpu() -> f64 {
                 / 100.0
         })
         .unwrap_or(0.0);
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let delta = total - *last;
     *last = total;
     delta
@@ -485,7 +516,8 @@ fn write_report(
         );
     }
     if let [(_, cmdop, _), (_, ssh, _), ..] = rows {
-        let ratio = cmdop.median_mib_per_s(options.mib) / ssh.median_mib_per_s(options.mib).max(1e-9);
+        let ratio =
+            cmdop.median_mib_per_s(options.mib) / ssh.median_mib_per_s(options.mib).max(1e-9);
         let verdict = if ratio >= 1.5 {
             "≥ 1.5×: met"
         } else if ratio >= 1.0 {

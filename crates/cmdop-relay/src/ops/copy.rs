@@ -220,9 +220,7 @@ mod tests {
         );
         let entry = Entry {
             path: "x".into(),
-            kind: EntryKind::Symlink {
-                target: "y".into(),
-            },
+            kind: EntryKind::Symlink { target: "y".into() },
             mode: 0o777,
             size: 0,
             modified_ns: 1,

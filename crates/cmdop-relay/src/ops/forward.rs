@@ -55,7 +55,10 @@ mod tests {
             host: "db".into(),
             port: 5432,
         };
-        assert_eq!(hex::encode(encode(&connect).unwrap()), "0000000600026462b82a");
+        assert_eq!(
+            hex::encode(encode(&connect).unwrap()),
+            "0000000600026462b82a"
+        );
         let connected = TunnelReply::Connected {
             address: "10.0.0.5:5432".into(),
         };
