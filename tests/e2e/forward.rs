@@ -372,3 +372,63 @@ fn ssh_works_through_a_forward() {
     let expected = hex::encode(Sha256::digest(&body()[..2 << 20]));
     assert_eq!(stdout, format!("through-cmdop\n{expected}  -\n"));
 }
+
+#[test]
+fn a_remote_forward_brings_the_machines_connections_back_here() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    let body = Arc::new(body());
+    let http = http_server(Arc::clone(&body));
+    let mut command = contour.cli("alice");
+    command
+        .arg("--api-key-file")
+        .arg(&member_key)
+        .args(["connect", "forward", "web-1", "--remote"])
+        .arg(format!("0:127.0.0.1:{http}"));
+    let mut remote = Daemon::spawn(command);
+    let port: u16 = remote.wait_for(Duration::from_secs(30), |line| {
+        line.strip_prefix("remote forwarding 127.0.0.1:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    // The agent listens on the machine's loopback (here, this host); five connections at once come back.
+    let slice = BODY_LEN / PARTS;
+    let fetches: Vec<_> = (0..5)
+        .map(|i| std::thread::spawn(move || (i, fetch_half_closed(port, &format!("/part/{i}")))))
+        .collect();
+    for fetch in fetches {
+        let (i, answer) = fetch.join().unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            remote.output()
+        );
+        assert!(
+            answer.ends_with(&body[i * slice..(i + 1) * slice]),
+            "part {i} changed"
+        );
+    }
+    // Stopping the client (Ctrl-C) stops the machine's listener.
+    let status = Command::new("kill")
+        .args(["-INT", &remote.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = remote.child.wait().unwrap();
+    assert!(exit.success(), "{exit}: {}", remote.output());
+    cmdop_tests::eventually(
+        Duration::from_secs(30),
+        "the remote listener to close",
+        || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
+        },
+    );
+}

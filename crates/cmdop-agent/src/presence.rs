@@ -97,6 +97,7 @@ pub async fn run(
                     fleet_id: FleetId::from_bytes(connection.fleet_id().into_bytes()),
                     trust_key,
                     forward_policy: config.forward_policy.clone(),
+                    remote_pending: Arc::default(),
                 });
                 let serving = tokio::spawn(streams::serve(
                     connection.acceptor(),

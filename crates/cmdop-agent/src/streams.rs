@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::destination_policy::DestinationPolicy;
 use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+use crate::forward::PendingConnections;
 use crate::{copy, forward};
 
 /// Limits on what clients may make this agent do at once.
@@ -46,6 +47,8 @@ pub struct StreamContext {
     pub trust_key: PublicKey,
     /// Where forwards may connect.
     pub forward_policy: DestinationPolicy,
+    /// Connections accepted by remote forwards, waiting for their client's stream.
+    pub remote_pending: Arc<PendingConnections>,
 }
 
 /// Accepts and serves routed streams until the connection ends.
@@ -90,11 +93,13 @@ async fn handle(
         channel_id: incoming.channel_id(),
         kind,
     };
+    let mut client_key = None;
     let (sender, receiver) = secure_stream::accept(
         incoming,
         prologue,
         &context.identity,
         |client, capability| {
+            client_key = Some(*client);
             let Some(operation) = operation else {
                 return Err(format!("this agent does not serve {kind:?} streams yet"));
             };
@@ -104,7 +109,19 @@ async fn handle(
     .await?;
     match kind {
         StreamKind::Exec => serve_exec(sender, receiver).await,
-        StreamKind::Tunnel => forward::serve(sender, receiver, &context.forward_policy).await,
+        StreamKind::Tunnel => match client_key {
+            Some(client) => {
+                forward::serve(
+                    sender,
+                    receiver,
+                    &context.forward_policy,
+                    &context.remote_pending,
+                    client,
+                )
+                .await
+            }
+            None => Ok(()),
+        },
         StreamKind::Copy => copy::serve(sender, receiver).await,
         _ => Ok(()),
     }

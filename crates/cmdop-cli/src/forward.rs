@@ -3,6 +3,11 @@
 //!
 //! Every accepted connection becomes its own end-to-end stream to the agent, which connects to `HOST:PORT`
 //! (if its destination policy allows) and pipes bytes both ways; a failure ends that connection only.
+//!
+//! `--remote REMOTE_PORT:HOST:PORT` is the other direction, like `ssh -R`: the agent listens on the machine's
+//! loopback; each connection there is announced on a control stream, and this side connects to `HOST:PORT`
+//! locally and claims the connection with a new stream of its own (the relay only ever routes streams a client
+//! opens).
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,10 +15,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cmdop_relay::e2e::StreamKind;
+use cmdop_relay::e2e::{CloseReason, StreamKind};
 use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
 use cmdop_relay::tunnel;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
@@ -27,8 +33,20 @@ pub(crate) struct ForwardArgs {
     /// `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`: listen on LOCAL_PORT (on 127.0.0.1 unless BIND_ADDR is given; `*`
     /// for all interfaces; `0` picks a free port) and connect each connection to HOST:PORT from the machine.
     /// IPv6 addresses go in brackets.
-    #[arg(required = true, value_name = "SPEC")]
+    #[arg(required_unless_present = "remote", value_name = "SPEC")]
     specs: Vec<String>,
+    /// `REMOTE_PORT:HOST:PORT`, like `ssh -R`: listen on the machine's 127.0.0.1:REMOTE_PORT (`0` picks a free
+    /// port) and connect each connection to HOST:PORT as reached from here. Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    remote: Vec<String>,
+}
+
+/// One parsed remote forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteSpec {
+    listen_port: u16,
+    host: String,
+    port: u16,
 }
 
 /// One parsed forward.
@@ -50,9 +68,48 @@ pub(crate) fn run(
         .iter()
         .map(|text| parse_spec(text))
         .collect::<Result<Vec<_>, _>>()?;
+    let remotes = args
+        .remote
+        .iter()
+        .map(|text| parse_remote(text))
+        .collect::<Result<Vec<_>, _>>()?;
     let runtime = bulk_runtime()?;
     runtime.block_on(async {
         let reach = Reach::login(global, workspace, &args.machine).await?;
+        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        for remote in remotes {
+            let (sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+            let mut sender = sender;
+            sender
+                .send(&TunnelRequest::Listen {
+                    port: remote.listen_port,
+                })
+                .await?;
+            let port = match receiver.recv::<TunnelReply>().await? {
+                Some(TunnelReply::Listening { port }) => port,
+                Some(TunnelReply::Refused { message }) => {
+                    return Err(Failure::new(Kind::General, message));
+                }
+                _ => {
+                    return Err(Failure::connection_lost(
+                        "the machine did not answer the remote forward",
+                    ));
+                }
+            };
+            println!(
+                "remote forwarding 127.0.0.1:{port} on {} -> {}:{}",
+                args.machine,
+                display_host(&remote.host),
+                remote.port
+            );
+            tokio::spawn(remote_loop(
+                sender,
+                receiver,
+                remote,
+                Arc::clone(&reach),
+                fatal_tx.clone(),
+            ));
+        }
         let mut listeners = Vec::new();
         for spec in &specs {
             let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
@@ -81,6 +138,7 @@ pub(crate) fn run(
         let failure = tokio::select! {
             _ = tokio::signal::ctrl_c() => None,
             failure = reach.closed() => Some(failure),
+            Some(failure) = fatal_rx.recv() => return Err(failure),
         };
         match failure {
             None => {
@@ -140,10 +198,125 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure
             Ok(())
         }
         Some(TunnelReply::Refused { message }) => Err(Failure::new(Kind::General, message)),
+        Some(other) => Err(Failure::new(
+            Kind::General,
+            format!("unexpected answer from the machine: {other:?}"),
+        )),
         None => Err(Failure::connection_lost(
             "the machine ended the stream without an answer",
         )),
     }
+}
+
+/// Keeps a remote forward's control stream open and claims each connection it announces.
+async fn remote_loop(
+    sender: cmdop_relay::secure_stream::SecureSender,
+    mut receiver: cmdop_relay::secure_stream::SecureReceiver,
+    spec: RemoteSpec,
+    reach: Arc<Reach>,
+    fatal: mpsc::Sender<Failure>,
+) {
+    // Holding the sending half keeps the control stream, and so the machine's listener, alive.
+    let _control = sender;
+    let why = loop {
+        match receiver.recv::<TunnelReply>().await {
+            Ok(Some(TunnelReply::Accepted { id, peer })) => {
+                let spec = spec.clone();
+                let reach = Arc::clone(&reach);
+                tokio::spawn(async move {
+                    if let Err(failure) = claim(id, &spec, &reach).await {
+                        eprintln!(
+                            "cmdop: remote forward {peer} -> {}:{}: {}",
+                            display_host(&spec.host),
+                            spec.port,
+                            failure.message()
+                        );
+                    }
+                });
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break "the machine stopped it".to_owned(),
+            Err(err) => break err.to_string(),
+        }
+    };
+    let _ = fatal
+        .send(Failure::new(
+            Kind::Unreachable,
+            format!(
+                "the remote forward to {}:{} ended: {why}; run the command again",
+                display_host(&spec.host),
+                spec.port
+            ),
+        ))
+        .await;
+}
+
+/// Connects to the local destination and claims connection `id` with a new stream.
+async fn claim(id: u64, spec: &RemoteSpec, reach: &Reach) -> Result<(), Failure> {
+    let local = TcpStream::connect((spec.host.as_str(), spec.port)).await;
+    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    sender.send(&TunnelRequest::Attach { id }).await?;
+    match receiver.recv::<TunnelReply>().await? {
+        Some(TunnelReply::Connected { .. }) => {}
+        Some(TunnelReply::Refused { message }) => return Err(Failure::new(Kind::General, message)),
+        _ => {
+            return Err(Failure::connection_lost(
+                "the machine ended the stream without an answer",
+            ));
+        }
+    }
+    match local {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            tunnel::pipe(tcp, sender, receiver).await?;
+            Ok(())
+        }
+        Err(err) => {
+            // Close the machine's side at once rather than leave it waiting.
+            let message = format!(
+                "cannot connect to {}:{}: {err}",
+                display_host(&spec.host),
+                spec.port
+            );
+            sender.close(CloseReason::Internal, &message).await;
+            Err(Failure::new(Kind::General, message))
+        }
+    }
+}
+
+/// Parses `REMOTE_PORT:HOST:PORT`.
+fn parse_remote(text: &str) -> Result<RemoteSpec, Failure> {
+    let bad = |why: &str| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "invalid --remote {text:?}: {why}; write REMOTE_PORT:HOST:PORT, e.g. 9000:localhost:3000"
+            ),
+        )
+    };
+    let fields = split_fields(text).ok_or_else(|| bad("unbalanced brackets"))?;
+    let [listen, host, port] = fields.as_slice() else {
+        return Err(bad(
+            "expected 3 fields separated by `:` (the machine listens on its loopback only)",
+        ));
+    };
+    let listen_port: u16 = listen
+        .parse()
+        .map_err(|_| bad("REMOTE_PORT must be a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad("PORT must be a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("HOST is empty"));
+    }
+    Ok(RemoteSpec {
+        listen_port,
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// Parses `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`, with IPv6 addresses in brackets.
@@ -245,6 +418,23 @@ mod tests {
         assert_eq!(v6.bind, "[::1]:5432".parse().unwrap());
         assert_eq!(v6.host, "fd00::5");
         assert_eq!(display_host(&v6.host), "[fd00::5]");
+    }
+
+    #[test]
+    fn remote_specs_parse() {
+        assert_eq!(
+            parse_remote("9000:localhost:3000").unwrap(),
+            RemoteSpec {
+                listen_port: 9000,
+                host: "localhost".into(),
+                port: 3000
+            }
+        );
+        assert_eq!(parse_remote("0:[::1]:22").unwrap().host, "::1");
+        for bad in ["9000:3000", "1.2.3.4:9000:h:1", "x:h:1", "1:h:0", "1::2"] {
+            let failure = parse_remote(bad).unwrap_err();
+            assert!(failure.message().contains("REMOTE_PORT:HOST:PORT"), "{bad}");
+        }
     }
 
     #[test]

@@ -105,10 +105,11 @@ pub(crate) fn bulk_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 impl Reach {
-    /// Says goodbye to the relay when this is the last user of the connection.
+    /// Says goodbye to the relay; streams still in use elsewhere end with the connection.
     pub(crate) async fn close(self: Arc<Self>) {
-        if let Ok(reach) = Arc::try_unwrap(self) {
-            reach.client.close().await;
+        match Arc::try_unwrap(self) {
+            Ok(reach) => reach.client.close().await,
+            Err(shared) => shared.client.close_now().await,
         }
     }
 }

@@ -446,6 +446,15 @@ impl ClientConnection {
         })
     }
 
+    /// Closes the connection while other tasks may still hold it (a forward's streams): the relay learns at
+    /// once instead of after its idle timeout, and every stream on it ends.
+    pub async fn close_now(&self) {
+        self.link
+            .connection
+            .close(CloseCode::NORMAL.0.into(), b"bye");
+        let _ = tokio::time::timeout(CLIENT_DRAIN, self.link.endpoint.wait_idle()).await;
+    }
+
     /// Resolves when the connection to the relay is gone, with the reason.
     pub async fn closed(&self) -> ClientError {
         self.link.closed().await
