@@ -236,6 +236,10 @@ pub struct Limits {
     pub keep_alive: Duration,
     /// Largest control frame body (fixed by the protocol: [`MAX_FRAME_SIZE`]).
     pub max_frame_size: usize,
+    /// Largest UDP payload path MTU discovery may probe for. Discovery only raises the packet size after a
+    /// probe of that size was acknowledged, so a high bound is safe on any path; where the path allows big
+    /// packets (loopback, jumbo-frame LANs) far fewer packets carry the same bytes.
+    pub mtu_upper_bound: u16,
 }
 
 impl Default for Limits {
@@ -251,6 +255,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             max_frame_size: MAX_FRAME_SIZE,
+            mtu_upper_bound: 65_000,
         }
     }
 }
@@ -265,6 +270,9 @@ fn transport_config(limits: &Limits) -> quinn::TransportConfig {
         .send_window(limits.send_window)
         .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(limits.keep_alive));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.mtu_upper_bound);
+    config.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
         config.max_idle_timeout(Some(idle));
     }
