@@ -301,7 +301,7 @@ fn sshd(dir: &std::path::Path) -> (Daemon, u16, PathBuf) {
         format!(
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin prohibit-password\nPidFile {}\nUseDNS no\n",
+             PermitRootLogin prohibit-password\nPidFile {}\nUseDNS no\nSubsystem sftp internal-sftp\n",
             host_key.display(),
             authorized.display(),
             dir.join("sshd.pid").display()

@@ -224,7 +224,7 @@ impl Sshd {
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
              PermitRootLogin prohibit-password\nPidFile {}\n\
-             UseDNS no\nGSSAPIAuthentication no\n",
+             UseDNS no\nGSSAPIAuthentication no\nSubsystem sftp internal-sftp\n",
             host_key.display(),
             authorized.display(),
             dir.join("sshd.pid").display()
