@@ -20,4 +20,5 @@ pub mod secure_stream;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod tunnel;
 pub mod wire;
