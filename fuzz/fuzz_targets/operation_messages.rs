@@ -1,23 +1,30 @@
 //! Fuzzes the decoding of operation messages (what client and agent say inside the end-to-end channel): both
-//! directions' types (exec and shell streams) through the bounded frame decoder, never panicking and never buffering past one frame.
+//! directions' types of every stream kind through the bounded frame decoder, never panicking and never
+//! buffering past one frame.
 #![no_main]
 
+use cmdop_relay::ops::copy::{CopyReply, CopyRequest};
+use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
 use cmdop_relay::ops::shell::{ShellReply, ShellRequest};
 use cmdop_relay::ops::{AgentOp, ClientOp};
 use cmdop_relay::wire::FrameDecoder;
 use libfuzzer_sys::fuzz_target;
 
+macro_rules! decode_all {
+    ($message:ty, $data:expr) => {{
+        let mut input = $data;
+        let mut decoder = FrameDecoder::new();
+        while let Ok(Some(_)) = decoder.decode::<$message>(&mut input) {}
+    }};
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut input = data;
-    let mut decoder = FrameDecoder::new();
-    while let Ok(Some(_)) = decoder.decode::<ClientOp>(&mut input) {}
-    let mut input = data;
-    let mut decoder = FrameDecoder::new();
-    while let Ok(Some(_)) = decoder.decode::<AgentOp>(&mut input) {}
-    let mut input = data;
-    let mut decoder = FrameDecoder::new();
-    while let Ok(Some(_)) = decoder.decode::<ShellRequest>(&mut input) {}
-    let mut input = data;
-    let mut decoder = FrameDecoder::new();
-    while let Ok(Some(_)) = decoder.decode::<ShellReply>(&mut input) {}
+    decode_all!(ClientOp, data);
+    decode_all!(AgentOp, data);
+    decode_all!(TunnelRequest, data);
+    decode_all!(TunnelReply, data);
+    decode_all!(CopyRequest, data);
+    decode_all!(CopyReply, data);
+    decode_all!(ShellRequest, data);
+    decode_all!(ShellReply, data);
 });

@@ -2,8 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+/// `cmdop connect cp`: trees with modes, hostile names, resume after a cut.
+mod copy;
 /// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
 mod exec;
+/// `cmdop connect forward`: bulk and parallel connections, half-close, per-connection errors, destination policy.
+mod forward;
 /// Config files, JSON logs without secrets, metrics, status, draining, systemd units, CLI conventions.
 mod operations;
 /// Registration, presence, identity across restarts and renames, relay restarts.

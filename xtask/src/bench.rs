@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
+mod transfer;
+
 const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
        cargo xtask bench keystroke [--keystrokes N] [--no-build]
 
@@ -32,11 +34,15 @@ const SECTION: &str = "## exec: cmdop vs ssh";
 /// Runs `cargo xtask bench ARGS`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let (which, rest) = args.split_first().context(USAGE)?;
-    if which == "keystroke" {
-        return crate::keystroke::run(root, rest);
-    }
-    if which != "exec" {
-        bail!("unknown benchmark `{which}`\n\n{USAGE}");
+    match which.as_str() {
+        "exec" => {}
+        "tunnel" => return transfer::tunnel(root, rest),
+        "cp" => return transfer::cp(root, rest),
+        "keystroke" => return crate::keystroke::run(root, rest),
+        _ => bail!(
+            "unknown benchmark `{which}`\n\n{USAGE}\n\n{}",
+            transfer::USAGE
+        ),
     }
     let (runs, build) = parse_args(rest)?;
 
@@ -220,7 +226,7 @@ impl Sshd {
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
              PermitRootLogin prohibit-password\nPidFile {}\n\
-             UseDNS no\nGSSAPIAuthentication no\n",
+             UseDNS no\nGSSAPIAuthentication no\nSubsystem sftp internal-sftp\n",
             host_key.display(),
             authorized.display(),
             dir.join("sshd.pid").display()
@@ -260,15 +266,22 @@ impl Sshd {
     }
 
     fn client(&self) -> Command {
-        let mut ssh = self.command();
-        ssh.arg("true");
-        ssh.stdin(Stdio::null());
+        let mut ssh = self.base("ssh");
+        ssh.args(["-p", &self.port.to_string(), "127.0.0.1", "true"]);
         ssh
     }
 
     /// `ssh` to this sshd with the throwaway key, up to the host: the caller adds the remote command.
     pub(crate) fn command(&self) -> Command {
-        let mut ssh = Command::new("ssh");
+        let mut ssh = self.base("ssh");
+        ssh.args(["-p", &self.port.to_string(), "127.0.0.1"]);
+        ssh
+    }
+
+    /// `program` (ssh or scp) with this sshd's user key and the options of a fair, quiet, non-interactive
+    /// baseline, but no port or destination.
+    fn base(&self, program: &str) -> Command {
+        let mut ssh = Command::new(program);
         ssh.args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -283,8 +296,8 @@ impl Sshd {
             "GSSAPIAuthentication=no",
             "-i",
         ])
-        .arg(&self.user_key)
-        .args(["-p", &self.port.to_string(), "127.0.0.1"]);
+        .arg(&self.user_key);
+        ssh.stdin(Stdio::null());
         ssh
     }
 }
@@ -418,7 +431,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Replaces the `heading` part of the document (up to the next `## ` heading), or appends it.
+/// Replaces the part of the document under `heading` (up to the next `## ` heading), or appends it.
 pub(crate) fn replace_section(doc: &str, heading: &str, section: &str) -> String {
     let doc = if doc.trim().is_empty() {
         "# Benchmarks\n\nNumbers from `cargo xtask bench …`; each section is rewritten by its benchmark.\n"

@@ -246,6 +246,15 @@ impl Contour {
         }
     }
 
+    /// The process ids of the relay and the agent, for CPU accounting.
+    pub(crate) fn daemon_pids(&self) -> Vec<u32> {
+        self.agent
+            .iter()
+            .chain(self.relay.iter())
+            .map(|daemon| daemon.child.id())
+            .collect()
+    }
+
     /// Stops the agent, then the relay.
     pub(crate) fn stop(&mut self) {
         // Dropping a daemon stops it.

@@ -31,8 +31,10 @@ commands:
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
   quickstart   build the release binaries and bring up a local contour under target/quickstart
   bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
+  bench tunnel bulk TCP throughput through `cmdop connect forward` against `ssh -L`; writes docs/benchmarks.md
+  bench cp     a 1 GiB file with `cmdop connect cp` against scp; writes docs/benchmarks.md
   bench keystroke
-               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt` to a local sshd";
+               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     match run() {
@@ -105,6 +107,7 @@ fn step(name: &str, result: Result<()>) -> Result<()> {
 }
 
 fn tests() -> Result<()> {
+    test_tools()?;
     // The end-to-end tests run the real binaries; build them once here rather than in every test process.
     cargo(&["build", "--locked", "--workspace", "--bins"])?;
     // nextest does not run doctests.
@@ -133,6 +136,37 @@ fn tests() -> Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// The programs the end-to-end tests drive through cmdop as real clients and servers (curl through a forward,
+/// ssh to an sshd through a forward), installed from Debian's packages when missing: a fresh machine has none.
+fn test_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/sbin/sshd", "openssh-server"),
+        ("/usr/bin/ssh", "openssh-client"),
+        ("/usr/bin/ssh-keygen", "openssh-client"),
+        ("/usr/bin/curl", "curl"),
+    ]
+    .iter()
+    .filter(|(path, _)| !Path::new(path).exists())
+    .map(|(_, package)| *package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing what the end-to-end tests need: {missing:?}");
+    let update = Command::new("apt-get")
+        .arg("update")
+        .status()
+        .context("cannot run apt-get update")?;
+    ensure_success(update, "apt-get update")?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get install")?;
+    ensure_success(install, "apt-get install")
 }
 
 fn rustdoc() -> Result<()> {

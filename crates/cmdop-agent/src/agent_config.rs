@@ -29,6 +29,8 @@ pub(crate) struct AgentFile {
     pub(crate) max_sessions: Option<usize>,
     pub(crate) session_idle_ttl: Option<String>,
     pub(crate) session_buffer: Option<u64>,
+    pub(crate) forward_deny: Option<Vec<String>>,
+    pub(crate) forward_allow: Option<Vec<String>>,
 }
 
 /// The config file in force, if any.

@@ -4,7 +4,10 @@
 //!   relay ──QUIC──► connection (registration, presence) ──► per-stream end-to-end channel ──► exec | shell sessions
 //! ```
 
+pub mod copy;
+pub mod destination_policy;
 pub mod exec;
+pub mod forward;
 pub mod output_ring;
 pub mod presence;
 pub mod pty_session;

@@ -18,6 +18,7 @@ use cmdop_relay::client::{
 use rand::rngs::OsRng;
 use uuid::Uuid;
 
+use crate::destination_policy::DestinationPolicy;
 use crate::settings::{self, SettingsError};
 use crate::shell::{SessionLimits, Sessions};
 use crate::streams::{self, StreamContext, StreamLimits};
@@ -35,6 +36,8 @@ pub struct PresenceConfig {
     pub stream_limits: StreamLimits,
     /// Limits on interactive sessions.
     pub session_limits: SessionLimits,
+    /// Where forwards may connect.
+    pub forward_policy: DestinationPolicy,
 }
 
 /// Something the presence loop reports, for logs and for the binary's status line.
@@ -101,6 +104,8 @@ pub async fn run(
                     fleet_id: FleetId::from_bytes(connection.fleet_id().into_bytes()),
                     trust_key,
                     sessions: Arc::clone(&sessions),
+                    forward_policy: config.forward_policy.clone(),
+                    remote_pending: Arc::default(),
                 });
                 let serving = tokio::spawn(streams::serve(
                     connection.acceptor(),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use cmdop_agent::destination_policy::DestinationPolicy;
 use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
 use cmdop_agent::settings::{self, Settings};
 use cmdop_identity::store::SeedStore;
@@ -37,6 +38,14 @@ pub(crate) struct RelayArgs {
     /// `api_key_file` from the config file: below CMDOP_API_KEY, above the saved key.
     #[arg(skip)]
     file_api_key_file: Option<PathBuf>,
+    /// A network forwards may never reach (ADDRESS or ADDRESS/PREFIX; repeatable), checked first; replaces
+    /// the saved list.
+    #[arg(long, value_name = "NET")]
+    forward_deny: Vec<String>,
+    /// A network forwards may reach beyond loopback and private networks (repeatable; `0.0.0.0/0` and `::/0`
+    /// open everything not denied); replaces the saved list.
+    #[arg(long, value_name = "NET")]
+    forward_allow: Vec<String>,
 }
 
 impl RelayArgs {
@@ -50,6 +59,12 @@ impl RelayArgs {
         self.hostname = self.hostname.or_else(|| file.hostname.clone());
         self.name = self.name.or_else(|| file.name.clone());
         self.file_api_key_file = file.api_key_file.clone();
+        if self.forward_deny.is_empty() {
+            self.forward_deny = file.forward_deny.clone().unwrap_or_default();
+        }
+        if self.forward_allow.is_empty() {
+            self.forward_allow = file.forward_allow.clone().unwrap_or_default();
+        }
         self
     }
 }
@@ -119,7 +134,8 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir();
     let saved = Settings::load(dir)?;
     let (settings, key) = merge(args, saved, dir)?;
-    // Validate before saving: a typo in the fingerprint should not wait for the first `run`.
+    // Validate before saving: a typo in the fingerprint or the policy should not wait for the first `run`.
+    DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)?;
     settings
         .relay_fingerprint
         .as_deref()
@@ -161,6 +177,8 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     let workspace = settings
         .workspace
         .context("no fleet given; pass --workspace FLEET")?;
+    let forward_policy =
+        DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)?;
     let hostname = match settings.hostname {
         Some(hostname) => hostname,
         None => system_hostname()?,
@@ -184,6 +202,7 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
         state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
         session_limits,
+        forward_policy,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();
@@ -243,6 +262,16 @@ fn merge(
         workspace: args.workspace.or(saved.workspace),
         hostname: args.hostname.or(saved.hostname),
         name: args.name.or(saved.name),
+        forward_deny: if args.forward_deny.is_empty() {
+            saved.forward_deny
+        } else {
+            args.forward_deny
+        },
+        forward_allow: if args.forward_allow.is_empty() {
+            saved.forward_allow
+        } else {
+            args.forward_allow
+        },
     };
     Ok((settings, key))
 }

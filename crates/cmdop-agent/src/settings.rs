@@ -29,6 +29,12 @@ pub struct Settings {
     pub hostname: Option<String>,
     /// A display name to report.
     pub name: Option<String>,
+    /// Networks forwards may never reach, checked before anything else (`docs/agent.md`), e.g. `10.9.0.0/16`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_deny: Vec<String>,
+    /// Networks forwards may reach beyond loopback and private networks, e.g. `203.0.113.7` or `0.0.0.0/0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_allow: Vec<String>,
 }
 
 /// Why settings could not be read or written.

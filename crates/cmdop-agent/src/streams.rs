@@ -16,8 +16,11 @@ use cmdop_relay::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
 use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::destination_policy::DestinationPolicy;
 use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+use crate::forward::PendingConnections;
 use crate::shell::{self, Sessions};
+use crate::{copy, forward};
 
 /// Limits on what clients may make this agent do at once.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +48,10 @@ pub struct StreamContext {
     pub trust_key: PublicKey,
     /// This machine's interactive sessions; they outlive any one relay connection.
     pub sessions: Arc<Sessions>,
+    /// Where forwards may connect.
+    pub forward_policy: DestinationPolicy,
+    /// Connections accepted by remote forwards, waiting for their client's stream.
+    pub remote_pending: Arc<PendingConnections>,
 }
 
 /// Accepts and serves routed streams until the connection ends.
@@ -80,6 +87,8 @@ async fn handle(
     let operation = match kind {
         StreamKind::Exec => Some(Operation::Exec),
         StreamKind::Shell => Some(Operation::Shell),
+        StreamKind::Tunnel => Some(Operation::Forward),
+        StreamKind::Copy => Some(Operation::Copy),
         _ => None,
     };
     let prologue = Prologue {
@@ -88,23 +97,42 @@ async fn handle(
         channel_id: incoming.channel_id(),
         kind,
     };
-    let mut client_key = String::new();
+    let mut client_key = None;
     let (sender, receiver) = secure_stream::accept(
         incoming,
         prologue,
         &context.identity,
         |client, capability| {
+            client_key = Some(*client);
             let Some(operation) = operation else {
                 return Err(format!("this agent does not serve {kind:?} streams yet"));
             };
-            client_key = client.to_string();
             authorize(context, client, capability, operation)
         },
     )
     .await?;
     match kind {
         StreamKind::Exec => serve_exec(sender, receiver).await,
-        StreamKind::Shell => shell::serve(sender, receiver, &context.sessions, client_key).await,
+        StreamKind::Shell => match client_key {
+            Some(client) => {
+                shell::serve(sender, receiver, &context.sessions, client.to_string()).await
+            }
+            None => Ok(()),
+        },
+        StreamKind::Tunnel => match client_key {
+            Some(client) => {
+                forward::serve(
+                    sender,
+                    receiver,
+                    &context.forward_policy,
+                    &context.remote_pending,
+                    client,
+                )
+                .await
+            }
+            None => Ok(()),
+        },
+        StreamKind::Copy => copy::serve(sender, receiver).await,
         _ => Ok(()),
     }
 }

@@ -121,11 +121,11 @@ fn interactive(
             Some(machine) => machine,
             None => pick_machine(&session, workspace).await?,
         };
-        let mut client =
+        let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
         let known = profile.dir().join(known_machines::FILE_NAME);
         let channel = channel::open(
-            &mut client,
+            &client,
             &session.identity,
             &known,
             workspace,
@@ -493,10 +493,10 @@ impl Attachment {
         let machine = self.machine.id.to_string();
         let identity = &session.identity;
         let attempt_connect = async {
-            let mut client =
+            let client =
                 ClientConnection::login(&session.relay, identity, &session.credential).await?;
             let channel = channel::open(
-                &mut client,
+                &client,
                 identity,
                 known,
                 workspace,
@@ -728,14 +728,14 @@ fn one_request(
     let session = profile.session(global)?;
     let known = profile.dir().join(known_machines::FILE_NAME);
     runtime()?.block_on(async {
-        let mut client =
+        let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
         let Channel {
             machine,
             mut sender,
             mut receiver,
         } = channel::open(
-            &mut client,
+            &client,
             &session.identity,
             &known,
             workspace,

@@ -26,7 +26,7 @@ pub(crate) struct Channel {
 /// Opens a `kind` stream to `machine` (any name the resolver accepts) over `client`. The agent key bound into
 /// the handshake is the one pinned in `known` (pinned now on first contact), never only the relay's word.
 pub(crate) async fn open(
-    client: &mut ClientConnection,
+    client: &ClientConnection,
     identity: &Identity,
     known: &Path,
     workspace: Option<&str>,

@@ -54,6 +54,16 @@ enum ConnectAction {
     /// End one of a machine's sessions (its processes get SIGHUP, then SIGKILL).
     #[command(after_help = "Example:\n  cmdop connect kill web-1 3")]
     Kill(crate::attach::KillArgs),
+    /// Forward local TCP ports to destinations reached from a machine, like `ssh -L`; runs until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  cmdop connect forward db-1 5432:localhost:5432\n  cmdop connect forward web-1 8080:10.0.0.7:80 0.0.0.0:9000:localhost:9000"
+    )]
+    Forward(crate::forward::ForwardArgs),
+    /// Copy files to or from a machine, like scp (`MACHINE:PATH` on one side); resumes after interruptions.
+    #[command(
+        after_help = "Examples:\n  cmdop connect cp ./backup.tar web-1:/var/backups/\n  cmdop connect cp -r web-1:logs ./logs-web-1\n  cmdop connect cp --json web-1:big.iso ."
+    )]
+    Cp(crate::cp::CpArgs),
 }
 
 /// Runs `cmdop connect`.
@@ -66,6 +76,12 @@ pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
         }
         Some(ConnectAction::Kill(kill)) => {
             return Ok(crate::attach::kill(global, workspace, &kill));
+        }
+        Some(ConnectAction::Forward(forward)) => {
+            return crate::forward::run(global, workspace, forward);
+        }
+        Some(ConnectAction::Cp(cp)) => {
+            return crate::cp::run(global, workspace, cp);
         }
         None => {}
     }

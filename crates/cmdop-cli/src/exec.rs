@@ -69,14 +69,14 @@ fn execute(
     let known = profile.dir().join(known_machines::FILE_NAME);
     let runtime = runtime()?;
     runtime.block_on(async {
-        let mut client =
+        let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
         let Channel {
             machine,
             mut sender,
             mut receiver,
         } = channel::open(
-            &mut client,
+            &client,
             &session.identity,
             &known,
             workspace,

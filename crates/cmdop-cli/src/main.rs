@@ -5,12 +5,15 @@
 mod attach;
 mod channel;
 mod connect;
+mod cp;
 mod escape;
 mod exec;
 mod exit;
+mod forward;
 mod known_machines;
 mod login;
 mod profile;
+mod reach;
 mod resume;
 mod terminal;
 

@@ -397,7 +397,7 @@ impl ClientConnection {
     /// Asks the relay for a stream to `machine` (resolved within the fleet) for `kind`. The answer names the
     /// machine and carries the capability the agent will check; the caller runs the end-to-end channel over it.
     pub async fn open_stream(
-        &mut self,
+        &self,
         workspace: Option<&str>,
         machine: &str,
         kind: StreamKind,
@@ -444,6 +444,20 @@ impl ClientConnection {
                 leftover,
             },
         })
+    }
+
+    /// Closes the connection while other tasks may still hold it (a forward's streams): the relay learns at
+    /// once instead of after its idle timeout, and every stream on it ends.
+    pub async fn close_now(&self) {
+        self.link
+            .connection
+            .close(CloseCode::NORMAL.0.into(), b"bye");
+        let _ = tokio::time::timeout(CLIENT_DRAIN, self.link.endpoint.wait_idle()).await;
+    }
+
+    /// Resolves when the connection to the relay is gone, with the reason.
+    pub async fn closed(&self) -> ClientError {
+        self.link.closed().await
     }
 
     /// Ends the session politely, without sitting out QUIC's draining period: a CLI about to exit only needs

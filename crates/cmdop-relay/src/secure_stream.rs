@@ -56,6 +56,8 @@ pub enum SecureStreamError {
 pub struct SecureSender {
     send: SendStream,
     session: Arc<Mutex<Session>>,
+    /// Sealed bytes on their way out, reused so that a bulk stream does not allocate per chunk.
+    out: Vec<u8>,
 }
 
 /// The receiving half.
@@ -68,6 +70,8 @@ pub struct SecureReceiver {
     raw: Vec<u8>,
     /// Decrypted application bytes, not yet a complete operation.
     data: Vec<u8>,
+    /// The buffer one read from the stream lands in, reused.
+    chunk: Vec<u8>,
     side: &'static str,
     ended: bool,
 }
@@ -175,6 +179,7 @@ fn halves(
     let sender = SecureSender {
         send,
         session: Arc::clone(&session),
+        out: Vec::new(),
     };
     // Bytes that arrived with the handshake (the client's first request travels in the same flight) are
     // still undecrypted in `leftover`; the receiver starts by draining them.
@@ -185,6 +190,7 @@ fn halves(
         ops: FrameDecoder::new(),
         raw: leftover,
         data: Vec::new(),
+        chunk: vec![0u8; READ_CHUNK],
         side,
         ended: false,
     };
@@ -195,9 +201,15 @@ impl SecureSender {
     /// Encrypts and sends one operation message.
     pub async fn send<M: Serialize>(&mut self, op: &M) -> Result<(), SecureStreamError> {
         let plain = encode(op)?;
-        let mut out = Vec::with_capacity(plain.len() + 64);
-        lock(&self.session).send_data(&plain, Instant::now(), &mut out)?;
-        write(&mut self.send, &out).await
+        self.send_bytes(&plain).await
+    }
+
+    /// Encrypts and sends application bytes as they are, without operation framing: for streams that switch
+    /// to raw bytes after their first messages (tunnels). Empty `data` sends nothing.
+    pub async fn send_bytes(&mut self, data: &[u8]) -> Result<(), SecureStreamError> {
+        self.out.clear();
+        lock(&self.session).send_data(data, Instant::now(), &mut self.out)?;
+        write(&mut self.send, &self.out).await
     }
 
     /// Sends the authenticated end frame and finishes the stream: a cut stream is then distinguishable from a
@@ -249,10 +261,28 @@ impl SecureReceiver {
         }
     }
 
+    /// The next application bytes as they arrived, without operation framing, into `buffer` (replacing its
+    /// contents): for streams that switched to raw bytes. Bytes that arrived behind the last operation message
+    /// come first. `false` after the peer's authenticated end frame; a cut stream is an error, as in
+    /// [`Self::recv`].
+    pub async fn recv_bytes(&mut self, buffer: &mut Vec<u8>) -> Result<bool, SecureStreamError> {
+        loop {
+            if !self.data.is_empty() {
+                buffer.clear();
+                // Swapping hands over the bytes without a copy and recycles the caller's buffer.
+                std::mem::swap(buffer, &mut self.data);
+                return Ok(true);
+            }
+            if self.ended {
+                return Ok(false);
+            }
+            self.pump().await?;
+        }
+    }
+
     /// Reads from the stream until application data, the end frame, or a failure arrives. Memory stays
     /// bounded: at most one read's worth of ciphertext is decrypted at a time.
     async fn pump(&mut self) -> Result<(), SecureStreamError> {
-        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             let mut slice = self.raw.as_slice();
             let mut progressed = false;
@@ -260,7 +290,11 @@ impl SecureReceiver {
                 match lock(&self.session).open(&message)? {
                     None => {}
                     Some(Incoming::Data(data)) => {
-                        self.data.extend_from_slice(&data);
+                        if self.data.is_empty() {
+                            self.data = data;
+                        } else {
+                            self.data.extend_from_slice(&data);
+                        }
                         progressed = true;
                     }
                     Some(Incoming::End { .. }) => {
@@ -282,10 +316,10 @@ impl SecureReceiver {
             if progressed {
                 return Ok(());
             }
-            match self.recv.read(&mut chunk).await {
+            match self.recv.read(&mut self.chunk).await {
                 Ok(Some(n)) => self
                     .raw
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    .extend_from_slice(self.chunk.get(..n).unwrap_or_default()),
                 Ok(None) => {
                     // FIN without the authenticated end frame: cut, not complete.
                     self.messages.finish()?;

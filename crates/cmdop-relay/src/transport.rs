@@ -221,7 +221,8 @@ pub struct Limits {
     pub max_unauthenticated: usize,
     /// Time a connection has to finish its login.
     pub login_deadline: Duration,
-    /// Bidirectional streams a peer may open (the control stream, plus e2e sessions later).
+    /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
+    /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
     pub max_bidi_streams: u32,
     /// Per-stream receive window, bytes.
     pub stream_receive_window: u32,
@@ -235,6 +236,10 @@ pub struct Limits {
     pub keep_alive: Duration,
     /// Largest control frame body (fixed by the protocol: [`MAX_FRAME_SIZE`]).
     pub max_frame_size: usize,
+    /// Largest UDP payload path MTU discovery may probe for. Discovery only raises the packet size after a
+    /// probe of that size was acknowledged, so a high bound is safe on any path; where the path allows big
+    /// packets (loopback, jumbo-frame LANs) far fewer packets carry the same bytes.
+    pub mtu_upper_bound: u16,
 }
 
 impl Default for Limits {
@@ -243,13 +248,14 @@ impl Default for Limits {
             max_connections: 1024,
             max_unauthenticated: 128,
             login_deadline: Duration::from_secs(10),
-            max_bidi_streams: 16,
-            stream_receive_window: 256 * 1024,
-            connection_receive_window: 1024 * 1024,
-            send_window: 1024 * 1024,
+            max_bidi_streams: 256,
+            stream_receive_window: 1024 * 1024,
+            connection_receive_window: 4 * 1024 * 1024,
+            send_window: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_frame_size: MAX_FRAME_SIZE,
+            mtu_upper_bound: 65_000,
         }
     }
 }
@@ -264,6 +270,9 @@ fn transport_config(limits: &Limits) -> quinn::TransportConfig {
         .send_window(limits.send_window)
         .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(limits.keep_alive));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.mtu_upper_bound);
+    config.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
         config.max_idle_timeout(Some(idle));
     }

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod copy;
+pub mod forward;
 pub mod shell;
 
 /// The largest chunk of stdin, stdout or stderr carried in one message; leaves room under the frame limit.

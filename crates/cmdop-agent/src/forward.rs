@@ -1,0 +1,228 @@
+//! Tunnel streams on the agent: connect to the destination a client asked for, if the destination policy
+//! allows it, and pipe bytes until both directions end.
+//!
+//! The name is resolved once, here; each resolved address is canonicalised and checked, and the connection
+//! goes to the checked address, never to a second resolution of the name.
+//!
+//! Remote forwards (`ssh -R` style): a control stream makes the agent listen on its loopback; each accepted
+//! connection waits in [`PendingConnections`] under a random id until a stream from the same client key claims
+//! it, or is closed after [`CLAIM_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cmdop_identity::PublicKey;
+use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
+use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_relay::tunnel;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::destination_policy::{DestinationPolicy, Verdict};
+
+/// How long resolving the destination and connecting to it may take, together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an accepted remote-forward connection waits for the client to claim it.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an idle remote-forward control stream says it is alive (the relay drops streams idle for 10 min).
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// Connections accepted by remote forwards, waiting to be claimed.
+#[derive(Debug, Default)]
+pub struct PendingConnections {
+    waiting: Mutex<HashMap<u64, Pending>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    tcp: TcpStream,
+    owner: PublicKey,
+    peer: SocketAddr,
+}
+
+impl PendingConnections {
+    fn insert(&self, id: u64, pending: Pending) {
+        self.lock().insert(id, pending);
+    }
+
+    /// Takes the connection `id` if `client` owns it.
+    fn claim(&self, id: u64, client: &PublicKey) -> Option<Pending> {
+        let mut waiting = self.lock();
+        if waiting.get(&id).is_some_and(|p| p.owner == *client) {
+            waiting.remove(&id)
+        } else {
+            None
+        }
+    }
+
+    fn expire(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves one tunnel stream from the client with key `client`.
+pub async fn serve(
+    mut sender: SecureSender,
+    mut receiver: SecureReceiver,
+    policy: &DestinationPolicy,
+    pending: &Arc<PendingConnections>,
+    client: PublicKey,
+) -> Result<(), SecureStreamError> {
+    let (host, port) = match receiver.recv::<TunnelRequest>().await? {
+        Some(TunnelRequest::Connect { host, port }) => (host, port),
+        Some(TunnelRequest::Listen { port }) => {
+            return listen(sender, receiver, port, pending, client).await;
+        }
+        Some(TunnelRequest::Attach { id }) => {
+            let Some(claimed) = pending.claim(id, &client) else {
+                let message =
+                    "no such connection waiting (it was claimed, expired, or is not yours)";
+                sender
+                    .send(&TunnelReply::Refused {
+                        message: message.to_owned(),
+                    })
+                    .await?;
+                return sender.end(1).await;
+            };
+            sender
+                .send(&TunnelReply::Connected {
+                    address: claimed.peer.to_string(),
+                })
+                .await?;
+            tunnel::pipe(claimed.tcp, sender, receiver).await?;
+            return Ok(());
+        }
+        None => return Ok(()),
+    };
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port, policy))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "connecting to {host}:{port} took longer than {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        });
+    match connected {
+        Err(message) => {
+            tracing::info!(%host, port, %message, "forward refused");
+            sender.send(&TunnelReply::Refused { message }).await?;
+            sender.end(1).await
+        }
+        Ok((tcp, address)) => {
+            tracing::info!(%host, port, %address, "forward connected");
+            sender
+                .send(&TunnelReply::Connected {
+                    address: address.to_string(),
+                })
+                .await?;
+            let totals = tunnel::pipe(tcp, sender, receiver).await?;
+            tracing::debug!(%address, sent = totals.sent, received = totals.received, "forward ended");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves `host` once and connects to the first address the policy allows that answers.
+async fn connect(
+    host: &str,
+    port: u16,
+    policy: &DestinationPolicy,
+) -> Result<(TcpStream, SocketAddr), String> {
+    // `[::1]` is how people write IPv6 next to a port; the resolver wants it bare.
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.is_empty() {
+        return Err("no destination host given".to_owned());
+    }
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|err| format!("cannot resolve {bare}: {err}"))?
+        .collect();
+    let mut refusal = None;
+    let mut failure = None;
+    for candidate in resolved {
+        match policy.check(candidate) {
+            Verdict::Refused(rule) => {
+                refusal.get_or_insert_with(|| {
+                    format!(
+                        "{bare}:{port} ({}) is not an allowed destination: {rule}",
+                        candidate.ip()
+                    )
+                });
+            }
+            Verdict::Allowed(address) => match TcpStream::connect(address).await {
+                Ok(tcp) => {
+                    // Interactive protocols (ssh, redis) need their small writes out at once; bulk reads are
+                    // a frame's worth each anyway.
+                    let _ = tcp.set_nodelay(true);
+                    return Ok((tcp, address));
+                }
+                Err(err) => {
+                    failure.get_or_insert_with(|| format!("cannot connect to {address}: {err}"));
+                }
+            },
+        }
+    }
+    Err(failure
+        .or(refusal)
+        .unwrap_or_else(|| format!("{bare} resolved to no address")))
+}
+
+/// The control stream of a remote forward: listen on the machine's loopback and announce each connection.
+async fn listen(
+    mut sender: SecureSender,
+    mut receiver: SecureReceiver,
+    port: u16,
+    pending: &Arc<PendingConnections>,
+    client: PublicKey,
+) -> Result<(), SecureStreamError> {
+    let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            let message = format!("cannot listen on 127.0.0.1:{port} on the machine: {err}");
+            sender.send(&TunnelReply::Refused { message }).await?;
+            return sender.end(1).await;
+        }
+    };
+    let bound = listener.local_addr().map_or(port, |a| a.port());
+    sender.send(&TunnelReply::Listening { port: bound }).await?;
+    tracing::info!(port = bound, "remote forward listening");
+    // The client ends (or loses) the control stream to stop the forward; nothing else comes on it.
+    let mut client_gone =
+        tokio::spawn(
+            async move { while let Ok(Some(_)) = receiver.recv::<TunnelRequest>().await {} },
+        );
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut client_gone => break,
+            _ = keep_alive.tick() => sender.send(&TunnelReply::KeepAlive).await?,
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let id = rand::random::<u64>();
+                pending.insert(id, Pending { tcp, owner: client, peer });
+                let expiry = Arc::clone(pending);
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLAIM_TIMEOUT).await;
+                    expiry.expire(id);
+                });
+                sender
+                    .send(&TunnelReply::Accepted { id, peer: peer.to_string() })
+                    .await?;
+            }
+        }
+    }
+    tracing::info!(port = bound, "remote forward stopped");
+    sender.end(0).await
+}

@@ -1,0 +1,928 @@
+//! `cmdop connect cp [-r] SRC… DST`: copy files to or from a machine, like scp, with `MACHINE:PATH` on one
+//! side.
+//!
+//! Every file carries a whole-file SHA-256 that the receiving side checks before the file gets its final name
+//! (written under a partial name, synced, then renamed); a rerun after an interruption resumes from what
+//! arrived. Names that come from the machine (a recursive copy's listing) are never trusted: absolute paths,
+//! `..`, control characters, and symlinks that would lead outside the destination are refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{IsTerminal as _, Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use cmdop_relay::e2e::StreamKind;
+use cmdop_relay::ops::MAX_CHUNK;
+use cmdop_relay::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, part_name, version_tag};
+use cmdop_relay::secure_stream::{SecureReceiver, SecureSender};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::GlobalArgs;
+use crate::exit::{Failure, Kind};
+use crate::reach::{Reach, bulk_runtime};
+
+/// Flags of `cmdop connect cp`.
+#[derive(Debug, Args)]
+pub(crate) struct CpArgs {
+    /// Copy directories and everything in them.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Print one JSON summary (files, bytes, resumed_bytes, duration_ms, bytes_per_second) instead of a
+    /// progress bar.
+    #[arg(long)]
+    json: bool,
+    /// Send or receive at most this many bytes per second (suffixes K, M, G: powers of 1024); 0 for no limit.
+    #[arg(long, default_value = "0", value_name = "RATE")]
+    limit_rate: String,
+    /// Sources, then the destination; exactly one side is `MACHINE:PATH` (remote paths are relative to the
+    /// machine user's home unless absolute).
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+/// What was moved, for the summary.
+#[derive(Debug, Default)]
+struct Totals {
+    files: u64,
+    /// Bytes sent or received in this run.
+    bytes: u64,
+    /// Bytes a resumed file already had from an earlier run.
+    resumed: u64,
+    /// Remote names refused as unsafe.
+    refused: Vec<String>,
+}
+
+/// The per-run state every transfer shares.
+struct Transfer {
+    sender: SecureSender,
+    receiver: SecureReceiver,
+    progress: ProgressBar,
+    totals: Totals,
+    limit: Option<u64>,
+    started: Instant,
+}
+
+/// Runs `cmdop connect cp`.
+pub(crate) fn run(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    args: CpArgs,
+) -> Result<ExitCode, Failure> {
+    let limit = parse_rate(&args.limit_rate)?;
+    let Some((destination, sources)) = args.paths.split_last() else {
+        return Err(usage("give at least one source and a destination"));
+    };
+    let destination = Location::parse(destination);
+    let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
+    let (machine, push) = match (&destination, sources.iter().all(Location::is_local)) {
+        (Location::Remote { machine, .. }, true) => (machine.clone(), true),
+        (Location::Local(_), false) => {
+            let mut machines = sources.iter().filter_map(Location::machine);
+            let first = machines.next().unwrap_or_default().to_owned();
+            if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
+                return Err(usage("all sources must be on the same machine"));
+            }
+            (first, false)
+        }
+        (Location::Remote { .. }, false) => {
+            return Err(usage(
+                "copying between two machines is not supported; copy through this one",
+            ));
+        }
+        (Location::Local(_), true) => {
+            return Err(usage(
+                "one side must be MACHINE:PATH; for local copies use cp",
+            ));
+        }
+    };
+    let started = Instant::now();
+    let runtime = bulk_runtime()?;
+    let totals = runtime.block_on(async {
+        let reach = Reach::login(global, workspace, &machine).await?;
+        let (sender, receiver, _) = reach.open(StreamKind::Copy).await?;
+        let progress = if !args.json && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .map_err(anyhow::Error::from)?,
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut transfer = Transfer {
+            sender,
+            receiver,
+            progress,
+            totals: Totals::default(),
+            limit,
+            started: Instant::now(),
+        };
+        let result = if push {
+            let remote = destination.path().to_owned();
+            let local: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(s.path())).collect();
+            push_all(&mut transfer, &local, &remote, args.recursive).await
+        } else {
+            let remote: Vec<String> = sources.iter().map(|s| s.path().to_owned()).collect();
+            pull_all(
+                &mut transfer,
+                &remote,
+                Path::new(destination.path()),
+                args.recursive,
+            )
+            .await
+        };
+        transfer.progress.finish_and_clear();
+        result?;
+        let Transfer { sender, totals, .. } = transfer;
+        sender.end(0).await?;
+        reach.close().await;
+        Ok::<_, Failure>(totals)
+    })?;
+    let elapsed = started.elapsed();
+    if args.json {
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{}",
+            json!({
+                "files": totals.files,
+                "bytes": totals.bytes,
+                "resumed_bytes": totals.resumed,
+                "refused": totals.refused,
+                "duration_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "bytes_per_second": (totals.bytes as f64 / seconds) as u64,
+            })
+        );
+    }
+    if totals.refused.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::new(
+            Kind::General,
+            format!(
+                "refused {} unsafe name(s) from the machine (listed above); everything else was copied",
+                totals.refused.len()
+            ),
+        ))
+    }
+}
+
+/// One side of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    Local(String),
+    Remote { machine: String, path: String },
+}
+
+impl Location {
+    /// `MACHINE:PATH` when a `:` comes before any `/` (as scp decides); write `./a:b` for a local name with a
+    /// colon.
+    fn parse(text: &str) -> Self {
+        match text.split_once(':') {
+            Some((machine, path)) if !machine.is_empty() && !machine.contains('/') => {
+                Self::Remote {
+                    machine: machine.to_owned(),
+                    path: path.to_owned(),
+                }
+            }
+            _ => Self::Local(text.to_owned()),
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+
+    fn machine(&self) -> Option<&str> {
+        match self {
+            Self::Remote { machine, .. } => Some(machine),
+            Self::Local(_) => None,
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Self::Local(path) | Self::Remote { path, .. } => path,
+        }
+    }
+}
+
+fn usage(why: &str) -> Failure {
+    Failure::new(
+        Kind::General,
+        format!(
+            "{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
+        ),
+    )
+}
+
+/// `0`, `500K`, `10M`, `1G`, or bytes.
+fn parse_rate(text: &str) -> Result<Option<u64>, Failure> {
+    let bad = || {
+        Failure::new(
+            Kind::General,
+            format!(
+                "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
+            ),
+        )
+    };
+    let text = text.trim();
+    let (number, multiplier) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (text.get(..at).unwrap_or_default(), 1024),
+        Some((at, 'M' | 'm')) => (text.get(..at).unwrap_or_default(), 1024 * 1024),
+        Some((at, 'G' | 'g')) => (text.get(..at).unwrap_or_default(), 1024 * 1024 * 1024),
+        _ => (text, 1),
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let rate = number.saturating_mul(multiplier);
+    Ok((rate > 0).then_some(rate))
+}
+
+async fn request(transfer: &mut Transfer, request: &CopyRequest) -> Result<CopyReply, Failure> {
+    transfer.sender.send(request).await?;
+    next_reply(transfer).await
+}
+
+async fn next_reply(transfer: &mut Transfer) -> Result<CopyReply, Failure> {
+    transfer
+        .receiver
+        .recv::<CopyReply>()
+        .await?
+        .ok_or_else(|| Failure::connection_lost("the machine ended the copy stream early"))
+}
+
+fn remote_failure(message: String) -> Failure {
+    Failure::new(Kind::General, format!("the machine says: {message}"))
+}
+
+fn unexpected(reply: &CopyReply) -> Failure {
+    Failure::new(
+        Kind::General,
+        format!("unexpected answer from the machine: {reply:?}"),
+    )
+}
+
+/// Remote stat; `None` when nothing exists there.
+async fn stat(transfer: &mut Transfer, path: &str) -> Result<Option<Entry>, Failure> {
+    match request(
+        transfer,
+        &CopyRequest::Stat {
+            path: path.to_owned(),
+        },
+    )
+    .await?
+    {
+        CopyReply::Entry(entry) => Ok(Some(entry)),
+        CopyReply::Missing => Ok(None),
+        CopyReply::Failed { message } => Err(remote_failure(message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Joins a remote directory and a name with `/`.
+fn remote_join(dir: &str, name: &str) -> String {
+    if dir.is_empty() || dir == "~" {
+        name.to_owned()
+    } else if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn local_name(path: &Path) -> Result<String, Failure> {
+    let name = path
+        .file_name()
+        .map(ToOwned::to_owned)
+        .or_else(|| {
+            fs::canonicalize(path)
+                .ok()?
+                .file_name()
+                .map(ToOwned::to_owned)
+        })
+        .and_then(|n| n.to_str().map(str::to_owned))
+        .ok_or_else(|| usage(&format!("{} has no usable file name", path.display())))?;
+    Ok(name)
+}
+
+async fn push_all(
+    transfer: &mut Transfer,
+    sources: &[PathBuf],
+    destination: &str,
+    recursive: bool,
+) -> Result<(), Failure> {
+    let target = stat(transfer, destination).await?;
+    let into_dir = matches!(target.as_ref().map(|e| &e.kind), Some(EntryKind::Dir));
+    if sources.len() > 1 && !into_dir {
+        return Err(usage(&format!(
+            "with several sources the destination {destination} must be an existing directory"
+        )));
+    }
+    // Sizes first, so the progress bar knows the total.
+    let mut plan = Vec::new();
+    for source in sources {
+        let metadata =
+            fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
+        let remote = if into_dir {
+            remote_join(destination, &local_name(source)?)
+        } else {
+            destination.to_owned()
+        };
+        if metadata.is_dir() {
+            if !recursive {
+                return Err(usage(&format!(
+                    "{} is a directory; add -r",
+                    source.display()
+                )));
+            }
+            let entries = walk_local(source)?;
+            let bytes: u64 = entries
+                .iter()
+                .map(|(_, m)| if m.is_file() { m.len() } else { 0 })
+                .sum();
+            transfer.progress.inc_length(bytes);
+            plan.push((source.clone(), remote, metadata, Some(entries)));
+        } else {
+            transfer.progress.inc_length(metadata.len());
+            plan.push((source.clone(), remote, metadata, None));
+        }
+    }
+    for (source, remote, metadata, entries) in plan {
+        match entries {
+            None => put_file(transfer, &source, &metadata, &remote).await?,
+            Some(entries) => {
+                mkdir(transfer, &remote, metadata.mode()).await?;
+                for (relative, metadata) in entries {
+                    let local = source.join(&relative);
+                    let remote = remote_join(&remote, &relative.to_string_lossy());
+                    if metadata.file_type().is_symlink() {
+                        let target = fs::read_link(&local)
+                            .with_context(|| format!("cannot read link {}", local.display()))?;
+                        let reply = request(
+                            transfer,
+                            &CopyRequest::Symlink {
+                                path: remote,
+                                target: target.to_string_lossy().into_owned(),
+                            },
+                        )
+                        .await?;
+                        expect_done(reply)?;
+                    } else if metadata.is_dir() {
+                        mkdir(transfer, &remote, metadata.mode()).await?;
+                    } else if metadata.is_file() {
+                        put_file(transfer, &local, &metadata, &remote).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expect_done(reply: CopyReply) -> Result<(), Failure> {
+    match reply {
+        CopyReply::Done => Ok(()),
+        CopyReply::Failed { message } => Err(remote_failure(message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn mkdir(transfer: &mut Transfer, path: &str, mode: u32) -> Result<(), Failure> {
+    let reply = request(
+        transfer,
+        &CopyRequest::Mkdir {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        },
+    )
+    .await?;
+    expect_done(reply)
+}
+
+/// Every entry under `root` (relative paths, a directory before its contents), without following symlinks.
+fn walk_local(root: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, Failure> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let relative = relative.join(&name);
+            let metadata = fs::symlink_metadata(root.join(&relative))
+                .with_context(|| format!("cannot read {}", root.join(&relative).display()))?;
+            if metadata.is_dir() {
+                subdirs.push(relative.clone());
+            }
+            out.push((relative, metadata));
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+async fn put_file(
+    transfer: &mut Transfer,
+    local: &Path,
+    metadata: &fs::Metadata,
+    remote: &str,
+) -> Result<(), Failure> {
+    let cannot = |err: std::io::Error| {
+        Failure::new(
+            Kind::General,
+            format!("cannot read {}: {err}", local.display()),
+        )
+    };
+    let mut file = File::open(local).map_err(cannot)?;
+    let size = metadata.len();
+    let mode = metadata.mode() & 0o7777;
+    let tag = version_tag(size, modified_ns(metadata), mode);
+    let reply = request(
+        transfer,
+        &CopyRequest::Put {
+            path: remote.to_owned(),
+            size,
+            mode,
+            tag,
+        },
+    )
+    .await?;
+    let offset = match reply {
+        CopyReply::Resume { offset } if offset <= size => offset,
+        CopyReply::Failed { message } => return Err(remote_failure(message)),
+        other => return Err(unexpected(&other)),
+    };
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; MAX_CHUNK];
+    hash_prefix(&mut file, offset, &mut hasher, &mut buffer).map_err(cannot)?;
+    transfer.totals.resumed += offset;
+    transfer.progress.inc(offset);
+    loop {
+        let n = file.read(&mut buffer).map_err(cannot)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buffer.get(..n).unwrap_or_default();
+        hasher.update(chunk);
+        transfer
+            .sender
+            .send(&CopyRequest::Chunk(chunk.to_vec()))
+            .await?;
+        account(transfer, n).await;
+    }
+    let reply = request(
+        transfer,
+        &CopyRequest::PutEnd {
+            sha256: hasher.finalize().into(),
+        },
+    )
+    .await?;
+    expect_done(reply)?;
+    transfer.totals.files += 1;
+    Ok(())
+}
+
+fn hash_prefix(
+    file: &mut File,
+    length: u64,
+    hasher: &mut Sha256,
+    buffer: &mut [u8],
+) -> std::io::Result<()> {
+    let mut prefix = file.take(length);
+    loop {
+        let n = prefix.read(buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buffer.get(..n).unwrap_or_default());
+    }
+    let file = prefix.into_inner();
+    file.seek(SeekFrom::Start(length))?;
+    Ok(())
+}
+
+/// Counts bytes moved and, under `--limit-rate`, waits until the average rate is back under the limit.
+async fn account(transfer: &mut Transfer, n: usize) {
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    transfer.totals.bytes += n;
+    transfer.progress.inc(n);
+    if let Some(limit) = transfer.limit {
+        let due = Duration::from_secs_f64(transfer.totals.bytes as f64 / limit as f64);
+        let elapsed = transfer.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+fn modified_ns(metadata: &fs::Metadata) -> u64 {
+    let seconds = u64::try_from(metadata.mtime()).unwrap_or(0);
+    let nanos = u64::try_from(metadata.mtime_nsec()).unwrap_or(0);
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+async fn pull_all(
+    transfer: &mut Transfer,
+    sources: &[String],
+    destination: &Path,
+    recursive: bool,
+) -> Result<(), Failure> {
+    let into_dir = destination.is_dir();
+    if sources.len() > 1 && !into_dir {
+        return Err(usage(&format!(
+            "with several sources the destination {} must be an existing directory",
+            destination.display()
+        )));
+    }
+    let mut plan = Vec::new();
+    for source in sources {
+        let entry = stat(transfer, source).await?.ok_or_else(|| {
+            Failure::new(
+                Kind::NotFound,
+                format!("{source}: no such file or directory on the machine"),
+            )
+        })?;
+        let name = remote_base_name(source)?;
+        let local = if into_dir {
+            destination.join(&name)
+        } else {
+            destination.to_path_buf()
+        };
+        match entry.kind {
+            EntryKind::File => {
+                transfer.progress.inc_length(entry.size);
+                plan.push((source.clone(), entry, local, None));
+            }
+            EntryKind::Dir if recursive => {
+                let entries = list(transfer, source).await?;
+                transfer
+                    .progress
+                    .inc_length(entries.iter().map(|e| e.size).sum());
+                plan.push((source.clone(), entry, local, Some(entries)));
+            }
+            EntryKind::Dir => return Err(usage(&format!("{source} is a directory; add -r"))),
+            EntryKind::Symlink { .. } => {
+                return Err(usage(&format!(
+                    "{source} is a symbolic link; name the file or directory it points to"
+                )));
+            }
+        }
+    }
+    for (source, entry, local, entries) in plan {
+        match entries {
+            None => get_file(transfer, &source, &entry, &local).await?,
+            Some(entries) => {
+                create_dir(&local, entry.mode)?;
+                for child in entries {
+                    let relative = match safe_relative(&child.path) {
+                        Ok(relative) => relative,
+                        Err(why) => {
+                            refuse(transfer, &child.path, why);
+                            continue;
+                        }
+                    };
+                    if let Err(why) = no_symlink_between(&local, &relative) {
+                        refuse(transfer, &child.path, why);
+                        continue;
+                    }
+                    let target = local.join(&relative);
+                    let remote = remote_join(&source, &child.path);
+                    match &child.kind {
+                        EntryKind::Dir => create_dir(&target, child.mode)?,
+                        EntryKind::File => get_file(transfer, &remote, &child, &target).await?,
+                        EntryKind::Symlink { target: link } => {
+                            match symlink_stays_inside(&relative, link) {
+                                Ok(()) => {
+                                    if fs::symlink_metadata(&target)
+                                        .is_ok_and(|m| m.file_type().is_symlink())
+                                    {
+                                        let _ = fs::remove_file(&target);
+                                    }
+                                    std::os::unix::fs::symlink(link, &target).with_context(
+                                        || format!("cannot create symlink {}", target.display()),
+                                    )?;
+                                }
+                                Err(why) => refuse(transfer, &child.path, why),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refuse(transfer: &mut Transfer, name: &str, why: &str) {
+    transfer.progress.suspend(|| {
+        eprintln!("cmdop: refusing {name:?} from the machine: {why}");
+    });
+    transfer.totals.refused.push(name.to_owned());
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), Failure> {
+    fs::create_dir_all(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)))
+        .with_context(|| format!("cannot create directory {}", path.display()))?;
+    Ok(())
+}
+
+async fn list(transfer: &mut Transfer, path: &str) -> Result<Vec<Entry>, Failure> {
+    transfer
+        .sender
+        .send(&CopyRequest::List {
+            path: path.to_owned(),
+        })
+        .await?;
+    let mut entries = Vec::new();
+    loop {
+        match next_reply(transfer).await? {
+            CopyReply::Entry(entry) => entries.push(entry),
+            CopyReply::ListEnd => return Ok(entries),
+            CopyReply::Failed { message } => return Err(remote_failure(message)),
+            other => return Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The last component of a remote path the person typed, as a local name.
+fn remote_base_name(path: &str) -> Result<String, Failure> {
+    let trimmed = path.trim_end_matches('/');
+    let name = trimmed.rsplit('/').next().unwrap_or_default();
+    match name {
+        "" | "~" => Err(usage(&format!(
+            "{path:?} names no file; give a destination name"
+        ))),
+        _ => {
+            safe_relative(name).map_err(|why| usage(&format!("{path:?}: {why}")))?;
+            Ok(name.to_owned())
+        }
+    }
+}
+
+/// A name from the machine as a relative path that stays inside the destination, or why not.
+fn safe_relative(name: &str) -> Result<PathBuf, &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("control characters in a name");
+    }
+    if name.starts_with('/') {
+        return Err("absolute path");
+    }
+    let mut path = PathBuf::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => return Err("empty or `.` path component"),
+            ".." => return Err("`..` would leave the destination"),
+            part => path.push(part),
+        }
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err("not a plain relative path");
+    }
+    Ok(path)
+}
+
+/// Refuses writing through a symlink: no existing component between `root` and `root/relative` (inclusive)
+/// may be one, whoever put it there.
+fn no_symlink_between(root: &Path, relative: &Path) -> Result<(), &'static str> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err("a symlink on the way would lead the write outside the destination");
+        }
+    }
+    Ok(())
+}
+
+/// A symlink at `relative` pointing to `target` must be relative and resolve (lexically) inside the
+/// destination.
+fn symlink_stays_inside(relative: &Path, target: &str) -> Result<(), &'static str> {
+    if target.is_empty() || target.chars().any(char::is_control) {
+        return Err("symlink with an empty target or control characters");
+    }
+    if target.starts_with('/') {
+        return Err("symlink to an absolute path");
+    }
+    let mut depth: usize = relative.components().count().saturating_sub(1);
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or("symlink pointing outside the destination")?;
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+async fn get_file(
+    transfer: &mut Transfer,
+    remote: &str,
+    entry: &Entry,
+    local: &Path,
+) -> Result<(), Failure> {
+    let name = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| usage(&format!("{} is not a file name", local.display())))?;
+    if local.is_dir() {
+        return Err(usage(&format!("{} is a directory", local.display())));
+    }
+    let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
+    let part = local.with_file_name(part_name(name, tag));
+    remove_stale_parts(local, &part);
+    let cannot = |err: std::io::Error| {
+        Failure::new(
+            Kind::General,
+            format!("cannot write {}: {err}", part.display()),
+        )
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&part)
+        .map_err(cannot)?;
+    let mut offset = file.metadata().map_err(cannot)?.len();
+    if offset > entry.size {
+        file.set_len(0).map_err(cannot)?;
+        offset = 0;
+    }
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; MAX_CHUNK];
+    hash_prefix(&mut file, offset, &mut hasher, &mut buffer).map_err(cannot)?;
+    transfer.totals.resumed += offset;
+    transfer.progress.inc(offset);
+    transfer
+        .sender
+        .send(&CopyRequest::Get {
+            path: remote.to_owned(),
+            offset,
+        })
+        .await?;
+    let (digest, mode) = loop {
+        match next_reply(transfer).await? {
+            CopyReply::Chunk(bytes) => {
+                file.write_all(&bytes).map_err(cannot)?;
+                hasher.update(&bytes);
+                account(transfer, bytes.len()).await;
+            }
+            CopyReply::GetEnd { sha256, mode } => break (sha256, mode),
+            CopyReply::Failed { message } => return Err(remote_failure(message)),
+            other => return Err(unexpected(&other)),
+        }
+    };
+    if <[u8; 32]>::from(hasher.finalize()) != digest {
+        drop(file);
+        let _ = fs::remove_file(&part);
+        return Err(Failure::new(
+            Kind::General,
+            format!(
+                "{remote} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again"
+            ),
+        ));
+    }
+    let finish = || -> std::io::Result<()> {
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        file.sync_all()?;
+        fs::rename(&part, local)?;
+        if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    finish().map_err(|err| {
+        Failure::new(
+            Kind::General,
+            format!("cannot finish {}: {err}", local.display()),
+        )
+    })?;
+    transfer.totals.files += 1;
+    Ok(())
+}
+
+/// Partial files of other versions of the same file can never be resumed: remove them.
+fn remove_stale_parts(target: &Path, keep: &Path) {
+    let (Some(name), dir) = (target.file_name().and_then(|n| n.to_str()), target.parent()) else {
+        return;
+    };
+    let dir = match dir {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let tag = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(cmdop_relay::ops::copy::PART_SUFFIX));
+        if tag.is_some_and(|t| t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            && entry.path() != keep
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_split_like_scp() {
+        assert_eq!(
+            Location::parse("web-1:logs/a"),
+            Location::Remote {
+                machine: "web-1".into(),
+                path: "logs/a".into()
+            }
+        );
+        assert_eq!(Location::parse("./a:b"), Location::Local("./a:b".into()));
+        assert_eq!(Location::parse("/tmp/x"), Location::Local("/tmp/x".into()));
+        assert_eq!(
+            Location::parse("web-1:"),
+            Location::Remote {
+                machine: "web-1".into(),
+                path: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "x\u{1b}[2J",
+            "new\nline",
+            "..",
+        ] {
+            assert!(safe_relative(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(safe_relative("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+        assert_eq!(safe_relative(".hidden").unwrap(), PathBuf::from(".hidden"));
+    }
+
+    #[test]
+    fn symlinks_must_stay_inside() {
+        assert!(symlink_stays_inside(Path::new("a/link"), "../b").is_ok());
+        assert!(symlink_stays_inside(Path::new("a/link"), "c/d").is_ok());
+        assert!(symlink_stays_inside(Path::new("link"), "../b").is_err());
+        assert!(symlink_stays_inside(Path::new("a/link"), "../../b").is_err());
+        assert!(symlink_stays_inside(Path::new("a/link"), "/etc").is_err());
+    }
+
+    #[test]
+    fn writes_never_go_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/tmp", root.join("escape")).unwrap();
+        assert!(no_symlink_between(&root, Path::new("escape/x")).is_err());
+        assert!(no_symlink_between(&root, Path::new("fine/x")).is_ok());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("0").unwrap(), None);
+        assert_eq!(parse_rate("10M").unwrap(), Some(10 << 20));
+        assert_eq!(parse_rate("512k").unwrap(), Some(512 << 10));
+        assert_eq!(parse_rate("1000").unwrap(), Some(1000));
+        assert!(parse_rate("fast").is_err());
+    }
+}

@@ -1,0 +1,460 @@
+//! `cmdop connect forward MACHINE [BIND_ADDR:]LOCAL_PORT:HOST:PORT…`: local TCP ports forwarded to
+//! destinations reached from the machine, like `ssh -L`.
+//!
+//! Every accepted connection becomes its own end-to-end stream to the agent, which connects to `HOST:PORT`
+//! (if its destination policy allows) and pipes bytes both ways; a failure ends that connection only.
+//!
+//! `--remote REMOTE_PORT:HOST:PORT` is the other direction, like `ssh -R`: the agent listens on the machine's
+//! loopback; each connection there is announced on a control stream, and this side connects to `HOST:PORT`
+//! locally and claims the connection with a new stream of its own (the relay only ever routes streams a client
+//! opens).
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use cmdop_relay::e2e::{CloseReason, StreamKind};
+use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
+use cmdop_relay::tunnel;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::GlobalArgs;
+use crate::exit::{Failure, Kind};
+use crate::reach::{Reach, bulk_runtime};
+
+/// Flags of `cmdop connect forward`.
+#[derive(Debug, Args)]
+pub(crate) struct ForwardArgs {
+    /// The machine: its id, hostname, display name, or a unique prefix of one of them.
+    machine: String,
+    /// `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`: listen on LOCAL_PORT (on 127.0.0.1 unless BIND_ADDR is given; `*`
+    /// for all interfaces; `0` picks a free port) and connect each connection to HOST:PORT from the machine.
+    /// IPv6 addresses go in brackets.
+    #[arg(required_unless_present = "remote", value_name = "SPEC")]
+    specs: Vec<String>,
+    /// `REMOTE_PORT:HOST:PORT`, like `ssh -R`: listen on the machine's 127.0.0.1:REMOTE_PORT (`0` picks a free
+    /// port) and connect each connection to HOST:PORT as reached from here. Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    remote: Vec<String>,
+}
+
+/// One parsed remote forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteSpec {
+    listen_port: u16,
+    host: String,
+    port: u16,
+}
+
+/// One parsed forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    bind: SocketAddr,
+    host: String,
+    port: u16,
+}
+
+/// Runs `cmdop connect forward` until Ctrl-C.
+pub(crate) fn run(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    args: ForwardArgs,
+) -> Result<ExitCode, Failure> {
+    let specs = args
+        .specs
+        .iter()
+        .map(|text| parse_spec(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let remotes = args
+        .remote
+        .iter()
+        .map(|text| parse_remote(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runtime = bulk_runtime()?;
+    runtime.block_on(async {
+        let reach = Reach::login(global, workspace, &args.machine).await?;
+        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        for remote in remotes {
+            let (sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+            let mut sender = sender;
+            sender
+                .send(&TunnelRequest::Listen {
+                    port: remote.listen_port,
+                })
+                .await?;
+            let port = match receiver.recv::<TunnelReply>().await? {
+                Some(TunnelReply::Listening { port }) => port,
+                Some(TunnelReply::Refused { message }) => {
+                    return Err(Failure::new(Kind::General, message));
+                }
+                _ => {
+                    return Err(Failure::connection_lost(
+                        "the machine did not answer the remote forward",
+                    ));
+                }
+            };
+            println!(
+                "remote forwarding 127.0.0.1:{port} on {} -> {}:{}",
+                args.machine,
+                display_host(&remote.host),
+                remote.port
+            );
+            tokio::spawn(remote_loop(
+                sender,
+                receiver,
+                remote,
+                Arc::clone(&reach),
+                fatal_tx.clone(),
+            ));
+        }
+        let mut listeners = Vec::new();
+        for spec in &specs {
+            let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
+                Failure::new(
+                    Kind::General,
+                    format!(
+                        "cannot listen on {}: {err}; pick another LOCAL_PORT (0 picks a free one)",
+                        spec.bind
+                    ),
+                )
+            })?;
+            let local = listener.local_addr().map_err(anyhow::Error::from)?;
+            // One line per forward on stdout, for people and for scripts that need the port `0` picked.
+            println!(
+                "forwarding {local} -> {}:{} on {}",
+                display_host(&spec.host),
+                spec.port,
+                args.machine
+            );
+            listeners.push((listener, spec.clone()));
+        }
+        let _ = std::io::stdout().flush();
+        for (listener, spec) in listeners {
+            tokio::spawn(accept_loop(listener, spec, Arc::clone(&reach)));
+        }
+        let failure = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            failure = reach.closed() => Some(failure),
+            Some(failure) = fatal_rx.recv() => return Err(failure),
+        };
+        match failure {
+            None => {
+                reach.close().await;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(failure) => Err(Failure::new(
+                Kind::Unreachable,
+                format!(
+                    "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
+                    failure.message()
+                ),
+            )),
+        }
+    })
+}
+
+async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<Reach>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let spec = spec.clone();
+                let reach = Arc::clone(&reach);
+                tokio::spawn(async move {
+                    if let Err(failure) = serve(tcp, &spec, &reach).await {
+                        // Per connection: the forward itself goes on.
+                        eprintln!(
+                            "cmdop: forward {peer} -> {}:{}: {}",
+                            display_host(&spec.host),
+                            spec.port,
+                            failure.message()
+                        );
+                    }
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: say so, and keep accepting after a breath.
+                eprintln!("cmdop: cannot accept on {}: {err}", spec.bind);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure> {
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    sender
+        .send(&TunnelRequest::Connect {
+            host: spec.host.clone(),
+            port: spec.port,
+        })
+        .await?;
+    match receiver.recv::<TunnelReply>().await? {
+        Some(TunnelReply::Connected { .. }) => {
+            tunnel::pipe(tcp, sender, receiver).await?;
+            Ok(())
+        }
+        Some(TunnelReply::Refused { message }) => Err(Failure::new(Kind::General, message)),
+        Some(other) => Err(Failure::new(
+            Kind::General,
+            format!("unexpected answer from the machine: {other:?}"),
+        )),
+        None => Err(Failure::connection_lost(
+            "the machine ended the stream without an answer",
+        )),
+    }
+}
+
+/// Keeps a remote forward's control stream open and claims each connection it announces.
+async fn remote_loop(
+    sender: cmdop_relay::secure_stream::SecureSender,
+    mut receiver: cmdop_relay::secure_stream::SecureReceiver,
+    spec: RemoteSpec,
+    reach: Arc<Reach>,
+    fatal: mpsc::Sender<Failure>,
+) {
+    // Holding the sending half keeps the control stream, and so the machine's listener, alive.
+    let _control = sender;
+    let why = loop {
+        match receiver.recv::<TunnelReply>().await {
+            Ok(Some(TunnelReply::Accepted { id, peer })) => {
+                let spec = spec.clone();
+                let reach = Arc::clone(&reach);
+                tokio::spawn(async move {
+                    if let Err(failure) = claim(id, &spec, &reach).await {
+                        eprintln!(
+                            "cmdop: remote forward {peer} -> {}:{}: {}",
+                            display_host(&spec.host),
+                            spec.port,
+                            failure.message()
+                        );
+                    }
+                });
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break "the machine stopped it".to_owned(),
+            Err(err) => break err.to_string(),
+        }
+    };
+    let _ = fatal
+        .send(Failure::new(
+            Kind::Unreachable,
+            format!(
+                "the remote forward to {}:{} ended: {why}; run the command again",
+                display_host(&spec.host),
+                spec.port
+            ),
+        ))
+        .await;
+}
+
+/// Connects to the local destination and claims connection `id` with a new stream.
+async fn claim(id: u64, spec: &RemoteSpec, reach: &Reach) -> Result<(), Failure> {
+    let local = TcpStream::connect((spec.host.as_str(), spec.port)).await;
+    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    sender.send(&TunnelRequest::Attach { id }).await?;
+    match receiver.recv::<TunnelReply>().await? {
+        Some(TunnelReply::Connected { .. }) => {}
+        Some(TunnelReply::Refused { message }) => return Err(Failure::new(Kind::General, message)),
+        _ => {
+            return Err(Failure::connection_lost(
+                "the machine ended the stream without an answer",
+            ));
+        }
+    }
+    match local {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            tunnel::pipe(tcp, sender, receiver).await?;
+            Ok(())
+        }
+        Err(err) => {
+            // Close the machine's side at once rather than leave it waiting.
+            let message = format!(
+                "cannot connect to {}:{}: {err}",
+                display_host(&spec.host),
+                spec.port
+            );
+            sender.close(CloseReason::Internal, &message).await;
+            Err(Failure::new(Kind::General, message))
+        }
+    }
+}
+
+/// Parses `REMOTE_PORT:HOST:PORT`.
+fn parse_remote(text: &str) -> Result<RemoteSpec, Failure> {
+    let bad = |why: &str| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "invalid --remote {text:?}: {why}; write REMOTE_PORT:HOST:PORT, e.g. 9000:localhost:3000"
+            ),
+        )
+    };
+    let fields = split_fields(text).ok_or_else(|| bad("unbalanced brackets"))?;
+    let [listen, host, port] = fields.as_slice() else {
+        return Err(bad(
+            "expected 3 fields separated by `:` (the machine listens on its loopback only)",
+        ));
+    };
+    let listen_port: u16 = listen
+        .parse()
+        .map_err(|_| bad("REMOTE_PORT must be a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad("PORT must be a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("HOST is empty"));
+    }
+    Ok(RemoteSpec {
+        listen_port,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Parses `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`, with IPv6 addresses in brackets.
+fn parse_spec(text: &str) -> Result<Spec, Failure> {
+    let bad = |why: &str| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "invalid forward {text:?}: {why}; write [BIND_ADDR:]LOCAL_PORT:HOST:PORT, e.g. 8080:localhost:80 or [::1]:5432:db:5432"
+            ),
+        )
+    };
+    let fields = split_fields(text).ok_or_else(|| bad("unbalanced brackets"))?;
+    let (bind, local, host, port) = match fields.as_slice() {
+        [local, host, port] => ("127.0.0.1", *local, *host, *port),
+        [bind, local, host, port] => (*bind, *local, *host, *port),
+        _ => return Err(bad("expected 3 or 4 fields separated by `:`")),
+    };
+    let bind: IpAddr = match bind {
+        "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        other => other
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad("BIND_ADDR must be an IP address, `localhost` or `*`"))?,
+    };
+    let local: u16 = local
+        .parse()
+        .map_err(|_| bad("LOCAL_PORT must be a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad("PORT must be a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("HOST is empty"));
+    }
+    Ok(Spec {
+        bind: SocketAddr::new(bind, local),
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Splits at `:` outside brackets.
+fn split_fields(text: &str) -> Option<Vec<&str>> {
+    let mut fields = Vec::new();
+    let mut depth = 0u32;
+    let mut start = 0;
+    for (index, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.checked_sub(1)?,
+            ':' if depth == 0 => {
+                fields.push(text.get(start..index)?);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    fields.push(text.get(start..)?);
+    Some(fields)
+}
+
+fn display_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Spec {
+        parse_spec(text).unwrap()
+    }
+
+    #[test]
+    fn specs_parse_like_ssh() {
+        assert_eq!(
+            spec("8080:localhost:80"),
+            Spec {
+                bind: "127.0.0.1:8080".parse().unwrap(),
+                host: "localhost".into(),
+                port: 80
+            }
+        );
+        assert_eq!(spec("0.0.0.0:0:db:5432").bind, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(spec("*:9000:db:5432").bind, "0.0.0.0:9000".parse().unwrap());
+        let v6 = spec("[::1]:5432:[fd00::5]:5432");
+        assert_eq!(v6.bind, "[::1]:5432".parse().unwrap());
+        assert_eq!(v6.host, "fd00::5");
+        assert_eq!(display_host(&v6.host), "[fd00::5]");
+    }
+
+    #[test]
+    fn remote_specs_parse() {
+        assert_eq!(
+            parse_remote("9000:localhost:3000").unwrap(),
+            RemoteSpec {
+                listen_port: 9000,
+                host: "localhost".into(),
+                port: 3000
+            }
+        );
+        assert_eq!(parse_remote("0:[::1]:22").unwrap().host, "::1");
+        for bad in ["9000:3000", "1.2.3.4:9000:h:1", "x:h:1", "1:h:0", "1::2"] {
+            let failure = parse_remote(bad).unwrap_err();
+            assert!(failure.message().contains("REMOTE_PORT:HOST:PORT"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_specs_say_what_to_write() {
+        for bad in [
+            "8080",
+            "8080:db",
+            "x:db:80",
+            "8080:db:0",
+            "8080::80",
+            "[::1:80:db:80",
+            "a:b:c:d:e",
+            "host:1:db:2",
+        ] {
+            let failure = parse_spec(bad).unwrap_err();
+            assert!(
+                failure.message().contains("LOCAL_PORT:HOST:PORT"),
+                "{bad}: {}",
+                failure.message()
+            );
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! `cmdop connect forward` from the real binaries: a 100 MiB body over 20 parallel curl connections,
+//! half-close, per-connection errors that leave the forward running, and the agent's destination policy
+//! across the tricky spellings of an address.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmdop_tests::{Contour, Daemon, OneMachine, online_id};
+use sha2::{Digest, Sha256};
+
+const BODY_LEN: usize = 100 * 1024 * 1024;
+const PARTS: usize = 20;
+
+/// A deterministic, incompressible body.
+fn body() -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut out = Vec::with_capacity(BODY_LEN);
+    while out.len() < BODY_LEN {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(BODY_LEN);
+    out
+}
+
+/// A minimal HTTP/1.0-style server on 127.0.0.1: `GET /part/I` answers the I-th of [`PARTS`] slices of the
+/// body, anything else the whole body; one connection per request, closed after the answer.
+fn http_server(body: Arc<Vec<u8>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let body = Arc::clone(&body);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let slice = match path.strip_prefix("/part/").map(str::parse::<usize>) {
+                    Some(Ok(i)) if i < PARTS => {
+                        let size = BODY_LEN / PARTS;
+                        &body[i * size..(i + 1) * size]
+                    }
+                    _ => &body[..],
+                };
+                let mut stream = stream;
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    slice.len()
+                );
+                let _ = stream.write_all(header.as_bytes());
+                let _ = stream.write_all(slice);
+            });
+        }
+    });
+    port
+}
+
+/// Starts `cmdop connect forward MACHINE SPEC…` and returns it with the local port of each spec, in order.
+fn forward(
+    contour: &Contour,
+    key: &PathBuf,
+    machine: &str,
+    specs: &[String],
+) -> (Daemon, Vec<u16>) {
+    let mut command = contour.cli("alice");
+    command
+        .arg("--api-key-file")
+        .arg(key)
+        .args(["connect", "forward", machine])
+        .args(specs);
+    let mut daemon = Daemon::spawn(command);
+    let mut ports = Vec::new();
+    for index in 0..specs.len() {
+        let port = daemon.wait_for(Duration::from_secs(30), |line| {
+            let local = line.strip_prefix("forwarding 127.0.0.1:")?;
+            let port: u16 = local.split_whitespace().next()?.parse().ok()?;
+            (!ports.contains(&port)).then_some(port)
+        });
+        assert!(ports.len() == index);
+        ports.push(port);
+    }
+    (daemon, ports)
+}
+
+/// Sends a request, half-closes, and reads the whole answer: the way a client that signals the end of its
+/// request with FIN talks.
+fn fetch_half_closed(port: u16, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+fn curl(port: u16, path: &str, out: &std::path::Path) -> Command {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--fail", "--max-time", "120", "-o"])
+        .arg(out)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .stdout(Stdio::null());
+    command
+}
+
+#[test]
+fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    let body = Arc::new(body());
+    let http = http_server(Arc::clone(&body));
+    // A port with nothing behind it: bind, note, close.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut forward, ports) = forward(
+        &contour,
+        &member_key,
+        "web-1",
+        &[
+            format!("0:127.0.0.1:{http}"),
+            format!("0:127.0.0.1:{closed}"),
+        ],
+    );
+    let (web, dead) = (ports[0], ports[1]);
+
+    // 20 curls in parallel, each one slice; together the whole body, hash-checked.
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..PARTS)
+        .map(|i| {
+            curl(
+                web,
+                &format!("/part/{i}"),
+                &dir.path().join(format!("part{i}")),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "{}", forward.output());
+    }
+    let mut hasher = Sha256::new();
+    for i in 0..PARTS {
+        hasher.update(std::fs::read(dir.path().join(format!("part{i}"))).unwrap());
+    }
+    assert_eq!(
+        hasher.finalize().as_slice(),
+        Sha256::digest(&body[..]).as_slice(),
+        "the body arrived changed"
+    );
+
+    // A connection to a closed port fails alone, with a message; the forward goes on.
+    let mut stream = TcpStream::connect(("127.0.0.1", dead)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    forward.wait_for(Duration::from_secs(30), |line| {
+        (line.contains(&format!("127.0.0.1:{closed}")) && line.contains("cannot connect"))
+            .then_some(())
+    });
+
+    // Half-close: the request ends with FIN, the whole answer still comes back.
+    let answer = fetch_half_closed(web, "/part/3");
+    let slice = BODY_LEN / PARTS;
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(answer.ends_with(&body[3 * slice..4 * slice]));
+}
+
+#[test]
+fn the_destination_policy_holds_across_address_spellings() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _open_agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    // A second machine whose agent refuses loopback: every spelling of 127.0.0.1 must be refused there.
+    let (_, agent_key) = contour.api_key("prod", "agent");
+    let mut locked = contour.agent(
+        "locked-1",
+        "prod",
+        &agent_key,
+        &["--forward-deny", "127.0.0.0/8", "--forward-deny", "::1"],
+    );
+    online_id(&mut locked);
+    let body = Arc::new(vec![b'x'; 1000]);
+    let http = http_server(body);
+
+    let allowed = [
+        format!("0:127.1:{http}"),
+        format!("0:2130706433:{http}"),
+        format!("0:[::ffff:127.0.0.1]:{http}"),
+        format!("0:0.0.0.0:{http}"),
+        format!("0:localhost:{http}"),
+    ];
+    // (spec, how the host shows in the refusal)
+    let refused = [
+        ("0:169.254.169.254:80", "169.254.169.254"),
+        ("0:[::ffff:169.254.169.254]:80", "::ffff:169.254.169.254"),
+        ("0:0xa9fea9fe:80", "0xa9fea9fe"),
+        ("0:[fe80::1]:80", "fe80::1"),
+        ("0:8.8.8.8:53", "8.8.8.8"),
+    ];
+    let (mut open, ports) = forward(
+        &contour,
+        &member_key,
+        "web-1",
+        &[
+            allowed.to_vec(),
+            refused.iter().map(|(spec, _)| (*spec).to_owned()).collect(),
+        ]
+        .concat(),
+    );
+    for (spec, port) in allowed.iter().zip(&ports) {
+        let answer = fetch_half_closed(*port, "/");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{spec}: {}",
+            open.output()
+        );
+    }
+    for ((spec, host), port) in refused.iter().zip(&ports[allowed.len()..]) {
+        assert!(
+            fetch_half_closed(*port, "/").is_empty(),
+            "{spec} reached something"
+        );
+        open.wait_for(Duration::from_secs(30), |line| {
+            (line.contains("not an allowed destination") && line.contains(host)).then_some(())
+        });
+    }
+
+    let (mut locked_forward, ports) = forward(&contour, &member_key, "locked-1", &allowed);
+    for (spec, port) in allowed.iter().zip(&ports) {
+        assert!(
+            fetch_half_closed(*port, "/").is_empty(),
+            "{spec} passed a loopback deny"
+        );
+    }
+    // Each spelling was refused by the deny list, not by a failed connection.
+    cmdop_tests::eventually(Duration::from_secs(30), "five refusals", || {
+        let output = locked_forward.output();
+        (output.matches("forward_deny").count() == allowed.len()).then_some(())
+    });
+}
+
+/// A throwaway sshd on a free loopback port (host and user keys generated here), and the user key.
+fn sshd(dir: &std::path::Path) -> (Daemon, u16, PathBuf) {
+    let host_key = dir.join("host_ed25519");
+    let user_key = dir.join("user_ed25519");
+    for key in [&host_key, &user_key] {
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(key)
+            .status()
+            .expect("ssh-keygen (openssh-client; `cargo xtask ci` installs it)");
+        assert!(status.success());
+    }
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(user_key.with_extension("pub"), &authorized).unwrap();
+    // sshd refuses to start without its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             PermitRootLogin prohibit-password\nPidFile {}\nUseDNS no\nSubsystem sftp internal-sftp\n",
+            host_key.display(),
+            authorized.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("/usr/sbin/sshd");
+    command.arg("-D").arg("-e").arg("-f").arg(&config);
+    let daemon = Daemon::spawn(command);
+    cmdop_tests::eventually(Duration::from_secs(10), "sshd to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    (daemon, port, user_key)
+}
+
+#[test]
+fn ssh_works_through_a_forward() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshd, sshd_port, user_key) = sshd(dir.path());
+    let (_forward, ports) = forward(
+        &contour,
+        &member_key,
+        "web-1",
+        &[format!("0:localhost:{sshd_port}")],
+    );
+    // 2 MiB up through ssh's own encryption inside cmdop's; the remote side hashes what it got.
+    let payload = body()[..2 << 20].to_vec();
+    let mut ssh = Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(&user_key)
+        .args([
+            "-p",
+            &ports[0].to_string(),
+            "127.0.0.1",
+            "echo through-cmdop; sha256sum",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ssh.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&payload));
+    let out = ssh.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = hex::encode(Sha256::digest(&body()[..2 << 20]));
+    assert_eq!(stdout, format!("through-cmdop\n{expected}  -\n"));
+}
+
+#[test]
+fn a_remote_forward_brings_the_machines_connections_back_here() {
+    let contour = Contour::start();
+    let OneMachine {
+        agent: _agent,
+        member_key,
+        ..
+    } = contour.one_machine();
+    let body = Arc::new(body());
+    let http = http_server(Arc::clone(&body));
+    let mut command = contour.cli("alice");
+    command
+        .arg("--api-key-file")
+        .arg(&member_key)
+        .args(["connect", "forward", "web-1", "--remote"])
+        .arg(format!("0:127.0.0.1:{http}"));
+    let mut remote = Daemon::spawn(command);
+    let port: u16 = remote.wait_for(Duration::from_secs(30), |line| {
+        line.strip_prefix("remote forwarding 127.0.0.1:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    // The agent listens on the machine's loopback (here, this host); five connections at once come back.
+    let slice = BODY_LEN / PARTS;
+    let fetches: Vec<_> = (0..5)
+        .map(|i| std::thread::spawn(move || (i, fetch_half_closed(port, &format!("/part/{i}")))))
+        .collect();
+    for fetch in fetches {
+        let (i, answer) = fetch.join().unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            remote.output()
+        );
+        assert!(
+            answer.ends_with(&body[i * slice..(i + 1) * slice]),
+            "part {i} changed"
+        );
+    }
+    // Stopping the client (Ctrl-C) stops the machine's listener.
+    let status = Command::new("kill")
+        .args(["-INT", &remote.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = remote.child.wait().unwrap();
+    assert!(exit.success(), "{exit}: {}", remote.output());
+    cmdop_tests::eventually(
+        Duration::from_secs(30),
+        "the remote listener to close",
+        || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
+        },
+    );
+}
