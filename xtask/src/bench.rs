@@ -46,18 +46,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let (runs, build) = parse_args(rest)?;
 
-    let bins = if build {
-        contour::header("building the release binaries");
-        Binaries::build_release(root)?
-    } else {
-        Binaries::existing_release(root)?
-    };
-    let scratch = Scratch::new()?;
-
-    contour::header("a local sshd with a throwaway host key and an ed25519 user key");
-    let sshd = Sshd::start(scratch.path())?;
-
-    let contour = Contour::up(bins, &scratch.path().join("contour"), "127.0.0.1:0")?;
+    let (_scratch, sshd, contour) = setup(root, build)?;
 
     contour::header("what is measured");
     let exec = exec_available(&contour);
@@ -114,12 +103,32 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             ),
         ],
     };
-    let section = report.markdown();
+    publish(root, SECTION, &report.markdown())
+}
+
+/// What every benchmark against ssh needs: the release binaries (built unless `build` is false), a scratch
+/// directory, a local sshd with throwaway keys, and a contour with one machine. Dropping them stops it all.
+pub(crate) fn setup(root: &Path, build: bool) -> Result<(Scratch, Sshd, Contour)> {
+    let bins = if build {
+        contour::header("building the release binaries");
+        Binaries::build_release(root)?
+    } else {
+        Binaries::existing_release(root)?
+    };
+    let scratch = Scratch::new()?;
+    contour::header("a local sshd with a throwaway host key and an ed25519 user key");
+    let sshd = Sshd::start(scratch.path())?;
+    let contour = Contour::up(bins, &scratch.path().join("contour"), "127.0.0.1:0")?;
+    Ok((scratch, sshd, contour))
+}
+
+/// Prints a benchmark's section and writes it into `docs/benchmarks.md` under `heading`.
+pub(crate) fn publish(root: &Path, heading: &str, section: &str) -> Result<()> {
     contour::header("results");
     println!("{section}");
     let doc = root.join("docs").join("benchmarks.md");
     let old = fs::read_to_string(&doc).unwrap_or_default();
-    fs::write(&doc, replace_section(&old, SECTION, &section))
+    fs::write(&doc, replace_section(&old, heading, section))
         .with_context(|| format!("cannot write {}", doc.display()))?;
     println!("written to {}", doc.display());
     Ok(())

@@ -7,7 +7,6 @@
 //! machine state.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -16,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 
-use crate::bench::{Scratch, Sshd, Summary, machine, replace_section, utc_now, versions};
-use crate::contour::{self, Binaries, Contour};
+use crate::bench::{Summary, machine, publish, setup, utc_now, versions};
+use crate::contour;
 
 const USAGE: &str = "usage: cargo xtask bench keystroke [--keystrokes N] [--no-build]
 
@@ -35,16 +34,7 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs `cargo xtask bench keystroke ARGS`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let (keystrokes, build) = parse_args(args)?;
-    let bins = if build {
-        contour::header("building the release binaries");
-        Binaries::build_release(root)?
-    } else {
-        Binaries::existing_release(root)?
-    };
-    let scratch = Scratch::new()?;
-    contour::header("a local sshd with a throwaway host key and an ed25519 user key");
-    let sshd = Sshd::start(scratch.path())?;
-    let contour = Contour::up(bins, &scratch.path().join("contour"), "127.0.0.1:0")?;
+    let (_scratch, sshd, contour) = setup(root, build)?;
 
     contour::header("the two clients, each in its own terminal, running `cat` remotely");
     let mut cmdop_command = contour.cli();
@@ -118,14 +108,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         ratio(c.median, s.median),
         ratio(c.p99, s.p99)
     );
-    contour::header("results");
-    println!("{section}");
-    let doc = root.join("docs").join("benchmarks.md");
-    let old = fs::read_to_string(&doc).unwrap_or_default();
-    fs::write(&doc, replace_section(&old, SECTION, &section))
-        .with_context(|| format!("cannot write {}", doc.display()))?;
-    println!("written to {}", doc.display());
-    Ok(())
+    publish(root, SECTION, &section)
 }
 
 fn parse_args(args: &[String]) -> Result<(usize, bool)> {

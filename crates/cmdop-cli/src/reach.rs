@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use cmdop_relay::client::{ClientConnection, Machine};
-use cmdop_relay::e2e::{Prologue, StreamKind};
-use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender};
+use cmdop_relay::e2e::StreamKind;
+use cmdop_relay::secure_stream::{SecureReceiver, SecureSender};
 
 use crate::GlobalArgs;
+use crate::channel::{self, Channel};
 use crate::exit::Failure;
-use crate::known_machines::{self, Pin};
+use crate::known_machines;
 use crate::profile::{Profile, Session};
 
 /// A logged-in connection to the relay, aimed at one machine.
@@ -56,36 +57,21 @@ impl Reach {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let routed = self
-            .client
-            .open_stream(self.workspace.as_deref(), &name, kind)
-            .await?;
-        let machine = routed.machine().clone();
-        let reported = machine
-            .public_key
-            .context("the relay reported no valid key for this machine")?;
-        if known_machines::check_or_pin(&self.known, machine.id, &machine.hostname, &reported)?
-            == Pin::Added
-        {
-            eprintln!(
-                "cmdop: first contact with {} ({}): pinned its key {} in {}",
-                machine.hostname,
-                machine.id,
-                reported.fingerprint(),
-                self.known.display()
-            );
-        }
-        *self.machine.lock().unwrap_or_else(PoisonError::into_inner) = machine.id.to_string();
-        let prologue = Prologue {
-            fleet_id: *routed.fleet_id().as_bytes(),
-            // The pinned key, never only the relay's word: check_or_pin made sure they agree.
-            agent_key: reported,
-            channel_id: routed.channel_id(),
+        let Channel {
+            machine,
+            sender,
+            receiver,
+        } = channel::open(
+            &self.client,
+            &self.session.identity,
+            &self.known,
+            self.workspace.as_deref(),
+            &name,
             kind,
-        };
-        let capability = routed.capability().to_vec();
-        let (sender, receiver) =
-            secure_stream::connect(routed, prologue, &self.session.identity, &capability).await?;
+        )
+        .await?;
+        // Later streams go to this machine by id, whatever the name also matches by then.
+        *self.machine.lock().unwrap_or_else(PoisonError::into_inner) = machine.id.to_string();
         Ok((sender, receiver, machine))
     }
 

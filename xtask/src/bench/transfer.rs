@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Scratch, Sshd, free_port, machine, replace_section, utc_now, versions};
-use crate::contour::{self, Binaries, Contour};
+use super::{free_port, machine, publish, setup, utc_now, versions};
+use crate::contour;
 
 pub(super) const USAGE: &str = "usage: cargo xtask bench tunnel|cp [--mib N] [--runs N] [--no-build]
 
@@ -235,24 +235,10 @@ impl Drop for Killed {
     }
 }
 
-fn setup(root: &Path, options: &Options) -> Result<(Scratch, Sshd, Contour)> {
-    let bins = if options.build {
-        contour::header("building the release binaries");
-        Binaries::build_release(root)?
-    } else {
-        Binaries::existing_release(root)?
-    };
-    let scratch = Scratch::new()?;
-    contour::header("a local sshd with a throwaway host key and an ed25519 user key");
-    let sshd = Sshd::start(scratch.path())?;
-    let contour = Contour::up(bins, &scratch.path().join("contour"), "127.0.0.1:0")?;
-    Ok((scratch, sshd, contour))
-}
-
 /// Runs `cargo xtask bench tunnel`.
 pub(super) fn tunnel(root: &Path, args: &[String]) -> Result<()> {
     let options = parse(args, "tunnel")?;
-    let (_scratch, sshd, contour) = setup(root, &options)?;
+    let (_scratch, sshd, contour) = setup(root, options.build)?;
     let sink = sink()?;
 
     contour::header("the forwards");
@@ -345,7 +331,7 @@ pub(super) fn tunnel(root: &Path, args: &[String]) -> Result<()> {
 /// Runs `cargo xtask bench cp`.
 pub(super) fn cp(root: &Path, args: &[String]) -> Result<()> {
     let options = parse(args, "cp")?;
-    let (scratch, sshd, contour) = setup(root, &options)?;
+    let (scratch, sshd, contour) = setup(root, options.build)?;
 
     contour::header(&format!(
         "a {} MiB file of incompressible bytes",
@@ -530,12 +516,5 @@ fn write_report(
             "\nThroughput ratio of medians, cmdop / ssh: **{ratio:.2}×** (goal {verdict})."
         );
     }
-    contour::header("results");
-    println!("{out}");
-    let doc = root.join("docs").join("benchmarks.md");
-    let old = fs::read_to_string(&doc).unwrap_or_default();
-    fs::write(&doc, replace_section(&old, heading, &out))
-        .with_context(|| format!("cannot write {}", doc.display()))?;
-    println!("written to {}", doc.display());
-    Ok(())
+    publish(root, heading, &out)
 }
