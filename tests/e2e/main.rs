@@ -8,6 +8,8 @@ mod copy;
 mod exec;
 /// `cmdop connect forward`: bulk and parallel connections, half-close, per-connection errors, destination policy.
 mod forward;
+/// Config files, JSON logs without secrets, metrics, status, draining, systemd units, CLI conventions.
+mod operations;
 /// Registration, presence, identity across restarts and renames, relay restarts.
 mod presence;
 /// The relay sees only ciphertext; a cut stream is never success; Ctrl-C reaches the remote command.

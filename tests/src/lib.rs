@@ -87,8 +87,49 @@ pub fn command(binary: &str) -> Command {
 }
 
 /// Runs a command to completion, returning its output; panics with both streams if it could not start.
+/// Its stderr (where logs go) must not contain any secret the harness created (see [`register_secret`]).
 pub fn run(command: &mut Command) -> Output {
-    command.output().expect("start command")
+    let output = command.output().expect("start command");
+    assert_no_secret(
+        &format!("{command:?}"),
+        &String::from_utf8_lossy(&output.stderr),
+    );
+    output
+}
+
+/// Every secret the harness created in this process (API keys, tokens), so that every log any test's processes
+/// write can be checked for them: a secret must never reach a log, at any level.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Remembers a secret (a credential text) to grep all later logs for; also its secret part alone.
+pub fn register_secret(secret: &str) {
+    // Short texts (a deliberately malformed key in a test) would match innocent log lines.
+    if secret.len() < 16 {
+        return;
+    }
+    let mut secrets = SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    secrets.push(secret.to_owned());
+    // `cmdop_ak_<id>_<secret>`: the id is not secret and is logged on purpose; the part after it is.
+    if let Some(tail) = secret
+        .rsplit('_')
+        .next()
+        .filter(|t| t.len() >= 16 && t.len() < secret.len())
+    {
+        secrets.push(tail.to_owned());
+    }
+}
+
+/// Panics if `log` contains a registered secret, naming `whose` log it was (but not the secret).
+pub fn assert_no_secret(whose: &str, log: &str) {
+    let secrets = SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if secrets.iter().any(|secret| log.contains(secret.as_str())) {
+        drop(secrets);
+        panic!("a secret the test created appears in the log of {whose}");
+    }
 }
 
 /// Runs a command that must succeed and returns its stdout as text.
@@ -191,6 +232,15 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        // Collect the rest of its output (the reader threads end once the pipes close), then check it all
+        // for secrets. Not while already panicking: a second panic would abort and hide the first.
+        if !std::thread::panicking() {
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                self.seen.push(line);
+            }
+            let program = format!("{:?}", self.child.id());
+            assert_no_secret(&format!("daemon pid {program}"), &self.seen.join("\n"));
+        }
     }
 }
 
@@ -300,6 +350,7 @@ impl Contour {
     pub fn api_key(&self, fleet: &str, role: &str) -> (String, PathBuf) {
         let output = self.admin(&["key", "create", "--fleet", fleet, "--role", role]);
         let secret = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        register_secret(&secret);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let id = stderr
             .split_whitespace()
@@ -314,6 +365,7 @@ impl Contour {
     /// Writes a secret to a 0600 file in the contour's directory.
     pub fn secret_file(&self, name: &str, secret: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt as _;
+        register_secret(secret);
         let path = self.root.path().join(name);
         std::fs::write(&path, format!("{secret}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

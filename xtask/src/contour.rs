@@ -53,13 +53,34 @@ impl Binaries {
 
     /// The release binaries a previous build left in `target/release`; fails naming the first one missing.
     pub(crate) fn existing_release(root: &Path) -> Result<Self> {
-        let bins = Self::in_dir(&root.join("target").join("release"));
+        Self::existing(
+            &root.join("target").join("release"),
+            "cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli",
+        )
+    }
+
+    /// Builds the debug binaries exactly as `cargo xtask ci` and the end-to-end tests do (the whole
+    /// workspace's binaries, so features unify the same way and nothing is rebuilt), and returns their paths.
+    pub(crate) fn build_debug(root: &Path) -> Result<Self> {
+        let mut build = crate::cargo_command();
+        build.args(["build", "--locked", "--workspace", "--bins"]);
+        run_shown(&mut build)?;
+        Ok(Self::in_dir(&root.join("target").join("debug")))
+    }
+
+    /// The debug binaries a previous build left in `target/debug`.
+    pub(crate) fn existing_debug(root: &Path) -> Result<Self> {
+        Self::existing(
+            &root.join("target").join("debug"),
+            "cargo build --workspace --bins",
+        )
+    }
+
+    fn existing(dir: &Path, build: &str) -> Result<Self> {
+        let bins = Self::in_dir(dir);
         for bin in [&bins.relay, &bins.agent, &bins.cli] {
             if !bin.is_file() {
-                bail!(
-                    "{} is missing; build it with `cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli`",
-                    bin.display()
-                );
+                bail!("{} is missing; build it with `{build}`", bin.display());
             }
         }
         Ok(bins)
@@ -86,6 +107,8 @@ pub(crate) struct Contour {
     pub(crate) address: String,
     /// The relay's certificate fingerprint, `sha256:…`, which the agent and the CLI pin.
     pub(crate) fingerprint: String,
+    /// The relay's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
+    pub(crate) metrics: String,
     /// The machine id the relay gave this machine's agent.
     pub(crate) machine: String,
 }
@@ -109,6 +132,7 @@ impl Contour {
             relay: None,
             address: String::new(),
             fingerprint: String::new(),
+            metrics: String::new(),
             machine: String::new(),
         };
 
@@ -118,7 +142,9 @@ impl Contour {
             .arg("serve")
             .arg("--data-dir")
             .arg(contour.relay_dir())
-            .args(["--listen", listen]);
+            .args(["--listen", listen])
+            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
+            .args(["--metrics", "127.0.0.1:0"]);
         let mut relay = contour.spawn("relay", serve)?;
         contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
             line.strip_prefix("relay fingerprint: ")
@@ -128,9 +154,13 @@ impl Contour {
             line.strip_prefix("listening on ")
                 .map(|addr| addr.trim().to_owned())
         })?;
+        contour.metrics = relay.wait_for("the relay's metrics address", |line| {
+            line.strip_prefix("metrics on ")
+                .map(|url| url.trim().to_owned())
+        })?;
         println!(
-            "  relay listening on {} with fingerprint {}",
-            contour.address, contour.fingerprint
+            "  relay listening on {} with fingerprint {}; metrics on {}",
+            contour.address, contour.fingerprint, contour.metrics
         );
         contour.relay = Some(relay);
 
@@ -179,6 +209,21 @@ impl Contour {
         command.arg("--config-dir").arg(self.state.join("client"));
         command.stdin(Stdio::null());
         command
+    }
+
+    /// `cmdop-relay ARGS… --data-dir DIR` for this contour's relay (admin verbs, `status`).
+    pub(crate) fn relay_command(&self, args: &[&str]) -> Command {
+        self.admin(args)
+    }
+
+    /// The command that opens an interactive shell on this machine through the relay: `cmdop connect
+    /// <machine>`. `cargo xtask quickstart` runs it when stdin and stdout are a terminal (and `--no-shell` is
+    /// not given), waits for the shell to exit, then keeps the contour up until Ctrl-C. `None` would make the
+    /// quickstart skip the step, for a CLI that cannot open shells.
+    pub(crate) fn shell_command(&self) -> Option<Command> {
+        let mut shell = self.cli();
+        shell.args(["connect", &self.machine]);
+        Some(shell)
     }
 
     /// A `cmdop-agent` command using this contour's agent directory.

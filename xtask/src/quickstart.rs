@@ -15,10 +15,12 @@ use crate::contour::{self, Binaries, Contour};
 /// where the saved login says it is.
 const LISTEN: &str = "127.0.0.1:4433";
 
-const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--stop]
+const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--debug] [--stop]
 
-  --no-shell  exit after showing the contour instead of keeping it up until Ctrl-C
-  --no-build  use the release binaries already in target/release instead of building them
+  --no-shell  exit after showing the contour instead of opening a shell and keeping it up until Ctrl-C
+  --no-build  use the binaries already built instead of building them
+  --debug     use the debug binaries (target/debug, the ones `cargo xtask ci` builds) instead of release
+              ones: CI uses this to skip a second, optimised build of the whole dependency tree
   --stop      stop a contour an earlier quickstart left running";
 
 /// Runs the quickstart with its command-line arguments.
@@ -26,9 +28,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut no_shell = false;
     let mut stop = false;
     let mut build = true;
+    let mut debug = false;
     for arg in args {
         match arg.as_str() {
             "--no-shell" => no_shell = true,
+            "--debug" => debug = true,
             "--stop" => stop = true,
             "--no-build" => build = false,
             "-h" | "--help" => {
@@ -46,11 +50,17 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         return Ok(());
     }
 
-    let bins = if build {
-        contour::header("building the release binaries");
-        Binaries::build_release(root)?
-    } else {
-        Binaries::existing_release(root)?
+    let bins = match (build, debug) {
+        (true, false) => {
+            contour::header("building the release binaries");
+            Binaries::build_release(root)?
+        }
+        (true, true) => {
+            contour::header("building the debug binaries");
+            Binaries::build_debug(root)?
+        }
+        (false, false) => Binaries::existing_release(root)?,
+        (false, true) => Binaries::existing_debug(root)?,
     };
     let mut contour = Contour::up(bins, &state, LISTEN)?;
 
@@ -75,7 +85,32 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         println!("  `cmdop connect exec` is not available in this build yet; skipping it");
     }
 
+    contour::header("how the relay is doing (it serves Prometheus metrics too)");
+    let mut relay_status = contour.relay_command(&["status"]);
+    contour::run_shown(&mut relay_status)?;
+    println!("  metrics: {}", contour.metrics);
+    let mut cli_status = contour.cli();
+    cli_status.arg("status");
+    contour::run_shown(&mut cli_status)?;
+
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !no_shell && interactive {
+        contour::header(
+            "an interactive shell on this machine, through the relay (exit it to go on)",
+        );
+        match contour.shell_command() {
+            Some(mut shell) => {
+                // The shell needs the terminal: stdin too, not the null device the other steps get.
+                shell.stdin(std::process::Stdio::inherit());
+                if let Err(err) = contour::run_shown(&mut shell) {
+                    println!("  the shell ended with an error: {err:#}");
+                }
+            }
+            None => {
+                println!("  interactive shells are not available in this build yet; skipping it")
+            }
+        }
+    }
     if no_shell || !interactive {
         contour::header("done; stopping the agent and the relay");
         contour.stop();
@@ -87,10 +122,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     contour::header("the contour is up");
     println!(
-        "  try it from another terminal:\n    {} --config-dir {} connect --list\n  \
+        "  try it from another terminal:\n    {}\n  \
          Ctrl-C here stops the agent and the relay (or run `cargo xtask quickstart --stop`).",
-        root.join("target/release/cmdop").display(),
-        state.join("client").display()
+        contour::shell_line(contour.cli().args(["connect", "--list"])).trim_start_matches("$ ")
     );
     // Ctrl-C reaches the whole foreground process group, so the relay and the agent stop on their own (and
     // this process with them). Should one of them exit for another reason, the other is stopped too.

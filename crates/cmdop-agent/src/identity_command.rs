@@ -10,6 +10,7 @@ use serde_json::json;
 #[derive(Debug, Subcommand)]
 pub(crate) enum IdentityCommand {
     /// Create this machine's identity if it has none, and say whether it was created or found.
+    #[command(after_help = "Example:\n  cmdop-agent identity init --json")]
     Init {
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -17,6 +18,7 @@ pub(crate) enum IdentityCommand {
     },
     /// Print the public key, fingerprints, seed file and where the key-encryption key is kept.
     /// Never creates anything.
+    #[command(after_help = "Example:\n  cmdop-agent identity show")]
     Show {
         /// Print one JSON object instead of text.
         #[arg(long)]

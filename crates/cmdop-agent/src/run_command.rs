@@ -35,6 +35,9 @@ pub(crate) struct RelayArgs {
     /// A display name to report [default: the hostname, or the name set on the relay].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// `api_key_file` from the config file: below CMDOP_API_KEY, above the saved key.
+    #[arg(skip)]
+    file_api_key_file: Option<PathBuf>,
     /// A network forwards may never reach (ADDRESS or ADDRESS/PREFIX; repeatable), checked first; replaces
     /// the saved list.
     #[arg(long, value_name = "NET")]
@@ -43,6 +46,27 @@ pub(crate) struct RelayArgs {
     /// open everything not denied); replaces the saved list.
     #[arg(long, value_name = "NET")]
     forward_allow: Vec<String>,
+}
+
+impl RelayArgs {
+    /// Fills what neither a flag nor the environment gave from the config file.
+    pub(crate) fn with_file(mut self, file: &crate::agent_config::AgentFile) -> Self {
+        self.relay = self.relay.or_else(|| file.relay.clone());
+        self.relay_fingerprint = self
+            .relay_fingerprint
+            .or_else(|| file.relay_fingerprint.clone());
+        self.workspace = self.workspace.or_else(|| file.workspace.clone());
+        self.hostname = self.hostname.or_else(|| file.hostname.clone());
+        self.name = self.name.or_else(|| file.name.clone());
+        self.file_api_key_file = file.api_key_file.clone();
+        if self.forward_deny.is_empty() {
+            self.forward_deny = file.forward_deny.clone().unwrap_or_default();
+        }
+        if self.forward_allow.is_empty() {
+            self.forward_allow = file.forward_allow.clone().unwrap_or_default();
+        }
+        self
+    }
 }
 
 /// Flags of `run`: where to register, and the limits on interactive sessions.
@@ -57,28 +81,49 @@ pub(crate) struct RunArgs {
 /// Limits on the interactive sessions this machine keeps (documented in docs/cli.md).
 #[derive(Debug, Args)]
 pub(crate) struct SessionArgs {
-    /// Sessions kept at once; attaching a new one beyond this is refused.
-    #[arg(
-        long,
-        env = "CMDOP_MAX_SESSIONS",
-        default_value_t = 64,
-        value_name = "N"
-    )]
-    max_sessions: usize,
-    /// End a session nobody has been attached to for this long (e.g. `24h`, `90m`).
-    #[arg(long, env = "CMDOP_SESSION_IDLE_TTL", default_value = "24h", value_parser = humantime::parse_duration, value_name = "DUR")]
-    session_idle_ttl: std::time::Duration,
-    /// Output kept per session for reattaching, in bytes (at least 64 KiB).
-    #[arg(long, env = "CMDOP_SESSION_BUFFER", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 30)), value_name = "BYTES")]
-    session_buffer: u64,
+    /// Sessions kept at once; attaching a new one beyond this is refused [config: max_sessions] [default: 64].
+    #[arg(long, env = "CMDOP_MAX_SESSIONS", value_name = "N")]
+    max_sessions: Option<usize>,
+    /// End a session nobody has been attached to for this long (e.g. `24h`, `90m`) [config: session_idle_ttl]
+    /// [default: 24h].
+    #[arg(long, env = "CMDOP_SESSION_IDLE_TTL", value_parser = humantime::parse_duration, value_name = "DUR")]
+    session_idle_ttl: Option<std::time::Duration>,
+    /// Output kept per session for reattaching, in bytes (at least 64 KiB) [config: session_buffer]
+    /// [default: 1048576].
+    #[arg(long, env = "CMDOP_SESSION_BUFFER", value_parser = clap::value_parser!(u64).range(SESSION_BUFFER_RANGE), value_name = "BYTES")]
+    session_buffer: Option<u64>,
+}
+
+/// The accepted sizes of `--session-buffer` (and `session_buffer` in the config file).
+pub(crate) const SESSION_BUFFER_RANGE: std::ops::RangeInclusive<u64> = 65_536..=(1 << 30);
+
+impl RunArgs {
+    /// Fills what neither a flag nor the environment gave from the config file.
+    pub(crate) fn with_file(self, file: &crate::agent_config::AgentFile) -> Self {
+        Self {
+            relay: self.relay.with_file(file),
+            sessions: SessionArgs {
+                max_sessions: self.sessions.max_sessions.or(file.max_sessions),
+                // The file's value was checked when it was loaded.
+                session_idle_ttl: self.sessions.session_idle_ttl.or_else(|| {
+                    file.session_idle_ttl
+                        .as_deref()
+                        .and_then(|text| humantime::parse_duration(text).ok())
+                }),
+                session_buffer: self.sessions.session_buffer.or(file.session_buffer),
+            },
+        }
+    }
 }
 
 impl SessionArgs {
     fn limits(&self) -> SessionLimits {
         SessionLimits {
-            max_sessions: self.max_sessions,
-            idle_ttl: self.session_idle_ttl,
-            buffer: usize::try_from(self.session_buffer).unwrap_or(1 << 20),
+            max_sessions: self.max_sessions.unwrap_or(64),
+            idle_ttl: self
+                .session_idle_ttl
+                .unwrap_or(std::time::Duration::from_secs(24 * 3600)),
+            buffer: usize::try_from(self.session_buffer.unwrap_or(1 << 20)).unwrap_or(1 << 20),
             ..SessionLimits::default()
         }
     }
@@ -178,7 +223,7 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
 }
 
 /// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then
-/// `CMDOP_API_KEY`, then the saved key file.
+/// `CMDOP_API_KEY`, then the config file's `api_key_file`, then the saved key file.
 fn merge(
     args: RelayArgs,
     saved: Settings,
@@ -194,6 +239,13 @@ fn merge(
                 .trim()
                 .to_owned(),
         )
+    } else if let Some(path) = &args.file_api_key_file {
+        settings::read_api_key(path)?.with_context(|| {
+            format!(
+                "api_key_file {} (from the config file) does not exist",
+                path.display()
+            )
+        })?
     } else if let Some(key) = settings::read_api_key(&dir.join(settings::API_KEY_FILE))? {
         key
     } else {

@@ -42,11 +42,14 @@ pub(crate) fn login(global: &GlobalArgs, args: LoginArgs) -> Outcome {
     let profile = Profile::open(global)?;
     let relay = profile.relay_target(global, None)?;
     let (identity, _) = profile.identity()?;
-    let client = runtime()?.block_on(ClientConnection::login(&relay, &identity, &token))?;
+    let runtime = runtime()?;
+    let client = runtime.block_on(ClientConnection::login(&relay, &identity, &token))?;
     let path = profile.save_login(&identity, &relay, &token)?;
     println!("logged in to {} as {}", relay.address, client.principal());
     println!("fleets: {}", client.fleets().join(", "));
     println!("saved to {}", path.display());
+    // Say goodbye rather than vanish, so the relay does not count this client until its idle timeout.
+    runtime.block_on(client.close());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,9 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::control::{ControlStream, StreamError};
+use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{
-    AuditEntry, CredentialKind, FleetAccess, KeyRole, MachineReport, Principal, ScopeError, Store,
-    StoreError,
+    AuditEntry, AuthRefusal, CredentialKind, FleetAccess, KeyRole, MachineReport, Principal,
+    ScopeError, Store, StoreError,
 };
 use crate::transport::{
     Limits, RelayFingerprint, TlsIdentity, TransportError, endpoint_config, server_config,
@@ -40,6 +41,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A machine is offline after this many heartbeat intervals without one.
 pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// Default for [`ServerConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the relay waits for a peer to receive a final error before closing.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -99,6 +103,10 @@ pub struct ServerConfig {
     pub revocation_poll: Duration,
     /// Sees every forwarded byte of routed streams (tests only; `None` in the binary).
     pub tap: Option<Tap>,
+    /// Where the server counts what it does (`cmdop-relay serve --metrics` serves them).
+    pub metrics: Arc<RelayMetrics>,
+    /// On shutdown, how long routed streams still running get to finish before the relay closes them.
+    pub drain_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -112,6 +120,8 @@ impl ServerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             revocation_poll: Duration::from_millis(250),
             tap: None,
+            metrics: Arc::new(RelayMetrics::new()),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -123,6 +133,7 @@ pub struct Server {
     shared: Arc<Shared>,
     fingerprint: RelayFingerprint,
     revocation_poll: Duration,
+    drain_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -136,6 +147,7 @@ struct Shared {
     online: Mutex<HashMap<Uuid, u64>>,
     next_session: AtomicU64,
     tap: Option<Tap>,
+    metrics: Arc<RelayMetrics>,
 }
 
 #[derive(Debug)]
@@ -173,12 +185,14 @@ impl Server {
             online: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             tap: config.tap,
+            metrics: config.metrics,
         });
         Ok(Self {
             endpoint,
             shared,
             fingerprint,
             revocation_poll: config.revocation_poll,
+            drain_timeout: config.drain_timeout,
         })
     }
 
@@ -192,7 +206,14 @@ impl Server {
         self.fingerprint
     }
 
-    /// Serves until `shutdown` completes, then closes every connection and marks machines offline.
+    /// The metrics this server updates.
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Serves until `shutdown` completes, then drains: no new connections are accepted, routed streams still
+    /// running get [`ServerConfig::drain_timeout`] to finish, then every connection is closed (agents
+    /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let watcher = tokio::spawn(watch_revocations(self.shared.clone(), self.revocation_poll));
         tokio::pin!(shutdown);
@@ -204,11 +225,17 @@ impl Server {
             let Some(incoming) = incoming else { break };
             let Ok(connection_permit) = self.shared.connections.clone().try_acquire_owned() else {
                 tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                self.shared
+                    .metrics
+                    .handshake_failed(FailureReason::ConnectionLimit);
                 incoming.refuse();
                 continue;
             };
             let Ok(login_permit) = self.shared.unauthenticated.clone().try_acquire_owned() else {
                 tracing::warn!(remote = %incoming.remote_address(), "unauthenticated connection limit reached; refusing");
+                self.shared
+                    .metrics
+                    .handshake_failed(FailureReason::UnauthenticatedLimit);
                 incoming.refuse();
                 continue;
             };
@@ -217,6 +244,24 @@ impl Server {
                 handle_incoming(shared, incoming, login_permit).await;
                 drop(connection_permit);
             });
+        }
+        // Draining: refuse new connections at once, let running streams (an exec, a copy) finish.
+        self.endpoint.set_server_config(None);
+        let active = self.shared.metrics.active_streams();
+        if active > 0 {
+            tracing::info!(streams = active, timeout = ?self.drain_timeout, "draining: waiting for routed streams to finish");
+            let deadline = tokio::time::Instant::now() + self.drain_timeout;
+            while self.shared.metrics.active_streams() > 0 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = self.shared.metrics.active_streams();
+            if left > 0 {
+                tracing::warn!(
+                    streams = left,
+                    "drain timeout reached; closing the streams still running"
+                );
+            }
         }
         watcher.abort();
         self.endpoint
@@ -353,6 +398,8 @@ enum LoggedIn {
         principal: Principal,
         machine_id: Uuid,
         fleet_id: Uuid,
+        /// The fleet's name, for metrics.
+        fleet: String,
     },
     Client {
         principal: Principal,
@@ -372,12 +419,14 @@ async fn handle_incoming(
         Ok(connecting) => connecting,
         Err(err) => {
             tracing::debug!(%remote, %err, "incoming connection failed");
+            shared.metrics.handshake_failed(FailureReason::Tls);
             return;
         }
     };
     let started = tokio::time::Instant::now();
     let Ok(Ok(connection)) = tokio::time::timeout(deadline, connecting).await else {
         tracing::debug!(%remote, "handshake failed or timed out");
+        shared.metrics.handshake_failed(FailureReason::Tls);
         return;
     };
     let login_phase = async {
@@ -396,6 +445,7 @@ async fn handle_incoming(
             Ok(Some(done)) => done,
             Ok(None) => return,
             Err(_) => {
+                shared.metrics.handshake_failed(FailureReason::LoginTimeout);
                 connection.close(
                     CloseCode::LOGIN_TIMEOUT.0.into(),
                     b"login deadline exceeded",
@@ -431,13 +481,19 @@ async fn handle_incoming(
         },
     );
     match logged_in {
-        LoggedIn::Agent { machine_id, .. } => {
+        LoggedIn::Agent {
+            machine_id,
+            ref fleet,
+            ..
+        } => {
+            let _connected = shared.metrics.agent_connected(fleet, machine_id);
             serve_agent(&shared, &connection, &mut stream, session_id, machine_id).await
         }
         LoggedIn::Client {
             principal,
             client_key,
         } => {
+            let _connected = shared.metrics.client_connected(principal.fleet_names());
             // Routed streams arrive as further bidirectional streams beside the control stream.
             let routes = tokio::spawn(routing::accept_routes(
                 shared.clone(),
@@ -459,6 +515,7 @@ async fn login(
     remote: SocketAddr,
 ) -> Result<LoggedIn, Refusal> {
     let Some(PeerMessage::Hello(hello)) = stream.recv::<PeerMessage>().await? else {
+        shared.metrics.handshake_failed(FailureReason::Protocol);
         return Err(Refusal::new(
             ErrorCode::UNEXPECTED_MESSAGE,
             "expected Hello as the first message",
@@ -466,6 +523,7 @@ async fn login(
         ));
     };
     if hello.version != PROTOCOL_VERSION {
+        shared.metrics.handshake_failed(FailureReason::Protocol);
         return Err(Refusal::new(
             ErrorCode::UNSUPPORTED_VERSION,
             format!(
@@ -494,6 +552,7 @@ async fn login(
             (&login.credential, login.public_key, login.signature)
         }
         _ => {
+            shared.metrics.handshake_failed(FailureReason::Protocol);
             return Err(Refusal::new(
                 ErrorCode::UNEXPECTED_MESSAGE,
                 "expected the login message matching the role announced in Hello",
@@ -508,6 +567,11 @@ async fn login(
             Ok(principal) => principal,
             Err(reason) => {
                 drop(store);
+                shared.metrics.auth_failed(match reason {
+                    AuthRefusal::Revoked => FailureReason::Revoked,
+                    AuthRefusal::Expired => FailureReason::Expired,
+                    _ => FailureReason::Credential,
+                });
                 shared.audit(AuditEntry {
                     at: now,
                     fleet_id: None,
@@ -538,6 +602,7 @@ async fn login(
         });
     };
     if let Err(reason) = verify_proof(&nonce, &exporter, public_key, signature) {
+        shared.metrics.auth_failed(FailureReason::KeyProof);
         refuse_auth(reason);
         return Err(Refusal::auth());
     }
@@ -548,6 +613,7 @@ async fn login(
             let may_enrol = principal.kind == CredentialKind::ApiKey
                 && matches!(principal.role, Some(KeyRole::Agent | KeyRole::Admin));
             if !may_enrol {
+                shared.metrics.auth_failed(FailureReason::Role);
                 refuse_auth("agent login with a credential that is not an agent or admin API key");
                 return Err(Refusal::new(
                     ErrorCode::FORBIDDEN,
@@ -560,6 +626,7 @@ async fn login(
                 .iter()
                 .any(|c| c == AUTH_CAPABILITY_ED25519)
             {
+                shared.metrics.auth_failed(FailureReason::Capability);
                 refuse_auth("agent does not advertise the ed25519 capability");
                 return Err(Refusal::new(
                     ErrorCode::MISSING_CAPABILITY,
@@ -570,6 +637,7 @@ async fn login(
             let access: FleetAccess = match principal.fleet_access(Some(&login.workspace)) {
                 Ok(access) => access,
                 Err(_) => {
+                    shared.metrics.auth_failed(FailureReason::Scope);
                     refuse_auth(&format!("workspace {:?} not in scope", login.workspace));
                     return Err(scope_refusal(
                         ScopeError::NotFound(login.workspace.clone()),
@@ -592,6 +660,7 @@ async fn login(
             let machine = match registered {
                 Ok(machine) => machine,
                 Err(StoreError::HostnameTaken(hostname)) => {
+                    shared.metrics.auth_failed(FailureReason::HostnameTaken);
                     refuse_auth(&format!("hostname {hostname:?} taken by another key"));
                     return Err(Refusal::new(
                         ErrorCode::HOSTNAME_TAKEN,
@@ -636,10 +705,12 @@ async fn login(
                 principal,
                 machine_id: machine.id,
                 fleet_id,
+                fleet: access.fleet().name.clone(),
             })
         }
         _ => {
             if principal.role == Some(KeyRole::Agent) {
+                shared.metrics.auth_failed(FailureReason::Role);
                 refuse_auth("client login with an agent API key");
                 return Err(Refusal::new(
                     ErrorCode::FORBIDDEN,

@@ -128,12 +128,17 @@ async fn route(
     let started = unix_now();
     let channel = hex::encode(route.header.channel_id);
     tracing::info!(%channel, machine = %route.machine.id, kind = ?route.kind, "stream routed");
+    let active = shared
+        .metrics
+        .stream_opened(&format!("{:?}", route.kind).to_lowercase());
     let outcome = splice(
         shared,
         (client_send, client_recv, leftover),
         (agent_send, agent_recv),
     )
     .await;
+    shared.metrics.relayed(outcome.up, outcome.down);
+    drop(active);
     shared.audit(AuditEntry {
         at: started,
         fleet_id: Some(route.fleet_id),
