@@ -1,6 +1,5 @@
 //! `cmdop-agent run` and `cmdop-agent enroll`: connect this machine to its relay and keep it there.
 
-use cmdop_agent::shell::SessionLimits;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -8,6 +7,7 @@ use clap::Args;
 use cmdop_agent::destination_policy::DestinationPolicy;
 use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
 use cmdop_agent::settings::{self, Settings};
+use cmdop_agent::shell::SessionLimits;
 use cmdop_identity::store::SeedStore;
 use cmdop_relay::client::{AgentRegistration, RelayTarget};
 use cmdop_relay::transport::RelayFingerprint;
@@ -118,13 +118,15 @@ impl RunArgs {
 
 impl SessionArgs {
     fn limits(&self) -> SessionLimits {
+        let defaults = SessionLimits::default();
         SessionLimits {
-            max_sessions: self.max_sessions.unwrap_or(64),
-            idle_ttl: self
-                .session_idle_ttl
-                .unwrap_or(std::time::Duration::from_secs(24 * 3600)),
-            buffer: usize::try_from(self.session_buffer.unwrap_or(1 << 20)).unwrap_or(1 << 20),
-            ..SessionLimits::default()
+            max_sessions: self.max_sessions.unwrap_or(defaults.max_sessions),
+            idle_ttl: self.session_idle_ttl.unwrap_or(defaults.idle_ttl),
+            buffer: self
+                .session_buffer
+                .and_then(|bytes| usize::try_from(bytes).ok())
+                .unwrap_or(defaults.buffer),
+            ..defaults
         }
     }
 }
