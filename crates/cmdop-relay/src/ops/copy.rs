@@ -164,7 +164,8 @@ mod tests {
 
     use super::*;
     use crate::ops::MAX_CHUNK;
-    use crate::wire::{FrameDecoder, encode};
+    use crate::ops::testing;
+    use crate::wire::encode;
 
     fn hex(value: &impl Serialize) -> String {
         hex::encode(encode(value).unwrap())
@@ -314,42 +315,18 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip(ops in prop::collection::vec(request(), 1..8)) {
-            let mut bytes = Vec::new();
-            for op in &ops {
-                bytes.extend(encode(op).unwrap());
-            }
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            let mut decoded = Vec::new();
-            while let Some(op) = decoder.decode::<CopyRequest>(&mut input).unwrap() {
-                decoded.push(op);
-            }
-            prop_assert_eq!(decoded, ops);
+            prop_assert_eq!(testing::decode_all::<CopyRequest>(&testing::encode_all(&ops)), ops);
         }
 
         #[test]
         fn replies_round_trip(ops in prop::collection::vec(reply(), 1..8)) {
-            let mut bytes = Vec::new();
-            for op in &ops {
-                bytes.extend(encode(op).unwrap());
-            }
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            let mut decoded = Vec::new();
-            while let Some(op) = decoder.decode::<CopyReply>(&mut input).unwrap() {
-                decoded.push(op);
-            }
-            prop_assert_eq!(decoded, ops);
+            prop_assert_eq!(testing::decode_all::<CopyReply>(&testing::encode_all(&ops)), ops);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let mut input = bytes.as_slice();
-            let mut decoder = FrameDecoder::new();
-            while let Ok(Some(_)) = decoder.decode::<CopyRequest>(&mut input) {}
-            let mut input = bytes.as_slice();
-            let mut decoder = FrameDecoder::new();
-            while let Ok(Some(_)) = decoder.decode::<CopyReply>(&mut input) {}
+            testing::decode_garbage::<CopyRequest>(&bytes);
+            testing::decode_garbage::<CopyReply>(&bytes);
         }
     }
 }

@@ -84,6 +84,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::ops::testing;
     use crate::wire::{FrameDecoder, encode};
 
     #[test]
@@ -155,12 +156,8 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let mut input = bytes.as_slice();
-            let mut decoder = FrameDecoder::new();
-            while let Ok(Some(_)) = decoder.decode::<TunnelRequest>(&mut input) {}
-            let mut input = bytes.as_slice();
-            let mut decoder = FrameDecoder::new();
-            while let Ok(Some(_)) = decoder.decode::<TunnelReply>(&mut input) {}
+            testing::decode_garbage::<TunnelRequest>(&bytes);
+            testing::decode_garbage::<TunnelReply>(&bytes);
         }
     }
 }

@@ -87,12 +87,47 @@ pub enum AgentOp {
     },
 }
 
+/// What every operation module's property tests do with frames.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::wire::{FrameDecoder, encode};
+
+    /// The frames of `ops`, back to back.
+    pub(crate) fn encode_all<M: Serialize>(ops: &[M]) -> Vec<u8> {
+        ops.iter()
+            .flat_map(|op| encode(op).expect("an operation that fits a frame"))
+            .collect()
+    }
+
+    /// Every message the frame decoder yields from `bytes`; panics on a decoding error.
+    pub(crate) fn decode_all<M: DeserializeOwned>(bytes: &[u8]) -> Vec<M> {
+        let mut decoder = FrameDecoder::new();
+        let mut input = bytes;
+        let mut decoded = Vec::new();
+        while let Some(op) = decoder.decode::<M>(&mut input).expect("well-formed frames") {
+            decoded.push(op);
+        }
+        decoded
+    }
+
+    /// Feeds arbitrary bytes to the frame decoder as `M` until it stops; the point is that it never panics.
+    pub(crate) fn decode_garbage<M: DeserializeOwned>(bytes: &[u8]) {
+        let mut decoder = FrameDecoder::new();
+        let mut input = bytes;
+        while let Ok(Some(_)) = decoder.decode::<M>(&mut input) {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
+    use super::testing;
     use super::*;
-    use crate::wire::{FrameDecoder, encode};
+    use crate::wire::encode;
 
     fn hex(bytes: &[u8]) -> String {
         hex::encode(bytes)
@@ -178,24 +213,12 @@ mod tests {
     proptest! {
         #[test]
         fn client_ops_round_trip_through_the_frame_decoder(ops in prop::collection::vec(client_op(), 1..8)) {
-            let mut bytes = Vec::new();
-            for op in &ops {
-                bytes.extend(encode(op).unwrap());
-            }
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            let mut decoded = Vec::new();
-            while let Some(op) = decoder.decode::<ClientOp>(&mut input).unwrap() {
-                decoded.push(op);
-            }
-            prop_assert_eq!(decoded, ops);
+            prop_assert_eq!(testing::decode_all::<ClientOp>(&testing::encode_all(&ops)), ops);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            while let Ok(Some(_)) = decoder.decode::<AgentOp>(&mut input) {}
+            testing::decode_garbage::<AgentOp>(&bytes);
         }
     }
 }

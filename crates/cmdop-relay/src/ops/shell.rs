@@ -148,7 +148,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::{FrameDecoder, encode};
+    use crate::ops::testing;
+    use crate::wire::encode;
 
     #[test]
     fn golden_bytes() {
@@ -307,27 +308,13 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip(ops in prop::collection::vec(request(), 1..6)) {
-            let mut bytes = Vec::new();
-            for op in &ops {
-                bytes.extend(encode(op).unwrap());
-            }
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            let mut decoded = Vec::new();
-            while let Some(op) = decoder.decode::<ShellRequest>(&mut input).unwrap() {
-                decoded.push(op);
-            }
-            prop_assert_eq!(decoded, ops);
+            prop_assert_eq!(testing::decode_all::<ShellRequest>(&testing::encode_all(&ops)), ops);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            while let Ok(Some(_)) = decoder.decode::<ShellReply>(&mut input) {}
-            let mut decoder = FrameDecoder::new();
-            let mut input = bytes.as_slice();
-            while let Ok(Some(_)) = decoder.decode::<ShellRequest>(&mut input) {}
+            testing::decode_garbage::<ShellReply>(&bytes);
+            testing::decode_garbage::<ShellRequest>(&bytes);
         }
     }
 }
