@@ -303,20 +303,27 @@ fn parse_remote(text: &str) -> Result<RemoteSpec, Failure> {
     let listen_port: u16 = listen
         .parse()
         .map_err(|_| bad("REMOTE_PORT must be a number from 0 to 65535"))?;
+    let (host, port) = destination(host, port).map_err(bad)?;
+    Ok(RemoteSpec {
+        listen_port,
+        host,
+        port,
+    })
+}
+
+/// The `HOST:PORT` ending of both kinds of spec: a non-empty host (brackets of an IPv6 address removed) and a
+/// port from 1 to 65535; the error says which part is wrong.
+fn destination(host: &str, port: &str) -> Result<(String, u16), &'static str> {
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| bad("PORT must be a number from 1 to 65535"))?;
+        .ok_or("PORT must be a number from 1 to 65535")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(bad("HOST is empty"));
+        return Err("HOST is empty");
     }
-    Ok(RemoteSpec {
-        listen_port,
-        host: host.to_owned(),
-        port,
-    })
+    Ok((host.to_owned(), port))
 }
 
 /// Parses `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`, with IPv6 addresses in brackets.
@@ -347,18 +354,10 @@ fn parse_spec(text: &str) -> Result<Spec, Failure> {
     let local: u16 = local
         .parse()
         .map_err(|_| bad("LOCAL_PORT must be a number from 0 to 65535"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| bad("PORT must be a number from 1 to 65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("HOST is empty"));
-    }
+    let (host, port) = destination(host, port).map_err(bad)?;
     Ok(Spec {
         bind: SocketAddr::new(bind, local),
-        host: host.to_owned(),
+        host,
         port,
     })
 }
