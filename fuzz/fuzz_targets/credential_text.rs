@@ -1,7 +1,7 @@
 //! Fuzzes the parser of credential texts (`cmdop_ak_…` / `cmdop_ut_…`) presented by peers.
 #![no_main]
 
-use cmdop_relay::store::CredentialSecret;
+use cmdop_fleet::CredentialSecret;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! arbitrary chunking, and the transport frame decoder over arbitrary plaintext.
 #![no_main]
 
-use cmdop_relay::e2e::{MessageDecoder, decode_frame};
+use cmdop_proto::e2e::{MessageDecoder, decode_frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

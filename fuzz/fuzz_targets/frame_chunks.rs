@@ -2,7 +2,7 @@
 //! same messages as feeding them at once, and never panic.
 #![no_main]
 
-use cmdop_relay::wire::{FrameDecoder, PeerMessage};
+use cmdop_proto::wire::{FrameDecoder, PeerMessage};
 use libfuzzer_sys::fuzz_target;
 
 fn decode_all(chunks: &[&[u8]]) -> Vec<Result<PeerMessage, ()>> {

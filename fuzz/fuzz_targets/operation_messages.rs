@@ -3,11 +3,11 @@
 //! buffering past one frame.
 #![no_main]
 
-use cmdop_relay::ops::copy::{CopyReply, CopyRequest};
-use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
-use cmdop_relay::ops::shell::{ShellReply, ShellRequest};
-use cmdop_relay::ops::{AgentOp, ClientOp};
-use cmdop_relay::wire::FrameDecoder;
+use cmdop_proto::ops::copy::{CopyReply, CopyRequest};
+use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
+use cmdop_proto::ops::shell::{ShellReply, ShellRequest};
+use cmdop_proto::ops::{AgentOp, ClientOp};
+use cmdop_proto::wire::FrameDecoder;
 use libfuzzer_sys::fuzz_target;
 
 macro_rules! decode_all {

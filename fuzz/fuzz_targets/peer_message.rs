@@ -2,7 +2,7 @@
 //! must re-encode to the same bytes it was decoded from.
 #![no_main]
 
-use cmdop_relay::wire::{FrameDecoder, PeerMessage, decode_body, encode};
+use cmdop_proto::wire::{FrameDecoder, PeerMessage, decode_body, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Fuzzes the parser of relay certificate fingerprints given on command lines and in config files.
 #![no_main]
 
-use cmdop_relay::transport::RelayFingerprint;
+use cmdop_proto::RelayFingerprint;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

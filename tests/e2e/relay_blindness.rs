@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cmdop_relay::server::{Server, ServerConfig, Tap};
-use cmdop_relay::transport::TlsIdentity;
+use cmdop_relay::tls::TlsIdentity;
 use cmdop_tests::{Contour, OneMachine};
 use data_encoding::{BASE64, BASE64_NOPAD, BASE64URL_NOPAD};
 use rand::RngCore as _;

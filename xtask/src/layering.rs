@@ -11,20 +11,48 @@ use serde_json::Value;
 const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("cmdop-identity", &[]),
     ("cmdop-fleet", &["cmdop-identity"]),
-    ("cmdop-relay", &["cmdop-fleet", "cmdop-identity"]),
+    ("cmdop-proto", &["cmdop-fleet", "cmdop-identity"]),
+    ("cmdop-config", &[]),
+    (
+        "cmdop-client",
+        &["cmdop-proto", "cmdop-fleet", "cmdop-identity"],
+    ),
+    (
+        "cmdop-relay",
+        &[
+            "cmdop-client",
+            "cmdop-config",
+            "cmdop-proto",
+            "cmdop-fleet",
+            "cmdop-identity",
+        ],
+    ),
     (
         "cmdop-agent",
-        &["cmdop-relay", "cmdop-fleet", "cmdop-identity"],
+        &[
+            "cmdop-client",
+            "cmdop-config",
+            "cmdop-proto",
+            "cmdop-fleet",
+            "cmdop-identity",
+        ],
     ),
     (
         "cmdop-cli",
-        &["cmdop-relay", "cmdop-fleet", "cmdop-identity"],
+        &[
+            "cmdop-client",
+            "cmdop-proto",
+            "cmdop-fleet",
+            "cmdop-identity",
+        ],
     ),
     (
         "cmdop-tests",
         &[
             "cmdop-agent",
             "cmdop-relay",
+            "cmdop-client",
+            "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
         ],
@@ -32,27 +60,117 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("xtask", &[]),
 ];
 
-/// External crates that exactly one workspace crate may name as a dependency of any kind.
-const SOLE_OWNERS: &[(&str, &str)] = &[
-    ("ed25519-dalek", "cmdop-identity"),
-    ("curve25519-dalek", "cmdop-identity"),
-    ("quinn", "cmdop-relay"),
-    ("quinn-proto", "cmdop-relay"),
-    ("rusqlite", "cmdop-relay"),
+/// External crates that only the listed workspace crates may name as a dependency of any kind.
+const OWNERS: &[(&str, &[&str])] = &[
+    ("ed25519-dalek", &["cmdop-identity"]),
+    ("curve25519-dalek", &["cmdop-identity"]),
+    ("quinn", &["cmdop-client", "cmdop-relay"]),
+    ("quinn-proto", &["cmdop-relay"]),
+    ("rusqlite", &["cmdop-relay"]),
+    ("prometheus-client", &["cmdop-relay"]),
+    ("rcgen", &["cmdop-relay"]),
 ];
 
-/// Crates that must not appear anywhere in the normal dependency graph of the pure crates.
-const PURE_CRATES: &[&str] = &["cmdop-identity", "cmdop-fleet"];
-const FORBIDDEN_IN_PURE: &[&str] = &["tokio", "quinn", "rusqlite", "mio"];
+/// Crates that must not appear anywhere in the normal dependency graph of a workspace crate.
+const FORBIDDEN_IN_GRAPH: &[(&str, &[&str])] = &[
+    // Pure: no IO runtime, no storage.
+    ("cmdop-identity", &["tokio", "quinn", "rusqlite", "mio"]),
+    ("cmdop-fleet", &["tokio", "quinn", "rusqlite", "mio"]),
+    // The sans-IO core: no runtime, no sockets, nothing of the server.
+    (
+        "cmdop-proto",
+        &[
+            "tokio",
+            "quinn",
+            "mio",
+            "rusqlite",
+            "prometheus-client",
+            "rcgen",
+        ],
+    ),
+    // The client side and what is built on it: nothing of the server.
+    (
+        "cmdop-client",
+        &[
+            "cmdop-relay",
+            "rusqlite",
+            "libsqlite3-sys",
+            "prometheus-client",
+        ],
+    ),
+    (
+        "cmdop-agent",
+        &[
+            "cmdop-relay",
+            "rusqlite",
+            "libsqlite3-sys",
+            "prometheus-client",
+        ],
+    ),
+    (
+        "cmdop-cli",
+        &[
+            "cmdop-relay",
+            "rusqlite",
+            "libsqlite3-sys",
+            "prometheus-client",
+        ],
+    ),
+];
+
+/// The only workspace crates the fuzz targets (`fuzz/`, its own workspace) may link.
+const FUZZ_MAY_LINK: &[&str] = &["cmdop-proto", "cmdop-fleet", "cmdop-identity"];
 
 /// Runs every layering check and reports all violations at once.
 pub(crate) fn check(root: &Path) -> Result<()> {
     let graph = Graph::load(root)?;
-    let violations = graph.violations();
+    let mut violations = graph.violations();
+    violations.extend(fuzz_violations(&fuzz_path_dependencies(root)?));
     if violations.is_empty() {
         return Ok(());
     }
     bail!("layering violated:\n  {}", violations.join("\n  "))
+}
+
+/// The workspace crates `fuzz/Cargo.toml` depends on by path (its own workspace, so not in the main graph).
+fn fuzz_path_dependencies(root: &Path) -> Result<Vec<String>> {
+    let output = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .arg("--manifest-path")
+        .arg(root.join("fuzz/Cargo.toml"))
+        .current_dir(root)
+        .output()
+        .context("cannot run cargo metadata on fuzz/Cargo.toml")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata on fuzz/Cargo.toml failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let meta: Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed invalid JSON")?;
+    let mut linked = Vec::new();
+    for package in array(&meta, "packages")? {
+        for dep in array(package, "dependencies")? {
+            if dep.get("path").is_some_and(|p| !p.is_null()) {
+                linked.push(string(dep, "name")?);
+            }
+        }
+    }
+    Ok(linked)
+}
+
+fn fuzz_violations(linked: &[String]) -> Vec<String> {
+    linked
+        .iter()
+        .filter(|name| !FUZZ_MAY_LINK.contains(&name.as_str()))
+        .map(|name| {
+            format!(
+                "the fuzz targets link {name}; they may link only {}",
+                FUZZ_MAY_LINK.join(", ")
+            )
+        })
+        .collect()
 }
 
 struct Graph {
@@ -129,7 +247,7 @@ impl Graph {
                 }
             }
         }
-        for (krate, owner) in SOLE_OWNERS {
+        for (krate, owners) in OWNERS {
             for member in &self.members {
                 let direct = self
                     .edges
@@ -137,16 +255,22 @@ impl Graph {
                     .into_iter()
                     .flatten()
                     .any(|(dep, _)| dep == krate);
-                if direct && member != owner {
-                    out.push(format!("{member} depends on {krate}; only {owner} may"));
+                if direct && !owners.contains(&member.as_str()) {
+                    out.push(format!(
+                        "{member} depends on {krate}; only {} may",
+                        owners.join(", ")
+                    ));
                 }
             }
         }
-        for pure in PURE_CRATES {
-            let closure = self.runtime_closure(pure);
-            for forbidden in FORBIDDEN_IN_PURE {
-                if closure.contains(*forbidden) {
-                    out.push(format!("{pure} must stay free of IO runtimes, but {forbidden} is in its dependency graph"));
+        for (krate, forbidden) in FORBIDDEN_IN_GRAPH {
+            let closure = self.runtime_closure(krate);
+            for name in *forbidden {
+                if closure.contains(*name) {
+                    out.push(format!(
+                        "{name} is in the dependency graph of {krate}, which must not contain {}",
+                        forbidden.join(", ")
+                    ));
                 }
             }
         }
@@ -222,14 +346,56 @@ mod tests {
         assert!(
             violations
                 .iter()
-                .any(|v| v.contains("only cmdop-relay may")),
+                .any(|v| v
+                    .contains("cmdop-fleet depends on quinn; only cmdop-client, cmdop-relay may")),
             "{violations:?}"
         );
         assert!(
             violations
                 .iter()
-                .any(|v| v.contains("tokio is in its dependency graph")),
+                .any(|v| v.contains("tokio is in the dependency graph of cmdop-fleet")),
             "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_crate_in_the_client_graph_is_reported() {
+        let meta = serde_json::json!({
+            "packages": [
+                {"id": "c", "name": "cmdop-cli"},
+                {"id": "r", "name": "cmdop-relay"},
+                {"id": "s", "name": "rusqlite"},
+            ],
+            "workspace_members": ["c", "r"],
+            "resolve": {"nodes": [
+                {"id": "c", "deps": [{"pkg": "r", "dep_kinds": [{"kind": null}]}]},
+                {"id": "r", "deps": [{"pkg": "s", "dep_kinds": [{"kind": null}]}]},
+                {"id": "s", "deps": []},
+            ]},
+        });
+        let violations = Graph::from_metadata(&meta).unwrap().violations();
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("rusqlite is in the dependency graph of cmdop-cli")),
+            "{violations:?}"
+        );
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("cmdop-relay is in the dependency graph of cmdop-cli")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn fuzz_targets_linking_the_client_are_reported() {
+        let linked = vec!["cmdop-proto".to_owned(), "cmdop-client".to_owned()];
+        assert_eq!(
+            fuzz_violations(&linked),
+            vec![
+                "the fuzz targets link cmdop-client; they may link only cmdop-proto, cmdop-fleet, cmdop-identity"
+            ]
         );
     }
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use cmdop_relay::settings_file::{self, LogFormat};
+use cmdop_config::LogFormat;
 use serde::Deserialize;
 
 /// The file name looked for in the config directory when `--config` is not given.
@@ -47,10 +47,10 @@ pub(crate) fn load(explicit: Option<&Path>, config_dir: Option<&Path>) -> Result
         (None, Some(dir)) if dir.join(CONFIG_FILE).is_file() => dir.join(CONFIG_FILE),
         _ => return Ok(Loaded::default()),
     };
-    let file: AgentFile = settings_file::load(&path, "cmdop-agent")?;
+    let file: AgentFile = cmdop_config::load(&path, "cmdop-agent")?;
     if let Some(fingerprint) = &file.relay_fingerprint {
         fingerprint
-            .parse::<cmdop_relay::transport::RelayFingerprint>()
+            .parse::<cmdop_proto::RelayFingerprint>()
             .with_context(|| {
                 format!(
                     "{}: relay_fingerprint {fingerprint:?} is not a fingerprint; copy it from `cmdop-relay fingerprint`",

@@ -10,10 +10,10 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use cmdop_relay::e2e::CloseReason;
-use cmdop_relay::ops::MAX_CHUNK;
-use cmdop_relay::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name};
-use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_proto::e2e::CloseReason;
+use cmdop_proto::ops::MAX_CHUNK;
+use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name};
 use sha2::{Digest as _, Sha256};
 
 use crate::exec;
@@ -224,7 +224,7 @@ async fn put(
                 ));
             }
             // Cut mid-file: the partial file stays for the next attempt.
-            None => return Err(cmdop_relay::e2e::ChannelError::Truncated.into()),
+            None => return Err(cmdop_proto::e2e::ChannelError::Truncated.into()),
         }
     };
     let reply = match problem {

@@ -13,10 +13,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_client::tunnel;
 use cmdop_identity::PublicKey;
-use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
-use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
-use cmdop_relay::tunnel;
+use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::destination_policy::{DestinationPolicy, Verdict};

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use cmdop_config::LogFormat;
 use cmdop_identity::store::{self, KekBackend, SeedStore};
-use cmdop_relay::settings_file::{self, LogFormat};
 
 use crate::identity_command::IdentityCommand;
 use crate::service::{AgentInvocation, ServiceCommand};
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         .log_format
         .or(loaded.file.log_format)
         .unwrap_or_default();
-    settings_file::init_logging(format, "info");
+    cmdop_config::init_logging(format, "info");
     report(run(cli, dir, &loaded))
 }
 

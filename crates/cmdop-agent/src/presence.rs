@@ -10,11 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cmdop_client::{AgentConnection, AgentRegistration, ClientError, RelayTarget, reconnect_delay};
 use cmdop_fleet::FleetId;
 use cmdop_identity::Identity;
-use cmdop_relay::client::{
-    AgentConnection, AgentRegistration, ClientError, RelayTarget, reconnect_delay,
-};
 use rand::rngs::OsRng;
 use uuid::Uuid;
 

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cmdop_relay::ops::shell::{SessionInfo, WindowSize};
-use cmdop_relay::ops::{ExitStatus, MAX_CHUNK};
+use cmdop_proto::ops::shell::{SessionInfo, WindowSize};
+use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;

@@ -8,9 +8,9 @@ use cmdop_agent::destination_policy::DestinationPolicy;
 use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
 use cmdop_agent::settings::{self, Settings};
 use cmdop_agent::shell::SessionLimits;
+use cmdop_client::{AgentRegistration, RelayTarget};
 use cmdop_identity::store::SeedStore;
-use cmdop_relay::client::{AgentRegistration, RelayTarget};
-use cmdop_relay::transport::RelayFingerprint;
+use cmdop_proto::RelayFingerprint;
 use zeroize::Zeroizing;
 
 /// Where the relay is and which fleet to join; each flag falls back to what `enroll` saved.

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use cmdop_relay::ops::shell::{
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
 };
-use cmdop_relay::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use tokio::sync::mpsc;
 
 use crate::pty_session::{Expiry, Next, Owner, PtySession};

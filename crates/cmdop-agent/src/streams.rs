@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_client::{IncomingStream, StreamAcceptor};
 use cmdop_fleet::{FleetId, Operation, SignedCapability, Timestamp};
 use cmdop_identity::{Identity, PublicKey};
-use cmdop_relay::client::{IncomingStream, StreamAcceptor};
-use cmdop_relay::e2e::{CloseReason, Prologue, StreamKind};
-use cmdop_relay::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
-use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_proto::e2e::{CloseReason, Prologue, StreamKind};
+use cmdop_proto::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::destination_policy::DestinationPolicy;

@@ -12,13 +12,13 @@ use std::time::Duration;
 use std::os::fd::AsFd as _;
 
 use clap::Args;
-use cmdop_relay::client::{ClientConnection, Machine, reconnect_delay};
-use cmdop_relay::e2e::StreamKind;
-use cmdop_relay::ops::shell::{
+use cmdop_client::secure_stream::SecureStreamError;
+use cmdop_client::{ClientConnection, Machine, reconnect_delay};
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
 };
-use cmdop_relay::ops::{ExitStatus, MAX_CHUNK};
-use cmdop_relay::secure_stream::SecureStreamError;
+use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
@@ -443,7 +443,7 @@ impl Attachment {
     /// Sends keystrokes, acting on escapes; returns how the attachment ends, if it does.
     async fn keystrokes(
         &mut self,
-        sender: &mut cmdop_relay::secure_stream::SecureSender,
+        sender: &mut cmdop_client::secure_stream::SecureSender,
         bytes: &[u8],
     ) -> Result<Option<End>, SecureStreamError> {
         for action in self.scanner.feed(bytes) {

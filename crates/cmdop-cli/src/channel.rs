@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender};
+use cmdop_client::{ClientConnection, Machine};
 use cmdop_identity::Identity;
-use cmdop_relay::client::{ClientConnection, Machine};
-use cmdop_relay::e2e::{Prologue, StreamKind};
-use cmdop_relay::secure_stream::{self, SecureReceiver, SecureSender};
+use cmdop_proto::e2e::{Prologue, StreamKind};
 
 use crate::exit::Failure;
 use crate::known_machines::{self, Pin};

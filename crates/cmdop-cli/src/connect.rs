@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use cmdop_relay::client::{ClientConnection, Machine};
+use cmdop_client::{ClientConnection, Machine};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use cmdop_relay::e2e::StreamKind;
-use cmdop_relay::ops::MAX_CHUNK;
-use cmdop_relay::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, part_name, version_tag};
-use cmdop_relay::secure_stream::{SecureReceiver, SecureSender};
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::ops::MAX_CHUNK;
+use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, part_name, version_tag};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -846,7 +846,7 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
         };
         let tag = file_name
             .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(cmdop_relay::ops::copy::PART_SUFFIX));
+            .and_then(|rest| rest.strip_suffix(cmdop_proto::ops::copy::PART_SUFFIX));
         if tag.is_some_and(|t| t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()))
             && entry.path() != keep
         {

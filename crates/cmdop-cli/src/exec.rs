@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use cmdop_relay::client::ClientConnection;
-use cmdop_relay::e2e::StreamKind;
-use cmdop_relay::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
+use cmdop_client::ClientConnection;
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cmdop_relay::client::ClientError;
+use cmdop_client::ClientError;
 
 /// Why cmdop itself failed, as distinct from a remote command's own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +71,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-impl From<cmdop_relay::secure_stream::SecureStreamError> for Failure {
-    fn from(err: cmdop_relay::secure_stream::SecureStreamError) -> Self {
-        use cmdop_relay::secure_stream::SecureStreamError;
+impl From<cmdop_client::secure_stream::SecureStreamError> for Failure {
+    fn from(err: cmdop_client::secure_stream::SecureStreamError) -> Self {
+        use cmdop_client::secure_stream::SecureStreamError;
         // Only a broken transport is worth retrying; a refused or tampered channel is not.
         let kind = match err {
             SecureStreamError::Io(_) => Kind::Unreachable,

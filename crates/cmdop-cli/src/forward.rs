@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cmdop_relay::e2e::{CloseReason, StreamKind};
-use cmdop_relay::ops::forward::{TunnelReply, TunnelRequest};
-use cmdop_relay::tunnel;
+use cmdop_client::tunnel;
+use cmdop_proto::e2e::{CloseReason, StreamKind};
+use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -210,8 +210,8 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure
 
 /// Keeps a remote forward's control stream open and claims each connection it announces.
 async fn remote_loop(
-    sender: cmdop_relay::secure_stream::SecureSender,
-    mut receiver: cmdop_relay::secure_stream::SecureReceiver,
+    sender: cmdop_client::secure_stream::SecureSender,
+    mut receiver: cmdop_client::secure_stream::SecureReceiver,
     spec: RemoteSpec,
     reach: Arc<Reach>,
     fatal: mpsc::Sender<Failure>,

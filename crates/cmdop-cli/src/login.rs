@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use cmdop_relay::client::ClientConnection;
+use cmdop_client::ClientConnection;
 use serde_json::json;
 use zeroize::Zeroizing;
 

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{Context as _, bail};
+use cmdop_client::RelayTarget;
 use cmdop_identity::store::{self, KekBackend, SeedStore, StoreInfo};
 use cmdop_identity::{Identity, KeyPurpose};
-use cmdop_relay::client::RelayTarget;
-use cmdop_relay::transport::{RelayFingerprint, TransportError};
+use cmdop_proto::{FingerprintParseError, RelayFingerprint};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ impl Profile {
             .ok_or_else(|| Failure::new(Kind::General, "no relay fingerprint; pass --relay-fingerprint (from `cmdop-relay fingerprint`)"))?;
         let fingerprint: RelayFingerprint = fingerprint
             .parse()
-            .map_err(|err: TransportError| Failure::new(Kind::General, err.to_string()))?;
+            .map_err(|err: FingerprintParseError| Failure::new(Kind::General, err.to_string()))?;
         Ok(RelayTarget::new(address, fingerprint))
     }
 

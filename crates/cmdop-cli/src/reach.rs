@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
-use cmdop_relay::client::{ClientConnection, Machine};
-use cmdop_relay::e2e::StreamKind;
-use cmdop_relay::secure_stream::{SecureReceiver, SecureSender};
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
+use cmdop_client::{ClientConnection, Machine};
+use cmdop_proto::e2e::StreamKind;
 
 use crate::GlobalArgs;
 use crate::channel::{self, Channel};

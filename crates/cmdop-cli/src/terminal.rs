@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use std::os::fd::{AsFd as _, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use cmdop_relay::ops::shell::WindowSize;
+use cmdop_proto::ops::shell::WindowSize;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

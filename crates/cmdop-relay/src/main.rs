@@ -10,12 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use cmdop_config::LogFormat;
 use cmdop_relay::admin;
 use cmdop_relay::metrics;
 use cmdop_relay::server::{Server, ServerConfig};
-use cmdop_relay::settings_file::{self, LogFormat};
 use cmdop_relay::store::{KeyRole, Store};
-use cmdop_relay::transport::{TlsIdentity, leaf_fingerprint_from_pem, stored_fingerprint};
+use cmdop_relay::tls::{TlsIdentity, leaf_fingerprint_from_pem, stored_fingerprint};
 
 use crate::relay_settings::{Loaded, ServeFlags, ServeSettings};
 use crate::status_command::RunState;
@@ -305,7 +305,7 @@ fn main() -> ExitCode {
         .log_format
         .or(loaded.file.log_format)
         .unwrap_or_default();
-    settings_file::init_logging(format, "info,quinn=warn");
+    cmdop_config::init_logging(format, "info,quinn=warn");
     report(run(cli.command, &loaded))
 }
 

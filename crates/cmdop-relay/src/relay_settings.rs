@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use cmdop_config::LogFormat;
 use cmdop_relay::admin;
 use cmdop_relay::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN};
-use cmdop_relay::settings_file::{self, LogFormat};
 use serde::Deserialize;
 
 /// Where the relay looks for its config file when none is named.
@@ -65,7 +65,7 @@ pub(crate) fn load(explicit: Option<&Path>) -> Result<Loaded> {
         None if Path::new(DEFAULT_CONFIG).is_file() => PathBuf::from(DEFAULT_CONFIG),
         None => return Ok(Loaded::default()),
     };
-    let file = settings_file::load(&path, "cmdop-relay")?;
+    let file = cmdop_config::load(&path, "cmdop-relay")?;
     Ok(Loaded {
         file,
         path: Some(path),
@@ -134,7 +134,7 @@ mod tests {
 
     fn loaded(text: &str) -> Loaded {
         Loaded {
-            file: settings_file::parse(text, Path::new("relay.toml"), "cmdop-relay").unwrap(),
+            file: cmdop_config::parse(text, Path::new("relay.toml"), "cmdop-relay").unwrap(),
             path: Some(PathBuf::from("relay.toml")),
         }
     }

@@ -18,16 +18,16 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::control::{ControlStream, StreamError};
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{
     AuditEntry, AuthRefusal, CredentialKind, FleetAccess, KeyRole, MachineReport, Principal,
     ScopeError, Store, StoreError,
 };
-use crate::transport::{
-    Limits, RelayFingerprint, TlsIdentity, TransportError, endpoint_config, server_config,
-};
-use crate::wire::{
+use crate::tls::{TlsError, TlsIdentity, endpoint_config, server_config};
+use cmdop_client::control::{ControlStream, StreamError};
+use cmdop_client::transport::Limits;
+use cmdop_proto::RelayFingerprint;
+use cmdop_proto::wire::{
     AUTH_CAPABILITY_ED25519, Challenge, CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode,
     ErrorMessage, IdBytes, KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage, Registered,
     RelayMessage, Role, SignatureBytes, Welcome, WireError, login_transcript,
@@ -80,7 +80,7 @@ pub enum ServerError {
     },
     /// TLS or certificate setup failed.
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Tls(#[from] TlsError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -349,7 +349,7 @@ impl From<StreamError> for Refusal {
                 ErrorCode::BAD_FRAME,
                 format!(
                     "frame of {len} bytes exceeds the {}-byte limit",
-                    crate::wire::MAX_FRAME_SIZE
+                    cmdop_proto::wire::MAX_FRAME_SIZE
                 ),
                 CloseCode::PROTOCOL_ERROR,
             ),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use cmdop_relay::admin;
 use cmdop_relay::store::Store;
-use cmdop_relay::transport::stored_fingerprint;
+use cmdop_relay::tls::stored_fingerprint;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

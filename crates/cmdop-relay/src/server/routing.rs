@@ -22,10 +22,10 @@ use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 
 use super::{Shared, machine_info, unix_now};
-use crate::control::ControlStream;
-use crate::e2e::StreamKind;
 use crate::store::{AuditEntry, MachineRecord, Principal, ScopeError};
-use crate::wire::{
+use cmdop_client::control::ControlStream;
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::wire::{
     ErrorCode, ErrorMessage, IdBytes, KeyBytes, OpenStream, PeerMessage, RelayMessage,
     StreamHeader, StreamReady,
 };

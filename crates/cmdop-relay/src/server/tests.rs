@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use rand_core::OsRng;
 
 use super::*;
-use crate::client::{ClientConnection, RelayTarget};
 use crate::store::Store;
-use crate::transport::client_config;
-use crate::wire::{FrameDecoder, MAX_FRAME_SIZE};
+use cmdop_client::transport::client_config;
+use cmdop_client::{ClientConnection, RelayTarget};
+use cmdop_proto::wire::{FrameDecoder, MAX_FRAME_SIZE};
 
 struct Running {
     addr: SocketAddr,
@@ -46,7 +46,7 @@ async fn raw_connection(running: &Running) -> (quinn::Endpoint, quinn::Connectio
     .unwrap();
     endpoint.set_default_client_config(config);
     let connection = endpoint
-        .connect(running.addr, crate::transport::SERVER_NAME)
+        .connect(running.addr, cmdop_client::transport::SERVER_NAME)
         .unwrap()
         .await
         .unwrap();
@@ -111,7 +111,7 @@ async fn malformed_and_oversized_frames_get_an_error_and_others_keep_being_serve
     assert_eq!(code, Some(CloseCode::PROTOCOL_ERROR.0.into()));
 
     // A valid Hello followed by junk in the same frame: leftover bytes are refused.
-    let mut hello = crate::wire::encode(&PeerMessage::Hello(crate::wire::Hello {
+    let mut hello = cmdop_proto::wire::encode(&PeerMessage::Hello(cmdop_proto::wire::Hello {
         version: PROTOCOL_VERSION,
         role: Role::Client,
         client_software: String::new(),
@@ -123,7 +123,7 @@ async fn malformed_and_oversized_frames_get_an_error_and_others_keep_being_serve
     assert!(bad_frame(reply.clone()), "{reply:?}");
 
     // An unsupported version is named as such.
-    let old = crate::wire::encode(&PeerMessage::Hello(crate::wire::Hello {
+    let old = cmdop_proto::wire::encode(&PeerMessage::Hello(cmdop_proto::wire::Hello {
         version: 99,
         role: Role::Client,
         client_software: String::new(),

@@ -1,4 +1,4 @@
-//! The byte pipe between one TCP connection and one tunnel stream in raw mode ([`crate::ops::forward`]),
+//! The byte pipe between one TCP connection and one tunnel stream in raw mode ([`cmdop_proto::ops::forward`]),
 //! used by both ends: the client for the connection it accepted, the agent for the one it made.
 //!
 //! ```text
@@ -14,12 +14,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::e2e::CloseReason;
 use crate::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use cmdop_proto::e2e::CloseReason;
 
 /// Bytes read from the TCP connection at once: one channel data frame's worth, so each read becomes exactly
 /// one sealed frame.
-pub const TCP_READ_CHUNK: usize = crate::e2e::MAX_DATA_PER_FRAME;
+pub const TCP_READ_CHUNK: usize = cmdop_proto::e2e::MAX_DATA_PER_FRAME;
 
 /// Bytes moved by a finished pipe.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

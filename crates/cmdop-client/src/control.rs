@@ -1,15 +1,16 @@
-//! The control stream: one bidirectional QUIC stream carrying length-prefixed wire messages.
+//! A framed QUIC stream: one bidirectional stream carrying length-prefixed wire messages. The control stream
+//! of every connection, and the header of every routed stream, on both the peers' and the relay's side.
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::wire::{self, FrameDecoder, WireError};
+use cmdop_proto::wire::{self, FrameDecoder, WireError};
 
 /// Bytes read from QUIC per call; also the most the stream buffers beyond the current frame.
 const READ_CHUNK: usize = 4096;
 
 /// Why the control stream failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StreamError {
+pub enum StreamError {
     /// The bytes received are not valid frames.
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -26,7 +27,7 @@ pub(crate) enum StreamError {
 
 /// A framed control stream.
 #[derive(Debug)]
-pub(crate) struct ControlStream {
+pub struct ControlStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
@@ -35,7 +36,8 @@ pub(crate) struct ControlStream {
 }
 
 impl ControlStream {
-    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+    /// Frames messages over the two halves of one bidirectional stream.
+    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
         Self {
             send,
             recv,
@@ -46,14 +48,14 @@ impl ControlStream {
     }
 
     /// Sends one message.
-    pub(crate) async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), StreamError> {
+    pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), StreamError> {
         let frame = wire::encode(message)?;
         self.send.write_all(&frame).await?;
         Ok(())
     }
 
     /// Receives one message; `Ok(None)` when the peer finished the stream cleanly.
-    pub(crate) async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
+    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
         loop {
             if let Some(rest) = self.pending.get(self.pos..) {
                 let mut input = rest;
@@ -81,7 +83,7 @@ impl ControlStream {
 
     /// Gives back the raw streams and any bytes read past the last message, for a stream that switches from
     /// framed messages to opaque bytes (a routed stream after its header).
-    pub(crate) fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream, Vec<u8>) {
+    pub fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream, Vec<u8>) {
         let leftover = self
             .pending
             .get(self.pos..)
@@ -92,7 +94,7 @@ impl ControlStream {
 
     /// Finishes the sending side and waits (bounded) until the peer has received everything, so a final
     /// error message is not lost when the connection is closed right after.
-    pub(crate) async fn finish_and_flush(&mut self, wait: std::time::Duration) {
+    pub async fn finish_and_flush(&mut self, wait: std::time::Duration) {
         if self.send.finish().is_ok() {
             let _ = tokio::time::timeout(wait, self.send.stopped()).await;
         }

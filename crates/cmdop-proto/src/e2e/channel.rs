@@ -62,6 +62,18 @@ impl StreamKind {
             _ => None,
         }
     }
+
+    /// The fleet operation a stream of this kind performs: what the relay issues a capability for and what
+    /// the agent checks it against. The one place the mapping is written; adding a kind fails to compile here
+    /// until it names its operation.
+    pub fn operation(self) -> cmdop_fleet::Operation {
+        match self {
+            Self::Shell => cmdop_fleet::Operation::Shell,
+            Self::Exec => cmdop_fleet::Operation::Exec,
+            Self::Tunnel => cmdop_fleet::Operation::Forward,
+            Self::Copy => cmdop_fleet::Operation::Copy,
+        }
+    }
 }
 
 /// The route a stream is supposed to take, bound into the Noise prologue.

@@ -1,5 +1,5 @@
-//! The end-to-end channel ([`crate::e2e`]) running over one QUIC bidirectional stream, carrying operation
-//! messages ([`crate::ops`]): the IO shell around the sans-IO state machines.
+//! The end-to-end channel ([`cmdop_proto::e2e`]) running over one QUIC bidirectional stream, carrying operation
+//! messages ([`cmdop_proto::ops`]): the IO shell around the sans-IO state machines.
 //!
 //! After the handshake the channel splits into a [`SecureSender`] and a [`SecureReceiver`] that share the
 //! session's cipher states behind a mutex held only for the synchronous seal/open, never across an await, so
@@ -14,12 +14,12 @@ use rand_core::OsRng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::{IncomingStream, RawStream, RoutedStream};
-use crate::e2e::{
+use crate::connection::{IncomingStream, RawStream, RoutedStream};
+use cmdop_proto::e2e::{
     AgentHandshake, ChannelError, ClientHandshake, CloseReason, Ephemeral, Incoming,
     MessageDecoder, Prologue, RekeyPolicy, Session,
 };
-use crate::wire::{FrameDecoder, WireError, encode};
+use cmdop_proto::wire::{FrameDecoder, WireError, encode};
 
 /// How many bytes one read from the QUIC stream takes at most.
 const READ_CHUNK: usize = 64 * 1024;

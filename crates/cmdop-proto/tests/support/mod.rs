@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use cmdop_identity::{Identity, Seed};
-use cmdop_relay::e2e::noise::{NnInitiator, NnResponder, TransportState};
-use cmdop_relay::e2e::{
+use cmdop_proto::e2e::noise::{NnInitiator, NnResponder, TransportState};
+use cmdop_proto::e2e::{
     AgentAwaitingClient, AgentHandshake, ChannelError, ClientHandshake, Ephemeral, Frame, Incoming,
     MessageDecoder, PendingClient, Prologue, RekeyPolicy, Session, StreamKind,
 };
@@ -211,7 +211,7 @@ pub fn raw_client(salt: u8, prologue: Prologue) -> (AgentAwaitingClient, Transpo
     let initiator =
         NnInitiator::start(&prologue.to_bytes(), client_ephemeral(salt), &[], &mut msg1).unwrap();
     let mut framed = Vec::new();
-    cmdop_relay::e2e::encode_message(&msg1, &mut framed).unwrap();
+    cmdop_proto::e2e::encode_message(&msg1, &mut framed).unwrap();
     let mut agent_flight = Vec::new();
     let awaiting = start_agent(
         prologue,
@@ -247,7 +247,7 @@ pub fn seal_raw(transport: &mut TransportState, frame: &Frame) -> Vec<u8> {
         .encrypt_with_ad(b"", &frame.encode().unwrap())
         .unwrap();
     let mut framed = Vec::new();
-    cmdop_relay::e2e::encode_message(&ciphertext, &mut framed).unwrap();
+    cmdop_proto::e2e::encode_message(&ciphertext, &mut framed).unwrap();
     framed
 }
 

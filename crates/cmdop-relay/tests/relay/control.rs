@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cmdop_identity::Identity;
-use cmdop_relay::client::{
+use cmdop_client::{
     AgentConnection, AgentRegistration, ClientConnection, ClientError, RelayTarget, reconnect_delay,
 };
+use cmdop_identity::Identity;
+use cmdop_proto::RelayFingerprint;
 use cmdop_relay::server::{Server, ServerConfig};
 use cmdop_relay::store::{KeyRole, Store};
-use cmdop_relay::transport::{RelayFingerprint, TlsIdentity};
+use cmdop_relay::tls::TlsIdentity;
 use rand_core::OsRng;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

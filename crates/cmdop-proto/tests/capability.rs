@@ -5,14 +5,12 @@
 // Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
+use crate::support::*;
 use cmdop_fleet::{
     Capability, CapabilityError, FleetId, Operation, OperationSet, SignedCapability, Timestamp,
 };
 use cmdop_identity::{Identity, PublicKey};
-use cmdop_relay::e2e::{CloseReason, Incoming, PendingClient};
-use e2e_support::*;
+use cmdop_proto::e2e::{CloseReason, Incoming, PendingClient};
 
 const NOW: u64 = 1_800_000_000;
 

@@ -3,8 +3,8 @@
 // Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
 #![allow(clippy::unwrap_used)]
 
-use cmdop_relay::e2e::Ephemeral;
-use cmdop_relay::e2e::noise::{NnInitiator, NnResponder, PROTOCOL_NAME};
+use cmdop_proto::e2e::Ephemeral;
+use cmdop_proto::e2e::noise::{NnInitiator, NnResponder, PROTOCOL_NAME};
 use serde_json::Value;
 
 const VECTOR: &str = include_str!("vectors/noise-NN_25519_AESGCM_SHA256.json");

@@ -4,18 +4,16 @@
 // Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use cmdop_identity::{Purpose, Signature};
-use cmdop_relay::e2e::{
+use cmdop_proto::e2e::{
     AuthFrame, ChannelError, ClientHandshake, CloseReason, Ephemeral, Frame, Incoming,
     MAX_DATA_PER_FRAME, Prologue, RekeyPolicy, Role, StreamKind,
 };
-use e2e_support::*;
 
-fn data_flight(session: &mut cmdop_relay::e2e::Session, frames: &[&[u8]], end: bool) -> Vec<u8> {
+fn data_flight(session: &mut cmdop_proto::e2e::Session, frames: &[&[u8]], end: bool) -> Vec<u8> {
     let at = now();
     let mut wire = Vec::new();
     for frame in frames {
@@ -98,7 +96,7 @@ fn random_ephemerals_work_and_differ_per_stream() {
         )
         .unwrap();
         let mut flight = Vec::new();
-        let awaiting = cmdop_relay::e2e::AgentHandshake::new(p, RekeyPolicy::default())
+        let awaiting = cmdop_proto::e2e::AgentHandshake::new(p, RekeyPolicy::default())
             .respond(
                 &messages(&msg1)[0],
                 &agent_id,
@@ -132,14 +130,14 @@ fn reference() -> (Vec<u8>, Vec<Vec<u8>>) {
     (wire, msgs)
 }
 
-fn fresh_agent() -> cmdop_relay::e2e::Session {
+fn fresh_agent() -> cmdop_proto::e2e::Session {
     pair().agent
 }
 
 fn frame_all(msgs: &[Vec<u8>]) -> Vec<u8> {
     let mut wire = Vec::new();
     for m in msgs {
-        cmdop_relay::e2e::encode_message(m, &mut wire).unwrap();
+        cmdop_proto::e2e::encode_message(m, &mut wire).unwrap();
     }
     wire
 }
@@ -661,8 +659,8 @@ fn authorization_hook_decides_before_any_data_is_read() {
 fn pending_again(
     salt: u8,
 ) -> (
-    cmdop_relay::e2e::PendingClient,
-    cmdop_relay::e2e::Session,
+    cmdop_proto::e2e::PendingClient,
+    cmdop_proto::e2e::Session,
     Vec<u8>,
 ) {
     pending(salt)

@@ -4,10 +4,8 @@
 // Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
-use cmdop_relay::e2e::{AuthFrame, CloseReason, Frame, Role, decode_frame};
-use e2e_support::*;
+use crate::support::*;
+use cmdop_proto::e2e::{AuthFrame, CloseReason, Frame, Role, decode_frame};
 
 const SPEC: &str = include_str!("../../../docs/e2e-channel.md");
 

@@ -20,9 +20,10 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
-use crate::e2e::StreamKind;
-use crate::transport::{Limits, RelayFingerprint, SERVER_NAME, TransportError, client_config};
-use crate::wire::{
+use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
+use cmdop_proto::RelayFingerprint;
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::wire::{
     AUTH_CAPABILITY_ED25519, AgentLogin, ClientLogin, CloseCode, EXPORTER_LABEL, EXPORTER_LEN,
     ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, OpenStream,
     PROTOCOL_VERSION, PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cmdop_client::{AgentConnection, AgentRegistration, ClientError, RelayTarget};
+use cmdop_fleet::CredentialSecret;
 use cmdop_identity::Identity;
-use cmdop_relay::client::{AgentConnection, AgentRegistration, ClientError, RelayTarget};
-use cmdop_relay::store::CredentialSecret;
 use rand_core::OsRng;
 use zeroize::Zeroizing;
 

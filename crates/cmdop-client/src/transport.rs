@@ -1,0 +1,193 @@
+//! QUIC and TLS for every cmdop endpoint: the transport limits, and the verifier that pins the relay's
+//! certificate by fingerprint.
+//!
+//! The relay serves TLS 1.3 only, ALPN `cmdop/1`. Peers do not use the web PKI: they pin the SHA-256 of the
+//! relay's leaf certificate ([`RelayFingerprint`]). The pin is checked inside the TLS handshake, so a mismatch
+//! aborts the connection before any application byte (and so any credential) is sent. The relay server builds
+//! its own endpoint from the same [`Limits`] and [`transport_config`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cmdop_proto::RelayFingerprint;
+use cmdop_proto::wire::{ALPN, MAX_FRAME_SIZE};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// The TLS server name peers send; the pin, not the name, authenticates the relay.
+pub const SERVER_NAME: &str = "cmdop-relay";
+
+/// Errors of the local TLS and QUIC setup.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// rustls refused the configuration.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// QUIC and TLS limits of one endpoint; see `docs/relay.md` for the chosen values.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections (authenticated or not) served at once; more are refused.
+    pub max_connections: usize,
+    /// Connections still logging in at once; more are refused.
+    pub max_unauthenticated: usize,
+    /// Time a connection has to finish its login.
+    pub login_deadline: Duration,
+    /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
+    /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
+    pub max_bidi_streams: u32,
+    /// Per-stream receive window, bytes.
+    pub stream_receive_window: u32,
+    /// Per-connection receive window, bytes.
+    pub connection_receive_window: u32,
+    /// Per-connection send window, bytes.
+    pub send_window: u64,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive sent by clients, below the idle timeout so NAT bindings and the connection survive.
+    pub keep_alive: Duration,
+    /// Largest control frame body (fixed by the protocol: [`MAX_FRAME_SIZE`]).
+    pub max_frame_size: usize,
+    /// Largest UDP payload path MTU discovery may probe for. Discovery only raises the packet size after a
+    /// probe of that size was acknowledged, so a high bound is safe on any path; where the path allows big
+    /// packets (loopback, jumbo-frame LANs) far fewer packets carry the same bytes.
+    pub mtu_upper_bound: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_unauthenticated: 128,
+            login_deadline: Duration::from_secs(10),
+            max_bidi_streams: 256,
+            stream_receive_window: 1024 * 1024,
+            connection_receive_window: 4 * 1024 * 1024,
+            send_window: 4 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_frame_size: MAX_FRAME_SIZE,
+            mtu_upper_bound: 65_000,
+        }
+    }
+}
+
+/// The quinn transport settings for `limits`: windows, stream caps, keep-alive, idle timeout, MTU discovery.
+pub fn transport_config(limits: &Limits) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_concurrent_bidi_streams(limits.max_bidi_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(limits.stream_receive_window.into())
+        .receive_window(limits.connection_receive_window.into())
+        .send_window(limits.send_window)
+        .datagram_receive_buffer_size(None)
+        .keep_alive_interval(Some(limits.keep_alive));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.mtu_upper_bound);
+    config.mtu_discovery_config(Some(mtu));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
+        config.max_idle_timeout(Some(idle));
+    }
+    config
+}
+
+/// The one crypto provider every cmdop endpoint uses: rustls with ring (it builds with a C compiler alone).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A peer's quinn client configuration that only accepts the relay certificate with fingerprint `pin`. The
+/// fingerprint actually presented is written to `seen`, so a mismatch can be reported precisely.
+pub fn client_config(
+    pin: RelayFingerprint,
+    seen: Arc<Mutex<Option<RelayFingerprint>>>,
+    limits: &Limits,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCertVerifier {
+        pin,
+        seen,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config(limits)));
+    Ok(config)
+}
+
+/// Accepts exactly one leaf certificate, by fingerprint. The handshake signature is still verified with that
+/// certificate's key, so presenting a copied certificate without its key fails.
+#[derive(Debug)]
+struct PinnedCertVerifier {
+    pin: RelayFingerprint,
+    seen: Arc<Mutex<Option<RelayFingerprint>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = RelayFingerprint::of_cert(end_entity);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(presented);
+        }
+        // RelayFingerprint compares in constant time.
+        if presented == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is offered, so this is unreachable in practice; refuse rather than accept.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
