@@ -9,13 +9,18 @@
 //!       ops: exec, shell, forward and copy messages inside the e2e channel
 //! ```
 //!
-//! Modules: [`wire`] (framing and the relay's messages, `docs/protocol.md`), [`e2e`] (the end-to-end channel,
-//! `docs/e2e-channel.md`), [`ops`] (the operations inside it), [`relay_fingerprint`] (what peers pin). The IO
-//! shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the server).
+//! Modules: [`wire`] (framing and the relay's messages, `docs/protocol.md`), [`login`], [`presence`] and
+//! [`routing`] (the relay's and the peers' state machines around those messages), [`e2e`] (the end-to-end
+//! channel, `docs/e2e-channel.md`), [`ops`] (the operations inside it), [`relay_fingerprint`] (what peers
+//! pin). The IO shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the
+//! server).
 
 pub mod e2e;
+pub mod login;
 pub mod ops;
+pub mod presence;
 pub mod relay_fingerprint;
+pub mod routing;
 pub mod wire;
 
 pub use relay_fingerprint::{FingerprintParseError, RelayFingerprint};

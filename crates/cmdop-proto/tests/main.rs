@@ -6,6 +6,7 @@ mod capability;
 mod channel;
 mod golden;
 mod noise_vectors;
+mod pair;
 mod properties;
 mod sans_io;
 mod support;

@@ -275,6 +275,8 @@ impl ErrorCode {
     pub const AMBIGUOUS: Self = Self(14);
     /// The machine is not connected to the relay.
     pub const MACHINE_OFFLINE: Self = Self(15);
+    /// The agent's registration names an invalid hostname, display name or system description.
+    pub const INVALID_REGISTRATION: Self = Self(16);
 }
 
 /// A QUIC application close code the relay uses when it ends a connection.

@@ -1,0 +1,388 @@
+//! After login, as sans-IO state machines: the relay's view of one logged-in connection ([`RelaySession`]:
+//! heartbeats and presence, listing, the standing of the credential) and an agent's heartbeat schedule
+//! ([`HeartbeatSchedule`]).
+//!
+//! ```text
+//!  agent (HeartbeatSchedule)                  relay (RelaySession)
+//!  handle_timeout(now) ── Heartbeat ────────▶ handle(Message): Presence{online}, Send(HeartbeatAck)
+//!  handle_ack(now)     ◀─ HeartbeatAck ─────┘
+//!                                             silent for 3 intervals ─▶ Close(HEARTBEAT_TIMEOUT)
+//!                                             Standing(Err(revoked)) or expiry ─▶ Close(CREDENTIAL_REVOKED)
+//! ```
+//!
+//! The relay keeps one `RelaySession` per connection; the driver feeds it messages, the answers of the store
+//! and the periodic re-check of the credential, and calls `handle_timeout` at `poll_timeout`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use cmdop_fleet::{
+    AuthError, Authenticated, FleetAccess, FleetId, FleetName, Machine, MachineId, Permission,
+    Timestamp, list_machines,
+};
+
+use crate::login::{
+    AuditEvent, ClientSession, LoggedIn, Time, actor, machine_info, no_such_fleet, scope_refusal,
+};
+use crate::wire::{CloseCode, ErrorCode, ErrorMessage, ListMachines, PeerMessage, RelayMessage};
+
+/// A machine is offline after this many heartbeat intervals without one.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// What the relay feeds a logged-in connection's state machine.
+#[derive(Debug)]
+#[non_exhaustive]
+// Inputs are moved into `handle` once and never stored, so their size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum SessionInput {
+    /// A message the peer sent on its control stream.
+    Message(PeerMessage),
+    /// The answer to [`SessionAction::LookUpMachines`]: the machines of that fleet.
+    Machines(Vec<Machine>),
+    /// The credential's standing as the store has it now (re-checked periodically, and when it changes).
+    Standing(Result<(), AuthError>),
+    /// The store could not answer.
+    StoreFailed,
+}
+
+/// What a logged-in connection's state machine asks its driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionAction {
+    /// Send this message on the control stream.
+    Send(RelayMessage),
+    /// The machine was heard from at this time (a heartbeat); record it.
+    Presence {
+        /// The machine.
+        machine: MachineId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Look up the machines of this fleet and answer with [`SessionInput::Machines`].
+    LookUpMachines(FleetAccess),
+    /// Append this to the audit log.
+    Audit(AuditEvent),
+    /// The session is over: flush what was sent, then close the connection with this code and reason.
+    Close {
+        /// The QUIC application close code.
+        code: CloseCode,
+        /// The reason, for the peer.
+        reason: String,
+    },
+}
+
+/// The relay's state of one logged-in connection.
+pub struct RelaySession {
+    peer: LoggedIn,
+    /// The peer's address, for the audit log.
+    address: String,
+    /// For agents: the heartbeat interval; silence for [`MISSED_HEARTBEATS`] of them ends the session.
+    heartbeat_interval: Duration,
+    last_heard: Instant,
+    /// When the credential expires, on the monotonic clock.
+    expires: Option<Instant>,
+    /// A `ListMachines` waiting for its lookup.
+    listing: Option<FleetAccess>,
+    closed: bool,
+    actions: VecDeque<SessionAction>,
+}
+
+impl RelaySession {
+    /// The session of `peer`, connected from `address`, that just logged in at `now`.
+    pub fn new(peer: LoggedIn, address: String, heartbeat_interval: Duration, now: Time) -> Self {
+        let authenticated = match &peer {
+            LoggedIn::Agent(agent) => &agent.authenticated,
+            LoggedIn::Client(client) => &client.authenticated,
+        };
+        let expires = authenticated
+            .expires()
+            .map(|at| now.instant + Duration::from_secs(at.seconds_since(now.unix)));
+        Self {
+            peer,
+            address,
+            heartbeat_interval,
+            last_heard: now.instant,
+            expires,
+            listing: None,
+            closed: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Who this session is.
+    pub fn peer(&self) -> &LoggedIn {
+        &self.peer
+    }
+
+    /// The credential behind this session.
+    pub fn authenticated(&self) -> &Authenticated {
+        match &self.peer {
+            LoggedIn::Agent(agent) => &agent.authenticated,
+            LoggedIn::Client(client) => &client.authenticated,
+        }
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The next thing the driver must do, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<SessionAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let silence = match self.peer {
+            LoggedIn::Agent(_) => Some(self.last_heard + self.silence_limit()),
+            LoggedIn::Client(_) => None,
+        };
+        match (silence, self.expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the session if the agent went silent or the credential expired by `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.closed {
+            return;
+        }
+        if self.expires.is_some_and(|at| now.instant >= at) {
+            self.cut("credential expired");
+            return;
+        }
+        if matches!(self.peer, LoggedIn::Agent(_))
+            && now.instant >= self.last_heard + self.silence_limit()
+        {
+            self.close(CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat");
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, input: SessionInput, now: Time) {
+        if self.closed {
+            return;
+        }
+        match input {
+            SessionInput::Message(message) => self.on_message(message, now),
+            SessionInput::Machines(machines) => self.on_machines(&machines),
+            SessionInput::Standing(Ok(())) => {}
+            SessionInput::Standing(Err(AuthError::Expired { .. })) => {
+                self.cut("credential expired")
+            }
+            SessionInput::Standing(Err(_)) => self.cut("credential revoked"),
+            SessionInput::StoreFailed => {
+                self.listing = None;
+                self.send(RelayMessage::Error(ErrorMessage {
+                    code: ErrorCode::INTERNAL,
+                    message: "relay internal error; retry later".to_owned(),
+                }));
+            }
+        }
+    }
+
+    fn silence_limit(&self) -> Duration {
+        self.heartbeat_interval.saturating_mul(MISSED_HEARTBEATS)
+    }
+
+    fn on_message(&mut self, message: PeerMessage, now: Time) {
+        match (&self.peer, message) {
+            (_, PeerMessage::Goodbye) => self.close(CloseCode::NORMAL, "bye"),
+            (LoggedIn::Agent(agent), PeerMessage::Heartbeat) => {
+                let machine = agent.machine.id;
+                self.last_heard = now.instant;
+                self.actions.push_back(SessionAction::Presence {
+                    machine,
+                    at: now.unix,
+                });
+                self.send(RelayMessage::HeartbeatAck);
+            }
+            (LoggedIn::Agent(_), _) => {
+                self.protocol_error("agents may only send Heartbeat or Goodbye after registering")
+            }
+            (LoggedIn::Client(_), PeerMessage::Heartbeat) => self.send(RelayMessage::HeartbeatAck),
+            (LoggedIn::Client(client), PeerMessage::ListMachines(request))
+                if self.listing.is_none() =>
+            {
+                match list_access(client, &request) {
+                    Ok(access) => {
+                        self.listing = Some(access.clone());
+                        self.actions
+                            .push_back(SessionAction::LookUpMachines(access));
+                    }
+                    Err((code, message)) => {
+                        self.send(RelayMessage::Error(ErrorMessage { code, message }));
+                    }
+                }
+            }
+            (LoggedIn::Client(_), _) => self
+                .protocol_error("clients may only send requests after logging in, one at a time"),
+        }
+    }
+
+    fn on_machines(&mut self, machines: &[Machine]) {
+        let Some(access) = self.listing.take() else {
+            return;
+        };
+        let reply = match list_machines(&access, machines) {
+            Ok(listed) => RelayMessage::Machines(listed.map(machine_info).collect()),
+            Err(err) => {
+                let (code, message) = scope_refusal(&err);
+                RelayMessage::Error(ErrorMessage { code, message })
+            }
+        };
+        self.send(reply);
+    }
+
+    fn send(&mut self, message: RelayMessage) {
+        self.actions.push_back(SessionAction::Send(message));
+    }
+
+    fn protocol_error(&mut self, message: &str) {
+        self.send(RelayMessage::Error(ErrorMessage {
+            code: ErrorCode::UNEXPECTED_MESSAGE,
+            message: message.to_owned(),
+        }));
+        self.close(CloseCode::PROTOCOL_ERROR, message);
+    }
+
+    /// Ends the session because its credential no longer stands, and says so in the audit log.
+    fn cut(&mut self, reason: &str) {
+        let authenticated = self.authenticated();
+        let fleet = match &self.peer {
+            LoggedIn::Agent(agent) => Some(agent.access.fleet_id()),
+            LoggedIn::Client(_) => None,
+        };
+        let event = AuditEvent {
+            fleet,
+            actor: format!("credential:{}", authenticated.credential_id()),
+            action: "disconnect",
+            outcome: "done",
+            detail: format!("{reason}: live connection from {} closed", self.address),
+        };
+        self.actions.push_back(SessionAction::Audit(event));
+        self.close(CloseCode::CREDENTIAL_REVOKED, reason);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        self.closed = true;
+        self.actions.push_back(SessionAction::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+impl fmt::Debug for RelaySession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelaySession")
+            .field("actor", &actor(self.authenticated()))
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fleet a client's `ListMachines` asks for, with permission to list it.
+fn list_access(
+    client: &ClientSession,
+    request: &ListMachines,
+) -> Result<FleetAccess, (ErrorCode, String)> {
+    let name = match request.workspace.as_deref().map(FleetName::parse) {
+        None => None,
+        Some(Ok(name)) => Some(name),
+        Some(Err(_)) => {
+            let asked = request.workspace.as_deref().unwrap_or_default();
+            return Err((ErrorCode::FLEET_NOT_FOUND, no_such_fleet(asked)));
+        }
+    };
+    client
+        .authenticated
+        .workspace_access(name.as_ref(), &client.fleets, Permission::List)
+        .map_err(|err| scope_refusal(&err))
+}
+
+/// The fleet a logged-in peer belongs to, for agents.
+pub fn agent_fleet(session: &RelaySession) -> Option<FleetId> {
+    match session.peer() {
+        LoggedIn::Agent(agent) => Some(agent.access.fleet_id()),
+        LoggedIn::Client(_) => None,
+    }
+}
+
+/// Why an agent's heartbeats stopped working.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The relay did not acknowledge a heartbeat in time.
+    #[error("the relay did not answer a heartbeat within {0:?}; check the relay and the network")]
+    Unanswered(Duration),
+    /// The relay sent something other than an acknowledgement.
+    #[error("unexpected relay message {0} on the control stream")]
+    Unexpected(&'static str),
+}
+
+/// An agent's heartbeat schedule: one heartbeat per interval, each acknowledged within a timeout.
+#[derive(Debug, Clone)]
+pub struct HeartbeatSchedule {
+    interval: Duration,
+    answer_within: Duration,
+    next: Instant,
+    unanswered_since: Option<Instant>,
+}
+
+impl HeartbeatSchedule {
+    /// The first heartbeat one `interval` after `now`; each must be answered within `answer_within`.
+    pub fn new(interval: Duration, answer_within: Duration, now: Instant) -> Self {
+        Self {
+            interval,
+            answer_within,
+            next: now + interval,
+            unanswered_since: None,
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.unanswered_since {
+            Some(sent) => sent + self.answer_within,
+            None => self.next,
+        }
+    }
+
+    /// At `now`: a heartbeat to send, nothing, or the error of an unanswered one.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<Option<PeerMessage>, HeartbeatError> {
+        if let Some(sent) = self.unanswered_since {
+            if now >= sent + self.answer_within {
+                return Err(HeartbeatError::Unanswered(self.answer_within));
+            }
+            return Ok(None);
+        }
+        if now < self.next {
+            return Ok(None);
+        }
+        self.unanswered_since = Some(now);
+        // Missed ticks are not made up: the next heartbeat is one interval after this one.
+        self.next = now + self.interval;
+        Ok(Some(PeerMessage::Heartbeat))
+    }
+
+    /// Feeds a message from the relay's control stream.
+    pub fn handle(&mut self, message: &RelayMessage) -> Result<(), HeartbeatError> {
+        match message {
+            RelayMessage::HeartbeatAck => {
+                self.unanswered_since = None;
+                Ok(())
+            }
+            other => Err(HeartbeatError::Unexpected(crate::login::message_name(
+                other,
+            ))),
+        }
+    }
+}
