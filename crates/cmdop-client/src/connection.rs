@@ -12,22 +12,26 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cmdop_identity::{Identity, PublicKey, Purpose};
+use cmdop_identity::{Identity, PublicKey};
+use cmdop_proto::RelayFingerprint;
+use cmdop_proto::e2e::StreamKind;
+use cmdop_proto::login::{
+    AgentLoginRequest, ClientCredential, LoginError, LoginOutcome, LoginRequest, LoginStep,
+    PeerLogin, message_name,
+};
+use cmdop_proto::presence::{HeartbeatError, HeartbeatSchedule};
+use cmdop_proto::wire::{
+    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, ListMachines, MachineInfo,
+    OpenStream, PeerMessage, RelayMessage,
+};
 use rand_core::RngCore;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
 use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
-use cmdop_proto::RelayFingerprint;
-use cmdop_proto::e2e::StreamKind;
-use cmdop_proto::wire::{
-    AUTH_CAPABILITY_ED25519, AgentLogin, ClientLogin, CloseCode, EXPORTER_LABEL, EXPORTER_LEN,
-    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, OpenStream,
-    PROTOCOL_VERSION, PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
-};
 
 /// How long connecting (including the TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,38 +231,33 @@ impl AgentConnection {
         identity: &Identity,
         registration: &AgentRegistration,
     ) -> Result<Self, ClientError> {
-        let mut link = Link::connect(
-            relay,
-            Role::Agent,
-            &format!("cmdop-agent {}", registration.agent_version),
-        )
-        .await?;
-        let (public_key, signature) = link.prove(identity)?;
-        let login = PeerMessage::AgentLogin(AgentLogin {
-            credential: registration.api_key.to_string(),
+        let request = LoginRequest::Agent(AgentLoginRequest {
+            api_key: registration.api_key.clone(),
             workspace: registration.workspace.clone(),
-            public_key,
-            signature,
             hostname: registration.hostname.clone(),
             display_name: registration.display_name.clone(),
             os: registration.os.clone(),
             arch: registration.arch.clone(),
             agent_version: registration.agent_version.clone(),
-            auth_capabilities: vec![AUTH_CAPABILITY_ED25519.to_owned()],
         });
-        match link.request(&login).await? {
-            RelayMessage::Registered(registered) => Ok(Self {
-                trust_key: PublicKey::from_bytes(&registered.trust_key.0).map_err(|_| {
-                    ClientError::Protocol("the relay sent an invalid fleet trust key".into())
-                })?,
+        let software = format!("cmdop-agent {}", registration.agent_version);
+        let (link, outcome) = Link::connect(relay, request, &software, identity).await?;
+        match outcome {
+            LoginOutcome::Registered {
+                registered,
+                trust_key,
+            } => Ok(Self {
                 link,
                 machine_id: Uuid::from_bytes(registered.machine_id.0),
                 fleet_id: Uuid::from_bytes(registered.fleet_id.0),
                 heartbeat_interval: Duration::from_secs(
                     registered.heartbeat_interval_secs.max(1).into(),
                 ),
+                trust_key,
             }),
-            other => Err(unexpected(&other)),
+            LoginOutcome::Welcome(_) => Err(ClientError::Protocol(
+                "the relay welcomed an agent as a client".into(),
+            )),
         }
     }
 
@@ -299,19 +298,41 @@ impl AgentConnection {
     }
 
     /// Sends heartbeats at the relay's interval until one fails; returns that error (e.g. the relay restarted or
-    /// revoked the key). Cancel-safe between heartbeats: drop the future and call [`goodbye`](Self::goodbye).
+    /// revoked the key). Cancel-safe: drop the future and call [`goodbye`](Self::goodbye). The schedule is
+    /// cmdop-proto's [`HeartbeatSchedule`]; this loop only moves its messages and waits for its timer.
     pub async fn keep_alive(&mut self) -> ClientError {
-        let mut ticker = tokio::time::interval(self.heartbeat_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
+        let mut schedule =
+            HeartbeatSchedule::new(self.heartbeat_interval, REQUEST_TIMEOUT, Instant::now());
         // Watch the connection between heartbeats too: a revocation closes it at once, and waiting for the
         // next heartbeat to notice would keep a cut agent looking alive for up to a whole interval.
         let connection = self.link.connection.clone();
         loop {
+            let timer = tokio::time::Instant::from_std(schedule.poll_timeout());
             tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(err) = self.heartbeat().await {
-                        return err;
+                () = tokio::time::sleep_until(timer) => match schedule.handle_timeout(Instant::now()) {
+                    Ok(Some(heartbeat)) => {
+                        if let Err(err) = self.link.send(&heartbeat).await {
+                            return err;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(HeartbeatError::Unanswered(after)) => return ClientError::Timeout(after),
+                    Err(err) => return ClientError::Protocol(err.to_string()),
+                },
+                received = self.link.stream.recv::<RelayMessage>() => {
+                    let message = match received {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return self.link.close_reason().unwrap_or_else(|| ClientError::Closed {
+                            code: CloseCode::NORMAL.0,
+                            reason: "control stream ended".into(),
+                        }),
+                        Err(err) => return self.link.stream_error(err),
+                    };
+                    if let RelayMessage::Error(_) = message {
+                        return unexpected(&message);
+                    }
+                    if let Err(err) = schedule.handle(&message) {
+                        return ClientError::Protocol(err.to_string());
                     }
                 }
                 reason = connection.closed() => return self.link.map_close(reason),
@@ -347,25 +368,20 @@ impl ClientConnection {
         identity: &Identity,
         credential: &str,
     ) -> Result<Self, ClientError> {
-        let mut link = Link::connect(
-            relay,
-            Role::Client,
-            concat!("cmdop ", env!("CARGO_PKG_VERSION")),
-        )
-        .await?;
-        let (public_key, signature) = link.prove(identity)?;
-        let login = PeerMessage::ClientLogin(ClientLogin {
-            credential: credential.trim().to_owned(),
-            public_key,
-            signature,
-        });
-        match link.request(&login).await? {
-            RelayMessage::Welcome(welcome) => Ok(Self {
+        let request = LoginRequest::Client {
+            credential: ClientCredential::new(credential),
+        };
+        let software = concat!("cmdop ", env!("CARGO_PKG_VERSION"));
+        let (link, outcome) = Link::connect(relay, request, software, identity).await?;
+        match outcome {
+            LoginOutcome::Welcome(welcome) => Ok(Self {
                 link,
                 principal: welcome.principal,
                 fleets: welcome.fleets,
             }),
-            other => Err(unexpected(&other)),
+            LoginOutcome::Registered { .. } => Err(ClientError::Protocol(
+                "the relay registered a client as an agent".into(),
+            )),
         }
     }
 
@@ -628,7 +644,16 @@ fn machine_from(info: MachineInfo) -> Machine {
 fn unexpected(message: &RelayMessage) -> ClientError {
     match message {
         RelayMessage::Error(error) => refusal(error),
-        other => ClientError::Protocol(format!("unexpected relay message {other:?}")),
+        other => ClientError::Protocol(format!("unexpected relay message {}", message_name(other))),
+    }
+}
+
+/// What the peer's login state machine reports, as the client's error.
+fn login_error(err: LoginError) -> ClientError {
+    match err {
+        LoginError::Refused(error) => refusal(&error),
+        LoginError::Timeout(after) => ClientError::Timeout(after),
+        other => ClientError::Protocol(other.to_string()),
     }
 }
 
@@ -647,18 +672,87 @@ fn refusal(error: &ErrorMessage) -> ClientError {
     }
 }
 
-/// One connection with its control stream and the login challenge state.
+/// One logged-in connection with its control stream.
 #[derive(Debug)]
 struct Link {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     stream: ControlStream,
     address: String,
-    nonce: [u8; 32],
 }
 
 impl Link {
-    async fn connect(relay: &RelayTarget, role: Role, software: &str) -> Result<Self, ClientError> {
+    /// Connects with the pinned certificate, then runs cmdop-proto's [`PeerLogin`] over the control stream:
+    /// `Hello`, the signed login message, the relay's verdict.
+    async fn connect(
+        relay: &RelayTarget,
+        request: LoginRequest,
+        software: &str,
+        identity: &Identity,
+    ) -> Result<(Self, LoginOutcome), ClientError> {
+        let (endpoint, connection) = Self::dial(relay).await?;
+        let address = relay.address.clone();
+        let unreachable = |reason: String| ClientError::Unreachable {
+            address: address.clone(),
+            reason,
+        };
+        let mut exporter = [0u8; EXPORTER_LEN];
+        connection
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| {
+                ClientError::Protocol("TLS keying-material exporter unavailable".into())
+            })?;
+        // The handshake (and so the pin check) is complete; only now is anything sent.
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut link = Self {
+            endpoint,
+            connection,
+            stream: ControlStream::new(send, recv),
+            address: address.clone(),
+        };
+        let mut login = PeerLogin::new(request, software, REQUEST_TIMEOUT);
+        let mut outgoing = login.hello(Instant::now());
+        loop {
+            link.send(&outgoing).await?;
+            let deadline = login
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + REQUEST_TIMEOUT);
+            let received = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(deadline),
+                link.stream.recv::<RelayMessage>(),
+            )
+            .await;
+            let message = match received {
+                Err(_) => {
+                    login.handle_timeout(Instant::now()).map_err(login_error)?;
+                    return Err(ClientError::Timeout(REQUEST_TIMEOUT));
+                }
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None)) => {
+                    return Err(link.close_reason().unwrap_or_else(|| ClientError::Closed {
+                        code: CloseCode::NORMAL.0,
+                        reason: "control stream ended".into(),
+                    }));
+                }
+                Ok(Err(err)) => return Err(link.stream_error(err)),
+            };
+            match login
+                .handle(message, identity, &exporter, Instant::now())
+                .map_err(login_error)?
+            {
+                LoginStep::Send(next) => outgoing = next,
+                LoginStep::Done(outcome) => return Ok((link, outcome)),
+            }
+        }
+    }
+
+    /// Resolves the relay, then runs QUIC and TLS with the pinned certificate.
+    async fn dial(
+        relay: &RelayTarget,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
         let address = relay.address.clone();
         let resolved: SocketAddr = tokio::net::lookup_host(&address)
             .await
@@ -687,56 +781,20 @@ impl Link {
         let connecting = endpoint
             .connect(resolved, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
-        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Err(_) => return Err(ClientError::Timeout(CONNECT_TIMEOUT)),
-            Ok(Ok(connection)) => connection,
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => Err(ClientError::Timeout(CONNECT_TIMEOUT)),
+            Ok(Ok(connection)) => Ok((endpoint, connection)),
             Ok(Err(err)) => {
                 let got = seen.lock().ok().and_then(|seen| *seen);
-                return Err(match got {
+                Err(match got {
                     Some(got) if got != relay.fingerprint => ClientError::FingerprintMismatch {
                         expected: relay.fingerprint,
                         got,
                     },
                     _ => unreachable(err.to_string()),
-                });
+                })
             }
-        };
-        // The handshake (and so the pin check) is complete; only now is anything sent.
-        let (send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let mut link = Self {
-            endpoint,
-            connection,
-            stream: ControlStream::new(send, recv),
-            address,
-            nonce: [0; 32],
-        };
-        let hello = PeerMessage::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            client_software: software.to_owned(),
-        });
-        match link.request(&hello).await? {
-            RelayMessage::Challenge(challenge) => link.nonce = challenge.nonce,
-            other => return Err(unexpected(&other)),
         }
-        Ok(link)
-    }
-
-    /// Signs the login transcript for this connection.
-    fn prove(&self, identity: &Identity) -> Result<(KeyBytes, SignatureBytes), ClientError> {
-        let mut exporter = [0u8; EXPORTER_LEN];
-        self.connection
-            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-            .map_err(|_| {
-                ClientError::Protocol("TLS keying-material exporter unavailable".into())
-            })?;
-        let public_key = KeyBytes(identity.public_key().to_bytes());
-        let transcript = login_transcript(&self.nonce, &exporter, &public_key);
-        let signature = identity.sign(Purpose::RelayLogin, &transcript);
-        Ok((public_key, SignatureBytes(signature.to_bytes())))
     }
 
     async fn send(&mut self, message: &PeerMessage) -> Result<(), ClientError> {

@@ -55,6 +55,10 @@ impl ControlStream {
     }
 
     /// Receives one message; `Ok(None)` when the peer finished the stream cleanly.
+    ///
+    /// Cancel-safe: the only await is quinn's `read`, which loses nothing when dropped, and the buffered state
+    /// changes only after it completed. Drivers race this against timers and other inputs in `select!`, and a
+    /// dropped call must not leave bytes it already decoded to be decoded again.
     pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
         loop {
             if let Some(rest) = self.pending.get(self.pos..) {
@@ -65,12 +69,18 @@ impl ControlStream {
                     return Ok(decoded);
                 }
             }
-            self.pending.resize(READ_CHUNK, 0);
-            self.pos = 0;
-            match self.recv.read(&mut self.pending).await? {
-                Some(n) => self.pending.truncate(n),
+            // Everything pending went into the decoder; read the next chunk.
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.recv.read(&mut chunk).await? {
+                Some(n) => {
+                    self.pending.clear();
+                    self.pending
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.pos = 0;
+                }
                 None => {
                     self.pending.clear();
+                    self.pos = 0;
                     return if self.decoder.is_mid_frame() {
                         Err(StreamError::Truncated)
                     } else {

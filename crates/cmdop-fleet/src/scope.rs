@@ -371,6 +371,18 @@ pub struct FleetAccess {
 }
 
 impl FleetAccess {
+    /// The access of the relay's operator, who runs `cmdop-relay`'s admin verbs on the data directory: the
+    /// admin role in `fleet` for `credential`-less local administration. Whoever can open `relay.db` holds
+    /// every fleet's records anyway; this names that authority instead of faking a credential. Peers never
+    /// get one: their access comes only from [`Authenticated::fleet_access`].
+    pub fn relay_operator(fleet: &Fleet) -> Self {
+        Self {
+            fleet: fleet.clone(),
+            credential: CredentialId::from_bytes([0; 16]),
+            role: Role::Admin,
+        }
+    }
+
     /// The fleet this access is for.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet

@@ -1,6 +1,8 @@
 //! Keeps the whole protocol core sans-IO: no clock reads, sockets, files, threads, async runtime or ambient
 //! RNG anywhere under `src/` (the end-to-end channel, the wire format, the operations, and the login,
 //! presence and routing state machines). The dependency graph is checked too, by `cargo xtask layering`.
+// Helpers outside #[test] functions unwrap too: a panic in a test harness is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,13 @@ fn the_core_performs_no_io_and_reads_no_clock() {
             assert!(!text.contains(token), "{} mentions {token}", path.display());
         }
     }
-    for expected in ["e2e/channel.rs", "wire/frame.rs", "login.rs", "presence.rs", "routing.rs"] {
+    for expected in [
+        "e2e/channel.rs",
+        "wire/frame.rs",
+        "login.rs",
+        "presence.rs",
+        "routing.rs",
+    ] {
         assert!(
             files.iter().any(|p| p.ends_with(expected)),
             "expected {expected} under {}",

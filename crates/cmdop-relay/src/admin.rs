@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::store::{AuditRecord, CredentialKind, CredentialRecord, FleetRecord, MachineRecord};
+use std::collections::HashMap;
+
+use cmdop_fleet::{CredentialRecord, Fleet, FleetId, Label, Machine, Timestamp, User, UserId};
+
+use crate::store::{AuditRecord, FleetRecord};
 
 /// Why a duration text was refused.
 #[non_exhaustive]
@@ -52,93 +56,152 @@ pub fn format_time(at: Option<u64>) -> String {
 }
 
 /// The agent key fingerprint shown for a machine (the cmdop-identity long form).
-pub fn machine_fingerprint(machine: &MachineRecord) -> String {
-    cmdop_identity::PublicKey::from_bytes(&machine.public_key)
-        .map(|key| key.fingerprint().to_string())
-        .unwrap_or_else(|_| "invalid-key".to_owned())
+pub fn machine_fingerprint(machine: &Machine) -> String {
+    machine.public_key.fingerprint().to_string()
 }
 
 /// Text table of fleets.
 pub fn fleets_table(fleets: &[FleetRecord]) -> String {
     let mut out = String::from("NAME\tID\tCREATED\n");
-    for fleet in fleets {
+    for record in fleets {
         let _ = writeln!(
             out,
             "{}\t{}\t{}",
-            fleet.name,
-            fleet.id,
-            format_time(Some(fleet.created_at))
+            record.fleet.name,
+            record.fleet.id,
+            format_time(Some(record.created.as_unix_seconds()))
         );
     }
     out
 }
 
+/// The names the admin tables show for the ids credentials refer to.
+#[derive(Debug, Default)]
+pub struct Names {
+    fleets: HashMap<FleetId, String>,
+    users: HashMap<UserId, String>,
+}
+
+impl Names {
+    /// Names from the store's fleets and users.
+    pub fn new(fleets: &[FleetRecord], users: &[User]) -> Self {
+        Self {
+            fleets: fleets
+                .iter()
+                .map(|r| (r.fleet.id, r.fleet.name.to_string()))
+                .collect(),
+            users: users.iter().map(|u| (u.id, u.name.to_string())).collect(),
+        }
+    }
+
+    fn fleet(&self, id: FleetId) -> String {
+        self.fleets
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    fn user(&self, id: UserId) -> String {
+        self.users
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+}
+
+/// Whether a credential counts as active at `now`: neither revoked nor expired.
+pub fn is_active(credential: &CredentialRecord, now: Timestamp) -> bool {
+    credential.standing(now).is_ok()
+}
+
 /// Text table of credentials.
-pub fn credentials_table(credentials: &[CredentialRecord], now: u64) -> String {
+pub fn credentials_table(
+    credentials: &[CredentialRecord],
+    names: &Names,
+    now: Timestamp,
+) -> String {
     let mut out = String::from("ID\tKIND\tROLE/USER\tFLEETS\tLABEL\tEXPIRES\tSTATUS\tLAST USED\n");
     for c in credentials {
-        let kind = match c.kind {
-            CredentialKind::UserToken => "user-token",
-            _ => "api-key",
+        let (id, kind, who, fleets, label, expires, revoked, last_used) = match c {
+            CredentialRecord::ApiKey(key) => (
+                key.id,
+                "api-key",
+                key.role.as_str().to_owned(),
+                vec![names.fleet(key.fleet)],
+                key.label.as_ref(),
+                key.expires,
+                key.revoked,
+                key.last_used,
+            ),
+            CredentialRecord::UserToken(token) => {
+                let mut fleets: Vec<String> =
+                    token.fleets.iter().map(|f| names.fleet(*f)).collect();
+                fleets.sort();
+                (
+                    token.id,
+                    "user-token",
+                    names.user(token.user),
+                    fleets,
+                    token.label.as_ref(),
+                    token.expires,
+                    token.revoked,
+                    token.last_used,
+                )
+            }
         };
-        let who = c
-            .role
-            .map(|r| r.as_str().to_owned())
-            .or_else(|| c.user.clone())
-            .unwrap_or_default();
-        let status = if c.revoked_at.is_some() {
+        let status = if revoked.is_some() {
             "revoked"
-        } else if c.expires_at.is_some_and(|at| at <= now) {
+        } else if !is_active(c, now) {
             "expired"
         } else {
             "active"
         };
+        let seconds = |t: Option<Timestamp>| t.map(Timestamp::as_unix_seconds);
         let _ = writeln!(
             out,
-            "{}\t{kind}\t{who}\t{}\t{}\t{}\t{status}\t{}",
-            c.id,
-            c.fleets.join(","),
-            c.label.as_deref().unwrap_or("-"),
-            format_time(c.expires_at),
-            format_time(c.last_used_at),
+            "{id}\t{kind}\t{who}\t{}\t{}\t{}\t{status}\t{}",
+            fleets.join(","),
+            label.map_or("-", Label::as_str),
+            format_time(seconds(expires)),
+            format_time(seconds(last_used)),
         );
     }
     out
 }
 
 /// JSON view of a machine: at least `id`, `hostname`, `name`, `fingerprint`, `online`, `last_seen`, `os`, `arch`.
-pub fn machine_json(machine: &MachineRecord) -> Value {
+pub fn machine_json(fleet: &Fleet, machine: &Machine) -> Value {
     json!({
         "id": machine.id.to_string(),
-        "fleet": machine.fleet,
-        "hostname": machine.hostname,
-        "name": machine.name,
+        "fleet": fleet.name.as_str(),
+        "hostname": machine.hostname.as_str(),
+        "name": machine.display_name(),
         "fingerprint": machine_fingerprint(machine),
-        "public_key": hex::encode(machine.public_key),
+        "public_key": hex::encode(machine.public_key.to_bytes()),
         "online": machine.online,
-        "last_seen": machine.last_seen,
-        "os": machine.os,
-        "arch": machine.arch,
-        "agent_version": machine.agent_version,
+        "last_seen": machine.last_heartbeat.map(Timestamp::as_unix_seconds),
+        "os": machine.info.os(),
+        "arch": machine.info.arch(),
+        "agent_version": machine.info.version(),
     })
 }
 
 /// Text table of machines.
-pub fn machines_table(machines: &[MachineRecord]) -> String {
+pub fn machines_table(machines: &[(Fleet, Machine)]) -> String {
     let mut out =
         String::from("ID\tFLEET\tHOSTNAME\tNAME\tSTATUS\tLAST SEEN\tOS/ARCH\tFINGERPRINT\n");
-    for m in machines {
+    for (fleet, m) in machines {
         let _ = writeln!(
             out,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}/{}\t{}",
             m.id,
-            m.fleet,
+            fleet.name,
             m.hostname,
-            m.name,
+            m.display_name(),
             if m.online { "online" } else { "offline" },
-            format_time(m.last_seen),
-            m.os,
-            m.arch,
+            format_time(m.last_heartbeat.map(Timestamp::as_unix_seconds)),
+            m.info.os(),
+            m.info.arch(),
             machine_fingerprint(m),
         );
     }

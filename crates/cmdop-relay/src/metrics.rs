@@ -20,7 +20,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use uuid::Uuid;
 
 /// The content type of the OpenMetrics text format, which `prometheus-client` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -61,6 +60,30 @@ pub enum FailureReason {
     Capability,
     /// Another machine of the fleet has the hostname.
     HostnameTaken,
+    /// The agent's hostname, display name or description is not valid.
+    InvalidRegistration,
+}
+
+impl FailureReason {
+    /// The label for what the login state machine reports, if it is counted at all (a failure of the relay's
+    /// own store is logged, not counted against the peer).
+    pub fn of_login(failure: cmdop_proto::login::LoginFailure) -> Option<Self> {
+        use cmdop_proto::login::LoginFailure;
+        Some(match failure {
+            LoginFailure::Timeout => Self::LoginTimeout,
+            LoginFailure::Protocol => Self::Protocol,
+            LoginFailure::Credential => Self::Credential,
+            LoginFailure::Revoked => Self::Revoked,
+            LoginFailure::Expired => Self::Expired,
+            LoginFailure::KeyProof => Self::KeyProof,
+            LoginFailure::Role => Self::Role,
+            LoginFailure::Scope => Self::Scope,
+            LoginFailure::Capability => Self::Capability,
+            LoginFailure::HostnameTaken => Self::HostnameTaken,
+            LoginFailure::InvalidRegistration => Self::InvalidRegistration,
+            _ => return None,
+        })
+    }
 }
 
 impl FailureReason {
@@ -80,6 +103,7 @@ impl FailureReason {
             Self::Scope => "scope",
             Self::Capability => "capability",
             Self::HostnameTaken => "hostname_taken",
+            Self::InvalidRegistration => "invalid_registration",
         }
     }
 }
@@ -123,7 +147,7 @@ pub struct RelayMetrics {
     reconnects: Counter,
     memory: Gauge,
     /// Machines that registered since the relay started: a second registration is a reconnect.
-    seen: Mutex<HashSet<Uuid>>,
+    seen: Mutex<HashSet<cmdop_fleet::MachineId>>,
     /// Streams being spliced right now, for draining on shutdown.
     active_streams: AtomicU64,
 }
@@ -238,7 +262,11 @@ impl RelayMetrics {
     }
 
     /// Counts a logged-in agent until the guard drops; counts a reconnect if the machine was seen before.
-    pub(crate) fn agent_connected(&self, fleet: &str, machine: Uuid) -> ConnectedGuard {
+    pub(crate) fn agent_connected(
+        &self,
+        fleet: &str,
+        machine: cmdop_fleet::MachineId,
+    ) -> ConnectedGuard {
         self.sessions
             .get_or_create(&RoleLabel {
                 role: "agent".to_owned(),
@@ -446,7 +474,7 @@ mod tests {
     #[test]
     fn gauges_follow_guards_and_the_text_names_every_metric() {
         let metrics = Arc::new(RelayMetrics::new());
-        let machine = Uuid::new_v4();
+        let machine = cmdop_fleet::MachineId::from_bytes([7; 16]);
         let agent = metrics.agent_connected("prod", machine);
         let client = metrics.client_connected(vec!["prod".into(), "dev".into()]);
         let stream = metrics.stream_opened("exec");

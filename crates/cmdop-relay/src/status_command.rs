@@ -65,10 +65,10 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
     let fleets = store.fleets()?;
     let machines = store.machines(None)?;
     let credentials = store.credentials(None)?;
-    let online = machines.iter().filter(|m| m.online).count();
+    let online = machines.iter().filter(|(_, m)| m.online).count();
     let active_credentials = credentials
         .iter()
-        .filter(|c| c.revoked_at.is_none() && c.expires_at.is_none_or(|at| at > now))
+        .filter(|c| admin::is_active(c, cmdop_fleet::Timestamp::from_unix_seconds(now)))
         .count();
     let fingerprint = stored_fingerprint(data_dir).ok().map(|f| f.to_string());
     let running = running_relay(data_dir);
@@ -88,7 +88,7 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
             "started_at": running.as_ref().map(|s| admin::format_time(Some(s.started_at))),
             "version": running.as_ref().map(|s| s.version.clone()),
             "fingerprint": running.as_ref().map(|s| s.fingerprint.clone()).or(fingerprint),
-            "fleets": fleets.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            "fleets": fleets.iter().map(|f| f.fleet.name.to_string()).collect::<Vec<_>>(),
             "machines": machines.len(),
             "machines_online": online,
             "credentials_active": active_credentials,
@@ -124,7 +124,7 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
     {
         println!("fingerprint:  {fingerprint}");
     }
-    let names: Vec<&str> = fleets.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = fleets.iter().map(|f| f.fleet.name.as_str()).collect();
     println!("fleets:       {} ({})", fleets.len(), names.join(", "));
     println!("machines:     {} ({online} online)", machines.len());
     println!("credentials:  {active_credentials} active");

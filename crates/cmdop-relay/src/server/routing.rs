@@ -12,30 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cmdop_fleet::{
-    AgentInfo, Capability, DisplayName, FleetId, Hostname, Machine, MachineId, Operation,
-    OperationSet, Permission, ResolveError, Timestamp, resolve,
-};
-use cmdop_identity::PublicKey;
+use cmdop_client::control::ControlStream;
+use cmdop_proto::login::{AuditEvent, ClientSession, actor};
+use cmdop_proto::routing::{Route, RouteContext, RouteRefusal, offline, resolve_route, scope};
+use cmdop_proto::wire::{ErrorCode, ErrorMessage, OpenStream, PeerMessage, RelayMessage};
 use quinn::{RecvStream, SendStream};
 use rand_core::{OsRng, RngCore};
-use uuid::Uuid;
 
-use super::{Shared, machine_info, unix_now};
-use crate::store::{AuditEntry, MachineRecord, Principal, ScopeError};
-use cmdop_client::control::ControlStream;
-use cmdop_proto::e2e::StreamKind;
-use cmdop_proto::wire::{
-    ErrorCode, ErrorMessage, IdBytes, KeyBytes, OpenStream, PeerMessage, RelayMessage,
-    StreamHeader, StreamReady,
-};
+use super::{Shared, now};
 
 /// How long a client has to send its [`OpenStream`] header on a new stream.
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
-
-/// How long a capability the relay issues for one stream stays valid. The agent checks it once, at the start
-/// of the stream, so this bounds how late a captured capability could be replayed, not how long streams live.
-const CAPABILITY_LIFETIME_SECS: u64 = 300;
 
 /// Copy buffer per direction of a spliced stream: the whole per-stream memory the relay spends on payload.
 const SPLICE_BUFFER: usize = 64 * 1024;
@@ -49,33 +36,17 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(600);
 pub(super) async fn accept_routes(
     shared: Arc<Shared>,
     connection: quinn::Connection,
-    principal: Principal,
-    client_key: PublicKey,
+    client: Box<ClientSession>,
 ) {
+    let client = Arc::new(*client);
     while let Ok((send, recv)) = connection.accept_bi().await {
         let shared = Arc::clone(&shared);
-        let principal = principal.clone();
-        tokio::spawn(async move { route(&shared, send, recv, &principal, client_key).await });
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { route(&shared, send, recv, &client).await });
     }
 }
 
-/// What a routed stream reached, for the audit log.
-struct Route {
-    fleet_id: Uuid,
-    machine: MachineRecord,
-    kind: StreamKind,
-    agent: quinn::Connection,
-    ready: StreamReady,
-    header: StreamHeader,
-}
-
-async fn route(
-    shared: &Shared,
-    send: SendStream,
-    recv: RecvStream,
-    principal: &Principal,
-    client_key: PublicKey,
-) {
+async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &ClientSession) {
     let mut control = ControlStream::new(send, recv);
     let Ok(Ok(Some(PeerMessage::OpenStream(request)))) =
         tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await
@@ -88,25 +59,24 @@ async fn route(
         .await;
         return;
     };
-    let route = match prepare(shared, principal, &request, client_key) {
-        Ok(route) => route,
-        Err((code, message)) => {
-            shared.audit(AuditEntry {
-                at: unix_now(),
-                fleet_id: None,
-                actor: &principal.actor(),
+    let (route, agent) = match prepare(shared, client, &request) {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            shared.audit(&AuditEvent {
+                fleet: None,
+                actor: actor(&client.authenticated),
                 action: "session",
                 outcome: "refused",
-                detail: &format!(
-                    "open {:?} kind {}: {message}",
-                    request.machine, request.kind
+                detail: format!(
+                    "open {:?} kind {}: {}",
+                    request.machine, request.kind, refusal.message
                 ),
             });
-            let _ = refuse(&mut control, code, &message).await;
+            let _ = refuse(&mut control, refusal.code, &refusal.message).await;
             return;
         }
     };
-    let (agent_send, agent_recv) = match open_to_agent(&route).await {
+    let (agent_send, agent_recv) = match open_to_agent(&route, &agent).await {
         Ok(streams) => streams,
         Err(reason) => {
             let message = format!(
@@ -125,7 +95,7 @@ async fn route(
         return;
     }
     let (client_send, client_recv, leftover) = control.into_parts();
-    let started = unix_now();
+    let started = now().unix;
     let channel = hex::encode(route.header.channel_id);
     tracing::info!(%channel, machine = %route.machine.id, kind = ?route.kind, "stream routed");
     let active = shared
@@ -139,147 +109,71 @@ async fn route(
     .await;
     shared.metrics.relayed(outcome.up, outcome.down);
     drop(active);
-    shared.audit(AuditEntry {
-        at: started,
-        fleet_id: Some(route.fleet_id),
-        actor: &principal.actor(),
+    shared.audit(&AuditEvent {
+        fleet: Some(route.machine.fleet),
+        actor: actor(&client.authenticated),
         action: "session",
         outcome: if outcome.error.is_none() { "closed" } else { "cut" },
-        detail: &format!(
+        detail: format!(
             "{kind:?} to machine {id} ({host}) channel {channel}: {up} bytes up, {down} bytes down, {secs} s, {end}",
             kind = route.kind,
             id = route.machine.id,
             host = route.machine.hostname,
             up = outcome.up,
             down = outcome.down,
-            secs = unix_now().saturating_sub(started),
+            secs = now().unix.seconds_since(started),
             end = outcome.error.as_deref().unwrap_or("ended normally"),
         ),
     });
 }
 
-/// Scope, resolution, presence and the capability, all before a byte reaches the agent.
+/// Scope, resolution, presence and the capability (cmdop-proto's routing decisions, with the store's
+/// machines and trust key), all before a byte reaches the agent.
 fn prepare(
     shared: &Shared,
-    principal: &Principal,
+    client: &ClientSession,
     request: &OpenStream,
-    client_key: PublicKey,
-) -> Result<Route, (ErrorCode, String)> {
-    let kind = StreamKind::from_byte(request.kind).ok_or_else(|| {
-        (
-            ErrorCode::UNEXPECTED_MESSAGE,
-            format!("unknown stream kind {}", request.kind),
-        )
-    })?;
-    let access = principal
-        .fleet_access(request.workspace.as_deref())
-        .map_err(|err| match err {
-            ScopeError::WorkspaceRequired(_) => (ErrorCode::WORKSPACE_REQUIRED, err.to_string()),
-            _ => (ErrorCode::FLEET_NOT_FOUND, err.to_string()),
-        })?;
-    let reach = principal
-        .fleet_permission(&access, Permission::Reach)
-        .map_err(|err| (ErrorCode::FORBIDDEN, err.to_string()))?;
-    let internal = |_| {
-        (
-            ErrorCode::INTERNAL,
-            "the relay's store failed; try again".to_owned(),
-        )
+) -> Result<(Route, quinn::Connection), RouteRefusal> {
+    let scoped = scope(client, request)?;
+    let fleet = scoped.access.fleet_id();
+    let internal = |err: crate::store::StoreError| {
+        tracing::error!(%err, "store failure while routing a stream");
+        RouteRefusal {
+            code: ErrorCode::INTERNAL,
+            message: "the relay's store failed; try again".to_owned(),
+        }
     };
-    let records = shared.lock_store().machines_in(&access).map_err(internal)?;
-    let machines: Vec<Machine> = records.iter().filter_map(fleet_machine).collect();
-    let found = resolve(&reach, &machines, &request.machine).map_err(|err| match err {
-        ResolveError::Ambiguous { .. } => (ErrorCode::AMBIGUOUS, err.to_string()),
-        ResolveError::Scope(_) => (ErrorCode::FORBIDDEN, err.to_string()),
-        _ => (ErrorCode::MACHINE_NOT_FOUND, err.to_string()),
-    })?;
-    let machine_id = *found.id.as_uuid();
-    let machine = records
-        .into_iter()
-        .find(|record| record.id == machine_id)
-        .ok_or_else(|| {
-            (
-                ErrorCode::MACHINE_NOT_FOUND,
-                format!("machine {:?} not found", request.machine),
-            )
-        })?;
-    let agent = shared
-        .online()
-        .get(&machine.id)
-        .and_then(|session| shared.sessions().get(session).map(|s| s.connection.clone()))
-        .ok_or_else(|| {
-            (
-                ErrorCode::MACHINE_OFFLINE,
-                format!(
-                    "machine {} ({}) is offline; check that its agent runs",
-                    machine.hostname, machine.id
-                ),
-            )
-        })?;
-    let operation = match kind {
-        StreamKind::Shell => Operation::Shell,
-        StreamKind::Exec => Operation::Exec,
-        StreamKind::Tunnel => Operation::Forward,
-        _ => Operation::Copy,
+    let (machines, trust_key) = {
+        let store = shared.lock_store();
+        let machines = store.machines_of(fleet).map_err(internal)?;
+        (machines, store.fleet_trust_key(fleet).map_err(internal)?)
     };
-    let now = unix_now();
-    let trust = shared
-        .lock_store()
-        .fleet_trust_key(access.fleet().id)
-        .map_err(internal)?;
-    // Issued per stream for exactly the operation asked for, for the key that proved itself at login.
-    let capability = Capability {
-        client_key,
-        fleet: reach.fleet_id(),
-        operations: OperationSet::from_iter([operation]),
-        not_before: Timestamp::from_unix_seconds(now.saturating_sub(60)),
-        not_after: Timestamp::from_unix_seconds(now.saturating_add(CAPABILITY_LIFETIME_SECS)),
-    }
-    .sign(&trust)
-    .to_bytes();
     let mut channel_id = [0u8; 16];
     OsRng.fill_bytes(&mut channel_id);
-    let fleet_id = access.fleet().id;
-    Ok(Route {
-        fleet_id,
-        kind,
-        agent,
-        ready: StreamReady {
+    let route = resolve_route(
+        &scoped,
+        request,
+        &machines,
+        &RouteContext {
+            client_key: client.client_key,
+            trust_key: &trust_key,
             channel_id,
-            fleet_id: IdBytes(fleet_id.into_bytes()),
-            machine: machine_info(machine.clone()),
-            capability,
+            now: now().unix,
         },
-        header: StreamHeader {
-            channel_id,
-            fleet_id: IdBytes(fleet_id.into_bytes()),
-            kind: request.kind,
-            client_key: KeyBytes(client_key.to_bytes()),
-        },
-        machine,
-    })
+    )?;
+    let agent = shared
+        .online()
+        .get(&route.machine.id)
+        .and_then(|session| shared.sessions().get(session).map(|s| s.connection.clone()))
+        .ok_or_else(|| offline(&route.machine))?;
+    Ok((route, agent))
 }
 
-/// The cmdop-fleet view of a stored machine, for the resolver. Rows that no longer validate are skipped
-/// rather than failing every lookup in the fleet.
-fn fleet_machine(record: &MachineRecord) -> Option<Machine> {
-    Some(Machine {
-        id: MachineId::from_bytes(record.id.into_bytes()),
-        fleet: FleetId::from_bytes(record.fleet_id.into_bytes()),
-        public_key: PublicKey::from_bytes(&record.public_key).ok()?,
-        hostname: Hostname::parse(&record.hostname).ok()?,
-        name: (record.name != record.hostname)
-            .then(|| DisplayName::parse(&record.name).ok())
-            .flatten(),
-        info: AgentInfo::new(&record.os, &record.arch, &record.agent_version).ok()?,
-        online: record.online,
-        last_heartbeat: record.last_seen.map(Timestamp::from_unix_seconds),
-        registered: Timestamp::from_unix_seconds(record.created_at),
-    })
-}
-
-async fn open_to_agent(route: &Route) -> Result<(SendStream, RecvStream), String> {
-    let (send, recv) = route.agent.open_bi().await.map_err(|err| err.to_string())?;
+async fn open_to_agent(
+    route: &Route,
+    agent: &quinn::Connection,
+) -> Result<(SendStream, RecvStream), String> {
+    let (send, recv) = agent.open_bi().await.map_err(|err| err.to_string())?;
     let mut control = ControlStream::new(send, recv);
     control
         .send(&RelayMessage::IncomingStream(route.header.clone()))

@@ -8,7 +8,9 @@ use super::*;
 use crate::store::Store;
 use cmdop_client::transport::client_config;
 use cmdop_client::{ClientConnection, RelayTarget};
+use cmdop_fleet::Role as KeyRole;
 use cmdop_proto::wire::{FrameDecoder, MAX_FRAME_SIZE};
+use cmdop_proto::wire::{PROTOCOL_VERSION, PeerMessage, Role};
 
 struct Running {
     addr: SocketAddr,
@@ -95,9 +97,9 @@ fn bad_frame(reply: Option<RelayMessage>) -> bool {
 async fn malformed_and_oversized_frames_get_an_error_and_others_keep_being_served() {
     let dir = tempfile::tempdir().unwrap();
     let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", unix_now()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
     let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, unix_now())
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
         .unwrap();
     let running = start(dir.path(), Limits::default()).await;
 
@@ -165,7 +167,7 @@ async fn a_connection_that_never_logs_in_is_cut_at_the_deadline() {
     };
     let running = start(dir.path(), limits).await;
     let (_endpoint, connection) = raw_connection(&running).await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed())
         .await
         .unwrap();

@@ -1,26 +1,31 @@
 //! The relay's embedded store: one SQLite file, `<data-dir>/relay.db`, shared by the server and the admin verbs.
 //!
-//! Everything persistent lives here: fleets (with their trust-key seed), users, hashed credentials, machines and
-//! the append-only audit log. All timestamps are unix seconds and are passed in by the caller, so tests control
-//! time. The admin verbs run in another process than the server; SQLite's WAL mode and `busy_timeout` let both
-//! write safely, and [`Store::data_version`] lets the server notice their changes cheaply.
+//! It persists cmdop-fleet's model and nothing else: [`Fleet`]s (with their trust-key seed), [`User`]s,
+//! [`CredentialRecord`]s (hashes only), [`Machine`]s, plus the append-only audit log. Decisions about those
+//! records (authentication, scope, registration, renaming) are cmdop-fleet's functions; the store only maps
+//! rows to and from its types. All times are passed in by the caller, so tests control time. The admin verbs
+//! run in another process than the server; SQLite's WAL mode and `busy_timeout` let both write safely, and
+//! [`Store::data_version`] lets the server notice their changes cheaply.
 
+mod machines;
+mod rows;
 mod schema;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cmdop_fleet::{AuthError, Role as FleetRole, Timestamp};
+use cmdop_fleet::{
+    ApiKey, ApiKeySpec, CredentialId, CredentialKind, CredentialRecord, CredentialSecret, Fleet,
+    FleetId, FleetName, IdError, IssueError, Label, NameError, Role, Timestamp, User, UserId,
+    UserName, UserToken, UserTokenSpec,
+};
+use cmdop_proto::login::CredentialLookup;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use uuid::Uuid;
 
-// Credential texts and hashes are cmdop-fleet's (format and hashing specified in docs/fleet.md).
-pub use cmdop_fleet::{
-    CredentialHash, CredentialId, CredentialKind, CredentialParseError, CredentialSecret,
-};
+use self::rows::{api_key_from_row, fleet_from_row, sql_time, token_from_row, user_from_row};
 
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "relay.db";
@@ -45,6 +50,16 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("relay database error: {0}; check disk space and that relay.db is not corrupted")]
     Sql(#[from] rusqlite::Error),
+    /// A row holds a value this relay cannot read as a valid record.
+    #[error(
+        "relay.db holds an invalid {what}: {reason}; the file was changed outside cmdop-relay or is corrupted"
+    )]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
     /// The database was written by a newer relay.
     #[error(
         "relay.db has schema version {found}, newer than this relay understands ({supported}); upgrade cmdop-relay"
@@ -73,151 +88,33 @@ pub enum StoreError {
     /// No machine has that id.
     #[error("no machine with id {0:?}; see `cmdop-relay machines list`")]
     UnknownMachine(String),
-    /// A name is empty, too long or contains characters outside `[A-Za-z0-9._-]`.
-    #[error("invalid name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ -")]
-    InvalidName(String),
+    /// A name or label is not valid.
+    #[error("invalid {what} {given:?}: {reason}")]
+    InvalidName {
+        /// What was being named: `fleet name`, `user name`, `display name`, `label`.
+        what: &'static str,
+        /// The text given.
+        given: String,
+        /// The rule it breaks and how to fix it.
+        reason: NameError,
+    },
     /// Another machine of the fleet already uses that hostname.
     #[error(
         "hostname {0:?} is already used by another machine of this fleet; rename or remove the old machine"
     )]
     HostnameTaken(String),
-    /// A user token needs at least one fleet.
-    #[error("a user token needs at least one --fleet")]
-    NoFleets,
+    /// A credential could not be issued.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
 }
 
-/// A fleet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FleetRecord {
-    /// Server-issued id.
-    pub id: Uuid,
-    /// Unique human name (the `--workspace` value).
-    pub name: String,
-    /// Creation time.
-    pub created_at: u64,
-}
-
-/// The role of an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyRole {
-    /// Enrols machines.
-    Agent,
-    /// Uses machines.
-    Member,
-    /// Uses and administers machines.
-    Admin,
-}
-
-impl KeyRole {
-    /// The stored and displayed form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Agent => "agent",
-            Self::Member => "member",
-            Self::Admin => "admin",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "agent" => Some(Self::Agent),
-            "member" => Some(Self::Member),
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// A credential's metadata (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CredentialRecord {
-    /// Public id (a UUID, also embedded in the credential text).
-    pub id: String,
-    /// API key or user token.
-    #[serde(serialize_with = "serialize_kind")]
-    pub kind: CredentialKind,
-    /// Role, for API keys.
-    pub role: Option<KeyRole>,
-    /// Owner, for user tokens.
-    pub user: Option<String>,
-    /// Fleet names in scope.
-    pub fleets: Vec<String>,
-    /// Free-form label.
-    pub label: Option<String>,
-    /// Creation time.
-    pub created_at: u64,
-    /// Expiry, if any.
-    pub expires_at: Option<u64>,
-    /// Revocation time, if revoked.
-    pub revoked_at: Option<u64>,
-    /// Last successful authentication.
-    pub last_used_at: Option<u64>,
-}
-
-/// The table holding credentials of `kind`.
-fn credential_table(kind: CredentialKind) -> &'static str {
-    match kind {
-        CredentialKind::UserToken => "user_tokens",
-        // cmdop-fleet may add kinds; until the store knows them, they are looked up nowhere else.
-        _ => "api_keys",
-    }
-}
-
-fn serialize_kind<S: serde::Serializer>(kind: &CredentialKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match kind {
-        CredentialKind::UserToken => "user_token",
-        _ => "api_key",
-    })
-}
-
-/// A machine record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MachineRecord {
-    /// Server-issued id, stable for (fleet, public key).
-    pub id: Uuid,
-    /// The fleet's id.
-    pub fleet_id: Uuid,
-    /// The fleet's name.
-    pub fleet: String,
-    /// The agent's Ed25519 public key.
-    #[serde(serialize_with = "serialize_hex")]
-    pub public_key: [u8; 32],
-    /// Hostname (unique within the fleet).
-    pub hostname: String,
-    /// Display name.
-    pub name: String,
-    /// Operating system.
-    pub os: String,
-    /// CPU architecture.
-    pub arch: String,
-    /// Agent version.
-    pub agent_version: String,
-    /// Whether the machine is connected and heartbeating.
-    pub online: bool,
-    /// Last heartbeat or login.
-    pub last_seen: Option<u64>,
-    /// First registration.
-    pub created_at: u64,
-}
-
-fn serialize_hex<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(bytes))
-}
-
-/// What an agent reports about itself at registration.
+/// A fleet with the time it was created (for the admin's listing).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MachineReport {
-    /// Hostname.
-    pub hostname: String,
-    /// Display name; the hostname when `None`.
-    pub display_name: Option<String>,
-    /// Operating system.
-    pub os: String,
-    /// CPU architecture.
-    pub arch: String,
-    /// Agent version.
-    pub agent_version: String,
+pub struct FleetRecord {
+    /// The fleet.
+    pub fleet: Fleet,
+    /// When it was created.
+    pub created: Timestamp,
 }
 
 /// One audit log entry.
@@ -243,9 +140,9 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry<'a> {
     /// Time of the event.
-    pub at: u64,
+    pub at: Timestamp,
     /// Fleet concerned, if any.
-    pub fleet_id: Option<Uuid>,
+    pub fleet: Option<FleetId>,
     /// Who acted.
     pub actor: &'a str,
     /// What happened.
@@ -254,133 +151,6 @@ pub struct AuditEntry<'a> {
     pub outcome: &'a str,
     /// Details.
     pub detail: &'a str,
-}
-
-/// Why a credential was refused. The peer only ever sees "authentication failed"; the reason goes to the audit log.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthRefusal {
-    /// The text is not a credential.
-    #[error("malformed credential")]
-    Malformed,
-    /// No credential has that id.
-    #[error("unknown credential id")]
-    Unknown,
-    /// The secret does not match.
-    #[error("wrong secret")]
-    WrongSecret,
-    /// The credential was revoked.
-    #[error("credential revoked")]
-    Revoked,
-    /// The credential expired.
-    #[error("credential expired")]
-    Expired,
-}
-
-/// An authenticated credential and what it may reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Kind of credential.
-    pub kind: CredentialKind,
-    /// Credential id.
-    pub credential_id: String,
-    /// Role, for API keys.
-    pub role: Option<KeyRole>,
-    /// The user, for tokens.
-    pub user: Option<String>,
-    /// Expiry, if any.
-    pub expires_at: Option<u64>,
-    fleets: Vec<FleetRecord>,
-    /// cmdop-fleet's proof that the credential verified; fleet-scoped decisions (routing) go through it.
-    authenticated: cmdop_fleet::Authenticated,
-}
-
-/// Proof that an authenticated principal may reach one fleet. Only [`Principal::fleet_access`] builds it, and
-/// every fleet-scoped store read takes one, so a handler cannot reach a fleet the credential does not cover.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetAccess {
-    fleet: FleetRecord,
-}
-
-/// Why a principal cannot reach a fleet.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScopeError {
-    /// The fleet does not exist or is not in scope; the two are indistinguishable on purpose.
-    #[error("fleet {0:?} not found; check --workspace")]
-    NotFound(String),
-    /// Several fleets are in scope and none was named.
-    #[error("several fleets are in scope ({}); choose one with --workspace", .0.join(", "))]
-    WorkspaceRequired(Vec<String>),
-}
-
-impl Principal {
-    /// The actor string for the audit log: `api_key:<id>` or `user_token:<id>`.
-    pub fn actor(&self) -> String {
-        match self.kind {
-            CredentialKind::UserToken => format!("user_token:{}", self.credential_id),
-            _ => format!("api_key:{}", self.credential_id),
-        }
-    }
-
-    /// A short human description, e.g. `user alice` or `api key 8f23a4b0-1c2d-4e5f-8a9b-0c1d2e3f4a5b (member)`.
-    pub fn description(&self) -> String {
-        match (&self.user, self.role) {
-            (Some(user), _) => format!("user {user}"),
-            (None, Some(role)) => format!("api key {} ({})", self.credential_id, role.as_str()),
-            (None, None) => format!("credential {}", self.credential_id),
-        }
-    }
-
-    /// Names of the fleets in scope.
-    pub fn fleet_names(&self) -> Vec<String> {
-        self.fleets.iter().map(|f| f.name.clone()).collect()
-    }
-
-    /// Selects a fleet: the named one if in scope, or the only one when no name is given.
-    pub fn fleet_access(&self, workspace: Option<&str>) -> Result<FleetAccess, ScopeError> {
-        match workspace {
-            Some(name) => self
-                .fleets
-                .iter()
-                .find(|f| f.name == name)
-                .map(|fleet| FleetAccess {
-                    fleet: fleet.clone(),
-                })
-                .ok_or_else(|| ScopeError::NotFound(name.to_owned())),
-            None => match self.fleets.as_slice() {
-                [only] => Ok(FleetAccess {
-                    fleet: only.clone(),
-                }),
-                [] => Err(ScopeError::NotFound(String::new())),
-                _ => Err(ScopeError::WorkspaceRequired(self.fleet_names())),
-            },
-        }
-    }
-}
-
-impl Principal {
-    /// cmdop-fleet's access to the fleet of `access` with permission `need`: the role check, and the only key
-    /// to cmdop-fleet's resolver and capability grants.
-    pub fn fleet_permission(
-        &self,
-        access: &FleetAccess,
-        need: cmdop_fleet::Permission,
-    ) -> Result<cmdop_fleet::FleetAccess, cmdop_fleet::ScopeError> {
-        let fleet = cmdop_fleet::Fleet {
-            id: cmdop_fleet::FleetId::from_bytes(access.fleet.id.into_bytes()),
-            name: cmdop_fleet::FleetName::parse(&access.fleet.name)
-                .map_err(|_| cmdop_fleet::ScopeError::NoFleet)?,
-        };
-        self.authenticated.fleet_access(&fleet, need)
-    }
-}
-
-impl FleetAccess {
-    /// The fleet this access covers.
-    pub fn fleet(&self) -> &FleetRecord {
-        &self.fleet
-    }
 }
 
 /// A handle on `relay.db`.
@@ -448,31 +218,42 @@ impl Store {
             .query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
 
-    /// Creates a fleet with a fresh trust-key seed.
-    pub fn create_fleet(&self, name: &str, now: u64) -> Result<FleetRecord, StoreError> {
-        check_name(name)?;
-        if self.fleet_by_name(name)?.is_some() {
-            return Err(StoreError::FleetExists(name.to_owned()));
+    /// Creates a fleet named `name` with a fresh id and trust-key seed.
+    pub fn create_fleet(&self, name: &str, now: Timestamp) -> Result<FleetRecord, StoreError> {
+        let name = FleetName::parse(name).map_err(|reason| StoreError::InvalidName {
+            what: "fleet name",
+            given: name.to_owned(),
+            reason,
+        })?;
+        if self.fleet_by_name(name.as_str())?.is_some() {
+            return Err(StoreError::FleetExists(name.to_string()));
         }
-        let id = Uuid::new_v4();
+        let fleet = Fleet {
+            id: FleetId::generate(&mut OsRng),
+            name,
+        };
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(seed.as_mut());
         self.conn.execute(
             "INSERT INTO fleets (id, name, trust_seed, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id.to_string(), name, seed.as_slice(), to_sql_time(now)],
+            params![
+                fleet.id.to_string(),
+                fleet.name.as_str(),
+                seed.as_slice(),
+                sql_time(now)
+            ],
         )?;
         self.append_audit(&AuditEntry {
             at: now,
-            fleet_id: Some(id),
+            fleet: Some(fleet.id),
             actor: "admin",
             action: "fleet.create",
             outcome: "done",
-            detail: &format!("fleet {name}"),
+            detail: &format!("fleet {}", fleet.name),
         })?;
         Ok(FleetRecord {
-            id,
-            name: name.to_owned(),
-            created_at: now,
+            fleet,
+            created: now,
         })
     }
 
@@ -481,223 +262,253 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, created_at FROM fleets ORDER BY name")?;
-        let rows = stmt.query_map([], fleet_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([], |r| Ok(fleet_from_row(r)))?;
+        rows.map(|row| row?).collect()
     }
 
     /// The fleet with this name, if any.
     pub fn fleet_by_name(&self, name: &str) -> Result<Option<FleetRecord>, StoreError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT id, name, created_at FROM fleets WHERE name = ?1",
                 [name],
-                fleet_from_row,
+                |r| Ok(fleet_from_row(r)),
             )
-            .optional()?)
+            .optional()?
+            .transpose()
     }
 
-    fn require_fleet(&self, name: &str) -> Result<FleetRecord, StoreError> {
+    fn require_fleet(&self, name: &str) -> Result<Fleet, StoreError> {
         self.fleet_by_name(name)?
+            .map(|record| record.fleet)
             .ok_or_else(|| StoreError::UnknownFleet(name.to_owned()))
     }
 
-    /// Creates an API key for one fleet; the returned secret is the only time its text exists.
+    /// Issues an API key for one fleet (cmdop-fleet's [`ApiKey::issue`]) and stores its record; the returned
+    /// secret is the only time its text exists.
     pub fn create_api_key(
         &self,
         fleet: &str,
-        role: KeyRole,
+        role: Role,
         label: Option<&str>,
-        expires_at: Option<u64>,
-        now: u64,
-    ) -> Result<(CredentialRecord, CredentialSecret), StoreError> {
+        expires: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(ApiKey, CredentialSecret), StoreError> {
         let fleet = self.require_fleet(fleet)?;
-        let secret = CredentialSecret::generate(CredentialKind::ApiKey, &mut OsRng);
-        let id = secret.id().to_string();
+        let label = parse_label(label)?;
+        let spec = ApiKeySpec {
+            fleet: fleet.id,
+            role,
+            label,
+            expires,
+        };
+        let (record, secret) = ApiKey::issue(spec, now, &mut OsRng)?;
         self.conn.execute(
             "INSERT INTO api_keys (id, fleet_id, role, label, secret_hash, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                id,
-                fleet.id.to_string(),
-                role.as_str(),
-                label,
-                secret.hash().to_bytes().as_slice(),
-                to_sql_time(now),
-                expires_at.map(to_sql_time)
+                record.id.to_string(),
+                record.fleet.to_string(),
+                record.role.as_str(),
+                record.label.as_ref().map(Label::as_str),
+                record.hash.to_bytes().as_slice(),
+                sql_time(record.created),
+                record.expires.map(sql_time)
             ],
         )?;
         self.append_audit(&AuditEntry {
             at: now,
-            fleet_id: Some(fleet.id),
+            fleet: Some(fleet.id),
             actor: "admin",
             action: "key.create",
             outcome: "done",
-            detail: &format!("api key {} role {}", id, role.as_str()),
+            detail: &format!("api key {} role {}", record.id, role.as_str()),
         })?;
-        let record = self
-            .credential(&id)?
-            .ok_or_else(|| StoreError::UnknownCredential(id.clone()))?;
         Ok((record, secret))
     }
 
     /// Creates a user.
-    pub fn create_user(&self, name: &str, now: u64) -> Result<(), StoreError> {
-        check_name(name)?;
-        let exists: Option<String> = self
-            .conn
-            .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
-            .optional()?;
-        if exists.is_some() {
-            return Err(StoreError::UserExists(name.to_owned()));
+    pub fn create_user(&self, name: &str, now: Timestamp) -> Result<User, StoreError> {
+        let name = UserName::parse(name).map_err(|reason| StoreError::InvalidName {
+            what: "user name",
+            given: name.to_owned(),
+            reason,
+        })?;
+        if self.user_by_name(name.as_str())?.is_some() {
+            return Err(StoreError::UserExists(name.to_string()));
         }
+        let user = User {
+            id: UserId::generate(&mut OsRng),
+            name,
+        };
         self.conn.execute(
             "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)",
-            params![Uuid::new_v4().to_string(), name, to_sql_time(now)],
+            params![user.id.to_string(), user.name.as_str(), sql_time(now)],
         )?;
         self.append_audit(&AuditEntry {
             at: now,
-            fleet_id: None,
+            fleet: None,
             actor: "admin",
             action: "user.create",
             outcome: "done",
-            detail: &format!("user {name}"),
+            detail: &format!("user {}", user.name),
         })?;
-        Ok(())
+        Ok(user)
     }
 
-    /// Creates a user token spanning `fleets`.
+    /// The user with this name, if any.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        self.conn
+            .query_row("SELECT id, name FROM users WHERE name = ?1", [name], |r| {
+                Ok(user_from_row(r))
+            })
+            .optional()?
+            .transpose()
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok(user_from_row(r)))?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Issues a user token spanning `fleets` (cmdop-fleet's [`UserToken::issue`]) and stores its record.
     pub fn create_user_token(
         &mut self,
         user: &str,
         fleets: &[String],
-        expires_at: Option<u64>,
-        now: u64,
-    ) -> Result<(CredentialRecord, CredentialSecret), StoreError> {
-        if fleets.is_empty() {
-            return Err(StoreError::NoFleets);
-        }
-        let user_id: String = self
-            .conn
-            .query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0))
-            .optional()?
+        expires: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(UserToken, CredentialSecret), StoreError> {
+        let holder = self
+            .user_by_name(user)?
             .ok_or_else(|| StoreError::UnknownUser(user.to_owned()))?;
-        let fleet_records = fleets
+        let fleet_ids = fleets
             .iter()
-            .map(|f| self.require_fleet(f))
-            .collect::<Result<Vec<_>, _>>()?;
-        let secret = CredentialSecret::generate(CredentialKind::UserToken, &mut OsRng);
-        let id = secret.id().to_string();
+            .map(|f| self.require_fleet(f).map(|fleet| fleet.id))
+            .collect::<Result<_, _>>()?;
+        let spec = UserTokenSpec {
+            user: holder.id,
+            fleets: fleet_ids,
+            label: None,
+            expires,
+        };
+        let (record, secret) = UserToken::issue(spec, now, &mut OsRng)?;
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO user_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, user_id, secret.hash().to_bytes().as_slice(), to_sql_time(now), expires_at.map(to_sql_time)],
+            params![
+                record.id.to_string(),
+                record.user.to_string(),
+                record.hash.to_bytes().as_slice(),
+                sql_time(record.created),
+                record.expires.map(sql_time)
+            ],
         )?;
-        for fleet in &fleet_records {
+        for fleet in &record.fleets {
             tx.execute(
                 "INSERT OR IGNORE INTO token_fleets (token_id, fleet_id) VALUES (?1, ?2)",
-                params![id, fleet.id.to_string()],
+                params![record.id.to_string(), fleet.to_string()],
             )?;
         }
         tx.commit()?;
         self.append_audit(&AuditEntry {
             at: now,
-            fleet_id: None,
+            fleet: None,
             actor: "admin",
             action: "token.create",
             outcome: "done",
-            detail: &format!("user token {} for {user} fleets {}", id, fleets.join(",")),
+            detail: &format!(
+                "user token {} for {user} fleets {}",
+                record.id,
+                fleets.join(",")
+            ),
         })?;
-        let record = self
-            .credential(&id)?
-            .ok_or_else(|| StoreError::UnknownCredential(id.clone()))?;
         Ok((record, secret))
     }
 
     /// Revokes an API key or user token by id. Live connections using it are closed by the server within a second.
-    pub fn revoke(&self, id: &str, now: u64) -> Result<CredentialRecord, StoreError> {
-        let record = self
-            .credential(id)?
-            .ok_or_else(|| StoreError::UnknownCredential(id.to_owned()))?;
-        let table = credential_table(record.kind);
+    pub fn revoke(&self, id: &str, now: Timestamp) -> Result<CredentialRecord, StoreError> {
+        let unknown = || StoreError::UnknownCredential(id.to_owned());
+        let parsed: CredentialId = id.parse().map_err(|_: IdError| unknown())?;
+        let record = self.credential(parsed)?.ok_or_else(unknown)?;
+        let (table, fleet) = match &record {
+            CredentialRecord::UserToken(_) => ("user_tokens", None),
+            CredentialRecord::ApiKey(key) => ("api_keys", Some(key.fleet)),
+        };
         self.conn.execute(
             &format!("UPDATE {table} SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1"),
-            params![id, to_sql_time(now)],
+            params![parsed.to_string(), sql_time(now)],
         )?;
-        let fleet_id = match record.fleets.as_slice() {
-            [only] => self.fleet_by_name(only)?.map(|f| f.id),
-            _ => None,
-        };
         self.append_audit(&AuditEntry {
             at: now,
-            fleet_id,
+            fleet,
             actor: "admin",
             action: "revoke",
             outcome: "done",
-            detail: &format!("credential {id}"),
+            detail: &format!("credential {parsed}"),
         })?;
-        self.credential(id)?
-            .ok_or_else(|| StoreError::UnknownCredential(id.to_owned()))
+        self.credential(parsed)?.ok_or_else(unknown)
     }
 
-    /// One credential's metadata.
-    pub fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+    /// One credential's record (its hash, never its secret).
+    pub fn credential(&self, id: CredentialId) -> Result<Option<CredentialRecord>, StoreError> {
         let key = self
             .conn
             .query_row(
-                "SELECT k.id, k.role, f.name, k.label, k.created_at, k.expires_at, k.revoked_at, k.last_used_at
-                 FROM api_keys k JOIN fleets f ON f.id = k.fleet_id WHERE k.id = ?1",
-                [id],
-                api_key_from_row,
+                "SELECT id, fleet_id, role, label, secret_hash, created_at, expires_at, revoked_at, last_used_at
+                 FROM api_keys WHERE id = ?1",
+                [id.to_string()],
+                |r| Ok(api_key_from_row(r)),
             )
-            .optional()?;
-        if key.is_some() {
-            return Ok(key);
+            .optional()?
+            .transpose()?;
+        if let Some(key) = key {
+            return Ok(Some(CredentialRecord::ApiKey(key)));
         }
         let token = self
             .conn
             .query_row(
-                "SELECT t.id, u.name, t.created_at, t.expires_at, t.revoked_at, t.last_used_at
-                 FROM user_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1",
-                [id],
-                user_token_from_row,
+                "SELECT id, user_id, label, secret_hash, created_at, expires_at, revoked_at, last_used_at
+                 FROM user_tokens WHERE id = ?1",
+                [id.to_string()],
+                |r| Ok(token_from_row(r)),
             )
-            .optional()?;
+            .optional()?
+            .transpose()?;
         match token {
             Some(mut token) => {
-                token.fleets = self
-                    .token_fleets(&token.id)?
-                    .into_iter()
-                    .map(|f| f.name)
-                    .collect();
-                Ok(Some(token))
+                token.fleets = self.token_fleets(id)?;
+                Ok(Some(CredentialRecord::UserToken(token)))
             }
             None => Ok(None),
         }
     }
 
-    /// All credentials (API keys first, then user tokens), optionally only those reaching `fleet`.
+    /// All credentials (API keys first, then user tokens, each by creation), optionally only those reaching
+    /// the fleet named `fleet`.
     pub fn credentials(&self, fleet: Option<&str>) -> Result<Vec<CredentialRecord>, StoreError> {
-        if let Some(name) = fleet {
-            self.require_fleet(name)?;
-        }
+        let only = fleet.map(|name| self.require_fleet(name)).transpose()?;
         let mut ids: Vec<String> = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM api_keys ORDER BY created_at, id")?;
-        for id in stmt.query_map([], |r| r.get(0))? {
-            ids.push(id?);
-        }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM user_tokens ORDER BY created_at, id")?;
-        for id in stmt.query_map([], |r| r.get(0))? {
-            ids.push(id?);
+        for table in ["api_keys", "user_tokens"] {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT id FROM {table} ORDER BY created_at, id"))?;
+            for id in stmt.query_map([], |r| r.get(0))? {
+                ids.push(id?);
+            }
         }
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(record) = self.credential(&id)?
-                && fleet.is_none_or(|name| record.fleets.iter().any(|f| f == name))
+            let id: CredentialId = id.parse().map_err(|err: IdError| StoreError::Corrupt {
+                what: "credential id",
+                reason: err.to_string(),
+            })?;
+            if let Some(record) = self.credential(id)?
+                && only.as_ref().is_none_or(|f| reaches(&record, f.id))
             {
                 records.push(record);
             }
@@ -705,307 +516,74 @@ impl Store {
         Ok(records)
     }
 
-    fn token_fleets(&self, token_id: &str) -> Result<Vec<FleetRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT f.id, f.name, f.created_at FROM token_fleets tf JOIN fleets f ON f.id = tf.fleet_id
-             WHERE tf.token_id = ?1 ORDER BY f.name",
-        )?;
-        let rows = stmt.query_map([token_id], fleet_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn token_fleets(
+        &self,
+        token: CredentialId,
+    ) -> Result<std::collections::BTreeSet<FleetId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fleet_id FROM token_fleets WHERE token_id = ?1")?;
+        let rows = stmt.query_map([token.to_string()], |r| r.get::<_, String>(0))?;
+        rows.map(|row| rows::parse_id::<FleetId>("fleet id", &row?))
+            .collect()
     }
 
-    /// Checks a presented credential. On success records the last use; never writes the audit log (the caller
-    /// knows the context and does).
-    pub fn authenticate(
-        &self,
-        text: &str,
-        now: u64,
-    ) -> Result<Result<Principal, AuthRefusal>, StoreError> {
-        let Ok(secret) = CredentialSecret::parse(text) else {
-            return Ok(Err(AuthRefusal::Malformed));
+    /// What the login state machine needs to authenticate the credential with this id: its record, every
+    /// fleet, and the holder's name for a user token.
+    pub fn credential_lookup(&self, id: CredentialId) -> Result<CredentialLookup, StoreError> {
+        let record = self.credential(id)?;
+        let user = match &record {
+            Some(CredentialRecord::UserToken(token)) => self.user_name(token.user)?,
+            _ => None,
         };
-        let id = secret.id().to_string();
-        let Some(record) = self.credential(&id)? else {
-            return Ok(Err(AuthRefusal::Unknown));
-        };
-        // A credential of one kind presented with the other kind's prefix is simply unknown.
-        if record.kind != secret.kind() {
-            return Ok(Err(AuthRefusal::Unknown));
-        }
-        let table = credential_table(record.kind);
-        // The decision (hash in constant time, revocation, expiry) is cmdop-fleet's; the store only maps rows.
-        let fleet_record = self.fleet_credential_record(&record, &secret)?;
-        let authenticated =
-            match fleet_record.authenticate(&secret, Timestamp::from_unix_seconds(now)) {
-                Ok(authenticated) => authenticated,
-                Err(err) => {
-                    return Ok(Err(match err {
-                        AuthError::BadSecret { .. } => AuthRefusal::WrongSecret,
-                        AuthError::Revoked { .. } => AuthRefusal::Revoked,
-                        AuthError::Expired { .. } => AuthRefusal::Expired,
-                        _ => AuthRefusal::Unknown,
-                    }));
-                }
-            };
-        self.conn.execute(
-            &format!("UPDATE {table} SET last_used_at = ?2 WHERE id = ?1"),
-            params![id, to_sql_time(now)],
-        )?;
-        let fleets = match record.kind {
-            CredentialKind::UserToken => self.token_fleets(&id)?,
-            _ => record
-                .fleets
-                .iter()
-                .filter_map(|n| self.fleet_by_name(n).transpose())
-                .collect::<Result<_, _>>()?,
-        };
-        Ok(Ok(Principal {
-            kind: record.kind,
-            credential_id: record.id,
-            role: record.role,
-            user: record.user,
-            expires_at: record.expires_at,
+        let fleets = self.fleets()?.into_iter().map(|r| r.fleet).collect();
+        Ok(CredentialLookup {
+            record,
             fleets,
-            authenticated,
-        }))
+            user,
+        })
     }
 
-    /// The cmdop-fleet view of a stored credential, for its authentication decision.
-    fn fleet_credential_record(
-        &self,
-        record: &CredentialRecord,
-        secret: &CredentialSecret,
-    ) -> Result<cmdop_fleet::CredentialRecord, StoreError> {
-        let id = record.id.as_str();
-        let table = credential_table(record.kind);
-        let (owner, stored): (String, Vec<u8>) = self.conn.query_row(
-            &format!(
-                "SELECT {}, secret_hash FROM {table} WHERE id = ?1",
-                if record.kind == CredentialKind::UserToken {
-                    "user_id"
-                } else {
-                    "fleet_id"
-                }
-            ),
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        // A stored hash of the wrong length can match nothing; an all-zero hash stands in for it.
-        let hash =
-            CredentialHash::from_bytes(<[u8; 32]>::try_from(stored.as_slice()).unwrap_or([0; 32]));
-        let owner = parse_uuid(0, &owner)?.into_bytes();
-        let stamp = Timestamp::from_unix_seconds;
-        Ok(if record.kind == CredentialKind::UserToken {
-            let fleets = self
-                .token_fleets(id)?
-                .into_iter()
-                .map(|f| cmdop_fleet::FleetId::from_bytes(f.id.into_bytes()))
-                .collect();
-            cmdop_fleet::CredentialRecord::UserToken(cmdop_fleet::UserToken {
-                id: secret.id(),
-                user: cmdop_fleet::UserId::from_bytes(owner),
-                fleets,
-                label: None,
-                hash,
-                created: stamp(record.created_at),
-                expires: record.expires_at.map(stamp),
-                revoked: record.revoked_at.map(stamp),
-                last_used: record.last_used_at.map(stamp),
-            })
-        } else {
-            let role = match record.role {
-                Some(KeyRole::Agent) => FleetRole::Agent,
-                Some(KeyRole::Admin) => FleetRole::Admin,
-                _ => FleetRole::Member,
-            };
-            cmdop_fleet::CredentialRecord::ApiKey(cmdop_fleet::ApiKey {
-                id: secret.id(),
-                fleet: cmdop_fleet::FleetId::from_bytes(owner),
-                role,
-                label: None,
-                hash,
-                created: stamp(record.created_at),
-                expires: record.expires_at.map(stamp),
-                revoked: record.revoked_at.map(stamp),
-                last_used: record.last_used_at.map(stamp),
-            })
-        })
+    fn user_name(&self, id: UserId) -> Result<Option<UserName>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name FROM users WHERE id = ?1",
+                [id.to_string()],
+                |r| Ok(user_from_row(r)),
+            )
+            .optional()?
+            .transpose()?
+            .map(|user| user.name))
+    }
+
+    /// Records a successful authentication (for `key list`'s last-used column).
+    pub fn mark_used(&self, id: CredentialId, now: Timestamp) -> Result<(), StoreError> {
+        for table in ["api_keys", "user_tokens"] {
+            self.conn.execute(
+                &format!("UPDATE {table} SET last_used_at = ?2 WHERE id = ?1"),
+                params![id.to_string(), sql_time(now)],
+            )?;
+        }
+        Ok(())
     }
 
     /// The fleet's trust key, which signs client capabilities. Its seed lives in `relay.db` (0600): in this
     /// version the relay is the fleet's authority (see docs/security.md).
-    pub fn fleet_trust_key(&self, fleet_id: Uuid) -> Result<cmdop_identity::Identity, StoreError> {
+    pub fn fleet_trust_key(&self, fleet: FleetId) -> Result<cmdop_identity::Identity, StoreError> {
         let seed: Vec<u8> = self.conn.query_row(
             "SELECT trust_seed FROM fleets WHERE id = ?1",
-            [fleet_id.to_string()],
+            [fleet.to_string()],
             |r| r.get(0),
         )?;
         // The schema's CHECK keeps the seed at 32 bytes; a row that breaks it is a corrupt database.
-        let seed: [u8; 32] = seed.try_into().map_err(|_| {
-            StoreError::Sql(rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Blob,
-                "trust seed is not 32 bytes".into(),
-            ))
+        let seed: [u8; 32] = seed.try_into().map_err(|_| StoreError::Corrupt {
+            what: "fleet trust seed",
+            reason: "it is not 32 bytes".to_owned(),
         })?;
         Ok(cmdop_identity::Identity::from_seed(
             &cmdop_identity::Seed::from_bytes(seed),
         ))
-    }
-
-    /// Whether a credential is still usable at `now` (exists, not revoked, not expired).
-    pub fn credential_usable(&self, id: &str, now: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .credential(id)?
-            .is_some_and(|c| c.revoked_at.is_none() && c.expires_at.is_none_or(|at| at > now)))
-    }
-
-    /// Registers (or re-registers) the machine with this public key in the fleet. The same (fleet, key) always
-    /// gets the same id; hostname, OS, arch and version are refreshed, the display name only if one is given.
-    pub fn register_machine(
-        &self,
-        access: &FleetAccess,
-        public_key: &[u8; 32],
-        report: &MachineReport,
-        now: u64,
-    ) -> Result<MachineRecord, StoreError> {
-        let fleet_id = access.fleet.id.to_string();
-        let existing: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT id FROM machines WHERE fleet_id = ?1 AND public_key = ?2",
-                params![fleet_id, public_key.as_slice()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let hostname_owner: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT id FROM machines WHERE fleet_id = ?1 AND hostname = ?2",
-                params![fleet_id, report.hostname],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if hostname_owner.is_some() && hostname_owner != existing {
-            return Err(StoreError::HostnameTaken(report.hostname.clone()));
-        }
-        let id = match existing {
-            Some(id) => {
-                self.conn.execute(
-                    "UPDATE machines SET hostname = ?2, display_name = COALESCE(?3, display_name), os = ?4, arch = ?5,
-                     agent_version = ?6, last_seen = ?7 WHERE id = ?1",
-                    params![
-                        id,
-                        report.hostname,
-                        report.display_name,
-                        report.os,
-                        report.arch,
-                        report.agent_version,
-                        to_sql_time(now)
-                    ],
-                )?;
-                id
-            }
-            None => {
-                let id = Uuid::new_v4().to_string();
-                self.conn.execute(
-                    "INSERT INTO machines (id, fleet_id, public_key, hostname, display_name, os, arch, agent_version,
-                     online, last_seen, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9)",
-                    params![
-                        id,
-                        fleet_id,
-                        public_key.as_slice(),
-                        report.hostname,
-                        report.display_name.as_deref().unwrap_or(&report.hostname),
-                        report.os,
-                        report.arch,
-                        report.agent_version,
-                        to_sql_time(now)
-                    ],
-                )?;
-                id
-            }
-        };
-        self.machine(&id)?.ok_or(StoreError::UnknownMachine(id))
-    }
-
-    /// Sets a machine's presence; `last_seen` moves to `now`.
-    pub fn set_presence(&self, machine_id: Uuid, online: bool, now: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1",
-            params![machine_id.to_string(), online, to_sql_time(now)],
-        )?;
-        Ok(())
-    }
-
-    /// Marks every machine offline (at server start: no connection survives a restart).
-    pub fn mark_all_offline(&self) -> Result<(), StoreError> {
-        self.conn
-            .execute("UPDATE machines SET online = 0 WHERE online = 1", [])?;
-        Ok(())
-    }
-
-    /// One machine by id.
-    pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("{MACHINE_SELECT} WHERE m.id = ?1"),
-                [id],
-                machine_from_row,
-            )
-            .optional()?)
-    }
-
-    /// The machines of the fleet an access proves, by hostname.
-    pub fn machines_in(&self, access: &FleetAccess) -> Result<Vec<MachineRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "{MACHINE_SELECT} WHERE m.fleet_id = ?1 ORDER BY m.hostname"
-        ))?;
-        let rows = stmt.query_map([access.fleet.id.to_string()], machine_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Admin view: all machines, or those of one fleet.
-    pub fn machines(&self, fleet: Option<&str>) -> Result<Vec<MachineRecord>, StoreError> {
-        let fleet_id = match fleet {
-            Some(name) => Some(self.require_fleet(name)?.id.to_string()),
-            None => None,
-        };
-        let mut stmt = self.conn.prepare(&format!(
-            "{MACHINE_SELECT} WHERE ?1 IS NULL OR m.fleet_id = ?1 ORDER BY f.name, m.hostname"
-        ))?;
-        let rows = stmt.query_map([fleet_id], machine_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Changes a machine's display name.
-    pub fn rename_machine(
-        &self,
-        id: &str,
-        name: &str,
-        now: u64,
-    ) -> Result<MachineRecord, StoreError> {
-        if name.trim().is_empty() || name.len() > 128 {
-            return Err(StoreError::InvalidName(name.to_owned()));
-        }
-        let machine = self
-            .machine(id)?
-            .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))?;
-        self.conn.execute(
-            "UPDATE machines SET display_name = ?2 WHERE id = ?1",
-            params![id, name],
-        )?;
-        self.append_audit(&AuditEntry {
-            at: now,
-            fleet_id: Some(machine.fleet_id),
-            actor: "admin",
-            action: "rename",
-            outcome: "done",
-            detail: &format!("machine {id} {:?} -> {name:?}", machine.name),
-        })?;
-        self.machine(id)?
-            .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))
     }
 
     /// Appends to the audit log. There is deliberately no way to change or delete entries (the schema refuses it too).
@@ -1013,8 +591,8 @@ impl Store {
         self.conn.execute(
             "INSERT INTO audit_log (at, fleet_id, actor, action, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                to_sql_time(entry.at),
-                entry.fleet_id.map(|id| id.to_string()),
+                sql_time(entry.at),
+                entry.fleet.map(|id| id.to_string()),
                 entry.actor,
                 entry.action,
                 entry.outcome,
@@ -1037,7 +615,7 @@ impl Store {
         let rows = stmt.query_map([fleet_id], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
-                at: from_sql_time(r.get(1)?),
+                at: rows::unix_seconds(r.get(1)?),
                 fleet: r.get(2)?,
                 actor: r.get(3)?,
                 action: r.get(4)?,
@@ -1049,99 +627,32 @@ impl Store {
     }
 }
 
-const MACHINE_SELECT: &str = "SELECT m.id, m.fleet_id, f.name, m.public_key, m.hostname, m.display_name, m.os, m.arch,
-     m.agent_version, m.online, m.last_seen, m.created_at FROM machines m JOIN fleets f ON f.id = m.fleet_id";
-
-fn parse_uuid(index: usize, text: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn fleet_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRecord> {
-    Ok(FleetRecord {
-        id: parse_uuid(0, &r.get::<_, String>(0)?)?,
-        name: r.get(1)?,
-        created_at: from_sql_time(r.get(2)?),
-    })
-}
-
-fn api_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRecord> {
-    let role: String = r.get(1)?;
-    Ok(CredentialRecord {
-        id: r.get(0)?,
-        kind: CredentialKind::ApiKey,
-        role: KeyRole::parse(&role),
-        user: None,
-        fleets: vec![r.get(2)?],
-        label: r.get(3)?,
-        created_at: from_sql_time(r.get(4)?),
-        expires_at: r.get::<_, Option<i64>>(5)?.map(from_sql_time),
-        revoked_at: r.get::<_, Option<i64>>(6)?.map(from_sql_time),
-        last_used_at: r.get::<_, Option<i64>>(7)?.map(from_sql_time),
-    })
-}
-
-fn user_token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRecord> {
-    Ok(CredentialRecord {
-        id: r.get(0)?,
-        kind: CredentialKind::UserToken,
-        role: None,
-        user: Some(r.get(1)?),
-        fleets: Vec::new(),
-        label: None,
-        created_at: from_sql_time(r.get(2)?),
-        expires_at: r.get::<_, Option<i64>>(3)?.map(from_sql_time),
-        revoked_at: r.get::<_, Option<i64>>(4)?.map(from_sql_time),
-        last_used_at: r.get::<_, Option<i64>>(5)?.map(from_sql_time),
-    })
-}
-
-fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MachineRecord> {
-    let key: Vec<u8> = r.get(3)?;
-    let public_key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            3,
-            rusqlite::types::Type::Blob,
-            "public key is not 32 bytes".into(),
-        )
-    })?;
-    Ok(MachineRecord {
-        id: parse_uuid(0, &r.get::<_, String>(0)?)?,
-        fleet_id: parse_uuid(1, &r.get::<_, String>(1)?)?,
-        fleet: r.get(2)?,
-        public_key,
-        hostname: r.get(4)?,
-        name: r.get(5)?,
-        os: r.get(6)?,
-        arch: r.get(7)?,
-        agent_version: r.get(8)?,
-        online: r.get(9)?,
-        last_seen: r.get::<_, Option<i64>>(10)?.map(from_sql_time),
-        created_at: from_sql_time(r.get(11)?),
-    })
-}
-
-// SQLite integers are i64; times beyond 2^63 s are clamped rather than wrapped.
-fn to_sql_time(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-fn from_sql_time(t: i64) -> u64 {
-    u64::try_from(t).unwrap_or(0)
-}
-
-fn check_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName(name.to_owned()))
+/// Whether a credential reaches `fleet`.
+pub fn reaches(record: &CredentialRecord, fleet: FleetId) -> bool {
+    match record {
+        CredentialRecord::ApiKey(key) => key.fleet == fleet,
+        CredentialRecord::UserToken(token) => token.fleets.contains(&fleet),
     }
+}
+
+/// The kind of a credential record, for display.
+pub fn kind_of(record: &CredentialRecord) -> CredentialKind {
+    match record {
+        CredentialRecord::ApiKey(_) => CredentialKind::ApiKey,
+        CredentialRecord::UserToken(_) => CredentialKind::UserToken,
+    }
+}
+
+fn parse_label(label: Option<&str>) -> Result<Option<Label>, StoreError> {
+    label
+        .map(|text| {
+            Label::parse(text).map_err(|reason| StoreError::InvalidName {
+                what: "label",
+                given: text.to_owned(),
+                reason,
+            })
+        })
+        .transpose()
 }
 
 /// Creates `dir` (and parents) and restricts it to the owner (0700).

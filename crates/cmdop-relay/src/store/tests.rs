@@ -1,18 +1,93 @@
-//! Store tests against a real SQLite file in a temporary directory.
+//! Store tests against a real SQLite file in a temporary directory: cmdop-fleet's records go in and come back
+//! out unchanged, and cmdop-fleet's decisions work on what the store returns.
+
+use cmdop_fleet::{
+    AgentInfo, AuthError, Authenticated, Enrolment, FleetAccess, Hostname, Permission,
+    RegistrationError, ScopeError, register,
+};
+use cmdop_identity::PublicKey;
 
 use super::*;
 
-const NOW: u64 = 1_700_000_000;
+const NOW: Timestamp = Timestamp::from_unix_seconds(1_700_000_000);
 
-fn report(hostname: &str) -> MachineReport {
-    MachineReport {
-        hostname: hostname.into(),
-        display_name: None,
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        agent_version: "0.1.0".into(),
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_unix_seconds(secs)
+}
+
+/// Why a presented credential was refused, as the relay's audit log names it.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    Malformed,
+    Unknown,
+    WrongSecret,
+    Revoked,
+    Expired,
+}
+
+/// What the relay's login does with a presented credential: parse, look up, and let cmdop-fleet decide.
+fn authenticate(store: &Store, text: &str, now: Timestamp) -> Result<Authenticated, Refusal> {
+    let secret = CredentialSecret::parse(text).map_err(|_| Refusal::Malformed)?;
+    let lookup = store.credential_lookup(secret.id()).unwrap();
+    cmdop_fleet::authenticate(&secret, lookup.record.as_ref(), now).map_err(|err| match err {
+        AuthError::UnknownCredential { .. } => Refusal::Unknown,
+        AuthError::BadSecret { .. } => Refusal::WrongSecret,
+        AuthError::Revoked { .. } => Refusal::Revoked,
+        AuthError::Expired { .. } => Refusal::Expired,
+        other => panic!("{other:?}"),
+    })
+}
+
+fn all_fleets(store: &Store) -> Vec<Fleet> {
+    store
+        .fleets()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.fleet)
+        .collect()
+}
+
+fn access(store: &Store, key: &CredentialSecret, need: Permission) -> FleetAccess {
+    authenticate(store, &key.expose_text(), NOW)
+        .unwrap()
+        .workspace_access(None, &all_fleets(store), need)
+        .unwrap()
+}
+
+fn key(byte: u8) -> PublicKey {
+    cmdop_identity::Identity::from_seed(&cmdop_identity::Seed::from_bytes([byte; 32])).public_key()
+}
+
+fn enrolment(byte: u8, hostname: &str) -> Enrolment {
+    Enrolment {
+        public_key: key(byte),
+        hostname: Hostname::parse(hostname).unwrap(),
+        name: None,
+        info: AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
     }
 }
+
+/// Registers as the relay's login does: cmdop-fleet decides on the fleet's stored machines, the store writes.
+fn register_machine(
+    store: &Store,
+    access: &FleetAccess,
+    byte: u8,
+    hostname: &str,
+    now: Timestamp,
+) -> Result<Machine, RegistrationError> {
+    let machines = store.machines_of(access.fleet_id()).unwrap();
+    let registration = register(
+        access,
+        &machines,
+        enrolment(byte, hostname),
+        now,
+        &mut OsRng,
+    )?;
+    store.save_registration(&registration).unwrap();
+    Ok(registration.machine)
+}
+
+use cmdop_fleet::Machine;
 
 #[test]
 fn survives_close_and_reopen() {
@@ -23,22 +98,20 @@ fn survives_close_and_reopen() {
         let store = Store::open(&data).unwrap();
         store.create_fleet("prod", NOW).unwrap();
         let (_, secret) = store
-            .create_api_key("prod", KeyRole::Agent, Some("ci"), None, NOW)
+            .create_api_key("prod", Role::Agent, Some("ci"), None, NOW)
             .unwrap();
         key_text = secret.expose_text();
-        let principal = store.authenticate(&key_text, NOW).unwrap().unwrap();
-        let access = principal.fleet_access(Some("prod")).unwrap();
-        store
-            .register_machine(&access, &[7; 32], &report("web-1"), NOW)
-            .unwrap();
+        let access = access(&store, &secret, Permission::Enrol);
+        register_machine(&store, &access, 7, "web-1", NOW).unwrap();
     }
     let store = Store::open(&data).unwrap();
     assert_eq!(store.schema_version().unwrap(), 1);
     assert_eq!(store.fleets().unwrap().len(), 1);
-    assert!(store.authenticate(&key_text, NOW).unwrap().is_ok());
+    assert!(authenticate(&store, &key_text, NOW).is_ok());
     let machines = store.machines(Some("prod")).unwrap();
     assert_eq!(machines.len(), 1);
-    assert_eq!(machines[0].hostname, "web-1");
+    assert_eq!(machines[0].1.hostname.as_str(), "web-1");
+    assert_eq!(machines[0].1.public_key, key(7));
     assert!(
         store
             .audit(None)
@@ -75,7 +148,7 @@ fn secrets_are_stored_hashed_only() {
     let store = Store::open(dir.path()).unwrap();
     store.create_fleet("prod", NOW).unwrap();
     let (_, secret) = store
-        .create_api_key("prod", KeyRole::Member, None, None, NOW)
+        .create_api_key("prod", Role::Member, None, None, NOW)
         .unwrap();
     drop(store);
     let text = secret.expose_text();
@@ -96,24 +169,25 @@ fn authentication_refusals_name_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.create_fleet("prod", NOW).unwrap();
+    let now = NOW.as_unix_seconds();
     let (_, expired) = store
-        .create_api_key("prod", KeyRole::Member, None, Some(NOW - 1), NOW - 100)
+        .create_api_key("prod", Role::Member, None, Some(at(now - 1)), at(now - 100))
         .unwrap();
     let (record, revoked) = store
-        .create_api_key("prod", KeyRole::Member, None, None, NOW)
+        .create_api_key("prod", Role::Member, None, None, NOW)
         .unwrap();
-    store.revoke(&record.id, NOW).unwrap();
+    store.revoke(&record.id.to_string(), NOW).unwrap();
     let (_, good) = store
-        .create_api_key("prod", KeyRole::Member, None, None, NOW)
+        .create_api_key("prod", Role::Member, None, None, NOW)
         .unwrap();
     let mut wrong = good.expose_text().to_string();
     wrong.pop();
     wrong.push('_');
-    let check = |text: &str| store.authenticate(text, NOW).unwrap().err();
-    assert_eq!(check(&expired.expose_text()), Some(AuthRefusal::Expired));
-    assert_eq!(check(&revoked.expose_text()), Some(AuthRefusal::Revoked));
-    assert_eq!(check("nonsense"), Some(AuthRefusal::Malformed));
-    assert_eq!(check(&wrong), Some(AuthRefusal::Malformed));
+    let check = |text: &str| authenticate(&store, text, NOW).err();
+    assert_eq!(check(&expired.expose_text()), Some(Refusal::Expired));
+    assert_eq!(check(&revoked.expose_text()), Some(Refusal::Revoked));
+    assert_eq!(check("nonsense"), Some(Refusal::Malformed));
+    assert_eq!(check(&wrong), Some(Refusal::Malformed));
     // Change the first secret character to another valid base32 character.
     let good_text = good.expose_text().to_string();
     let at = good_text.rfind('_').unwrap() + 1;
@@ -123,56 +197,69 @@ fn authentication_refusals_name_the_reason() {
         "a"
     };
     let wrong_secret = format!("{}{swapped}{}", &good_text[..at], &good_text[at + 1..]);
-    assert_eq!(check(&wrong_secret), Some(AuthRefusal::WrongSecret));
+    assert_eq!(check(&wrong_secret), Some(Refusal::WrongSecret));
     let unknown = CredentialSecret::generate(CredentialKind::ApiKey, &mut OsRng).expose_text();
-    assert_eq!(check(&unknown), Some(AuthRefusal::Unknown));
+    assert_eq!(check(&unknown), Some(Refusal::Unknown));
     assert_eq!(check(&good.expose_text()), None);
-    assert!(!store.credential_usable(&record.id, NOW).unwrap());
+    // The live-connection re-check sees the revocation too.
+    assert!(
+        store
+            .credential(record.id)
+            .unwrap()
+            .unwrap()
+            .standing(NOW)
+            .is_err()
+    );
 }
 
 #[test]
 fn scope_is_enforced_by_fleet_access() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
-    store.create_fleet("a", NOW).unwrap();
+    let a = store.create_fleet("a", NOW).unwrap().fleet;
     store.create_fleet("b", NOW).unwrap();
-    store.create_fleet("c", NOW).unwrap();
+    let c = store.create_fleet("c", NOW).unwrap().fleet;
     let (_, key_a) = store
-        .create_api_key("a", KeyRole::Member, None, None, NOW)
+        .create_api_key("a", Role::Member, None, None, NOW)
         .unwrap();
     store.create_user("alice", NOW).unwrap();
     let (record, token) = store
         .create_user_token("alice", &["a".into(), "c".into()], None, NOW)
         .unwrap();
-    assert_eq!(record.fleets, vec!["a".to_owned(), "c".to_owned()]);
+    assert_eq!(record.fleets, [a.id, c.id].into_iter().collect());
+    let fleets = all_fleets(&store);
+    let name = |text: &str| FleetName::parse(text).unwrap();
 
-    let key = store
-        .authenticate(&key_a.expose_text(), NOW)
-        .unwrap()
-        .unwrap();
-    assert_eq!(key.fleet_access(None).unwrap().fleet().name, "a");
+    let key = authenticate(&store, &key_a.expose_text(), NOW).unwrap();
+    assert_eq!(key.select_fleet(None, &fleets).unwrap().name.as_str(), "a");
     assert_eq!(
-        key.fleet_access(Some("b")),
-        Err(ScopeError::NotFound("b".into()))
+        key.select_fleet(Some(&name("b")), &fleets),
+        Err(ScopeError::NoSuchFleet { name: name("b") })
     );
     assert_eq!(
-        key.fleet_access(Some("nope")),
-        Err(ScopeError::NotFound("nope".into()))
+        key.select_fleet(Some(&name("nope")), &fleets),
+        Err(ScopeError::NoSuchFleet { name: name("nope") })
     );
 
-    let user = store
-        .authenticate(&token.expose_text(), NOW)
-        .unwrap()
-        .unwrap();
-    assert_eq!(user.description(), "user alice");
+    let user = authenticate(&store, &token.expose_text(), NOW).unwrap();
+    let lookup = store.credential_lookup(token.id()).unwrap();
+    assert_eq!(lookup.user.map(|u| u.to_string()).as_deref(), Some("alice"));
     assert_eq!(
-        user.fleet_access(None),
-        Err(ScopeError::WorkspaceRequired(vec!["a".into(), "c".into()]))
+        user.select_fleet(None, &fleets),
+        Err(ScopeError::WorkspaceRequired {
+            available: vec![name("a"), name("c")]
+        })
     );
-    assert_eq!(user.fleet_access(Some("c")).unwrap().fleet().name, "c");
     assert_eq!(
-        user.fleet_access(Some("b")),
-        Err(ScopeError::NotFound("b".into()))
+        user.select_fleet(Some(&name("c")), &fleets)
+            .unwrap()
+            .name
+            .as_str(),
+        "c"
+    );
+    assert_eq!(
+        user.select_fleet(Some(&name("b")), &fleets),
+        Err(ScopeError::NoSuchFleet { name: name("b") })
     );
 }
 
@@ -183,63 +270,62 @@ fn same_key_same_machine_and_hostnames_unique_per_fleet() {
     store.create_fleet("a", NOW).unwrap();
     store.create_fleet("b", NOW).unwrap();
     let (_, key_a) = store
-        .create_api_key("a", KeyRole::Agent, None, None, NOW)
+        .create_api_key("a", Role::Agent, None, None, NOW)
         .unwrap();
     let (_, key_b) = store
-        .create_api_key("b", KeyRole::Agent, None, None, NOW)
+        .create_api_key("b", Role::Agent, None, None, NOW)
         .unwrap();
-    let a = store
-        .authenticate(&key_a.expose_text(), NOW)
-        .unwrap()
-        .unwrap()
-        .fleet_access(None)
-        .unwrap();
-    let b = store
-        .authenticate(&key_b.expose_text(), NOW)
-        .unwrap()
-        .unwrap()
-        .fleet_access(None)
-        .unwrap();
+    let a = access(&store, &key_a, Permission::Enrol);
+    let b = access(&store, &key_b, Permission::Enrol);
 
-    let first = store
-        .register_machine(&a, &[1; 32], &report("web-1"), NOW)
-        .unwrap();
-    let renamed_host = store
-        .register_machine(&a, &[1; 32], &report("web-one"), NOW + 5)
-        .unwrap();
+    let first = register_machine(&store, &a, 1, "web-1", NOW).unwrap();
+    let renamed_host =
+        register_machine(&store, &a, 1, "web-one", at(NOW.as_unix_seconds() + 5)).unwrap();
     assert_eq!(first.id, renamed_host.id);
-    assert_eq!(renamed_host.hostname, "web-one");
+    assert_eq!(renamed_host.hostname.as_str(), "web-one");
+    let stored = store.machine(&first.id.to_string()).unwrap().unwrap();
+    assert_eq!(stored.hostname.as_str(), "web-one");
     assert_eq!(
-        renamed_host.name, "web-1",
-        "the display name stays unless the agent sends one"
+        stored.display_name(),
+        "web-one",
+        "no display name was ever set, so the hostname shows"
     );
 
-    let other = store
-        .register_machine(&a, &[2; 32], &report("web-2"), NOW)
-        .unwrap();
+    let other = register_machine(&store, &a, 2, "web-2", NOW).unwrap();
     assert_ne!(other.id, first.id);
     assert!(matches!(
-        store.register_machine(&a, &[3; 32], &report("web-one"), NOW),
+        register_machine(&store, &a, 3, "web-one", NOW),
+        Err(RegistrationError::HostnameTaken { .. })
+    ));
+    // The store refuses it too, should two registrations race past cmdop-fleet's check.
+    let mut forged = register(&b, &[], enrolment(9, "web-one"), NOW, &mut OsRng).unwrap();
+    forged.machine.fleet = a.fleet_id();
+    assert!(matches!(
+        store.save_registration(&forged),
         Err(StoreError::HostnameTaken(_))
     ));
     // The same hostname in another fleet is a different machine.
-    assert!(
-        store
-            .register_machine(&b, &[3; 32], &report("web-one"), NOW)
-            .is_ok()
-    );
-    assert_eq!(store.machines_in(&a).unwrap().len(), 2);
-    assert_eq!(store.machines_in(&b).unwrap().len(), 1);
+    assert!(register_machine(&store, &b, 3, "web-one", NOW).is_ok());
+    assert_eq!(store.machines_of(a.fleet_id()).unwrap().len(), 2);
+    assert_eq!(store.machines_of(b.fleet_id()).unwrap().len(), 1);
 
     let renamed = store
         .rename_machine(&first.id.to_string(), "frontend", NOW)
         .unwrap();
-    assert_eq!(renamed.name, "frontend");
+    assert_eq!(renamed.display_name(), "frontend");
+    assert_eq!(
+        register_machine(&store, &a, 1, "web-one", NOW)
+            .unwrap()
+            .display_name(),
+        "frontend",
+        "the display name stays unless the agent sends one"
+    );
     assert_eq!(
         store
-            .register_machine(&a, &[1; 32], &report("web-one"), NOW)
+            .machine(&first.id.to_string())
             .unwrap()
-            .name,
+            .unwrap()
+            .display_name(),
         "frontend"
     );
 }
@@ -265,11 +351,11 @@ fn invalid_names_and_duplicates_are_refused() {
     let mut store = Store::open(dir.path()).unwrap();
     assert!(matches!(
         store.create_fleet("", NOW),
-        Err(StoreError::InvalidName(_))
+        Err(StoreError::InvalidName { .. })
     ));
     assert!(matches!(
         store.create_fleet("a b", NOW),
-        Err(StoreError::InvalidName(_))
+        Err(StoreError::InvalidName { .. })
     ));
     store.create_fleet("prod", NOW).unwrap();
     assert!(matches!(
@@ -277,13 +363,13 @@ fn invalid_names_and_duplicates_are_refused() {
         Err(StoreError::FleetExists(_))
     ));
     assert!(matches!(
-        store.create_api_key("nope", KeyRole::Agent, None, None, NOW),
+        store.create_api_key("nope", Role::Agent, None, None, NOW),
         Err(StoreError::UnknownFleet(_))
     ));
     store.create_user("alice", NOW).unwrap();
     assert!(matches!(
         store.create_user_token("alice", &[], None, NOW),
-        Err(StoreError::NoFleets)
+        Err(StoreError::Issue(IssueError::NoFleets))
     ));
     assert!(matches!(
         store.create_user_token("bob", &["prod".into()], None, NOW),
@@ -292,5 +378,9 @@ fn invalid_names_and_duplicates_are_refused() {
     assert!(matches!(
         store.revoke("0000000000000000", NOW),
         Err(StoreError::UnknownCredential(_))
+    ));
+    assert!(matches!(
+        store.rename_machine("0000000000000000", "x", NOW),
+        Err(StoreError::UnknownMachine(_))
     ));
 }

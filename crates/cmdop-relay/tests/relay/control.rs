@@ -10,21 +10,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cmdop_client::{
     AgentConnection, AgentRegistration, ClientConnection, ClientError, RelayTarget, reconnect_delay,
 };
+use cmdop_fleet::{Role as KeyRole, Timestamp};
 use cmdop_identity::Identity;
 use cmdop_proto::RelayFingerprint;
 use cmdop_relay::server::{Server, ServerConfig};
-use cmdop_relay::store::{KeyRole, Store};
+use cmdop_relay::store::Store;
 use cmdop_relay::tls::TlsIdentity;
 use rand_core::OsRng;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+fn now() -> Timestamp {
+    Timestamp::from_unix_seconds(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+/// `now()` moved by `secs` seconds (negative: into the past).
+fn now_plus(secs: i64) -> Timestamp {
+    Timestamp::from_unix_seconds(now().as_unix_seconds().saturating_add_signed(secs))
 }
 
 struct Relay {
@@ -112,7 +120,7 @@ impl Fixture {
             .admin
             .create_api_key(fleet, role, None, None, now())
             .unwrap();
-        (record.id, secret.expose_text().to_string())
+        (record.id.to_string(), secret.expose_text().to_string())
     }
 }
 
@@ -239,7 +247,11 @@ async fn same_key_keeps_its_id_across_restarts_and_renames_and_a_new_key_is_a_ne
     .unwrap();
     assert_eq!(renamed.machine_id(), id);
     assert_eq!(
-        fx.admin.machine(&id.to_string()).unwrap().unwrap().name,
+        fx.admin
+            .machine(&id.to_string())
+            .unwrap()
+            .unwrap()
+            .display_name(),
         "edge"
     );
 
@@ -296,7 +308,12 @@ async fn wrong_fingerprint_is_refused_before_any_credential_is_sent() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fx.admin.audit(None).unwrap().len(), audit_before);
     assert_eq!(
-        fx.admin.credential(&key_id).unwrap().unwrap().last_used_at,
+        last_used(
+            &fx.admin
+                .credential(key_id.parse().unwrap())
+                .unwrap()
+                .unwrap()
+        ),
         None
     );
     relay.stop().await;
@@ -480,7 +497,7 @@ async fn a_revoked_key_is_cut_within_a_second_and_refused_afterwards() {
     assert!(audit.iter().any(|a| a.action == "revoke"));
     // The machine is offline once its connection is cut.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while fx.admin.machines(Some("prod")).unwrap()[0].online {
+    while fx.admin.machines(Some("prod")).unwrap()[0].1.online {
         assert!(
             Instant::now() < deadline,
             "machine still online after its key was revoked"
@@ -494,10 +511,15 @@ async fn a_revoked_key_is_cut_within_a_second_and_refused_afterwards() {
 async fn an_expired_key_is_refused_and_a_live_one_is_cut_at_expiry() {
     let fx = Fixture::new();
     fx.fleet("prod");
-    let t = now();
     let (_, expired) = fx
         .admin
-        .create_api_key("prod", KeyRole::Agent, None, Some(t - 1), t - 100)
+        .create_api_key(
+            "prod",
+            KeyRole::Agent,
+            None,
+            Some(now_plus(-1)),
+            now_plus(-100),
+        )
         .unwrap();
     let relay = Relay::start(&fx.data, "127.0.0.1:0".parse().unwrap(), HEARTBEAT).await;
     let refused = AgentConnection::register(
@@ -523,7 +545,7 @@ async fn an_expired_key_is_refused_and_a_live_one_is_cut_at_expiry() {
     // A key that expires while connected is cut.
     let (_, soon) = fx
         .admin
-        .create_api_key("prod", KeyRole::Agent, None, Some(now() + 2), now())
+        .create_api_key("prod", KeyRole::Agent, None, Some(now_plus(2)), now())
         .unwrap();
     let agent = AgentConnection::register(
         &relay.target,
@@ -539,6 +561,36 @@ async fn an_expired_key_is_refused_and_a_live_one_is_cut_at_expiry() {
         matches!(reason, ClientError::CredentialRevoked(_)),
         "{reason:?}"
     );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn admin_changes_to_the_store_do_not_disturb_live_sessions() {
+    // Every change to relay.db (here: keys created by another process) makes the relay re-check the
+    // credentials of live sessions. That check races the session's read of its control stream; a read that
+    // lost the race once decoded its last message again, and a registered agent was cut for "sending" its
+    // login twice.
+    let fx = Fixture::new();
+    fx.fleet("prod");
+    let (_, agent_key) = fx.key("prod", KeyRole::Agent);
+    let relay = Relay::start(&fx.data, "127.0.0.1:0".parse().unwrap(), HEARTBEAT).await;
+    let mut agent = AgentConnection::register(
+        &relay.target,
+        &Identity::generate(&mut OsRng),
+        &registration(&agent_key, "prod", "web-1"),
+    )
+    .await
+    .unwrap();
+    let other_process = Store::open(&fx.data).unwrap();
+    for _ in 0..5 {
+        other_process
+            .create_api_key("prod", KeyRole::Member, None, None, now())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        agent.heartbeat().await.unwrap();
+    }
+    assert!(fx.admin.machines(None).unwrap()[0].1.online);
+    agent.goodbye().await.unwrap();
     relay.stop().await;
 }
 
@@ -560,7 +612,7 @@ async fn a_silent_agent_goes_offline_after_three_missed_heartbeats() {
     )
     .await
     .unwrap();
-    assert!(fx.admin.machines(None).unwrap()[0].online);
+    assert!(fx.admin.machines(None).unwrap()[0].1.online);
     let started = Instant::now();
     let reason = tokio::time::timeout(Duration::from_secs(3), agent.closed())
         .await
@@ -574,7 +626,7 @@ async fn a_silent_agent_goes_offline_after_three_missed_heartbeats() {
         matches!(reason, ClientError::Closed { code: 5, .. }),
         "{reason:?}"
     );
-    assert!(!fx.admin.machines(None).unwrap()[0].online);
+    assert!(!fx.admin.machines(None).unwrap()[0].1.online);
     relay.stop().await;
 }
 
@@ -618,7 +670,7 @@ async fn agents_come_back_by_themselves_after_a_relay_restart() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let machines = admin.machines(Some("prod")).unwrap();
-                if machines.len() == 3 && machines.iter().all(|m| m.online == expected) {
+                if machines.len() == 3 && machines.iter().all(|(_, m)| m.online == expected) {
                     return;
                 }
                 assert!(
@@ -698,4 +750,12 @@ async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// When a credential last authenticated.
+fn last_used(record: &cmdop_fleet::CredentialRecord) -> Option<Timestamp> {
+    match record {
+        cmdop_fleet::CredentialRecord::ApiKey(key) => key.last_used,
+        cmdop_fleet::CredentialRecord::UserToken(token) => token.last_used,
+    }
 }

@@ -1,0 +1,167 @@
+//! Machines in the store: what cmdop-fleet's `register` and `rename` decided, written down; presence; listings.
+
+use cmdop_fleet::{
+    DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, Timestamp, rename,
+};
+use rusqlite::{OptionalExtension, params};
+
+use super::rows::{MACHINE_COLUMNS, machine_from_row, sql_time};
+use super::{AuditEntry, Store, StoreError};
+
+impl Store {
+    /// Writes what [`cmdop_fleet::register`] decided: a new machine, or the refreshed record of a known key.
+    /// A hostname another machine took meanwhile (another relay process, a race) is
+    /// [`StoreError::HostnameTaken`], thanks to the schema's `UNIQUE (fleet_id, hostname)`.
+    pub fn save_registration(&self, registration: &Registration) -> Result<(), StoreError> {
+        let m = &registration.machine;
+        let written = if registration.is_new {
+            self.conn.execute(
+                "INSERT INTO machines (id, fleet_id, public_key, hostname, display_name, os, arch, agent_version,
+                 online, last_seen, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10)",
+                params![
+                    m.id.to_string(),
+                    m.fleet.to_string(),
+                    m.public_key.to_bytes().as_slice(),
+                    m.hostname.as_str(),
+                    m.display_name(),
+                    m.info.os(),
+                    m.info.arch(),
+                    m.info.version(),
+                    m.last_heartbeat.map(sql_time),
+                    sql_time(m.registered)
+                ],
+            )
+        } else {
+            self.conn.execute(
+                "UPDATE machines SET hostname = ?2, display_name = ?3, os = ?4, arch = ?5, agent_version = ?6,
+                 last_seen = ?7 WHERE id = ?1",
+                params![
+                    m.id.to_string(),
+                    m.hostname.as_str(),
+                    m.display_name(),
+                    m.info.os(),
+                    m.info.arch(),
+                    m.info.version(),
+                    m.last_heartbeat.map(sql_time)
+                ],
+            )
+        };
+        match written {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::HostnameTaken(m.hostname.to_string()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Sets a machine's presence; `last_seen` moves to `now`.
+    pub fn set_presence(
+        &self,
+        machine: MachineId,
+        online: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1",
+            params![machine.to_string(), online, sql_time(now)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks every machine offline (at server start: no connection survives a restart).
+    pub fn mark_all_offline(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE machines SET online = 0 WHERE online = 1", [])?;
+        Ok(())
+    }
+
+    /// One machine by id (as text, the way an admin types it).
+    pub fn machine(&self, id: &str) -> Result<Option<Machine>, StoreError> {
+        let Ok(id) = id.parse::<MachineId>() else {
+            return Ok(None);
+        };
+        self.conn
+            .query_row(
+                &format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.id = ?1"),
+                [id.to_string()],
+                |r| Ok(machine_from_row(r)),
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// The machines of one fleet, by hostname.
+    pub fn machines_of(&self, fleet: FleetId) -> Result<Vec<Machine>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.fleet_id = ?1 ORDER BY m.hostname"
+        ))?;
+        let rows = stmt.query_map([fleet.to_string()], |r| Ok(machine_from_row(r)))?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Admin view: every machine with its fleet, or those of the fleet named `fleet`; by fleet, then hostname.
+    pub fn machines(&self, fleet: Option<&str>) -> Result<Vec<(Fleet, Machine)>, StoreError> {
+        let fleets = match fleet {
+            Some(name) => vec![self.require_fleet(name)?],
+            None => self.fleets()?.into_iter().map(|r| r.fleet).collect(),
+        };
+        let mut all = Vec::new();
+        for fleet in fleets {
+            for machine in self.machines_of(fleet.id)? {
+                all.push((fleet.clone(), machine));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Changes a machine's display name, as the relay's operator: cmdop-fleet's [`rename`] decides, with the
+    /// operator's access to the machine's fleet.
+    pub fn rename_machine(
+        &self,
+        id: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Machine, StoreError> {
+        let display = DisplayName::parse(name).map_err(|reason| StoreError::InvalidName {
+            what: "display name",
+            given: name.to_owned(),
+            reason,
+        })?;
+        let mut machine = self
+            .machine(id)?
+            .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))?;
+        let fleet = self
+            .fleets()?
+            .into_iter()
+            .map(|r| r.fleet)
+            .find(|f| f.id == machine.fleet)
+            .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))?;
+        let before = machine.display_name().to_owned();
+        rename(&FleetAccess::relay_operator(&fleet), &mut machine, display).map_err(|err| {
+            StoreError::Corrupt {
+                what: "machine's fleet",
+                reason: err.to_string(),
+            }
+        })?;
+        self.conn.execute(
+            "UPDATE machines SET display_name = ?2 WHERE id = ?1",
+            params![machine.id.to_string(), machine.display_name()],
+        )?;
+        self.append_audit(&AuditEntry {
+            at: now,
+            fleet: Some(machine.fleet),
+            actor: "admin",
+            action: "rename",
+            outcome: "done",
+            detail: &format!(
+                "machine {} {before:?} -> {:?}",
+                machine.id,
+                machine.display_name()
+            ),
+        })?;
+        Ok(machine)
+    }
+}
