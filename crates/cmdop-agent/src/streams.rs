@@ -84,13 +84,6 @@ async fn handle(
     context: &StreamContext,
 ) -> Result<(), SecureStreamError> {
     let kind = incoming.kind();
-    let operation = match kind {
-        StreamKind::Exec => Some(Operation::Exec),
-        StreamKind::Shell => Some(Operation::Shell),
-        StreamKind::Tunnel => Some(Operation::Forward),
-        StreamKind::Copy => Some(Operation::Copy),
-        _ => None,
-    };
     let prologue = Prologue {
         fleet_id: context.fleet_id.to_bytes(),
         agent_key: context.identity.public_key(),
@@ -104,10 +97,7 @@ async fn handle(
         &context.identity,
         |client, capability| {
             client_key = Some(*client);
-            let Some(operation) = operation else {
-                return Err(format!("this agent does not serve {kind:?} streams yet"));
-            };
-            authorize(context, client, capability, operation)
+            authorize(context, client, capability, kind.operation())
         },
     )
     .await?;
@@ -133,7 +123,13 @@ async fn handle(
             None => Ok(()),
         },
         StreamKind::Copy => copy::serve(sender, receiver).await,
-        _ => Ok(()),
+        // StreamKind is non-exhaustive: a kind added to the protocol is authorized like any other (its
+        // operation comes from `StreamKind::operation`), then refused here until the agent serves it.
+        _ => {
+            let message = format!("this agent does not serve {kind:?} streams yet");
+            sender.close(CloseReason::Protocol, &message).await;
+            Ok(())
+        }
     }
 }
 
