@@ -231,7 +231,7 @@ enum Ending {
 
 async fn attached(
     sender: &mut SecureSender,
-    mut receiver: SecureReceiver,
+    receiver: SecureReceiver,
     session: &Arc<PtySession>,
     request: &AttachRequest,
     created: bool,
@@ -250,23 +250,7 @@ async fn attached(
         })
         .await?;
 
-    // The client's requests arrive on their own task so a slow send of output never delays a keystroke, and
-    // a keystroke never interrupts a send half-way.
-    let (requests_tx, mut requests) = mpsc::channel::<ShellRequest>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            match receiver.recv::<ShellRequest>().await {
-                Ok(Some(request)) => {
-                    if requests_tx.send(request).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(err) => return Err(err),
-            }
-        }
-    });
-    let _reader_guard = AbortOnDrop(reader);
+    let (mut requests, _reader_guard) = read_requests(receiver);
     let read_only = request.read_only;
     let mut progress = session.progress();
     loop {
@@ -313,6 +297,26 @@ async fn attached(
             }
         }
     }
+}
+
+/// Reads the client's requests on their own task, so a slow send of output never delays a keystroke and a
+/// keystroke never interrupts a send half-way. The task stops when the returned guard is dropped.
+fn read_requests(mut receiver: SecureReceiver) -> (mpsc::Receiver<ShellRequest>, AbortOnDrop) {
+    let (requests_tx, requests) = mpsc::channel::<ShellRequest>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            match receiver.recv::<ShellRequest>().await {
+                Ok(Some(request)) => {
+                    if requests_tx.send(request).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    });
+    (requests, AbortOnDrop(reader))
 }
 
 /// Applies one client request to the session; returns how the attachment ends, if it does.
