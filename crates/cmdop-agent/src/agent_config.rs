@@ -14,6 +14,19 @@ use serde::Deserialize;
 /// The file name looked for in the config directory when `--config` is not given.
 pub(crate) const CONFIG_FILE: &str = "agent.toml";
 
+/// The accepted sizes of `session_buffer` here and of `--session-buffer` on `run`.
+pub(crate) const SESSION_BUFFER_RANGE: std::ops::RangeInclusive<u64> = 65_536..=(1 << 30);
+
+/// The spelling of [`cmdop_identity::store::KekBackend`] on the command line (`--kek-backend`) and in this
+/// file (`kek_backend`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KekChoice {
+    Auto,
+    Keyring,
+    File,
+}
+
 /// The config file's keys: one per flag, same names with `_` for `-`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +37,7 @@ pub(crate) struct AgentFile {
     pub(crate) api_key_file: Option<PathBuf>,
     pub(crate) hostname: Option<String>,
     pub(crate) name: Option<String>,
-    pub(crate) kek_backend: Option<crate::KekChoice>,
+    pub(crate) kek_backend: Option<KekChoice>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) max_sessions: Option<usize>,
     pub(crate) session_idle_ttl: Option<String>,
@@ -67,7 +80,7 @@ pub(crate) fn load(explicit: Option<&Path>, config_dir: Option<&Path>) -> Result
         })?;
     }
     if let Some(bytes) = file.session_buffer {
-        let range = crate::run_command::SESSION_BUFFER_RANGE;
+        let range = SESSION_BUFFER_RANGE;
         if !range.contains(&bytes) {
             anyhow::bail!(
                 "{}: session_buffer = {bytes} is outside {}..={} bytes",
@@ -100,10 +113,7 @@ mod tests {
         .unwrap();
         let loaded = load(None, Some(dir.path())).unwrap();
         assert_eq!(loaded.file.relay.as_deref(), Some("relay.example:4433"));
-        assert!(matches!(
-            loaded.file.kek_backend,
-            Some(crate::KekChoice::File)
-        ));
+        assert!(matches!(loaded.file.kek_backend, Some(KekChoice::File)));
     }
 
     #[test]

@@ -18,6 +18,58 @@ use sha2::{Digest as _, Sha256};
 
 use crate::exec;
 
+/// Why a received file did not get its final name; the message is the `Failed` reply the client shows.
+#[derive(Debug, thiserror::Error)]
+enum PutError {
+    /// The target path has no file name to put a partial file beside.
+    #[error("{} is not a file name", .0.display())]
+    NotAFileName(PathBuf),
+    /// The partial file could not be opened, read back, or written.
+    #[error("cannot write {}: {source}", part.display())]
+    Write {
+        part: PathBuf,
+        source: std::io::Error,
+    },
+    /// The client sent more bytes than it announced.
+    #[error("more data than the announced {size} bytes; the source changed during the copy")]
+    TooLong { size: u64 },
+    /// The client ended the file before the announced size.
+    #[error(
+        "{written} bytes arrived, {size} were announced; the source changed during the copy, run it again"
+    )]
+    TooShort { written: u64, size: u64 },
+    /// The whole-file hash did not match; the partial file was removed.
+    #[error(
+        "{} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again",
+        .0.display()
+    )]
+    Corrupted(PathBuf),
+    /// The partial file was never opened (an earlier error should have been reported instead).
+    #[error("the partial file was not open")]
+    NotOpen,
+    /// Setting the announced mode failed.
+    #[error("cannot set the mode of {}: {source}", target.display())]
+    SetMode {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syncing the file to disk failed.
+    #[error("cannot sync {}: {source}", target.display())]
+    Sync {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    /// Renaming the partial file to the target failed.
+    #[error("cannot rename the partial file to {}: {source}", target.display())]
+    Rename {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    /// The blocking task that finishes the file panicked or was cancelled.
+    #[error("the agent lost track of the file")]
+    Lost,
+}
+
 /// Serves one copy stream: requests in order until the client ends the stream.
 pub async fn serve(
     mut sender: SecureSender,
@@ -192,7 +244,7 @@ async fn put(
     let opened = open_part(target, size, tag);
     let (mut file, part, mut hasher, offset, mut problem) = match opened {
         Ok((file, part, hasher, offset)) => (Some(file), part, hasher, offset, None),
-        Err(message) => (None, PathBuf::new(), Sha256::new(), 0, Some(message)),
+        Err(err) => (None, PathBuf::new(), Sha256::new(), 0, Some(err)),
     };
     sender.send(&CopyReply::Resume { offset }).await?;
     let mut written = offset;
@@ -204,15 +256,16 @@ async fn put(
                 }
                 written = written.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
                 if written > size {
-                    problem = Some(format!(
-                        "more data than the announced {size} bytes; the source changed during the copy"
-                    ));
+                    problem = Some(PutError::TooLong { size });
                     continue;
                 }
                 if let Some(file) = file.as_mut()
                     && let Err(err) = file.write_all(&bytes)
                 {
-                    problem = Some(format!("cannot write {}: {err}", part.display()));
+                    problem = Some(PutError::Write {
+                        part: part.clone(),
+                        source: err,
+                    });
                     continue;
                 }
                 hasher.update(&bytes);
@@ -227,40 +280,38 @@ async fn put(
             None => return Err(cmdop_proto::e2e::ChannelError::Truncated.into()),
         }
     };
-    let reply = match problem {
-        Some(message) => failed(message),
-        None if written != size => failed(format!(
-            "{written} bytes arrived, {size} were announced; the source changed during the copy, run it again"
-        )),
+    let result = match problem {
+        Some(err) => Err(err),
+        None if written != size => Err(PutError::TooShort { written, size }),
         None if <[u8; 32]>::from(hasher.finalize()) != digest => {
             let _ = fs::remove_file(&part);
-            failed(format!(
-                "{} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again",
-                target.display()
-            ))
+            Err(PutError::Corrupted(target.to_path_buf()))
         }
         None => {
             let (part, target) = (part.clone(), target.to_path_buf());
             let file = file.take();
-            let finished = tokio::task::spawn_blocking(move || finish(file, &part, &target, mode))
+            tokio::task::spawn_blocking(move || finish(file, &part, &target, mode))
                 .await
-                .unwrap_or_else(|_| Err("the agent lost track of the file".to_owned()));
-            match finished {
-                Ok(()) => CopyReply::Done,
-                Err(message) => failed(message),
-            }
+                .unwrap_or(Err(PutError::Lost))
         }
+    };
+    let reply = match result {
+        Ok(()) => CopyReply::Done,
+        Err(err) => failed(err.to_string()),
     };
     sender.send(&reply).await
 }
 
 /// Opens (or resumes) the partial file: returns it positioned at its end, its path, the hash of what it
 /// holds, and that length.
-fn open_part(target: &Path, size: u64, tag: u64) -> Result<(File, PathBuf, Sha256, u64), String> {
+fn open_part(target: &Path, size: u64, tag: u64) -> Result<(File, PathBuf, Sha256, u64), PutError> {
     let part =
-        part_path(target, tag).ok_or_else(|| format!("{} is not a file name", target.display()))?;
+        part_path(target, tag).ok_or_else(|| PutError::NotAFileName(target.to_path_buf()))?;
     remove_stale_parts(target, &part);
-    let cannot = |err: std::io::Error| format!("cannot write {}: {err}", part.display());
+    let cannot = |source: std::io::Error| PutError::Write {
+        part: part.clone(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -319,15 +370,22 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
 }
 
 /// Mode, fsync, rename, fsync of the directory: the target appears complete or not at all.
-fn finish(file: Option<File>, part: &Path, target: &Path, mode: u32) -> Result<(), String> {
-    let file = file.ok_or_else(|| "the partial file was not open".to_owned())?;
-    let cannot =
-        |what: &str, err: std::io::Error| format!("cannot {what} {}: {err}", target.display());
+fn finish(file: Option<File>, part: &Path, target: &Path, mode: u32) -> Result<(), PutError> {
+    let file = file.ok_or(PutError::NotOpen)?;
     file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| cannot("set the mode of", e))?;
-    file.sync_all().map_err(|e| cannot("sync", e))?;
+        .map_err(|source| PutError::SetMode {
+            target: target.to_path_buf(),
+            source,
+        })?;
+    file.sync_all().map_err(|source| PutError::Sync {
+        target: target.to_path_buf(),
+        source,
+    })?;
     drop(file);
-    fs::rename(part, target).map_err(|e| cannot("rename the partial file to", e))?;
+    fs::rename(part, target).map_err(|source| PutError::Rename {
+        target: target.to_path_buf(),
+        source,
+    })?;
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(dir) = File::open(dir)
     {
@@ -417,6 +475,71 @@ mod tests {
         assert_eq!(resolve(home, "~/a"), PathBuf::from("/home/u/a"));
         assert_eq!(resolve(home, "~"), PathBuf::from("/home/u"));
         assert_eq!(resolve(home, ""), PathBuf::from("/home/u"));
+    }
+
+    #[test]
+    fn put_failures_read_as_they_always_have() {
+        let io = || std::io::Error::from_raw_os_error(13);
+        let cases = [
+            (
+                PutError::NotAFileName(PathBuf::from("/")),
+                "/ is not a file name".to_owned(),
+            ),
+            (
+                PutError::Write {
+                    part: PathBuf::from("/d/.f.0000000000000001.cmdop-part"),
+                    source: io(),
+                },
+                format!("cannot write /d/.f.0000000000000001.cmdop-part: {}", io()),
+            ),
+            (
+                PutError::TooLong { size: 5 },
+                "more data than the announced 5 bytes; the source changed during the copy"
+                    .to_owned(),
+            ),
+            (
+                PutError::TooShort {
+                    written: 3,
+                    size: 5,
+                },
+                "3 bytes arrived, 5 were announced; the source changed during the copy, run it again"
+                    .to_owned(),
+            ),
+            (
+                PutError::Corrupted(PathBuf::from("/d/f")),
+                "/d/f arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again"
+                    .to_owned(),
+            ),
+            (
+                PutError::NotOpen,
+                "the partial file was not open".to_owned(),
+            ),
+            (
+                PutError::SetMode {
+                    target: PathBuf::from("/d/f"),
+                    source: io(),
+                },
+                format!("cannot set the mode of /d/f: {}", io()),
+            ),
+            (
+                PutError::Sync {
+                    target: PathBuf::from("/d/f"),
+                    source: io(),
+                },
+                format!("cannot sync /d/f: {}", io()),
+            ),
+            (
+                PutError::Rename {
+                    target: PathBuf::from("/d/f"),
+                    source: io(),
+                },
+                format!("cannot rename the partial file to /d/f: {}", io()),
+            ),
+            (PutError::Lost, "the agent lost track of the file".to_owned()),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! it, or is closed after [`CLAIM_TIMEOUT`].
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,6 +29,40 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often an idle remote-forward control stream says it is alive (the relay drops streams idle for 10 min).
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// Why a forward's destination could not be reached; the message is the refusal the client shows.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The request named no host.
+    #[error("no destination host given")]
+    NoHost,
+    /// The name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The name resolved to nothing.
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+    /// The destination policy refused every resolved address; this is the first one's refusal.
+    #[error("{host}:{port} ({address}) is not an allowed destination: {rule}")]
+    NotAllowed {
+        host: String,
+        port: u16,
+        address: IpAddr,
+        rule: &'static str,
+    },
+    /// An allowed address did not answer; this is the first such failure.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Resolving and connecting together took longer than [`CONNECT_TIMEOUT`].
+    #[error("connecting to {host}:{port} took longer than {} s", CONNECT_TIMEOUT.as_secs())]
+    TimedOut { host: String, port: u16 },
+}
 
 /// Connections accepted by remote forwards, waiting to be claimed.
 #[derive(Debug, Default)]
@@ -104,13 +138,14 @@ pub async fn serve(
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port, policy))
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "connecting to {host}:{port} took longer than {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
+            Err(ConnectError::TimedOut {
+                host: host.clone(),
+                port,
+            })
         });
     match connected {
-        Err(message) => {
+        Err(err) => {
+            let message = err.to_string();
             tracing::info!(%host, port, %message, "forward refused");
             sender.send(&TunnelReply::Refused { message }).await?;
             sender.end(1).await
@@ -134,29 +169,32 @@ async fn connect(
     host: &str,
     port: u16,
     policy: &DestinationPolicy,
-) -> Result<(TcpStream, SocketAddr), String> {
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
     // `[::1]` is how people write IPv6 next to a port; the resolver wants it bare.
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if bare.is_empty() {
-        return Err("no destination host given".to_owned());
+        return Err(ConnectError::NoHost);
     }
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
         .await
-        .map_err(|err| format!("cannot resolve {bare}: {err}"))?
+        .map_err(|source| ConnectError::Resolve {
+            host: bare.to_owned(),
+            source,
+        })?
         .collect();
     let mut refusal = None;
     let mut failure = None;
     for candidate in resolved {
         match policy.check(candidate) {
             Verdict::Refused(rule) => {
-                refusal.get_or_insert_with(|| {
-                    format!(
-                        "{bare}:{port} ({}) is not an allowed destination: {rule}",
-                        candidate.ip()
-                    )
+                refusal.get_or_insert_with(|| ConnectError::NotAllowed {
+                    host: bare.to_owned(),
+                    port,
+                    address: candidate.ip(),
+                    rule,
                 });
             }
             Verdict::Allowed(address) => match TcpStream::connect(address).await {
@@ -167,14 +205,19 @@ async fn connect(
                     return Ok((tcp, address));
                 }
                 Err(err) => {
-                    failure.get_or_insert_with(|| format!("cannot connect to {address}: {err}"));
+                    failure.get_or_insert(ConnectError::Connect {
+                        address,
+                        source: err,
+                    });
                 }
             },
         }
     }
     Err(failure
         .or(refusal)
-        .unwrap_or_else(|| format!("{bare} resolved to no address")))
+        .unwrap_or_else(|| ConnectError::NoAddress {
+            host: bare.to_owned(),
+        }))
 }
 
 /// The control stream of a remote forward: listen on the machine's loopback and announce each connection.
@@ -225,4 +268,56 @@ async fn listen(
     }
     tracing::info!(port = bound, "remote forward stopped");
     sender.end(0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        let io = || std::io::Error::from_raw_os_error(111);
+        let address: SocketAddr = "10.0.0.1:22".parse().unwrap();
+        let cases = [
+            (ConnectError::NoHost, "no destination host given".to_owned()),
+            (
+                ConnectError::Resolve {
+                    host: "db".into(),
+                    source: io(),
+                },
+                format!("cannot resolve db: {}", io()),
+            ),
+            (
+                ConnectError::NoAddress { host: "db".into() },
+                "db resolved to no address".to_owned(),
+            ),
+            (
+                ConnectError::NotAllowed {
+                    host: "metadata".into(),
+                    port: 80,
+                    address: "169.254.169.254".parse().unwrap(),
+                    rule: "link-local addresses are refused",
+                },
+                "metadata:80 (169.254.169.254) is not an allowed destination: link-local addresses are refused"
+                    .to_owned(),
+            ),
+            (
+                ConnectError::Connect {
+                    address,
+                    source: io(),
+                },
+                format!("cannot connect to 10.0.0.1:22: {}", io()),
+            ),
+            (
+                ConnectError::TimedOut {
+                    host: "db".into(),
+                    port: 5432,
+                },
+                "connecting to db:5432 took longer than 10 s".to_owned(),
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
+    }
 }

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use cmdop_config::LogFormat;
 use cmdop_identity::store::{self, KekBackend, SeedStore};
 
+use crate::agent_config::KekChoice;
 use crate::identity_command::IdentityCommand;
 use crate::service::{AgentInvocation, ServiceCommand};
 
@@ -88,15 +89,6 @@ enum ConfigCommand {
         after_help = "Example:\n  cmdop-agent config check --config /etc/cmdop/agent/agent.toml"
     )]
     Check,
-}
-
-/// The command-line spelling of [`KekBackend`].
-#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KekChoice {
-    Auto,
-    Keyring,
-    File,
 }
 
 fn main() -> ExitCode {

@@ -97,6 +97,24 @@ struct State {
     closing: bool,
 }
 
+impl State {
+    /// A session that has produced nothing yet and has nobody attached, keeping `buffer` bytes of output.
+    fn new(buffer: usize) -> Self {
+        Self {
+            ring: OutputRing::new(buffer),
+            attachments: HashMap::new(),
+            next_attachment: 1,
+            last_attached: SystemTime::now(),
+            detached_since: Some(Instant::now()),
+            drained: false,
+            exit: None,
+            exited_at: None,
+            exit_delivered: false,
+            closing: false,
+        }
+    }
+}
+
 /// A running (or just ended) session.
 pub struct PtySession {
     name: String,
@@ -134,25 +152,9 @@ impl PtySession {
         let pair = native_pty_system()
             .openpty(pty_size(size))
             .map_err(|e| fail("openpty", &e))?;
-        let account = account();
-        let mut command = CommandBuilder::new_default_prog();
-        command.env_clear();
-        command.env("PATH", SANE_PATH);
-        command.env("HOME", &account.home);
-        command.env("USER", &account.name);
-        command.env("LOGNAME", &account.name);
-        command.env("SHELL", &account.shell);
-        command.env("TERM", sanitize_term(term));
-        command.env(
-            "LANG",
-            std::env::var_os("LANG").unwrap_or_else(|| OsString::from("C.UTF-8")),
-        );
-        // Lets a shell (or a person) tell it runs inside a cmdop session, as TMUX does for tmux.
-        command.env("CMDOP_SESSION", &name);
-        command.cwd(&account.home);
         let child = pair
             .slave
-            .spawn_command(command)
+            .spawn_command(login_shell(&name, term))
             .map_err(|e| fail("spawn the login shell", &e))?;
         // Only the child keeps the terminal's slave side open, so its end reaches the reader as EOF.
         drop(pair.slave);
@@ -178,18 +180,7 @@ impl PtySession {
             shell: pid,
             master: Mutex::new(pair.master),
             input,
-            state: Mutex::new(State {
-                ring: OutputRing::new(buffer),
-                attachments: HashMap::new(),
-                next_attachment: 1,
-                last_attached: SystemTime::now(),
-                detached_since: Some(Instant::now()),
-                drained: false,
-                exit: None,
-                exited_at: None,
-                exit_delivered: false,
-                closing: false,
-            }),
+            state: Mutex::new(State::new(buffer)),
             room: Condvar::new(),
             progress: watch::Sender::new(0),
         });
@@ -481,6 +472,28 @@ fn write_loop(mut writer: Box<dyn std::io::Write + Send>, mut keystrokes: mpsc::
             return;
         }
     }
+}
+
+/// The account's login shell for session `name`, in its home directory, with `TERM` from the client and the
+/// same sane environment `exec` gives commands.
+fn login_shell(name: &str, term: &str) -> CommandBuilder {
+    let account = account();
+    let mut command = CommandBuilder::new_default_prog();
+    command.env_clear();
+    command.env("PATH", SANE_PATH);
+    command.env("HOME", &account.home);
+    command.env("USER", &account.name);
+    command.env("LOGNAME", &account.name);
+    command.env("SHELL", &account.shell);
+    command.env("TERM", sanitize_term(term));
+    command.env(
+        "LANG",
+        std::env::var_os("LANG").unwrap_or_else(|| OsString::from("C.UTF-8")),
+    );
+    // Lets a shell (or a person) tell it runs inside a cmdop session, as TMUX does for tmux.
+    command.env("CMDOP_SESSION", name);
+    command.cwd(&account.home);
+    command
 }
 
 fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), SpawnError> {

@@ -13,6 +13,8 @@ use cmdop_identity::store::SeedStore;
 use cmdop_proto::RelayFingerprint;
 use zeroize::Zeroizing;
 
+use crate::agent_config::{AgentFile, SESSION_BUFFER_RANGE};
+
 /// Where the relay is and which fleet to join; each flag falls back to what `enroll` saved.
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
@@ -50,7 +52,7 @@ pub(crate) struct RelayArgs {
 
 impl RelayArgs {
     /// Fills what neither a flag nor the environment gave from the config file.
-    pub(crate) fn with_file(mut self, file: &crate::agent_config::AgentFile) -> Self {
+    pub(crate) fn with_file(mut self, file: &AgentFile) -> Self {
         self.relay = self.relay.or_else(|| file.relay.clone());
         self.relay_fingerprint = self
             .relay_fingerprint
@@ -94,12 +96,9 @@ pub(crate) struct SessionArgs {
     session_buffer: Option<u64>,
 }
 
-/// The accepted sizes of `--session-buffer` (and `session_buffer` in the config file).
-pub(crate) const SESSION_BUFFER_RANGE: std::ops::RangeInclusive<u64> = 65_536..=(1 << 30);
-
 impl RunArgs {
     /// Fills what neither a flag nor the environment gave from the config file.
-    pub(crate) fn with_file(self, file: &crate::agent_config::AgentFile) -> Self {
+    pub(crate) fn with_file(self, file: &AgentFile) -> Self {
         Self {
             relay: self.relay.with_file(file),
             sessions: SessionArgs {

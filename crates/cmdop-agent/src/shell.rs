@@ -11,7 +11,7 @@ use cmdop_proto::ops::shell::{
 };
 use tokio::sync::mpsc;
 
-use crate::pty_session::{Expiry, Next, Owner, PtySession};
+use crate::pty_session::{Expiry, Next, Owner, PtySession, SpawnError};
 
 /// Limits on the sessions this agent keeps; documented in `docs/cli.md`.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +37,31 @@ impl Default for SessionLimits {
     }
 }
 
+/// Why a client's attach or kill was refused; the message is what the client shows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The requested name is not one a session can have.
+    #[error(
+        "invalid session name {0:?}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '-' or '.'"
+    )]
+    InvalidName(String),
+    /// A reattach named a session that is no longer here.
+    #[error("no session {0:?} on this machine any more: it ended or the agent restarted")]
+    Gone(String),
+    /// A new session would exceed [`SessionLimits::max_sessions`].
+    #[error(
+        "this machine already has {0} sessions, the agent's limit; end one with `cmdop connect kill MACHINE SESSION`"
+    )]
+    Full(usize),
+    /// The shell could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A kill named a session that does not exist.
+    #[error("no session {0:?} on this machine")]
+    NotFound(String),
+}
+
 /// Every session on this machine, by name. Lives as long as the agent process, across relay reconnects.
 #[derive(Debug)]
 pub struct Sessions {
@@ -58,28 +83,24 @@ impl Sessions {
     }
 
     /// Finds the requested session, or creates it when allowed. Returns whether it was created.
-    fn find_or_create(&self, request: &AttachRequest) -> Result<(Arc<PtySession>, bool), String> {
+    fn find_or_create(
+        &self,
+        request: &AttachRequest,
+    ) -> Result<(Arc<PtySession>, bool), SessionError> {
         let mut sessions = self.lock();
         if let Some(name) = &request.session {
             if !valid_session_name(name) {
-                return Err(format!(
-                    "invalid session name {name:?}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '-' or '.'"
-                ));
+                return Err(SessionError::InvalidName(name.clone()));
             }
             if let Some(session) = sessions.get(name) {
                 return Ok((Arc::clone(session), false));
             }
             if !request.create {
-                return Err(format!(
-                    "no session {name:?} on this machine any more: it ended or the agent restarted"
-                ));
+                return Err(SessionError::Gone(name.clone()));
             }
         }
         if sessions.len() >= self.limits.max_sessions {
-            return Err(format!(
-                "this machine already has {} sessions, the agent's limit; end one with `cmdop connect kill MACHINE SESSION`",
-                sessions.len()
-            ));
+            return Err(SessionError::Full(sessions.len()));
         }
         let name = match &request.session {
             Some(name) => name.clone(),
@@ -94,8 +115,7 @@ impl Sessions {
             &request.term,
             request.size,
             self.limits.buffer,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         tracing::info!(session = %name, "session started");
         sessions.insert(name, Arc::clone(&session));
         Ok((session, true))
@@ -108,12 +128,12 @@ impl Sessions {
     }
 
     /// Ends a session by name.
-    pub fn kill(&self, name: &str) -> Result<(), String> {
+    pub fn kill(&self, name: &str) -> Result<(), SessionError> {
         let session = self
             .lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("no session {name:?} on this machine"))?;
+            .ok_or_else(|| SessionError::NotFound(name.to_owned()))?;
         session.kill();
         Ok(())
     }
@@ -160,7 +180,9 @@ pub async fn serve(
         Some(ShellRequest::Kill { name }) => {
             let reply = match sessions.kill(&name) {
                 Ok(()) => ShellReply::Killed,
-                Err(message) => ShellReply::Failed { message },
+                Err(err) => ShellReply::Failed {
+                    message: err.to_string(),
+                },
             };
             sender.send(&reply).await?;
             return sender.end(0).await;
@@ -176,7 +198,8 @@ pub async fn serve(
     };
     let (session, created) = match sessions.find_or_create(&request) {
         Ok(found) => found,
-        Err(message) => {
+        Err(err) => {
+            let message = err.to_string();
             sender.send(&ShellReply::Failed { message }).await?;
             return sender.end(0).await;
         }
@@ -208,7 +231,7 @@ enum Ending {
 
 async fn attached(
     sender: &mut SecureSender,
-    mut receiver: SecureReceiver,
+    receiver: SecureReceiver,
     session: &Arc<PtySession>,
     request: &AttachRequest,
     created: bool,
@@ -227,23 +250,7 @@ async fn attached(
         })
         .await?;
 
-    // The client's requests arrive on their own task so a slow send of output never delays a keystroke, and
-    // a keystroke never interrupts a send half-way.
-    let (requests_tx, mut requests) = mpsc::channel::<ShellRequest>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            match receiver.recv::<ShellRequest>().await {
-                Ok(Some(request)) => {
-                    if requests_tx.send(request).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(err) => return Err(err),
-            }
-        }
-    });
-    let _reader_guard = AbortOnDrop(reader);
+    let (mut requests, _reader_guard) = read_requests(receiver);
     let read_only = request.read_only;
     let mut progress = session.progress();
     loop {
@@ -292,6 +299,26 @@ async fn attached(
     }
 }
 
+/// Reads the client's requests on their own task, so a slow send of output never delays a keystroke and a
+/// keystroke never interrupts a send half-way. The task stops when the returned guard is dropped.
+fn read_requests(mut receiver: SecureReceiver) -> (mpsc::Receiver<ShellRequest>, AbortOnDrop) {
+    let (requests_tx, requests) = mpsc::channel::<ShellRequest>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            match receiver.recv::<ShellRequest>().await {
+                Ok(Some(request)) => {
+                    if requests_tx.send(request).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    });
+    (requests, AbortOnDrop(reader))
+}
+
 /// Applies one client request to the session; returns how the attachment ends, if it does.
 async fn apply(
     session: &PtySession,
@@ -316,5 +343,35 @@ struct AbortOnDrop(tokio::task::JoinHandle<Result<(), SecureStreamError>>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        let cases = [
+            (
+                SessionError::InvalidName("-x".into()),
+                "invalid session name \"-x\": use 1 to 32 letters, digits, '.', '_' or '-', not starting with '-' or '.'",
+            ),
+            (
+                SessionError::Gone("work".into()),
+                "no session \"work\" on this machine any more: it ended or the agent restarted",
+            ),
+            (
+                SessionError::Full(64),
+                "this machine already has 64 sessions, the agent's limit; end one with `cmdop connect kill MACHINE SESSION`",
+            ),
+            (
+                SessionError::NotFound("work".into()),
+                "no session \"work\" on this machine",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_client::{IncomingStream, StreamAcceptor};
-use cmdop_fleet::{FleetId, Operation, SignedCapability, Timestamp};
+use cmdop_fleet::{CapabilityError, FleetId, Operation, SignedCapability, Timestamp};
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::e2e::{CloseReason, Prologue, StreamKind};
 use cmdop_proto::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
@@ -84,13 +84,6 @@ async fn handle(
     context: &StreamContext,
 ) -> Result<(), SecureStreamError> {
     let kind = incoming.kind();
-    let operation = match kind {
-        StreamKind::Exec => Some(Operation::Exec),
-        StreamKind::Shell => Some(Operation::Shell),
-        StreamKind::Tunnel => Some(Operation::Forward),
-        StreamKind::Copy => Some(Operation::Copy),
-        _ => None,
-    };
     let prologue = Prologue {
         fleet_id: context.fleet_id.to_bytes(),
         agent_key: context.identity.public_key(),
@@ -104,10 +97,7 @@ async fn handle(
         &context.identity,
         |client, capability| {
             client_key = Some(*client);
-            let Some(operation) = operation else {
-                return Err(format!("this agent does not serve {kind:?} streams yet"));
-            };
-            authorize(context, client, capability, operation)
+            authorize(context, client, capability, kind.operation()).map_err(|err| err.to_string())
         },
     )
     .await?;
@@ -133,8 +123,25 @@ async fn handle(
             None => Ok(()),
         },
         StreamKind::Copy => copy::serve(sender, receiver).await,
-        _ => Ok(()),
+        // StreamKind is non-exhaustive: a kind added to the protocol is authorized like any other (its
+        // operation comes from `StreamKind::operation`), then refused here until the agent serves it.
+        _ => {
+            let message = format!("this agent does not serve {kind:?} streams yet");
+            sender.close(CloseReason::Protocol, &message).await;
+            Ok(())
+        }
     }
+}
+
+/// Why a client's capability was not accepted; the message travels to the client in the refusal.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The bytes the client sent are not a signed capability.
+    #[error("no valid capability: {0}")]
+    Unreadable(CapabilityError),
+    /// A well-formed capability that does not grant this client this operation in this fleet now.
+    #[error("capability refused: {0}")]
+    NotGranted(CapabilityError),
 }
 
 /// The capability check: signed by the pinned fleet trust key, for this client key, this fleet, this
@@ -144,9 +151,8 @@ fn authorize(
     client: &PublicKey,
     capability: &[u8],
     operation: Operation,
-) -> Result<(), String> {
-    let signed = SignedCapability::from_bytes(capability)
-        .map_err(|err| format!("no valid capability: {err}"))?;
+) -> Result<(), Refusal> {
+    let signed = SignedCapability::from_bytes(capability).map_err(Refusal::Unreadable)?;
     signed
         .verify(
             &context.trust_key,
@@ -156,7 +162,7 @@ fn authorize(
             now(),
         )
         .map(|_| ())
-        .map_err(|err| format!("capability refused: {err}"))
+        .map_err(Refusal::NotGranted)
 }
 
 async fn serve_exec(
@@ -240,4 +246,22 @@ fn now() -> Timestamp {
 
 fn hex_id(bytes: &[u8; 16]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        let cause = || CapabilityError::Malformed;
+        assert_eq!(
+            Refusal::Unreadable(cause()).to_string(),
+            format!("no valid capability: {}", cause())
+        );
+        assert_eq!(
+            Refusal::NotGranted(cause()).to_string(),
+            format!("capability refused: {}", cause())
+        );
+    }
 }
