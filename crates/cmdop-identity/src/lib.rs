@@ -21,17 +21,20 @@
 //! labels are registered in `docs/security.md`.
 
 mod derive;
+mod domain;
 mod error;
 mod fingerprint;
 mod keys;
 mod seed;
 pub mod store;
+mod text;
 
 #[cfg(test)]
 mod rfc8032_tests;
 
 pub use derive::KeyPurpose;
+pub use domain::Purpose;
 pub use error::IdentityError;
 pub use fingerprint::Fingerprint;
-pub use keys::{Identity, PublicKey, Purpose, Signature, SignatureError};
+pub use keys::{Identity, PublicKey, Signature, SignatureError};
 pub use seed::Seed;
