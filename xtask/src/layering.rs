@@ -10,6 +10,8 @@ use serde_json::Value;
 /// Which workspace crates each workspace crate may depend on (normal and build dependencies).
 const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("cmdop-identity", &[]),
+    // The seed store with the OS keyring: only the binaries that keep identities link it.
+    ("cmdop-keystore", &["cmdop-identity"]),
     ("cmdop-fleet", &["cmdop-identity"]),
     ("cmdop-proto", &["cmdop-fleet", "cmdop-identity"]),
     ("cmdop-config", &[]),
@@ -35,6 +37,7 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
+            "cmdop-keystore",
         ],
     ),
     (
@@ -44,6 +47,7 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
+            "cmdop-keystore",
         ],
     ),
     (

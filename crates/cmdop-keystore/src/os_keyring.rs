@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use super::format::{KEY_ID_LEN, Kek};
+use cmdop_identity::store::format::{KEY_ID_LEN, Kek};
 
 /// The keyring service name every cmdop entry is filed under.
 pub(crate) const SERVICE: &str = "cmdop";
@@ -21,7 +21,7 @@ pub(crate) fn entry_user(key_id: &[u8; KEY_ID_LEN]) -> String {
 /// than at the next start.
 pub(crate) fn store(key_id: &[u8; KEY_ID_LEN], kek: &Kek, timeout: Duration) -> Result<(), String> {
     let user = entry_user(key_id);
-    let secret = Zeroizing::new(kek.0);
+    let secret = Zeroizing::new(*kek.as_bytes());
     bounded(timeout, move || {
         let entry = backend::entry(&user)?;
         entry
@@ -48,7 +48,7 @@ pub(crate) fn load(key_id: &[u8; KEY_ID_LEN], timeout: Duration) -> Result<Kek, 
                 secret.len()
             )
         })?;
-        Ok(Kek(bytes))
+        Ok(Kek::from_bytes(bytes))
     })
 }
 
