@@ -18,6 +18,8 @@
 
 mod os_keyring;
 
+pub use os_keyring::KeyringError;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,8 +165,8 @@ pub enum StoreError {
         path: PathBuf,
         /// "seed" or "key".
         kind: &'static str,
-        /// What is wrong with it.
-        reason: String,
+        /// What is wrong with it (shown in the message, so not also a `source`).
+        reason: FormatError,
     },
     /// Authenticated decryption failed.
     #[error(
@@ -211,16 +213,16 @@ pub enum StoreError {
         seed_path: PathBuf,
         /// The keyring entry.
         kek_location: KekLocation,
-        /// What the keyring said.
-        reason: String,
+        /// What the keyring said (shown in the message, so not also a `source`).
+        reason: KeyringError,
     },
     /// `KekBackend::KeyringOnly` was asked for and no keyring answered.
     #[error(
         "the os keyring is not reachable ({reason}); start a secret service, or allow the key file fallback"
     )]
     KeyringUnavailable {
-        /// What the keyring said.
-        reason: String,
+        /// What the keyring said (shown in the message, so not also a `source`).
+        reason: KeyringError,
     },
     /// The seed file disappeared between losing the creation race and loading the winner's file.
     #[error("{} vanished while it was being created by another process; try again", path.display())]
@@ -277,7 +279,7 @@ impl SeedStore {
             return Ok(None);
         };
         let sealed =
-            format::parse_seed_file(&bytes).map_err(|e| malformed(&seed_path, "seed", &e))?;
+            format::parse_seed_file(&bytes).map_err(|e| malformed(&seed_path, "seed", e))?;
         let (kek, kek_location) = match sealed.slot() {
             KekSlot::KeyFile => (
                 self.read_key_file(Some(sealed.key_id()))?,
@@ -458,7 +460,7 @@ impl SeedStore {
             seed_path: self.seed_path(),
             key_path: key_path.clone(),
         })?;
-        format::parse_key_file(&bytes).map_err(|e| malformed(&key_path, "key", &e))
+        format::parse_key_file(&bytes).map_err(|e| malformed(&key_path, "key", e))
     }
 
     fn key_file_location(&self) -> KekLocation {
@@ -500,10 +502,10 @@ fn read_checked(path: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, Stor
     }
 }
 
-fn malformed(path: &Path, kind: &'static str, error: &FormatError) -> StoreError {
+fn malformed(path: &Path, kind: &'static str, reason: FormatError) -> StoreError {
     StoreError::Malformed {
         path: path.to_owned(),
         kind,
-        reason: error.to_string(),
+        reason,
     }
 }
