@@ -10,6 +10,8 @@ use serde_json::Value;
 /// Which workspace crates each workspace crate may depend on (normal and build dependencies).
 const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("cmdop-identity", &[]),
+    // The seed store with the OS keyring: only the binaries that keep identities link it.
+    ("cmdop-keystore", &["cmdop-identity"]),
     ("cmdop-fleet", &["cmdop-identity"]),
     ("cmdop-proto", &["cmdop-fleet", "cmdop-identity"]),
     ("cmdop-config", &[]),
@@ -35,6 +37,7 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
+            "cmdop-keystore",
         ],
     ),
     (
@@ -44,6 +47,7 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
+            "cmdop-keystore",
         ],
     ),
     (
@@ -69,13 +73,25 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("rusqlite", &["cmdop-relay"]),
     ("prometheus-client", &["cmdop-relay"]),
     ("rcgen", &["cmdop-relay"]),
+    // The OS keyring and its D-Bus stack, wrapped by the seed store only.
+    ("keyring", &["cmdop-keystore"]),
 ];
 
 /// Crates that must not appear anywhere in the normal dependency graph of a workspace crate.
 const FORBIDDEN_IN_GRAPH: &[(&str, &[&str])] = &[
-    // Pure: no IO runtime, no storage.
-    ("cmdop-identity", &["tokio", "quinn", "rusqlite", "mio"]),
-    ("cmdop-fleet", &["tokio", "quinn", "rusqlite", "mio"]),
+    // Pure: no IO runtime, no storage, no OS keyring (which brings D-Bus and an async runtime).
+    (
+        "cmdop-identity",
+        &[
+            "tokio", "quinn", "rusqlite", "mio", "keyring", "zbus", "async-io",
+        ],
+    ),
+    (
+        "cmdop-fleet",
+        &[
+            "tokio", "quinn", "rusqlite", "mio", "keyring", "zbus", "async-io",
+        ],
+    ),
     // The sans-IO core: no runtime, no sockets, nothing of the server.
     (
         "cmdop-proto",
@@ -86,6 +102,9 @@ const FORBIDDEN_IN_GRAPH: &[(&str, &[&str])] = &[
             "rusqlite",
             "prometheus-client",
             "rcgen",
+            "keyring",
+            "zbus",
+            "async-io",
         ],
     ),
     // The client side and what is built on it: nothing of the server.
@@ -384,6 +403,65 @@ mod tests {
             violations
                 .iter()
                 .any(|v| v.contains("cmdop-relay is in the dependency graph of cmdop-cli")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn the_keyring_outside_the_keystore_is_reported() {
+        let meta = serde_json::json!({
+            "packages": [
+                {"id": "i", "name": "cmdop-identity"},
+                {"id": "f", "name": "cmdop-fleet"},
+                {"id": "p", "name": "cmdop-proto"},
+                {"id": "k", "name": "cmdop-keystore"},
+                {"id": "a", "name": "cmdop-agent"},
+                {"id": "kr", "name": "keyring"},
+                {"id": "z", "name": "zbus"},
+                {"id": "aio", "name": "async-io"},
+            ],
+            "workspace_members": ["i", "f", "p", "k", "a"],
+            "resolve": {"nodes": [
+                // identity links the keyring itself; proto reaches for the keystore.
+                {"id": "i", "deps": [{"pkg": "kr", "dep_kinds": [{"kind": null}]}]},
+                {"id": "f", "deps": [{"pkg": "i", "dep_kinds": [{"kind": null}]}]},
+                {"id": "p", "deps": [
+                    {"pkg": "f", "dep_kinds": [{"kind": null}]},
+                    {"pkg": "k", "dep_kinds": [{"kind": null}]},
+                ]},
+                {"id": "k", "deps": [
+                    {"pkg": "i", "dep_kinds": [{"kind": null}]},
+                    {"pkg": "kr", "dep_kinds": [{"kind": null}]},
+                ]},
+                {"id": "a", "deps": [{"pkg": "k", "dep_kinds": [{"kind": null}]}]},
+                {"id": "kr", "deps": [{"pkg": "z", "dep_kinds": [{"kind": null}]}]},
+                {"id": "z", "deps": [{"pkg": "aio", "dep_kinds": [{"kind": null}]}]},
+                {"id": "aio", "deps": []},
+            ]},
+        });
+        let violations = Graph::from_metadata(&meta).unwrap().violations();
+        let reported = |needle: &str| violations.iter().any(|v| v.contains(needle));
+        assert!(
+            reported("cmdop-identity depends on keyring; only cmdop-keystore may"),
+            "{violations:?}"
+        );
+        assert!(
+            reported("cmdop-proto depends on cmdop-keystore"),
+            "{violations:?}"
+        );
+        for krate in ["cmdop-identity", "cmdop-fleet", "cmdop-proto"] {
+            for dep in ["keyring", "zbus", "async-io"] {
+                assert!(
+                    reported(&format!("{dep} is in the dependency graph of {krate},")),
+                    "{dep} under {krate}: {violations:?}"
+                );
+            }
+        }
+        // The keystore owning the keyring, and the agent using the keystore, are the allowed shape.
+        assert!(
+            !violations
+                .iter()
+                .any(|v| v.starts_with("cmdop-keystore") || v.starts_with("cmdop-agent")),
             "{violations:?}"
         );
     }

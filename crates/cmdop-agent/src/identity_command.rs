@@ -3,7 +3,7 @@
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use cmdop_identity::Identity;
-use cmdop_identity::store::{Created, KekLocation, SeedStore, StoreInfo};
+use cmdop_keystore::{Created, KekLocation, SeedStore, StoreInfo};
 use serde_json::json;
 
 /// What to do with the agent identity.

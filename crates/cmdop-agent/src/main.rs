@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cmdop_config::LogFormat;
-use cmdop_identity::store::{self, KekBackend, SeedStore};
+use cmdop_identity::store;
+use cmdop_keystore::{KekBackend, SeedStore};
 
 use crate::agent_config::KekChoice;
 use crate::identity_command::IdentityCommand;

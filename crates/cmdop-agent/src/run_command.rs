@@ -9,7 +9,7 @@ use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
 use cmdop_agent::settings::{self, Settings};
 use cmdop_agent::shell::SessionLimits;
 use cmdop_client::{AgentRegistration, RelayTarget};
-use cmdop_identity::store::SeedStore;
+use cmdop_keystore::SeedStore;
 use cmdop_proto::RelayFingerprint;
 use zeroize::Zeroizing;
 

@@ -19,7 +19,8 @@ use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use serde::{Deserialize, Serialize};
 
 use crate::id::FleetId;
-use crate::scope::{FleetAccess, Permission, ScopeError};
+use crate::role::Permission;
+use crate::scope::{FleetAccess, ScopeError};
 use crate::time::Timestamp;
 
 /// The encoding version this code writes and accepts.

@@ -23,7 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::id::{CredentialId, FleetId, UserId};
 use crate::name::Label;
-use crate::scope::Role;
+use crate::role::Role;
 use crate::time::Timestamp;
 
 /// Domain label of the credential hash, framed like signature labels (length byte, then the

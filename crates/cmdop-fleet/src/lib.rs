@@ -22,6 +22,7 @@ mod id;
 mod machine;
 mod name;
 mod resolve;
+mod role;
 mod scope;
 mod time;
 
@@ -41,8 +42,6 @@ pub use machine::{
 };
 pub use name::{DisplayName, FleetName, Hostname, Label, NameError, UserName};
 pub use resolve::{Candidate, MIN_PREFIX_CHARS, ResolveError, resolve};
-pub use scope::{
-    AuthError, Authenticated, FleetAccess, Permission, Role, RoleParseError, ScopeError,
-    authenticate,
-};
+pub use role::{Permission, Role, RoleParseError};
+pub use scope::{AuthError, Authenticated, FleetAccess, ScopeError, authenticate};
 pub use time::Timestamp;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{FleetId, MachineId};
 use crate::name::{DisplayName, Hostname, NameError};
-use crate::scope::{FleetAccess, Permission, ScopeError};
+use crate::role::Permission;
+use crate::scope::{FleetAccess, ScopeError};
 use crate::time::Timestamp;
 
 /// Heartbeats a machine may miss before it counts as offline.

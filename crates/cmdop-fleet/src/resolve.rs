@@ -16,7 +16,8 @@ use std::fmt;
 use crate::id::{MachineId, is_uuid_shaped};
 use crate::machine::Machine;
 use crate::name::{FleetName, Hostname};
-use crate::scope::{FleetAccess, Permission, ScopeError};
+use crate::role::Permission;
+use crate::scope::{FleetAccess, ScopeError};
 
 /// The shortest query tried as a prefix; one character would match too much to be useful.
 pub const MIN_PREFIX_CHARS: usize = 2;

@@ -6,8 +6,9 @@ use std::str::FromStr;
 use data_encoding::{BASE32_NOPAD, BASE64_NOPAD};
 use sha2::{Digest, Sha256};
 
+use crate::domain::framed;
 use crate::error::IdentityError;
-use crate::keys::{PublicKey, decode_fixed, framed, strip_tag};
+use crate::text::{decode_fixed, strip_tag};
 
 /// Domain-separation label hashed in front of the key, so a fingerprint is never the hash of anything else.
 pub(crate) const FINGERPRINT_LABEL: &str = "cmdop fingerprint v1";
@@ -26,8 +27,10 @@ const SHORT_CHARS: usize = 10;
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    pub(crate) fn of(key: &PublicKey) -> Self {
-        Self(Sha256::digest(framed(FINGERPRINT_LABEL, key.as_bytes())).into())
+    /// The fingerprint of a validated public key, from its 32 canonical bytes. `PublicKey::fingerprint` is
+    /// the way in; taking bytes rather than the key keeps this module independent of `keys`.
+    pub(crate) fn of_key_bytes(key: &[u8; 32]) -> Self {
+        Self(Sha256::digest(framed(FINGERPRINT_LABEL, key)).into())
     }
 
     /// The short form, `abcde-fghij`: the first 50 bits of the digest in lowercase base32.

@@ -1,4 +1,4 @@
-//! The keypair, public keys, signatures and the purpose labels that domain-separate every signature.
+//! The keypair, public keys and signatures; every signature is domain separated (`domain.rs`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,66 +10,16 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::domain::{Purpose, framed};
 use crate::error::IdentityError;
 use crate::fingerprint::Fingerprint;
 use crate::seed::Seed;
+use crate::text::{decode_fixed, strip_tag};
 
 /// Prefix of the public key text form.
 pub(crate) const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 const PUBLIC_KEY_TEXT_LEN: usize = 43;
 const SIGNATURE_LEN: usize = 64;
-
-/// What a signature is for. Each purpose has its own versioned label that is signed along with the message,
-/// so a signature made for one purpose never verifies for another.
-///
-/// New purposes are appended; a label never changes meaning (a new meaning gets a new `vN`). The registry is
-/// `docs/security.md`.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
-    /// An agent or CLI proves key possession to the relay (signs challenge + TLS exporter + own key).
-    RelayLogin,
-    /// The agent signs the Noise handshake hash on an end-to-end stream.
-    E2eAgentAuth,
-    /// The client signs the Noise handshake hash on an end-to-end stream.
-    E2eClientAuth,
-    /// A fleet trust key signs a client capability.
-    Capability,
-}
-
-impl Purpose {
-    /// Every purpose, for registries and tests.
-    pub const ALL: [Self; 4] = [
-        Self::RelayLogin,
-        Self::E2eAgentAuth,
-        Self::E2eClientAuth,
-        Self::Capability,
-    ];
-
-    /// The label signed in front of the message, for example `"cmdop relay-login v1"`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::RelayLogin => "cmdop relay-login v1",
-            Self::E2eAgentAuth => "cmdop e2e-agent-auth v1",
-            Self::E2eClientAuth => "cmdop e2e-client-auth v1",
-            Self::Capability => "cmdop capability v1",
-        }
-    }
-}
-
-/// The bytes actually signed: one length byte, the label, then the message. The length prefix makes the
-/// encoding injective, so no (label, message) pair can collide with another even if one label were a prefix
-/// of another.
-pub(crate) fn framed(label: &str, message: &[u8]) -> Vec<u8> {
-    let label = label.as_bytes();
-    // Labels are short compile-time constants; the registry test checks they fit in one byte.
-    let len = u8::try_from(label.len()).unwrap_or(u8::MAX);
-    let mut out = Vec::with_capacity(1 + label.len() + message.len());
-    out.push(len);
-    out.extend_from_slice(label);
-    out.extend_from_slice(message);
-    out
-}
 
 /// An Ed25519 keypair held in memory. Private key bytes are never handed out; `Debug` shows only the
 /// fingerprint. The signing key is zeroized on drop.
@@ -205,7 +155,7 @@ impl PublicKey {
 
     /// The fingerprint people compare out of band.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(self)
+        Fingerprint::of_key_bytes(self.as_bytes())
     }
 }
 
@@ -239,50 +189,6 @@ impl FromStr for PublicKey {
         )?;
         Self::from_bytes(&bytes)
     }
-}
-
-/// Strips `tag` from `text`, or says what was found instead.
-pub(crate) fn strip_tag<'a>(
-    text: &'a str,
-    what: &'static str,
-    tag: &'static str,
-) -> Result<&'a str, IdentityError> {
-    text.strip_prefix(tag)
-        .ok_or_else(|| IdentityError::WrongPrefix {
-            what,
-            expected: tag,
-            found: text.chars().take(tag.len() + 4).collect(),
-        })
-}
-
-/// Decodes exactly `N` bytes from `body`, mapping the encoder's complaints to our error messages.
-pub(crate) fn decode_fixed<const N: usize>(
-    body: &str,
-    what: &'static str,
-    text_len: usize,
-    encoding: &data_encoding::Encoding,
-    alphabet: &'static str,
-) -> Result<[u8; N], IdentityError> {
-    if body.len() != text_len {
-        return Err(IdentityError::BadLength {
-            what,
-            expected: text_len,
-            found: body.chars().count(),
-        });
-    }
-    let decoded = encoding.decode(body.as_bytes()).map_err(|e| match e.kind {
-        data_encoding::DecodeKind::Trailing => IdentityError::NonCanonicalText { what },
-        _ => IdentityError::BadCharacter {
-            what,
-            position: e.position,
-            alphabet,
-        },
-    })?;
-    decoded.try_into().map_err(|_| IdentityError::BadLength {
-        what,
-        expected: text_len,
-        found: body.len(),
-    })
 }
 
 impl Serialize for PublicKey {

@@ -5,7 +5,7 @@
 //! These unit tests use the crate-private `sign_raw`/`verify_raw`, which are what `sign`/`verify` call after
 //! framing; a second test proves that `sign(purpose, m)` is exactly `sign_raw(framed(label, m))`.
 
-use crate::keys::framed;
+use crate::domain::framed;
 use crate::{Identity, PublicKey, Purpose, Seed, Signature};
 
 struct Vector {

@@ -1,41 +1,68 @@
-//! The byte layout of `agent_keypair.bin` and `agent_keypair.key`, encoded and decoded without any IO.
+//! The byte layout of `agent_keypair.bin` and `agent_keypair.key`, encoded and decoded without any IO: bytes
+//! in, bytes out. Which file a key-encryption key is kept in, or whether it is in the OS keyring instead, is
+//! decided by `cmdop-keystore`; this module only records the choice (byte 9 of the seed file).
 //!
 //! The layout is specified byte by byte in `docs/identity.md`; the known-answer test at the bottom pins it.
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::seed::{SEED_LEN, Seed};
 
 /// First bytes of a seed file. The trailing newline catches text-mode mangling, as PNG's magic does.
-pub(crate) const SEED_MAGIC: [u8; 8] = *b"CMDOPID\n";
+const SEED_MAGIC: [u8; 8] = *b"CMDOPID\n";
 /// First bytes of a key file.
-pub(crate) const KEY_MAGIC: [u8; 8] = *b"CMDOPKE\n";
+const KEY_MAGIC: [u8; 8] = *b"CMDOPKE\n";
 /// The only format version so far, for both files.
-pub(crate) const VERSION: u8 = 1;
-pub(crate) const KEY_ID_LEN: usize = 16;
-const NONCE_LEN: usize = 12;
+const VERSION: u8 = 1;
+/// Length of the random key id that ties a seed file to its key-encryption key.
+pub const KEY_ID_LEN: usize = 16;
+/// Length of the AES-GCM nonce stored in a seed file.
+pub const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Magic, version, KEK location, key id, nonce: everything before the ciphertext, authenticated as AAD.
 const HEADER_LEN: usize = 8 + 1 + 1 + KEY_ID_LEN + NONCE_LEN;
 /// Total length of a version-1 seed file.
-pub(crate) const SEED_FILE_LEN: usize = HEADER_LEN + SEED_LEN + TAG_LEN;
+pub const SEED_FILE_LEN: usize = HEADER_LEN + SEED_LEN + TAG_LEN;
 /// Total length of a version-1 key file.
-pub(crate) const KEY_FILE_LEN: usize = 8 + 1 + KEY_ID_LEN + 32;
+pub const KEY_FILE_LEN: usize = 8 + 1 + KEY_ID_LEN + 32;
 
 /// Where the key-encryption key of a seed file is kept, as recorded in byte 9 of the file.
+///
+/// Deliberately exhaustive: these are the only two values version 1 of the format has, and a store must
+/// handle both; a new location would come with a new format version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KekSlot {
+pub enum KekSlot {
     /// In the OS keyring, under an entry named after the key id.
     Keyring = 1,
     /// In `agent_keypair.key` beside the seed file.
     KeyFile = 2,
 }
 
-/// The 32-byte AES-256-GCM key that encrypts the seed.
+/// The 32-byte AES-256-GCM key that encrypts the seed: zeroized on drop, redacted in `Debug`, not `Clone`.
 #[derive(Zeroize, ZeroizeOnDrop)]
-pub(crate) struct Kek(pub(crate) [u8; 32]);
+pub struct Kek([u8; 32]);
+
+impl Kek {
+    /// Draws a fresh key from `rng`, which must be a cryptographically secure generator.
+    pub fn generate<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        let mut kek = Self([0; 32]);
+        rng.fill_bytes(&mut kek.0);
+        kek
+    }
+
+    /// Wraps key bytes read back from where the key is kept (the OS keyring).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key bytes, to hand to the OS keyring; the key file is written by [`encode_key_file`].
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,44 +72,38 @@ impl std::fmt::Debug for Kek {
 
 /// A parsed but not yet decrypted seed file.
 #[derive(Debug)]
-pub(crate) struct SealedSeed {
-    pub(crate) slot: KekSlot,
-    pub(crate) key_id: [u8; KEY_ID_LEN],
+pub struct SealedSeed {
+    slot: KekSlot,
+    key_id: [u8; KEY_ID_LEN],
     header: [u8; HEADER_LEN],
     ciphertext: [u8; SEED_LEN + TAG_LEN],
 }
 
 /// Why a file's bytes are not a valid seed or key file; shown to the user after the file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FormatError {
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
     /// Wrong magic: not our file at all.
+    #[error("it does not start with the cmdop magic bytes")]
     Magic,
     /// A version this build does not know.
+    #[error("format version {0} is not supported by this build; upgrade cmdop")]
     Version(u8),
     /// An unknown key-encryption-key location byte.
+    #[error("unknown key-encryption-key location byte {0:#04x}")]
     Slot(u8),
     /// Truncated or with trailing bytes.
-    Length { expected: usize, found: usize },
-}
-
-impl std::fmt::Display for FormatError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Magic => f.write_str("it does not start with the cmdop magic bytes"),
-            Self::Version(v) => write!(
-                f,
-                "format version {v} is not supported by this build; upgrade cmdop"
-            ),
-            Self::Slot(b) => write!(f, "unknown key-encryption-key location byte {b:#04x}"),
-            Self::Length { expected, found } => {
-                write!(f, "it is {found} bytes long, expected {expected}")
-            }
-        }
-    }
+    #[error("it is {found} bytes long, expected {expected}")]
+    Length {
+        /// The length of this version of the file.
+        expected: usize,
+        /// The length found.
+        found: usize,
+    },
 }
 
 /// Encrypts `seed` under `kek` and lays out a complete seed file.
-pub(crate) fn seal_seed(
+pub fn seal_seed(
     seed: &Seed,
     kek: &Kek,
     slot: KekSlot,
@@ -111,7 +132,7 @@ pub(crate) fn seal_seed(
 }
 
 /// Parses a seed file's layout; does not decrypt.
-pub(crate) fn parse_seed_file(bytes: &[u8]) -> Result<SealedSeed, FormatError> {
+pub fn parse_seed_file(bytes: &[u8]) -> Result<SealedSeed, FormatError> {
     let (magic, rest) = bytes.split_first_chunk::<8>().ok_or(FormatError::Magic)?;
     if *magic != SEED_MAGIC {
         return Err(FormatError::Magic);
@@ -147,8 +168,18 @@ pub(crate) fn parse_seed_file(bytes: &[u8]) -> Result<SealedSeed, FormatError> {
 }
 
 impl SealedSeed {
+    /// Where the file says its key-encryption key is kept.
+    pub fn slot(&self) -> KekSlot {
+        self.slot
+    }
+
+    /// The key id that names the keyring entry and must match the key file.
+    pub fn key_id(&self) -> &[u8; KEY_ID_LEN] {
+        &self.key_id
+    }
+
     /// Decrypts the seed; `None` means the key is wrong or the file was modified (GCM cannot tell which).
-    pub(crate) fn open(&self, kek: &Kek) -> Option<Seed> {
+    pub fn open(&self, kek: &Kek) -> Option<Seed> {
         let nonce = &self.header[HEADER_LEN - NONCE_LEN..];
         let cipher = Aes256Gcm::new(&kek.0.into());
         let plain = Zeroizing::new(
@@ -168,10 +199,7 @@ impl SealedSeed {
 }
 
 /// Lays out a key file.
-pub(crate) fn encode_key_file(
-    key_id: &[u8; KEY_ID_LEN],
-    kek: &Kek,
-) -> Zeroizing<[u8; KEY_FILE_LEN]> {
+pub fn encode_key_file(key_id: &[u8; KEY_ID_LEN], kek: &Kek) -> Zeroizing<[u8; KEY_FILE_LEN]> {
     let mut out = Zeroizing::new([0u8; KEY_FILE_LEN]);
     let (magic, rest) = out.split_at_mut(8);
     magic.copy_from_slice(&KEY_MAGIC);
@@ -184,7 +212,7 @@ pub(crate) fn encode_key_file(
 }
 
 /// Parses a key file into its key id and key.
-pub(crate) fn parse_key_file(bytes: &[u8]) -> Result<([u8; KEY_ID_LEN], Kek), FormatError> {
+pub fn parse_key_file(bytes: &[u8]) -> Result<([u8; KEY_ID_LEN], Kek), FormatError> {
     let (magic, rest) = bytes.split_first_chunk::<8>().ok_or(FormatError::Magic)?;
     if *magic != KEY_MAGIC {
         return Err(FormatError::Magic);

@@ -1,4 +1,5 @@
-//! Owner-only files: create-if-absent atomically with mode 0600, and read only files nobody else can read.
+//! Owner-only files: create-if-absent atomically with mode 0600, replace atomically, and read only files nobody
+//! else can read or could have planted. The seed store and every other private file cmdop writes use these.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
@@ -11,7 +12,7 @@ const MAX_READ: u64 = 4096;
 
 /// What reading an owner-only file found.
 #[derive(Debug)]
-pub(crate) enum Checked {
+pub enum Checked {
     /// The file does not exist.
     Missing,
     /// The file exists, is a regular file, and only its owner may access it.
@@ -26,12 +27,12 @@ pub(crate) enum Checked {
 }
 
 /// The effective uid of this process: the owner every secret file must have.
-pub(crate) fn current_uid() -> u32 {
+pub fn current_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
 /// Reads `path` if it exists, refusing files not owned by `owner` or that group or others could access.
-pub(crate) fn read_owner_only(path: &Path, owner: u32) -> io::Result<Checked> {
+pub fn read_owner_only(path: &Path, owner: u32) -> io::Result<Checked> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checked::Missing),
@@ -56,7 +57,7 @@ pub(crate) fn read_owner_only(path: &Path, owner: u32) -> io::Result<Checked> {
 
 /// Creates `dir` (and parents) with mode 0700 if it is missing. An existing directory is left as it is: it
 /// belongs to the user, and the files inside are 0600 regardless.
-pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -74,7 +75,7 @@ pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
 ///
 /// Temp file in the same directory, written, fsynced, then hard-linked to the final name (`link(2)` fails
 /// when the target exists, unlike `rename(2)`), then the directory is fsynced so the new name survives a crash.
-pub(crate) fn create_new_atomically(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+pub fn create_new_atomically(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -93,7 +94,7 @@ pub(crate) fn create_new_atomically(path: &Path, bytes: &[u8]) -> io::Result<boo
 
 /// Writes `bytes` to `path`, replacing any previous file, atomically (temp file, fsync, `rename(2)`, directory
 /// fsync) and with mode 0600 whatever the umask; the directory is created 0700 if missing.
-pub(crate) fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;

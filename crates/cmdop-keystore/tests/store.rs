@@ -11,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use cmdop_identity::store::{
+use cmdop_identity::{Identity, Seed};
+use cmdop_keystore::{
     Created, KEY_FILE_NAME, KekBackend, KekLocation, SEED_FILE_NAME, SeedStore, StoreError,
 };
 use rand_core::OsRng;
@@ -76,6 +77,56 @@ fn creates_once_then_loads_the_same_identity() {
     assert_eq!(info_again, info);
     let (loaded, _) = store.load().unwrap().unwrap();
     assert_eq!(loaded.public_key(), identity.public_key());
+}
+
+/// Identity files written before the store moved out of cmdop-identity must keep opening: the worked example
+/// of docs/identity.md (seed 00..1f, KEK 20..3f in the key file), laid down as files the way the old store left
+/// them, loads to the key that seed gives (computed independently with Python's `cryptography`).
+#[test]
+fn an_existing_seed_and_key_file_pair_still_opens() {
+    const SEED_FILE_HEX: &str = "434d444f5049440a0102404142434445464748494a4b4c4d4e4f505152535455565758595a5b\
+        b1a1aa11352a710a3c06001161048da0ccfd5d2c6ce36f17bae5c241ac173e26cf19d34368d6bce52d82db1aa7773f6d";
+    const KEY_FILE_HEX: &str = "434d444f504b450a01404142434445464748494a4b4c4d4e4f\
+        202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmdop");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    for (name, hex_bytes) in [
+        (SEED_FILE_NAME, SEED_FILE_HEX),
+        (KEY_FILE_NAME, KEY_FILE_HEX),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, hex::decode(hex_bytes).unwrap()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let seed_before = fs::read(dir.join(SEED_FILE_NAME)).unwrap();
+
+    for backend in [
+        KekBackend::Auto,
+        KekBackend::FileOnly,
+        KekBackend::KeyringOnly,
+    ] {
+        let (identity, info) = SeedStore::new(&dir, backend).load().unwrap().unwrap();
+        assert_eq!(
+            identity.public_key().to_string(),
+            "ed25519:A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
+        );
+        assert_eq!(
+            identity.public_key(),
+            Identity::from_seed(&Seed::from_bytes(std::array::from_fn(|i| i as u8))).public_key()
+        );
+        assert_eq!(
+            info.kek_location,
+            KekLocation::KeyFile {
+                path: dir.join(KEY_FILE_NAME)
+            },
+            "{backend:?}: loading follows the location in the file, not the policy"
+        );
+    }
+    let (_, _, created) = file_store(&dir).load_or_create(&mut OsRng).unwrap();
+    assert_eq!(created, Created::Existing);
+    assert_eq!(fs::read(dir.join(SEED_FILE_NAME)).unwrap(), seed_before);
 }
 
 #[test]
