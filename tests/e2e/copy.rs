@@ -8,26 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cmdop_tests::{Contour, Daemon, OneMachine, eventually};
+use cmdop_tests::{Contour, eventually, run};
 use serde_json::Value;
 
+/// A contour with machine web-1, and a scratch directory on this host (where the agent runs too).
 struct Fixture {
     contour: Contour,
-    member_key: PathBuf,
-    _agent: Daemon,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new() -> Self {
-        let contour = Contour::start();
-        let OneMachine {
-            agent, member_key, ..
-        } = contour.one_machine();
         Self {
-            contour,
-            member_key,
-            _agent: agent,
+            contour: Contour::with_machine(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -42,17 +35,15 @@ impl Fixture {
     }
 
     fn cp(&self, args: &[&str]) -> Command {
-        let mut command = self.contour.cli("alice");
-        command
-            .arg("--api-key-file")
-            .arg(&self.member_key)
-            .args(["connect", "cp"])
-            .args(args);
+        let mut command = self
+            .contour
+            .cli_with_key("alice", &self.contour.member_key("prod"));
+        command.args(["connect", "cp"]).args(args);
         command
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cp(args).output().unwrap()
+        run(&mut self.cp(args))
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -275,7 +266,7 @@ fn a_cut_copy_resumes_and_ends_identical() {
         !f.path("down/big.bin").exists(),
         "a partial file sits under the final name"
     );
-    let member_key = f.member_key.clone();
+    let member_key = f.contour.member_key("prod");
     eventually(Duration::from_secs(60), "web-1 online again", || {
         let machines = f.contour.list("alice", &member_key, None);
         (machines.first()?["online"] == true).then_some(())

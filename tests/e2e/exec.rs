@@ -2,52 +2,26 @@
 //! concurrency, pinning, and cmdop's own failures.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cmdop_tests::{Contour, Daemon, OneMachine};
+use cmdop_tests::{Contour, run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// A contour with one fleet, one agent (`web-1`) and a member key.
-struct Fixture {
-    contour: Contour,
-    member_key: PathBuf,
-    _agent: Daemon,
-    machine_id: String,
+/// `cmdop connect exec web-1 EXTRA… -- COMMAND…` as client `alice` with the member key.
+fn exec(c: &Contour, extra: &[&str], command: &[&str]) -> Command {
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "web-1"])
+        .args(extra)
+        .arg("--")
+        .args(command);
+    cmd
 }
 
-impl Fixture {
-    fn new() -> Self {
-        let contour = Contour::start();
-        let OneMachine {
-            agent,
-            machine_id,
-            member_key,
-        } = contour.one_machine();
-        Self {
-            contour,
-            member_key,
-            _agent: agent,
-            machine_id,
-        }
-    }
-
-    fn exec(&self, extra: &[&str], command: &[&str]) -> Command {
-        let mut cmd = self.contour.cli("alice");
-        cmd.arg("--api-key-file")
-            .arg(&self.member_key)
-            .args(["connect", "exec", "web-1"])
-            .args(extra)
-            .arg("--")
-            .args(command);
-        cmd
-    }
-
-    fn run(&self, command: &[&str]) -> Output {
-        self.exec(&[], command).output().unwrap()
-    }
+/// Runs `command` on web-1 to completion.
+fn run_there(c: &Contour, command: &[&str]) -> Output {
+    run(&mut exec(c, &[], command))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -56,8 +30,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn output_streams_stay_separate_and_the_exit_code_comes_through() {
-    let f = Fixture::new();
-    let out = f.run(&["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
+    let c = Contour::with_machine();
+    let out = run_there(&c, &["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "to-out\n");
     assert!(
@@ -66,10 +40,10 @@ fn output_streams_stay_separate_and_the_exit_code_comes_through() {
         text(&out.stderr)
     );
 
-    let out = f.run(&["true"]);
+    let out = run_there(&c, &["true"]);
     assert_eq!(out.status.code(), Some(0));
     // The command runs in the agent user's home directory.
-    let out = f.run(&["pwd"]);
+    let out = run_there(&c, &["pwd"]);
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     assert_eq!(
         text(&out.stdout).trim(),
@@ -79,10 +53,10 @@ fn output_streams_stay_separate_and_the_exit_code_comes_through() {
 
 #[test]
 fn a_signal_exits_128_plus_n_and_a_missing_program_127() {
-    let f = Fixture::new();
-    let out = f.run(&["sh", "-c", "kill -TERM $$"]);
+    let c = Contour::with_machine();
+    let out = run_there(&c, &["sh", "-c", "kill -TERM $$"]);
     assert_eq!(out.status.code(), Some(128 + 15));
-    let out = f.run(&["no-such-program-cmdop-test"]);
+    let out = run_there(&c, &["no-such-program-cmdop-test"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(
         text(&out.stderr).contains("no-such-program-cmdop-test"),
@@ -93,12 +67,15 @@ fn a_signal_exits_128_plus_n_and_a_missing_program_127() {
 
 #[test]
 fn timeout_kills_the_remote_group_and_exits_124() {
-    let f = Fixture::new();
+    let c = Contour::with_machine();
     let started = Instant::now();
-    let out = f
-        .exec(&["--timeout", "1s"], &["sh", "-c", "sleep 100 & sleep 100"])
-        .output()
-        .unwrap();
+    let out = exec(
+        &c,
+        &["--timeout", "1s"],
+        &["sh", "-c", "sleep 100 & sleep 100"],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -119,9 +96,8 @@ fn timeout_kills_the_remote_group_and_exits_124() {
 
 #[test]
 fn stdin_is_forwarded_and_eof_reaches_the_remote_process() {
-    let f = Fixture::new();
-    let mut child = f
-        .exec(&[], &["cat"])
+    let c = Contour::with_machine();
+    let mut child = exec(&c, &[], &["cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -134,11 +110,10 @@ fn stdin_is_forwarded_and_eof_reaches_the_remote_process() {
 
 #[test]
 fn a_100_mib_output_arrives_complete() {
-    let f = Fixture::new();
+    let c = Contour::with_machine();
     let size = 100 * 1024 * 1024;
     let script = format!("yes 0123456789abcdef0123456789abcdef | head -c {size}");
-    let out = f
-        .exec(&["--timeout", "0"], &["sh", "-c", &script])
+    let out = exec(&c, &["--timeout", "0"], &["sh", "-c", &script])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -154,10 +129,10 @@ fn a_100_mib_output_arrives_complete() {
 
 #[test]
 fn fifty_concurrent_execs_on_one_agent() {
-    let f = Fixture::new();
+    let c = Contour::with_machine();
     let children: Vec<_> = (0..50)
         .map(|i| {
-            f.exec(&[], &["sh", "-c", &format!("echo run-{i}")])
+            exec(&c, &[], &["sh", "-c", &format!("echo run-{i}")])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -172,14 +147,13 @@ fn fifty_concurrent_execs_on_one_agent() {
 
 #[test]
 fn json_prints_one_object() {
-    let f = Fixture::new();
-    let out = f
-        .exec(&["--json"], &["sh", "-c", "echo a; echo b >&2; exit 5"])
+    let c = Contour::with_machine();
+    let out = exec(&c, &["--json"], &["sh", "-c", "echo a; echo b >&2; exit 5"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
     let value: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(value["machine_id"], f.machine_id.as_str());
+    assert_eq!(value["machine_id"], c.machine("web-1").id.as_str());
     assert_eq!(value["hostname"], "web-1");
     assert_eq!(
         value["command"],
@@ -193,11 +167,9 @@ fn json_prints_one_object() {
 
 #[test]
 fn own_failures_exit_255_with_one_line() {
-    let f = Fixture::new();
-    let mut cmd = f.contour.cli("alice");
-    cmd.arg("--api-key-file")
-        .arg(&f.member_key)
-        .args(["connect", "exec", "nowhere", "--", "true"]);
+    let c = Contour::with_machine();
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "nowhere", "--", "true"]);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(255));
     assert!(
@@ -206,36 +178,30 @@ fn own_failures_exit_255_with_one_line() {
         text(&out.stderr)
     );
     // Without `--` clap refuses the command line.
-    let mut cmd = f.contour.cli("alice");
-    cmd.arg("--api-key-file")
-        .arg(&f.member_key)
-        .args(["connect", "exec", "web-1", "true"]);
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "web-1", "true"]);
     assert!(!cmd.output().unwrap().status.success());
 }
 
 #[test]
 fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
-    let f = Fixture::new();
-    assert_eq!(f.run(&["true"]).status.code(), Some(0));
-    let known = f
-        .contour
-        .root
-        .path()
-        .join("clients/alice/client/known_machines");
+    let c = Contour::with_machine();
+    assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
+    let known = c.root.path().join("clients/alice/client/known_machines");
     let pinned = std::fs::read_to_string(&known).unwrap();
-    assert!(pinned.starts_with(&f.machine_id), "{pinned}");
+    assert!(pinned.starts_with(&c.machine("web-1").id), "{pinned}");
     // Replace the pinned key with another one: the next exec must refuse before running anything.
     let other = cmdop_tests::run_ok(
         cmdop_tests::command("cmdop-agent")
             .arg("--config-dir")
-            .arg(f.contour.root.path().join("impostor"))
+            .arg(c.root.path().join("impostor"))
             .args(["--kek-backend", "file", "identity", "init", "--json"]),
     );
     let other: Value = serde_json::from_str(&other).unwrap();
     let mut fields: Vec<&str> = pinned.split_whitespace().collect();
     fields[1] = other["public_key"].as_str().unwrap();
     std::fs::write(&known, format!("{}\n", fields.join(" "))).unwrap();
-    let out = f.run(&["touch", "/tmp/cmdop-must-not-exist"]);
+    let out = run_there(&c, &["touch", "/tmp/cmdop-must-not-exist"]);
     assert_eq!(out.status.code(), Some(255));
     assert!(
         text(&out.stderr).contains("has changed"),
@@ -247,14 +213,10 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
 
 #[test]
 fn an_ambiguous_name_lists_the_candidates() {
-    let f = Fixture::new();
-    let (_, agent_key) = f.contour.api_key("prod", "agent");
-    let mut second = f.contour.agent("web-2", "prod", &agent_key, &[]);
-    cmdop_tests::online_id(&mut second);
-    let mut cmd = f.contour.cli("alice");
-    cmd.arg("--api-key-file")
-        .arg(&f.member_key)
-        .args(["connect", "exec", "web", "--", "true"]);
+    let mut c = Contour::with_machine();
+    c.add_machine("web-2", "prod", &[]);
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "web", "--", "true"]);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(255));
     let stderr = text(&out.stderr);
@@ -263,5 +225,5 @@ fn an_ambiguous_name_lists_the_candidates() {
         "{stderr}"
     );
     // An exact hostname still wins over the shared prefix.
-    assert_eq!(f.run(&["true"]).status.code(), Some(0));
+    assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
 }

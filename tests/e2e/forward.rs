@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmdop_tests::{Contour, Daemon, OneMachine, online_id};
+use cmdop_tests::{Contour, Daemon};
 use sha2::{Digest, Sha256};
 
 const BODY_LEN: usize = 100 * 1024 * 1024;
@@ -73,19 +73,11 @@ fn http_server(body: Arc<Vec<u8>>) -> u16 {
     port
 }
 
-/// Starts `cmdop connect forward MACHINE SPEC…` and returns it with the local port of each spec, in order.
-fn forward(
-    contour: &Contour,
-    key: &PathBuf,
-    machine: &str,
-    specs: &[String],
-) -> (Daemon, Vec<u16>) {
-    let mut command = contour.cli("alice");
-    command
-        .arg("--api-key-file")
-        .arg(key)
-        .args(["connect", "forward", machine])
-        .args(specs);
+/// Starts `cmdop connect forward MACHINE SPEC…` with the member key and returns it with the local port of each
+/// spec, in order.
+fn forward(contour: &Contour, machine: &str, specs: &[String]) -> (Daemon, Vec<u16>) {
+    let mut command = contour.cli_with_key("alice", &contour.member_key("prod"));
+    command.args(["connect", "forward", machine]).args(specs);
     let mut daemon = Daemon::spawn(command);
     let mut ports = Vec::new();
     for index in 0..specs.len() {
@@ -126,12 +118,7 @@ fn curl(port: u16, path: &str, out: &std::path::Path) -> Command {
 
 #[test]
 fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() {
-    let contour = Contour::start();
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
+    let contour = Contour::with_machine();
     let body = Arc::new(body());
     let http = http_server(Arc::clone(&body));
     // A port with nothing behind it: bind, note, close.
@@ -142,7 +129,6 @@ fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() 
         .port();
     let (mut forward, ports) = forward(
         &contour,
-        &member_key,
         "web-1",
         &[
             format!("0:127.0.0.1:{http}"),
@@ -199,21 +185,16 @@ fn a_100_mib_body_over_20_parallel_curls_half_close_and_per_connection_errors() 
 
 #[test]
 fn the_destination_policy_holds_across_address_spellings() {
-    let contour = Contour::start();
-    let OneMachine {
-        agent: _open_agent,
-        member_key,
-        ..
-    } = contour.one_machine();
     // A second machine whose agent refuses loopback: every spelling of 127.0.0.1 must be refused there.
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let mut locked = contour.agent(
-        "locked-1",
-        "prod",
-        &agent_key,
-        &["--forward-deny", "127.0.0.0/8", "--forward-deny", "::1"],
-    );
-    online_id(&mut locked);
+    let contour = Contour::builder()
+        .fleet("prod")
+        .agent("web-1", "prod")
+        .agent_with_args(
+            "locked-1",
+            "prod",
+            &["--forward-deny", "127.0.0.0/8", "--forward-deny", "::1"],
+        )
+        .start();
     let body = Arc::new(vec![b'x'; 1000]);
     let http = http_server(body);
 
@@ -234,7 +215,6 @@ fn the_destination_policy_holds_across_address_spellings() {
     ];
     let (mut open, ports) = forward(
         &contour,
-        &member_key,
         "web-1",
         &[
             allowed.to_vec(),
@@ -260,7 +240,7 @@ fn the_destination_policy_holds_across_address_spellings() {
         });
     }
 
-    let (mut locked_forward, ports) = forward(&contour, &member_key, "locked-1", &allowed);
+    let (mut locked_forward, ports) = forward(&contour, "locked-1", &allowed);
     for (spec, port) in allowed.iter().zip(&ports) {
         assert!(
             fetch_half_closed(*port, "/").is_empty(),
@@ -319,20 +299,10 @@ fn sshd(dir: &std::path::Path) -> (Daemon, u16, PathBuf) {
 
 #[test]
 fn ssh_works_through_a_forward() {
-    let contour = Contour::start();
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
+    let contour = Contour::with_machine();
     let dir = tempfile::tempdir().unwrap();
     let (_sshd, sshd_port, user_key) = sshd(dir.path());
-    let (_forward, ports) = forward(
-        &contour,
-        &member_key,
-        "web-1",
-        &[format!("0:localhost:{sshd_port}")],
-    );
+    let (_forward, ports) = forward(&contour, "web-1", &[format!("0:localhost:{sshd_port}")]);
     // 2 MiB up through ssh's own encryption inside cmdop's; the remote side hashes what it got.
     let payload = body()[..2 << 20].to_vec();
     let mut ssh = Command::new("ssh")
@@ -375,18 +345,11 @@ fn ssh_works_through_a_forward() {
 
 #[test]
 fn a_remote_forward_brings_the_machines_connections_back_here() {
-    let contour = Contour::start();
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
+    let contour = Contour::with_machine();
     let body = Arc::new(body());
     let http = http_server(Arc::clone(&body));
-    let mut command = contour.cli("alice");
+    let mut command = contour.cli_with_key("alice", &contour.member_key("prod"));
     command
-        .arg("--api-key-file")
-        .arg(&member_key)
         .args(["connect", "forward", "web-1", "--remote"])
         .arg(format!("0:127.0.0.1:{http}"));
     let mut remote = Daemon::spawn(command);

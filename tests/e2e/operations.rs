@@ -16,17 +16,18 @@ const WAIT: Duration = Duration::from_secs(30);
 /// operator-facing surface is checked against that one setup, ending with a draining SIGTERM.
 #[test]
 fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
-    let root = tempfile::tempdir().unwrap();
-    let data_dir = root.path().join("relay");
-    let relay_toml = root.path().join("relay.toml");
-    std::fs::write(
-        &relay_toml,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nlog_format = \"json\"\n",
-            data_dir.display().to_string()
-        ),
-    )
-    .unwrap();
+    // The relay from its config file alone: no --data-dir, no --listen. RUST_LOG=debug so that the grep for
+    // secrets below covers the chattiest logs the relay writes.
+    let mut contour = Contour::builder()
+        .relay_from_config_file()
+        .relay_metrics()
+        .relay_json_logs()
+        .relay_env("RUST_LOG", "debug")
+        .fleet("prod")
+        .user("alice", &["prod"])
+        .start();
+    let relay_toml = contour.relay_config_file();
+    let metrics_addr = contour.metrics_address().to_owned();
 
     // `config check` accepts the file and shows what it yields.
     let checked = run_ok(
@@ -40,39 +41,15 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
         "{checked}"
     );
 
-    // The relay from the file alone: no --data-dir, no --listen. RUST_LOG=debug so that the grep for secrets
-    // below covers the chattiest logs the relay writes.
-    let mut serve = command("cmdop-relay");
-    serve
-        .arg("--config")
-        .arg(&relay_toml)
-        .arg("serve")
-        .env("RUST_LOG", "debug");
-    let mut relay = Daemon::spawn(serve);
-    let fingerprint = relay.wait_for(WAIT, |l| {
-        l.strip_prefix("relay fingerprint: ").map(str::to_owned)
-    });
-    let address = relay.wait_for(WAIT, |l| l.strip_prefix("listening on ").map(str::to_owned));
-    let metrics_url = relay.wait_for(WAIT, |l| l.strip_prefix("metrics on ").map(str::to_owned));
-    let metrics_addr = metrics_url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned();
-    let contour = Contour::attach(root, address, fingerprint);
-
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
+    let agent_key = contour.agent_key("prod");
+    let member_key = contour.member_key("prod");
     let (revoked_id, revoked_key) = contour.api_key("prod", "member");
     contour.admin(&["key", "revoke", &revoked_id]);
-    contour.admin(&["user", "create", "alice"]);
-    let token = contour.admin(&["token", "create", "--user", "alice", "--fleet", "prod"]);
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
-    let token_file = contour.secret_file("alice.token", &token);
+    let token_file = contour.token_file("alice").to_owned();
+    let token = read_secret(&token_file);
 
     // The agent from its config file (agent.toml in its config dir), logging JSON at debug level.
-    let agent_dir = contour.root.path().join("agents").join("web-1");
+    let agent_dir = contour.agent_dir("web-1");
     std::fs::create_dir_all(&agent_dir).unwrap();
     std::fs::write(
         agent_dir.join("agent.toml"),
@@ -156,9 +133,7 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let piped = contour
-        .cli("bob")
-        .arg("--api-key-file")
-        .arg(&member_key)
+        .cli_with_key("bob", &member_key)
         .args(["connect", "--list"])
         .stdout(writer)
         .stderr(Stdio::piped())
@@ -247,7 +222,7 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
         ) == 1)
             .then_some(())
     });
-    terminate(&relay.child);
+    terminate(&contour.relay_mut().child);
     let slow = slow.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&slow.stdout),
@@ -256,7 +231,7 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
         String::from_utf8_lossy(&slow.stderr)
     );
     assert!(slow.status.success());
-    let relay_exit = relay.child.wait().unwrap();
+    let relay_exit = contour.relay_mut().child.wait().unwrap();
     assert!(relay_exit.success(), "relay exit {relay_exit}");
     let status: Value = serde_json::from_str(&run_ok(
         command("cmdop-relay")
@@ -270,7 +245,7 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     assert!(agent.child.wait().unwrap().success());
 
     // JSON logs are JSON, carry the events an operator looks for, and never a secret.
-    let relay_log = relay.output();
+    let relay_log = contour.relay_mut().output();
     let agent_log = agent.output();
     let stdout_lines = [
         "relay fingerprint: ",

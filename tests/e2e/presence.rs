@@ -15,13 +15,12 @@ fn machine<'a>(machines: &'a [Value], id: &str) -> &'a Value {
 
 #[test]
 fn an_agent_registers_and_the_cli_lists_it_online() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
-
-    let mut agent = contour.agent("web-1", "prod", &agent_key, &["--name", "Web One"]);
-    let id = online_id(&mut agent);
+    let mut contour = Contour::builder()
+        .fleet("prod")
+        .agent_with_args("web-1", "prod", &["--name", "Web One"])
+        .start();
+    let member_key = contour.member_key("prod");
+    let id = contour.machine("web-1").id.clone();
 
     let machines = contour.list("alice", &member_key, None);
     let web = machine(&machines, &id);
@@ -35,33 +34,30 @@ fn an_agent_registers_and_the_cli_lists_it_online() {
     let shown = run_ok(
         cmdop_tests::command("cmdop-agent")
             .arg("--config-dir")
-            .arg(contour.root.path().join("agents").join("web-1"))
+            .arg(contour.agent_dir("web-1"))
             .args(["identity", "show", "--json"]),
     );
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(web["fingerprint"], shown["fingerprint"]);
 
     // A graceful stop takes the machine offline at once, not after three missed heartbeats.
+    let agent = &mut contour.machine_mut("web-1").agent;
     nix_terminate(&agent.child);
     let status = agent.child.wait().unwrap();
     assert!(status.success(), "agent exit status {status}");
     let machines = contour.list("alice", &member_key, None);
     assert_eq!(machine(&machines, &id)["online"], false);
-    let mut online_only = contour.cli("alice");
-    online_only
-        .arg("--api-key-file")
-        .arg(&member_key)
-        .args(["connect", "--list", "--online", "--json"]);
+    let mut online_only = contour.cli_with_key("alice", &member_key);
+    online_only.args(["connect", "--list", "--online", "--json"]);
     let online_only: Vec<Value> = serde_json::from_str(&run_ok(&mut online_only)).unwrap();
     assert!(online_only.is_empty(), "{online_only:#?}");
 }
 
 #[test]
 fn the_same_key_keeps_its_id_across_restarts_and_renames_and_a_new_key_is_a_new_machine() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
+    let contour = Contour::builder().fleet("prod").start();
+    let agent_key = contour.agent_key("prod");
+    let member_key = contour.member_key("prod");
 
     let mut agent = contour.agent("db-1", "prod", &agent_key, &[]);
     let first = online_id(&mut agent);
@@ -88,15 +84,17 @@ fn the_same_key_keeps_its_id_across_restarts_and_renames_and_a_new_key_is_a_new_
 
 #[test]
 fn agents_come_back_by_themselves_after_the_relay_restarts() {
-    let mut contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, agent_key) = contour.api_key("prod", "agent");
-    let (_, member_key) = contour.api_key("prod", "member");
-    let mut agents: Vec<_> = ["a-1", "a-2", "a-3"]
+    let mut contour = Contour::builder()
+        .fleet("prod")
+        .agent("a-1", "prod")
+        .agent("a-2", "prod")
+        .agent("a-3", "prod")
+        .start();
+    let member_key = contour.member_key("prod");
+    let ids: Vec<String> = ["a-1", "a-2", "a-3"]
         .iter()
-        .map(|name| contour.agent(name, "prod", &agent_key, &[]))
+        .map(|name| contour.machine(name).id.clone())
         .collect();
-    let ids: Vec<String> = agents.iter_mut().map(online_id).collect();
 
     contour.restart_relay();
 
@@ -116,27 +114,21 @@ fn agents_come_back_by_themselves_after_the_relay_restarts() {
 
 #[test]
 fn login_saves_the_relay_and_credential_for_later_commands() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    contour.admin(&["fleet", "create", "staging"]);
-    contour.admin(&["user", "create", "alice"]);
-    let token = contour.admin(&[
-        "token", "create", "--user", "alice", "--fleet", "prod", "--fleet", "staging",
-    ]);
-    let token_file = contour.secret_file(
-        "alice.token",
-        String::from_utf8(token.stdout).unwrap().trim(),
-    );
-    let (_, agent_key) = contour.api_key("staging", "agent");
-    let mut agent = contour.agent("stage-1", "staging", &agent_key, &[]);
-    let id = online_id(&mut agent);
+    let contour = Contour::builder()
+        .fleet("prod")
+        .fleet("staging")
+        .user("alice", &["prod", "staging"])
+        .agent("stage-1", "staging")
+        .start();
+    let token_file = contour.token_file("alice");
+    let id = &contour.machine("stage-1").id;
 
     let login = run_ok(
         contour
             .cli("alice")
             .arg("login")
             .arg("--token-file")
-            .arg(&token_file),
+            .arg(token_file),
     );
     assert!(login.contains("alice"), "{login}");
 
@@ -176,7 +168,7 @@ fn login_saves_the_relay_and_credential_for_later_commands() {
     let saved =
         std::fs::read_to_string(contour.root.path().join("clients/alice/client/login.json"))
             .unwrap();
-    let secret = std::fs::read_to_string(&token_file).unwrap();
+    let secret = std::fs::read_to_string(token_file).unwrap();
     assert!(
         !saved.contains(secret.trim()),
         "login.json holds the token in clear"

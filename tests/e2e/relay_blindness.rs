@@ -2,26 +2,27 @@
 //! a cut, never as success.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cmdop_relay::server::{Server, ServerConfig, Tap};
 use cmdop_relay::tls::TlsIdentity;
-use cmdop_tests::{Contour, OneMachine};
+use cmdop_tests::Contour;
 use data_encoding::{BASE64, BASE64_NOPAD, BASE64URL_NOPAD};
 use rand::RngCore as _;
 
 #[test]
 fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
-    let root = tempfile::tempdir().unwrap();
-    let data_dir = root.path().join("relay");
     let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (address, fingerprint) = {
+    // The relay runs in this process, so that a tap can record every byte it forwards.
+    let tapped_relay = |data_dir: &Path| {
         let seen = Arc::clone(&seen);
-        let (tls, _) = TlsIdentity::load_or_generate(&data_dir).unwrap();
-        let mut config = ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap(), tls);
+        let (tls, _) = TlsIdentity::load_or_generate(data_dir).unwrap();
+        let mut config =
+            ServerConfig::new(data_dir.to_owned(), "127.0.0.1:0".parse().unwrap(), tls);
         config.tap = Some(Tap(Arc::new(move |bytes: &[u8]| {
             seen.lock().unwrap().extend_from_slice(bytes)
         })));
@@ -31,32 +32,28 @@ fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
         runtime.spawn(server.run(std::future::pending()));
         (address, fingerprint)
     };
-    let contour = Contour::attach(root, address, fingerprint);
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
+    let contour = Contour::builder_in_process(tapped_relay)
+        .fleet("prod")
+        .agent("web-1", "prod")
+        .start();
 
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     let marker = hex::encode(bytes);
     // The marker travels as an argument, on stdin, and back on stdout (twice: echoed and cat'ed).
-    let mut exec = contour.cli("alice");
-    exec.arg("--api-key-file")
-        .arg(&member_key)
-        .args([
-            "connect",
-            "exec",
-            "web-1",
-            "--",
-            "sh",
-            "-c",
-            "echo \"$0\"; cat",
-            &marker,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut exec = contour.cli_with_key("alice", &contour.member_key("prod"));
+    exec.args([
+        "connect",
+        "exec",
+        "web-1",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$0\"; cat",
+        &marker,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
     let mut child = exec.spawn().unwrap();
     child
         .stdin
@@ -100,26 +97,19 @@ fn a_marker_sent_through_exec_never_appears_in_what_the_relay_forwarded() {
 
 #[test]
 fn an_exec_cut_by_a_dying_relay_never_reports_success() {
-    let mut contour = Contour::start();
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
-    let mut exec = contour.cli("alice");
-    exec.arg("--api-key-file")
-        .arg(&member_key)
-        .args([
-            "connect",
-            "exec",
-            "web-1",
-            "--",
-            "sh",
-            "-c",
-            "echo started; sleep 5; echo finished",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut contour = Contour::with_machine();
+    let mut exec = contour.cli_with_key("alice", &contour.member_key("prod"));
+    exec.args([
+        "connect",
+        "exec",
+        "web-1",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 5; echo finished",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let child = exec.spawn().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     contour.kill_relay();
@@ -135,27 +125,20 @@ fn an_exec_cut_by_a_dying_relay_never_reports_success() {
 
 #[test]
 fn ctrl_c_on_the_client_interrupts_the_remote_command() {
-    let contour = Contour::start();
-    let OneMachine {
-        agent: _agent,
-        member_key,
-        ..
-    } = contour.one_machine();
-    let mut exec = contour.cli("alice");
-    exec.arg("--api-key-file")
-        .arg(&member_key)
-        .args([
-            "connect",
-            "exec",
-            "web-1",
-            "--timeout",
-            "0",
-            "--",
-            "sh",
-            "-c",
-            "echo ready; exec sleep 100",
-        ])
-        .stdout(Stdio::piped());
+    let contour = Contour::with_machine();
+    let mut exec = contour.cli_with_key("alice", &contour.member_key("prod"));
+    exec.args([
+        "connect",
+        "exec",
+        "web-1",
+        "--timeout",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ])
+    .stdout(Stdio::piped());
     let mut child = exec.spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 6];

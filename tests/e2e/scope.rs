@@ -13,38 +13,29 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn a_key_of_one_fleet_sees_nothing_of_another() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "alpha"]);
-    contour.admin(&["fleet", "create", "beta"]);
-    let (_, alpha_agent) = contour.api_key("alpha", "agent");
-    let (_, beta_agent) = contour.api_key("beta", "agent");
-    let (_, alpha_member) = contour.api_key("alpha", "member");
-    let mut a = contour.agent("a-web", "alpha", &alpha_agent, &[]);
-    let mut b = contour.agent("b-web", "beta", &beta_agent, &[]);
-    let a_id = online_id(&mut a);
-    online_id(&mut b);
+    let contour = Contour::builder()
+        .fleet("alpha")
+        .fleet("beta")
+        .agent("a-web", "alpha")
+        .agent("b-web", "beta")
+        .start();
+    let alpha_member = contour.member_key("alpha");
 
     let visible = contour.list("alice", &alpha_member, None);
     let ids: Vec<&Value> = visible.iter().map(|m| &m["id"]).collect();
-    assert_eq!(ids, [&Value::from(a_id)]);
+    assert_eq!(ids, [&Value::from(contour.machine("a-web").id.as_str())]);
 
     // Asking for beta with an alpha key looks exactly like asking for a fleet that does not exist.
-    let mut beta = contour.cli("alice");
-    beta.arg("--api-key-file").arg(&alpha_member).args([
-        "connect",
-        "--workspace",
-        "beta",
-        "--list",
-    ]);
-    let beta = run(&mut beta);
-    let mut nowhere = contour.cli("alice");
-    nowhere.arg("--api-key-file").arg(&alpha_member).args([
-        "connect",
-        "--workspace",
-        "nowhere",
-        "--list",
-    ]);
-    let nowhere = run(&mut nowhere);
+    let list_fleet = |fleet: &str| {
+        run(contour.cli_with_key("alice", &alpha_member).args([
+            "connect",
+            "--workspace",
+            fleet,
+            "--list",
+        ]))
+    };
+    let beta = list_fleet("beta");
+    let nowhere = list_fleet("nowhere");
     assert_eq!(beta.status.code(), Some(4), "{}", stderr(&beta));
     assert_eq!(beta.status.code(), nowhere.status.code());
     assert_eq!(
@@ -53,7 +44,7 @@ fn a_key_of_one_fleet_sees_nothing_of_another() {
     );
 
     // An agent key of alpha cannot enrol into beta.
-    let mut intruder = contour.agent("sneaky", "beta", &alpha_agent, &[]);
+    let mut intruder = contour.agent("sneaky", "beta", &contour.agent_key("alpha"), &[]);
     let status = intruder.child.wait().unwrap();
     assert!(!status.success());
     assert!(
@@ -65,36 +56,28 @@ fn a_key_of_one_fleet_sees_nothing_of_another() {
 
 #[test]
 fn a_token_reaches_only_its_fleets_and_an_agent_key_cannot_list() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "alpha"]);
-    contour.admin(&["fleet", "create", "beta"]);
-    contour.admin(&["user", "create", "bob"]);
-    let token = contour.admin(&["token", "create", "--user", "bob", "--fleet", "alpha"]);
-    let token = contour.secret_file("bob.token", String::from_utf8(token.stdout).unwrap().trim());
+    let contour = Contour::builder()
+        .fleet("alpha")
+        .fleet("beta")
+        .user("bob", &["alpha"])
+        .start();
+    let token = contour.token_file("bob");
 
-    let mut refused = contour.cli("bob");
-    refused
-        .arg("--api-key-file")
-        .arg(&token)
-        .args(["connect", "--workspace", "beta", "--list"]);
+    let mut refused = contour.cli_with_key("bob", token);
+    refused.args(["connect", "--workspace", "beta", "--list"]);
     let refused = run(&mut refused);
     assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
-    assert!(contour.list("bob", &token, Some("alpha")).is_empty());
+    assert!(contour.list("bob", token, Some("alpha")).is_empty());
 
-    let (_, agent_key) = contour.api_key("alpha", "agent");
-    let mut listing = contour.cli("bob");
-    listing
-        .arg("--api-key-file")
-        .arg(&agent_key)
-        .args(["connect", "--list"]);
-    let listing = run(&mut listing);
+    let listing = run(contour
+        .cli_with_key("bob", &contour.agent_key("alpha"))
+        .args(["connect", "--list"]));
     assert_eq!(listing.status.code(), Some(3), "{}", stderr(&listing));
 }
 
 #[test]
 fn a_revoked_key_is_cut_within_a_second_and_refused_afterwards() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
+    let contour = Contour::builder().fleet("prod").start();
     let (agent_key_id, agent_key) = contour.api_key("prod", "agent");
     let mut agent = contour.agent("web-1", "prod", &agent_key, &[]);
     online_id(&mut agent);
@@ -119,8 +102,7 @@ fn a_revoked_key_is_cut_within_a_second_and_refused_afterwards() {
 
 #[test]
 fn an_expired_key_is_refused() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
+    let contour = Contour::builder().fleet("prod").start();
     let output = contour.admin(&[
         "key",
         "create",
@@ -136,20 +118,16 @@ fn an_expired_key_is_refused() {
         String::from_utf8(output.stdout).unwrap().trim(),
     );
     std::thread::sleep(Duration::from_millis(2100));
-    let mut listing = contour.cli("carol");
-    listing
-        .arg("--api-key-file")
-        .arg(&key)
-        .args(["connect", "--list"]);
-    let listing = run(&mut listing);
+    let listing = run(contour
+        .cli_with_key("carol", &key)
+        .args(["connect", "--list"]));
     assert_eq!(listing.status.code(), Some(3), "{}", stderr(&listing));
 }
 
 #[test]
 fn a_wrong_relay_fingerprint_fails_before_any_credential_is_sent() {
-    let contour = Contour::start();
-    contour.admin(&["fleet", "create", "prod"]);
-    let (_, member_key) = contour.api_key("prod", "member");
+    let contour = Contour::builder().fleet("prod").start();
+    let member_key = contour.member_key("prod");
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let mut command = cmdop_tests::command("cmdop");
     command

@@ -1,57 +1,34 @@
 //! `cmdop connect MACHINE` driven through a real pseudo-terminal, as a person would use it.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use cmdop_tests::terminal::Terminal;
-use cmdop_tests::{Contour, Daemon, OneMachine, run};
+use cmdop_tests::{Contour, run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Fixture {
-    contour: Contour,
-    member_key: PathBuf,
-    _agent: Daemon,
+/// `cmdop … connect <args>` as client `client`, with the member key.
+fn connect(c: &Contour, client: &str, args: &[&str]) -> Command {
+    let mut command = c.cli_with_key(client, &c.member_key("prod"));
+    command.arg("connect").args(args);
+    command
 }
 
-impl Fixture {
-    fn new() -> Self {
-        let contour = Contour::start();
-        let OneMachine {
-            agent, member_key, ..
-        } = contour.one_machine();
-        Self {
-            contour,
-            member_key,
-            _agent: agent,
-        }
-    }
+/// `cmdop connect web-1 <args>` in a terminal of 100x30.
+fn attach(c: &Contour, client: &str, args: &[&str]) -> Terminal {
+    let mut all = vec!["web-1"];
+    all.extend_from_slice(args);
+    Terminal::spawn(&connect(c, client, &all), 100, 30)
+}
 
-    /// `cmdop … connect <args>` as client `client`.
-    fn connect(&self, client: &str, args: &[&str]) -> Command {
-        let mut command = self.contour.cli(client);
-        command
-            .arg("--api-key-file")
-            .arg(&self.member_key)
-            .arg("connect")
-            .args(args);
-        command
-    }
-
-    fn attach(&self, client: &str, args: &[&str]) -> Terminal {
-        let mut all = vec!["web-1"];
-        all.extend_from_slice(args);
-        Terminal::spawn(&self.connect(client, &all), 100, 30)
-    }
-
-    fn sessions(&self) -> Vec<Value> {
-        let output = run(&mut self.connect("alice", &["sessions", "web-1", "--json"]));
-        assert!(output.status.success(), "{output:?}");
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
+/// The sessions on web-1, as `cmdop connect sessions --json` lists them.
+fn sessions(c: &Contour) -> Vec<Value> {
+    let output = run(&mut connect(c, "alice", &["sessions", "web-1", "--json"]));
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Types a command line and waits for a marker its output (not its echo) contains.
@@ -63,8 +40,8 @@ fn type_and_expect(terminal: &mut Terminal, line: &str, marker: &str) -> String 
 
 #[test]
 fn a_session_behaves_like_a_local_terminal() {
-    let f = Fixture::new();
-    let mut t = f.attach("alice", &[]);
+    let c = Contour::with_machine();
+    let mut t = attach(&c, "alice", &[]);
     // Size, terminal device and TERM come from the client's terminal.
     type_and_expect(&mut t, "stty size; echo M-$((6*7))", "M-42");
     assert!(t.text().contains("30 100"), "{}", t.text());
@@ -106,13 +83,13 @@ fn a_session_behaves_like_a_local_terminal() {
     // Leaving the shell ends the session, and cmdop exits with the shell's code.
     t.send(b"exit 7\r");
     assert_eq!(t.wait(WAIT), 7);
-    assert!(f.sessions().is_empty(), "an ended session is forgotten");
+    assert!(sessions(&c).is_empty(), "an ended session is forgotten");
 }
 
 #[test]
 fn detach_leaves_the_session_running_and_reattach_shows_what_happened() {
-    let f = Fixture::new();
-    let mut t = f.attach("alice", &["--session", "work"]);
+    let c = Contour::with_machine();
+    let mut t = attach(&c, "alice", &["--session", "work"]);
     type_and_expect(&mut t, "echo ready-$((1+1))", "ready-2");
     t.send(b"(sleep 1; echo made-while-away-$((40+2))) &\r");
     std::thread::sleep(Duration::from_millis(200));
@@ -125,14 +102,14 @@ fn detach_leaves_the_session_running_and_reattach_shows_what_happened() {
         t.text()
     );
 
-    let listed = f.sessions();
+    let listed = sessions(&c);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["name"], "work");
     assert_eq!(listed[0]["attached"], 0);
     assert!(listed[0]["exit_code"].is_null());
 
     std::thread::sleep(Duration::from_millis(1500));
-    let mut again = f.attach("alice", &["--session", "work"]);
+    let mut again = attach(&c, "alice", &["--session", "work"]);
     let shown = again.expect("made-while-away-42", WAIT);
     // Resumed where this terminal left off: the earlier output is not replayed.
     assert!(!shown.contains("ready-2"), "{shown:?}");
@@ -141,13 +118,13 @@ fn detach_leaves_the_session_running_and_reattach_shows_what_happened() {
     type_and_expect(&mut again, "echo still-$((3+4))", "still-7");
 
     // Ending it from outside ends the attached client too.
-    let killed = run(&mut f.connect("bob", &["kill", "web-1", "work"]));
+    let killed = run(&mut connect(&c, "bob", &["kill", "web-1", "work"]));
     assert!(killed.status.success(), "{killed:?}");
     let code = again.wait(WAIT);
     assert_eq!(code, 129, "SIGHUP ends the shell: 128+1");
 
     // Without a machine, on a terminal, a picker offers the fleet's machines.
-    let mut picker = Terminal::spawn(&f.connect("alice", &[]), 100, 30);
+    let mut picker = Terminal::spawn(&connect(&c, "alice", &[]), 100, 30);
     picker.expect("machine", WAIT);
     picker.send(b"web");
     std::thread::sleep(Duration::from_millis(300));
@@ -157,7 +134,7 @@ fn detach_leaves_the_session_running_and_reattach_shows_what_happened() {
     assert_eq!(picker.wait(WAIT), 4);
 
     // Without a machine and without a terminal, cmdop asks for one.
-    let output = run(&mut f.connect("alice", &[]));
+    let output = run(&mut connect(&c, "alice", &[]));
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("no machine given"),
@@ -187,8 +164,8 @@ fn digest(numbers: &[u64]) -> String {
 
 #[test]
 fn a_killed_client_resumes_with_complete_ordered_output() {
-    let f = Fixture::new();
-    let mut first = f.attach("alice", &["--session", "long"]);
+    let c = Contour::with_machine();
+    let mut first = attach(&c, "alice", &["--session", "long"]);
     type_and_expect(&mut first, "echo ready-$((1+1))", "ready-2");
     first.send(b"seq 1 200000\r");
     first.expect("\r\n20000\r\n", WAIT);
@@ -199,7 +176,7 @@ fn a_killed_client_resumes_with_complete_ordered_output() {
         "killed too late to test anything"
     );
 
-    let mut second = f.attach("alice", &["--session", "long"]);
+    let mut second = attach(&c, "alice", &["--session", "long"]);
     second.expect("\r\n200000\r\n", Duration::from_secs(60));
     type_and_expect(&mut second, "echo done-$((2+3))", "done-5");
     let after = second.output();
@@ -243,12 +220,12 @@ fn a_killed_client_resumes_with_complete_ordered_output() {
 
 #[test]
 fn a_relay_restart_costs_no_output() {
-    let mut f = Fixture::new();
-    let mut t = f.attach("alice", &["--session", "steady"]);
+    let mut c = Contour::with_machine();
+    let mut t = attach(&c, "alice", &["--session", "steady"]);
     type_and_expect(&mut t, "echo ready-$((1+1))", "ready-2");
     t.send(b"for i in $(seq 1 60); do echo line-$i; sleep 0.1; done; echo fin-$((5*5))\r");
     t.expect("line-5\r", WAIT);
-    f.contour.restart_relay();
+    c.restart_relay();
     t.expect("fin-25", Duration::from_secs(60));
     // Bash turns bracketed paste off before running a command; that sequence is not part of any line.
     let text = t.text().replace("\u{1b}[?2004l\r", "");
@@ -269,10 +246,10 @@ fn a_relay_restart_costs_no_output() {
 
 #[test]
 fn two_clients_share_a_session_and_an_observer_cannot_type() {
-    let f = Fixture::new();
-    let mut owner = f.attach("alice", &["--session", "pair"]);
+    let c = Contour::with_machine();
+    let mut owner = attach(&c, "alice", &["--session", "pair"]);
     type_and_expect(&mut owner, "echo ready-$((1+1))", "ready-2");
-    let mut observer = f.attach("bob", &["--session", "pair", "--read-only"]);
+    let mut observer = attach(&c, "bob", &["--session", "pair", "--read-only"]);
     // The observer sees what was already there, then what the owner does.
     observer.expect("ready-2", WAIT);
     type_and_expect(&mut owner, "echo from-owner-$((2*3))", "from-owner-6");
@@ -283,7 +260,7 @@ fn two_clients_share_a_session_and_an_observer_cannot_type() {
     type_and_expect(&mut owner, "echo check-$((4*4))", "check-16");
     assert!(!owner.text().contains("from-observer"), "{}", owner.text());
     assert!(!observer.text().contains("from-observer-9"));
-    let listed = f.sessions();
+    let listed = sessions(&c);
     assert_eq!(listed[0]["attached"], 2, "{listed:?}");
     owner.send(b"exit 3\r");
     assert_eq!(owner.wait(WAIT), 3);

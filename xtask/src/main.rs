@@ -27,7 +27,8 @@ usage: cargo xtask <command>
 commands:
   ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny
   layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
-  tidy         check that every Rust file opens with a //! line
+  tidy         check that every Rust file opens with a //! line and no library function passes 80 lines
+               without a `// long-function: <reason>` comment
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
   quickstart   build the release binaries and bring up a local contour under target/quickstart
   bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
