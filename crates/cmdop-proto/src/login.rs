@@ -562,46 +562,12 @@ impl RelayLogin {
         single_fleet: Option<FleetId>,
     ) -> Result<RelayState, Refusal> {
         let actor = actor(&authenticated);
-        // Agent keys enrol, admin keys may too; members and user tokens may not.
-        let may_enrol = authenticated.kind() == CredentialKind::ApiKey
-            && authenticated.fleet_ids().into_iter().any(|fleet| {
-                authenticated
-                    .role_in(fleet)
-                    .is_some_and(|r| r.allows(Permission::Enrol))
-            });
-        if !may_enrol {
-            self.audit(
-                single_fleet,
-                &actor,
-                "auth",
-                "refused",
-                "agent login with a credential that is not an agent or admin API key".to_owned(),
-            );
-            return Err(Refusal::new(
-                ErrorCode::FORBIDDEN,
-                "this credential cannot enrol machines; use an API key created with --role agent",
-                CloseCode::LOGIN_REFUSED,
-                LoginFailure::Role,
-            ));
-        }
-        if !login
-            .auth_capabilities
-            .iter()
-            .any(|c| c == AUTH_CAPABILITY_ED25519)
-        {
-            self.audit(
-                single_fleet,
-                &actor,
-                "auth",
-                "refused",
-                "agent does not advertise the ed25519 capability".to_owned(),
-            );
-            return Err(Refusal::new(
-                ErrorCode::MISSING_CAPABILITY,
-                "the agent must support ed25519 key proofs; upgrade cmdop-agent",
-                CloseCode::LOGIN_REFUSED,
-                LoginFailure::Capability,
-            ));
+        let refuse = |this: &mut Self, fleet: Option<FleetId>, reason: String, refusal: Refusal| {
+            this.audit(fleet, &actor, "auth", "refused", reason);
+            refusal
+        };
+        if let Err((reason, refusal)) = may_enrol(&authenticated, &login) {
+            return Err(refuse(self, single_fleet, reason.to_owned(), refusal));
         }
         let access = FleetName::parse(&login.workspace).ok().and_then(|name| {
             authenticated
@@ -609,49 +575,31 @@ impl RelayLogin {
                 .ok()
         });
         let Some(access) = access else {
-            self.audit(
-                single_fleet,
-                &actor,
-                "auth",
-                "refused",
-                format!("workspace {:?} not in scope", shorten(&login.workspace)),
-            );
-            return Err(Refusal::new(
+            let reason = format!("workspace {:?} not in scope", shorten(&login.workspace));
+            let refusal = Refusal::new(
                 ErrorCode::FLEET_NOT_FOUND,
                 no_such_fleet(&login.workspace),
                 CloseCode::LOGIN_REFUSED,
                 LoginFailure::Scope,
-            ));
+            );
+            return Err(refuse(self, single_fleet, reason, refusal));
         };
-        let enrolment = match enrolment(&login, key) {
-            Ok(enrolment) => enrolment,
-            Err(message) => {
-                self.audit(
-                    Some(access.fleet_id()),
-                    &actor,
-                    "register",
-                    "refused",
-                    message.clone(),
-                );
-                return Err(Refusal::new(
-                    ErrorCode::INVALID_REGISTRATION,
-                    message,
-                    CloseCode::LOGIN_REFUSED,
-                    LoginFailure::InvalidRegistration,
-                ));
-            }
-        };
-        self.audit(
-            Some(access.fleet_id()),
-            &actor,
-            "auth",
-            "accepted",
-            format!(
-                "agent key {} from {}",
-                hex::encode(key.to_bytes()),
-                self.config.peer
-            ),
+        let enrolment = enrolment(&login, key).map_err(|message| {
+            let fleet = Some(access.fleet_id());
+            self.audit(fleet, &actor, "register", "refused", message.clone());
+            Refusal::new(
+                ErrorCode::INVALID_REGISTRATION,
+                message,
+                CloseCode::LOGIN_REFUSED,
+                LoginFailure::InvalidRegistration,
+            )
+        })?;
+        let detail = format!(
+            "agent key {} from {}",
+            hex::encode(key.to_bytes()),
+            self.config.peer
         );
+        self.audit(Some(access.fleet_id()), &actor, "auth", "accepted", detail);
         self.actions
             .push_back(LoginAction::LookUpFleet(access.fleet_id()));
         Ok(RelayState::Fleet {
@@ -966,6 +914,48 @@ fn describe(authenticated: &Authenticated, user: Option<&UserName>, fleets: &[Fl
         }
         _ => format!("credential {}", authenticated.credential_id()),
     }
+}
+
+/// Whether this credential may enrol a machine with this login: agent keys enrol, admin keys may too,
+/// members and user tokens may not; and the agent must prove its key the one way the relay knows. A refusal
+/// comes with the reason for the audit log.
+fn may_enrol(
+    authenticated: &Authenticated,
+    login: &AgentLogin,
+) -> Result<(), (&'static str, Refusal)> {
+    let enrols = authenticated.kind() == CredentialKind::ApiKey
+        && authenticated.fleet_ids().into_iter().any(|fleet| {
+            authenticated
+                .role_in(fleet)
+                .is_some_and(|r| r.allows(Permission::Enrol))
+        });
+    if !enrols {
+        return Err((
+            "agent login with a credential that is not an agent or admin API key",
+            Refusal::new(
+                ErrorCode::FORBIDDEN,
+                "this credential cannot enrol machines; use an API key created with --role agent",
+                CloseCode::LOGIN_REFUSED,
+                LoginFailure::Role,
+            ),
+        ));
+    }
+    if !login
+        .auth_capabilities
+        .iter()
+        .any(|c| c == AUTH_CAPABILITY_ED25519)
+    {
+        return Err((
+            "agent does not advertise the ed25519 capability",
+            Refusal::new(
+                ErrorCode::MISSING_CAPABILITY,
+                "the agent must support ed25519 key proofs; upgrade cmdop-agent",
+                CloseCode::LOGIN_REFUSED,
+                LoginFailure::Capability,
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What an agent's login asks to register, validated: names are checked once, here.

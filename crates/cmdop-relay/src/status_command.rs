@@ -53,6 +53,18 @@ impl Drop for RunStateGuard {
     }
 }
 
+/// What `status` reports, gathered from the data directory, `serve.json` and a metrics scrape.
+struct Summary<'a> {
+    data_dir: &'a Path,
+    running: Option<RunState>,
+    fingerprint: Option<String>,
+    fleets: Vec<String>,
+    machines: usize,
+    online: usize,
+    active_credentials: usize,
+    live: Option<LiveCounts>,
+}
+
 /// Prints the summary of the relay whose data directory is `data_dir`.
 pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
     if !data_dir.join("relay.db").is_file() {
@@ -62,46 +74,70 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
         );
     }
     let store = Store::open(data_dir)?;
-    let fleets = store.fleets()?;
     let machines = store.machines(None)?;
-    let credentials = store.credentials(None)?;
-    let online = machines.iter().filter(|(_, m)| m.online).count();
-    let active_credentials = credentials
-        .iter()
-        .filter(|c| admin::is_active(c, cmdop_fleet::Timestamp::from_unix_seconds(now)))
-        .count();
-    let fingerprint = stored_fingerprint(data_dir).ok().map(|f| f.to_string());
+    let now = cmdop_fleet::Timestamp::from_unix_seconds(now);
     let running = running_relay(data_dir);
     let live = running
         .as_ref()
         .and_then(|state| state.metrics)
         .and_then(|addr| scrape(addr).ok())
         .map(|text| LiveCounts::from_metrics(&text));
-
+    let summary = Summary {
+        data_dir,
+        fingerprint: running
+            .as_ref()
+            .map(|s| s.fingerprint.clone())
+            .or_else(|| stored_fingerprint(data_dir).ok().map(|f| f.to_string())),
+        running,
+        fleets: store
+            .fleets()?
+            .iter()
+            .map(|f| f.fleet.name.to_string())
+            .collect(),
+        machines: machines.len(),
+        online: machines.iter().filter(|(_, m)| m.online).count(),
+        active_credentials: store
+            .credentials(None)?
+            .iter()
+            .filter(|c| admin::is_active(c, now))
+            .count(),
+        live,
+    };
     if json {
-        let value = json!({
-            "data_dir": data_dir,
-            "running": running.is_some(),
-            "pid": running.as_ref().map(|s| s.pid),
-            "listen": running.as_ref().map(|s| s.listen.to_string()),
-            "metrics": running.as_ref().and_then(|s| s.metrics).map(|a| a.to_string()),
-            "started_at": running.as_ref().map(|s| admin::format_time(Some(s.started_at))),
-            "version": running.as_ref().map(|s| s.version.clone()),
-            "fingerprint": running.as_ref().map(|s| s.fingerprint.clone()).or(fingerprint),
-            "fleets": fleets.iter().map(|f| f.fleet.name.to_string()).collect::<Vec<_>>(),
-            "machines": machines.len(),
-            "machines_online": online,
-            "credentials_active": active_credentials,
-            "agents_connected": live.as_ref().map(|l| l.agents),
-            "clients_connected": live.as_ref().map(|l| l.clients),
-            "streams_active": live.as_ref().map(|l| l.streams),
-            "resident_memory_bytes": live.as_ref().map(|l| l.memory),
-        });
-        println!("{value:#}");
-        return Ok(());
+        print_json(&summary);
+    } else {
+        print_text(&summary);
     }
-    println!("data dir:     {}", data_dir.display());
-    match &running {
+    Ok(())
+}
+
+fn print_json(summary: &Summary<'_>) {
+    let running = summary.running.as_ref();
+    let live = summary.live.as_ref();
+    let value = json!({
+        "data_dir": summary.data_dir,
+        "running": running.is_some(),
+        "pid": running.map(|s| s.pid),
+        "listen": running.map(|s| s.listen.to_string()),
+        "metrics": running.and_then(|s| s.metrics).map(|a| a.to_string()),
+        "started_at": running.map(|s| admin::format_time(Some(s.started_at))),
+        "version": running.map(|s| s.version.clone()),
+        "fingerprint": summary.fingerprint,
+        "fleets": summary.fleets,
+        "machines": summary.machines,
+        "machines_online": summary.online,
+        "credentials_active": summary.active_credentials,
+        "agents_connected": live.map(|l| l.agents),
+        "clients_connected": live.map(|l| l.clients),
+        "streams_active": live.map(|l| l.streams),
+        "resident_memory_bytes": live.map(|l| l.memory),
+    });
+    println!("{value:#}");
+}
+
+fn print_text(summary: &Summary<'_>) {
+    println!("data dir:     {}", summary.data_dir.display());
+    match &summary.running {
         Some(state) => {
             println!(
                 "relay:        running (pid {}, since {}, version {})",
@@ -117,18 +153,20 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
         }
         None => println!("relay:        not running on this data directory"),
     }
-    if let Some(fingerprint) = running
-        .as_ref()
-        .map(|s| s.fingerprint.clone())
-        .or(fingerprint)
-    {
+    if let Some(fingerprint) = &summary.fingerprint {
         println!("fingerprint:  {fingerprint}");
     }
-    let names: Vec<&str> = fleets.iter().map(|f| f.fleet.name.as_str()).collect();
-    println!("fleets:       {} ({})", fleets.len(), names.join(", "));
-    println!("machines:     {} ({online} online)", machines.len());
-    println!("credentials:  {active_credentials} active");
-    if let Some(live) = live {
+    println!(
+        "fleets:       {} ({})",
+        summary.fleets.len(),
+        summary.fleets.join(", ")
+    );
+    println!(
+        "machines:     {} ({} online)",
+        summary.machines, summary.online
+    );
+    println!("credentials:  {} active", summary.active_credentials);
+    if let Some(live) = &summary.live {
         println!(
             "connected:    {} agents, {} clients, {} streams; {} MiB resident",
             live.agents,
@@ -137,7 +175,6 @@ pub(crate) fn run(data_dir: &Path, json: bool, now: u64) -> Result<()> {
             live.memory / (1024 * 1024)
         );
     }
-    Ok(())
 }
 
 /// The relay serving `data_dir` now, if `serve.json` names a live `cmdop-relay` process.
