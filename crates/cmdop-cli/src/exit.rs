@@ -93,7 +93,7 @@ impl From<ClientError> for Failure {
             ClientError::FleetNotFound(_)
             | ClientError::WorkspaceRequired { .. }
             | ClientError::MachineNotFound(_)
-            | ClientError::Ambiguous(_) => Kind::NotFound,
+            | ClientError::Ambiguous { .. } => Kind::NotFound,
             ClientError::MachineOffline(_) => Kind::Unreachable,
             ClientError::Resolve { .. }
             | ClientError::Unreachable { .. }

@@ -20,13 +20,14 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::machine::{Candidate, Machine};
 use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::wire::{
     AUTH_CAPABILITY_ED25519, AgentLogin, ClientLogin, CloseCode, EXPORTER_LABEL, EXPORTER_LEN,
-    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, MachineInfo, OpenStream,
-    PROTOCOL_VERSION, PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
+    ErrorCode, ErrorMessage, Hello, KeyBytes, ListMachines, OpenStream, PROTOCOL_VERSION,
+    PeerMessage, RelayMessage, Role, SignatureBytes, login_transcript,
 };
 
 /// How long connecting (including the TLS handshake) may take.
@@ -92,9 +93,15 @@ pub enum ClientError {
     /// No machine of the fleet matches the name.
     #[error("{0}")]
     MachineNotFound(String),
-    /// Several machines match the name; the message lists them.
-    #[error("{0}")]
-    Ambiguous(String),
+    /// Several machines match the name: open the stream again with one of the candidates' ids (or hostnames).
+    #[error("{message}")]
+    Ambiguous {
+        /// The relay's explanation, which lists the first candidates.
+        message: String,
+        /// The machines the name matched, sorted by name, hostname and id (empty from a relay too old to send
+        /// them).
+        candidates: Vec<Candidate>,
+    },
     /// The machine is not connected.
     #[error("{0}")]
     MachineOffline(String),
@@ -185,29 +192,6 @@ impl std::fmt::Debug for AgentRegistration {
             .field("display_name", &self.display_name)
             .finish_non_exhaustive()
     }
-}
-
-/// A machine as listed by the relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Machine {
-    /// Server-issued id.
-    pub id: Uuid,
-    /// Hostname.
-    pub hostname: String,
-    /// Display name.
-    pub name: String,
-    /// The agent's public key (`None` if the relay sent an invalid one).
-    pub public_key: Option<PublicKey>,
-    /// Whether the machine is online.
-    pub online: bool,
-    /// Last heartbeat or login, unix seconds.
-    pub last_seen: Option<u64>,
-    /// Operating system.
-    pub os: String,
-    /// CPU architecture.
-    pub arch: String,
-    /// Agent version.
-    pub agent_version: String,
 }
 
 /// A registered agent's connection.
@@ -389,7 +373,7 @@ impl ClientConnection {
         });
         match self.link.request(&request).await? {
             RelayMessage::Machines(machines) => {
-                Ok(machines.into_iter().map(machine_from).collect())
+                Ok(machines.into_iter().map(Machine::from).collect())
             }
             other => Err(unexpected(&other)),
         }
@@ -431,11 +415,19 @@ impl ClientConnection {
                 Ok(Err(err)) => return Err(self.link.stream_error(err)),
             };
         let RelayMessage::StreamReady(ready) = reply else {
-            return Err(unexpected(&reply));
+            return Err(match reply {
+                RelayMessage::Error(error) if error.code == ErrorCode::AMBIGUOUS => {
+                    ClientError::Ambiguous {
+                        message: error.message,
+                        candidates: candidates(&mut control).await,
+                    }
+                }
+                other => unexpected(&other),
+            });
         };
         let (send, recv, leftover) = control.into_parts();
         Ok(RoutedStream {
-            machine: machine_from(ready.machine),
+            machine: Machine::from(ready.machine),
             fleet_id: Uuid::from_bytes(ready.fleet_id.0),
             channel_id: ready.channel_id,
             capability: ready.capability,
@@ -611,17 +603,14 @@ impl std::fmt::Debug for IncomingStream {
     }
 }
 
-fn machine_from(info: MachineInfo) -> Machine {
-    Machine {
-        id: Uuid::from_bytes(info.id.0),
-        hostname: info.hostname,
-        name: info.name,
-        public_key: PublicKey::from_bytes(&info.public_key.0).ok(),
-        online: info.online,
-        last_seen: info.last_seen,
-        os: info.os,
-        arch: info.arch,
-        agent_version: info.agent_version,
+/// The [`RelayMessage::Candidates`] that follows an `AMBIGUOUS` refusal on a routed stream; none if the relay
+/// finished the stream without it (an older relay) or sent something else.
+async fn candidates(control: &mut ControlStream) -> Vec<Candidate> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await {
+        Ok(Ok(Some(RelayMessage::Candidates(candidates)))) => {
+            candidates.into_iter().map(Candidate::from).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -641,7 +630,10 @@ fn refusal(error: &ErrorMessage) -> ClientError {
         ErrorCode::WORKSPACE_REQUIRED => ClientError::WorkspaceRequired { message },
         ErrorCode::HOSTNAME_TAKEN => ClientError::HostnameTaken(message),
         ErrorCode::MACHINE_NOT_FOUND => ClientError::MachineNotFound(message),
-        ErrorCode::AMBIGUOUS => ClientError::Ambiguous(message),
+        ErrorCode::AMBIGUOUS => ClientError::Ambiguous {
+            message,
+            candidates: Vec::new(),
+        },
         ErrorCode::MACHINE_OFFLINE => ClientError::MachineOffline(message),
         code => ClientError::Refused { code, message },
     }

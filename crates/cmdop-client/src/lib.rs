@@ -12,6 +12,7 @@
 
 mod connection;
 pub mod control;
+mod machine;
 pub mod secure_stream;
 pub mod transport;
 pub mod tunnel;
@@ -20,6 +21,7 @@ pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
-    ClientConnection, ClientError, IncomingStream, Machine, REQUEST_TIMEOUT, RelayTarget,
-    RoutedStream, StreamAcceptor, reconnect_delay,
+    ClientConnection, ClientError, IncomingStream, REQUEST_TIMEOUT, RelayTarget, RoutedStream,
+    StreamAcceptor, reconnect_delay,
 };
+pub use machine::{Candidate, Machine};

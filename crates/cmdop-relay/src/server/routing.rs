@@ -26,8 +26,8 @@ use crate::store::{AuditEntry, MachineRecord, Principal, ScopeError};
 use cmdop_client::control::ControlStream;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::wire::{
-    ErrorCode, ErrorMessage, IdBytes, KeyBytes, OpenStream, PeerMessage, RelayMessage,
-    StreamHeader, StreamReady,
+    self, ErrorCode, ErrorMessage, IdBytes, KeyBytes, MAX_CANDIDATES, OpenStream, PeerMessage,
+    RelayMessage, StreamHeader, StreamReady,
 };
 
 /// How long a client has to send its [`OpenStream`] header on a new stream.
@@ -84,13 +84,18 @@ async fn route(
             &mut control,
             ErrorCode::UNEXPECTED_MESSAGE,
             "expected OpenStream as the first message of a stream",
+            Vec::new(),
         )
         .await;
         return;
     };
     let route = match prepare(shared, principal, &request, client_key) {
         Ok(route) => route,
-        Err((code, message)) => {
+        Err(Refusal {
+            code,
+            message,
+            candidates,
+        }) => {
             shared.audit(AuditEntry {
                 at: unix_now(),
                 fleet_id: None,
@@ -102,7 +107,7 @@ async fn route(
                     request.machine, request.kind
                 ),
             });
-            let _ = refuse(&mut control, code, &message).await;
+            let _ = refuse(&mut control, code, &message, candidates).await;
             return;
         }
     };
@@ -113,7 +118,13 @@ async fn route(
                 "machine {} could not be reached: {reason}; try again",
                 route.machine.hostname
             );
-            let _ = refuse(&mut control, ErrorCode::MACHINE_OFFLINE, &message).await;
+            let _ = refuse(
+                &mut control,
+                ErrorCode::MACHINE_OFFLINE,
+                &message,
+                Vec::new(),
+            )
+            .await;
             return;
         }
     };
@@ -158,13 +169,31 @@ async fn route(
     });
 }
 
+/// Why a stream was refused: the code and message for the client, and for an ambiguous name the machines it
+/// matched, which the client gets as data after the message.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    candidates: Vec<wire::Candidate>,
+}
+
+impl From<(ErrorCode, String)> for Refusal {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Self {
+            code,
+            message,
+            candidates: Vec::new(),
+        }
+    }
+}
+
 /// Scope, resolution, presence and the capability, all before a byte reaches the agent.
 fn prepare(
     shared: &Shared,
     principal: &Principal,
     request: &OpenStream,
     client_key: PublicKey,
-) -> Result<Route, (ErrorCode, String)> {
+) -> Result<Route, Refusal> {
     let kind = StreamKind::from_byte(request.kind).ok_or_else(|| {
         (
             ErrorCode::UNEXPECTED_MESSAGE,
@@ -188,10 +217,22 @@ fn prepare(
     };
     let records = shared.lock_store().machines_in(&access).map_err(internal)?;
     let machines: Vec<Machine> = records.iter().filter_map(fleet_machine).collect();
-    let found = resolve(&reach, &machines, &request.machine).map_err(|err| match err {
-        ResolveError::Ambiguous { .. } => (ErrorCode::AMBIGUOUS, err.to_string()),
-        ResolveError::Scope(_) => (ErrorCode::FORBIDDEN, err.to_string()),
-        _ => (ErrorCode::MACHINE_NOT_FOUND, err.to_string()),
+    let found = resolve(&reach, &machines, &request.machine).map_err(|err| match &err {
+        ResolveError::Ambiguous { candidates, .. } => Refusal {
+            code: ErrorCode::AMBIGUOUS,
+            message: err.to_string(),
+            candidates: candidates
+                .iter()
+                .take(MAX_CANDIDATES)
+                .map(|candidate| wire::Candidate {
+                    id: IdBytes(candidate.id.to_bytes()),
+                    hostname: candidate.hostname.as_str().to_owned(),
+                    name: candidate.name.clone(),
+                })
+                .collect(),
+        },
+        ResolveError::Scope(_) => (ErrorCode::FORBIDDEN, err.to_string()).into(),
+        _ => (ErrorCode::MACHINE_NOT_FOUND, err.to_string()).into(),
     })?;
     let machine_id = *found.id.as_uuid();
     let machine = records
@@ -289,7 +330,13 @@ async fn open_to_agent(route: &Route) -> Result<(SendStream, RecvStream), String
     Ok((send, recv))
 }
 
-async fn refuse(control: &mut ControlStream, code: ErrorCode, message: &str) -> Result<(), ()> {
+/// Answers with an error, then the candidates when there are any, and finishes the stream.
+async fn refuse(
+    control: &mut ControlStream,
+    code: ErrorCode,
+    message: &str,
+    candidates: Vec<wire::Candidate>,
+) -> Result<(), ()> {
     control
         .send(&RelayMessage::Error(ErrorMessage {
             code,
@@ -297,6 +344,12 @@ async fn refuse(control: &mut ControlStream, code: ErrorCode, message: &str) -> 
         }))
         .await
         .map_err(|_| ())?;
+    if !candidates.is_empty() {
+        control
+            .send(&RelayMessage::Candidates(candidates))
+            .await
+            .map_err(|_| ())?;
+    }
     control.finish_and_flush(Duration::from_secs(2)).await;
     Ok(())
 }
