@@ -30,11 +30,11 @@ use crate::GlobalArgs;
 use crate::channel::{self, Channel};
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
 use crate::exit::{Failure, Kind};
-use crate::known_machines;
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
 use crate::terminal::{self, RawMode, TerminalWriter};
+use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from the shell's exit code.
 const OWN_FAILURE: u8 = 255;
@@ -123,7 +123,7 @@ fn interactive(
         };
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
-        let known = profile.dir().join(known_machines::FILE_NAME);
+        let known = KnownMachines::in_dir(profile.dir());
         let channel = channel::open(
             &client,
             &session.identity,
@@ -230,7 +230,7 @@ impl Attachment {
         &mut self,
         session: &Session,
         workspace: Option<&str>,
-        known: &std::path::Path,
+        known: &KnownMachines,
         client: ClientConnection,
         channel: Channel,
     ) -> Result<ExitCode, Failure> {
@@ -472,7 +472,7 @@ impl Attachment {
         &mut self,
         session: &Session,
         workspace: Option<&str>,
-        known: &std::path::Path,
+        known: &KnownMachines,
         input: &mut mpsc::Receiver<Vec<u8>>,
         signals: &mut Signals,
         attempt: u32,
@@ -726,7 +726,7 @@ fn one_request(
 ) -> Result<(Machine, ShellReply), Failure> {
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = profile.dir().join(known_machines::FILE_NAME);
+    let known = KnownMachines::in_dir(profile.dir());
     runtime()?.block_on(async {
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;

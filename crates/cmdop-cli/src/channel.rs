@@ -1,8 +1,6 @@
 //! Opening an end-to-end channel to a machine: route a stream through the relay, check the machine's key
 //! against this client's pins, and run the handshake. Every operation (exec, shell, …) starts here.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender};
 use cmdop_client::{ClientConnection, Machine};
@@ -10,7 +8,7 @@ use cmdop_identity::Identity;
 use cmdop_proto::e2e::{Prologue, StreamKind};
 
 use crate::exit::Failure;
-use crate::known_machines::{self, Pin};
+use cmdop_client::known_machines::{KnownMachines, PinStatus};
 
 /// An authenticated channel to one machine.
 #[derive(Debug)]
@@ -28,7 +26,7 @@ pub(crate) struct Channel {
 pub(crate) async fn open(
     client: &ClientConnection,
     identity: &Identity,
-    known: &Path,
+    known: &KnownMachines,
     workspace: Option<&str>,
     machine: &str,
     kind: StreamKind,
@@ -38,14 +36,13 @@ pub(crate) async fn open(
     let reported = machine
         .public_key
         .context("the relay reported no valid key for this machine")?;
-    if known_machines::check_or_pin(known, machine.id, &machine.hostname, &reported)? == Pin::Added
-    {
+    if known.check_or_pin(machine.id, &machine.hostname, &reported)? == PinStatus::Added {
         eprintln!(
             "cmdop: first contact with {} ({}): pinned its key {} in {}",
             machine.hostname,
             machine.id,
             reported.fingerprint(),
-            known.display()
+            known.path().display()
         );
     }
     let prologue = Prologue {

@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use crate::GlobalArgs;
 use crate::channel::{self, Channel};
 use crate::exit::Failure;
-use crate::known_machines;
 use crate::login::runtime;
 use crate::profile::Profile;
+use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from any code the remote command returns.
 const OWN_FAILURE: u8 = 255;
@@ -66,7 +66,7 @@ fn execute(
     let timeout = parse_duration(&args.timeout)?;
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = profile.dir().join(known_machines::FILE_NAME);
+    let known = KnownMachines::in_dir(profile.dir());
     let runtime = runtime()?;
     runtime.block_on(async {
         let client =

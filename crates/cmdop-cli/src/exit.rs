@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use cmdop_client::ClientError;
+use cmdop_client::known_machines::KnownMachinesError;
 
 /// Why cmdop itself failed, as distinct from a remote command's own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,13 @@ impl From<cmdop_client::secure_stream::SecureStreamError> for Failure {
             _ => Kind::General,
         };
         Self::new(kind, err.to_string())
+    }
+}
+
+impl From<KnownMachinesError> for Failure {
+    fn from(err: KnownMachinesError) -> Self {
+        // With its cause (`cannot read …: Permission denied`), as every local failure is printed.
+        Self::from(anyhow::Error::from(err))
     }
 }
 

@@ -10,7 +10,6 @@ mod escape;
 mod exec;
 mod exit;
 mod forward;
-mod known_machines;
 mod login;
 mod profile;
 mod reach;

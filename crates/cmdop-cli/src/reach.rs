@@ -2,7 +2,6 @@
 //! the machine's key checked against the pin store on every stream, and the name resolved once, so later
 //! streams go to the same machine by id.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
@@ -13,14 +12,14 @@ use cmdop_proto::e2e::StreamKind;
 use crate::GlobalArgs;
 use crate::channel::{self, Channel};
 use crate::exit::Failure;
-use crate::known_machines;
 use crate::profile::{Profile, Session};
+use cmdop_client::known_machines::KnownMachines;
 
 /// A logged-in connection to the relay, aimed at one machine.
 pub(crate) struct Reach {
     client: ClientConnection,
     session: Session,
-    known: PathBuf,
+    known: KnownMachines,
     workspace: Option<String>,
     /// What the person typed, until the first stream resolved it; then the machine's id.
     machine: Mutex<String>,
@@ -35,7 +34,7 @@ impl Reach {
     ) -> Result<Arc<Self>, Failure> {
         let profile = Profile::open(global)?;
         let session = profile.session(global)?;
-        let known = profile.dir().join(known_machines::FILE_NAME);
+        let known = KnownMachines::in_dir(profile.dir());
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
         Ok(Arc::new(Self {

@@ -12,6 +12,7 @@
 
 mod connection;
 pub mod control;
+pub mod known_machines;
 mod machine;
 pub mod secure_stream;
 pub mod transport;
