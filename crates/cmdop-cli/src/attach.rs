@@ -27,13 +27,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::GlobalArgs;
-use crate::channel::{self, Channel};
+use crate::channel;
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
 use crate::exit::{Failure, Kind};
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
 use crate::terminal::{self, RawMode, TerminalWriter};
+use cmdop_client::Channel;
 use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from the shell's exit code.
@@ -734,6 +735,7 @@ fn one_request(
             machine,
             mut sender,
             mut receiver,
+            ..
         } = channel::open(
             &client,
             &session.identity,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use cmdop_client::Channel;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
@@ -25,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
-use crate::reach::{Reach, bulk_runtime};
+use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
@@ -104,8 +105,10 @@ pub(crate) fn run(
     let started = Instant::now();
     let runtime = bulk_runtime()?;
     let totals = runtime.block_on(async {
-        let reach = Reach::login(global, workspace, &machine).await?;
-        let (sender, receiver, _) = reach.open(StreamKind::Copy).await?;
+        let reach = reach::login(global, workspace, &machine).await?;
+        let Channel {
+            sender, receiver, ..
+        } = reach::open(&reach, StreamKind::Copy).await?;
         let progress = if !args.json && std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             bar.set_style(

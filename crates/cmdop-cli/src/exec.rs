@@ -16,10 +16,11 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
 
 use crate::GlobalArgs;
-use crate::channel::{self, Channel};
+use crate::channel;
 use crate::exit::Failure;
 use crate::login::runtime;
 use crate::profile::Profile;
+use cmdop_client::Channel;
 use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from any code the remote command returns.
@@ -75,6 +76,7 @@ fn execute(
             machine,
             mut sender,
             mut receiver,
+            ..
         } = channel::open(
             &client,
             &session.identity,

@@ -93,6 +93,12 @@ impl From<KnownMachinesError> for Failure {
 
 impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Self {
+        let err = match err {
+            // Opening a channel: the same words and codes as when the CLI checked pins and ran the handshake.
+            ClientError::KnownMachines(err) => return Self::from(err),
+            ClientError::SecureStream(err) => return Self::from(err),
+            other => other,
+        };
         let kind = match &err {
             ClientError::FingerprintMismatch { .. } => Kind::Fingerprint,
             ClientError::AuthenticationFailed(_)

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cmdop_client::tunnel;
+use cmdop_client::{Channel, MachineConnection, tunnel};
 use cmdop_proto::e2e::{CloseReason, StreamKind};
 use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
-use crate::reach::{Reach, bulk_runtime};
+use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect forward`.
 #[derive(Debug, Args)]
@@ -75,11 +75,14 @@ pub(crate) fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let runtime = bulk_runtime()?;
     runtime.block_on(async {
-        let reach = Reach::login(global, workspace, &args.machine).await?;
+        let reach = reach::login(global, workspace, &args.machine).await?;
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
         for remote in remotes {
-            let (sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
-            let mut sender = sender;
+            let Channel {
+                mut sender,
+                mut receiver,
+                ..
+            } = reach::open(&reach, StreamKind::Tunnel).await?;
             sender
                 .send(&TunnelRequest::Listen {
                     port: remote.listen_port,
@@ -137,7 +140,7 @@ pub(crate) fn run(
         }
         let failure = tokio::select! {
             _ = tokio::signal::ctrl_c() => None,
-            failure = reach.closed() => Some(failure),
+            lost = reach.closed() => Some(Failure::from(lost)),
             Some(failure) = fatal_rx.recv() => return Err(failure),
         };
         match failure {
@@ -156,7 +159,7 @@ pub(crate) fn run(
     })
 }
 
-async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<Reach>) {
+async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<MachineConnection>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -183,9 +186,13 @@ async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<Reach>) {
     }
 }
 
-async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure> {
+async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result<(), Failure> {
     let _ = tcp.set_nodelay(true);
-    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
     sender
         .send(&TunnelRequest::Connect {
             host: spec.host.clone(),
@@ -213,7 +220,7 @@ async fn remote_loop(
     sender: cmdop_client::secure_stream::SecureSender,
     mut receiver: cmdop_client::secure_stream::SecureReceiver,
     spec: RemoteSpec,
-    reach: Arc<Reach>,
+    reach: Arc<MachineConnection>,
     fatal: mpsc::Sender<Failure>,
 ) {
     // Holding the sending half keeps the control stream, and so the machine's listener, alive.
@@ -252,9 +259,13 @@ async fn remote_loop(
 }
 
 /// Connects to the local destination and claims connection `id` with a new stream.
-async fn claim(id: u64, spec: &RemoteSpec, reach: &Reach) -> Result<(), Failure> {
+async fn claim(id: u64, spec: &RemoteSpec, reach: &MachineConnection) -> Result<(), Failure> {
     let local = TcpStream::connect((spec.host.as_str(), spec.port)).await;
-    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
     sender.send(&TunnelRequest::Attach { id }).await?;
     match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Connected { .. }) => {}

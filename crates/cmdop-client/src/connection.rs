@@ -20,7 +20,9 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
+use crate::secure_stream::SecureStreamError;
 use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::e2e::StreamKind;
@@ -43,6 +45,16 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Errors a relay client sees. Each message names the fix.
+///
+/// The cases a caller usually tells apart:
+///
+/// | case | variants |
+/// |---|---|
+/// | not found | [`MachineNotFound`](Self::MachineNotFound), [`FleetNotFound`](Self::FleetNotFound), [`WorkspaceRequired`](Self::WorkspaceRequired) |
+/// | ambiguous | [`Ambiguous`](Self::Ambiguous), with the candidates as data |
+/// | offline | [`MachineOffline`](Self::MachineOffline) |
+/// | refused | [`AuthenticationFailed`](Self::AuthenticationFailed), [`Forbidden`](Self::Forbidden), [`CredentialRevoked`](Self::CredentialRevoked), [`Refused`](Self::Refused), [`FingerprintMismatch`](Self::FingerprintMismatch), [`KnownMachines`](Self::KnownMachines) (a changed machine key), [`SecureStream`](Self::SecureStream) (the agent refused) |
+/// | connection lost | [`Unreachable`](Self::Unreachable), [`Closed`](Self::Closed), [`Timeout`](Self::Timeout), [`SecureStream`](Self::SecureStream) with [`SecureStreamError::Io`]; [`is_retryable`](Self::is_retryable) says yes to these |
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -133,6 +145,18 @@ pub enum ClientError {
     /// Local TLS or QUIC setup failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The relay routed the stream but reported no valid key for the machine, so no channel can be bound to it.
+    #[error("the relay reported no valid key for this machine")]
+    InvalidMachineKey {
+        /// The machine.
+        machine: Uuid,
+    },
+    /// The machine's key is not the pinned one, or the pin store cannot be used; nothing was sent.
+    #[error(transparent)]
+    KnownMachines(#[from] KnownMachinesError),
+    /// The end-to-end channel failed: its handshake (refused, tampered with) or the stream under it (lost).
+    #[error(transparent)]
+    SecureStream(#[from] SecureStreamError),
 }
 
 impl ClientError {
@@ -141,7 +165,10 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Closed { .. } | Self::Timeout(_)
+            Self::Unreachable { .. }
+                | Self::Closed { .. }
+                | Self::Timeout(_)
+                | Self::SecureStream(SecureStreamError::Io(_))
         ) || matches!(self, Self::Refused { code, .. } if *code == ErrorCode::BUSY || *code == ErrorCode::INTERNAL)
     }
 }

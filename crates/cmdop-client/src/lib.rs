@@ -10,6 +10,7 @@
 //! agents, [`secure_stream`] for the end-to-end channel over a routed stream, [`tunnel`] for raw byte pipes.
 //! The protocol itself (messages, the channel, operations) is `cmdop-proto`, re-exported as [`proto`].
 
+mod channel;
 mod connection;
 pub mod control;
 pub mod known_machines;
@@ -18,6 +19,7 @@ pub mod secure_stream;
 pub mod transport;
 pub mod tunnel;
 
+pub use channel::{Channel, MachineConnection};
 pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
