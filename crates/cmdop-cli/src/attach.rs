@@ -26,10 +26,10 @@ use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::GlobalArgs;
 use crate::channel;
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
 use crate::exit::{Failure, Kind};
+use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};

@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::exit::Outcome;
+use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
-use crate::{GlobalArgs, Outcome};
 
 /// Flags of `cmdop connect`.
 #[derive(Debug, Args)]

@@ -24,8 +24,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
+use crate::global_args::GlobalArgs;
 use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect cp`.

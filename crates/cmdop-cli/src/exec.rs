@@ -15,9 +15,9 @@ use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
 
-use crate::GlobalArgs;
 use crate::channel;
 use crate::exit::Failure;
+use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
 use cmdop_client::Channel;

@@ -20,6 +20,9 @@ pub(crate) enum Kind {
     Fingerprint = 6,
 }
 
+/// The result of a subcommand: an exit code, or a failure to report.
+pub(crate) type Outcome = Result<ExitCode, Failure>;
+
 /// A failure with its exit code and a one-line message that names the problem and the fix.
 #[derive(Debug)]
 pub(crate) struct Failure {

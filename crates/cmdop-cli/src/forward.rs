@@ -21,8 +21,8 @@ use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
+use crate::global_args::GlobalArgs;
 use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect forward`.

@@ -8,9 +8,9 @@ use cmdop_client::known_machines::KnownMachines;
 use cmdop_client::{Channel, ClientConnection, MachineConnection};
 use cmdop_proto::e2e::StreamKind;
 
-use crate::GlobalArgs;
 use crate::channel::announce_first_contact;
 use crate::exit::Failure;
+use crate::global_args::GlobalArgs;
 use crate::profile::{Profile, Session};
 
 /// Logs in to the relay of the saved (or flagged) session, aimed at `machine`.
