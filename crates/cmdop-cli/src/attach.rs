@@ -33,6 +33,7 @@ use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
+use crate::table::{print_columns, rfc3339};
 use crate::terminal::{self, RawMode, TerminalWriter};
 use cmdop_client::Channel;
 use cmdop_client::known_machines::KnownMachines;
@@ -763,8 +764,8 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             .map(|s| {
                 json!({
                     "name": s.name,
-                    "created": crate::connect::rfc3339(s.created),
-                    "last_attached": crate::connect::rfc3339(s.last_attached),
+                    "created": rfc3339(s.created),
+                    "last_attached": rfc3339(s.last_attached),
                     "attached": s.attached,
                     "command": s.command,
                     "buffered_bytes": s.buffered,
@@ -790,8 +791,8 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
         .map(|s| {
             vec![
                 s.name.clone(),
-                crate::connect::rfc3339(s.created).unwrap_or_default(),
-                crate::connect::rfc3339(s.last_attached).unwrap_or_default(),
+                rfc3339(s.created).unwrap_or_default(),
+                rfc3339(s.last_attached).unwrap_or_default(),
                 s.attached.to_string(),
                 match s.exited {
                     Some(status) => format!("(exited {})", status.shell_code()),
@@ -801,7 +802,7 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             ]
         })
         .collect();
-    crate::connect::print_columns(
+    print_columns(
         &[
             "NAME",
             "CREATED",

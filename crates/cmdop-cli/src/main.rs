@@ -18,6 +18,7 @@ mod profile;
 mod reach;
 mod resume;
 mod startup;
+mod table;
 mod terminal;
 
 use std::path::PathBuf;
