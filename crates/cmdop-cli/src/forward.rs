@@ -76,87 +76,109 @@ pub(crate) fn run(
     let runtime = bulk_runtime()?;
     runtime.block_on(async {
         let reach = reach::login(global, workspace, &args.machine).await?;
-        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        let (fatal_tx, fatal_rx) = mpsc::channel::<Failure>(1);
         for remote in remotes {
-            let Channel {
-                mut sender,
-                mut receiver,
-                ..
-            } = reach::open(&reach, StreamKind::Tunnel).await?;
-            sender
-                .send(&TunnelRequest::Listen {
-                    port: remote.listen_port,
-                })
-                .await?;
-            let port = match receiver.recv::<TunnelReply>().await? {
-                Some(TunnelReply::Listening { port }) => port,
-                Some(TunnelReply::Refused { message }) => {
-                    return Err(Failure::new(Kind::General, message));
-                }
-                _ => {
-                    return Err(Failure::connection_lost(
-                        "the machine did not answer the remote forward",
-                    ));
-                }
-            };
-            println!(
-                "remote forwarding 127.0.0.1:{port} on {} -> {}:{}",
-                args.machine,
-                display_host(&remote.host),
-                remote.port
-            );
-            tokio::spawn(remote_loop(
-                sender,
-                receiver,
-                remote,
-                Arc::clone(&reach),
-                fatal_tx.clone(),
-            ));
+            start_remote(&reach, remote, &args.machine, fatal_tx.clone()).await?;
         }
         let mut listeners = Vec::new();
         for spec in &specs {
-            let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
-                Failure::new(
-                    Kind::General,
-                    format!(
-                        "cannot listen on {}: {err}; pick another LOCAL_PORT (0 picks a free one)",
-                        spec.bind
-                    ),
-                )
-            })?;
-            let local = listener.local_addr().map_err(anyhow::Error::from)?;
-            // One line per forward on stdout, for people and for scripts that need the port `0` picked.
-            println!(
-                "forwarding {local} -> {}:{} on {}",
-                display_host(&spec.host),
-                spec.port,
-                args.machine
-            );
-            listeners.push((listener, spec.clone()));
+            listeners.push((listen(spec, &args.machine).await?, spec.clone()));
         }
         let _ = std::io::stdout().flush();
         for (listener, spec) in listeners {
             tokio::spawn(accept_loop(listener, spec, Arc::clone(&reach)));
         }
-        let failure = tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
-            lost = reach.closed() => Some(Failure::from(lost)),
-            Some(failure) = fatal_rx.recv() => return Err(failure),
-        };
-        match failure {
-            None => {
-                reach.close().await;
-                Ok(ExitCode::SUCCESS)
-            }
-            Some(failure) => Err(Failure::new(
-                Kind::Unreachable,
-                format!(
-                    "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
-                    failure.message()
-                ),
-            )),
-        }
+        run_until_stopped(reach, fatal_rx).await
     })
+}
+
+/// Asks the machine to listen for a remote forward, says where it listens, and serves it on its own task.
+async fn start_remote(
+    reach: &Arc<MachineConnection>,
+    remote: RemoteSpec,
+    machine: &str,
+    fatal: mpsc::Sender<Failure>,
+) -> Result<(), Failure> {
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
+    sender
+        .send(&TunnelRequest::Listen {
+            port: remote.listen_port,
+        })
+        .await?;
+    let port = match receiver.recv::<TunnelReply>().await? {
+        Some(TunnelReply::Listening { port }) => port,
+        Some(TunnelReply::Refused { message }) => {
+            return Err(Failure::new(Kind::General, message));
+        }
+        _ => {
+            return Err(Failure::connection_lost(
+                "the machine did not answer the remote forward",
+            ));
+        }
+    };
+    println!(
+        "remote forwarding 127.0.0.1:{port} on {machine} -> {}:{}",
+        display_host(&remote.host),
+        remote.port
+    );
+    tokio::spawn(remote_loop(
+        sender,
+        receiver,
+        remote,
+        Arc::clone(reach),
+        fatal,
+    ));
+    Ok(())
+}
+
+/// Listens for a local forward and says where.
+async fn listen(spec: &Spec, machine: &str) -> Result<TcpListener, Failure> {
+    let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "cannot listen on {}: {err}; pick another LOCAL_PORT (0 picks a free one)",
+                spec.bind
+            ),
+        )
+    })?;
+    let local = listener.local_addr().map_err(anyhow::Error::from)?;
+    // One line per forward on stdout, for people and for scripts that need the port `0` picked.
+    println!(
+        "forwarding {local} -> {}:{} on {machine}",
+        display_host(&spec.host),
+        spec.port,
+    );
+    Ok(listener)
+}
+
+/// Serves until Ctrl-C (success), the relay connection is lost, or a remote forward ends.
+async fn run_until_stopped(
+    reach: Arc<MachineConnection>,
+    mut fatal: mpsc::Receiver<Failure>,
+) -> Result<ExitCode, Failure> {
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        lost = reach.closed() => Some(Failure::from(lost)),
+        Some(failure) = fatal.recv() => return Err(failure),
+    };
+    match failure {
+        None => {
+            reach.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(failure) => Err(Failure::new(
+            Kind::Unreachable,
+            format!(
+                "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
+                failure.message()
+            ),
+        )),
+    }
 }
 
 async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<MachineConnection>) {
