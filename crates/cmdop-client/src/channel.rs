@@ -18,7 +18,8 @@ use crate::machine::Machine;
 use crate::secure_stream::{self, SecureReceiver, SecureSender};
 
 /// An authenticated end-to-end channel to one machine, ready for operation messages
-/// ([`cmdop_proto::ops`]).
+/// ([`cmdop_proto::ops`]). Fields may be added; destructure with `..`.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Channel {
     /// The machine, as the relay resolved the name (its key is the pinned one).
