@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+/// The public client library's example (also its crate-level doc example) against a real relay and agent.
+mod client_library;
 /// `cmdop connect cp`: trees with modes, hostile names, resume after a cut.
 mod copy;
 /// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.

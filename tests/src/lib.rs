@@ -20,7 +20,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-/// The directory holding the workspace's binaries (`target/debug`), built on first use.
+/// The directory holding the workspace's binaries (`target/debug`) and examples (`target/debug/examples`, the
+/// client library's example programs), built on first use.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -47,7 +48,7 @@ pub fn bin_dir() -> &'static Path {
             }
         }
         let status = build
-            .args(["build", "--quiet", "--workspace", "--bins"])
+            .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");

@@ -109,8 +109,9 @@ fn step(name: &str, result: Result<()>) -> Result<()> {
 
 fn tests() -> Result<()> {
     test_tools()?;
-    // The end-to-end tests run the real binaries; build them once here rather than in every test process.
-    cargo(&["build", "--locked", "--workspace", "--bins"])?;
+    // The end-to-end tests run the real binaries and the client library's examples; build them once here
+    // rather than in every test process (tests/src/lib.rs runs the same build).
+    cargo(&["build", "--locked", "--workspace", "--bins", "--examples"])?;
     // nextest does not run doctests.
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
     let nextest = Command::new("cargo")

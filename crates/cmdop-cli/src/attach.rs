@@ -12,7 +12,7 @@ use std::time::Duration;
 use std::os::fd::AsFd as _;
 
 use clap::Args;
-use cmdop_client::secure_stream::SecureStreamError;
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_client::{ClientConnection, Machine, reconnect_delay};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::shell::{
@@ -26,15 +26,17 @@ use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::GlobalArgs;
-use crate::channel::{self, Channel};
+use crate::channel;
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
 use crate::exit::{Failure, Kind};
-use crate::known_machines;
+use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
+use crate::table::{print_columns, rfc3339};
 use crate::terminal::{self, RawMode, TerminalWriter};
+use cmdop_client::Channel;
+use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from the shell's exit code.
 const OWN_FAILURE: u8 = 255;
@@ -123,7 +125,7 @@ fn interactive(
         };
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
-        let known = profile.dir().join(known_machines::FILE_NAME);
+        let known = KnownMachines::in_dir(profile.dir());
         let channel = channel::open(
             &client,
             &session.identity,
@@ -230,49 +232,55 @@ impl Attachment {
         &mut self,
         session: &Session,
         workspace: Option<&str>,
-        known: &std::path::Path,
+        known: &KnownMachines,
         client: ClientConnection,
         channel: Channel,
     ) -> Result<ExitCode, Failure> {
-        let mut signals = Signals::new()?;
+        let signals = Signals::new()?;
         let raw = RawMode::enable().map_err(|err| {
             Failure::new(
                 Kind::General,
                 format!("cannot put the terminal in raw mode: {err}"),
             )
         })?;
-        let mut input = spawn_stdin_reader();
-        let mut stdout = TerminalWriter::new();
-        let mut live = Some((client, channel));
+        let mut io = TerminalIo {
+            input: spawn_stdin_reader(),
+            stdout: TerminalWriter::new(),
+            signals,
+        };
+        let end = self
+            .until_the_end(session, workspace, known, (client, channel), &mut io)
+            .await;
+        drop(raw);
+        self.outcome(end)
+    }
+
+    /// Attaches over `live`, then reconnects (with backoff) and reattaches whenever the connection is lost,
+    /// until the session ends, the person detaches, or a reconnect is refused.
+    async fn until_the_end(
+        &mut self,
+        session: &Session,
+        workspace: Option<&str>,
+        known: &KnownMachines,
+        live: (ClientConnection, Channel),
+        io: &mut TerminalIo,
+    ) -> End {
+        let mut live = Some(live);
         let mut create = true;
         let mut attempt: u32 = 0;
-        let end = loop {
+        loop {
             let (client, channel) = match live.take() {
                 Some(live) => live,
-                None => {
-                    match self
-                        .reconnect(session, workspace, known, &mut input, &mut signals, attempt)
-                        .await
-                    {
-                        Ok(Some(live)) => live,
-                        Ok(None) => {
-                            attempt = attempt.saturating_add(1);
-                            continue;
-                        }
-                        Err(end) => break end,
+                None => match self.reconnect(session, workspace, known, io, attempt).await {
+                    Ok(Some(live)) => live,
+                    Ok(None) => {
+                        attempt = attempt.saturating_add(1);
+                        continue;
                     }
-                }
+                    Err(end) => return end,
+                },
             };
-            let end = self
-                .attached(
-                    client,
-                    channel,
-                    create,
-                    &mut input,
-                    &mut stdout,
-                    &mut signals,
-                )
-                .await;
+            let end = self.attached(client, channel, create, io).await;
             create = false;
             match end {
                 End::Lost(reason) => {
@@ -288,10 +296,13 @@ impl Attachment {
                         attempt = attempt.saturating_add(1);
                     }
                 }
-                other => break other,
+                other => return other,
             }
-        };
-        drop(raw);
+        }
+    }
+
+    /// What the person sees once the attachment has ended, and cmdop's exit.
+    fn outcome(&mut self, end: End) -> Result<ExitCode, Failure> {
         let host = self.machine.hostname.clone();
         let name = self.session.clone().unwrap_or_default();
         match end {
@@ -333,19 +344,39 @@ impl Attachment {
         client: ClientConnection,
         channel: Channel,
         create: bool,
-        input: &mut mpsc::Receiver<Vec<u8>>,
-        stdout: &mut TerminalWriter,
-        signals: &mut Signals,
+        io: &mut TerminalIo,
     ) -> End {
         let Channel {
             mut sender,
             mut receiver,
             ..
         } = channel;
-        let lost = |err: SecureStreamError| End::Lost(err.to_string());
-        if let Err(err) = sender.send(&self.request(create)).await {
-            return lost(err);
+        if let Err(end) = self.attach(&mut sender, &mut receiver, create).await {
+            return end;
         }
+        let end = self.exchange(&mut sender, &mut receiver, io).await;
+        if matches!(end, End::Detached) {
+            // Let the agent see the detach before the connection closes.
+            let _ = sender.send(&ShellRequest::Detach).await;
+            let _ = sender.end(0).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(Some(_)) = receiver.recv::<ShellReply>().await {}
+            })
+            .await;
+        }
+        client.close().await;
+        end
+    }
+
+    /// Sends the attach request and takes the answer: from where the output continues, and under which
+    /// session name (a new session's is the agent's choice).
+    async fn attach(
+        &mut self,
+        sender: &mut SecureSender,
+        receiver: &mut SecureReceiver,
+        create: bool,
+    ) -> Result<(), End> {
+        sender.send(&self.request(create)).await.map_err(lost)?;
         match receiver.recv::<ShellReply>().await {
             Ok(Some(ShellReply::Attached {
                 session,
@@ -367,83 +398,99 @@ impl Attachment {
                 }
                 self.offset = Some(offset);
                 self.save();
+                Ok(())
             }
-            Ok(Some(ShellReply::Failed { message })) => return End::Refused(message),
-            Ok(Some(other)) => return End::Lost(format!("unexpected first reply {other:?}")),
-            Ok(None) => return End::Lost("the machine ended the stream".into()),
-            Err(err) => return lost(err),
+            Ok(Some(ShellReply::Failed { message })) => Err(End::Refused(message)),
+            Ok(Some(other)) => Err(End::Lost(format!("unexpected first reply {other:?}"))),
+            Ok(None) => Err(End::Lost("the machine ended the stream".into())),
+            Err(err) => Err(lost(err)),
         }
+    }
+
+    /// Moves output to the terminal and keystrokes, resizes and signals to the session until it ends.
+    async fn exchange(
+        &mut self,
+        sender: &mut SecureSender,
+        receiver: &mut SecureReceiver,
+        io: &mut TerminalIo,
+    ) -> End {
         let mut input_open = true;
         let mut acked = self.offset.unwrap_or(0);
-        let end = loop {
+        loop {
             tokio::select! {
                 reply = receiver.recv::<ShellReply>() => match reply {
                     Ok(Some(ShellReply::Output(bytes))) => {
-                        // The position advances by exactly what the terminal took, saved after each piece, so a
-                        // kill at any moment leaves it true.
-                        let written = stdout.write_all(&bytes, |n| {
-                            self.offset = Some(self.offset.unwrap_or(0).saturating_add(n as u64));
-                            self.save();
-                        }).await;
-                        if written.is_err() {
-                            // The terminal went away (a closed pipe): leave the session running.
-                            break End::Detached;
-                        }
-                        let offset = self.offset.unwrap_or(0);
-                        if offset.saturating_sub(acked) >= ACK_EVERY {
-                            acked = offset;
-                            if let Err(err) = sender.send(&ShellRequest::Ack(offset)).await {
-                                break lost(err);
-                            }
+                        if let Err(end) = self.output(&bytes, &mut io.stdout, sender, &mut acked).await {
+                            return end;
                         }
                     }
-                    Ok(Some(ShellReply::Exited(status))) => break End::Exited(status),
-                    Ok(Some(ShellReply::Replaced)) => break End::Replaced,
-                    Ok(Some(ShellReply::Failed { message })) => break End::Refused(message),
+                    Ok(Some(ShellReply::Exited(status))) => return End::Exited(status),
+                    Ok(Some(ShellReply::Replaced)) => return End::Replaced,
+                    Ok(Some(ShellReply::Failed { message })) => return End::Refused(message),
                     Ok(Some(_)) => {}
-                    Ok(None) => break End::Lost("the machine ended the stream".into()),
-                    Err(err) => break lost(err),
+                    Ok(None) => return End::Lost("the machine ended the stream".into()),
+                    Err(err) => return lost(err),
                 },
-                bytes = input.recv(), if input_open => {
+                bytes = io.input.recv(), if input_open => {
                     let Some(bytes) = bytes else {
                         input_open = false;
                         continue;
                     };
-                    match self.keystrokes(&mut sender, &bytes).await {
+                    match self.keystrokes(sender, &bytes).await {
                         Ok(None) => {}
-                        Ok(Some(end)) => break end,
-                        Err(err) => break lost(err),
+                        Ok(Some(end)) => return end,
+                        Err(err) => return lost(err),
                     }
                 }
-                _ = signals.winch.recv() => {
+                _ = io.signals.winch.recv() => {
                     if !self.read_only
                         && let Err(err) = sender.send(&ShellRequest::Resize(terminal::size())).await
                     {
-                        break lost(err);
+                        return lost(err);
                     }
                 }
-                _ = signals.term.recv() => break End::Signal(15),
-                _ = signals.hup.recv() => break End::Signal(1),
-                _ = signals.int.recv() => break End::Signal(2),
+                _ = io.signals.term.recv() => return End::Signal(15),
+                _ = io.signals.hup.recv() => return End::Signal(1),
+                _ = io.signals.int.recv() => return End::Signal(2),
             }
-        };
-        if matches!(end, End::Detached) {
-            // Let the agent see the detach before the connection closes.
-            let _ = sender.send(&ShellRequest::Detach).await;
-            let _ = sender.end(0).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Ok(Some(_)) = receiver.recv::<ShellReply>().await {}
+        }
+    }
+
+    /// Writes output to the terminal, advancing (and saving) the position by exactly what the terminal took,
+    /// and acknowledges it to the agent every [`ACK_EVERY`] bytes.
+    async fn output(
+        &mut self,
+        bytes: &[u8],
+        stdout: &mut TerminalWriter,
+        sender: &mut SecureSender,
+        acked: &mut u64,
+    ) -> Result<(), End> {
+        // Saved after each piece, so a kill at any moment leaves the position true.
+        let written = stdout
+            .write_all(bytes, |n| {
+                self.offset = Some(self.offset.unwrap_or(0).saturating_add(n as u64));
+                self.save();
             })
             .await;
+        if written.is_err() {
+            // The terminal went away (a closed pipe): leave the session running.
+            return Err(End::Detached);
         }
-        client.close().await;
-        end
+        let offset = self.offset.unwrap_or(0);
+        if offset.saturating_sub(*acked) >= ACK_EVERY {
+            *acked = offset;
+            sender
+                .send(&ShellRequest::Ack(offset))
+                .await
+                .map_err(lost)?;
+        }
+        Ok(())
     }
 
     /// Sends keystrokes, acting on escapes; returns how the attachment ends, if it does.
     async fn keystrokes(
         &mut self,
-        sender: &mut cmdop_client::secure_stream::SecureSender,
+        sender: &mut SecureSender,
         bytes: &[u8],
     ) -> Result<Option<End>, SecureStreamError> {
         for action in self.scanner.feed(bytes) {
@@ -472,9 +519,8 @@ impl Attachment {
         &mut self,
         session: &Session,
         workspace: Option<&str>,
-        known: &std::path::Path,
-        input: &mut mpsc::Receiver<Vec<u8>>,
-        signals: &mut Signals,
+        known: &KnownMachines,
+        io: &mut TerminalIo,
         attempt: u32,
     ) -> Result<Option<(ClientConnection, Channel)>, End> {
         let delay = reconnect_delay(attempt, &mut OsRng).min(MAX_RECONNECT_DELAY);
@@ -484,10 +530,10 @@ impl Attachment {
         loop {
             tokio::select! {
                 () = &mut sleep => break,
-                bytes = input.recv() => self.while_disconnected(bytes)?,
-                _ = signals.term.recv() => return Err(End::Signal(15)),
-                _ = signals.hup.recv() => return Err(End::Signal(1)),
-                _ = signals.int.recv() => return Err(End::Signal(2)),
+                bytes = io.input.recv() => self.while_disconnected(bytes)?,
+                _ = io.signals.term.recv() => return Err(End::Signal(15)),
+                _ = io.signals.hup.recv() => return Err(End::Signal(1)),
+                _ = io.signals.int.recv() => return Err(End::Signal(2)),
             }
         }
         let machine = self.machine.id.to_string();
@@ -516,10 +562,10 @@ impl Attachment {
                         Err(failure) => Err(End::Refused(failure.message().to_owned())),
                     };
                 }
-                bytes = input.recv() => self.while_disconnected(bytes)?,
-                _ = signals.term.recv() => return Err(End::Signal(15)),
-                _ = signals.hup.recv() => return Err(End::Signal(1)),
-                _ = signals.int.recv() => return Err(End::Signal(2)),
+                bytes = io.input.recv() => self.while_disconnected(bytes)?,
+                _ = io.signals.term.recv() => return Err(End::Signal(15)),
+                _ = io.signals.hup.recv() => return Err(End::Signal(1)),
+                _ = io.signals.int.recv() => return Err(End::Signal(2)),
             }
         }
     }
@@ -550,6 +596,18 @@ impl Attachment {
             });
         }
     }
+}
+
+/// The terminal's side of an attachment: keystrokes in, output out, and the signals it handles itself.
+struct TerminalIo {
+    input: mpsc::Receiver<Vec<u8>>,
+    stdout: TerminalWriter,
+    signals: Signals,
+}
+
+/// A broken stream: worth reconnecting.
+fn lost(err: SecureStreamError) -> End {
+    End::Lost(err.to_string())
 }
 
 /// The signals an attached terminal handles itself.
@@ -726,7 +784,7 @@ fn one_request(
 ) -> Result<(Machine, ShellReply), Failure> {
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = profile.dir().join(known_machines::FILE_NAME);
+    let known = KnownMachines::in_dir(profile.dir());
     runtime()?.block_on(async {
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
@@ -734,6 +792,7 @@ fn one_request(
             machine,
             mut sender,
             mut receiver,
+            ..
         } = channel::open(
             &client,
             &session.identity,
@@ -761,8 +820,8 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             .map(|s| {
                 json!({
                     "name": s.name,
-                    "created": crate::connect::rfc3339(s.created),
-                    "last_attached": crate::connect::rfc3339(s.last_attached),
+                    "created": rfc3339(s.created),
+                    "last_attached": rfc3339(s.last_attached),
                     "attached": s.attached,
                     "command": s.command,
                     "buffered_bytes": s.buffered,
@@ -788,8 +847,8 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
         .map(|s| {
             vec![
                 s.name.clone(),
-                crate::connect::rfc3339(s.created).unwrap_or_default(),
-                crate::connect::rfc3339(s.last_attached).unwrap_or_default(),
+                rfc3339(s.created).unwrap_or_default(),
+                rfc3339(s.last_attached).unwrap_or_default(),
                 s.attached.to_string(),
                 match s.exited {
                     Some(status) => format!("(exited {})", status.shell_code()),
@@ -799,7 +858,7 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             ]
         })
         .collect();
-    crate::connect::print_columns(
+    print_columns(
         &[
             "NAME",
             "CREATED",

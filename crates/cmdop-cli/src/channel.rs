@@ -1,66 +1,41 @@
-//! Opening an end-to-end channel to a machine: route a stream through the relay, check the machine's key
-//! against this client's pins, and run the handshake. Every operation (exec, shell, …) starts here.
+//! Opening an end-to-end channel to a machine, as the CLI does it: cmdop-client routes the stream, checks the
+//! machine's key against the pins and runs the handshake; the CLI tells the person about a first contact.
+//! Every operation (exec, shell, …) starts here.
 
-use std::path::Path;
-
-use anyhow::Context as _;
-use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender};
-use cmdop_client::{ClientConnection, Machine};
+use cmdop_client::known_machines::{KnownMachines, PinStatus};
+use cmdop_client::{Channel, ClientConnection};
 use cmdop_identity::Identity;
-use cmdop_proto::e2e::{Prologue, StreamKind};
+use cmdop_proto::e2e::StreamKind;
 
 use crate::exit::Failure;
-use crate::known_machines::{self, Pin};
 
-/// An authenticated channel to one machine.
-#[derive(Debug)]
-pub(crate) struct Channel {
-    /// The machine, as the relay resolved the name.
-    pub(crate) machine: Machine,
-    /// Sends operation messages to the agent.
-    pub(crate) sender: SecureSender,
-    /// Receives the agent's operation messages.
-    pub(crate) receiver: SecureReceiver,
-}
-
-/// Opens a `kind` stream to `machine` (any name the resolver accepts) over `client`. The agent key bound into
-/// the handshake is the one pinned in `known` (pinned now on first contact), never only the relay's word.
+/// Opens a `kind` channel to `machine` (any name the resolver accepts) over `client`, pinning the machine's key
+/// in `known` on first contact.
 pub(crate) async fn open(
     client: &ClientConnection,
     identity: &Identity,
-    known: &Path,
+    known: &KnownMachines,
     workspace: Option<&str>,
     machine: &str,
     kind: StreamKind,
 ) -> Result<Channel, Failure> {
-    let routed = client.open_stream(workspace, machine, kind).await?;
-    let machine = routed.machine().clone();
-    let reported = machine
-        .public_key
-        .context("the relay reported no valid key for this machine")?;
-    if known_machines::check_or_pin(known, machine.id, &machine.hostname, &reported)? == Pin::Added
-    {
+    let channel = client
+        .open_channel(identity, known, workspace, machine, kind)
+        .await?;
+    announce_first_contact(&channel, known);
+    Ok(channel)
+}
+
+/// Tells the person, as ssh does, that a machine's key has just been pinned (trusted on first use).
+pub(crate) fn announce_first_contact(channel: &Channel, known: &KnownMachines) {
+    let machine = &channel.machine;
+    if let (PinStatus::Added, Some(key)) = (channel.pin, machine.public_key) {
         eprintln!(
             "cmdop: first contact with {} ({}): pinned its key {} in {}",
             machine.hostname,
             machine.id,
-            reported.fingerprint(),
-            known.display()
+            key.fingerprint(),
+            known.path().display()
         );
     }
-    let prologue = Prologue {
-        fleet_id: *routed.fleet_id().as_bytes(),
-        // check_or_pin made sure the relay's report agrees with the pin.
-        agent_key: reported,
-        channel_id: routed.channel_id(),
-        kind,
-    };
-    let capability = routed.capability().to_vec();
-    let (sender, receiver) =
-        secure_stream::connect(routed, prologue, identity, &capability).await?;
-    Ok(Channel {
-        machine,
-        sender,
-        receiver,
-    })
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use cmdop_client::Channel;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
@@ -23,9 +24,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
-use crate::reach::{Reach, bulk_runtime};
+use crate::global_args::GlobalArgs;
+use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
@@ -75,80 +76,125 @@ pub(crate) fn run(
     args: CpArgs,
 ) -> Result<ExitCode, Failure> {
     let limit = parse_rate(&args.limit_rate)?;
-    let Some((destination, sources)) = args.paths.split_last() else {
-        return Err(usage("give at least one source and a destination"));
-    };
-    let destination = Location::parse(destination);
-    let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
-    let (machine, push) = match (&destination, sources.iter().all(Location::is_local)) {
-        (Location::Remote { machine, .. }, true) => (machine.clone(), true),
-        (Location::Local(_), false) => {
-            let mut machines = sources.iter().filter_map(Location::machine);
-            let first = machines.next().unwrap_or_default().to_owned();
-            if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
-                return Err(usage("all sources must be on the same machine"));
-            }
-            (first, false)
-        }
-        (Location::Remote { .. }, false) => {
-            return Err(usage(
-                "copying between two machines is not supported; copy through this one",
-            ));
-        }
-        (Location::Local(_), true) => {
-            return Err(usage(
-                "one side must be MACHINE:PATH; for local copies use cp",
-            ));
-        }
-    };
+    let plan = Plan::from_paths(&args.paths)?;
     let started = Instant::now();
     let runtime = bulk_runtime()?;
-    let totals = runtime.block_on(async {
-        let reach = Reach::login(global, workspace, &machine).await?;
-        let (sender, receiver, _) = reach.open(StreamKind::Copy).await?;
-        let progress = if !args.json && std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .map_err(anyhow::Error::from)?,
-            );
-            bar
-        } else {
-            ProgressBar::hidden()
+    let totals = runtime.block_on(copy(global, workspace, &args, &plan, limit))?;
+    summarize(&totals, started.elapsed(), args.json)
+}
+
+/// What to copy where, from the command line.
+struct Plan {
+    sources: Vec<Location>,
+    destination: Location,
+    /// The one machine on the remote side.
+    machine: String,
+    /// To the machine (else from it).
+    push: bool,
+}
+
+impl Plan {
+    /// Sources then the destination, exactly one side on one machine.
+    fn from_paths(paths: &[String]) -> Result<Self, Failure> {
+        let Some((destination, sources)) = paths.split_last() else {
+            return Err(usage("give at least one source and a destination"));
         };
-        let mut transfer = Transfer {
-            sender,
-            receiver,
-            progress,
-            totals: Totals::default(),
-            limit,
-            started: Instant::now(),
+        let destination = Location::parse(destination);
+        let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
+        let (machine, push) = match (&destination, sources.iter().all(Location::is_local)) {
+            (Location::Remote { machine, .. }, true) => (machine.clone(), true),
+            (Location::Local(_), false) => {
+                let mut machines = sources.iter().filter_map(Location::machine);
+                let first = machines.next().unwrap_or_default().to_owned();
+                if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
+                    return Err(usage("all sources must be on the same machine"));
+                }
+                (first, false)
+            }
+            (Location::Remote { .. }, false) => {
+                return Err(usage(
+                    "copying between two machines is not supported; copy through this one",
+                ));
+            }
+            (Location::Local(_), true) => {
+                return Err(usage(
+                    "one side must be MACHINE:PATH; for local copies use cp",
+                ));
+            }
         };
-        let result = if push {
-            let remote = destination.path().to_owned();
-            let local: Vec<PathBuf> = sources.iter().map(|s| PathBuf::from(s.path())).collect();
-            push_all(&mut transfer, &local, &remote, args.recursive).await
-        } else {
-            let remote: Vec<String> = sources.iter().map(|s| s.path().to_owned()).collect();
-            pull_all(
-                &mut transfer,
-                &remote,
-                Path::new(destination.path()),
-                args.recursive,
-            )
-            .await
-        };
-        transfer.progress.finish_and_clear();
-        result?;
-        let Transfer { sender, totals, .. } = transfer;
-        sender.end(0).await?;
-        reach.close().await;
-        Ok::<_, Failure>(totals)
-    })?;
-    let elapsed = started.elapsed();
-    if args.json {
+        Ok(Self {
+            sources,
+            destination,
+            machine,
+            push,
+        })
+    }
+}
+
+/// Logs in, opens one copy stream to the machine and runs the whole plan over it.
+async fn copy(
+    global: &GlobalArgs,
+    workspace: Option<&str>,
+    args: &CpArgs,
+    plan: &Plan,
+    limit: Option<u64>,
+) -> Result<Totals, Failure> {
+    let reach = reach::login(global, workspace, &plan.machine).await?;
+    let Channel {
+        sender, receiver, ..
+    } = reach::open(&reach, StreamKind::Copy).await?;
+    let mut transfer = Transfer {
+        sender,
+        receiver,
+        progress: progress_bar(args.json)?,
+        totals: Totals::default(),
+        limit,
+        started: Instant::now(),
+    };
+    let result = if plan.push {
+        let remote = plan.destination.path().to_owned();
+        let local: Vec<PathBuf> = plan
+            .sources
+            .iter()
+            .map(|s| PathBuf::from(s.path()))
+            .collect();
+        push_all(&mut transfer, &local, &remote, args.recursive).await
+    } else {
+        let remote: Vec<String> = plan.sources.iter().map(|s| s.path().to_owned()).collect();
+        pull_all(
+            &mut transfer,
+            &remote,
+            Path::new(plan.destination.path()),
+            args.recursive,
+        )
+        .await
+    };
+    transfer.progress.finish_and_clear();
+    result?;
+    let Transfer { sender, totals, .. } = transfer;
+    sender.end(0).await?;
+    reach.close().await;
+    Ok(totals)
+}
+
+/// A progress bar on a terminal's stderr, unless the summary is JSON.
+fn progress_bar(json: bool) -> Result<ProgressBar, Failure> {
+    if json || !std::io::stderr().is_terminal() {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .map_err(anyhow::Error::from)?,
+    );
+    Ok(bar)
+}
+
+/// The JSON summary when asked for, and the exit: a failure if any remote name was refused.
+fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode, Failure> {
+    if json {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         println!(
             "{}",
@@ -547,8 +593,48 @@ async fn pull_all(
             destination.display()
         )));
     }
-    let mut plan = Vec::new();
+    // Everything is looked up first, so the progress bar knows the total.
+    let mut pulls = Vec::new();
     for source in sources {
+        pulls.push(Pull::look_up(transfer, source, destination, into_dir, recursive).await?);
+    }
+    for pull in pulls {
+        match pull.tree {
+            None => get_file(transfer, &pull.source, &pull.entry, &pull.local).await?,
+            Some(entries) => {
+                pull_tree(
+                    transfer,
+                    &pull.source,
+                    pull.entry.mode,
+                    &pull.local,
+                    entries,
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One source of a pull: a file, or a directory with everything under it.
+struct Pull {
+    source: String,
+    entry: Entry,
+    local: PathBuf,
+    /// The directory's entries, for a recursive copy of a directory.
+    tree: Option<Vec<Entry>>,
+}
+
+impl Pull {
+    /// Stats `source` on the machine (and lists it, for a directory), counting its bytes into the progress bar;
+    /// it lands at `destination`, or under its own name in it when `into_dir`.
+    async fn look_up(
+        transfer: &mut Transfer,
+        source: &str,
+        destination: &Path,
+        into_dir: bool,
+        recursive: bool,
+    ) -> Result<Self, Failure> {
         let entry = stat(transfer, source).await?.ok_or_else(|| {
             Failure::new(
                 Kind::NotFound,
@@ -561,17 +647,17 @@ async fn pull_all(
         } else {
             destination.to_path_buf()
         };
-        match entry.kind {
+        let tree = match entry.kind {
             EntryKind::File => {
                 transfer.progress.inc_length(entry.size);
-                plan.push((source.clone(), entry, local, None));
+                None
             }
             EntryKind::Dir if recursive => {
                 let entries = list(transfer, source).await?;
                 transfer
                     .progress
                     .inc_length(entries.iter().map(|e| e.size).sum());
-                plan.push((source.clone(), entry, local, Some(entries)));
+                Some(entries)
             }
             EntryKind::Dir => return Err(usage(&format!("{source} is a directory; add -r"))),
             EntryKind::Symlink { .. } => {
@@ -579,50 +665,59 @@ async fn pull_all(
                     "{source} is a symbolic link; name the file or directory it points to"
                 )));
             }
-        }
+        };
+        Ok(Self {
+            source: source.to_owned(),
+            entry,
+            local,
+            tree,
+        })
     }
-    for (source, entry, local, entries) in plan {
-        match entries {
-            None => get_file(transfer, &source, &entry, &local).await?,
-            Some(entries) => {
-                create_dir(&local, entry.mode)?;
-                for child in entries {
-                    let relative = match safe_relative(&child.path) {
-                        Ok(relative) => relative,
-                        Err(why) => {
-                            refuse(transfer, &child.path, why);
-                            continue;
-                        }
-                    };
-                    if let Err(why) = no_symlink_between(&local, &relative) {
-                        refuse(transfer, &child.path, why);
-                        continue;
-                    }
-                    let target = local.join(&relative);
-                    let remote = remote_join(&source, &child.path);
-                    match &child.kind {
-                        EntryKind::Dir => create_dir(&target, child.mode)?,
-                        EntryKind::File => get_file(transfer, &remote, &child, &target).await?,
-                        EntryKind::Symlink { target: link } => {
-                            match symlink_stays_inside(&relative, link) {
-                                Ok(()) => {
-                                    if fs::symlink_metadata(&target)
-                                        .is_ok_and(|m| m.file_type().is_symlink())
-                                    {
-                                        let _ = fs::remove_file(&target);
-                                    }
-                                    std::os::unix::fs::symlink(link, &target).with_context(
-                                        || format!("cannot create symlink {}", target.display()),
-                                    )?;
-                                }
-                                Err(why) => refuse(transfer, &child.path, why),
-                            }
-                        }
-                    }
-                }
+}
+
+/// A directory and everything under it. Every name comes from the machine and is checked before anything is
+/// written; an unsafe one is refused (and reported), the rest is copied.
+async fn pull_tree(
+    transfer: &mut Transfer,
+    source: &str,
+    mode: u32,
+    local: &Path,
+    entries: Vec<Entry>,
+) -> Result<(), Failure> {
+    create_dir(local, mode)?;
+    for child in entries {
+        let relative = match safe_relative(&child.path) {
+            Ok(relative) => relative,
+            Err(why) => {
+                refuse(transfer, &child.path, why);
+                continue;
             }
+        };
+        if let Err(why) = no_symlink_between(local, &relative) {
+            refuse(transfer, &child.path, why);
+            continue;
+        }
+        let target = local.join(&relative);
+        let remote = remote_join(source, &child.path);
+        match &child.kind {
+            EntryKind::Dir => create_dir(&target, child.mode)?,
+            EntryKind::File => get_file(transfer, &remote, &child, &target).await?,
+            EntryKind::Symlink { target: link } => match symlink_stays_inside(&relative, link) {
+                Ok(()) => create_symlink(link, &target)?,
+                Err(why) => refuse(transfer, &child.path, why),
+            },
         }
     }
+    Ok(())
+}
+
+/// Creates the symlink `target` → `link`, replacing a symlink already there (a rerun's own).
+fn create_symlink(link: &str, target: &Path) -> Result<(), Failure> {
+    if fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
+        let _ = fs::remove_file(target);
+    }
+    std::os::unix::fs::symlink(link, target)
+        .with_context(|| format!("cannot create symlink {}", target.display()))?;
     Ok(())
 }
 
@@ -744,30 +839,8 @@ async fn get_file(
     entry: &Entry,
     local: &Path,
 ) -> Result<(), Failure> {
-    let name = local
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| usage(&format!("{} is not a file name", local.display())))?;
-    if local.is_dir() {
-        return Err(usage(&format!("{} is a directory", local.display())));
-    }
-    let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
-    let part = local.with_file_name(part_name(name, tag));
-    remove_stale_parts(local, &part);
-    let cannot = |err: std::io::Error| {
-        Failure::new(
-            Kind::General,
-            format!("cannot write {}: {err}", part.display()),
-        )
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&part)
-        .map_err(cannot)?;
+    let (mut file, part) = open_partial(local, entry)?;
+    let cannot = |err: std::io::Error| cannot_write(&part, err);
     let mut offset = file.metadata().map_err(cannot)?.len();
     if offset > entry.size {
         file.set_len(0).map_err(cannot)?;
@@ -807,10 +880,48 @@ async fn get_file(
             ),
         ));
     }
+    finish_file(&file, &part, local, mode)?;
+    transfer.totals.files += 1;
+    Ok(())
+}
+
+/// Opens the partial file a download of `entry` to `local` writes into (keeping what an earlier run of the
+/// same version left there), after removing partial files of other versions.
+fn open_partial(local: &Path, entry: &Entry) -> Result<(File, PathBuf), Failure> {
+    let name = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| usage(&format!("{} is not a file name", local.display())))?;
+    if local.is_dir() {
+        return Err(usage(&format!("{} is a directory", local.display())));
+    }
+    let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
+    let part = local.with_file_name(part_name(name, tag));
+    remove_stale_parts(local, &part);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&part)
+        .map_err(|err| cannot_write(&part, err))?;
+    Ok((file, part))
+}
+
+fn cannot_write(part: &Path, err: std::io::Error) -> Failure {
+    Failure::new(
+        Kind::General,
+        format!("cannot write {}: {err}", part.display()),
+    )
+}
+
+/// Gives a verified download its mode, makes it durable, and only then its final name.
+fn finish_file(file: &File, part: &Path, local: &Path, mode: u32) -> Result<(), Failure> {
     let finish = || -> std::io::Result<()> {
         file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
         file.sync_all()?;
-        fs::rename(&part, local)?;
+        fs::rename(part, local)?;
         if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
@@ -821,9 +932,7 @@ async fn get_file(
             Kind::General,
             format!("cannot finish {}: {err}", local.display()),
         )
-    })?;
-    transfer.totals.files += 1;
-    Ok(())
+    })
 }
 
 /// Partial files of other versions of the same file can never be resumed: remove them.

@@ -8,19 +8,22 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use cmdop_client::ClientConnection;
+use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
+use cmdop_client::{ClientConnection, Machine};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::GlobalArgs;
-use crate::channel::{self, Channel};
+use crate::channel;
 use crate::exit::Failure;
-use crate::known_machines;
+use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
+use cmdop_client::Channel;
+use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from any code the remote command returns.
 const OWN_FAILURE: u8 = 255;
@@ -66,7 +69,7 @@ fn execute(
     let timeout = parse_duration(&args.timeout)?;
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = profile.dir().join(known_machines::FILE_NAME);
+    let known = KnownMachines::in_dir(profile.dir());
     let runtime = runtime()?;
     runtime.block_on(async {
         let client =
@@ -75,6 +78,7 @@ fn execute(
             machine,
             mut sender,
             mut receiver,
+            ..
         } = channel::open(
             &client,
             &session.identity,
@@ -92,76 +96,108 @@ fn execute(
                 stdin: forward_stdin,
             }))
             .await?;
-
-        // One writer task owns the sending half; stdin and Ctrl-C feed it through a channel.
-        let (ops_tx, mut ops_rx) = mpsc::channel::<ClientOp>(8);
-        let writer = tokio::spawn(async move {
-            while let Some(op) = ops_rx.recv().await {
-                if sender.send(&op).await.is_err() {
-                    break;
-                }
-            }
-            sender
-        });
-        if forward_stdin {
-            tokio::spawn(pump_stdin(ops_tx.clone()));
-        }
-        let interrupts = ops_tx.clone();
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                // SIGINT is 2 on every platform cmdop runs on.
-                if interrupts.send(ClientOp::Signal(2)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        drop(ops_tx);
-
-        let mut captured = (Vec::new(), Vec::new());
-        let mut status = None;
-        let mut failed = None;
-        while let Some(op) = receiver.recv::<AgentOp>().await? {
-            match op {
-                AgentOp::Stdout(bytes) if args.json => captured.0.extend(bytes),
-                AgentOp::Stderr(bytes) if args.json => captured.1.extend(bytes),
-                AgentOp::Stdout(bytes) => write_all(&mut std::io::stdout(), &bytes)?,
-                AgentOp::Stderr(bytes) => write_all(&mut std::io::stderr(), &bytes)?,
-                AgentOp::Exited(exit) => status = Some(exit),
-                AgentOp::Failed { message } => failed = Some(message),
-            }
-        }
+        let writer = spawn_input(sender, forward_stdin);
+        let received = receive(&mut receiver, args.json).await?;
         // recv returned None: the agent's authenticated end frame arrived, so the output is complete.
         writer.abort();
         client.close().await;
-        let code = match (status, failed) {
-            (Some(exit), _) => exit.shell_code(),
-            (None, Some(message)) => {
-                eprintln!("cmdop: {}: {message}", machine.hostname);
-                i32::from(CANNOT_START)
-            }
-            (None, None) => {
-                return Err(Failure::connection_lost(
-                    "the machine ended the stream without an exit status",
-                ));
-            }
-        };
+        let code = remote_code(&machine, &received)?;
         if args.json {
-            let value = json!({
-                "machine_id": machine.id.to_string(),
-                "hostname": machine.hostname,
-                "command": args.command,
-                "exit_code": code,
-                "timed_out": status == Some(ExitStatus::TimedOut),
-                "stdout": String::from_utf8_lossy(&captured.0),
-                "stderr": String::from_utf8_lossy(&captured.1),
-                "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            });
-            println!("{value}");
+            print_json(&machine, args, code, &received, started);
         }
         Ok(ExitCode::from(
             u8::try_from(code & 0xff).unwrap_or(OWN_FAILURE),
         ))
     })
+}
+
+/// One writer task owns the sending half; stdin (when forwarded) and Ctrl-C feed it through a channel.
+fn spawn_input(mut sender: SecureSender, forward_stdin: bool) -> JoinHandle<SecureSender> {
+    let (ops_tx, mut ops_rx) = mpsc::channel::<ClientOp>(8);
+    let writer = tokio::spawn(async move {
+        while let Some(op) = ops_rx.recv().await {
+            if sender.send(&op).await.is_err() {
+                break;
+            }
+        }
+        sender
+    });
+    if forward_stdin {
+        tokio::spawn(pump_stdin(ops_tx.clone()));
+    }
+    let interrupts = ops_tx;
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            // SIGINT is 2 on every platform cmdop runs on.
+            if interrupts.send(ClientOp::Signal(2)).await.is_err() {
+                break;
+            }
+        }
+    });
+    writer
+}
+
+/// What the machine sent back until the end of the stream.
+#[derive(Debug, Default)]
+struct Received {
+    /// The command's stdout, when captured for `--json` (else it was written as it came).
+    stdout: Vec<u8>,
+    /// The command's stderr, likewise.
+    stderr: Vec<u8>,
+    status: Option<ExitStatus>,
+    /// Why the command could not be started.
+    failed: Option<String>,
+}
+
+/// Writes the command's output as it arrives (or captures it, for `--json`) until the stream ends.
+async fn receive(receiver: &mut SecureReceiver, capture: bool) -> Result<Received, Failure> {
+    let mut received = Received::default();
+    while let Some(op) = receiver.recv::<AgentOp>().await? {
+        match op {
+            AgentOp::Stdout(bytes) if capture => received.stdout.extend(bytes),
+            AgentOp::Stderr(bytes) if capture => received.stderr.extend(bytes),
+            AgentOp::Stdout(bytes) => write_all(&mut std::io::stdout(), &bytes)?,
+            AgentOp::Stderr(bytes) => write_all(&mut std::io::stderr(), &bytes)?,
+            AgentOp::Exited(exit) => received.status = Some(exit),
+            AgentOp::Failed { message } => received.failed = Some(message),
+        }
+    }
+    Ok(received)
+}
+
+/// The exit code to pass on: the command's, 127 if it could not start, a failure if neither arrived.
+fn remote_code(machine: &Machine, received: &Received) -> Result<i32, Failure> {
+    match (received.status, &received.failed) {
+        (Some(exit), _) => Ok(exit.shell_code()),
+        (None, Some(message)) => {
+            eprintln!("cmdop: {}: {message}", machine.hostname);
+            Ok(i32::from(CANNOT_START))
+        }
+        (None, None) => Err(Failure::connection_lost(
+            "the machine ended the stream without an exit status",
+        )),
+    }
+}
+
+/// `--json`: one object with the outcome and the captured output.
+fn print_json(
+    machine: &Machine,
+    args: &ExecArgs,
+    code: i32,
+    received: &Received,
+    started: Instant,
+) {
+    let value = json!({
+        "machine_id": machine.id.to_string(),
+        "hostname": machine.hostname,
+        "command": args.command,
+        "exit_code": code,
+        "timed_out": received.status == Some(ExitStatus::TimedOut),
+        "stdout": String::from_utf8_lossy(&received.stdout),
+        "stderr": String::from_utf8_lossy(&received.stderr),
+        "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
+    println!("{value}");
 }
 
 async fn pump_stdin(ops: mpsc::Sender<ClientOp>) {

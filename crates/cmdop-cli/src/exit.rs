@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use cmdop_client::ClientError;
+use cmdop_client::known_machines::KnownMachinesError;
 
 /// Why cmdop itself failed, as distinct from a remote command's own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub(crate) enum Kind {
     /// The relay presented a certificate other than the pinned one.
     Fingerprint = 6,
 }
+
+/// The result of a subcommand: an exit code, or a failure to report.
+pub(crate) type Outcome = Result<ExitCode, Failure>;
 
 /// A failure with its exit code and a one-line message that names the problem and the fix.
 #[derive(Debug)]
@@ -83,8 +87,21 @@ impl From<cmdop_client::secure_stream::SecureStreamError> for Failure {
     }
 }
 
+impl From<KnownMachinesError> for Failure {
+    fn from(err: KnownMachinesError) -> Self {
+        // With its cause (`cannot read …: Permission denied`), as every local failure is printed.
+        Self::from(anyhow::Error::from(err))
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Self {
+        let err = match err {
+            // Opening a channel: the same words and codes as when the CLI checked pins and ran the handshake.
+            ClientError::KnownMachines(err) => return Self::from(err),
+            ClientError::SecureStream(err) => return Self::from(err),
+            other => other,
+        };
         let kind = match &err {
             ClientError::FingerprintMismatch { .. } => Kind::Fingerprint,
             ClientError::AuthenticationFailed(_)
@@ -93,7 +110,7 @@ impl From<ClientError> for Failure {
             ClientError::FleetNotFound(_)
             | ClientError::WorkspaceRequired { .. }
             | ClientError::MachineNotFound(_)
-            | ClientError::Ambiguous(_) => Kind::NotFound,
+            | ClientError::Ambiguous { .. } => Kind::NotFound,
             ClientError::MachineOffline(_) => Kind::Unreachable,
             ClientError::Resolve { .. }
             | ClientError::Unreachable { .. }

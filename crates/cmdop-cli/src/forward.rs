@@ -15,15 +15,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cmdop_client::tunnel;
+use cmdop_client::{Channel, MachineConnection, tunnel};
 use cmdop_proto::e2e::{CloseReason, StreamKind};
 use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
-use crate::reach::{Reach, bulk_runtime};
+use crate::global_args::GlobalArgs;
+use crate::reach::{self, bulk_runtime};
 
 /// Flags of `cmdop connect forward`.
 #[derive(Debug, Args)]
@@ -75,88 +75,113 @@ pub(crate) fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let runtime = bulk_runtime()?;
     runtime.block_on(async {
-        let reach = Reach::login(global, workspace, &args.machine).await?;
-        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        let reach = reach::login(global, workspace, &args.machine).await?;
+        let (fatal_tx, fatal_rx) = mpsc::channel::<Failure>(1);
         for remote in remotes {
-            let (sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
-            let mut sender = sender;
-            sender
-                .send(&TunnelRequest::Listen {
-                    port: remote.listen_port,
-                })
-                .await?;
-            let port = match receiver.recv::<TunnelReply>().await? {
-                Some(TunnelReply::Listening { port }) => port,
-                Some(TunnelReply::Refused { message }) => {
-                    return Err(Failure::new(Kind::General, message));
-                }
-                _ => {
-                    return Err(Failure::connection_lost(
-                        "the machine did not answer the remote forward",
-                    ));
-                }
-            };
-            println!(
-                "remote forwarding 127.0.0.1:{port} on {} -> {}:{}",
-                args.machine,
-                display_host(&remote.host),
-                remote.port
-            );
-            tokio::spawn(remote_loop(
-                sender,
-                receiver,
-                remote,
-                Arc::clone(&reach),
-                fatal_tx.clone(),
-            ));
+            start_remote(&reach, remote, &args.machine, fatal_tx.clone()).await?;
         }
         let mut listeners = Vec::new();
         for spec in &specs {
-            let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
-                Failure::new(
-                    Kind::General,
-                    format!(
-                        "cannot listen on {}: {err}; pick another LOCAL_PORT (0 picks a free one)",
-                        spec.bind
-                    ),
-                )
-            })?;
-            let local = listener.local_addr().map_err(anyhow::Error::from)?;
-            // One line per forward on stdout, for people and for scripts that need the port `0` picked.
-            println!(
-                "forwarding {local} -> {}:{} on {}",
-                display_host(&spec.host),
-                spec.port,
-                args.machine
-            );
-            listeners.push((listener, spec.clone()));
+            listeners.push((listen(spec, &args.machine).await?, spec.clone()));
         }
         let _ = std::io::stdout().flush();
         for (listener, spec) in listeners {
             tokio::spawn(accept_loop(listener, spec, Arc::clone(&reach)));
         }
-        let failure = tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
-            failure = reach.closed() => Some(failure),
-            Some(failure) = fatal_rx.recv() => return Err(failure),
-        };
-        match failure {
-            None => {
-                reach.close().await;
-                Ok(ExitCode::SUCCESS)
-            }
-            Some(failure) => Err(Failure::new(
-                Kind::Unreachable,
-                format!(
-                    "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
-                    failure.message()
-                ),
-            )),
-        }
+        run_until_stopped(reach, fatal_rx).await
     })
 }
 
-async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<Reach>) {
+/// Asks the machine to listen for a remote forward, says where it listens, and serves it on its own task.
+async fn start_remote(
+    reach: &Arc<MachineConnection>,
+    remote: RemoteSpec,
+    machine: &str,
+    fatal: mpsc::Sender<Failure>,
+) -> Result<(), Failure> {
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
+    sender
+        .send(&TunnelRequest::Listen {
+            port: remote.listen_port,
+        })
+        .await?;
+    let port = match receiver.recv::<TunnelReply>().await? {
+        Some(TunnelReply::Listening { port }) => port,
+        Some(TunnelReply::Refused { message }) => {
+            return Err(Failure::new(Kind::General, message));
+        }
+        _ => {
+            return Err(Failure::connection_lost(
+                "the machine did not answer the remote forward",
+            ));
+        }
+    };
+    println!(
+        "remote forwarding 127.0.0.1:{port} on {machine} -> {}:{}",
+        display_host(&remote.host),
+        remote.port
+    );
+    tokio::spawn(remote_loop(
+        sender,
+        receiver,
+        remote,
+        Arc::clone(reach),
+        fatal,
+    ));
+    Ok(())
+}
+
+/// Listens for a local forward and says where.
+async fn listen(spec: &Spec, machine: &str) -> Result<TcpListener, Failure> {
+    let listener = TcpListener::bind(spec.bind).await.map_err(|err| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "cannot listen on {}: {err}; pick another LOCAL_PORT (0 picks a free one)",
+                spec.bind
+            ),
+        )
+    })?;
+    let local = listener.local_addr().map_err(anyhow::Error::from)?;
+    // One line per forward on stdout, for people and for scripts that need the port `0` picked.
+    println!(
+        "forwarding {local} -> {}:{} on {machine}",
+        display_host(&spec.host),
+        spec.port,
+    );
+    Ok(listener)
+}
+
+/// Serves until Ctrl-C (success), the relay connection is lost, or a remote forward ends.
+async fn run_until_stopped(
+    reach: Arc<MachineConnection>,
+    mut fatal: mpsc::Receiver<Failure>,
+) -> Result<ExitCode, Failure> {
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        lost = reach.closed() => Some(Failure::from(lost)),
+        Some(failure) = fatal.recv() => return Err(failure),
+    };
+    match failure {
+        None => {
+            reach.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(failure) => Err(Failure::new(
+            Kind::Unreachable,
+            format!(
+                "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
+                failure.message()
+            ),
+        )),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<MachineConnection>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -183,9 +208,13 @@ async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<Reach>) {
     }
 }
 
-async fn serve(tcp: TcpStream, spec: &Spec, reach: &Reach) -> Result<(), Failure> {
+async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result<(), Failure> {
     let _ = tcp.set_nodelay(true);
-    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
     sender
         .send(&TunnelRequest::Connect {
             host: spec.host.clone(),
@@ -213,7 +242,7 @@ async fn remote_loop(
     sender: cmdop_client::secure_stream::SecureSender,
     mut receiver: cmdop_client::secure_stream::SecureReceiver,
     spec: RemoteSpec,
-    reach: Arc<Reach>,
+    reach: Arc<MachineConnection>,
     fatal: mpsc::Sender<Failure>,
 ) {
     // Holding the sending half keeps the control stream, and so the machine's listener, alive.
@@ -252,9 +281,13 @@ async fn remote_loop(
 }
 
 /// Connects to the local destination and claims connection `id` with a new stream.
-async fn claim(id: u64, spec: &RemoteSpec, reach: &Reach) -> Result<(), Failure> {
+async fn claim(id: u64, spec: &RemoteSpec, reach: &MachineConnection) -> Result<(), Failure> {
     let local = TcpStream::connect((spec.host.as_str(), spec.port)).await;
-    let (mut sender, mut receiver, _) = reach.open(StreamKind::Tunnel).await?;
+    let Channel {
+        mut sender,
+        mut receiver,
+        ..
+    } = reach::open(reach, StreamKind::Tunnel).await?;
     sender.send(&TunnelRequest::Attach { id }).await?;
     match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Connected { .. }) => {}

@@ -10,9 +10,10 @@ use cmdop_client::ClientConnection;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::exit::Outcome;
 use crate::exit::{Failure, Kind};
+use crate::global_args::GlobalArgs;
 use crate::profile::Profile;
-use crate::{GlobalArgs, Outcome};
 
 /// Flags of `cmdop login`.
 #[derive(Debug, Args)]

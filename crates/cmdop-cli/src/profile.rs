@@ -28,8 +28,8 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::GlobalArgs;
 use crate::exit::{Failure, Kind};
+use crate::global_args::GlobalArgs;
 
 const LOGIN_FILE: &str = "login.json";
 const LOGIN_FORMAT: u32 = 1;

@@ -23,14 +23,17 @@ use cmdop_proto::login::{
 };
 use cmdop_proto::presence::{HeartbeatError, HeartbeatSchedule};
 use cmdop_proto::wire::{
-    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, ListMachines, MachineInfo,
-    OpenStream, PeerMessage, RelayMessage,
+    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, ListMachines, OpenStream,
+    PeerMessage, RelayMessage,
 };
 use rand_core::RngCore;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::known_machines::KnownMachinesError;
+use crate::machine::{Candidate, Machine};
+use crate::secure_stream::SecureStreamError;
 use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
 
 /// How long connecting (including the TLS handshake) may take.
@@ -46,6 +49,16 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Errors a relay client sees. Each message names the fix.
+///
+/// The cases a caller usually tells apart:
+///
+/// | case | variants |
+/// |---|---|
+/// | not found | [`MachineNotFound`](Self::MachineNotFound), [`FleetNotFound`](Self::FleetNotFound), [`WorkspaceRequired`](Self::WorkspaceRequired) |
+/// | ambiguous | [`Ambiguous`](Self::Ambiguous), with the candidates as data |
+/// | offline | [`MachineOffline`](Self::MachineOffline) |
+/// | refused | [`AuthenticationFailed`](Self::AuthenticationFailed), [`Forbidden`](Self::Forbidden), [`CredentialRevoked`](Self::CredentialRevoked), [`Refused`](Self::Refused), [`FingerprintMismatch`](Self::FingerprintMismatch), [`KnownMachines`](Self::KnownMachines) (a changed machine key), [`SecureStream`](Self::SecureStream) (the agent refused) |
+/// | connection lost | [`Unreachable`](Self::Unreachable), [`Closed`](Self::Closed), [`Timeout`](Self::Timeout), [`SecureStream`](Self::SecureStream) with [`SecureStreamError::Io`]; [`is_retryable`](Self::is_retryable) says yes to these |
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -96,9 +109,15 @@ pub enum ClientError {
     /// No machine of the fleet matches the name.
     #[error("{0}")]
     MachineNotFound(String),
-    /// Several machines match the name; the message lists them.
-    #[error("{0}")]
-    Ambiguous(String),
+    /// Several machines match the name: open the stream again with one of the candidates' ids (or hostnames).
+    #[error("{message}")]
+    Ambiguous {
+        /// The relay's explanation, which lists the first candidates.
+        message: String,
+        /// The machines the name matched, sorted by name, hostname and id (empty from a relay too old to send
+        /// them).
+        candidates: Vec<Candidate>,
+    },
     /// The machine is not connected.
     #[error("{0}")]
     MachineOffline(String),
@@ -130,6 +149,18 @@ pub enum ClientError {
     /// Local TLS or QUIC setup failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The relay routed the stream but reported no valid key for the machine, so no channel can be bound to it.
+    #[error("the relay reported no valid key for this machine")]
+    InvalidMachineKey {
+        /// The machine.
+        machine: Uuid,
+    },
+    /// The machine's key is not the pinned one, or the pin store cannot be used; nothing was sent.
+    #[error(transparent)]
+    KnownMachines(#[from] KnownMachinesError),
+    /// The end-to-end channel failed: its handshake (refused, tampered with) or the stream under it (lost).
+    #[error(transparent)]
+    SecureStream(#[from] SecureStreamError),
 }
 
 impl ClientError {
@@ -138,7 +169,10 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Closed { .. } | Self::Timeout(_)
+            Self::Unreachable { .. }
+                | Self::Closed { .. }
+                | Self::Timeout(_)
+                | Self::SecureStream(SecureStreamError::Io(_))
         ) || matches!(self, Self::Refused { code, .. } if *code == ErrorCode::BUSY || *code == ErrorCode::INTERNAL)
     }
 }
@@ -189,29 +223,6 @@ impl std::fmt::Debug for AgentRegistration {
             .field("display_name", &self.display_name)
             .finish_non_exhaustive()
     }
-}
-
-/// A machine as listed by the relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Machine {
-    /// Server-issued id.
-    pub id: Uuid,
-    /// Hostname.
-    pub hostname: String,
-    /// Display name.
-    pub name: String,
-    /// The agent's public key (`None` if the relay sent an invalid one).
-    pub public_key: Option<PublicKey>,
-    /// Whether the machine is online.
-    pub online: bool,
-    /// Last heartbeat or login, unix seconds.
-    pub last_seen: Option<u64>,
-    /// Operating system.
-    pub os: String,
-    /// CPU architecture.
-    pub arch: String,
-    /// Agent version.
-    pub agent_version: String,
 }
 
 /// A registered agent's connection.
@@ -405,7 +416,7 @@ impl ClientConnection {
         });
         match self.link.request(&request).await? {
             RelayMessage::Machines(machines) => {
-                Ok(machines.into_iter().map(machine_from).collect())
+                Ok(machines.into_iter().map(Machine::from).collect())
             }
             other => Err(unexpected(&other)),
         }
@@ -447,11 +458,19 @@ impl ClientConnection {
                 Ok(Err(err)) => return Err(self.link.stream_error(err)),
             };
         let RelayMessage::StreamReady(ready) = reply else {
-            return Err(unexpected(&reply));
+            return Err(match reply {
+                RelayMessage::Error(error) if error.code == ErrorCode::AMBIGUOUS => {
+                    ClientError::Ambiguous {
+                        message: error.message,
+                        candidates: candidates(&mut control).await,
+                    }
+                }
+                other => unexpected(&other),
+            });
         };
         let (send, recv, leftover) = control.into_parts();
         Ok(RoutedStream {
-            machine: machine_from(ready.machine),
+            machine: Machine::from(ready.machine),
             fleet_id: Uuid::from_bytes(ready.fleet_id.0),
             channel_id: ready.channel_id,
             capability: ready.capability,
@@ -627,17 +646,14 @@ impl std::fmt::Debug for IncomingStream {
     }
 }
 
-fn machine_from(info: MachineInfo) -> Machine {
-    Machine {
-        id: Uuid::from_bytes(info.id.0),
-        hostname: info.hostname,
-        name: info.name,
-        public_key: PublicKey::from_bytes(&info.public_key.0).ok(),
-        online: info.online,
-        last_seen: info.last_seen,
-        os: info.os,
-        arch: info.arch,
-        agent_version: info.agent_version,
+/// The [`RelayMessage::Candidates`] that follows an `AMBIGUOUS` refusal on a routed stream; none if the relay
+/// finished the stream without it (an older relay) or sent something else.
+async fn candidates(control: &mut ControlStream) -> Vec<Candidate> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, control.recv::<RelayMessage>()).await {
+        Ok(Ok(Some(RelayMessage::Candidates(candidates)))) => {
+            candidates.into_iter().map(Candidate::from).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -666,7 +682,10 @@ fn refusal(error: &ErrorMessage) -> ClientError {
         ErrorCode::WORKSPACE_REQUIRED => ClientError::WorkspaceRequired { message },
         ErrorCode::HOSTNAME_TAKEN => ClientError::HostnameTaken(message),
         ErrorCode::MACHINE_NOT_FOUND => ClientError::MachineNotFound(message),
-        ErrorCode::AMBIGUOUS => ClientError::Ambiguous(message),
+        ErrorCode::AMBIGUOUS => ClientError::Ambiguous {
+            message,
+            candidates: Vec::new(),
+        },
         ErrorCode::MACHINE_OFFLINE => ClientError::MachineOffline(message),
         code => ClientError::Refused { code, message },
     }

@@ -1281,5 +1281,6 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::Error(_) => "Error",
         RelayMessage::StreamReady(_) => "StreamReady",
         RelayMessage::IncomingStream(_) => "IncomingStream",
+        RelayMessage::Candidates(_) => "Candidates",
     }
 }

@@ -21,7 +21,9 @@ use cmdop_identity::{Identity, PublicKey};
 
 use crate::e2e::StreamKind;
 use crate::login::{ClientSession, machine_info, no_such_fleet, scope_refusal};
-use crate::wire::{ErrorCode, IdBytes, KeyBytes, OpenStream, StreamHeader, StreamReady};
+use crate::wire::{
+    Candidate, ErrorCode, IdBytes, KeyBytes, MAX_CANDIDATES, OpenStream, StreamHeader, StreamReady,
+};
 
 /// How long a capability the relay issues for one stream stays valid. The agent checks it once, at the start
 /// of the stream, so this bounds how late a captured capability could be replayed, not how long streams live.
@@ -30,7 +32,8 @@ pub const CAPABILITY_LIFETIME_SECS: u64 = 300;
 /// How far back a capability's validity starts, so that an agent whose clock is a little behind accepts it.
 pub const CAPABILITY_CLOCK_SKEW_SECS: u64 = 60;
 
-/// Why a stream is not routed: the code and the words the client gets.
+/// Why a stream is not routed: the code and the words the client gets, and for an ambiguous name the
+/// machines it matched, as data ([`RelayMessage::Candidates`](crate::wire::RelayMessage::Candidates)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RouteRefusal {
@@ -38,13 +41,17 @@ pub struct RouteRefusal {
     pub code: ErrorCode,
     /// What the client is told, naming the fix.
     pub message: String,
+    /// The machines an ambiguous name matched (at most [`MAX_CANDIDATES`]); empty otherwise.
+    pub candidates: Vec<Candidate>,
 }
 
 impl RouteRefusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// A refusal without candidates.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            candidates: Vec::new(),
         }
     }
 }
@@ -117,13 +124,22 @@ pub fn resolve_route(
     machines: &[Machine],
     context: &RouteContext<'_>,
 ) -> Result<Route, RouteRefusal> {
-    let found = resolve(&scoped.access, machines, &request.machine).map_err(|err| {
-        let code = match err {
-            ResolveError::Ambiguous { .. } => ErrorCode::AMBIGUOUS,
-            ResolveError::Scope(_) => ErrorCode::FORBIDDEN,
-            _ => ErrorCode::MACHINE_NOT_FOUND,
-        };
-        RouteRefusal::new(code, err.to_string())
+    let found = resolve(&scoped.access, machines, &request.machine).map_err(|err| match &err {
+        ResolveError::Ambiguous { candidates, .. } => RouteRefusal {
+            code: ErrorCode::AMBIGUOUS,
+            message: err.to_string(),
+            candidates: candidates
+                .iter()
+                .take(MAX_CANDIDATES)
+                .map(|candidate| Candidate {
+                    id: IdBytes(candidate.id.to_bytes()),
+                    hostname: candidate.hostname.as_str().to_owned(),
+                    name: candidate.name.clone(),
+                })
+                .collect(),
+        },
+        ResolveError::Scope(_) => RouteRefusal::new(ErrorCode::FORBIDDEN, err.to_string()),
+        _ => RouteRefusal::new(ErrorCode::MACHINE_NOT_FOUND, err.to_string()),
     })?;
     let fleet = scoped.access.fleet_id();
     // Issued per stream for exactly the operation asked for, for the key that proved itself at login.

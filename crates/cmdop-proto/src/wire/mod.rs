@@ -231,6 +231,21 @@ pub struct MachineInfo {
     pub agent_version: String,
 }
 
+/// The most machines a [`RelayMessage::Candidates`] answer lists: this many of the largest (a 253-byte hostname
+/// and a 64-character display name) still fit one frame.
+pub const MAX_CANDIDATES: usize = 100;
+
+/// One of the machines an ambiguous name matched, in a [`RelayMessage::Candidates`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The machine's id.
+    pub id: IdBytes,
+    /// Its hostname.
+    pub hostname: String,
+    /// Its display name (the hostname if none was set).
+    pub name: String,
+}
+
 /// A refusal or failure, followed by the relay closing the stream unless stated otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
@@ -271,7 +286,7 @@ impl ErrorCode {
     pub const TIMEOUT: Self = Self(12);
     /// No machine of the fleet matches the name.
     pub const MACHINE_NOT_FOUND: Self = Self(13);
-    /// Several machines match the name; the message lists them.
+    /// Several machines match the name; the message lists them, and a [`RelayMessage::Candidates`] follows.
     pub const AMBIGUOUS: Self = Self(14);
     /// The machine is not connected to the relay.
     pub const MACHINE_OFFLINE: Self = Self(15);
@@ -340,6 +355,10 @@ pub enum RelayMessage {
     StreamReady(StreamReady),
     /// Header of a stream the relay opens to an agent.
     IncomingStream(StreamHeader),
+    /// The machines an ambiguous name matched (at most [`MAX_CANDIDATES`], sorted by name, hostname and id):
+    /// sent on a routed stream right after the [`Error`](Self::Error) with code [`ErrorCode::AMBIGUOUS`], before
+    /// the relay finishes the stream. A client that reads only the error (an older one) misses nothing else.
+    Candidates(Vec<Candidate>),
 }
 
 /// The bytes a peer signs (purpose `RelayLogin`) to log in: label ‖ challenge ‖ TLS exporter ‖ public key.

@@ -162,6 +162,15 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             }),
             "00000042 07 11111111111111111111111111111111 22222222222222222222222222222222 02 3333333333333333333333333333333333333333333333333333333333333333",
         ),
+        (
+            RelayMessage::Candidates(vec![Candidate {
+                id: IdBytes([0x33; 16]),
+                hostname: "web-1".into(),
+                name: "w".into(),
+            }]),
+            "0000001a 08 01 33333333333333333333333333333333 05 7765622d31 01 77",
+        ),
+        (RelayMessage::Candidates(vec![]), "00000002 08 00"),
     ]
 }
 
@@ -255,6 +264,20 @@ fn encoding_refuses_messages_over_the_limit() {
         encode(&message),
         Err(WireError::FrameTooLarge { .. })
     ));
+}
+
+#[test]
+fn the_most_candidates_of_the_largest_size_fit_one_frame() {
+    let largest = Candidate {
+        id: IdBytes([0xff; 16]),
+        hostname: "h".repeat(253),
+        // 64 characters of 4 bytes each: the longest display name cmdop-fleet accepts.
+        name: "\u{1F600}".repeat(64),
+    };
+    let message = RelayMessage::Candidates(vec![largest; MAX_CANDIDATES]);
+    // `encode` refuses a body over MAX_FRAME_SIZE.
+    let frame = encode(&message).unwrap();
+    assert!(frame.len() <= LENGTH_PREFIX_LEN + MAX_FRAME_SIZE);
 }
 
 #[test]
@@ -425,6 +448,15 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                     client_key: KeyBytes(key),
                 })
             ),
+        proptest::collection::vec(
+            (any::<[u8; 16]>(), text(), text()).prop_map(|(id, hostname, name)| Candidate {
+                id: IdBytes(id),
+                hostname,
+                name,
+            }),
+            0..4
+        )
+        .prop_map(RelayMessage::Candidates),
     ]
 }
 

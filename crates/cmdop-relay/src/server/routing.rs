@@ -51,12 +51,11 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     let Ok(Ok(Some(PeerMessage::OpenStream(request)))) =
         tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await
     else {
-        let _ = refuse(
-            &mut control,
+        let refusal = RouteRefusal::new(
             ErrorCode::UNEXPECTED_MESSAGE,
             "expected OpenStream as the first message of a stream",
-        )
-        .await;
+        );
+        let _ = refuse(&mut control, refusal).await;
         return;
     };
     let (route, agent) = match prepare(shared, client, &request) {
@@ -72,7 +71,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
                     request.machine, request.kind, refusal.message
                 ),
             });
-            let _ = refuse(&mut control, refusal.code, &refusal.message).await;
+            let _ = refuse(&mut control, refusal).await;
             return;
         }
     };
@@ -83,7 +82,8 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
                 "machine {} could not be reached: {reason}; try again",
                 route.machine.hostname
             );
-            let _ = refuse(&mut control, ErrorCode::MACHINE_OFFLINE, &message).await;
+            let refusal = RouteRefusal::new(ErrorCode::MACHINE_OFFLINE, message);
+            let _ = refuse(&mut control, refusal).await;
             return;
         }
     };
@@ -138,10 +138,7 @@ fn prepare(
     let fleet = scoped.access.fleet_id();
     let internal = |err: crate::store::StoreError| {
         tracing::error!(%err, "store failure while routing a stream");
-        RouteRefusal {
-            code: ErrorCode::INTERNAL,
-            message: "the relay's store failed; try again".to_owned(),
-        }
+        RouteRefusal::new(ErrorCode::INTERNAL, "the relay's store failed; try again")
     };
     let (machines, trust_key) = {
         let store = shared.lock_store();
@@ -183,14 +180,22 @@ async fn open_to_agent(
     Ok((send, recv))
 }
 
-async fn refuse(control: &mut ControlStream, code: ErrorCode, message: &str) -> Result<(), ()> {
+/// Sends the refusal (its candidates right after the error, for an ambiguous name) and finishes the stream.
+/// Older clients stop reading at the error; newer ones read the candidates as data.
+async fn refuse(control: &mut ControlStream, refusal: RouteRefusal) -> Result<(), ()> {
     control
         .send(&RelayMessage::Error(ErrorMessage {
-            code,
-            message: message.to_owned(),
+            code: refusal.code,
+            message: refusal.message,
         }))
         .await
         .map_err(|_| ())?;
+    if !refusal.candidates.is_empty() {
+        control
+            .send(&RelayMessage::Candidates(refusal.candidates))
+            .await
+            .map_err(|_| ())?;
+    }
     control.finish_and_flush(Duration::from_secs(2)).await;
     Ok(())
 }

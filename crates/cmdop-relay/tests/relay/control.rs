@@ -13,12 +13,14 @@ use cmdop_client::{
 use cmdop_fleet::{Role as KeyRole, Timestamp};
 use cmdop_identity::Identity;
 use cmdop_proto::RelayFingerprint;
+use cmdop_proto::e2e::StreamKind;
 use cmdop_relay::server::{Server, ServerConfig};
 use cmdop_relay::store::Store;
 use cmdop_relay::tls::TlsIdentity;
 use rand_core::OsRng;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 fn now() -> Timestamp {
@@ -750,6 +752,88 @@ async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_name_that_matches_several_machines_is_refused_with_the_candidates_as_data() {
+    let fx = Fixture::new();
+    fx.fleet("prod");
+    let (_, agent_key) = fx.key("prod", KeyRole::Agent);
+    let (_, member_key) = fx.key("prod", KeyRole::Member);
+    let relay = Relay::start(&fx.data, "127.0.0.1:0".parse().unwrap(), HEARTBEAT).await;
+    let mut agents = Vec::new();
+    for hostname in ["web-2", "web-1"] {
+        let agent = AgentConnection::register(
+            &relay.target,
+            &Identity::generate(&mut OsRng),
+            &registration(&agent_key, "prod", hostname),
+        )
+        .await
+        .unwrap();
+        agents.push(agent);
+    }
+    let client =
+        ClientConnection::login(&relay.target, &Identity::generate(&mut OsRng), &member_key)
+            .await
+            .unwrap();
+
+    let err = client
+        .open_stream(None, "web", StreamKind::Exec)
+        .await
+        .unwrap_err();
+    let ClientError::Ambiguous {
+        message,
+        candidates,
+    } = &err
+    else {
+        panic!("expected Ambiguous, got {err:?}");
+    };
+    // The data and the message agree, sorted by name.
+    let found: Vec<(Uuid, &str, &str)> = candidates
+        .iter()
+        .map(|c| (c.id, c.hostname.as_str(), c.name.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (agents[1].machine_id(), "web-1", "web-1"),
+            (agents[0].machine_id(), "web-2", "web-2"),
+        ]
+    );
+    for candidate in candidates {
+        assert!(message.contains(&candidate.to_string()), "{message}");
+    }
+    // Any candidate's id reaches exactly that machine.
+    let routed = client
+        .open_stream(None, &candidates[0].id.to_string(), StreamKind::Exec)
+        .await
+        .unwrap();
+    assert_eq!(routed.machine().id, agents[1].machine_id());
+    drop(routed);
+
+    let err = client
+        .open_stream(None, "nowhere", StreamKind::Exec)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::MachineNotFound(_)), "{err:?}");
+    let gone = agents.remove(0);
+    gone.goodbye().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match client.open_stream(None, "web-2", StreamKind::Exec).await {
+            Err(ClientError::MachineOffline(_)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "web-2 still reachable after goodbye: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for agent in agents {
+        agent.goodbye().await.unwrap();
+    }
+    client.close().await;
+    relay.stop().await;
 }
 
 /// When a credential last authenticated.
