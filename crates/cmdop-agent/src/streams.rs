@@ -97,7 +97,7 @@ async fn handle(
         &context.identity,
         |client, capability| {
             client_key = Some(*client);
-            authorize(context, client, capability, kind.operation()).map_err(|err| err.to_string())
+            authorize(context, client, capability, kind.operation())
         },
     )
     .await?;

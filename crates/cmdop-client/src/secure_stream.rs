@@ -124,12 +124,13 @@ pub async fn connect(
 }
 
 /// Runs the agent side of the handshake. `authorize` sees the client's authenticated key and its capability
-/// bytes, and returns `Err(reason)` to refuse; nothing flows before it says yes.
-pub async fn accept(
+/// bytes, and returns `Err(reason)` to refuse; nothing flows before it says yes. The reason's text is what
+/// the client is told, inside the channel.
+pub async fn accept<E: std::fmt::Display>(
     incoming: IncomingStream,
     prologue: Prologue,
     identity: &Identity,
-    authorize: impl FnOnce(&PublicKey, &[u8]) -> Result<(), String>,
+    authorize: impl FnOnce(&PublicKey, &[u8]) -> Result<(), E>,
 ) -> Result<(SecureSender, SecureReceiver), SecureStreamError> {
     let RawStream {
         mut send,
@@ -150,7 +151,8 @@ pub async fn accept(
     write(&mut send, &out).await?;
     let auth = next_message(&mut recv, &mut messages, &mut buffer).await?;
     let pending = awaiting.read_client_auth(&auth)?;
-    if let Err(reason) = authorize(&pending.client_key(), pending.capability()) {
+    if let Err(refusal) = authorize(&pending.client_key(), pending.capability()) {
+        let reason = refusal.to_string();
         out.clear();
         pending.reject(&reason, Instant::now(), &mut out)?;
         write(&mut send, &out).await?;

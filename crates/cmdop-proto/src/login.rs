@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use cmdop_fleet::{
     AgentInfo, AuthError, Authenticated, CredentialId, CredentialKind, CredentialRecord,
     CredentialSecret, DisplayName, Enrolment, Fleet, FleetAccess, FleetId, FleetName, Hostname,
-    Machine, Permission, Registration, RegistrationError, ScopeError, Timestamp, UserName,
-    register,
+    Machine, NameError, Permission, Registration, RegistrationError, ScopeError, Timestamp,
+    UserName, register,
 };
 use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
@@ -584,8 +584,9 @@ impl RelayLogin {
             );
             return Err(refuse(self, single_fleet, reason, refusal));
         };
-        let enrolment = enrolment(&login, key).map_err(|message| {
+        let enrolment = enrolment(&login, key).map_err(|invalid| {
             let fleet = Some(access.fleet_id());
+            let message = invalid.to_string();
             self.audit(fleet, &actor, "register", "refused", message.clone());
             Refusal::new(
                 ErrorCode::INVALID_REGISTRATION,
@@ -958,22 +959,41 @@ fn may_enrol(
     Ok(())
 }
 
+/// Why an agent's registration is not valid; the message is what the agent is told.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRegistration {
+    /// The hostname breaks the hostname rule.
+    #[error("invalid hostname {given:?}: {reason}; pass a valid --hostname")]
+    Hostname {
+        /// The hostname sent (cut to 80 characters).
+        given: String,
+        /// The rule it breaks.
+        reason: NameError,
+    },
+    /// The display name breaks the display-name rule.
+    #[error("invalid display name: {0}; pass a valid --name")]
+    DisplayName(NameError),
+    /// The OS, architecture or version is empty, too long or holds control characters.
+    #[error("invalid agent description: {0}; upgrade cmdop-agent")]
+    Description(NameError),
+}
+
 /// What an agent's login asks to register, validated: names are checked once, here.
-fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, String> {
-    let hostname = Hostname::parse(&login.hostname).map_err(|err| {
-        format!(
-            "invalid hostname {:?}: {err}; pass a valid --hostname",
-            shorten(&login.hostname)
-        )
-    })?;
+fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, InvalidRegistration> {
+    let hostname =
+        Hostname::parse(&login.hostname).map_err(|reason| InvalidRegistration::Hostname {
+            given: shorten(&login.hostname),
+            reason,
+        })?;
     let name = login
         .display_name
         .as_deref()
         .map(DisplayName::parse)
         .transpose()
-        .map_err(|err| format!("invalid display name: {err}; pass a valid --name"))?;
+        .map_err(InvalidRegistration::DisplayName)?;
     let info = AgentInfo::new(&login.os, &login.arch, &login.agent_version)
-        .map_err(|err| format!("invalid agent description: {err}; upgrade cmdop-agent"))?;
+        .map_err(InvalidRegistration::Description)?;
     Ok(Enrolment {
         public_key,
         hostname,
@@ -1004,15 +1024,16 @@ pub fn machine_info(machine: &Machine) -> MachineInfo {
 
 /// The scope refusal a peer sees for a fleet it named (or did not name). A fleet that does not exist and one
 /// the credential does not reach get the same words, so the answer reveals nothing about other fleets.
-pub fn scope_refusal(err: &ScopeError) -> (ErrorCode, String) {
-    match err {
+pub fn scope_refusal(err: &ScopeError) -> ErrorMessage {
+    let (code, message) = match err {
         ScopeError::WorkspaceRequired { .. } => (ErrorCode::WORKSPACE_REQUIRED, err.to_string()),
         ScopeError::NotPermitted { .. } => (ErrorCode::FORBIDDEN, err.to_string()),
         ScopeError::NoSuchFleet { name } => {
             (ErrorCode::FLEET_NOT_FOUND, no_such_fleet(name.as_str()))
         }
         _ => (ErrorCode::FLEET_NOT_FOUND, err.to_string()),
-    }
+    };
+    ErrorMessage { code, message }
 }
 
 /// The words for a fleet that is not available, whether it exists or not (and whether the name is valid).

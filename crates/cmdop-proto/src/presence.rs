@@ -217,9 +217,7 @@ impl RelaySession {
                         self.actions
                             .push_back(SessionAction::LookUpMachines(access));
                     }
-                    Err((code, message)) => {
-                        self.send(RelayMessage::Error(ErrorMessage { code, message }));
-                    }
+                    Err(refusal) => self.send(RelayMessage::Error(refusal)),
                 }
             }
             (LoggedIn::Client(_), _) => self
@@ -233,10 +231,7 @@ impl RelaySession {
         };
         let reply = match list_machines(&access, machines) {
             Ok(listed) => RelayMessage::Machines(listed.map(machine_info).collect()),
-            Err(err) => {
-                let (code, message) = scope_refusal(&err);
-                RelayMessage::Error(ErrorMessage { code, message })
-            }
+            Err(err) => RelayMessage::Error(scope_refusal(&err)),
         };
         self.send(reply);
     }
@@ -293,13 +288,16 @@ impl fmt::Debug for RelaySession {
 fn list_access(
     client: &ClientSession,
     request: &ListMachines,
-) -> Result<FleetAccess, (ErrorCode, String)> {
+) -> Result<FleetAccess, ErrorMessage> {
     let name = match request.workspace.as_deref().map(FleetName::parse) {
         None => None,
         Some(Ok(name)) => Some(name),
         Some(Err(_)) => {
             let asked = request.workspace.as_deref().unwrap_or_default();
-            return Err((ErrorCode::FLEET_NOT_FOUND, no_such_fleet(asked)));
+            return Err(ErrorMessage {
+                code: ErrorCode::FLEET_NOT_FOUND,
+                message: no_such_fleet(asked),
+            });
         }
     };
     client

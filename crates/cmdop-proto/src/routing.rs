@@ -85,8 +85,8 @@ pub fn scope(client: &ClientSession, request: &OpenStream) -> Result<ScopedReque
         .authenticated
         .workspace_access(name.as_ref(), &client.fleets, Permission::Reach)
         .map_err(|err| {
-            let (code, message) = scope_refusal(&err);
-            RouteRefusal::new(code, message)
+            let refusal = scope_refusal(&err);
+            RouteRefusal::new(refusal.code, refusal.message)
         })?;
     Ok(ScopedRequest { kind, access })
 }

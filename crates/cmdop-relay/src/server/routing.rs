@@ -122,7 +122,10 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
             up = outcome.up,
             down = outcome.down,
             secs = now().unix.seconds_since(started),
-            end = outcome.error.as_deref().unwrap_or("ended normally"),
+            end = outcome
+                .error
+                .as_ref()
+                .map_or_else(|| "ended normally".to_owned(), ToString::to_string),
         ),
     });
 }
@@ -166,16 +169,26 @@ fn prepare(
     Ok((route, agent))
 }
 
+/// Why the relay could not open a stream to an online agent.
+#[derive(Debug, thiserror::Error)]
+enum AgentUnreachable {
+    /// The agent's connection is gone.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// The header could not be written.
+    #[error(transparent)]
+    Header(#[from] cmdop_client::control::StreamError),
+}
+
 async fn open_to_agent(
     route: &Route,
     agent: &quinn::Connection,
-) -> Result<(SendStream, RecvStream), String> {
-    let (send, recv) = agent.open_bi().await.map_err(|err| err.to_string())?;
+) -> Result<(SendStream, RecvStream), AgentUnreachable> {
+    let (send, recv) = agent.open_bi().await?;
     let mut control = ControlStream::new(send, recv);
     control
         .send(&RelayMessage::IncomingStream(route.header.clone()))
-        .await
-        .map_err(|err| err.to_string())?;
+        .await?;
     let (send, recv, _) = control.into_parts();
     Ok((send, recv))
 }
@@ -204,7 +217,21 @@ async fn refuse(control: &mut ControlStream, refusal: RouteRefusal) -> Result<()
 struct SpliceOutcome {
     up: u64,
     down: u64,
-    error: Option<String>,
+    error: Option<SpliceError>,
+}
+
+/// How one direction of a splice ended early (for the audit log).
+#[derive(Debug, thiserror::Error)]
+enum SpliceError {
+    /// No progress for [`STALL_TIMEOUT`].
+    #[error("stalled")]
+    Stalled,
+    /// The sending side reset its stream.
+    #[error("reset: {0}")]
+    Reset(quinn::ReadError),
+    /// The receiving side is gone.
+    #[error("write failed: {0}")]
+    Write(quinn::WriteError),
 }
 
 /// Copies both directions until both have finished, propagating FIN; a reset or a stall ends both.
@@ -236,7 +263,7 @@ async fn copy(
     first: Vec<u8>,
     counter: &AtomicU64,
     tap: Option<&super::Tap>,
-) -> Result<(), String> {
+) -> Result<(), SpliceError> {
     if !first.is_empty() {
         write(&mut to, &first, counter, tap).await?;
     }
@@ -247,7 +274,7 @@ async fn copy(
             Err(_) => {
                 let _ = to.reset(0u32.into());
                 let _ = from.stop(0u32.into());
-                return Err("stalled".to_owned());
+                return Err(SpliceError::Stalled);
             }
             Ok(Ok(Some(n))) => {
                 write(&mut to, buf.get(..n).unwrap_or_default(), counter, tap).await?
@@ -259,7 +286,7 @@ async fn copy(
             Ok(Err(err)) => {
                 // Propagate the reset so the other end sees a cut stream, never a clean end.
                 let _ = to.reset(0u32.into());
-                return Err(format!("reset: {err}"));
+                return Err(SpliceError::Reset(err));
             }
         }
     }
@@ -270,7 +297,7 @@ async fn write(
     bytes: &[u8],
     counter: &AtomicU64,
     tap: Option<&super::Tap>,
-) -> Result<(), String> {
+) -> Result<(), SpliceError> {
     if let Some(tap) = tap {
         (tap.0)(bytes);
     }
@@ -282,7 +309,7 @@ async fn write(
             );
             Ok(())
         }
-        Ok(Err(err)) => Err(format!("write failed: {err}")),
-        Err(_) => Err("stalled".to_owned()),
+        Ok(Err(err)) => Err(SpliceError::Write(err)),
+        Err(_) => Err(SpliceError::Stalled),
     }
 }
