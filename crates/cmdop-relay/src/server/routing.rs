@@ -109,6 +109,18 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     .await;
     shared.metrics.relayed(outcome.up, outcome.down);
     drop(active);
+    audit_spliced(shared, client, &route, started, &channel, &outcome);
+}
+
+/// The audit entry of a stream that was spliced: who reached which machine, how much moved, how it ended.
+fn audit_spliced(
+    shared: &Shared,
+    client: &ClientSession,
+    route: &Route,
+    started: cmdop_fleet::Timestamp,
+    channel: &str,
+    outcome: &SpliceOutcome,
+) {
     shared.audit(&AuditEvent {
         fleet: Some(route.machine.fleet),
         actor: actor(&client.authenticated),
