@@ -476,11 +476,11 @@ impl RelayLogin {
     fn on_login(&mut self, hello: Hello, message: PeerMessage) -> Result<RelayState, Refusal> {
         let (login, credential) = match (message, hello.role) {
             (PeerMessage::AgentLogin(login), Role::Agent) => {
-                let credential = CredentialSecret::parse(&login.credential);
+                let credential = CredentialSecret::parse(login.credential.expose());
                 (LoginMessage::Agent(login), credential)
             }
             (PeerMessage::ClientLogin(login), Role::Client) => {
-                let credential = CredentialSecret::parse(&login.credential);
+                let credential = CredentialSecret::parse(login.credential.expose());
                 (LoginMessage::Client(login), credential)
             }
             _ => {
@@ -1262,7 +1262,7 @@ impl PeerLogin {
         let signature = SignatureBytes(identity.sign(Purpose::RelayLogin, &transcript).to_bytes());
         match &self.request {
             LoginRequest::Agent(agent) => PeerMessage::AgentLogin(AgentLogin {
-                credential: agent.api_key.to_string(),
+                credential: agent.api_key.as_str().into(),
                 workspace: agent.workspace.clone(),
                 public_key,
                 signature,
@@ -1274,7 +1274,7 @@ impl PeerLogin {
                 auth_capabilities: vec![AUTH_CAPABILITY_ED25519.to_owned()],
             }),
             LoginRequest::Client { credential } => PeerMessage::ClientLogin(ClientLogin {
-                credential: credential.0.to_string(),
+                credential: credential.0.as_str().into(),
                 public_key,
                 signature,
             }),

@@ -105,11 +105,78 @@ pub struct Challenge {
     pub nonce: [u8; 32],
 }
 
+/// A credential's text as it travels in a login message (`cmdop_ak_…` or `cmdop_ut_…`): on the wire a plain
+/// postcard string, in memory zeroized on drop, redacted in `Debug` (only the non-secret id part shows) and
+/// compared in constant time.
+#[derive(Clone, Default)]
+pub struct CredentialText(zeroize::Zeroizing<String>);
+
+impl CredentialText {
+    /// Wraps the text.
+    pub fn new(text: String) -> Self {
+        Self(zeroize::Zeroizing::new(text))
+    }
+
+    /// The text, for the one place that parses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for CredentialText {
+    fn from(text: &str) -> Self {
+        Self::new(text.to_owned())
+    }
+}
+
+impl From<String> for CredentialText {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl fmt::Debug for CredentialText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `cmdop_ak_<id>_<secret>`: the id is logged on purpose elsewhere; everything after it is not shown.
+        // Anything else (a malformed text) is shown only by its length.
+        let parts: Vec<&str> = self.0.splitn(4, '_').collect();
+        match parts.as_slice() {
+            ["cmdop", kind, id, _]
+                if id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                write!(f, "CredentialText(cmdop_{kind}_{id}_…)")
+            }
+            _ => write!(f, "CredentialText({} bytes, redacted)", self.0.len()),
+        }
+    }
+}
+
+impl PartialEq for CredentialText {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for CredentialText {}
+
+impl Serialize for CredentialText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
 /// An agent's login and registration request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentLogin {
     /// The API key text (`cmdop_ak_<id>_<secret>`, role `agent`).
-    pub credential: String,
+    pub credential: CredentialText,
     /// The fleet name the agent enrols into; must be the key's fleet.
     pub workspace: String,
     /// The agent's Ed25519 public key.
@@ -134,7 +201,7 @@ pub struct AgentLogin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLogin {
     /// An API key (`cmdop_ak_…`, role member or admin) or a user token (`cmdop_ut_…`).
-    pub credential: String,
+    pub credential: CredentialText,
     /// The client's Ed25519 public key.
     pub public_key: KeyBytes,
     /// Signature with purpose `RelayLogin` over [`login_transcript`].

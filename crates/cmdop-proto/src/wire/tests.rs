@@ -215,6 +215,82 @@ fn golden_relay_messages() {
     }
 }
 
+/// A credential text as the CLI and agents send it; its secret part must never show in `Debug` output.
+const SECRET_CREDENTIAL: &str =
+    "cmdop_ak_aaaaaaaaaaaaaaaaaaaaaaaaaa_s3cr3ts3cr3ts3cr3ts3cr3ts3cr3ts3cr3t";
+
+/// Every peer message, one of each variant, carrying [`SECRET_CREDENTIAL`] wherever a credential travels. The
+/// match makes this fail to compile when a variant is added, so the new one is covered too.
+fn every_peer_message_with_a_secret() -> Vec<PeerMessage> {
+    let mut agent = sample_agent_login();
+    agent.credential = SECRET_CREDENTIAL.into();
+    let messages = vec![
+        PeerMessage::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Agent,
+            client_software: "a".into(),
+        }),
+        PeerMessage::AgentLogin(agent),
+        PeerMessage::ClientLogin(ClientLogin {
+            credential: SECRET_CREDENTIAL.into(),
+            public_key: KeyBytes([0x11; 32]),
+            signature: SignatureBytes([0x22; 64]),
+        }),
+        PeerMessage::Heartbeat,
+        PeerMessage::ListMachines(ListMachines { workspace: None }),
+        PeerMessage::Goodbye,
+        PeerMessage::OpenStream(OpenStream {
+            workspace: None,
+            machine: "m".into(),
+            kind: 1,
+        }),
+    ];
+    for message in &messages {
+        match message {
+            PeerMessage::Hello(_)
+            | PeerMessage::AgentLogin(_)
+            | PeerMessage::ClientLogin(_)
+            | PeerMessage::Heartbeat
+            | PeerMessage::ListMachines(_)
+            | PeerMessage::Goodbye
+            | PeerMessage::OpenStream(_) => {}
+        }
+    }
+    messages
+}
+
+#[test]
+fn debug_output_of_every_wire_message_holds_no_secret() {
+    let secret_part = SECRET_CREDENTIAL.rsplit('_').next().unwrap();
+    let mut shown = Vec::new();
+    for message in every_peer_message_with_a_secret() {
+        shown.push(format!("{message:?}"));
+        shown.push(format!("{message:#?}"));
+        // The login message types on their own, as a log line of a driver would print them.
+        match &message {
+            PeerMessage::AgentLogin(login) => {
+                shown.push(format!("{login:?} {:?}", login.credential))
+            }
+            PeerMessage::ClientLogin(login) => {
+                shown.push(format!("{login:?} {:?}", login.credential))
+            }
+            _ => {}
+        }
+    }
+    // Relay messages carry no credential, but they are formatted in the same logs: all of them, for the record.
+    for (message, _) in relay_samples() {
+        shown.push(format!("{message:?}"));
+    }
+    for text in &shown {
+        assert!(
+            !text.contains(secret_part),
+            "a credential's secret shows in Debug output: {text}"
+        );
+    }
+    // Redacted, not dropped: the field is still there to say a credential was sent.
+    assert!(shown.iter().any(|text| text.contains("credential")));
+}
+
 #[test]
 fn oversized_length_prefix_is_refused_before_the_body_arrives() {
     let mut decoder = FrameDecoder::new();
@@ -339,7 +415,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                     signature[..32].copy_from_slice(&half);
                     signature[32..].copy_from_slice(&key);
                     PeerMessage::AgentLogin(AgentLogin {
-                        credential,
+                        credential: credential.into(),
                         workspace,
                         public_key: KeyBytes(key),
                         signature: SignatureBytes(signature),
@@ -354,7 +430,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
             ),
         (text(), any::<[u8; 32]>()).prop_map(|(credential, key)| PeerMessage::ClientLogin(
             ClientLogin {
-                credential,
+                credential: credential.into(),
                 public_key: KeyBytes(key),
                 signature: SignatureBytes([key[0]; 64]),
             }
