@@ -47,8 +47,8 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// SQLite failed.
-    #[error("relay database error: {0}; check disk space and that relay.db is not corrupted")]
+    /// SQLite failed; the message says what kind of failure it was and what to do (see [`sql_advice`]).
+    #[error("relay database error: {}; {}", .0, sql_advice(.0))]
     Sql(#[from] rusqlite::Error),
     /// A row holds a value this relay cannot read as a valid record.
     #[error(
@@ -106,6 +106,30 @@ pub enum StoreError {
     /// A credential could not be issued.
     #[error(transparent)]
     Issue(#[from] IssueError),
+}
+
+/// What to do about a SQLite failure. Only failures of the disk or the file blame them: a logic error (a
+/// constraint, a statement the schema does not support) must not send an admin to check free space.
+pub fn sql_advice(err: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as Code;
+    match err.sqlite_error_code() {
+        Some(Code::DiskFull) => "the disk holding relay.db is full; free some space",
+        Some(
+            Code::SystemIoFailure | Code::CannotOpen | Code::ReadOnly | Code::PermissionDenied,
+        ) => {
+            "check that the data dir and relay.db are writable by this user and that the disk is healthy"
+        }
+        Some(Code::DatabaseCorrupt | Code::NotADatabase) => {
+            "relay.db is damaged or not a cmdop relay database; restore it from a backup"
+        }
+        Some(Code::DatabaseBusy | Code::DatabaseLocked) => {
+            "another process kept relay.db locked for more than 5 s; retry, and check for a stuck cmdop-relay process"
+        }
+        Some(Code::ConstraintViolation) => {
+            "another change to the same record happened at the same moment; retry the command"
+        }
+        _ => "this is a bug in cmdop-relay; please report it with the command that failed",
+    }
 }
 
 /// A fleet with the time it was created (for the admin's listing).
@@ -168,7 +192,7 @@ impl Store {
         create_private_file(&path)?;
         let conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        enable_wal(&conn)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut store = Self { conn };
@@ -176,31 +200,37 @@ impl Store {
         Ok(store)
     }
 
+    /// Brings the schema to the newest version in one exclusive transaction. Whoever opens a fresh data dir
+    /// first migrates it; everyone else waits for the write lock (up to [`BUSY_TIMEOUT`]), then re-reads the
+    /// version under it and finds nothing left to do. So `serve` and an admin verb started at the same moment
+    /// never both create the tables, and nobody sees a half-made schema.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let current: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let supported = i64::try_from(schema::MIGRATIONS.len()).unwrap_or(i64::MAX);
-        if current > supported {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                supported,
-            });
+        let version = |conn: &Connection| -> Result<i64, StoreError> {
+            Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+        };
+        let too_new = |found: i64| StoreError::SchemaTooNew { found, supported };
+        // Already migrated (every open but the first): no write lock needed.
+        match version(&self.conn)? {
+            current if current == supported => return Ok(()),
+            current if current > supported => return Err(too_new(current)),
+            _ => {}
         }
-        for (index, migration) in schema::MIGRATIONS
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let current = version(&tx)?;
+        if current > supported {
+            return Err(too_new(current));
+        }
+        for migration in schema::MIGRATIONS
             .iter()
-            .enumerate()
             .skip(usize::try_from(current).unwrap_or(0))
         {
-            let tx = self.conn.transaction()?;
             tx.execute_batch(migration)?;
-            tx.pragma_update(
-                None,
-                "user_version",
-                i64::try_from(index + 1).unwrap_or(i64::MAX),
-            )?;
-            tx.commit()?;
         }
+        tx.pragma_update(None, "user_version", supported)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -234,15 +264,17 @@ impl Store {
         };
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(seed.as_mut());
-        self.conn.execute(
-            "INSERT INTO fleets (id, name, trust_seed, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                fleet.id.to_string(),
-                fleet.name.as_str(),
-                seed.as_slice(),
-                sql_time(now)
-            ],
-        )?;
+        self.conn
+            .execute(
+                "INSERT INTO fleets (id, name, trust_seed, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    fleet.id.to_string(),
+                    fleet.name.as_str(),
+                    seed.as_slice(),
+                    sql_time(now)
+                ],
+            )
+            .map_err(|err| taken(err, || StoreError::FleetExists(fleet.name.to_string())))?;
         self.append_audit(&AuditEntry {
             at: now,
             fleet: Some(fleet.id),
@@ -341,10 +373,12 @@ impl Store {
             id: UserId::generate(&mut OsRng),
             name,
         };
-        self.conn.execute(
-            "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)",
-            params![user.id.to_string(), user.name.as_str(), sql_time(now)],
-        )?;
+        self.conn
+            .execute(
+                "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![user.id.to_string(), user.name.as_str(), sql_time(now)],
+            )
+            .map_err(|err| taken(err, || StoreError::UserExists(user.name.to_string())))?;
         self.append_audit(&AuditEntry {
             at: now,
             fleet: None,
@@ -624,6 +658,37 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A unique name taken between the check and the insert (another process created it at that moment) is the
+/// same "already exists" as one taken before; any other failure stays what it is.
+fn taken(err: rusqlite::Error, exists: impl FnOnce() -> StoreError) -> StoreError {
+    match &err {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            exists()
+        }
+        _ => StoreError::Sql(err),
+    }
+}
+
+/// Switches the file to WAL mode (persistent: once any opener did it, the file stays in WAL). SQLite answers
+/// the switch with "database is locked" at once, without its busy handler, while another connection is
+/// opening the same fresh file; so wait and retry here, up to [`BUSY_TIMEOUT`] like every other statement.
+fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())) {
+            Err(err)
+                if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
     }
 }
 

@@ -384,3 +384,87 @@ fn invalid_names_and_duplicates_are_refused() {
         Err(StoreError::UnknownMachine(_))
     ));
 }
+
+/// `serve` and an admin verb started together (a provisioning script right after `systemctl start`) both
+/// open a fresh data dir: whoever comes second must wait for the first one's migration, never fail or
+/// migrate twice, and every write of either must be there afterwards.
+#[test]
+fn concurrent_openers_of_a_fresh_data_dir_all_succeed_and_nothing_is_lost() {
+    const OPENERS: usize = 6;
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|i| {
+                let path = dir.path().to_owned();
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let store = Store::open(&path)?;
+                    store.create_fleet(&format!("fleet-{i}"), NOW)?;
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .collect();
+        for (i, opener) in openers.into_iter().enumerate() {
+            if let Err(err) = opener.join().unwrap() {
+                panic!("round {round}: opener {i} failed: {err}");
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.fleets().unwrap().len(), OPENERS, "round {round}");
+        assert_eq!(
+            store.schema_version().unwrap(),
+            i64::try_from(schema::MIGRATIONS.len()).unwrap()
+        );
+    }
+}
+
+/// Two admins creating the same fleet or user at the same moment: one wins, the other is told the name is
+/// taken (never a database error that blames the disk).
+#[test]
+fn the_same_name_created_twice_at_once_is_taken_not_a_database_error() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path()).unwrap();
+    for round in 0..30 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = dir.path().to_owned();
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let store = Store::open(&path).unwrap();
+                    barrier.wait();
+                    let fleet = store.create_fleet(&format!("fleet-{round}"), NOW).err();
+                    let user = store.create_user(&format!("user-{round}"), NOW).err();
+                    (fleet, user)
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let fleet_errors: Vec<_> = results.iter().filter_map(|(f, _)| f.as_ref()).collect();
+        let user_errors: Vec<_> = results.iter().filter_map(|(_, u)| u.as_ref()).collect();
+        assert!(
+            matches!(fleet_errors.as_slice(), [StoreError::FleetExists(_)]),
+            "round {round}: {fleet_errors:?}"
+        );
+        assert!(
+            matches!(user_errors.as_slice(), [StoreError::UserExists(_)]),
+            "round {round}: {user_errors:?}"
+        );
+    }
+}
+
+#[test]
+fn only_disk_and_file_failures_blame_the_disk() {
+    let disk =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    assert!(StoreError::Sql(disk).to_string().contains("disk"));
+    let logic = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some("table fleets already exists".into()),
+    );
+    let text = StoreError::Sql(logic).to_string();
+    assert!(!text.contains("disk"), "{text}");
+    assert!(text.contains("bug in cmdop-relay"), "{text}");
+}
