@@ -8,6 +8,7 @@
 //!  handle_ack(now)     ◀─ HeartbeatAck ─────┘
 //!                                             silent for 3 intervals ─▶ Close(HEARTBEAT_TIMEOUT)
 //!                                             Standing(Err(revoked)) or expiry ─▶ Close(CREDENTIAL_REVOKED)
+//!                                             StandingUnknown (store failed) ─▶ Close(CREDENTIAL_UNCHECKED)
 //! ```
 //!
 //! The relay keeps one `RelaySession` per connection; the driver feeds it messages, the answers of the store
@@ -42,6 +43,9 @@ pub enum SessionInput {
     Machines(Vec<Machine>),
     /// The credential's standing as the store has it now (re-checked periodically, and when it changes).
     Standing(Result<(), AuthError>),
+    /// The store could not say whether the credential still stands (a re-check failed). The session ends:
+    /// serving on while revocations cannot be seen would fail open.
+    StandingUnknown,
     /// The store could not answer.
     StoreFailed,
 }
@@ -178,6 +182,10 @@ impl RelaySession {
                 self.cut("credential expired")
             }
             SessionInput::Standing(Err(_)) => self.cut("credential revoked"),
+            SessionInput::StandingUnknown => self.cut_with(
+                CloseCode::CREDENTIAL_UNCHECKED,
+                "the relay could not re-check the credential; reconnect later",
+            ),
             SessionInput::StoreFailed => {
                 self.listing = None;
                 self.send(RelayMessage::Error(ErrorMessage {
@@ -250,6 +258,11 @@ impl RelaySession {
 
     /// Ends the session because its credential no longer stands, and says so in the audit log.
     fn cut(&mut self, reason: &str) {
+        self.cut_with(CloseCode::CREDENTIAL_REVOKED, reason);
+    }
+
+    /// Ends the session over its credential with `code`, and says so in the audit log.
+    fn cut_with(&mut self, code: CloseCode, reason: &str) {
         let authenticated = self.authenticated();
         let fleet = match &self.peer {
             LoggedIn::Agent(agent) => Some(agent.access.fleet_id()),
@@ -263,7 +276,7 @@ impl RelaySession {
             detail: format!("{reason}: live connection from {} closed", self.address),
         };
         self.actions.push_back(SessionAction::Audit(event));
-        self.close(CloseCode::CREDENTIAL_REVOKED, reason);
+        self.close(code, reason);
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {

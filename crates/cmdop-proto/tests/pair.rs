@@ -592,6 +592,31 @@ fn a_revoked_credential_cuts_a_live_session_at_the_next_check() {
 }
 
 #[test]
+fn a_credential_the_store_cannot_recheck_is_cut_and_told_to_come_back_later() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.login(client_request(&member), &identity(2), &EXPORTER)
+        .unwrap();
+    let now = pair.clock.now();
+    let session = pair.relay.session.as_mut().unwrap();
+    session.handle(SessionInput::StandingUnknown, now);
+    pair.relay.drain_session(&mut pair.store, now);
+    // Fail closed: the session ends. The code is not "revoked": the credential may be fine, and a peer that
+    // reconnects is checked afresh at login.
+    assert_eq!(
+        pair.relay.closed,
+        Some(Closed {
+            code: CloseCode::CREDENTIAL_UNCHECKED,
+            reason: "the relay could not re-check the credential; reconnect later".to_owned()
+        })
+    );
+    let cut = pair.store.audit.last().unwrap();
+    assert_eq!((cut.action, cut.outcome), ("disconnect", "done"));
+    assert!(cut.detail.contains("could not re-check"), "{cut:?}");
+}
+
+#[test]
 fn an_expiring_credential_ends_its_session_at_expiry_without_a_store_check() {
     let mut pair = Pair::new();
     let prod = pair.store.fleet("prod", &mut pair.rng);

@@ -382,6 +382,9 @@ impl CloseCode {
     pub const REPLACED: Self = Self(6);
     /// The relay is shutting down.
     pub const SHUTDOWN: Self = Self(7);
+    /// The relay could not re-check the connection's credential (its store failed), so it closed the
+    /// connection rather than keep serving a credential that may have been revoked; reconnect later.
+    pub const CREDENTIAL_UNCHECKED: Self = Self(8);
 }
 
 /// Messages sent by agents and clients to the relay.

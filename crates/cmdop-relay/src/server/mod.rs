@@ -4,9 +4,10 @@
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
 //! [`Limits::login_deadline`] ([`login`]); after login the permit is released, the connection is tracked in
 //! the session table, and [`session`] serves its control stream while [`routing`] serves the streams it
-//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store every
-//! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
-//! process) cuts its connections within a second.
+//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store when it
+//! changed (polled every [`ServerConfig::revocation_poll`]) and every [`ServerConfig::revocation_recheck`]
+//! regardless, so a credential revoked by an admin verb (another process) cuts its connections within a
+//! second; a credential the store cannot read cuts its connection too (fail closed).
 
 mod login;
 mod revocation;
@@ -45,6 +46,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default for [`ServerConfig::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`ServerConfig::revocation_recheck`].
+pub const DEFAULT_REVOCATION_RECHECK: Duration = Duration::from_secs(30);
 
 /// How long the relay waits for a peer to receive a final error before closing.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -96,8 +100,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Heartbeat interval told to agents.
     pub heartbeat_interval: Duration,
-    /// How often live connections are checked against revocations and expiries.
+    /// How often the store's change counter is polled; a change re-checks every live connection's credential.
     pub revocation_poll: Duration,
+    /// How often every live connection's credential is re-checked even when no change was seen.
+    pub revocation_recheck: Duration,
     /// Sees every forwarded byte of routed streams (tests only; `None` in the binary).
     pub tap: Option<Tap>,
     /// Where the server counts what it does (`cmdop-relay serve --metrics` serves them).
@@ -116,6 +122,7 @@ impl ServerConfig {
             limits: Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             revocation_poll: Duration::from_millis(250),
+            revocation_recheck: DEFAULT_REVOCATION_RECHECK,
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -130,6 +137,7 @@ pub struct Server {
     shared: Arc<Shared>,
     fingerprint: RelayFingerprint,
     revocation_poll: Duration,
+    revocation_recheck: Duration,
     drain_timeout: Duration,
 }
 
@@ -193,6 +201,7 @@ impl Server {
             shared,
             fingerprint,
             revocation_poll: config.revocation_poll,
+            revocation_recheck: config.revocation_recheck,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -216,7 +225,11 @@ impl Server {
     /// running get [`ServerConfig::drain_timeout`] to finish, then every connection is closed (agents
     /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let watcher = tokio::spawn(revocation::watch(self.shared.clone(), self.revocation_poll));
+        let watcher = tokio::spawn(revocation::watch(
+            self.shared.clone(),
+            self.revocation_poll,
+            self.revocation_recheck,
+        ));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {

@@ -218,3 +218,104 @@ async fn connections_beyond_the_limit_are_refused() {
     let _ = running.stop.send(());
     running.task.await.unwrap().unwrap();
 }
+
+/// A relay with a fleet and a member key, and a client logged in with it.
+struct LoggedInClient {
+    running: Running,
+    shared: Arc<Shared>,
+    client: ClientConnection,
+    member: cmdop_fleet::CredentialSecret,
+    _dir: tempfile::TempDir,
+}
+
+async fn logged_in_client(recheck: Duration) -> LoggedInClient {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let (tls, _) = TlsIdentity::load_or_generate(dir.path()).unwrap();
+    let mut config = ServerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap(), tls);
+    config.revocation_recheck = recheck;
+    let server = Server::bind(config).unwrap();
+    let shared = Arc::clone(&server.shared);
+    let addr = server.local_addr().unwrap();
+    let fingerprint = server.fingerprint();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let running = Running {
+        addr,
+        fingerprint,
+        stop,
+        task,
+    };
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let client = ClientConnection::login(
+        &target,
+        &cmdop_identity::Identity::generate(&mut OsRng),
+        &member.expose_text(),
+    )
+    .await
+    .unwrap();
+    LoggedInClient {
+        running,
+        shared,
+        client,
+        member,
+        _dir: dir,
+    }
+}
+
+/// When the store cannot say whether a live connection's credential still stands, the connection is cut
+/// (fail closed), with a close code that tells the peer to come back later rather than that it was revoked.
+#[tokio::test]
+async fn a_store_failure_during_the_recheck_cuts_live_connections() {
+    let live = logged_in_client(Duration::from_secs(3600)).await;
+    // Another process breaks the store under the running relay: the credential can no longer be read.
+    let breaker = rusqlite::Connection::open(live._dir.path().join(crate::store::DB_FILE)).unwrap();
+    breaker
+        .execute_batch("ALTER TABLE api_keys RENAME TO api_keys_gone")
+        .unwrap();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), live.client.closed())
+        .await
+        .expect("a connection whose credential cannot be re-checked stays open");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    match closed {
+        cmdop_client::ClientError::Closed { code, .. } => {
+            assert_eq!(code, CloseCode::CREDENTIAL_UNCHECKED.0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        closed.is_retryable(),
+        "agents and clients come back: {closed:?}"
+    );
+    let _ = live.running.stop.send(());
+    live.running.task.await.unwrap().unwrap();
+}
+
+/// A revocation the change counter does not show (written through the relay's own connection, or a store
+/// replaced from a backup) is still found by the periodic re-check.
+#[tokio::test]
+async fn a_revocation_the_change_counter_misses_is_cut_by_the_timer() {
+    let live = logged_in_client(Duration::from_millis(500)).await;
+    let id = live.member.id().to_string();
+    live.shared.lock_store().revoke(&id, now().unix).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), live.client.closed())
+        .await
+        .expect("a revoked credential's connection stays open");
+    assert!(
+        matches!(closed, cmdop_client::ClientError::CredentialRevoked(_)),
+        "{closed:?}"
+    );
+    let _ = live.running.stop.send(());
+    live.running.task.await.unwrap().unwrap();
+}
