@@ -32,6 +32,7 @@ use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
+use crate::peer_text;
 use crate::wire::{
     AUTH_CAPABILITY_ED25519, AgentLogin, Challenge, ClientLogin, CloseCode, EXPORTER_LEN,
     ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage,
@@ -804,7 +805,9 @@ impl RelayLogin {
     fn audit_peer_refusal(&mut self, hello: &Hello, reason: &str) {
         let detail = format!(
             "{reason} ({:?} from {}, {})",
-            hello.role, self.config.peer, hello.client_software
+            hello.role,
+            self.config.peer,
+            peer_text::for_terminal(&hello.client_software, peer_text::AUDIT_FIELD_CHARS)
         );
         let actor = format!("peer:{}", self.config.peer);
         self.audit(None, &actor, "auth", "refused", detail);
@@ -1002,9 +1005,9 @@ fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, Inv
     })
 }
 
-/// Peer-supplied text in messages stays bounded.
+/// Peer-supplied text in messages and audit entries stays bounded and shows no terminal controls.
 fn shorten(text: &str) -> String {
-    text.chars().take(80).collect()
+    peer_text::for_terminal(text, 80)
 }
 
 /// How a machine travels in [`RelayMessage::Machines`] and [`crate::wire::StreamReady`].

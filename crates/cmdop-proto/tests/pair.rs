@@ -663,6 +663,41 @@ fn a_peer_that_never_finishes_is_cut_at_the_login_deadline() {
     );
 }
 
+/// A peer's software string goes into the audit entry of its refusal. A hostile one (64 KiB, with terminal
+/// escapes and a bidi override) must arrive there bounded and written out, never raw.
+#[test]
+fn a_hostile_software_string_reaches_the_audit_log_capped_and_escaped() {
+    let mut pair = Pair::new();
+    let hostile = format!(
+        "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\n\u{202e}{}",
+        "A".repeat(65_000)
+    );
+    let answers = pair.exchange(&PeerMessage::Hello(cmdop_proto::wire::Hello {
+        version: cmdop_proto::wire::PROTOCOL_VERSION,
+        role: cmdop_proto::wire::Role::Client,
+        client_software: hostile,
+    }));
+    assert!(matches!(answers.as_slice(), [RelayMessage::Challenge(_)]));
+    pair.exchange(&PeerMessage::ClientLogin(cmdop_proto::wire::ClientLogin {
+        credential: "cmdop_ak_garbage".into(),
+        public_key: cmdop_proto::wire::KeyBytes([0x11; 32]),
+        signature: cmdop_proto::wire::SignatureBytes([0x22; 64]),
+    }));
+    let entry = pair.store.audit.last().unwrap();
+    assert_eq!((entry.action, entry.outcome), ("auth", "refused"));
+    assert!(entry.detail.contains("malformed credential"), "{entry:?}");
+    assert!(entry.detail.contains("evil"), "{entry:?}");
+    assert!(
+        entry.detail.chars().count() <= 400,
+        "{} characters",
+        entry.detail.chars().count()
+    );
+    for forbidden in ['\u{1b}', '\u{7}', '\r', '\n', '\u{202e}'] {
+        assert!(!entry.detail.contains(forbidden), "{:?}", entry.detail);
+    }
+    assert!(entry.detail.contains("\\u{001b}"), "{:?}", entry.detail);
+}
+
 #[test]
 fn credential_failures_all_look_the_same_to_the_peer_and_differ_in_the_audit_log() {
     let mut pair = Pair::new();

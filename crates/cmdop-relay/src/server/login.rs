@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use cmdop_client::control::ControlStream;
+use cmdop_proto::audit_budget::source_of;
 use cmdop_proto::login::{
     FleetLookup, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig, StoreRefusal,
 };
@@ -42,8 +43,11 @@ pub(super) async fn log_in(
         heartbeat_interval: shared.heartbeat_interval,
     });
     let mut stream: Option<ControlStream> = None;
+    let source = source_of(remote.ip());
     loop {
-        if let Some(done) = run_actions(shared, connection, &mut login, stream.as_mut()).await {
+        if let Some(done) =
+            run_actions(shared, connection, &source, &mut login, stream.as_mut()).await
+        {
             return match (stream, done) {
                 (Some(stream), Some(logged_in)) => Some((stream, logged_in)),
                 _ => None,
@@ -82,6 +86,7 @@ pub(super) async fn log_in(
 async fn run_actions(
     shared: &Shared,
     connection: &quinn::Connection,
+    source: &str,
     login: &mut RelayLogin,
     mut stream: Option<&mut ControlStream>,
 ) -> Option<Option<LoggedIn>> {
@@ -127,7 +132,7 @@ async fn run_actions(
                     tracing::warn!(%err, "cannot record a credential's last use");
                 }
             }
-            LoginAction::Audit(event) => shared.audit(&event),
+            LoginAction::Audit(event) => shared.audit(source, event),
             LoginAction::Close {
                 code,
                 reason,

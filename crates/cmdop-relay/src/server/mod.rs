@@ -26,6 +26,7 @@ use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
 use cmdop_fleet::{CredentialId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
+use cmdop_proto::audit_budget::AuditBudget;
 use cmdop_proto::login::{AuditEvent, Time};
 use cmdop_proto::presence::SessionInput;
 use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
@@ -156,6 +157,8 @@ struct Shared {
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
+    /// Refusals counted this minute instead of written one by one.
+    audit_budget: Mutex<AuditBudget>,
 }
 
 /// A logged-in connection, as the revocation watcher and routing see it.
@@ -195,6 +198,7 @@ impl Server {
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
+            audit_budget: Mutex::new(AuditBudget::new()),
         });
         Ok(Self {
             endpoint,
@@ -230,6 +234,7 @@ impl Server {
             self.revocation_poll,
             self.revocation_recheck,
         ));
+        let audit_flusher = tokio::spawn(flush_audit_every(self.shared.clone(), AUDIT_FLUSH));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -241,6 +246,8 @@ impl Server {
         }
         self.drain().await;
         watcher.abort();
+        audit_flusher.abort();
+        self.shared.flush_audit(true);
         self.endpoint
             .close(CloseCode::SHUTDOWN.0.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -305,19 +312,49 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Appends a state machine's audit event, stamped now.
-    fn audit(&self, event: &AuditEvent) {
-        let entry = AuditEntry {
-            at: now().unix,
-            fleet: event.fleet,
-            actor: &event.actor,
-            action: event.action,
-            outcome: event.outcome,
-            detail: &event.detail,
+    /// Appends a state machine's audit event, stamped now, within the refusal budget of `source` (the peer's
+    /// address before login, the actor after): repeated refusals are counted, not written one by one.
+    fn audit(&self, source: &str, event: AuditEvent) {
+        let at = now().unix;
+        let write = self.budget().admit(source, event, at);
+        self.write_audit(&write, at);
+    }
+
+    /// Writes the refusal counts of a minute that is over (or, with `stopping`, of the running one).
+    fn flush_audit(&self, stopping: bool) {
+        let at = now().unix;
+        let write = if stopping {
+            self.budget().finish()
+        } else {
+            self.budget().flush(at)
         };
-        if let Err(err) = self.lock_store().append_audit(&entry) {
-            tracing::error!(%err, action = event.action, "cannot write the audit log");
+        self.write_audit(&write, at);
+    }
+
+    fn write_audit(&self, events: &[AuditEvent], at: Timestamp) {
+        if events.is_empty() {
+            return;
         }
+        let store = self.lock_store();
+        for event in events {
+            let entry = AuditEntry {
+                at,
+                fleet: event.fleet,
+                actor: &event.actor,
+                action: event.action,
+                outcome: event.outcome,
+                detail: &event.detail,
+            };
+            if let Err(err) = store.append_audit(&entry) {
+                tracing::error!(%err, action = event.action, "cannot write the audit log");
+            }
+        }
+    }
+
+    fn budget(&self) -> MutexGuard<'_, AuditBudget> {
+        self.audit_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, LiveConnection>> {
@@ -342,6 +379,17 @@ impl Shared {
         } else {
             self.metrics.handshake_failed(reason);
         }
+    }
+}
+
+/// How often the refusal counts of a finished minute are written.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
+
+async fn flush_audit_every(shared: Arc<Shared>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        shared.flush_audit(false);
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cmdop_client::control::ControlStream;
 use cmdop_proto::login::{AuditEvent, ClientSession, actor};
+use cmdop_proto::peer_text;
 use cmdop_proto::routing::{Route, RouteContext, RouteRefusal, offline, resolve_route, scope};
 use cmdop_proto::wire::{ErrorCode, ErrorMessage, OpenStream, PeerMessage, RelayMessage};
 use quinn::{RecvStream, SendStream};
@@ -61,16 +62,22 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     let (route, agent) = match prepare(shared, client, &request) {
         Ok(prepared) => prepared,
         Err(refusal) => {
-            shared.audit(&AuditEvent {
-                fleet: None,
-                actor: actor(&client.authenticated),
-                action: "session",
-                outcome: "refused",
-                detail: format!(
-                    "open {:?} kind {}: {}",
-                    request.machine, request.kind, refusal.message
-                ),
-            });
+            let actor = actor(&client.authenticated);
+            shared.audit(
+                &actor.clone(),
+                AuditEvent {
+                    fleet: None,
+                    actor,
+                    action: "session",
+                    outcome: "refused",
+                    detail: format!(
+                        "open {:?} kind {}: {}",
+                        peer_text::for_terminal(&request.machine, peer_text::AUDIT_FIELD_CHARS),
+                        request.kind,
+                        refusal.message
+                    ),
+                },
+            );
             let _ = refuse(&mut control, refusal).await;
             return;
         }
@@ -121,9 +128,10 @@ fn audit_spliced(
     channel: &str,
     outcome: &SpliceOutcome,
 ) {
-    shared.audit(&AuditEvent {
+    let actor = actor(&client.authenticated);
+    shared.audit(&actor.clone(), AuditEvent {
         fleet: Some(route.machine.fleet),
-        actor: actor(&client.authenticated),
+        actor,
         action: "session",
         outcome: if outcome.error.is_none() { "closed" } else { "cut" },
         detail: format!(

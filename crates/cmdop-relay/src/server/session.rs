@@ -168,7 +168,10 @@ async fn run_actions(
                 };
                 session.handle(input, now());
             }
-            SessionAction::Audit(event) => shared.audit(&event),
+            SessionAction::Audit(event) => {
+                let source = event.actor.clone();
+                shared.audit(&source, event);
+            }
             SessionAction::Close { code, reason } => {
                 // Only a protocol error follows an error message that must reach the peer first; a goodbye,
                 // a silent agent or a revoked credential is closed at once.

@@ -319,3 +319,62 @@ async fn a_revocation_the_change_counter_misses_is_cut_by_the_timer() {
     let _ = live.running.stop.send(());
     live.running.task.await.unwrap().unwrap();
 }
+
+/// A stranger hammering the relay with failed logins cannot grow the audit log by an entry per attempt: from
+/// one source, one entry in full and a count of the rest per minute. Nothing is lost: the count says how
+/// many there were.
+#[tokio::test]
+async fn repeated_failed_logins_from_one_source_are_counted_not_written_one_by_one() {
+    const ATTEMPTS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path())
+        .unwrap()
+        .create_fleet("prod", now().unix)
+        .unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let identity = cmdop_identity::Identity::generate(&mut OsRng);
+    for _ in 0..ATTEMPTS {
+        let stranger = cmdop_fleet::CredentialSecret::generate(
+            cmdop_fleet::CredentialKind::ApiKey,
+            &mut OsRng,
+        );
+        let refused = ClientConnection::login(&target, &identity, &stranger.expose_text()).await;
+        assert!(
+            matches!(
+                refused,
+                Err(cmdop_client::ClientError::AuthenticationFailed(_))
+            ),
+            "{refused:?}"
+        );
+    }
+    let refusals = |store: &Store| {
+        store
+            .audit(None)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.outcome == "refused")
+            .collect::<Vec<_>>()
+    };
+    let while_running = refusals(&Store::open(dir.path()).unwrap());
+    // One in full per minute (two if the test straddled a minute), not one per attempt.
+    assert!(
+        (1..=2).contains(&while_running.len()),
+        "{} refusal entries for {ATTEMPTS} attempts: {while_running:#?}",
+        while_running.len()
+    );
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+    // A stopping relay writes what it counted: the full entries plus the counts add up to every attempt.
+    let after = refusals(&Store::open(dir.path()).unwrap());
+    let counted: usize = after
+        .iter()
+        .map(|r| {
+            r.detail
+                .split_once(" more like this")
+                .map_or(1, |(n, _)| n.parse::<usize>().unwrap())
+        })
+        .sum();
+    assert_eq!(counted, ATTEMPTS, "{after:#?}");
+    assert!(after.len() <= 4, "{after:#?}");
+}

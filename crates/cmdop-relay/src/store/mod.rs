@@ -21,6 +21,7 @@ use cmdop_fleet::{
     UserName, UserToken, UserTokenSpec,
 };
 use cmdop_proto::login::CredentialLookup;
+use cmdop_proto::peer_text;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -29,6 +30,16 @@ use self::rows::{api_key_from_row, fleet_from_row, sql_time, token_from_row, use
 
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "relay.db";
+
+/// Most characters of an audit entry's actor.
+const AUDIT_ACTOR_CHARS: usize = 160;
+/// Most characters of an audit entry's action, outcome or fleet name.
+const AUDIT_WORD_CHARS: usize = 64;
+/// Most characters of an audit entry's detail.
+const AUDIT_DETAIL_CHARS: usize = 600;
+/// Most characters of one audit entry's text fields together (the bound `docs/relay.md` states).
+pub const MAX_AUDIT_ENTRY_CHARS: usize =
+    AUDIT_ACTOR_CHARS + 3 * AUDIT_WORD_CHARS + AUDIT_DETAIL_CHARS;
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -621,16 +632,18 @@ impl Store {
     }
 
     /// Appends to the audit log. There is deliberately no way to change or delete entries (the schema refuses it too).
+    /// Every field is stored bounded and without terminal controls ([`peer_text::for_terminal`]): whatever a
+    /// peer managed to put into one, an entry stays under [`MAX_AUDIT_ENTRY_CHARS`].
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO audit_log (at, fleet_id, actor, action, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 sql_time(entry.at),
                 entry.fleet.map(|id| id.to_string()),
-                entry.actor,
-                entry.action,
-                entry.outcome,
-                entry.detail
+                peer_text::for_terminal(entry.actor, AUDIT_ACTOR_CHARS),
+                peer_text::for_terminal(entry.action, AUDIT_WORD_CHARS),
+                peer_text::for_terminal(entry.outcome, AUDIT_WORD_CHARS),
+                peer_text::for_terminal(entry.detail, AUDIT_DETAIL_CHARS),
             ],
         )?;
         Ok(())
@@ -646,15 +659,19 @@ impl Store {
             "SELECT a.seq, a.at, f.name, a.actor, a.action, a.outcome, a.detail FROM audit_log a
              LEFT JOIN fleets f ON f.id = a.fleet_id WHERE ?1 IS NULL OR a.fleet_id = ?1 ORDER BY a.seq",
         )?;
+        // Rows written by an older relay may hold raw peer text: bound and escape on the way out as well.
+        let shown = |text: String, max: usize| peer_text::for_terminal(&text, max);
         let rows = stmt.query_map([fleet_id], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 at: rows::unix_seconds(r.get(1)?),
-                fleet: r.get(2)?,
-                actor: r.get(3)?,
-                action: r.get(4)?,
-                outcome: r.get(5)?,
-                detail: r.get(6)?,
+                fleet: r
+                    .get::<_, Option<String>>(2)?
+                    .map(|f| shown(f, AUDIT_WORD_CHARS)),
+                actor: shown(r.get(3)?, AUDIT_ACTOR_CHARS),
+                action: shown(r.get(4)?, AUDIT_WORD_CHARS),
+                outcome: shown(r.get(5)?, AUDIT_WORD_CHARS),
+                detail: shown(r.get(6)?, AUDIT_DETAIL_CHARS),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -468,3 +468,49 @@ fn only_disk_and_file_failures_blame_the_disk() {
     assert!(!text.contains("disk"), "{text}");
     assert!(text.contains("bug in cmdop-relay"), "{text}");
 }
+
+/// Whatever reaches `append_audit` (a peer's text the state machines did not shorten, a row an older relay
+/// wrote raw) is stored bounded, and `cmdop-relay audit` prints nothing a terminal would act on.
+#[test]
+fn audit_fields_are_stored_bounded_and_printed_without_terminal_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let hostile = format!("\u{1b}]0;owned\u{7}\u{1b}[2J\u{202e}{}", "A".repeat(65_000));
+    store
+        .append_audit(&AuditEntry {
+            at: NOW,
+            fleet: None,
+            actor: &format!("peer:{hostile}"),
+            action: "auth",
+            outcome: "refused",
+            detail: &hostile,
+        })
+        .unwrap();
+    // A row as an older relay wrote it: raw, unbounded.
+    store
+        .conn
+        .execute(
+            "INSERT INTO audit_log (at, fleet_id, actor, action, outcome, detail) VALUES (1, NULL, 'peer:x', 'auth', 'refused', ?1)",
+            [&hostile],
+        )
+        .unwrap();
+    let records = store.audit(None).unwrap();
+    let stored: i64 = store
+        .conn
+        .query_row(
+            "SELECT max(length(detail) + length(actor)) FROM audit_log WHERE seq = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stored <= 2048, "an entry of {stored} characters was stored");
+    let table = crate::admin::audit_table(&records);
+    for line in table.lines() {
+        assert!(
+            line.chars().all(|c| c == '\t' || !c.is_control()) && !line.contains('\u{202e}'),
+            "{line:?}"
+        );
+    }
+    assert!(table.contains("\\u{001b}"), "{table}");
+    assert!(table.lines().all(|line| line.chars().count() <= 3000));
+}
