@@ -33,8 +33,14 @@ pub enum TransportError {
 pub struct Limits {
     /// Connections (authenticated or not) served at once; more are refused.
     pub max_connections: usize,
-    /// Connections still logging in at once; more are refused.
+    /// Connections still logging in at once; when full, a new attempt takes the slot of the oldest attempt of
+    /// the source holding the most (see `cmdop_proto::admission`).
     pub max_unauthenticated: usize,
+    /// Connections still logging in at once from one source (an IPv4 address or an IPv6 /64).
+    pub max_unauthenticated_per_source: usize,
+    /// From this many connections logging in, an attempt from an address not yet validated is answered with a
+    /// QUIC Retry first (one extra round trip, and spoofed addresses never take a slot); below it, none is.
+    pub retry_from: usize,
     /// Time a connection has to finish its login.
     pub login_deadline: Duration,
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
@@ -63,6 +69,8 @@ impl Default for Limits {
         Self {
             max_connections: 1024,
             max_unauthenticated: 128,
+            max_unauthenticated_per_source: 16,
+            retry_from: 32,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
             stream_receive_window: 1024 * 1024,

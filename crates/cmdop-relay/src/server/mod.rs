@@ -26,11 +26,14 @@ use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
 use cmdop_fleet::{CredentialId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
-use cmdop_proto::audit_budget::AuditBudget;
+use cmdop_proto::admission::{
+    Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket,
+};
+use cmdop_proto::audit_budget::{AuditBudget, source_of};
 use cmdop_proto::login::{AuditEvent, Time};
 use cmdop_proto::presence::SessionInput;
 use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
@@ -149,7 +152,10 @@ struct Shared {
     limits: Limits,
     heartbeat_interval: Duration,
     connections: Arc<Semaphore>,
-    unauthenticated: Arc<Semaphore>,
+    /// Connections not yet logged in: who may start, who must prove its address, whose slot goes to whom.
+    admission: Mutex<Admission>,
+    /// How to end each pending login early, by its admission ticket (when its slot goes to another).
+    evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
     /// The connection that decides each online machine's presence: the newest one.
@@ -190,7 +196,12 @@ impl Server {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+            admission: Mutex::new(Admission::new(AdmissionConfig {
+                max_pending: config.limits.max_unauthenticated,
+                max_per_source: config.limits.max_unauthenticated_per_source,
+                retry_from: config.limits.retry_from,
+            })),
+            evictions: Mutex::new(HashMap::new()),
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
@@ -255,27 +266,63 @@ impl Server {
         Ok(())
     }
 
-    /// Takes a connection permit and a login permit for a new connection, or refuses it.
+    /// Takes a connection permit and an admission slot for a new connection ([`Admission`]: a QUIC Retry for
+    /// an unproven address under load, a cap per source, the slot of a heavier source when full), or refuses
+    /// it. Refusals during a flood are counted in the metrics and logged at debug level only, so a flood
+    /// cannot fill the log either.
     fn admit(&self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
         let Ok(connection_permit) = self.shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            tracing::debug!(%remote, "connection limit reached; refusing");
             self.shared
                 .metrics
                 .handshake_failed(FailureReason::ConnectionLimit);
             incoming.refuse();
             return;
         };
-        let Ok(login_permit) = self.shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "unauthenticated connection limit reached; refusing");
-            self.shared
-                .metrics
-                .handshake_failed(FailureReason::UnauthenticatedLimit);
-            incoming.refuse();
-            return;
+        let source = source_of(remote.ip());
+        let decision = self
+            .shared
+            .admission()
+            .admit(&source, incoming.remote_address_validated());
+        let ticket = match decision {
+            Admit::Accept(ticket) => ticket,
+            Admit::AcceptEvicting { ticket, evicted } => {
+                self.shared.evict(evicted);
+                ticket
+            }
+            Admit::Retry => {
+                self.shared.metrics.retry_sent();
+                if let Err(err) = incoming.retry() {
+                    err.into_incoming().refuse();
+                }
+                return;
+            }
+            Admit::Refuse(refusal) => {
+                let reason = match refusal {
+                    AdmissionRefusal::SourceBusy => FailureReason::SourceLimit,
+                    _ => FailureReason::UnauthenticatedLimit,
+                };
+                tracing::debug!(%remote, ?refusal, "no login slot for this attempt; refusing");
+                self.shared.metrics.handshake_failed(reason);
+                incoming.refuse();
+                return;
+            }
+            other => {
+                tracing::error!(?other, "unknown admission decision; refusing");
+                incoming.refuse();
+                return;
+            }
+        };
+        let evicted = Arc::new(Notify::new());
+        self.shared.evictions().insert(ticket, Arc::clone(&evicted));
+        let slot = LoginSlot {
+            shared: Arc::clone(&self.shared),
+            ticket,
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            handle_incoming(shared, incoming, login_permit).await;
+            handle_incoming(shared, incoming, slot, evicted).await;
             drop(connection_permit);
         });
     }
@@ -355,6 +402,26 @@ impl Shared {
         self.audit_budget
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn evictions(&self) -> MutexGuard<'_, HashMap<Ticket, Arc<Notify>>> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the pending login holding `ticket`: its slot went to another attempt.
+    fn evict(&self, ticket: Ticket) {
+        if let Some(evicted) = self.evictions().remove(&ticket) {
+            evicted.notify_one();
+        }
+        self.metrics.handshake_failed(FailureReason::Evicted);
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, LiveConnection>> {
@@ -452,10 +519,27 @@ async fn refuse_stream(
     connection.close(CloseCode::PROTOCOL_ERROR.0.into(), reason.as_bytes());
 }
 
+/// A pending login's admission slot: freed when the login ends, however it ends.
+struct LoginSlot {
+    shared: Arc<Shared>,
+    ticket: Ticket,
+}
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        self.shared.evictions().remove(&self.ticket);
+        self.shared.admission().done(self.ticket);
+    }
+}
+
+/// The close reason of a login whose slot went to another attempt.
+const EVICTED: &str = "the relay is busy: this login's slot went to another attempt; retry";
+
 async fn handle_incoming(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
-    login_permit: OwnedSemaphorePermit,
+    slot: LoginSlot,
+    evicted: Arc<Notify>,
 ) {
     let remote = incoming.remote_address();
     let started = tokio::time::Instant::now();
@@ -468,17 +552,29 @@ async fn handle_incoming(
             return;
         }
     };
-    let Ok(Ok(connection)) = tokio::time::timeout_at(deadline, connecting).await else {
-        tracing::debug!(%remote, "handshake failed or timed out");
-        shared.metrics.handshake_failed(FailureReason::Tls);
+    let connection = tokio::select! {
+        connected = tokio::time::timeout_at(deadline, connecting) => match connected {
+            Ok(Ok(connection)) => connection,
+            _ => {
+                tracing::debug!(%remote, "handshake failed or timed out");
+                shared.metrics.handshake_failed(FailureReason::Tls);
+                return;
+            }
+        },
+        // Dropping the handshake abandons it.
+        () = evicted.notified() => return,
+    };
+    let logged_in = tokio::select! {
+        logged_in = login::log_in(&shared, &connection, remote, deadline.into_std()) => logged_in,
+        () = evicted.notified() => {
+            connection.close(CloseCode::LOGIN_TIMEOUT.0.into(), EVICTED.as_bytes());
+            return;
+        }
+    };
+    let Some((stream, logged_in)) = logged_in else {
         return;
     };
-    let Some((stream, logged_in)) =
-        login::log_in(&shared, &connection, remote, deadline.into_std()).await
-    else {
-        return;
-    };
-    drop(login_permit);
+    drop(slot);
     session::serve(shared, connection, stream, logged_in, remote).await;
 }
 

@@ -15,6 +15,7 @@ use cmdop_proto::wire::{PROTOCOL_VERSION, PeerMessage, Role};
 struct Running {
     addr: SocketAddr,
     fingerprint: RelayFingerprint,
+    metrics: Arc<RelayMetrics>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
@@ -26,6 +27,7 @@ async fn start(data: &std::path::Path, limits: Limits) -> Running {
     let server = Server::bind(config).unwrap();
     let addr = server.local_addr().unwrap();
     let fingerprint = server.fingerprint();
+    let metrics = server.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -33,6 +35,7 @@ async fn start(data: &std::path::Path, limits: Limits) -> Running {
     Running {
         addr,
         fingerprint,
+        metrics,
         stop,
         task,
     }
@@ -242,6 +245,7 @@ async fn logged_in_client(recheck: Duration) -> LoggedInClient {
     let shared = Arc::clone(&server.shared);
     let addr = server.local_addr().unwrap();
     let fingerprint = server.fingerprint();
+    let metrics = server.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -249,6 +253,7 @@ async fn logged_in_client(recheck: Duration) -> LoggedInClient {
     let running = Running {
         addr,
         fingerprint,
+        metrics,
         stop,
         task,
     };
@@ -377,4 +382,224 @@ async fn repeated_failed_logins_from_one_source_are_counted_not_written_one_by_o
         .sum();
     assert_eq!(counted, ATTEMPTS, "{after:#?}");
     assert!(after.len() <= 4, "{after:#?}");
+}
+
+/// The first flight of `n` QUIC connection attempts to `server`, each a complete Initial packet with its own
+/// connection id, made by quinn's own state machine without a socket: what a spoofer replays.
+fn initials(server: SocketAddr, fingerprint: RelayFingerprint, n: usize) -> Vec<Vec<u8>> {
+    let config =
+        client_config(fingerprint, Arc::new(Mutex::new(None)), &Limits::default()).unwrap();
+    (0..n)
+        .map(|_| {
+            // A fresh endpoint each time, so nothing (CID pools, retransmissions) is shared.
+            let mut endpoint = quinn_proto::Endpoint::new(
+                Arc::new(quinn_proto::EndpointConfig::default()),
+                None,
+                true,
+                None,
+            );
+            let (_, mut connection) = endpoint
+                .connect(
+                    Instant::now(),
+                    config.clone(),
+                    server,
+                    cmdop_client::transport::SERVER_NAME,
+                )
+                .unwrap();
+            let mut datagram = Vec::new();
+            let transmit = connection
+                .poll_transmit(Instant::now(), 1, &mut datagram)
+                .unwrap();
+            datagram.truncate(transmit.size);
+            datagram
+        })
+        .collect()
+}
+
+/// The `i`-th of many distinct loopback addresses (all of 127.0.0.0/8 is loopback on Linux).
+fn loopback_source(i: usize) -> std::net::Ipv4Addr {
+    let i = u32::try_from(i).unwrap() + 1;
+    std::net::Ipv4Addr::new(
+        127,
+        100 + u8::try_from(i >> 16).unwrap(),
+        (i >> 8) as u8,
+        i as u8,
+    )
+}
+
+/// The attack of issue 13 item 3: Initial packets from addresses that never answer (spoofed) each held a
+/// pre-login slot until the login deadline, so a thousand of them locked every agent and client out for
+/// 10 s. Now, once a quarter of the slots is taken, unproven addresses get a QUIC Retry and never take a slot;
+/// a real client answers the Retry and logs in. Its latency is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_gets_in_during_a_flood_of_spoofed_handshakes() {
+    const FLOOD: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+    let baseline = {
+        let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+        let started = Instant::now();
+        let client = ClientConnection::login(
+            &target,
+            &cmdop_identity::Identity::generate(&mut OsRng),
+            &member.expose_text(),
+        )
+        .await
+        .unwrap();
+        client.close().await;
+        started.elapsed()
+    };
+    let flood = initials(running.addr, running.fingerprint, FLOOD);
+    let addr = running.addr;
+    let sent = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        for (i, initial) in flood.iter().enumerate() {
+            // Sent and forgotten: whatever the relay answers lands on a closed port, as for a spoofed address.
+            let socket = std::net::UdpSocket::bind((loopback_source(i), 0)).unwrap();
+            socket.send_to(initial, addr).unwrap();
+            // In bursts the relay's socket buffer holds, so that the relay sees (and answers) every one.
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let flood_took = sent.elapsed();
+    // A real client, from its own address, while the flood's attempts would still be holding their slots.
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let started = Instant::now();
+    let login = tokio::time::timeout(
+        Duration::from_secs(8),
+        ClientConnection::login(
+            &target,
+            &cmdop_identity::Identity::generate(&mut OsRng),
+            &member.expose_text(),
+        ),
+    )
+    .await;
+    let latency = started.elapsed();
+    eprintln!(
+        "{FLOOD} spoofed Initials sent in {flood_took:?}; login latency {latency:?} (without a flood: {baseline:?})"
+    );
+    let mut client = login
+        .expect("the login did not finish within 8 s")
+        .expect("the login was refused during the flood");
+    assert!(client.list_machines(None).await.unwrap().is_empty());
+    client.close().await;
+    // The flood was answered with Retries (one per spoofed Initial beyond the first quarter of the slots).
+    let retries = metric(
+        &running.metrics,
+        "cmdop_relay_address_validation_retries_total",
+    );
+    let quarter = Limits::default().max_unauthenticated / 4;
+    assert!(
+        retries >= FLOOD - quarter - 1,
+        "{retries} Retries for {FLOOD} spoofed Initials"
+    );
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
+/// The value of an unlabelled metric.
+fn metric(metrics: &RelayMetrics, name: &str) -> usize {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The same with real hosts: a thousand addresses complete the QUIC handshake (answering the Retry) and then
+/// never log in, each holding a slot until the deadline. The table is full, so each new attempt takes the slot
+/// of the oldest; a client that logs in faster than the flood cycles the table still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_gets_in_during_a_flood_of_silent_connections_from_many_addresses() {
+    const FLOOD: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+    let config = client_config(
+        running.fingerprint,
+        Arc::new(Mutex::new(None)),
+        &Limits::default(),
+    )
+    .unwrap();
+    let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+    let addr = running.addr;
+    let flood_started = Instant::now();
+    let flood = tokio::spawn(async move {
+        let mut attempts = tokio::task::JoinSet::new();
+        for i in 0..FLOOD {
+            let config = config.clone();
+            let held = held_tx.clone();
+            attempts.spawn(async move {
+                let source = std::net::Ipv4Addr::new(127, 200, (i >> 8) as u8, (i & 0xff) as u8);
+                let mut endpoint = quinn::Endpoint::client((source, 0).into()).unwrap();
+                endpoint.set_default_client_config(config);
+                // Connected (or refused, or cut): either way it never logs in.
+                if let Ok(Ok(connection)) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    endpoint
+                        .connect(addr, cmdop_client::transport::SERVER_NAME)
+                        .unwrap(),
+                )
+                .await
+                {
+                    let _ = held.send((endpoint, connection));
+                }
+            });
+            // About 250 attempts a second: what this 2-core machine can complete handshakes for while it also
+            // runs the relay. Faster, most attempts never finish their own handshake before they are rotated out.
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+        while attempts.join_next().await.is_some() {}
+    });
+    // Mid-flood, once the silent attempts fill every slot (128 of them after about half a second), a real
+    // client logs in.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let started = Instant::now();
+    let login = tokio::time::timeout(
+        Duration::from_secs(8),
+        ClientConnection::login(
+            &target,
+            &cmdop_identity::Identity::generate(&mut OsRng),
+            &member.expose_text(),
+        ),
+    )
+    .await;
+    let latency = started.elapsed();
+    flood.await.unwrap();
+    let mut handshakes = 0;
+    while held_rx.try_recv().is_ok() {
+        handshakes += 1;
+    }
+    eprintln!(
+        "{FLOOD} silent connection attempts ({handshakes} completed the handshake) in {:?}; login latency {latency:?}; evicted {}",
+        flood_started.elapsed(),
+        running
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.contains("reason=\"evicted\""))
+            .unwrap_or("none")
+    );
+    let client = login
+        .expect("the login did not finish within 8 s")
+        .expect("the login was refused during the flood");
+    client.close().await;
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
 }
