@@ -41,6 +41,10 @@ pub struct Limits {
     /// From this many connections logging in, an attempt from an address not yet validated is answered with a
     /// QUIC Retry first (one extra round trip, and spoofed addresses never take a slot); below it, none is.
     pub retry_from: usize,
+    /// Connections one client credential (a member or admin API key, a user token) may hold at once; a login
+    /// beyond is refused with `BUSY`. Agent logins are not counted: one agent key is shared by a fleet's
+    /// machines, and each machine holds one connection (a newer one replaces the older).
+    pub max_connections_per_credential: usize,
     /// Time a connection has to finish its login.
     pub login_deadline: Duration,
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
@@ -71,6 +75,7 @@ impl Default for Limits {
             max_unauthenticated: 128,
             max_unauthenticated_per_source: 16,
             retry_from: 32,
+            max_connections_per_credential: 64,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
             stream_receive_window: 1024 * 1024,

@@ -88,6 +88,8 @@ pub enum LoginFailure {
     InvalidRegistration,
     /// The relay's store failed.
     Internal,
+    /// The credential already holds as many connections as one credential may.
+    CredentialBusy,
 }
 
 impl LoginFailure {
@@ -141,6 +143,14 @@ pub struct FleetLookup {
     pub trust_key: PublicKey,
 }
 
+/// The credential already holds as many connections as one credential may: the answer to
+/// [`LoginAction::ReserveConnection`] when the driver has no slot left for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialBusy {
+    /// The most connections one credential may hold.
+    pub limit: usize,
+}
+
 /// Why storing a registration failed in a way the peer should hear about.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +175,8 @@ pub enum LoginInput {
     Fleet(FleetLookup),
     /// The answer to [`LoginAction::Register`].
     Stored(Result<(), StoreRefusal>),
+    /// The answer to [`LoginAction::ReserveConnection`].
+    Reserved(Result<(), CredentialBusy>),
     /// The store could not answer a lookup.
     StoreFailed,
 }
@@ -227,6 +239,9 @@ pub enum LoginAction {
     Register(Registration),
     /// Record a successful use of the credential.
     MarkUsed(CredentialId),
+    /// Reserve one of the connections this (authenticated) client credential may hold, and answer with
+    /// [`LoginInput::Reserved`]. The driver keeps the reservation for the life of the connection.
+    ReserveConnection(CredentialId),
     /// Append this to the audit log.
     Audit(AuditEvent),
     /// The login is refused: flush what was sent, then close the connection with this code.
@@ -286,6 +301,10 @@ enum RelayState {
         access: FleetAccess,
         registration: Registration,
         trust_key: PublicKey,
+    },
+    Reserving {
+        session: ClientSession,
+        single_fleet: Option<FleetId>,
     },
     Done,
 }
@@ -438,6 +457,13 @@ impl RelayLogin {
                 },
                 LoginInput::Stored(stored),
             ) => self.on_stored(authenticated, access, registration, trust_key, stored),
+            (
+                RelayState::Reserving {
+                    session,
+                    single_fleet,
+                },
+                LoginInput::Reserved(reserved),
+            ) => self.on_reserved(session, single_fleet, reserved),
             // A message while a lookup is pending, or an answer nobody asked for: the peer sent more than one
             // message before its answer, which the protocol does not allow.
             (_, LoginInput::Message(_)) => Err(Refusal::protocol(
@@ -547,10 +573,7 @@ impl RelayLogin {
             LoginMessage::Agent(login) => {
                 self.on_agent_credential(authenticated, &lookup.fleets, login, key, single_fleet)
             }
-            LoginMessage::Client(_) => {
-                self.welcome(authenticated, lookup, key, single_fleet)?;
-                Ok(RelayState::Done)
-            }
+            LoginMessage::Client(_) => self.welcome(authenticated, lookup, key, single_fleet),
         }
     }
 
@@ -617,7 +640,7 @@ impl RelayLogin {
         lookup: CredentialLookup,
         client_key: PublicKey,
         single_fleet: Option<FleetId>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<RelayState, Refusal> {
         let actor = actor(&authenticated);
         // An agent key only enrols; anything that may list or reach machines may log in as a client.
         let may_use = authenticated.fleet_ids().into_iter().any(|fleet| {
@@ -641,23 +664,61 @@ impl RelayLogin {
             ));
         }
         let description = describe(&authenticated, lookup.user.as_ref(), &lookup.fleets);
-        self.audit(
-            single_fleet,
-            &actor,
-            "auth",
-            "accepted",
-            format!(
-                "client key {} from {} ({description})",
-                hex::encode(client_key.to_bytes()),
-                self.config.peer
-            ),
-        );
         let session = ClientSession {
             authenticated,
             fleets: lookup.fleets,
             client_key,
             description,
         };
+        self.actions.push_back(LoginAction::ReserveConnection(
+            session.authenticated.credential_id(),
+        ));
+        Ok(RelayState::Reserving {
+            session,
+            single_fleet,
+        })
+    }
+
+    /// A client whose credential got a connection slot is welcomed; one at its limit is refused with BUSY.
+    fn on_reserved(
+        &mut self,
+        session: ClientSession,
+        single_fleet: Option<FleetId>,
+        reserved: Result<(), CredentialBusy>,
+    ) -> Result<RelayState, Refusal> {
+        let actor = actor(&session.authenticated);
+        if let Err(CredentialBusy { limit }) = reserved {
+            self.audit(
+                single_fleet,
+                &actor,
+                "auth",
+                "refused",
+                format!(
+                    "connection limit of the credential reached ({limit} connections) (from {})",
+                    self.config.peer
+                ),
+            );
+            return Err(Refusal::new(
+                ErrorCode::BUSY,
+                format!(
+                    "this credential already has {limit} connections to the relay, the most one credential may hold; close some (other cmdop commands, sessions or forwards using it) or use another credential, then retry"
+                ),
+                CloseCode::LOGIN_REFUSED,
+                LoginFailure::CredentialBusy,
+            ));
+        }
+        self.audit(
+            single_fleet,
+            &actor,
+            "auth",
+            "accepted",
+            format!(
+                "client key {} from {} ({})",
+                hex::encode(session.client_key.to_bytes()),
+                self.config.peer,
+                session.description
+            ),
+        );
         self.send(RelayMessage::Welcome(Welcome {
             principal: session.description.clone(),
             fleets: session.fleet_names(),
@@ -666,7 +727,7 @@ impl RelayLogin {
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Client(Box::new(
                 session,
             )))));
-        Ok(())
+        Ok(RelayState::Done)
     }
 
     fn on_fleet<R: CryptoRngCore + ?Sized>(
@@ -856,6 +917,7 @@ impl fmt::Debug for RelayLogin {
             RelayState::Credential { .. } => "credential",
             RelayState::Fleet { .. } => "fleet",
             RelayState::Stored { .. } => "stored",
+            RelayState::Reserving { .. } => "reserving",
             RelayState::Done => "done",
         };
         f.debug_struct("RelayLogin")

@@ -15,9 +15,9 @@ use cmdop_fleet::{
 use cmdop_identity::{Identity, Seed};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::login::{
-    AgentLoginRequest, AuditEvent, ClientCredential, CredentialLookup, FleetLookup, LoggedIn,
-    LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome, LoginRequest, LoginStep,
-    PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
+    AgentLoginRequest, AuditEvent, ClientCredential, CredentialBusy, CredentialLookup, FleetLookup,
+    LoggedIn, LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome, LoginRequest,
+    LoginStep, PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
 };
 use cmdop_proto::presence::{
     HeartbeatError, HeartbeatSchedule, MISSED_HEARTBEATS, RelaySession, SessionAction, SessionInput,
@@ -187,6 +187,9 @@ struct RelayEnd {
     to_peer: Vec<u8>,
     closed: Option<Closed>,
     failure: Option<LoginFailure>,
+    /// What the driver answers a connection reservation with: `None` grants it, `Some(limit)` says the
+    /// credential already holds `limit` connections.
+    credential_full: Option<usize>,
 }
 
 impl RelayEnd {
@@ -205,6 +208,7 @@ impl RelayEnd {
             to_peer: Vec::new(),
             closed: None,
             failure: None,
+            credential_full: None,
         }
     }
 
@@ -249,6 +253,13 @@ impl RelayEnd {
                     self.login.handle(LoginInput::Stored(stored), now, rng);
                 }
                 LoginAction::MarkUsed(id) => store.used.push(id),
+                LoginAction::ReserveConnection(_) => {
+                    let reserved = match self.credential_full {
+                        None => Ok(()),
+                        Some(limit) => Err(CredentialBusy { limit }),
+                    };
+                    self.login.handle(LoginInput::Reserved(reserved), now, rng);
+                }
                 LoginAction::Audit(event) => store.audit.push(event),
                 LoginAction::Close {
                     code,
@@ -614,6 +625,38 @@ fn a_credential_the_store_cannot_recheck_is_cut_and_told_to_come_back_later() {
     let cut = pair.store.audit.last().unwrap();
     assert_eq!((cut.action, cut.outcome), ("disconnect", "done"));
     assert!(cut.detail.contains("could not re-check"), "{cut:?}");
+}
+
+/// One member key cannot take every connection of the relay: past its per-credential limit a client login
+/// is refused with BUSY (retry later), the limit named, and the refusal audited; nothing is welcomed.
+#[test]
+fn a_credential_at_its_connection_limit_is_refused_busy_and_nothing_is_welcomed() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.relay.credential_full = Some(64);
+    let refused = pair.login(client_request(&member), &identity(2), &EXPORTER);
+    let Err(LoginError::Refused(error)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(error.code, ErrorCode::BUSY);
+    assert!(
+        error.message.contains("64 connections") && error.message.contains("close some"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        pair.relay.closed.as_ref().map(|c| c.code),
+        Some(CloseCode::LOGIN_REFUSED)
+    );
+    assert!(pair.relay.logged_in.is_none());
+    let entry = pair.store.audit.last().unwrap();
+    assert_eq!((entry.action, entry.outcome), ("auth", "refused"));
+    assert!(entry.detail.contains("connection limit"), "{entry:?}");
+    // Below the limit the same credential logs in.
+    pair.reconnect();
+    pair.login(client_request(&member), &identity(2), &EXPORTER)
+        .unwrap();
 }
 
 #[test]

@@ -66,6 +66,8 @@ pub enum FailureReason {
     HostnameTaken,
     /// The agent's hostname, display name or description is not valid.
     InvalidRegistration,
+    /// The credential already held as many connections as one credential may.
+    CredentialLimit,
 }
 
 impl FailureReason {
@@ -85,6 +87,7 @@ impl FailureReason {
             LoginFailure::Capability => Self::Capability,
             LoginFailure::HostnameTaken => Self::HostnameTaken,
             LoginFailure::InvalidRegistration => Self::InvalidRegistration,
+            LoginFailure::CredentialBusy => Self::CredentialLimit,
             _ => return None,
         })
     }
@@ -110,6 +113,7 @@ impl FailureReason {
             Self::Capability => "capability",
             Self::HostnameTaken => "hostname_taken",
             Self::InvalidRegistration => "invalid_registration",
+            Self::CredentialLimit => "credential_limit",
         }
     }
 }

@@ -30,7 +30,7 @@ use cmdop_proto::admission::{
     Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket,
 };
 use cmdop_proto::audit_budget::{AuditBudget, source_of};
-use cmdop_proto::login::{AuditEvent, Time};
+use cmdop_proto::login::{AuditEvent, CredentialBusy, Time};
 use cmdop_proto::presence::SessionInput;
 use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -156,6 +156,8 @@ struct Shared {
     admission: Mutex<Admission>,
     /// How to end each pending login early, by its admission ticket (when its slot goes to another).
     evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
+    /// Connections held by each client credential.
+    per_credential: Mutex<HashMap<CredentialId, usize>>,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
     /// The connection that decides each online machine's presence: the newest one.
@@ -202,6 +204,7 @@ impl Server {
                 retry_from: config.limits.retry_from,
             })),
             evictions: Mutex::new(HashMap::new()),
+            per_credential: Mutex::new(HashMap::new()),
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
@@ -404,6 +407,30 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn per_credential(&self) -> MutexGuard<'_, HashMap<CredentialId, usize>> {
+        self.per_credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reserves one of the connections `credential` may hold, if it has one left.
+    fn reserve_connection(
+        self: &Arc<Self>,
+        credential: CredentialId,
+    ) -> Result<CredentialSlot, CredentialBusy> {
+        let limit = self.limits.max_connections_per_credential;
+        let mut held = self.per_credential();
+        let count = held.entry(credential).or_insert(0);
+        if *count >= limit {
+            return Err(CredentialBusy { limit });
+        }
+        *count += 1;
+        Ok(CredentialSlot {
+            shared: Arc::clone(self),
+            credential,
+        })
+    }
+
     fn admission(&self) -> MutexGuard<'_, Admission> {
         self.admission
             .lock()
@@ -519,6 +546,25 @@ async fn refuse_stream(
     connection.close(CloseCode::PROTOCOL_ERROR.0.into(), reason.as_bytes());
 }
 
+/// One of the connections a client credential may hold (`Limits::max_connections_per_credential`), freed
+/// when the connection ends.
+struct CredentialSlot {
+    shared: Arc<Shared>,
+    credential: CredentialId,
+}
+
+impl Drop for CredentialSlot {
+    fn drop(&mut self) {
+        let mut held = self.shared.per_credential();
+        if let Some(count) = held.get_mut(&self.credential) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.credential);
+            }
+        }
+    }
+}
+
 /// A pending login's admission slot: freed when the login ends, however it ends.
 struct LoginSlot {
     shared: Arc<Shared>,
@@ -571,11 +617,12 @@ async fn handle_incoming(
             return;
         }
     };
-    let Some((stream, logged_in)) = logged_in else {
+    let Some((stream, logged_in, credential_slot)) = logged_in else {
         return;
     };
     drop(slot);
     session::serve(shared, connection, stream, logged_in, remote).await;
+    drop(credential_slot);
 }
 
 #[cfg(test)]
