@@ -602,6 +602,7 @@ impl StreamAcceptor {
             return Ok(IncomingStream {
                 channel_id: header.channel_id,
                 fleet_id: Uuid::from_bytes(header.fleet_id.0),
+                claimed_client_key: header.client_key.0,
                 kind,
                 streams: RawStream {
                     send,
@@ -617,6 +618,7 @@ impl StreamAcceptor {
 pub struct IncomingStream {
     channel_id: [u8; 16],
     fleet_id: Uuid,
+    claimed_client_key: [u8; 32],
     kind: StreamKind,
     pub(crate) streams: RawStream,
 }
@@ -635,6 +637,22 @@ impl IncomingStream {
     /// What the stream is for.
     pub fn kind(&self) -> StreamKind {
         self.kind
+    }
+
+    /// The client key the relay says opened this stream. Only a claim until the end-to-end handshake proves a
+    /// key; good for accounting before that (how many handshakes one client has pending), never for trust.
+    pub fn claimed_client_key(&self) -> [u8; 32] {
+        self.claimed_client_key
+    }
+
+    /// Refuses the stream before its handshake: both directions are reset at once, so the relay and the
+    /// client learn immediately and the stream's flow-control credit is freed.
+    pub fn refuse(self) {
+        let RawStream {
+            mut send, mut recv, ..
+        } = self.streams;
+        let _ = send.reset(0u32.into());
+        let _ = recv.stop(0u32.into());
     }
 }
 

@@ -36,7 +36,10 @@ pub struct Limits {
     /// Connections still logging in at once; when full, a new attempt takes the slot of the oldest attempt of
     /// the source holding the most (see `cmdop_proto::admission`).
     pub max_unauthenticated: usize,
-    /// Connections still logging in at once from one source (an IPv4 address or an IPv6 /64).
+    /// Connections still logging in at once from one source (an IPv4 address or an IPv6 /64): half the slots,
+    /// so that a script running 50 commands at once, or a NAT in front of many machines, is not refused, while
+    /// the fair share (a full table gives the heaviest source's oldest slot to a newcomer) keeps the other
+    /// half open to everyone else.
     pub max_unauthenticated_per_source: usize,
     /// From this many connections logging in, an attempt from an address not yet validated is answered with a
     /// QUIC Retry first (one extra round trip, and spoofed addresses never take a slot); below it, none is.
@@ -73,7 +76,7 @@ impl Default for Limits {
         Self {
             max_connections: 1024,
             max_unauthenticated: 128,
-            max_unauthenticated_per_source: 16,
+            max_unauthenticated_per_source: 64,
             retry_from: 32,
             max_connections_per_credential: 64,
             login_deadline: Duration::from_secs(10),

@@ -36,12 +36,13 @@ pub struct AdmissionConfig {
 }
 
 impl AdmissionConfig {
-    /// The relay's defaults for `max_pending` slots: 16 per source (a NAT with many machines reconnecting
-    /// after a relay restart still moves 16 logins at a time), Retry from a quarter full.
+    /// The relay's defaults for `max_pending` slots: half of them per source (a script running many commands
+    /// at once, or a NAT in front of many machines reconnecting after a relay restart, is not refused), Retry
+    /// from a quarter full.
     pub fn for_slots(max_pending: usize) -> Self {
         Self {
             max_pending,
-            max_per_source: 16.min(max_pending.max(1)),
+            max_per_source: (max_pending / 2).max(1),
             retry_from: (max_pending / 4).max(1),
         }
     }

@@ -252,6 +252,9 @@ enum SpliceError {
     /// The receiving side is gone.
     #[error("write failed: {0}")]
     Write(quinn::WriteError),
+    /// The receiving side refused the stream before the sending side sent anything more.
+    #[error("stopped by the receiving side")]
+    Stopped,
 }
 
 /// Copies both directions until both have finished, propagating FIN; a reset or a stall ends both.
@@ -289,7 +292,17 @@ async fn copy(
     }
     let mut buf = vec![0u8; SPLICE_BUFFER];
     loop {
-        let read = tokio::time::timeout(STALL_TIMEOUT, from.read(&mut buf)).await;
+        let read = tokio::select! {
+            read = tokio::time::timeout(STALL_TIMEOUT, from.read(&mut buf)) => read,
+            // The receiver refused the stream (STOP_SENDING) while the sender is silent: answer with a reset,
+            // as QUIC asks, so the receiver's stream (and its flow-control credit) is freed now, and stop the
+            // sender too. Without this a silent sender held the receiver's stream until the stall timeout.
+            _ = to.stopped() => {
+                let _ = to.reset(0u32.into());
+                let _ = from.stop(0u32.into());
+                return Err(SpliceError::Stopped);
+            }
+        };
         match read {
             Err(_) => {
                 let _ = to.reset(0u32.into());
