@@ -93,16 +93,19 @@ fn forward(contour: &Contour, machine: &str, specs: &[String]) -> (Daemon, Vec<u
 }
 
 /// Sends a request, half-closes, and reads the whole answer: the way a client that signals the end of its
-/// request with FIN talks.
+/// request with FIN talks. A forward that refuses the destination may close the connection before the request
+/// is written (EPIPE, reset): that is an empty answer too, which is what a refusal must look like.
 fn fetch_half_closed(port: u16, path: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
+    let sent = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+        .and_then(|()| stream.shutdown(Shutdown::Write));
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    if sent.is_ok() {
+        let _ = stream.read_to_end(&mut answer);
+    }
     answer
 }
 
