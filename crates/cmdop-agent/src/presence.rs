@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmdop_client::{AgentConnection, AgentRegistration, ClientError, RelayTarget, reconnect_delay};
+use cmdop_client::{
+    AgentConnection, AgentRegistration, ClientError, Dialer, RelayTarget, reconnect_delay,
+};
 use cmdop_fleet::FleetId;
 use cmdop_identity::Identity;
 use rand::rngs::OsRng;
@@ -36,6 +38,9 @@ pub struct PresenceConfig {
     pub session_limits: SessionLimits,
     /// Where forwards may connect.
     pub forward_policy: DestinationPolicy,
+    /// The endpoint to connect from, shared with other agents in this process; `None` (the agent binary)
+    /// opens one of its own per connection.
+    pub dialer: Option<Dialer>,
 }
 
 /// Something the presence loop reports, for logs and for the binary's status line.
@@ -86,7 +91,7 @@ pub async fn run(
     loop {
         let connected = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            result = AgentConnection::register(&config.relay, &identity, &config.registration) => result,
+            result = register(config, &identity) => result,
         };
         let failure = match connected {
             Ok(mut connection) => {
@@ -142,6 +147,20 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// One registration attempt, from the shared endpoint if there is one.
+async fn register(
+    config: &PresenceConfig,
+    identity: &Identity,
+) -> Result<AgentConnection, ClientError> {
+    match &config.dialer {
+        Some(dialer) => {
+            AgentConnection::register_via(dialer, &config.relay, identity, &config.registration)
+                .await
+        }
+        None => AgentConnection::register(&config.relay, identity, &config.registration).await,
     }
 }
 

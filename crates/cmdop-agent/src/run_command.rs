@@ -204,6 +204,7 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
         session_limits,
         forward_policy,
+        dialer: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();

@@ -196,6 +196,41 @@ impl RelayTarget {
     }
 }
 
+/// A QUIC endpoint (one UDP socket, one receive path) that many connections to relays leave from.
+///
+/// [`AgentConnection::register`] and [`ClientConnection::login`] give each connection an endpoint of its own,
+/// which is what one agent or one CLI wants. A process that holds thousands of connections at once (a load
+/// generator simulating a fleet, a gateway) shares one instead: a file descriptor and a UDP port in all,
+/// rather than one of each per connection. Cloning shares the endpoint; it closes when the last clone and
+/// the last connection from it are dropped.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+}
+
+impl Dialer {
+    /// An endpoint bound to `bind` (`0.0.0.0:0` for any IPv4 relay, `[::]:0` for IPv6). Must be called
+    /// within a tokio runtime.
+    pub fn bind(bind: SocketAddr) -> Result<Self, ClientError> {
+        let unusable = |reason: String| ClientError::Unreachable {
+            address: bind.to_string(),
+            reason: format!("cannot open a local QUIC endpoint: {reason}"),
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| unusable(e.to_string()))?;
+        Ok(Self { endpoint })
+    }
+
+    /// The local address of the shared socket.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|err| ClientError::Unreachable {
+                address: "the local endpoint".to_owned(),
+                reason: err.to_string(),
+            })
+    }
+}
+
 /// What an agent tells the relay about itself.
 #[derive(Clone)]
 pub struct AgentRegistration {
@@ -236,8 +271,28 @@ pub struct AgentConnection {
 }
 
 impl AgentConnection {
-    /// Connects, proves the agent's key and registers the machine.
+    /// Connects from an endpoint of its own, proves the agent's key and registers the machine.
     pub async fn register(
+        relay: &RelayTarget,
+        identity: &Identity,
+        registration: &AgentRegistration,
+    ) -> Result<Self, ClientError> {
+        Self::register_from(None, relay, identity, registration).await
+    }
+
+    /// As [`register`](Self::register), but the connection leaves from `dialer`'s endpoint, which other
+    /// connections share.
+    pub async fn register_via(
+        dialer: &Dialer,
+        relay: &RelayTarget,
+        identity: &Identity,
+        registration: &AgentRegistration,
+    ) -> Result<Self, ClientError> {
+        Self::register_from(Some(dialer), relay, identity, registration).await
+    }
+
+    async fn register_from(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
         identity: &Identity,
         registration: &AgentRegistration,
@@ -252,7 +307,7 @@ impl AgentConnection {
             agent_version: registration.agent_version.clone(),
         });
         let software = format!("cmdop-agent {}", registration.agent_version);
-        let (link, outcome) = Link::connect(relay, request, &software, identity).await?;
+        let (link, outcome) = Link::connect(dialer, relay, request, &software, identity).await?;
         match outcome {
             LoginOutcome::Registered {
                 registered,
@@ -383,7 +438,7 @@ impl ClientConnection {
             credential: ClientCredential::new(credential),
         };
         let software = concat!("cmdop ", env!("CARGO_PKG_VERSION"));
-        let (link, outcome) = Link::connect(relay, request, software, identity).await?;
+        let (link, outcome) = Link::connect(None, relay, request, software, identity).await?;
         match outcome {
             LoginOutcome::Welcome(welcome) => Ok(Self {
                 link,
@@ -488,7 +543,9 @@ impl ClientConnection {
         self.link
             .connection
             .close(CloseCode::NORMAL.0.into(), b"bye");
-        let _ = tokio::time::timeout(CLIENT_DRAIN, self.link.endpoint.wait_idle()).await;
+        if self.link.own_endpoint {
+            let _ = tokio::time::timeout(CLIENT_DRAIN, self.link.endpoint.wait_idle()).await;
+        }
     }
 
     /// Resolves when the connection to the relay is gone, with the reason.
@@ -695,6 +752,9 @@ fn refusal(error: &ErrorMessage) -> ClientError {
 #[derive(Debug)]
 struct Link {
     endpoint: quinn::Endpoint,
+    /// Whether `endpoint` is this connection's alone (then closing waits for it to drain) or a [`Dialer`]'s,
+    /// shared with other connections (whose traffic must not hold this one's close up).
+    own_endpoint: bool,
     connection: quinn::Connection,
     stream: ControlStream,
     address: String,
@@ -704,12 +764,13 @@ impl Link {
     /// Connects with the pinned certificate, then runs cmdop-proto's [`PeerLogin`] over the control stream:
     /// `Hello`, the signed login message, the relay's verdict.
     async fn connect(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
         request: LoginRequest,
         software: &str,
         identity: &Identity,
     ) -> Result<(Self, LoginOutcome), ClientError> {
-        let (endpoint, connection) = Self::dial(relay).await?;
+        let (endpoint, connection) = Self::dial(dialer, relay).await?;
         let address = relay.address.clone();
         let unreachable = |reason: String| ClientError::Unreachable {
             address: address.clone(),
@@ -728,6 +789,7 @@ impl Link {
             .map_err(|e| unreachable(e.to_string()))?;
         let mut link = Self {
             endpoint,
+            own_endpoint: dialer.is_none(),
             connection,
             stream: ControlStream::new(send, recv),
             address: address.clone(),
@@ -768,8 +830,10 @@ impl Link {
         }
     }
 
-    /// Resolves the relay, then runs QUIC and TLS with the pinned certificate.
+    /// Resolves the relay, then runs QUIC and TLS with the pinned certificate, from `dialer`'s endpoint or
+    /// from a new one of this connection's own.
     async fn dial(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
     ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
         let address = relay.address.clone();
@@ -795,10 +859,13 @@ impl Link {
             address: address.clone(),
             reason,
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
-        endpoint.set_default_client_config(config);
+        let endpoint = match dialer {
+            Some(dialer) => dialer.endpoint.clone(),
+            None => quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?,
+        };
+        // Per connection rather than the endpoint's default: a shared endpoint serves several pins.
         let connecting = endpoint
-            .connect(resolved, SERVER_NAME)
+            .connect_with(config, resolved, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(ClientError::Timeout(CONNECT_TIMEOUT)),
@@ -887,7 +954,11 @@ impl Link {
     async fn finish_with_drain(&mut self, drain: Duration) {
         self.stream.finish_and_flush(Duration::from_secs(1)).await;
         self.connection.close(CloseCode::NORMAL.0.into(), b"bye");
-        let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
+        // A shared endpoint keeps running (and sends the close frame) after this connection is gone; waiting
+        // for it to go idle would wait for every other connection on it.
+        if self.own_endpoint {
+            let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
+        }
     }
 }
 
