@@ -40,6 +40,11 @@ pub struct Limits {
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
     /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
     pub max_bidi_streams: u32,
+    /// Bidirectional streams the relay lets a peer open before it has logged in: its control stream. quinn
+    /// keeps state for every stream a peer may open, allocated up front, so the relay starts every connection
+    /// here and raises a client's limit to `max_bidi_streams` once it has logged in; an agent never opens
+    /// another stream (the relay opens the ones routed to it), so its connection stays at this.
+    pub login_bidi_streams: u32,
     /// Per-stream receive window, bytes.
     pub stream_receive_window: u32,
     /// Per-connection receive window, bytes.
@@ -61,10 +66,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 16_384,
             max_unauthenticated: 128,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
+            login_bidi_streams: 1,
             stream_receive_window: 1024 * 1024,
             connection_receive_window: 4 * 1024 * 1024,
             send_window: 4 * 1024 * 1024,

@@ -134,10 +134,24 @@ pub struct CredentialLookup {
 /// What the relay's store says about the fleet an agent enrols into, answering [`LoginAction::LookUpFleet`].
 #[derive(Debug, Clone)]
 pub struct FleetLookup {
-    /// The fleet's machines (others are ignored).
+    /// The fleet's machines that have the query's key or hostname (at most two). More machines of the fleet,
+    /// up to all of them, give the same answer; machines of other fleets are ignored. A relay with thousands
+    /// of machines per fleet reads these two by index instead of the whole fleet on every agent login.
     pub machines: Vec<Machine>,
     /// The fleet's trust key, which the agent pins: capabilities must carry its signature.
     pub trust_key: PublicKey,
+}
+
+/// The machines an agent's registration depends on: those of its fleet with its key (the same machine,
+/// coming back) or its hostname (which another key may hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetQuery {
+    /// The fleet enrolled into.
+    pub fleet: FleetId,
+    /// The agent's proven key.
+    pub public_key: PublicKey,
+    /// The hostname it asks for.
+    pub hostname: Hostname,
 }
 
 /// Why storing a registration failed in a way the peer should hear about.
@@ -220,8 +234,9 @@ pub enum LoginAction {
     Send(RelayMessage),
     /// Look up the credential with this id and answer with [`LoginInput::Credential`].
     LookUpCredential(CredentialId),
-    /// Look up the fleet's machines and trust key and answer with [`LoginInput::Fleet`].
-    LookUpFleet(FleetId),
+    /// Look up the fleet's machines with the enrolling key or hostname, and its trust key, and answer with
+    /// [`LoginInput::Fleet`].
+    LookUpFleet(FleetQuery),
     /// Store this registration and answer with [`LoginInput::Stored`].
     Register(Registration),
     /// Record a successful use of the credential.
@@ -601,8 +616,11 @@ impl RelayLogin {
             self.config.peer
         );
         self.audit(Some(access.fleet_id()), &actor, "auth", "accepted", detail);
-        self.actions
-            .push_back(LoginAction::LookUpFleet(access.fleet_id()));
+        self.actions.push_back(LoginAction::LookUpFleet(FleetQuery {
+            fleet: access.fleet_id(),
+            public_key: enrolment.public_key,
+            hostname: enrolment.hostname.clone(),
+        }));
         Ok(RelayState::Fleet {
             authenticated,
             access,

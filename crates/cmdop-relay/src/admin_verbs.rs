@@ -45,6 +45,7 @@ pub(crate) fn run(command: Command, loaded: &Loaded) -> Result<()> {
             key: args.key,
             metrics: args.metrics,
             drain_timeout: args.drain_timeout,
+            max_connections: args.max_connections,
         })?),
         Command::Config(ConfigCommand::Check) => {
             serve_command::config_check(loaded.path.as_deref())

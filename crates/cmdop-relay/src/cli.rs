@@ -124,6 +124,10 @@ pub(crate) struct ServeArgs {
     /// On SIGTERM, how long running streams get to finish, e.g. 10s, 2m [config: drain_timeout] [default: 10s].
     #[arg(long, env = "CMDOP_RELAY_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub(crate) drain_timeout: Option<String>,
+    /// Connections served at once, agents and clients together; more are refused [config: max_connections]
+    /// [default: 16384].
+    #[arg(long, env = "CMDOP_RELAY_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

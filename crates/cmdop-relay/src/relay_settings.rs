@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use cmdop_client::transport::Limits;
 use cmdop_config::LogFormat;
 use cmdop_relay::admin;
 use cmdop_relay::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN};
@@ -27,6 +28,7 @@ pub(crate) struct RelayFile {
     pub(crate) key: Option<PathBuf>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) drain_timeout: Option<String>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_format: Option<LogFormat>,
 }
 
@@ -45,6 +47,7 @@ pub(crate) struct ServeSettings {
     pub(crate) cert: Option<(PathBuf, PathBuf)>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 /// The flag/environment values of `serve`, before the file and defaults fill the gaps.
@@ -56,6 +59,7 @@ pub(crate) struct ServeFlags {
     pub(crate) key: Option<PathBuf>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) drain_timeout: Option<String>,
+    pub(crate) max_connections: Option<usize>,
 }
 
 /// Loads the named config file (which must exist), else the default one if it exists, else nothing.
@@ -111,12 +115,20 @@ impl Loaded {
                 .with_context(|| format!("drain_timeout = {text:?} in {}", self.describe()))?,
             (None, None) => DEFAULT_DRAIN_TIMEOUT,
         };
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(Limits::default().max_connections);
+        if max_connections == 0 {
+            bail!("max_connections (--max-connections) must be at least 1");
+        }
         Ok(ServeSettings {
             data_dir,
             listen,
             cert,
             metrics: flags.metrics.or(file.metrics),
             drain_timeout,
+            max_connections,
         })
     }
 
@@ -154,6 +166,7 @@ mod tests {
         assert_eq!(serve.listen, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(serve.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(serve.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(serve.max_connections, Limits::default().max_connections);
         let defaults = loaded("").serve(ServeFlags {
             data_dir: Some("/d".into()),
             ..ServeFlags::default()
@@ -176,6 +189,11 @@ mod tests {
             err.contains("drain_timeout") && err.contains("relay.toml"),
             "{err}"
         );
+        let err = loaded("data_dir = \"/d\"\nmax_connections = 0\n")
+            .serve(ServeFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
         let err = loaded("").data_dir(None).unwrap_err().to_string();
         assert!(err.contains("--data-dir"), "{err}");
     }

@@ -20,6 +20,7 @@ pub(crate) fn serve(settings: ServeSettings) -> Result<()> {
         cert,
         metrics,
         drain_timeout,
+        max_connections,
     } = settings;
     let tls = match cert {
         Some((cert, key)) => TlsIdentity::from_pem_files(&cert, &key)?,
@@ -36,6 +37,7 @@ pub(crate) fn serve(settings: ServeSettings) -> Result<()> {
     runtime.block_on(async move {
         let mut config = ServerConfig::new(data_dir.clone(), listen, tls);
         config.drain_timeout = drain_timeout;
+        config.limits.max_connections = max_connections;
         let server = Server::bind(config)?;
         let addr = server.local_addr()?;
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -123,6 +125,7 @@ pub(crate) fn config_check(explicit: Option<&Path>) -> Result<()> {
             .map_or_else(|| "off".to_owned(), |m| m.to_string())
     );
     println!("  drain_timeout = {:?}", serve.drain_timeout);
+    println!("  max_connections = {}", serve.max_connections);
     println!(
         "  log_format    = {:?}",
         loaded.file.log_format.unwrap_or_default()

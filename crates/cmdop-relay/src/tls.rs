@@ -160,10 +160,17 @@ pub(crate) fn server_config(
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Peers never resume a session (each connection builds a fresh client configuration), so tickets would
+    // be a signature, an encryption and a cache entry per handshake for nothing; a reconnect storm of
+    // thousands of agents is all handshakes.
+    tls.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Tls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(limits)));
+    let mut transport = transport_config(limits);
+    // Only the control stream until login; `server::session` raises a client's limit once it is logged in.
+    transport.max_concurrent_bidi_streams(limits.login_bidi_streams.into());
+    config.transport_config(Arc::new(transport));
     // Each connection beyond this is refused at the QUIC layer before any TLS work.
     config.max_incoming(
         limits

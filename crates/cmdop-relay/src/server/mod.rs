@@ -9,6 +9,7 @@
 //! process) cuts its connections within a second.
 
 mod login;
+mod presence;
 mod revocation;
 mod routing;
 mod session;
@@ -23,12 +24,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
-use cmdop_fleet::{CredentialId, MachineId, Timestamp};
+use cmdop_fleet::{CredentialId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::login::{AuditEvent, Time};
-use cmdop_proto::presence::SessionInput;
+use cmdop_proto::presence::PresenceBook;
 use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
@@ -143,8 +144,9 @@ struct Shared {
     unauthenticated: Arc<Semaphore>,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
-    /// The connection that decides each online machine's presence: the newest one.
-    online: Mutex<HashMap<MachineId, u64>>,
+    /// Every machine's presence, with the connection that decides it (the newest one); written to the store
+    /// in batches by [`presence`].
+    presence: Mutex<PresenceBook>,
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
@@ -155,9 +157,14 @@ struct Shared {
 struct LiveConnection {
     credential: CredentialId,
     connection: quinn::Connection,
-    /// Where the watcher sends the credential's standing; the session's task feeds it to its state machine.
-    standing: mpsc::UnboundedSender<SessionInput>,
+    /// Where the watcher puts the credential's latest standing; the session's task feeds it to its state
+    /// machine. A watch rather than a queue: only the latest standing matters, and it costs one small
+    /// allocation per connection where a queue's first block of slots would cost kilobytes.
+    standing: watch::Sender<Standing>,
 }
+
+/// A credential's standing as the revocation watcher last read it (`None`: not read yet).
+type Standing = Option<Result<(), cmdop_fleet::AuthError>>;
 
 impl Server {
     /// Opens the store, marks every machine offline (no connection survives a restart) and binds the endpoint.
@@ -183,7 +190,7 @@ impl Server {
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
-            online: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceBook::default()),
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
@@ -217,6 +224,10 @@ impl Server {
     /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let watcher = tokio::spawn(revocation::watch(self.shared.clone(), self.revocation_poll));
+        let flusher = tokio::spawn(presence::flush_every(
+            self.shared.clone(),
+            presence::PRESENCE_FLUSH,
+        ));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -231,6 +242,9 @@ impl Server {
         self.endpoint
             .close(CloseCode::SHUTDOWN.0.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        flusher.abort();
+        // The last `last_seen` of every machine, then all offline: no connection survives a stop.
+        presence::flush(&self.shared);
         self.shared.lock_store().mark_all_offline()?;
         Ok(())
     }
@@ -254,10 +268,11 @@ impl Server {
             return;
         };
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task = async move {
             handle_incoming(shared, incoming, login_permit).await;
             drop(connection_permit);
-        });
+        };
+        tokio::spawn(task);
     }
 
     /// Refuses new connections at once and lets running streams (an exec, a copy) finish, up to the drain
@@ -313,8 +328,8 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn online(&self) -> MutexGuard<'_, HashMap<MachineId, u64>> {
-        self.online
+    fn presence(&self) -> MutexGuard<'_, PresenceBook> {
+        self.presence
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -412,8 +427,15 @@ async fn handle_incoming(
         shared.metrics.handshake_failed(FailureReason::Tls);
         return;
     };
-    let Some((stream, logged_in)) =
-        login::log_in(&shared, &connection, remote, deadline.into_std()).await
+    // Boxed: the login's state is large and short-lived, and inline it would size this task's future, which
+    // every idle agent's connection keeps for as long as it lives.
+    let Some((stream, logged_in)) = Box::pin(login::log_in(
+        &shared,
+        &connection,
+        remote,
+        deadline.into_std(),
+    ))
+    .await
     else {
         return;
     };

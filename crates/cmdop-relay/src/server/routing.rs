@@ -155,11 +155,12 @@ fn prepare(
         tracing::error!(%err, "store failure while routing a stream");
         RouteRefusal::new(ErrorCode::INTERNAL, "the relay's store failed; try again")
     };
-    let (machines, trust_key) = {
+    let (mut machines, trust_key) = {
         let store = shared.lock_store();
         let machines = store.machines_of(fleet).map_err(internal)?;
         (machines, store.fleet_trust_key(fleet).map_err(internal)?)
     };
+    super::presence::apply(&shared.presence(), &mut machines);
     let mut channel_id = [0u8; 16];
     OsRng.fill_bytes(&mut channel_id);
     let route = resolve_route(
@@ -173,10 +174,14 @@ fn prepare(
             now: now().unix,
         },
     )?;
-    let agent = shared
-        .online()
-        .get(&route.machine.id)
-        .and_then(|session| shared.sessions().get(session).map(|s| s.connection.clone()))
+    let current = shared.presence().connection(route.machine.id);
+    let agent = current
+        .and_then(|session| {
+            shared
+                .sessions()
+                .get(&session)
+                .map(|s| s.connection.clone())
+        })
         .ok_or_else(|| offline(&route.machine))?;
     Ok((route, agent))
 }

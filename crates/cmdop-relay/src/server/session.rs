@@ -10,9 +10,11 @@ use cmdop_fleet::MachineId;
 use cmdop_proto::login::LoggedIn;
 use cmdop_proto::presence::{RelaySession, SessionAction, SessionInput};
 use cmdop_proto::wire::{CloseCode, PeerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
-use super::{LiveConnection, Shared, close_with, now, peer_gone, refuse_stream, routing};
+use super::{
+    LiveConnection, Shared, Standing, close_with, now, peer_gone, presence, refuse_stream, routing,
+};
 
 /// Serves a logged-in peer until its session ends, then forgets it (and, for the newest connection of a
 /// machine, marks the machine offline).
@@ -23,7 +25,7 @@ pub(super) async fn serve(
     logged_in: LoggedIn,
     remote: SocketAddr,
 ) {
-    let (standing, standing_rx) = mpsc::unbounded_channel();
+    let (standing, standing_rx) = watch::channel(None);
     let credential = match &logged_in {
         LoggedIn::Agent(agent) => agent.authenticated.credential_id(),
         LoggedIn::Client(client) => client.authenticated.credential_id(),
@@ -37,31 +39,35 @@ pub(super) async fn serve(
             standing,
         },
     );
+    // The session owns the peer; what the driver needs besides is read back from it, not kept in a second copy
+    // for every one of thousands of idle agents.
     let session = RelaySession::new(
-        logged_in.clone(),
+        logged_in,
         remote.to_string(),
         shared.heartbeat_interval,
         now(),
     );
-    match logged_in {
+    match session.peer() {
         LoggedIn::Agent(agent) => {
             let machine = agent.machine.id;
             let _connected = shared
                 .metrics
                 .agent_connected(agent.access.fleet().name.as_str(), machine);
             went_online(&shared, id, machine);
-            run(&shared, &connection, &mut stream, session, standing_rx).await;
+            run(&shared, id, &connection, &mut stream, session, standing_rx).await;
             went_offline(&shared, id, machine);
         }
         LoggedIn::Client(client) => {
+            // A client opens one stream per channel: from now on it may have the full number open.
+            connection.set_max_concurrent_bi_streams(shared.limits.max_bidi_streams.into());
             let _connected = shared.metrics.client_connected(client.fleet_names());
             // Routed streams arrive as further bidirectional streams beside the control stream.
             let routes = tokio::spawn(routing::accept_routes(
                 shared.clone(),
                 connection.clone(),
-                client,
+                client.clone(),
             ));
-            run(&shared, &connection, &mut stream, session, standing_rx).await;
+            run(&shared, id, &connection, &mut stream, session, standing_rx).await;
             routes.abort();
         }
     }
@@ -71,7 +77,8 @@ pub(super) async fn serve(
 /// Marks `machine` online with this connection as the one deciding its presence; an older connection of
 /// the same machine is closed.
 fn went_online(shared: &Shared, id: u64, machine: MachineId) {
-    let previous = shared.online().insert(machine, id);
+    let previous = shared.presence().online(machine, id, now().unix);
+    presence::write_changes(shared);
     if let Some(previous) = previous
         && let Some(old) = shared.sessions().get(&previous)
     {
@@ -80,27 +87,13 @@ fn went_online(shared: &Shared, id: u64, machine: MachineId) {
             b"the same machine connected again",
         );
     }
-    if let Err(err) = shared.lock_store().set_presence(machine, true, now().unix) {
-        tracing::error!(%err, "cannot record presence");
-    }
     tracing::info!(%machine, "agent online");
 }
 
 /// Marks `machine` offline, if this connection is still the one deciding its presence.
 fn went_offline(shared: &Shared, id: u64, machine: MachineId) {
-    let current = {
-        let mut online = shared.online();
-        if online.get(&machine) == Some(&id) {
-            online.remove(&machine);
-            true
-        } else {
-            false
-        }
-    };
-    if current {
-        if let Err(err) = shared.lock_store().set_presence(machine, false, now().unix) {
-            tracing::error!(%err, "cannot record presence");
-        }
+    if shared.presence().offline(machine, id, now().unix) {
+        presence::write_changes(shared);
         tracing::info!(%machine, "agent offline");
     }
 }
@@ -108,13 +101,14 @@ fn went_offline(shared: &Shared, id: u64, machine: MachineId) {
 /// The session's loop: messages, standing checks and timers in, actions out, until it closes.
 async fn run(
     shared: &Shared,
+    id: u64,
     connection: &quinn::Connection,
     stream: &mut ControlStream,
     mut session: RelaySession,
-    mut standing: mpsc::UnboundedReceiver<SessionInput>,
+    mut standing: watch::Receiver<Standing>,
 ) {
     loop {
-        if run_actions(shared, connection, stream, &mut session).await {
+        if run_actions(shared, id, connection, stream, &mut session).await {
             return;
         }
         let timer = session.poll_timeout().map(tokio::time::Instant::from_std);
@@ -131,7 +125,12 @@ async fn run(
                 Err(err) if peer_gone(&err) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
                 Err(err) => return refuse_stream(connection, stream, &err).await,
             },
-            Some(input) = standing.recv() => session.handle(input, now()),
+            Ok(()) = standing.changed() => {
+                let latest = standing.borrow_and_update().clone();
+                if let Some(latest) = latest {
+                    session.handle(SessionInput::Standing(latest), now());
+                }
+            }
             () = sleep => session.handle_timeout(now()),
         }
     }
@@ -140,6 +139,7 @@ async fn run(
 /// Carries out what the session asks; `true` once it has closed the connection.
 async fn run_actions(
     shared: &Shared,
+    id: u64,
     connection: &quinn::Connection,
     stream: &mut ControlStream,
     session: &mut RelaySession,
@@ -152,15 +152,15 @@ async fn run_actions(
                     return true;
                 }
             }
-            SessionAction::Presence { machine, at } => {
-                if let Err(err) = shared.lock_store().set_presence(machine, true, at) {
-                    tracing::error!(%err, "cannot record presence");
-                }
-            }
+            // A heartbeat touches memory only; the store follows in the next presence flush.
+            SessionAction::Presence { machine, at } => shared.presence().heard(machine, id, at),
             SessionAction::LookUpMachines(access) => {
                 let machines = shared.lock_store().machines_of(access.fleet_id());
                 let input = match machines {
-                    Ok(machines) => SessionInput::Machines(machines),
+                    Ok(mut machines) => {
+                        presence::apply(&shared.presence(), &mut machines);
+                        SessionInput::Machines(machines)
+                    }
                     Err(err) => {
                         tracing::error!(%err, "store failure while listing machines");
                         SessionInput::StoreFailed

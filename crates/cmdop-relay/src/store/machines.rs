@@ -3,6 +3,8 @@
 use cmdop_fleet::{
     DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, Timestamp, rename,
 };
+use cmdop_proto::login::FleetQuery;
+use cmdop_proto::presence::PresenceWrite;
 use rusqlite::{OptionalExtension, params};
 
 use super::rows::{MACHINE_COLUMNS, machine_from_row, sql_time};
@@ -64,10 +66,29 @@ impl Store {
         online: bool,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1",
-            params![machine.to_string(), online, sql_time(now)],
-        )?;
+        self.store_presence(&[PresenceWrite {
+            machine,
+            online,
+            last_seen: now,
+        }])
+    }
+
+    /// Writes a batch of presence changes (a relay's [`cmdop_proto::presence::PresenceBook`]) in one
+    /// transaction: one commit for the whole batch instead of one per heartbeat.
+    pub fn store_presence(&self, writes: &[PresenceWrite]) -> Result<(), StoreError> {
+        let transaction = self.conn.unchecked_transaction()?;
+        {
+            let mut update = transaction
+                .prepare_cached("UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1")?;
+            for write in writes {
+                update.execute(params![
+                    write.machine.to_string(),
+                    write.online,
+                    sql_time(write.last_seen)
+                ])?;
+            }
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -91,6 +112,26 @@ impl Store {
             )
             .optional()?
             .transpose()
+    }
+
+    /// The machines of a fleet an agent's registration depends on: the one with its key and the one with its
+    /// hostname (both by index, whatever the fleet's size).
+    pub fn machines_for_registration(
+        &self,
+        query: &FleetQuery,
+    ) -> Result<Vec<Machine>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.fleet_id = ?1 AND (m.public_key = ?2 OR m.hostname = ?3)"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                query.fleet.to_string(),
+                query.public_key.to_bytes().as_slice(),
+                query.hostname.as_str()
+            ],
+            |r| Ok(machine_from_row(r)),
+        )?;
+        rows.map(|row| row?).collect()
     }
 
     /// The machines of one fleet, by hostname.
