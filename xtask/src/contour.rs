@@ -100,6 +100,8 @@ impl Binaries {
 pub(crate) struct Contour {
     bins: Binaries,
     state: PathBuf,
+    /// Flags added to `cmdop-relay serve` (and kept for a restart).
+    relay_args: Vec<String>,
     // Stopped in this order: the agent first, so that it can tell the relay it is going offline.
     agent: Option<Daemon>,
     relay: Option<Daemon>,
@@ -120,6 +122,16 @@ impl Contour {
     /// under `state/secrets/`), the agent's identity and the CLI's login. Leftover daemons from an earlier run
     /// that was not stopped cleanly are stopped first.
     pub(crate) fn up(bins: Binaries, state: &Path, listen: &str) -> Result<Self> {
+        Self::up_with(bins, state, listen, &[])
+    }
+
+    /// As [`up`](Self::up), with more flags for `cmdop-relay serve` (limits, say).
+    pub(crate) fn up_with(
+        bins: Binaries,
+        state: &Path,
+        listen: &str,
+        relay_args: &[&str],
+    ) -> Result<Self> {
         fs::create_dir_all(state)
             .with_context(|| format!("cannot create the state directory {}", state.display()))?;
         fs::set_permissions(state, fs::Permissions::from_mode(0o700))
@@ -128,6 +140,7 @@ impl Contour {
         let mut contour = Self {
             bins,
             state: state.to_path_buf(),
+            relay_args: relay_args.iter().map(|a| (*a).to_owned()).collect(),
             agent: None,
             relay: None,
             address: String::new(),
@@ -137,32 +150,7 @@ impl Contour {
         };
 
         header("the relay: a self-signed certificate and a SQLite database in its data directory");
-        let mut serve = Command::new(&contour.bins.relay);
-        serve
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(contour.relay_dir())
-            .args(["--listen", listen])
-            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
-            .args(["--metrics", "127.0.0.1:0"]);
-        let mut relay = contour.spawn("relay", serve)?;
-        contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
-            line.strip_prefix("relay fingerprint: ")
-                .map(|fp| fp.trim().to_owned())
-        })?;
-        contour.address = relay.wait_for("the relay's address", |line| {
-            line.strip_prefix("listening on ")
-                .map(|addr| addr.trim().to_owned())
-        })?;
-        contour.metrics = relay.wait_for("the relay's metrics address", |line| {
-            line.strip_prefix("metrics on ")
-                .map(|url| url.trim().to_owned())
-        })?;
-        println!(
-            "  relay listening on {} with fingerprint {}; metrics on {}",
-            contour.address, contour.fingerprint, contour.metrics
-        );
-        contour.relay = Some(relay);
+        contour.start_relay(listen)?;
 
         header(&format!("the fleet `{FLEET}` and its keys"));
         contour.ensure_fleet()?;
@@ -201,6 +189,69 @@ impl Contour {
             .arg(&member_key);
         run_shown(&mut login)?;
         Ok(contour)
+    }
+
+    /// Starts the relay on `listen` and learns its fingerprint, address and metrics address from its output.
+    fn start_relay(&mut self, listen: &str) -> Result<()> {
+        let mut serve = Command::new(&self.bins.relay);
+        serve
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.relay_dir())
+            .args(["--listen", listen])
+            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
+            .args(["--metrics", "127.0.0.1:0"])
+            .args(&self.relay_args);
+        let mut relay = self.spawn("relay", serve)?;
+        self.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
+            line.strip_prefix("relay fingerprint: ")
+                .map(|fp| fp.trim().to_owned())
+        })?;
+        self.address = relay.wait_for("the relay's address", |line| {
+            line.strip_prefix("listening on ")
+                .map(|addr| addr.trim().to_owned())
+        })?;
+        self.metrics = relay.wait_for("the relay's metrics address", |line| {
+            line.strip_prefix("metrics on ")
+                .map(|url| url.trim().to_owned())
+        })?;
+        println!(
+            "  relay listening on {} with fingerprint {}; metrics on {}",
+            self.address, self.fingerprint, self.metrics
+        );
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    /// Kills the relay with SIGKILL (no drain, no goodbye: a crash) and waits for it to be gone.
+    pub(crate) fn kill_relay(&mut self) -> Result<()> {
+        if let Some(mut relay) = self.relay.take() {
+            println!("$ kill -KILL {}", relay.child.id());
+            relay.child.kill().context("cannot kill the relay")?;
+            relay.child.wait().context("cannot reap the relay")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the relay again on the address it had, with the same data directory and flags.
+    pub(crate) fn restart_relay(&mut self) -> Result<()> {
+        let address = self.address.clone();
+        self.start_relay(&address)
+    }
+
+    /// The relay's process id, while it runs.
+    pub(crate) fn relay_pid(&self) -> Option<u32> {
+        self.relay.as_ref().map(|daemon| daemon.child.id())
+    }
+
+    /// The agent's process id, while it runs.
+    pub(crate) fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|daemon| daemon.child.id())
+    }
+
+    /// The 0600 file holding the fleet's agent key.
+    pub(crate) fn agent_key_file(&self) -> PathBuf {
+        self.secrets_dir().join("agent.key")
     }
 
     /// A `cmdop` command using this contour's client directory (and so its saved login).

@@ -35,7 +35,10 @@ commands:
   bench tunnel bulk TCP throughput through `cmdop connect forward` against `ssh -L`; writes docs/benchmarks.md
   bench cp     a 1 GiB file with `cmdop connect cp` against scp; writes docs/benchmarks.md
   bench keystroke
-               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md";
+               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md
+  bench scale  N simulated agents on one relay: registration, memory, CPU, latency, a SIGKILL storm;
+               writes docs/benchmarks.md
+  bench idle   an idle cmdop-agent's memory and CPU per hour beside an idle sshd; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     match run() {
