@@ -43,6 +43,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client's [`ClientConnection::close`] lets the endpoint drain: enough to put the close frame on
 /// the wire, not QUIC's full draining period.
 const CLIENT_DRAIN: Duration = Duration::from_millis(10);
+/// The most machines a listing may hold; a relay sending more is broken or hostile, and this bounds the memory
+/// it can make a client spend.
+pub(crate) const MAX_LISTED_MACHINES: usize = 1_000_000;
 /// First reconnect delay.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Largest reconnect delay.
@@ -469,11 +472,26 @@ impl ClientConnection {
         let request = PeerMessage::ListMachines(ListMachines {
             workspace: workspace.map(str::to_owned),
         });
-        match self.link.request(&request).await? {
-            RelayMessage::Machines(machines) => {
-                Ok(machines.into_iter().map(Machine::from).collect())
+        let mut listed = Vec::new();
+        let mut reply = self.link.request(&request).await?;
+        // A large fleet's answer comes in parts, the last one a `Machines`.
+        loop {
+            match reply {
+                RelayMessage::MoreMachines(part) => {
+                    if listed.len() + part.len() > MAX_LISTED_MACHINES {
+                        return Err(ClientError::Protocol(format!(
+                            "the relay listed more than {MAX_LISTED_MACHINES} machines"
+                        )));
+                    }
+                    listed.extend(part.into_iter().map(Machine::from));
+                    reply = self.link.reply().await?;
+                }
+                RelayMessage::Machines(last) => {
+                    listed.extend(last.into_iter().map(Machine::from));
+                    return Ok(listed);
+                }
+                other => return Err(unexpected(&other)),
             }
-            other => Err(unexpected(&other)),
         }
     }
 
@@ -892,6 +910,11 @@ impl Link {
 
     async fn request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
         self.send(message).await?;
+        self.reply().await
+    }
+
+    /// The relay's next message on the control stream, within [`REQUEST_TIMEOUT`].
+    async fn reply(&mut self) -> Result<RelayMessage, ClientError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.stream.recv::<RelayMessage>()).await {
             Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
             Ok(Ok(Some(reply))) => Ok(reply),

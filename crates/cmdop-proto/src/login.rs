@@ -1321,5 +1321,6 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::StreamReady(_) => "StreamReady",
         RelayMessage::IncomingStream(_) => "IncomingStream",
         RelayMessage::Candidates(_) => "Candidates",
+        RelayMessage::MoreMachines(_) => "MoreMachines",
     }
 }

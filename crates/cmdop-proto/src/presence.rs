@@ -26,7 +26,9 @@ use cmdop_fleet::{
 use crate::login::{
     AuditEvent, ClientSession, LoggedIn, Time, actor, machine_info, no_such_fleet, scope_refusal,
 };
-use crate::wire::{CloseCode, ErrorCode, ErrorMessage, ListMachines, PeerMessage, RelayMessage};
+use crate::wire::{
+    CloseCode, ErrorCode, ErrorMessage, ListMachines, PeerMessage, RelayMessage, machines_answer,
+};
 
 /// A machine is offline after this many heartbeat intervals without one.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -235,11 +237,14 @@ impl RelaySession {
         let Some(access) = self.listing.take() else {
             return;
         };
-        let reply = match list_machines(&access, machines) {
-            Ok(listed) => RelayMessage::Machines(listed.map(machine_info).collect()),
-            Err(err) => RelayMessage::Error(scope_refusal(&err)),
-        };
-        self.send(reply);
+        match list_machines(&access, machines) {
+            Ok(listed) => {
+                for part in machines_answer(listed.map(machine_info).collect()) {
+                    self.send(part);
+                }
+            }
+            Err(err) => self.send(RelayMessage::Error(scope_refusal(&err))),
+        }
     }
 
     fn send(&mut self, message: RelayMessage) {

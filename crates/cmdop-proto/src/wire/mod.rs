@@ -359,6 +359,32 @@ pub enum RelayMessage {
     /// sent on a routed stream right after the [`Error`](Self::Error) with code [`ErrorCode::AMBIGUOUS`], before
     /// the relay finishes the stream. A client that reads only the error (an older one) misses nothing else.
     Candidates(Vec<Candidate>),
+    /// Part of the answer to [`ListMachines`] when it does not fit one frame (a fleet of more than a few
+    /// hundred machines): more follows, and the last part is a [`Machines`](Self::Machines). Built by
+    /// [`machines_answer`]; an answer that fits one frame is a lone `Machines`, as before this message existed.
+    MoreMachines(Vec<MachineInfo>),
+}
+
+/// The answer to [`ListMachines`] as frames: [`RelayMessage::MoreMachines`] parts, each as full as a frame
+/// allows, then one [`RelayMessage::Machines`] with the rest (the only message when everything fits).
+pub fn machines_answer(machines: Vec<MachineInfo>) -> Vec<RelayMessage> {
+    // A body is the message's tag (1 byte), the list's length (a varint, at most 5 bytes) and the items.
+    const BUDGET: usize = MAX_FRAME_SIZE - 1 - 5;
+    let mut answer = Vec::new();
+    let mut part = Vec::new();
+    let mut size = 0;
+    for machine in machines {
+        // Every field is bounded by cmdop-fleet's validation, so one machine is far below a frame.
+        let len = encoded_len(&machine).map_or(BUDGET, |len| len - LENGTH_PREFIX_LEN);
+        if size + len > BUDGET && !part.is_empty() {
+            answer.push(RelayMessage::MoreMachines(std::mem::take(&mut part)));
+            size = 0;
+        }
+        size += len;
+        part.push(machine);
+    }
+    answer.push(RelayMessage::Machines(part));
+    answer
 }
 
 /// The bytes a peer signs (purpose `RelayLogin`) to log in: label ‖ challenge ‖ TLS exporter ‖ public key.

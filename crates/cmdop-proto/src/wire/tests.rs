@@ -171,6 +171,15 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             "0000001a 08 01 33333333333333333333333333333333 05 7765622d31 01 77",
         ),
         (RelayMessage::Candidates(vec![]), "00000002 08 00"),
+        (
+            RelayMessage::MoreMachines(vec![sample_machine()]),
+            concat!(
+                "0000004f 09 01 33333333333333333333333333333333 01 68 01 6e",
+                " 1111111111111111111111111111111111111111111111111111111111111111",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30",
+            ),
+        ),
+        (RelayMessage::MoreMachines(vec![]), "00000002 09 00"),
     ]
 }
 
@@ -278,6 +287,58 @@ fn the_most_candidates_of_the_largest_size_fit_one_frame() {
     // `encode` refuses a body over MAX_FRAME_SIZE.
     let frame = encode(&message).unwrap();
     assert!(frame.len() <= LENGTH_PREFIX_LEN + MAX_FRAME_SIZE);
+}
+
+#[test]
+fn a_fleet_too_large_for_one_frame_is_listed_in_parts_that_each_fit() {
+    let largest = MachineInfo {
+        id: IdBytes([0xff; 16]),
+        hostname: "h".repeat(253),
+        // 64 characters of 4 bytes each: the longest display name, OS, architecture and version accepted.
+        name: "\u{1F600}".repeat(64),
+        public_key: KeyBytes([0xee; 32]),
+        online: true,
+        last_seen: Some(u64::MAX),
+        os: "\u{1F600}".repeat(64),
+        arch: "\u{1F600}".repeat(64),
+        agent_version: "\u{1F600}".repeat(64),
+    };
+    for (machines, template) in [
+        (10_000, sample_machine()),
+        (500, largest),
+        (1, sample_machine()),
+        (0, sample_machine()),
+    ] {
+        let answer = machines_answer(vec![template.clone(); machines]);
+        let (last, parts) = answer.split_last().unwrap();
+        let mut listed = 0;
+        for part in parts {
+            let RelayMessage::MoreMachines(part) = part else {
+                panic!("{part:?}");
+            };
+            assert!(!part.is_empty());
+            listed += part.len();
+        }
+        let RelayMessage::Machines(rest) = last else {
+            panic!("{last:?}");
+        };
+        listed += rest.len();
+        assert_eq!(listed, machines);
+        for message in &answer {
+            // `encode` refuses a body over MAX_FRAME_SIZE.
+            let frame = encode(message).unwrap();
+            assert!(frame.len() <= LENGTH_PREFIX_LEN + MAX_FRAME_SIZE);
+        }
+        if machines == 10_000 {
+            // Parts are full: no more frames than the bytes need, plus one.
+            let bytes: usize = answer.iter().map(|m| encoded_len(m).unwrap()).sum();
+            assert!(
+                answer.len() <= bytes / MAX_FRAME_SIZE + 2,
+                "{} parts",
+                answer.len()
+            );
+        }
+    }
 }
 
 #[test]
@@ -457,6 +518,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             0..4
         )
         .prop_map(RelayMessage::Candidates),
+        proptest::collection::vec(machine(), 0..4).prop_map(RelayMessage::MoreMachines),
     ]
 }
 

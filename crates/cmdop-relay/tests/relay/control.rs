@@ -843,3 +843,46 @@ fn last_used(record: &cmdop_fleet::CredentialRecord) -> Option<Timestamp> {
         cmdop_fleet::CredentialRecord::UserToken(token) => token.last_used,
     }
 }
+
+/// A fleet larger than one frame holds (about 650 machines like these) is listed in full: the relay sends it
+/// in parts and the client puts them together. Machines are enrolled straight into the store, as cmdop-fleet
+/// decides them, so that the test needs no thousand logins.
+#[tokio::test]
+async fn a_fleet_larger_than_a_frame_is_listed_in_full() {
+    const MACHINES: usize = 1_500;
+    let fx = Fixture::new();
+    fx.fleet("big");
+    let (_, member_key) = fx.key("big", KeyRole::Member);
+    let fleet = fx.admin.fleet_by_name("big").unwrap().unwrap().fleet;
+    let access = cmdop_fleet::FleetAccess::relay_operator(&fleet);
+    for n in 0..MACHINES {
+        let enrolment = cmdop_fleet::Enrolment {
+            public_key: Identity::generate(&mut OsRng).public_key(),
+            hostname: cmdop_fleet::Hostname::parse(&format!("host-{n:05}")).unwrap(),
+            name: None,
+            info: cmdop_fleet::AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+        };
+        let registration =
+            cmdop_fleet::register(&access, &[], enrolment, now(), &mut OsRng).unwrap();
+        fx.admin.save_registration(&registration).unwrap();
+    }
+    let relay = Relay::start(&fx.data, "127.0.0.1:0".parse().unwrap(), HEARTBEAT).await;
+    let mut client =
+        ClientConnection::login(&relay.target, &Identity::generate(&mut OsRng), &member_key)
+            .await
+            .unwrap();
+    let listed = client.list_machines(None).await.unwrap();
+    assert_eq!(listed.len(), MACHINES);
+    let mut hostnames: Vec<&str> = listed.iter().map(|m| m.hostname.as_str()).collect();
+    hostnames.sort_unstable();
+    hostnames.dedup();
+    assert_eq!(hostnames.len(), MACHINES);
+    assert!(listed.iter().all(|m| !m.online));
+    // The connection is still good for the next request.
+    assert_eq!(
+        client.list_machines(Some("big")).await.unwrap().len(),
+        MACHINES
+    );
+    client.close().await;
+    relay.stop().await;
+}
