@@ -137,8 +137,7 @@ pub async fn run(
         if !failure.is_retryable() {
             return Err(PresenceError::Refused(failure));
         }
-        let delay = reconnect_delay(attempt, &mut OsRng);
-        attempt = attempt.saturating_add(1);
+        let delay = retry_delay(&failure, &mut attempt);
         on_event(PresenceEvent::Retrying {
             reason: failure.to_string(),
             delay,
@@ -148,6 +147,19 @@ pub async fn run(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// How long to wait before the next registration attempt after `failure`. A relay stopping on purpose says
+/// when to come back ([`ClientError::come_back`]): that moment, and the backoff starts over, since the relay
+/// was not failing. Anything else backs off further with every failed attempt.
+fn retry_delay(failure: &ClientError, attempt: &mut u32) -> Duration {
+    if let Some(come_back) = failure.come_back() {
+        *attempt = 0;
+        return come_back.delay(&mut OsRng);
+    }
+    let delay = reconnect_delay(*attempt, &mut OsRng);
+    *attempt = attempt.saturating_add(1);
+    delay
 }
 
 /// One registration attempt, from the shared endpoint if there is one.

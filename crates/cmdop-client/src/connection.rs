@@ -167,6 +167,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// When the relay asked this peer to come back, because it is stopping on purpose (a restart, an
+    /// upgrade); `None` for every other failure, which [`reconnect_delay`]'s backoff handles.
+    ///
+    /// This is where a relay's explicit go-away message, with its "come back after / within" fields, becomes
+    /// a [`ComeBack`]; until the wire has one, a relay's shutdown close (close code 7) means "now, spread over
+    /// [`ComeBack::SHUTDOWN`]'s window".
+    pub fn come_back(&self) -> Option<ComeBack> {
+        match self {
+            Self::Closed { code, .. } if *code == CloseCode::SHUTDOWN.0 => Some(ComeBack::SHUTDOWN),
+            _ => None,
+        }
+    }
+
     /// Whether retrying later can help (network trouble, relay restarts, relay busy) as opposed to a refusal
     /// that needs a human (bad credential, wrong fingerprint, scope). The caller decides what to do with either.
     pub fn is_retryable(&self) -> bool {
@@ -577,6 +590,38 @@ impl ClientConnection {
     pub async fn close(mut self) {
         let _ = self.link.send(&PeerMessage::Goodbye).await;
         self.link.finish_with_drain(CLIENT_DRAIN).await;
+    }
+}
+
+/// A stopping relay's request to come back: not before `after`, at a uniformly random moment within the
+/// following `window`, so that a fleet it sends away returns spread out instead of all at once (iroh's relay
+/// does the same with its `Restarting` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComeBack {
+    /// The earliest moment to come back, from now.
+    pub after: Duration,
+    /// How long after `after` the moment may fall.
+    pub window: Duration,
+}
+
+impl ComeBack {
+    /// What a relay's shutdown close means without more: come back at once, spread over 10 s, which a relay
+    /// admits ~1,000 agents a second through comfortably (see docs/benchmarks.md).
+    pub const SHUTDOWN: Self = Self {
+        after: Duration::ZERO,
+        window: Duration::from_secs(10),
+    };
+
+    /// The delay before reconnecting: `after` plus a uniformly random part of `window`. A pure function of
+    /// the request and `rng`.
+    pub fn delay<R: RngCore + ?Sized>(&self, rng: &mut R) -> Duration {
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let spread = if window == 0 {
+            0
+        } else {
+            rng.next_u64() % window.saturating_add(1)
+        };
+        self.after.saturating_add(Duration::from_millis(spread))
     }
 }
 
@@ -1010,6 +1055,37 @@ mod tests {
         }
         assert!(reconnect_delay(0, &mut OsRng) <= Duration::from_millis(500));
         assert!(reconnect_delay(u32::MAX, &mut OsRng) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_shutdown_close_asks_to_come_back_within_a_window() {
+        let closed = ClientError::Closed {
+            code: CloseCode::SHUTDOWN.0,
+            reason: "relay shutting down".into(),
+        };
+        assert_eq!(closed.come_back(), Some(ComeBack::SHUTDOWN));
+        let other = ClientError::Closed {
+            code: CloseCode::NORMAL.0,
+            reason: "bye".into(),
+        };
+        assert_eq!(other.come_back(), None);
+        assert_eq!(ClientError::Timeout(REQUEST_TIMEOUT).come_back(), None);
+        let hint = ComeBack {
+            after: Duration::from_secs(2),
+            window: Duration::from_secs(8),
+        };
+        for _ in 0..100 {
+            let delay = hint.delay(&mut OsRng);
+            assert!(
+                delay >= hint.after && delay <= hint.after + hint.window,
+                "{delay:?}"
+            );
+        }
+        let none = ComeBack {
+            after: Duration::from_secs(1),
+            window: Duration::ZERO,
+        };
+        assert_eq!(none.delay(&mut OsRng), Duration::from_secs(1));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
-    ClientConnection, ClientError, Dialer, IncomingStream, REQUEST_TIMEOUT, RelayTarget,
+    ClientConnection, ClientError, ComeBack, Dialer, IncomingStream, REQUEST_TIMEOUT, RelayTarget,
     RoutedStream, StreamAcceptor, reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

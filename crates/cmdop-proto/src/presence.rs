@@ -396,6 +396,17 @@ impl HeartbeatSchedule {
     }
 }
 
+/// How long a relay that stops on purpose should ask its agents to spread their return over, so that `online`
+/// agents coming back uniformly within it arrive at no more than `admit_per_second` logins a second: at least
+/// a second, at most five minutes. This is what a go-away message's "come back within" field carries
+/// (cmdop-client's `ComeBack`); the agents' side picks a moment within it at random.
+pub fn come_back_window(online: usize, admit_per_second: u32) -> Duration {
+    let rate = u64::from(admit_per_second.max(1));
+    let online = u64::try_from(online).unwrap_or(u64::MAX);
+    let millis = online.saturating_mul(1000) / rate;
+    Duration::from_millis(millis).clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
 /// How often a relay writes what changed in its [`PresenceBook`] to its store.
 pub const PRESENCE_FLUSH: Duration = Duration::from_secs(1);
 

@@ -1048,3 +1048,13 @@ fn going_offline_is_written_at_once_and_a_replaced_connection_does_not_count() {
     pair.store.presence.apply(&mut listed);
     assert!(!listed.online);
 }
+
+/// A relay stopping on purpose spreads its agents' return so that they arrive at the rate it can admit.
+#[test]
+fn a_stopping_relay_spreads_its_agents_over_a_window_it_can_admit() {
+    use cmdop_proto::presence::come_back_window;
+    assert_eq!(come_back_window(10_000, 500), Duration::from_secs(20));
+    assert_eq!(come_back_window(3, 500), Duration::from_secs(1));
+    assert_eq!(come_back_window(1_000_000, 100), Duration::from_secs(300));
+    assert_eq!(come_back_window(10, 0), Duration::from_secs(10));
+}
