@@ -206,7 +206,7 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
         forward_policy,
         dialer: None,
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let fingerprint_short = identity.public_key().fingerprint().short();
     runtime.block_on(async {
         presence::run(std::sync::Arc::clone(&identity), &config, shutdown_signal(), |event| match event {
@@ -222,6 +222,18 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopped; the relay was told this machine is going offline");
     Ok(())
+}
+
+/// The agent's runtime: at most two worker threads whatever the machine. An idle agent needs one; two let a
+/// busy one move QUIC packets and run its streams at the same time; tokio's default of one per core would
+/// give a 64-core server 64 idle threads, each with its stack and its allocator arena.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(1, 2))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then

@@ -232,7 +232,12 @@ impl Dialer {
             address: bind.to_string(),
             reason: format!("cannot open a local QUIC endpoint: {reason}"),
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| unusable(e.to_string()))?;
+        let socket = crate::transport::udp_socket(bind).map_err(|e| unusable(e.to_string()))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| unusable("no async runtime found".to_owned()))?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| unusable(e.to_string()))?;
         Ok(Self { endpoint })
     }
 

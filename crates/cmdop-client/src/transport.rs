@@ -82,6 +82,29 @@ impl Default for Limits {
     }
 }
 
+/// What an endpoint with many connections asks the kernel for, per direction, for its UDP socket's buffer.
+///
+/// A reconnect storm sends thousands of handshake packets (1,200 bytes or more each) at once; the kernel's
+/// default receive buffer (208 KiB on most systems) holds about 170 and drops the rest, each drop a
+/// retransmission a second later. Linux grants at most `net.core.rmem_max` / `wmem_max` (docs/relay.md says
+/// how to raise them); asking for more than that is not an error.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `bind` with [`SOCKET_BUFFER`]-sized buffers (as large as the kernel allows), for a
+/// quinn endpoint that serves or dials many connections: the relay's, and a shared `Dialer`'s.
+pub fn udp_socket(bind: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a kernel that grants less (or a sandbox that refuses) still leaves a working socket.
+    if let Err(err) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(err) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP send buffer");
+    }
+    Ok(socket)
+}
+
 /// The quinn transport settings for `limits`: windows, stream caps, keep-alive, idle timeout, MTU discovery.
 pub fn transport_config(limits: &Limits) -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();

@@ -79,6 +79,22 @@ fn parse_cpu(stat: &str) -> Option<f64> {
     Some((user + system) / TICKS_PER_SECOND)
 }
 
+/// UDP datagrams the kernel dropped because a socket's receive buffer was full (`RcvbufErrors` of
+/// `/proc/net/snmp`), for the whole machine.
+pub(crate) fn udp_receive_drops() -> u64 {
+    let text = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = text.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The 1-, 5- and 15-minute load averages, as `uptime` prints them.
 pub(crate) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")

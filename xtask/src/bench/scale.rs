@@ -116,10 +116,12 @@ pub(super) fn run(root: &Path, args: &[String]) -> Result<()> {
     results.agent_idle = contour.agent_pid().map(Memory::of).transpose()?;
 
     contour::header(&format!("{} simulated agents", options.agents));
+    let work = Work::start(relay)?;
     let mut swarm = Swarm::start(&swarm_bin, &contour, scratch.path(), &options)?;
     let registered = swarm.wait_for("registered", ONLINE_TIMEOUT)?;
     println!("  {registered}");
     results.registered = Some(registered);
+    results.registration_work = Some(work.done(relay)?);
     thread::sleep(SETTLE);
     results.loaded = Sample::now(relay)?;
     results.swarm = Some(Memory::of(swarm.pid())?);
@@ -181,6 +183,41 @@ fn binaries(root: &Path, build: bool) -> Result<Binaries> {
             );
         }
         Binaries::existing_release(root)
+    }
+}
+
+/// What a phase cost: the relay's CPU time, and UDP datagrams the kernel dropped for full receive buffers.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    relay_cpu: f64,
+    drops: u64,
+}
+
+impl Work {
+    /// The counters now, to subtract at the end of the phase.
+    fn start(relay: u32) -> Result<Self> {
+        Ok(Self {
+            relay_cpu: procfs::cpu_seconds(relay)?,
+            drops: procfs::udp_receive_drops(),
+        })
+    }
+
+    /// What was spent since [`start`](Self::start) (`relay` may be a new process, started with zero).
+    fn done(self, relay: u32) -> Result<Self> {
+        Ok(Self {
+            relay_cpu: procfs::cpu_seconds(relay)? - self.relay_cpu,
+            drops: procfs::udp_receive_drops().saturating_sub(self.drops),
+        })
+    }
+
+    fn describe(&self, agents: usize) -> String {
+        format!(
+            "{:.2} CPU-s ({:.2} ms per agent); UDP datagrams dropped for a full receive buffer \
+             (machine-wide): {}",
+            self.relay_cpu,
+            self.relay_cpu * 1000.0 / agents.max(1) as f64,
+            self.drops
+        )
     }
 }
 
@@ -417,6 +454,8 @@ struct StormResult {
     failures: Vec<String>,
     /// The real `cmdop-agent` process is online again.
     real_agent_back: bool,
+    /// The new relay's CPU from its start to the last agent back, and the drops meanwhile.
+    work: Work,
     load: String,
     gave_up: usize,
 }
@@ -429,6 +468,7 @@ struct Logins {
 }
 
 fn storm(contour: &mut Contour, swarm: &mut Swarm) -> Result<StormResult> {
+    let drops = procfs::udp_receive_drops();
     swarm.send("kill")?;
     let killed = Instant::now();
     contour.kill_relay()?;
@@ -468,8 +508,15 @@ fn storm(contour: &mut Contour, swarm: &mut Swarm) -> Result<StormResult> {
     let _ = sampler.join();
     let back = back?;
     println!("  {back}");
+    // The new relay started at zero CPU time.
+    let work = Work {
+        relay_cpu: 0.0,
+        drops,
+    }
+    .done(relay)?;
     let real = contour.machine.clone();
     Ok(StormResult {
+        work,
         back,
         restart,
         memory: Memory::of(relay)?,
@@ -548,6 +595,7 @@ struct Results {
     idle: Sample,
     agent_idle: Option<Memory>,
     registered: Option<Value>,
+    registration_work: Option<Work>,
     loaded: Sample,
     swarm: Option<Memory>,
     steady: Option<Steady>,
@@ -566,6 +614,7 @@ impl Results {
             idle: Sample::default(),
             agent_idle: None,
             registered: None,
+            registration_work: None,
             loaded: Sample::default(),
             swarm: None,
             steady: None,
@@ -633,6 +682,14 @@ impl Results {
                     ms_value(&registered["p99_ms"]),
                     failed_attempts(&registered["failed_attempts"]),
                 ),
+                &self.loaded.load,
+            );
+        }
+        if let Some(work) = &self.registration_work {
+            row(
+                out,
+                "relay CPU for the registrations",
+                &work.describe(self.agents),
                 &self.loaded.load,
             );
         }
@@ -775,6 +832,12 @@ impl StormResult {
                 &self.load,
             );
         }
+        row(
+            out,
+            "storm: the new relay's CPU until every agent was back",
+            &self.work.describe(agents),
+            &self.load,
+        );
         row(
             out,
             "storm: failed attempts (agents' view)",

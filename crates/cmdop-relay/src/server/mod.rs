@@ -177,7 +177,8 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        // Buffers sized for a reconnect storm: thousands of handshakes arriving at once.
+        let socket = cmdop_client::transport::udp_socket(config.listen).map_err(bind_error)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_error(std::io::Error::other("no async runtime found")))?;
         let endpoint =
