@@ -16,6 +16,8 @@ mod operations;
 mod presence;
 /// The relay sees only ciphertext; a cut stream is never success; Ctrl-C reaches the remote command.
 mod relay_blindness;
+/// A thousand agents from one process: registration, a listing larger than a frame, a SIGKILL storm.
+mod scale;
 /// Fleet boundaries, credential scope, revocation and expiry, relay pinning.
 mod scope;
 /// Interactive sessions through a real terminal: raw mode, resize, Ctrl-C, full-screen programs, detach and
