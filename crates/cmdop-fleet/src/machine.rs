@@ -183,6 +183,80 @@ pub enum RegistrationError {
         /// The machine that holds it.
         existing: MachineId,
     },
+    /// The hostname (or the display name asked for) is another machine's display name (or hostname): the
+    /// resolver would then send that machine's connections here.
+    #[error(transparent)]
+    NameClash(#[from] NameClash),
+}
+
+/// A name one machine would share with another across the two kinds of names: a hostname equal to another
+/// machine's display name, or a display name equal to another machine's hostname. The resolver prefers exact
+/// hostnames, so such a machine would take over connections meant for the other.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {kind} {name:?} is the {other_kind} of machine {existing} in this fleet; a machine may not take another's name, so pick another {kind} (or rename the other machine)"
+)]
+pub struct NameClash {
+    /// `hostname` or `display name`: the name being set.
+    pub kind: &'static str,
+    /// The name.
+    pub name: String,
+    /// The other machine's kind of name it equals.
+    pub other_kind: &'static str,
+    /// The machine that has it.
+    pub existing: MachineId,
+}
+
+/// Why a rename was refused.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    /// The access does not allow it, or the machine is not in the fleet.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    /// The new display name is another machine's hostname.
+    #[error(transparent)]
+    NameClash(#[from] NameClash),
+}
+
+/// Refuses a hostname that is another machine's display name, and a display name that is another machine's
+/// hostname (both compared ignoring case, as the resolver falls back to). `others` may hold `own` itself and
+/// machines of other fleets; only other machines of `fleet` count.
+fn check_names(
+    fleet: FleetId,
+    own: &PublicKey,
+    hostname: Option<&Hostname>,
+    display: Option<&DisplayName>,
+    others: &[Machine],
+) -> Result<(), NameClash> {
+    for other in others
+        .iter()
+        .filter(|m| m.fleet == fleet && m.public_key != *own)
+    {
+        if let (Some(hostname), Some(name)) = (hostname, other.name.as_ref())
+            && name.as_str().eq_ignore_ascii_case(hostname.as_str())
+        {
+            return Err(NameClash {
+                kind: "hostname",
+                name: hostname.to_string(),
+                other_kind: "display name",
+                existing: other.id,
+            });
+        }
+        if let Some(display) = display
+            && display
+                .as_str()
+                .eq_ignore_ascii_case(other.hostname.as_str())
+        {
+            return Err(NameClash {
+                kind: "display name",
+                name: display.to_string(),
+                other_kind: "hostname",
+                existing: other.id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Decides a registration in the fleet of `access` (which must allow [`Permission::Enrol`]).
@@ -193,6 +267,10 @@ pub enum RegistrationError {
 /// - A hostname held by another key's machine is a [`RegistrationError::HostnameTaken`]
 ///   conflict: hostnames are unique within a fleet, and silently taking over a hostname would
 ///   let one agent shadow another in the resolver.
+/// - A hostname equal to another machine's display name, or a display name (asked for, or kept)
+///   equal to another machine's hostname, is a [`RegistrationError::NameClash`] for the same
+///   reason: the resolver prefers an exact hostname, so the newcomer would receive the other's
+///   connections.
 /// - A new key gets a fresh id from `rng`.
 pub fn register<R: CryptoRngCore + ?Sized>(
     access: &FleetAccess,
@@ -213,6 +291,22 @@ pub fn register<R: CryptoRngCore + ?Sized>(
             existing: holder.id,
         });
     }
+    // Only names that change are checked: a machine whose names clashed before this rule existed keeps
+    // registering as it always did (an admin can rename it), rather than being locked out by an upgrade.
+    let new_hostname = existing
+        .is_none_or(|m| m.hostname != enrolment.hostname)
+        .then_some(&enrolment.hostname);
+    let new_name = enrolment
+        .name
+        .as_ref()
+        .filter(|name| existing.is_none_or(|m| m.name.as_ref() != Some(*name)));
+    check_names(
+        fleet,
+        &enrolment.public_key,
+        new_hostname,
+        new_name,
+        machines,
+    )?;
     let Enrolment {
         public_key,
         hostname,
@@ -258,17 +352,27 @@ pub fn register<R: CryptoRngCore + ?Sized>(
 }
 
 /// Renames `machine` (`access` must allow [`Permission::Manage`] in the machine's fleet).
-/// Display names need not be unique; the resolver reports a clash as ambiguous.
+/// Display names need not be unique (the resolver reports a clash as ambiguous), but one may not
+/// be another machine's hostname: `others` are the fleet's machines (`machine` itself may be
+/// among them).
 pub fn rename(
     access: &FleetAccess,
     machine: &mut Machine,
     name: DisplayName,
-) -> Result<(), ScopeError> {
+    others: &[Machine],
+) -> Result<(), RenameError> {
     access.require(Permission::Manage)?;
     if machine.fleet != access.fleet_id() {
         // Same answer as for a machine that does not exist: other fleets are invisible.
-        return Err(ScopeError::NoSuchMachine { id: machine.id });
+        return Err(ScopeError::NoSuchMachine { id: machine.id }.into());
     }
+    check_names(
+        machine.fleet,
+        &machine.public_key,
+        None,
+        Some(&name),
+        others,
+    )?;
     machine.name = Some(name);
     Ok(())
 }
