@@ -33,9 +33,10 @@ use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
 use crate::wire::{
-    AUTH_CAPABILITY_ED25519, AgentLogin, Challenge, ClientLogin, CloseCode, EXPORTER_LEN,
-    ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage,
-    Registered, RelayMessage, Role, SignatureBytes, Welcome, login_transcript,
+    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AgentLogin, Challenge, ClientLogin,
+    CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo,
+    PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role, SignatureBytes, Welcome,
+    login_transcript,
 };
 
 /// A point in time as both clocks see it: the monotonic one for deadlines and timers, the wall clock for
@@ -179,6 +180,9 @@ pub struct AgentSession {
     pub machine: Machine,
     /// Whether the machine was registered for the first time.
     pub is_new: bool,
+    /// Whether the agent understands the fleet lock ([`AUTH_CAPABILITY_FLEET_LOCK`]): it gets the fleet's lock
+    /// after `Registered` and whenever it changes.
+    pub fleet_lock: bool,
 }
 
 /// A logged-in client.
@@ -279,12 +283,14 @@ enum RelayState {
         authenticated: Authenticated,
         access: FleetAccess,
         enrolment: Enrolment,
+        fleet_lock: bool,
     },
     Stored {
         authenticated: Authenticated,
         access: FleetAccess,
         registration: Registration,
         trust_key: PublicKey,
+        fleet_lock: bool,
     },
     Done,
 }
@@ -425,18 +431,29 @@ impl RelayLogin {
                     authenticated,
                     access,
                     enrolment,
+                    fleet_lock,
                 },
                 LoginInput::Fleet(lookup),
-            ) => self.on_fleet(authenticated, access, enrolment, lookup, now, rng),
+            ) => self.on_fleet(
+                (authenticated, access, enrolment, fleet_lock),
+                lookup,
+                now,
+                rng,
+            ),
             (
                 RelayState::Stored {
                     authenticated,
                     access,
                     registration,
                     trust_key,
+                    fleet_lock,
                 },
                 LoginInput::Stored(stored),
-            ) => self.on_stored(authenticated, access, registration, trust_key, stored),
+            ) => self.on_stored(
+                (authenticated, access, registration, fleet_lock),
+                trust_key,
+                stored,
+            ),
             // A message while a lookup is pending, or an answer nobody asked for: the peer sent more than one
             // message before its answer, which the protocol does not allow.
             (_, LoginInput::Message(_)) => Err(Refusal::protocol(
@@ -603,10 +620,15 @@ impl RelayLogin {
         self.audit(Some(access.fleet_id()), &actor, "auth", "accepted", detail);
         self.actions
             .push_back(LoginAction::LookUpFleet(access.fleet_id()));
+        let fleet_lock = login
+            .auth_capabilities
+            .iter()
+            .any(|c| c == AUTH_CAPABILITY_FLEET_LOCK);
         Ok(RelayState::Fleet {
             authenticated,
             access,
             enrolment,
+            fleet_lock,
         })
     }
 
@@ -670,9 +692,12 @@ impl RelayLogin {
 
     fn on_fleet<R: CryptoRngCore + ?Sized>(
         &mut self,
-        authenticated: Authenticated,
-        access: FleetAccess,
-        enrolment: Enrolment,
+        (authenticated, access, enrolment, fleet_lock): (
+            Authenticated,
+            FleetAccess,
+            Enrolment,
+            bool,
+        ),
         lookup: FleetLookup,
         now: Time,
         rng: &mut R,
@@ -686,10 +711,27 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key: lookup.trust_key,
+                    fleet_lock,
                 })
             }
             Err(RegistrationError::HostnameTaken { hostname, .. }) => {
                 Err(self.hostname_taken(&authenticated, &access, hostname.as_str()))
+            }
+            Err(RegistrationError::NameClash(clash)) => {
+                let message = clash.to_string();
+                self.audit(
+                    Some(access.fleet_id()),
+                    &actor(&authenticated),
+                    "register",
+                    "refused",
+                    message.clone(),
+                );
+                Err(Refusal::new(
+                    ErrorCode::HOSTNAME_TAKEN,
+                    message,
+                    CloseCode::LOGIN_REFUSED,
+                    LoginFailure::HostnameTaken,
+                ))
             }
             Err(err) => {
                 self.audit(
@@ -711,9 +753,12 @@ impl RelayLogin {
 
     fn on_stored(
         &mut self,
-        authenticated: Authenticated,
-        access: FleetAccess,
-        registration: Registration,
+        (authenticated, access, registration, fleet_lock): (
+            Authenticated,
+            FleetAccess,
+            Registration,
+            bool,
+        ),
         trust_key: PublicKey,
         stored: Result<(), StoreRefusal>,
     ) -> Result<RelayState, Refusal> {
@@ -753,6 +798,7 @@ impl RelayLogin {
             access,
             machine: registration.machine,
             is_new: registration.is_new,
+            fleet_lock,
         };
         self.actions
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Agent(Box::new(
@@ -1271,7 +1317,10 @@ impl PeerLogin {
                 os: agent.os.clone(),
                 arch: agent.arch.clone(),
                 agent_version: agent.agent_version.clone(),
-                auth_capabilities: vec![AUTH_CAPABILITY_ED25519.to_owned()],
+                auth_capabilities: vec![
+                    AUTH_CAPABILITY_ED25519.to_owned(),
+                    AUTH_CAPABILITY_FLEET_LOCK.to_owned(),
+                ],
             }),
             LoginRequest::Client { credential } => PeerMessage::ClientLogin(ClientLogin {
                 credential: credential.0.to_string(),
@@ -1303,5 +1352,11 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::StreamReady(_) => "StreamReady",
         RelayMessage::IncomingStream(_) => "IncomingStream",
         RelayMessage::Candidates(_) => "Candidates",
+        RelayMessage::RouteReady(_) => "RouteReady",
+        RelayMessage::FleetLock(_) => "FleetLock",
+        RelayMessage::LockItems(_) => "LockItems",
+        RelayMessage::LockAccepted(_) => "LockAccepted",
+        RelayMessage::EnrolAuthorization(_) => "EnrolAuthorization",
+        RelayMessage::Enrolled => "Enrolled",
     }
 }

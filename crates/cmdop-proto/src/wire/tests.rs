@@ -92,6 +92,43 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
             }),
             "0000000c 06 01 04 70726f64 03 776562 02",
         ),
+        (
+            PeerMessage::OpenRoute(OpenStream {
+                workspace: None,
+                machine: "web".into(),
+                kind: 1,
+            }),
+            "00000007 07 00 03 776562 01",
+        ),
+        (
+            PeerMessage::LockQuery(LockQuery {
+                workspace: Some("prod".into()),
+                items: true,
+            }),
+            "00000008 08 01 04 70726f64 01",
+        ),
+        (
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace: None,
+                submission: Submission::MemberCertificate(vec![0xbe, 0xef]),
+            }),
+            "00000006 09 00 02 02 beef",
+        ),
+        (
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace: None,
+                submission: Submission::AdminCandidate(KeyBytes([0x11; 32])),
+            }),
+            "00000023 09 00 05 1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        (
+            PeerMessage::Enrol(KeyBytes([0x11; 32])),
+            "00000021 0a 1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        (
+            PeerMessage::EnrolProof(vec![0xca, 0xfe]),
+            "00000004 0b 02 cafe",
+        ),
     ]
 }
 
@@ -171,6 +208,61 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             "0000001a 08 01 33333333333333333333333333333333 05 7765622d31 01 77",
         ),
         (RelayMessage::Candidates(vec![]), "00000002 08 00"),
+        (
+            RelayMessage::RouteReady(RouteReady {
+                channel_id: [0x11; 16],
+                fleet_id: IdBytes([0x22; 16]),
+                machine: MachineInfo {
+                    id: IdBytes([0x33; 16]),
+                    hostname: "w".into(),
+                    name: "w".into(),
+                    public_key: KeyBytes([0x44; 32]),
+                    online: true,
+                    last_seen: None,
+                    os: "l".into(),
+                    arch: "a".into(),
+                    agent_version: "1".into(),
+                },
+                capability: vec![0xca, 0xfe],
+                lock: Some(RouteLock {
+                    authority: vec![vec![0x01]],
+                    revocations: None,
+                    machine_certificate: Some(vec![0x02]),
+                    member_certificate: None,
+                }),
+            }),
+            "00000069 09 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe 01 01 01 01 00 01 01 02 00",
+        ),
+        (
+            RelayMessage::FleetLock(FleetLockState {
+                fleet_id: IdBytes([0x22; 16]),
+                authority: vec![],
+                revocations: Some(vec![0x05]),
+            }),
+            "00000015 0a 22222222222222222222222222222222 00 01 01 05",
+        ),
+        (
+            RelayMessage::LockItems(vec![
+                LockItem::EnrolmentKey {
+                    authorization: vec![0x07],
+                    used: 2,
+                },
+                LockItem::ClientKey {
+                    public_key: KeyBytes([0x11; 32]),
+                    principal: "u".into(),
+                },
+            ]),
+            "00000029 0b 02 02 01 07 02 03 1111111111111111111111111111111111111111111111111111111111111111 01 75",
+        ),
+        (
+            RelayMessage::LockAccepted("ok".into()),
+            "00000004 0c 02 6f6b",
+        ),
+        (
+            RelayMessage::EnrolAuthorization(vec![0x09]),
+            "00000003 0d 01 09",
+        ),
+        (RelayMessage::Enrolled, "00000001 0e"),
     ]
 }
 
@@ -372,6 +464,76 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                 })
             }
         ),
+        (proptest::option::of(text()), text(), any::<u8>()).prop_map(
+            |(workspace, machine, kind)| {
+                PeerMessage::OpenRoute(OpenStream {
+                    workspace,
+                    machine,
+                    kind,
+                })
+            }
+        ),
+        (proptest::option::of(text()), any::<bool>())
+            .prop_map(|(workspace, items)| PeerMessage::LockQuery(LockQuery { workspace, items })),
+        (proptest::option::of(text()), bytes(), 0u8..6).prop_map(|(workspace, doc, which)| {
+            let submission = match which {
+                0 => Submission::Authority(doc),
+                1 => Submission::MachineCertificate(doc),
+                2 => Submission::MemberCertificate(doc),
+                3 => Submission::EnrolmentAuthorization(doc),
+                4 => Submission::RevocationList(doc),
+                _ => Submission::AdminCandidate(KeyBytes([doc.len() as u8; 32])),
+            };
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace,
+                submission,
+            })
+        }),
+        any::<[u8; 32]>().prop_map(|key| PeerMessage::Enrol(KeyBytes(key))),
+        bytes().prop_map(PeerMessage::EnrolProof),
+    ]
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..80)
+}
+
+fn arb_lock_relay() -> impl Strategy<Value = RelayMessage> {
+    prop_oneof![
+        (
+            any::<[u8; 16]>(),
+            proptest::collection::vec(bytes(), 0..3),
+            proptest::option::of(bytes())
+        )
+            .prop_map(|(fleet, authority, revocations)| {
+                RelayMessage::FleetLock(FleetLockState {
+                    fleet_id: IdBytes(fleet),
+                    authority,
+                    revocations,
+                })
+            }),
+        proptest::collection::vec(
+            prop_oneof![
+                bytes().prop_map(LockItem::MachineCertificate),
+                bytes().prop_map(LockItem::MemberCertificate),
+                (bytes(), any::<u32>()).prop_map(|(authorization, used)| {
+                    LockItem::EnrolmentKey {
+                        authorization,
+                        used,
+                    }
+                }),
+                (any::<[u8; 32]>(), text()).prop_map(|(key, principal)| LockItem::ClientKey {
+                    public_key: KeyBytes(key),
+                    principal
+                }),
+                any::<[u8; 32]>().prop_map(|key| LockItem::AdminCandidate(KeyBytes(key))),
+            ],
+            0..4
+        )
+        .prop_map(RelayMessage::LockItems),
+        text().prop_map(RelayMessage::LockAccepted),
+        bytes().prop_map(RelayMessage::EnrolAuthorization),
+        Just(RelayMessage::Enrolled),
     ]
 }
 
@@ -457,6 +619,36 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             0..4
         )
         .prop_map(RelayMessage::Candidates),
+        (
+            any::<[u8; 16]>(),
+            machine(),
+            bytes(),
+            proptest::option::of((
+                proptest::collection::vec(bytes(), 0..3),
+                proptest::option::of(bytes()),
+                proptest::option::of(bytes()),
+                proptest::option::of(bytes())
+            ))
+        )
+            .prop_map(|(channel_id, machine, capability, lock)| {
+                RelayMessage::RouteReady(RouteReady {
+                    channel_id,
+                    fleet_id: IdBytes(channel_id),
+                    machine,
+                    capability,
+                    lock: lock.map(
+                        |(authority, revocations, machine_certificate, member_certificate)| {
+                            RouteLock {
+                                authority,
+                                revocations,
+                                machine_certificate,
+                                member_certificate,
+                            }
+                        },
+                    ),
+                })
+            }),
+        arb_lock_relay(),
     ]
 }
 
