@@ -27,6 +27,7 @@
 mod channel;
 mod connection;
 pub mod control;
+pub mod fleet_lock;
 pub mod known_machines;
 mod machine;
 pub mod secure_stream;
@@ -39,7 +40,7 @@ pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
-    ClientConnection, ClientError, IncomingStream, REQUEST_TIMEOUT, RelayTarget, RoutedStream,
-    StreamAcceptor, reconnect_delay,
+    ClientConnection, ClientError, EnrolmentReply, IncomingStream, REQUEST_TIMEOUT, RelayTarget,
+    RoutedStream, StreamAcceptor, reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

@@ -4,10 +4,12 @@
 use std::fmt;
 
 use cmdop_identity::PublicKey;
+use cmdop_proto::display::escaped;
 use cmdop_proto::wire::{self, MachineInfo};
 use uuid::Uuid;
 
-/// A machine as listed by the relay.
+/// A machine as listed by the relay. Its strings come from the relay (and the agent) and are escaped for
+/// display ([`cmdop_proto::display`]): a hostile one cannot send a terminal escape through them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
     /// Server-issued id.
@@ -34,14 +36,14 @@ impl From<MachineInfo> for Machine {
     fn from(info: MachineInfo) -> Self {
         Self {
             id: Uuid::from_bytes(info.id.0),
-            hostname: info.hostname,
-            name: info.name,
+            hostname: escaped(&info.hostname),
+            name: escaped(&info.name),
             public_key: PublicKey::from_bytes(&info.public_key.0).ok(),
             online: info.online,
             last_seen: info.last_seen,
-            os: info.os,
-            arch: info.arch,
-            agent_version: info.agent_version,
+            os: escaped(&info.os),
+            arch: escaped(&info.arch),
+            agent_version: escaped(&info.agent_version),
         }
     }
 }
@@ -61,8 +63,8 @@ impl From<wire::Candidate> for Candidate {
     fn from(candidate: wire::Candidate) -> Self {
         Self {
             id: Uuid::from_bytes(candidate.id.0),
-            hostname: candidate.hostname,
-            name: candidate.name,
+            hostname: escaped(&candidate.hostname),
+            name: escaped(&candidate.name),
         }
     }
 }

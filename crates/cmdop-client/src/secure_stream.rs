@@ -308,7 +308,8 @@ impl SecureReceiver {
                         return Err(SecureStreamError::Closed {
                             side: self.side,
                             reason,
-                            message,
+                            // Authenticated, but the peer's own words: escaped before anyone shows them.
+                            message: cmdop_proto::display::escaped(&message),
                         });
                     }
                 }
