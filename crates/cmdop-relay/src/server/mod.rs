@@ -8,6 +8,7 @@
 //! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
 //! process) cuts its connections within a second.
 
+mod lock;
 mod login;
 mod revocation;
 mod routing;
@@ -23,11 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
-use cmdop_fleet::{CredentialId, MachineId, Timestamp};
+use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::login::{AuditEvent, Time};
 use cmdop_proto::presence::SessionInput;
-use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
+use cmdop_proto::wire::{
+    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::metrics::{FailureReason, RelayMetrics};
@@ -61,6 +64,31 @@ impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tap(..)")
     }
+}
+
+/// A testing hook that makes the relay behave as a compromised one would: it sees (and may change) every
+/// message the relay sends on control streams and every route before the stream is opened. The hostile-relay
+/// tests use it to prove that agents and clients refuse what a relay could forge; the `cmdop-relay` binary
+/// never sets one. Every method defaults to leaving things alone.
+pub trait Meddler: Send + Sync + 'static {
+    /// A message about to be sent on a control stream or as a routed stream's refusal (`Welcome`,
+    /// `Machines`, `FleetLock`, `Error`, …).
+    fn control(&self, _message: &mut RelayMessage) {}
+
+    /// A route about to be answered: what the client is told, what the agent is told, and which machine's
+    /// agent gets the stream.
+    fn route(&self, _route: &mut MeddledRoute) {}
+}
+
+/// A route as a [`Meddler`] may change it.
+#[derive(Debug, Clone)]
+pub struct MeddledRoute {
+    /// The answer for the client (sent as `StreamReady`, without the lock, to an old client).
+    pub ready: RouteReady,
+    /// The header for the agent.
+    pub header: StreamHeader,
+    /// The machine whose agent gets the stream.
+    pub agent: MachineId,
 }
 
 /// Errors of the server.
@@ -104,6 +132,14 @@ pub struct ServerConfig {
     pub metrics: Arc<RelayMetrics>,
     /// On shutdown, how long routed streams still running get to finish before the relay closes them.
     pub drain_timeout: Duration,
+    /// Makes the relay hostile (tests only; `None` in the binary).
+    pub meddler: Option<Arc<dyn Meddler>>,
+}
+
+impl std::fmt::Debug for dyn Meddler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meddler(..)")
+    }
 }
 
 impl ServerConfig {
@@ -119,6 +155,7 @@ impl ServerConfig {
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            meddler: None,
         }
     }
 }
@@ -148,6 +185,7 @@ struct Shared {
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
+    meddler: Option<Arc<dyn Meddler>>,
 }
 
 /// A logged-in connection, as the revocation watcher and routing see it.
@@ -155,8 +193,11 @@ struct Shared {
 struct LiveConnection {
     credential: CredentialId,
     connection: quinn::Connection,
-    /// Where the watcher sends the credential's standing; the session's task feeds it to its state machine.
+    /// Where the watcher sends the credential's standing, and the relay the fleet's lock for an agent; the
+    /// session's task feeds it to its state machine.
     standing: mpsc::UnboundedSender<SessionInput>,
+    /// For an agent that understands the fleet lock: its fleet, whose lock it is sent when it changes.
+    lock_fleet: Option<FleetId>,
 }
 
 impl Server {
@@ -187,6 +228,7 @@ impl Server {
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
+            meddler: config.meddler,
         });
         Ok(Self {
             endpoint,
@@ -317,6 +359,41 @@ impl Shared {
         self.online
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fleet's lock as agents receive it, after a test's [`Meddler`] had its say.
+    fn fleet_lock_message(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let stored = self.lock_store().stored_lock(fleet)?;
+        let mut message = RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
+            fleet_id: IdBytes(fleet.to_bytes()),
+            authority: stored.authority,
+            revocations: stored.revocations,
+        });
+        if let Some(meddler) = &self.meddler {
+            meddler.control(&mut message);
+        }
+        Ok(message)
+    }
+
+    /// Sends the fleet's current lock to every live agent of `fleet` that understands it (after an admin
+    /// changed it), so revocations reach machines at once.
+    fn push_lock(&self, fleet: FleetId) {
+        let message = match self.fleet_lock_message(fleet) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the fleet lock to push it to agents");
+                return;
+            }
+        };
+        let agents: Vec<mpsc::UnboundedSender<SessionInput>> = self
+            .sessions()
+            .values()
+            .filter(|live| live.lock_fleet == Some(fleet))
+            .map(|live| live.standing.clone())
+            .collect();
+        for agent in agents {
+            let _ = agent.send(SessionInput::Push(message.clone()));
+        }
     }
 
     /// Counts a login failure the state machine reported.

@@ -28,15 +28,32 @@ pub(super) async fn serve(
         LoggedIn::Agent(agent) => agent.authenticated.credential_id(),
         LoggedIn::Client(client) => client.authenticated.credential_id(),
     };
+    let lock_fleet = match &logged_in {
+        LoggedIn::Agent(agent) if agent.fleet_lock => Some(agent.access.fleet_id()),
+        _ => None,
+    };
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     shared.sessions().insert(
         id,
         LiveConnection {
             credential,
             connection: connection.clone(),
-            standing,
+            standing: standing.clone(),
+            lock_fleet,
         },
     );
+    if let Some(fleet) = lock_fleet {
+        // The agent learns its fleet's lock (or that there is none) before it serves any stream.
+        match shared.fleet_lock_message(fleet) {
+            Ok(message) => {
+                let _ = standing.send(SessionInput::Push(message));
+            }
+            Err(err) => tracing::error!(%err, "cannot read the fleet lock for a new agent"),
+        }
+    }
+    if let LoggedIn::Client(client) = &logged_in {
+        record_client_key(&shared, client);
+    }
     let session = RelaySession::new(
         logged_in.clone(),
         remote.to_string(),
@@ -66,6 +83,20 @@ pub(super) async fn serve(
         }
     }
     shared.sessions().remove(&id);
+}
+
+/// Remembers the client's key for each fleet it reaches, so a fleet admin can find it by fingerprint
+/// (`cmdop fleet lock add-member FP`).
+fn record_client_key(shared: &Shared, client: &cmdop_proto::login::ClientSession) {
+    let at = now().unix;
+    let store = shared.lock_store();
+    for fleet in client.authenticated.fleet_ids() {
+        if let Err(err) =
+            store.record_client_key(fleet, &client.client_key, &client.description, at)
+        {
+            tracing::warn!(%err, "cannot record a client key");
+        }
+    }
 }
 
 /// Marks `machine` online with this connection as the one deciding its presence; an older connection of
@@ -126,7 +157,14 @@ async fn run(
         };
         tokio::select! {
             received = stream.recv::<PeerMessage>() => match received {
-                Ok(Some(message)) => session.handle(SessionInput::Message(message), now()),
+                Ok(Some(message)) => {
+                    let peer = session.peer().clone();
+                    match super::lock::handle(shared, &peer, stream, message).await {
+                        Ok(Some(message)) => session.handle(SessionInput::Message(message), now()),
+                        Ok(None) => {}
+                        Err(()) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
+                    }
+                }
                 Ok(None) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
                 Err(err) if peer_gone(&err) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
                 Err(err) => return refuse_stream(connection, stream, &err).await,
@@ -146,7 +184,10 @@ async fn run_actions(
 ) -> bool {
     while let Some(action) = session.poll_action() {
         match action {
-            SessionAction::Send(message) => {
+            SessionAction::Send(mut message) => {
+                if let Some(meddler) = &shared.meddler {
+                    meddler.control(&mut message);
+                }
                 if stream.send(&message).await.is_err() {
                     connection.close(CloseCode::NORMAL.0.into(), b"bye");
                     return true;

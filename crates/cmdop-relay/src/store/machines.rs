@@ -1,7 +1,8 @@
 //! Machines in the store: what cmdop-fleet's `register` and `rename` decided, written down; presence; listings.
 
 use cmdop_fleet::{
-    DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, Timestamp, rename,
+    DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, RenameError,
+    Timestamp, rename,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -140,11 +141,19 @@ impl Store {
             .find(|f| f.id == machine.fleet)
             .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))?;
         let before = machine.display_name().to_owned();
-        rename(&FleetAccess::relay_operator(&fleet), &mut machine, display).map_err(|err| {
-            StoreError::Corrupt {
+        let others = self.machines_of(fleet.id)?;
+        rename(
+            &FleetAccess::relay_operator(&fleet),
+            &mut machine,
+            display,
+            &others,
+        )
+        .map_err(|err| match err {
+            RenameError::NameClash(clash) => StoreError::NameClash(clash),
+            other => StoreError::Corrupt {
                 what: "machine's fleet",
-                reason: err.to_string(),
-            }
+                reason: other.to_string(),
+            },
         })?;
         self.conn.execute(
             "UPDATE machines SET display_name = ?2 WHERE id = ?1",

@@ -7,6 +7,7 @@
 //! run in another process than the server; SQLite's WAL mode and `busy_timeout` let both write safely, and
 //! [`Store::data_version`] lets the server notice their changes cheaply.
 
+mod lock;
 mod machines;
 mod rows;
 mod schema;
@@ -106,6 +107,9 @@ pub enum StoreError {
     /// A credential could not be issued.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// A new display name is another machine's hostname.
+    #[error(transparent)]
+    NameClash(#[from] cmdop_fleet::NameClash),
 }
 
 /// A fleet with the time it was created (for the admin's listing).
