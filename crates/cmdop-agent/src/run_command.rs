@@ -9,6 +9,8 @@ use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
 use cmdop_agent::settings::{self, Settings};
 use cmdop_agent::shell::SessionLimits;
 use cmdop_client::{AgentRegistration, RelayTarget};
+use cmdop_fleet::lock::EnrolmentSecret;
+use cmdop_identity::Fingerprint;
 use cmdop_keystore::SeedStore;
 use cmdop_proto::RelayFingerprint;
 use zeroize::Zeroizing;
@@ -48,6 +50,14 @@ pub(crate) struct RelayArgs {
     /// open everything not denied); replaces the saved list.
     #[arg(long, value_name = "NET")]
     forward_allow: Vec<String>,
+    /// The fleet key (`SHA256:…`, from your fleet admin) to trust for a locked fleet; without it the first
+    /// lock the relay shows is pinned (trust on first use).
+    #[arg(long, env = "CMDOP_FLEET_KEY", value_name = "FP")]
+    fleet_key: Option<String>,
+    /// A file holding an enrolment key (`cmdop fleet lock enrol-key`): this machine certifies itself with it
+    /// in a locked fleet. The key also names the fleet key to trust.
+    #[arg(long, value_name = "FILE")]
+    enrol_key_file: Option<PathBuf>,
 }
 
 impl RelayArgs {
@@ -60,6 +70,8 @@ impl RelayArgs {
         self.workspace = self.workspace.or_else(|| file.workspace.clone());
         self.hostname = self.hostname.or_else(|| file.hostname.clone());
         self.name = self.name.or_else(|| file.name.clone());
+        self.fleet_key = self.fleet_key.or_else(|| file.fleet_key.clone());
+        self.enrol_key_file = self.enrol_key_file.or_else(|| file.enrol_key_file.clone());
         self.file_api_key_file = file.api_key_file.clone();
         if self.forward_deny.is_empty() {
             self.forward_deny = file.forward_deny.clone().unwrap_or_default();
@@ -137,6 +149,7 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     let (settings, key) = merge(args, saved, dir)?;
     // Validate before saving: a typo in the fingerprint or the policy should not wait for the first `run`.
     DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)?;
+    fleet_key(settings.fleet_key.as_deref(), None)?;
     settings
         .relay_fingerprint
         .as_deref()
@@ -165,7 +178,14 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
 pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir().to_path_buf();
     let session_limits = args.sessions.limits();
+    let enrolment = args
+        .relay
+        .enrol_key_file
+        .as_deref()
+        .map(read_enrolment_key)
+        .transpose()?;
     let (settings, api_key) = merge(args.relay, Settings::load(&dir)?, &dir)?;
+    let fleet_key = fleet_key(settings.fleet_key.as_deref(), enrolment.as_ref())?;
     let relay = settings
         .relay
         .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
@@ -204,6 +224,8 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
         session_limits,
         forward_policy,
+        fleet_key,
+        enrolment: enrolment.map(std::sync::Arc::new),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let fingerprint_short = identity.public_key().fingerprint().short();
@@ -221,6 +243,35 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopped; the relay was told this machine is going offline");
     Ok(())
+}
+
+/// Reads an enrolment key file, refusing one that other users can read (it certifies machines).
+fn read_enrolment_key(path: &Path) -> anyhow::Result<EnrolmentSecret> {
+    let text = settings::read_api_key(path)?
+        .with_context(|| format!("enrolment key file {} does not exist", path.display()))?;
+    EnrolmentSecret::parse(&text)
+        .with_context(|| format!("{} holds no enrolment key", path.display()))
+}
+
+/// The fleet key to trust: `--fleet-key` (or the saved one) and the enrolment key's, which must agree.
+fn fleet_key(
+    given: Option<&str>,
+    enrolment: Option<&EnrolmentSecret>,
+) -> anyhow::Result<Option<Fingerprint>> {
+    let given = given
+        .map(|text| {
+            text.parse::<Fingerprint>().with_context(|| {
+                format!("--fleet-key {text:?} is not a fleet key fingerprint (SHA256:…)")
+            })
+        })
+        .transpose()?;
+    let from_enrolment = enrolment.map(|secret| secret.fleet_key().fingerprint());
+    match (given, from_enrolment) {
+        (Some(given), Some(enrolled)) if given != enrolled => bail!(
+            "--fleet-key {given} disagrees with the enrolment key's fleet key {enrolled}; check both with your fleet admin"
+        ),
+        (given, enrolled) => Ok(given.or(enrolled)),
+    }
 }
 
 /// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then
@@ -263,6 +314,7 @@ fn merge(
         workspace: args.workspace.or(saved.workspace),
         hostname: args.hostname.or(saved.hostname),
         name: args.name.or(saved.name),
+        fleet_key: args.fleet_key.or(saved.fleet_key),
         forward_deny: if args.forward_deny.is_empty() {
             saved.forward_deny
         } else {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub hostname: Option<String>,
     /// A display name to report.
     pub name: Option<String>,
+    /// The fleet key to trust for a locked fleet (`SHA256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_key: Option<String>,
     /// Networks forwards may never reach, checked before anything else (`docs/agent.md`), e.g. `10.9.0.0/16`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_deny: Vec<String>,

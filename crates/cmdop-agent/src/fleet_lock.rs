@@ -1,0 +1,354 @@
+//! The agent's view of its fleet's lock: which fleet key it trusts, the newest authority and revocation
+//! list it has verified, and the member check every stream of a locked fleet goes through.
+//!
+//! ```text
+//!  relay ── FleetLock{chain, list} ──▶ FleetLockKeeper::update ── verify from the pinned fleet key,
+//!                                        never older than held ──▶ fleet_lock file (0600)
+//!  stream ── member certificate ──▶ FleetLockKeeper::authorize ── admin-signed, this client key, not revoked,
+//!                                        valid now, role allows the operation ──▶ Grant
+//! ```
+//!
+//! The fleet key comes from `--fleet-key` (or the enrolment secret, which carries it), or is pinned the first
+//! time the relay shows a lock (trust on first use, logged loudly; `docs/security.md` says what that costs).
+//! Once a lock is held, the agent enforces it even if the relay stops sending it; a configured fleet key that
+//! the relay never shows a lock for refuses every stream (fail closed).
+
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+
+use cmdop_fleet::lock::{
+    LockError, MemberRole, SignedMemberCertificate, SignedRevocationList, VerifiedAuthority,
+    VerifiedRevocations,
+};
+use cmdop_fleet::{FleetId, Operation, Timestamp};
+use cmdop_identity::{Fingerprint, PublicKey};
+use cmdop_proto::wire::FleetLockState;
+
+/// File name of the agent's fleet-lock state inside its config directory:
+/// `<fleet id> <fleet key> <latest authority state, hex> <revocation list, hex or ->` per line.
+pub const LOCK_FILE: &str = "fleet_lock";
+
+/// What the agent lets a client do on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Everything the operation allows.
+    Full,
+    /// A viewer in a locked fleet: list sessions and attach read-only to existing ones.
+    ViewOnly,
+}
+
+/// Why a stream was refused by the fleet lock; the message is what the client is told.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockRefusal {
+    /// The agent was told a fleet key but holds no verified lock for it yet.
+    #[error(
+        "this machine trusts fleet key {0} but has not received its fleet's lock from the relay; refusing until it does"
+    )]
+    NoLockYet(Fingerprint),
+    /// No member certificate in a locked fleet.
+    #[error(
+        "this fleet is locked and no member certificate came with the stream; ask a fleet admin for one (`cmdop fleet lock add-member`)"
+    )]
+    NoMemberCertificate,
+    /// The member certificate does not verify.
+    #[error("member certificate refused: {0}")]
+    Member(LockError),
+    /// The role does not allow the operation.
+    #[error("a {role} may not open {operation} streams in this locked fleet")]
+    Role {
+        /// The member's role.
+        role: MemberRole,
+        /// The operation asked for.
+        operation: Operation,
+    },
+}
+
+/// Why a fleet lock the relay sent was not taken.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// It does not verify (forged, rooted elsewhere, older than held, tampered).
+    #[error("the relay's fleet lock is refused ({0}); keeping the one held")]
+    Invalid(#[from] LockError),
+    /// The lock file cannot be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The lock file holds a line that cannot be read.
+    #[error("{}:{line}: cannot read this fleet lock line; fix or remove it", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+    },
+}
+
+/// What happened to a fleet lock the relay sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    /// The fleet has no lock, and none is held.
+    Unlocked,
+    /// The relay sent no lock but one is held: it keeps being enforced.
+    Withheld,
+    /// Nothing newer than what is held.
+    Unchanged,
+    /// A newer authority or revocation list is now held.
+    Newer {
+        /// The authority serial held now.
+        serial: u64,
+        /// The revocation-list serial held now.
+        revocations: u64,
+        /// Whether the fleet key was pinned just now, on first sight.
+        pinned_now: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    fleet_key: Option<PublicKey>,
+    authority: Option<VerifiedAuthority>,
+    revocations: VerifiedRevocations,
+}
+
+/// The agent's fleet-lock state for its one fleet.
+#[derive(Debug)]
+pub struct FleetLockKeeper {
+    path: PathBuf,
+    fleet: FleetId,
+    configured: Option<Fingerprint>,
+    held: RwLock<Held>,
+}
+
+impl FleetLockKeeper {
+    /// The state of `fleet` kept in `dir`, trusting `configured` as the fleet key if given.
+    pub fn load(
+        dir: &Path,
+        fleet: FleetId,
+        configured: Option<Fingerprint>,
+    ) -> Result<Self, UpdateError> {
+        let path = dir.join(LOCK_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(UpdateError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let mut held = Held::default();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let corrupt = || UpdateError::Corrupt {
+                path: path.clone(),
+                line: index + 1,
+            };
+            let parsed = parse_line(line).ok_or_else(corrupt)?;
+            if parsed.0 == fleet {
+                held = parsed.1;
+            }
+        }
+        Ok(Self {
+            path,
+            fleet,
+            configured,
+            held: RwLock::new(held),
+        })
+    }
+
+    /// Takes the fleet lock the relay sent, if it verifies and is not older than what is held.
+    pub fn update(&self, offered: &FleetLockState) -> Result<Updated, UpdateError> {
+        let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
+        if offered.authority.is_empty() {
+            return Ok(if held.authority.is_some() {
+                Updated::Withheld
+            } else {
+                Updated::Unlocked
+            });
+        }
+        let claimed = VerifiedAuthority::claimed_fleet_key(&offered.authority)?;
+        let (fleet_key, pinned_now) = match (held.fleet_key, self.configured) {
+            (Some(key), _) => (key, false),
+            (None, Some(configured)) if claimed.fingerprint() != configured => {
+                return Err(LockError::NotRootedAt {
+                    pinned: configured,
+                    found: claimed.fingerprint(),
+                }
+                .into());
+            }
+            (None, configured) => (claimed, configured.is_none()),
+        };
+        let authority = VerifiedAuthority::verify(self.fleet, &fleet_key, &offered.authority)?;
+        let held_serial = held.authority.as_ref().map_or(0, VerifiedAuthority::serial);
+        authority.check_not_older(
+            held_serial,
+            held.authority.as_ref().map(VerifiedAuthority::latest_bytes),
+        )?;
+        let revocations = match offered.revocations.as_deref() {
+            // A list held and none offered: the relay withholds it; keep enforcing the held one.
+            None => held.revocations.clone(),
+            Some(bytes) => {
+                let verified = SignedRevocationList::from_bytes(bytes)?.verify(&authority)?;
+                if verified.serial() < held.revocations.serial() {
+                    return Err(LockError::Rollback {
+                        what: "revocation list",
+                        held: held.revocations.serial(),
+                        offered: verified.serial(),
+                    }
+                    .into());
+                }
+                verified
+            }
+        };
+        let changed = held_serial != authority.serial()
+            || held.revocations.serial() != revocations.serial()
+            || held.fleet_key.is_none();
+        if !changed {
+            return Ok(Updated::Unchanged);
+        }
+        let updated = Updated::Newer {
+            serial: authority.serial(),
+            revocations: revocations.serial(),
+            pinned_now,
+        };
+        let next = Held {
+            fleet_key: Some(fleet_key),
+            authority: Some(authority),
+            revocations,
+        };
+        self.save(&next)?;
+        *held = next;
+        Ok(updated)
+    }
+
+    /// The lock check of one stream: `Full` outside a locked fleet; in a locked fleet, a valid member
+    /// certificate for `client` whose role allows `operation`.
+    pub fn authorize(
+        &self,
+        client: &PublicKey,
+        member_certificate: Option<&[u8]>,
+        operation: Operation,
+        now: Timestamp,
+    ) -> Result<Grant, LockRefusal> {
+        let held = self.held.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(authority) = &held.authority else {
+            return match self.configured {
+                Some(expected) => Err(LockRefusal::NoLockYet(expected)),
+                None => Ok(Grant::Full),
+            };
+        };
+        if !authority.is_locked() {
+            return Ok(Grant::Full);
+        }
+        let bytes = member_certificate.ok_or(LockRefusal::NoMemberCertificate)?;
+        let role = SignedMemberCertificate::from_bytes(bytes)
+            .and_then(|certificate| certificate.verify(authority, &held.revocations, client, now))
+            .map_err(LockRefusal::Member)?;
+        if !role.allows(operation) {
+            return Err(LockRefusal::Role { role, operation });
+        }
+        Ok(if role.is_viewer() {
+            Grant::ViewOnly
+        } else {
+            Grant::Full
+        })
+    }
+
+    /// The fleet key trusted (pinned or configured), if any.
+    pub fn fleet_key(&self) -> Option<Fingerprint> {
+        let held = self.held.read().unwrap_or_else(PoisonError::into_inner);
+        held.fleet_key
+            .map(|key| key.fingerprint())
+            .or(self.configured)
+    }
+
+    /// Writes the held state of this fleet, keeping other fleets' lines, atomically (0600).
+    fn save(&self, next: &Held) -> Result<(), UpdateError> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut out = String::from(
+            "# cmdop-agent fleet locks: <fleet id> <fleet key> <latest authority state> <revocation list>\n",
+        );
+        let fleet = self.fleet.to_string();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(&fleet) {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        if let (Some(key), Some(authority)) = (next.fleet_key, &next.authority) {
+            let list = next.revocations.bytes();
+            out.push_str(&format!(
+                "{fleet} {key} {} {}\n",
+                hex(authority.latest_bytes()),
+                if list.is_empty() {
+                    "-".to_owned()
+                } else {
+                    hex(list)
+                }
+            ));
+        }
+        cmdop_identity::store::write_private_file(&self.path, out.as_bytes()).map_err(|source| {
+            UpdateError::Io {
+                action: "write",
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
+/// One line of the lock file, trusted as the agent wrote it (0600, the agent's own), its signatures rechecked.
+fn parse_line(line: &str) -> Option<(FleetId, Held)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [fleet, key, latest, list] = fields.as_slice() else {
+        return None;
+    };
+    let fleet: FleetId = fleet.parse().ok()?;
+    let key: PublicKey = key.parse().ok()?;
+    let authority = VerifiedAuthority::from_held(key, &unhex(latest)?).ok()?;
+    let revocations = if *list == "-" {
+        VerifiedRevocations::none()
+    } else {
+        VerifiedRevocations::from_held(&unhex(list)?).ok()?
+    };
+    Some((
+        fleet,
+        Held {
+            fleet_key: Some(key),
+            authority: Some(authority),
+            revocations,
+        },
+    ))
+}
