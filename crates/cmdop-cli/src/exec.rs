@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_client::{ClientConnection, Machine};
+use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::{AgentOp, ClientOp, ExecRequest, ExitStatus, MAX_CHUNK};
 use serde_json::json;
@@ -23,7 +24,6 @@ use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
 use cmdop_client::Channel;
-use cmdop_client::known_machines::KnownMachines;
 
 /// cmdop's own failures, as ssh reports its own: distinct from any code the remote command returns.
 const OWN_FAILURE: u8 = 255;
@@ -69,7 +69,7 @@ fn execute(
     let timeout = parse_duration(&args.timeout)?;
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    let known = channel::known_machines(&profile, global);
     let runtime = runtime()?;
     runtime.block_on(async {
         let client =
@@ -159,7 +159,7 @@ async fn receive(receiver: &mut SecureReceiver, capture: bool) -> Result<Receive
             AgentOp::Stdout(bytes) => write_all(&mut std::io::stdout(), &bytes)?,
             AgentOp::Stderr(bytes) => write_all(&mut std::io::stderr(), &bytes)?,
             AgentOp::Exited(exit) => received.status = Some(exit),
-            AgentOp::Failed { message } => received.failed = Some(message),
+            AgentOp::Failed { message } => received.failed = Some(escaped(&message)),
         }
     }
     Ok(received)

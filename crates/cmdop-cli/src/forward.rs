@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::exit::{Failure, Kind};
 use crate::global_args::GlobalArgs;
 use crate::reach::{self, bulk_runtime};
+use cmdop_proto::display::escaped;
 
 /// Flags of `cmdop connect forward`.
 #[derive(Debug, Args)]
@@ -112,7 +113,7 @@ async fn start_remote(
     let port = match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Listening { port }) => port,
         Some(TunnelReply::Refused { message }) => {
-            return Err(Failure::new(Kind::General, message));
+            return Err(Failure::new(Kind::General, escaped(&message)));
         }
         _ => {
             return Err(Failure::connection_lost(
@@ -226,7 +227,9 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result
             tunnel::pipe(tcp, sender, receiver).await?;
             Ok(())
         }
-        Some(TunnelReply::Refused { message }) => Err(Failure::new(Kind::General, message)),
+        Some(TunnelReply::Refused { message }) => {
+            Err(Failure::new(Kind::General, escaped(&message)))
+        }
         Some(other) => Err(Failure::new(
             Kind::General,
             format!("unexpected answer from the machine: {other:?}"),
@@ -250,6 +253,7 @@ async fn remote_loop(
     let why = loop {
         match receiver.recv::<TunnelReply>().await {
             Ok(Some(TunnelReply::Accepted { id, peer })) => {
+                let peer = escaped(&peer);
                 let spec = spec.clone();
                 let reach = Arc::clone(&reach);
                 tokio::spawn(async move {
@@ -291,7 +295,9 @@ async fn claim(id: u64, spec: &RemoteSpec, reach: &MachineConnection) -> Result<
     sender.send(&TunnelRequest::Attach { id }).await?;
     match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Connected { .. }) => {}
-        Some(TunnelReply::Refused { message }) => return Err(Failure::new(Kind::General, message)),
+        Some(TunnelReply::Refused { message }) => {
+            return Err(Failure::new(Kind::General, escaped(&message)));
+        }
         _ => {
             return Err(Failure::connection_lost(
                 "the machine ended the stream without an answer",

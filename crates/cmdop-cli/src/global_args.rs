@@ -26,4 +26,9 @@ pub(crate) struct GlobalArgs {
     /// A file holding an API key to use instead of the saved login (the key may also come from CMDOP_API_KEY).
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) api_key_file: Option<PathBuf>,
+    /// Pin a machine met for the first time without asking, like ssh's StrictHostKeyChecking=accept-new
+    /// (for scripts; a changed key is still refused). Without it, a first contact is confirmed on a
+    /// terminal and refused elsewhere.
+    #[arg(long, global = true, env = "CMDOP_ACCEPT_NEW")]
+    pub(crate) accept_new: bool,
 }

@@ -10,6 +10,8 @@ mod cp;
 mod escape;
 mod exec;
 mod exit;
+mod fleet_lock;
+mod fleet_lock_status;
 mod forward;
 mod generated;
 mod global_args;
@@ -62,6 +64,9 @@ enum Command {
         after_help = "Examples:\n  cmdop connect web-1                       a shell in a new session (~. detaches)\n  cmdop connect web-1 --session build       create or reattach the session \"build\"\n  cmdop connect web-1 --session build --read-only\n  cmdop connect                             pick a machine\n  cmdop connect --list\n  cmdop connect --workspace prod --list --online --json\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect sessions web-1"
     )]
     Connect(connect::ConnectArgs),
+    /// Administer a fleet: lock it with admin keys held on admins' machines, certify machines and members.
+    #[command(subcommand)]
+    Fleet(fleet_lock::FleetCommand),
     /// Print a shell completion script for bash, zsh or fish.
     #[command(
         after_help = "Examples:\n  cmdop completions bash > ~/.local/share/bash-completion/completions/cmdop\n  cmdop completions zsh > ~/.zfunc/_cmdop\n  cmdop completions fish > ~/.config/fish/completions/cmdop.fish"
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         Command::Logout => login::logout(&cli.global),
         Command::Status(args) => login::status(&cli.global, args),
         Command::Connect(args) => connect::run(&cli.global, args),
+        Command::Fleet(command) => fleet_lock::run(&cli.global, command),
         Command::Completions { shell } => generated::completions(shell, Cli::command()),
         Command::Man { out_dir } => generated::man_pages(Cli::command(), out_dir),
     };

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use cmdop_client::known_machines::KnownMachines;
 use cmdop_client::{Channel, ClientConnection, MachineConnection};
 use cmdop_proto::e2e::StreamKind;
 
-use crate::channel::announce_first_contact;
+use crate::channel::{announce_first_contact, known_machines};
 use crate::exit::Failure;
 use crate::global_args::GlobalArgs;
 use crate::profile::{Profile, Session};
@@ -25,7 +24,7 @@ pub(crate) async fn login(
         credential,
         identity,
     } = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    let known = known_machines(&profile, global);
     let client = ClientConnection::login(&relay, &identity, &credential).await?;
     Ok(MachineConnection::new(
         client,
