@@ -189,7 +189,12 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
     assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
     let known = c.root.path().join("clients/alice/client/known_machines");
     let pinned = std::fs::read_to_string(&known).unwrap();
-    assert!(pinned.starts_with(&c.machine("web-1").id), "{pinned}");
+    // `<relay fingerprint> <fleet id> <hostname> <machine id> <public key>`
+    assert!(
+        pinned.starts_with(&c.fingerprint)
+            && pinned.contains(&format!(" web-1 {} ", c.machine("web-1").id)),
+        "{pinned}"
+    );
     // Replace the pinned key with another one: the next exec must refuse before running anything.
     let other = cmdop_tests::run_ok(
         cmdop_tests::command("cmdop-agent")
@@ -199,7 +204,7 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
     );
     let other: Value = serde_json::from_str(&other).unwrap();
     let mut fields: Vec<&str> = pinned.split_whitespace().collect();
-    fields[1] = other["public_key"].as_str().unwrap();
+    fields[4] = other["public_key"].as_str().unwrap();
     std::fs::write(&known, format!("{}\n", fields.join(" "))).unwrap();
     let out = run_there(&c, &["touch", "/tmp/cmdop-must-not-exist"]);
     assert_eq!(out.status.code(), Some(255));

@@ -10,6 +10,7 @@
 )]
 
 mod contour;
+mod lock;
 pub mod terminal;
 
 pub use contour::{Contour, ContourBuilder, Machine, OneMachine, online_id};

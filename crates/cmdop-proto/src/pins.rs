@@ -223,9 +223,7 @@ pub fn decide(pins: &[(usize, MachinePin)], offered: &PinnedMachine) -> PinDecis
     for (line, pin) in pins {
         match pin {
             MachinePin::Current(pin) if same_contour(pin) => {
-                if pin.hostname == offered.hostname
-                    && (pin.machine != offered.machine || pin.key != offered.key)
-                {
+                if pin.hostname == offered.hostname && pin.machine != offered.machine {
                     return PinDecision::Conflict(PinConflict::Hostname {
                         line: *line,
                         pinned: pin.clone(),
@@ -416,7 +414,7 @@ mod tests {
         ));
         assert!(matches!(
             decide(&file, &offered("web-1", 3, 9)),
-            PinDecision::Conflict(PinConflict::Hostname { line: 1, .. })
+            PinDecision::Conflict(PinConflict::Key { line: 1, .. })
         ));
         // The same machine under a new hostname: pin that too.
         assert_eq!(decide(&file, &offered("web-01", 3, 4)), PinDecision::Append);

@@ -52,7 +52,7 @@ pub(super) async fn handle(
     };
     for mut reply in replies {
         if let Some(meddler) = &shared.meddler {
-            meddler.control(&mut reply);
+            meddler.control(super::PeerKind::of(peer), &mut reply);
         }
         stream.send(&reply).await.map_err(|_| ())?;
     }

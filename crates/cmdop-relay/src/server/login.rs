@@ -91,7 +91,7 @@ async fn run_actions(
         match action {
             LoginAction::Send(mut message) => {
                 if let Some(meddler) = &shared.meddler {
-                    meddler.control(&mut message);
+                    meddler.control(super::PeerKind::Unknown, &mut message);
                 }
                 sent_error |= matches!(message, cmdop_proto::wire::RelayMessage::Error(_));
                 let sent = match stream.as_deref_mut() {

@@ -71,13 +71,33 @@ impl std::fmt::Debug for Tap {
 /// tests use it to prove that agents and clients refuse what a relay could forge; the `cmdop-relay` binary
 /// never sets one. Every method defaults to leaving things alone.
 pub trait Meddler: Send + Sync + 'static {
-    /// A message about to be sent on a control stream or as a routed stream's refusal (`Welcome`,
+    /// A message about to be sent to `to` on a control stream or as a routed stream's refusal (`Welcome`,
     /// `Machines`, `FleetLock`, `Error`, …).
-    fn control(&self, _message: &mut RelayMessage) {}
+    fn control(&self, _to: PeerKind, _message: &mut RelayMessage) {}
 
     /// A route about to be answered: what the client is told, what the agent is told, and which machine's
     /// agent gets the stream.
     fn route(&self, _route: &mut MeddledRoute) {}
+}
+
+/// Whom a relay message goes to, as a [`Meddler`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A logged-in agent.
+    Agent,
+    /// A logged-in client.
+    Client,
+    /// A peer that has not logged in yet.
+    Unknown,
+}
+
+impl PeerKind {
+    fn of(peer: &cmdop_proto::login::LoggedIn) -> Self {
+        match peer {
+            cmdop_proto::login::LoggedIn::Agent(_) => Self::Agent,
+            cmdop_proto::login::LoggedIn::Client(_) => Self::Client,
+        }
+    }
 }
 
 /// A route as a [`Meddler`] may change it.
@@ -363,16 +383,20 @@ impl Shared {
 
     /// The fleet's lock as agents receive it, after a test's [`Meddler`] had its say.
     fn fleet_lock_message(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let mut message = self.plain_fleet_lock(fleet)?;
+        if let Some(meddler) = &self.meddler {
+            meddler.control(PeerKind::Agent, &mut message);
+        }
+        Ok(message)
+    }
+
+    fn plain_fleet_lock(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
         let stored = self.lock_store().stored_lock(fleet)?;
-        let mut message = RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
+        Ok(RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
             fleet_id: IdBytes(fleet.to_bytes()),
             authority: stored.authority,
             revocations: stored.revocations,
-        });
-        if let Some(meddler) = &self.meddler {
-            meddler.control(&mut message);
-        }
-        Ok(message)
+        }))
     }
 
     /// Sends the fleet's current lock to every live agent of `fleet` that understands it (after an admin

@@ -262,7 +262,7 @@ async fn refuse(
         message: refusal.message,
     });
     if let Some(meddler) = &shared.meddler {
-        meddler.control(&mut error);
+        meddler.control(super::PeerKind::Client, &mut error);
     }
     control.send(&error).await.map_err(|_| ())?;
     if !refusal.candidates.is_empty() {

@@ -186,7 +186,7 @@ async fn run_actions(
         match action {
             SessionAction::Send(mut message) => {
                 if let Some(meddler) = &shared.meddler {
-                    meddler.control(&mut message);
+                    meddler.control(super::PeerKind::of(session.peer()), &mut message);
                 }
                 if stream.send(&message).await.is_err() {
                     connection.close(CloseCode::NORMAL.0.into(), b"bye");
