@@ -52,11 +52,14 @@ enum Case {
     ForgeLock,
 }
 
+/// A route as the relay answered it: (machine id, client key, answer).
+type Seen = ([u8; 16], [u8; 32], RouteReady);
+
 /// A relay that does whatever the current [`Case`] says, and remembers the routes it answered.
 struct Hostile {
     case: Mutex<Case>,
-    /// (machine id, client key, answer) of every route answered.
-    seen: Mutex<Vec<([u8; 16], [u8; 32], RouteReady)>>,
+    /// Every route answered.
+    seen: Mutex<Vec<Seen>>,
     /// The relay's own key, which signs whatever it forges.
     own: Identity,
 }

@@ -317,7 +317,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -351,4 +351,222 @@ fn parse_line(line: &str) -> Option<(FleetId, Held)> {
             revocations,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use cmdop_fleet::lock::{AuthorityState, MemberCertificate, RevocationList};
+    use cmdop_identity::{Identity, Seed};
+    use cmdop_proto::wire::IdBytes;
+
+    use super::*;
+
+    const T: u64 = 1_700_000_000;
+
+    fn id(byte: u8) -> Identity {
+        Identity::from_seed(&Seed::from_bytes([byte; 32]))
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs)
+    }
+
+    fn fleet() -> FleetId {
+        FleetId::from_bytes([3; 16])
+    }
+
+    fn genesis(admin: &Identity) -> Vec<u8> {
+        AuthorityState {
+            fleet: fleet(),
+            serial: 1,
+            locked: true,
+            admins: vec![admin.public_key()],
+            issued_at: at(T),
+            signer: admin.public_key(),
+        }
+        .sign(admin)
+        .to_bytes()
+    }
+
+    fn offered(chain: Vec<Vec<u8>>, revocations: Option<Vec<u8>>) -> FleetLockState {
+        FleetLockState {
+            fleet_id: IdBytes(fleet().to_bytes()),
+            authority: chain,
+            revocations,
+        }
+    }
+
+    fn member(admin: &Identity, client: &Identity, role: MemberRole) -> Vec<u8> {
+        MemberCertificate {
+            fleet: fleet(),
+            client_key: client.public_key(),
+            role,
+            issued_at: at(T),
+            expires: at(T + 1000),
+            signer: admin.public_key(),
+        }
+        .sign(admin)
+        .to_bytes()
+    }
+
+    fn list(
+        admin: &Identity,
+        previous: Option<&RevocationList>,
+        keys: &[PublicKey],
+    ) -> RevocationList {
+        RevocationList::successor(previous, fleet(), keys, admin.public_key(), at(T))
+    }
+
+    #[test]
+    fn an_unlocked_agent_grants_everything_and_pins_the_first_lock_it_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = FleetLockKeeper::load(dir.path(), fleet(), None).unwrap();
+        let client = id(7);
+        assert_eq!(
+            keeper.authorize(&client.public_key(), None, Operation::Exec, at(T)),
+            Ok(Grant::Full)
+        );
+        assert_eq!(
+            keeper.update(&offered(Vec::new(), None)).unwrap(),
+            Updated::Unlocked
+        );
+        let admin = id(1);
+        assert!(matches!(
+            keeper
+                .update(&offered(vec![genesis(&admin)], None))
+                .unwrap(),
+            Updated::Newer {
+                serial: 1,
+                pinned_now: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            keeper.authorize(&client.public_key(), None, Operation::Exec, at(T)),
+            Err(LockRefusal::NoMemberCertificate)
+        );
+        let viewer = member(&admin, &client, MemberRole::Viewer);
+        assert_eq!(
+            keeper.authorize(&client.public_key(), Some(&viewer), Operation::Shell, at(T)),
+            Ok(Grant::ViewOnly)
+        );
+        assert!(matches!(
+            keeper.authorize(&client.public_key(), Some(&viewer), Operation::Exec, at(T)),
+            Err(LockRefusal::Role { .. })
+        ));
+        let full = member(&admin, &client, MemberRole::Member);
+        assert_eq!(
+            keeper.authorize(&client.public_key(), Some(&full), Operation::Copy, at(T)),
+            Ok(Grant::Full)
+        );
+        // The relay's own key, its own chain: neither pinned over the held one, nor a signer of members.
+        let relay = id(9);
+        assert!(matches!(
+            keeper.update(&offered(vec![genesis(&relay)], None)),
+            Err(UpdateError::Invalid(LockError::NotRootedAt { .. }))
+        ));
+        assert!(matches!(
+            keeper.authorize(
+                &client.public_key(),
+                Some(&member(&relay, &client, MemberRole::Admin)),
+                Operation::Exec,
+                at(T)
+            ),
+            Err(LockRefusal::Member(LockError::NotAnAdmin { .. }))
+        ));
+        // A withheld lock stays enforced, also after a restart.
+        assert_eq!(
+            keeper.update(&offered(Vec::new(), None)).unwrap(),
+            Updated::Withheld
+        );
+        let reloaded = FleetLockKeeper::load(dir.path(), fleet(), None).unwrap();
+        assert_eq!(
+            reloaded.authorize(&client.public_key(), None, Operation::Exec, at(T)),
+            Err(LockRefusal::NoMemberCertificate)
+        );
+    }
+
+    #[test]
+    fn a_configured_fleet_key_is_required_and_lists_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = id(1);
+        let keeper =
+            FleetLockKeeper::load(dir.path(), fleet(), Some(admin.public_key().fingerprint()))
+                .unwrap();
+        let client = id(7);
+        // Nothing seen yet: fail closed.
+        assert!(matches!(
+            keeper.authorize(&client.public_key(), None, Operation::Exec, at(T)),
+            Err(LockRefusal::NoLockYet(_))
+        ));
+        assert!(matches!(
+            keeper.update(&offered(vec![genesis(&id(9))], None)),
+            Err(UpdateError::Invalid(LockError::NotRootedAt { .. }))
+        ));
+        let first = list(&admin, None, &[id(5).public_key()]);
+        let second = list(&admin, Some(&first), &[client.public_key()]);
+        let chain = vec![genesis(&admin)];
+        assert!(matches!(
+            keeper
+                .update(&offered(
+                    chain.clone(),
+                    Some(first.clone().sign(&admin).to_bytes())
+                ))
+                .unwrap(),
+            Updated::Newer {
+                revocations: 1,
+                pinned_now: false,
+                ..
+            }
+        ));
+        keeper
+            .update(&offered(
+                chain.clone(),
+                Some(second.sign(&admin).to_bytes()),
+            ))
+            .unwrap();
+        let certificate = member(&admin, &client, MemberRole::Member);
+        assert!(matches!(
+            keeper.authorize(
+                &client.public_key(),
+                Some(&certificate),
+                Operation::Exec,
+                at(T)
+            ),
+            Err(LockRefusal::Member(LockError::Revoked { .. }))
+        ));
+        // Served list 1 again, or no list: the agent keeps list 2.
+        assert!(matches!(
+            keeper.update(&offered(chain.clone(), Some(first.sign(&admin).to_bytes()))),
+            Err(UpdateError::Invalid(LockError::Rollback {
+                held: 2,
+                offered: 1,
+                ..
+            }))
+        ));
+        assert_eq!(
+            keeper.update(&offered(chain, None)).unwrap(),
+            Updated::Unchanged
+        );
+        assert!(
+            keeper
+                .authorize(
+                    &client.public_key(),
+                    Some(&certificate),
+                    Operation::Exec,
+                    at(T)
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_lock_file_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), "# note\ngarbage\n").unwrap();
+        let err = FleetLockKeeper::load(dir.path(), fleet(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
 }

@@ -105,38 +105,10 @@ pub async fn run(
         let failure = match connected {
             Ok(mut connection) => {
                 attempt = 0;
-                let trust_key = connection.trust_key();
-                settings::pin_trust_key(
-                    &config.state_dir,
-                    &connection.fleet_id().to_string(),
-                    &trust_key.to_string(),
-                )?;
-                let fleet_id = FleetId::from_bytes(connection.fleet_id().into_bytes());
-                let lock = match &keeper {
-                    Some(lock) => Arc::clone(lock),
-                    None => Arc::new(FleetLockKeeper::load(
-                        &config.state_dir,
-                        fleet_id,
-                        config.fleet_key,
-                    )?),
-                };
-                keeper = Some(Arc::clone(&lock));
-                if let Some(offered) = connection.take_fleet_lock() {
-                    take_lock(&lock, &offered);
-                }
-                if let Some(secret) = &config.enrolment {
-                    enrol(&mut connection, secret, &identity, &config.registration).await;
-                }
-                let context = Arc::new(StreamContext {
-                    identity: Arc::clone(&identity),
-                    fleet_id,
-                    machine_id: MachineId::from_bytes(connection.machine_id().into_bytes()),
-                    lock: Arc::clone(&lock),
-                    trust_key,
-                    sessions: Arc::clone(&sessions),
-                    forward_policy: config.forward_policy.clone(),
-                    remote_pending: Arc::default(),
-                });
+                let context =
+                    connected_context(&mut connection, config, &identity, &mut keeper, &sessions)
+                        .await?;
+                let lock = Arc::clone(&context.lock);
                 let serving = tokio::spawn(streams::serve(
                     connection.acceptor(),
                     context,
@@ -175,6 +147,50 @@ pub async fn run(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// What a fresh connection serves streams with: the fleet trust key checked against its pin, the fleet's lock
+/// (kept across reconnects in `keeper`, updated with what the relay sent after registering), and the machine
+/// certified with the enrolment key if one was given.
+async fn connected_context(
+    connection: &mut AgentConnection,
+    config: &PresenceConfig,
+    identity: &Arc<Identity>,
+    keeper: &mut Option<Arc<FleetLockKeeper>>,
+    sessions: &Arc<Sessions>,
+) -> Result<Arc<StreamContext>, PresenceError> {
+    let trust_key = connection.trust_key();
+    settings::pin_trust_key(
+        &config.state_dir,
+        &connection.fleet_id().to_string(),
+        &trust_key.to_string(),
+    )?;
+    let fleet_id = FleetId::from_bytes(connection.fleet_id().into_bytes());
+    let lock = match keeper {
+        Some(lock) => Arc::clone(lock),
+        None => Arc::new(FleetLockKeeper::load(
+            &config.state_dir,
+            fleet_id,
+            config.fleet_key,
+        )?),
+    };
+    *keeper = Some(Arc::clone(&lock));
+    if let Some(offered) = connection.take_fleet_lock() {
+        take_lock(&lock, &offered);
+    }
+    if let Some(secret) = &config.enrolment {
+        enrol(connection, secret, identity, &config.registration).await;
+    }
+    Ok(Arc::new(StreamContext {
+        identity: Arc::clone(identity),
+        fleet_id,
+        machine_id: MachineId::from_bytes(connection.machine_id().into_bytes()),
+        lock,
+        trust_key,
+        sessions: Arc::clone(sessions),
+        forward_policy: config.forward_policy.clone(),
+        remote_pending: Arc::default(),
+    }))
 }
 
 /// Takes a fleet lock the relay sent (after registering, or pushed when an admin changed it); one that does

@@ -633,6 +633,7 @@ impl ClientConnection {
                 other => unexpected(&other),
             });
         };
+        let ready = *ready;
         let (send, recv, leftover) = control.into_parts();
         Ok(RoutedStream {
             raw_hostname: ready.machine.hostname.clone(),

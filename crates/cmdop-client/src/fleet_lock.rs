@@ -103,6 +103,8 @@ pub enum NameMatch {
 
 /// What a route's lock check decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Made once per stream and matched at once; boxing the certified case would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum RouteTrust {
     /// Not a locked fleet (never locked, or disabled by a signed state): the client's machine pins decide.
     Unlocked,
@@ -294,5 +296,307 @@ impl fmt::Display for NameMatch {
             Self::Exact => "exact",
             Self::Relayed => "relayed",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cmdop_fleet::lock::{
+        AuthorityState, MachineCertificateBody, MemberCertificate, MemberRole, RevocationList,
+    };
+    use cmdop_identity::{Identity, Seed};
+
+    use super::*;
+
+    const T: u64 = 1_700_000_000;
+
+    fn id(byte: u8) -> Identity {
+        Identity::from_seed(&Seed::from_bytes([byte; 32]))
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs)
+    }
+
+    struct World {
+        admin: Identity,
+        agent: Identity,
+        fleet: FleetId,
+        machine: MachineId,
+        relay: RelayFingerprint,
+        chain: Vec<Vec<u8>>,
+        certificate: Vec<u8>,
+    }
+
+    fn world() -> World {
+        let (admin, agent) = (id(1), id(2));
+        let fleet = FleetId::from_bytes([3; 16]);
+        let machine = MachineId::from_bytes([4; 16]);
+        let chain = vec![
+            AuthorityState {
+                fleet,
+                serial: 1,
+                locked: true,
+                admins: vec![admin.public_key()],
+                issued_at: at(T),
+                signer: admin.public_key(),
+            }
+            .sign(&admin)
+            .to_bytes(),
+        ];
+        let certificate = MachineCertificateBody {
+            fleet,
+            machine,
+            agent_key: agent.public_key(),
+            hostname: Hostname::parse("web-1").unwrap(),
+            issued_at: at(T),
+            expires: at(T + 1000),
+        }
+        .sign_as_admin(&admin)
+        .to_bytes();
+        World {
+            admin,
+            agent,
+            fleet,
+            machine,
+            relay: RelayFingerprint::from_bytes([5; 32]),
+            chain,
+            certificate,
+        }
+    }
+
+    impl World {
+        fn facts<'a>(&'a self, hostname: &'a str, query: &'a str) -> RouteFacts<'a> {
+            RouteFacts {
+                relay: &self.relay,
+                fleet: self.fleet,
+                machine: self.machine,
+                key: Some(self.agent.public_key()),
+                hostname,
+                query,
+                now: at(T + 10),
+            }
+        }
+
+        fn lock(&self) -> RouteLock {
+            RouteLock {
+                authority: self.chain.clone(),
+                revocations: None,
+                machine_certificate: Some(self.certificate.clone()),
+                member_certificate: Some(vec![1, 2, 3]),
+            }
+        }
+
+        fn pin(&self, revocation_serial: u64) -> FleetPin {
+            FleetPin {
+                relay: self.relay,
+                fleet: self.fleet,
+                fleet_key: self.admin.public_key(),
+                authority_serial: 1,
+                revocation_serial,
+            }
+        }
+    }
+
+    #[test]
+    fn a_certificate_from_the_pinned_fleet_key_is_accepted_by_certified_name_or_id() {
+        let w = world();
+        let machine = w.machine.to_string();
+        for (query, matched) in [
+            ("web-1", NameMatch::Exact),
+            ("WEB-1", NameMatch::Exact),
+            (machine.as_str(), NameMatch::Exact),
+            ("we", NameMatch::Relayed),
+        ] {
+            let (trust, newer) =
+                check_route(&w.facts("web-1", query), Some(&w.lock()), Some(&w.pin(0))).unwrap();
+            assert_eq!(
+                trust,
+                RouteTrust::Certified {
+                    agent_key: w.agent.public_key(),
+                    hostname: Hostname::parse("web-1").unwrap(),
+                    matched,
+                    member_certificate: Some(vec![1, 2, 3]),
+                }
+            );
+            assert_eq!(newer, None);
+        }
+    }
+
+    #[test]
+    fn every_way_of_the_relay_to_lie_is_refused() {
+        let w = world();
+        let pin = w.pin(0);
+        let check = |facts: RouteFacts<'_>, lock: Option<RouteLock>, pin: Option<&FleetPin>| {
+            check_route(&facts, lock.as_ref(), pin).unwrap_err()
+        };
+        assert!(matches!(
+            check(w.facts("web-1", "web-1"), None, Some(&pin)),
+            LockCheckError::Withheld { .. }
+        ));
+        assert!(matches!(
+            check(w.facts("web-1", "web-1"), Some(w.lock()), None),
+            LockCheckError::NotPinned { .. }
+        ));
+        assert!(matches!(
+            check(w.facts("db-7", "db-7"), Some(w.lock()), Some(&pin)),
+            LockCheckError::Renamed { .. }
+        ));
+        assert!(matches!(
+            check(w.facts("web-1", "prod-db"), Some(w.lock()), Some(&pin)),
+            LockCheckError::WrongName { .. }
+        ));
+        assert!(matches!(
+            check(
+                w.facts("web-1", "11111111-1111-1111-1111-111111111111"),
+                Some(w.lock()),
+                Some(&pin)
+            ),
+            LockCheckError::WrongName { .. }
+        ));
+        let no_certificate = RouteLock {
+            machine_certificate: None,
+            ..w.lock()
+        };
+        assert!(matches!(
+            check(w.facts("web-1", "web-1"), Some(no_certificate), Some(&pin)),
+            LockCheckError::NoCertificate { .. }
+        ));
+        let other_key = RouteFacts {
+            key: Some(id(9).public_key()),
+            ..w.facts("web-1", "web-1")
+        };
+        assert!(matches!(
+            check(other_key, Some(w.lock()), Some(&pin)),
+            LockCheckError::Invalid {
+                error: LockError::WrongSubject { .. },
+                ..
+            }
+        ));
+        // A lock of the relay's own, rooted at its key.
+        let relay_key = id(8);
+        let forged = RouteLock {
+            authority: vec![
+                AuthorityState {
+                    fleet: w.fleet,
+                    serial: 1,
+                    locked: true,
+                    admins: vec![relay_key.public_key()],
+                    issued_at: at(T),
+                    signer: relay_key.public_key(),
+                }
+                .sign(&relay_key)
+                .to_bytes(),
+            ],
+            ..w.lock()
+        };
+        assert!(matches!(
+            check(w.facts("web-1", "web-1"), Some(forged), Some(&pin)),
+            LockCheckError::Invalid {
+                error: LockError::NotRootedAt { .. },
+                ..
+            }
+        ));
+        // A revocation list older than the one seen, or none when one was seen.
+        assert!(matches!(
+            check(w.facts("web-1", "web-1"), Some(w.lock()), Some(&w.pin(2))),
+            LockCheckError::Invalid {
+                error: LockError::Rollback { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn newer_serials_are_pinned_and_a_revoked_machine_is_refused() {
+        let w = world();
+        let list = RevocationList::successor(
+            None,
+            w.fleet,
+            &[w.agent.public_key()],
+            w.admin.public_key(),
+            at(T),
+        )
+        .sign(&w.admin)
+        .to_bytes();
+        let lock = RouteLock {
+            revocations: Some(list),
+            ..w.lock()
+        };
+        let err =
+            check_route(&w.facts("web-1", "web-1"), Some(&lock), Some(&w.pin(0))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LockCheckError::Invalid {
+                    error: LockError::Revoked { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let empty = RevocationList::successor(None, w.fleet, &[], w.admin.public_key(), at(T))
+            .sign(&w.admin)
+            .to_bytes();
+        let lock = RouteLock {
+            revocations: Some(empty),
+            ..w.lock()
+        };
+        let (_, newer) =
+            check_route(&w.facts("web-1", "web-1"), Some(&lock), Some(&w.pin(0))).unwrap();
+        assert_eq!(newer.map(|p| p.revocation_serial), Some(1));
+    }
+
+    #[test]
+    fn a_disabled_lock_leaves_the_machine_to_the_pins() {
+        let w = world();
+        let one = VerifiedAuthority::verify(w.fleet, &w.admin.public_key(), &w.chain).unwrap();
+        let mut chain = w.chain.clone();
+        chain.push(
+            one.next_state(
+                vec![w.admin.public_key()],
+                false,
+                w.admin.public_key(),
+                at(T + 1),
+            )
+            .sign(&w.admin)
+            .to_bytes(),
+        );
+        let lock = RouteLock {
+            authority: chain,
+            ..w.lock()
+        };
+        let (trust, newer) =
+            check_route(&w.facts("web-1", "web-1"), Some(&lock), Some(&w.pin(0))).unwrap();
+        assert_eq!(trust, RouteTrust::Unlocked);
+        assert_eq!(newer.map(|p| p.authority_serial), Some(2));
+        // And a client that never pinned a fleet key treats it as what it is, an unlocked fleet.
+        assert_eq!(
+            check_route(&w.facts("web-1", "web-1"), Some(&lock), None)
+                .unwrap()
+                .0,
+            RouteTrust::Unlocked
+        );
+        assert_eq!(
+            claimed_lock(w.fleet, &w.chain),
+            Some((w.admin.public_key().fingerprint(), true))
+        );
+        let member = MemberCertificate {
+            fleet: w.fleet,
+            client_key: id(7).public_key(),
+            role: MemberRole::Viewer,
+            issued_at: at(T),
+            expires: at(T + 1),
+            signer: w.admin.public_key(),
+        }
+        .sign(&w.admin)
+        .to_bytes();
+        let credentials = stream_credentials(b"cap", Some(member.clone()));
+        assert_eq!(
+            StreamCredentials::from_bytes(&credentials)
+                .unwrap()
+                .member_certificate,
+            Some(member)
+        );
     }
 }

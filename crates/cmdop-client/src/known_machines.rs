@@ -251,7 +251,7 @@ impl KnownMachines {
                 Err(KnownMachinesError::Conflict(Box::new(Conflict {
                     path: self.path.clone(),
                     offered: offered.clone(),
-                    conflict,
+                    conflict: *conflict,
                 })))
             }
             PinDecision::Append => {

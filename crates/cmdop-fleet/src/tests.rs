@@ -704,12 +704,12 @@ mod registration {
         )
         .unwrap()
         .machine;
-        let all = vec![db.clone(), web.clone()];
+        let all = vec![db, web.clone()];
         let (record, secret) = api_key(&mut rng, &prod, Role::Admin, None);
         let admin = auth(&record, &secret)
             .fleet_access(&prod, Permission::Manage)
             .unwrap();
-        let mut renamed = web.clone();
+        let mut renamed = web;
         assert!(matches!(
             rename(
                 &admin,

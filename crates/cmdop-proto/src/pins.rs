@@ -139,7 +139,7 @@ pub enum PinDecision {
     /// Nothing is pinned for this hostname, id or key: a first contact.
     Unknown,
     /// The answer contradicts a pin.
-    Conflict(PinConflict),
+    Conflict(Box<PinConflict>),
 }
 
 /// How an answer contradicts a pin; every variant names the line to remove if the change is expected.
@@ -224,23 +224,23 @@ pub fn decide(pins: &[(usize, MachinePin)], offered: &PinnedMachine) -> PinDecis
         match pin {
             MachinePin::Current(pin) if same_contour(pin) => {
                 if pin.hostname == offered.hostname && pin.machine != offered.machine {
-                    return PinDecision::Conflict(PinConflict::Hostname {
+                    return PinDecision::Conflict(Box::new(PinConflict::Hostname {
                         line: *line,
                         pinned: pin.clone(),
-                    });
+                    }));
                 }
                 if pin.machine == offered.machine && pin.key != offered.key {
-                    return PinDecision::Conflict(PinConflict::Key {
+                    return PinDecision::Conflict(Box::new(PinConflict::Key {
                         line: *line,
                         pinned: pin.key,
                         hostname: pin.hostname.to_string(),
-                    });
+                    }));
                 }
                 if pin.key == offered.key && pin.machine != offered.machine {
-                    return PinDecision::Conflict(PinConflict::KeyElsewhere {
+                    return PinDecision::Conflict(Box::new(PinConflict::KeyElsewhere {
                         line: *line,
                         pinned: pin.clone(),
-                    });
+                    }));
                 }
                 if pin.machine == offered.machine {
                     if pin.hostname == offered.hostname {
@@ -256,11 +256,11 @@ pub fn decide(pins: &[(usize, MachinePin)], offered: &PinnedMachine) -> PinDecis
                 hostname,
             } if *machine == offered.machine => {
                 if *key != offered.key {
-                    return PinDecision::Conflict(PinConflict::Key {
+                    return PinDecision::Conflict(Box::new(PinConflict::Key {
                         line: *line,
                         pinned: *key,
                         hostname: hostname.clone(),
-                    });
+                    }));
                 }
                 matched_other = true;
             }
@@ -410,18 +410,18 @@ mod tests {
         assert_eq!(decide(&file, &pinned), PinDecision::Known);
         assert!(matches!(
             decide(&file, &offered("web-1", 9, 9)),
-            PinDecision::Conflict(PinConflict::Hostname { line: 1, .. })
+            PinDecision::Conflict(c) if matches!(*c, PinConflict::Hostname { line: 1, .. })
         ));
         assert!(matches!(
             decide(&file, &offered("web-1", 3, 9)),
-            PinDecision::Conflict(PinConflict::Key { line: 1, .. })
+            PinDecision::Conflict(c) if matches!(*c, PinConflict::Key { line: 1, .. })
         ));
         // The same machine under a new hostname: pin that too.
         assert_eq!(decide(&file, &offered("web-01", 3, 4)), PinDecision::Append);
         // The pinned key under a new id, whatever the name: a known machine in disguise.
         assert!(matches!(
             decide(&file, &offered("db-1", 8, 4)),
-            PinDecision::Conflict(PinConflict::KeyElsewhere { .. })
+            PinDecision::Conflict(c) if matches!(*c, PinConflict::KeyElsewhere { .. })
         ));
         assert_eq!(decide(&file, &offered("db-1", 8, 8)), PinDecision::Unknown);
         // Another relay or fleet is another contour.
@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(decide(&file, &pinned), PinDecision::Append);
         assert!(matches!(
             decide(&file, &offered("web-1", 3, 5)),
-            PinDecision::Conflict(PinConflict::Key { line: 1, .. })
+            PinDecision::Conflict(c) if matches!(*c, PinConflict::Key { line: 1, .. })
         ));
     }
 

@@ -252,8 +252,14 @@ pub fn resolve_route(
                 Ok(found) => found,
                 Err(refusal) => {
                     // A name that only an uncertified machine answers to: say so, rather than "not found".
+                    let uncertified: Vec<Machine> = machines
+                        .iter()
+                        .filter(|m| !certified.iter().any(|c| c.id == m.id))
+                        .cloned()
+                        .collect();
                     if refusal.code == ErrorCode::MACHINE_NOT_FOUND
-                        && let Ok(uncertified) = resolve_name(scoped, machines, &request.machine)
+                        && let Ok(uncertified) =
+                            resolve_name(scoped, &uncertified, &request.machine)
                     {
                         return Err(not_certified(&uncertified));
                     }

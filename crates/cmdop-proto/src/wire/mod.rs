@@ -491,7 +491,7 @@ pub enum RelayMessage {
     /// the relay finishes the stream. A client that reads only the error (an older one) misses nothing else.
     Candidates(Vec<Candidate>),
     /// Answer to [`PeerMessage::OpenRoute`]: the stream is routed, with the fleet's lock material.
-    RouteReady(RouteReady),
+    RouteReady(Box<RouteReady>),
     /// A fleet's lock: to an agent after `Registered` and whenever it changes; to a client answering
     /// [`PeerMessage::LockQuery`].
     FleetLock(FleetLockState),

@@ -209,7 +209,7 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
         ),
         (RelayMessage::Candidates(vec![]), "00000002 08 00"),
         (
-            RelayMessage::RouteReady(RouteReady {
+            RelayMessage::RouteReady(Box::new(RouteReady {
                 channel_id: [0x11; 16],
                 fleet_id: IdBytes([0x22; 16]),
                 machine: MachineInfo {
@@ -230,7 +230,7 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     machine_certificate: Some(vec![0x02]),
                     member_certificate: None,
                 }),
-            }),
+            })),
             "00000069 09 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe 01 01 01 01 00 01 01 02 00",
         ),
         (
@@ -631,7 +631,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             ))
         )
             .prop_map(|(channel_id, machine, capability, lock)| {
-                RelayMessage::RouteReady(RouteReady {
+                RelayMessage::RouteReady(Box::new(RouteReady {
                     channel_id,
                     fleet_id: IdBytes(channel_id),
                     machine,
@@ -646,7 +646,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                             }
                         },
                     ),
-                })
+                }))
             }),
         arb_lock_relay(),
     ]

@@ -76,18 +76,18 @@ fn access(
     client: &ClientSession,
     workspace: Option<&str>,
     need: Permission,
-) -> Result<FleetAccess, RelayMessage> {
+) -> Result<FleetAccess, ErrorMessage> {
     let name = match workspace {
         None => None,
-        Some(asked) => Some(
-            FleetName::parse(asked)
-                .map_err(|_| refused(ErrorCode::FLEET_NOT_FOUND, no_such_fleet(asked)))?,
-        ),
+        Some(asked) => Some(FleetName::parse(asked).map_err(|_| ErrorMessage {
+            code: ErrorCode::FLEET_NOT_FOUND,
+            message: no_such_fleet(asked),
+        })?),
     };
     client
         .authenticated
         .workspace_access(name.as_ref(), &client.fleets, need)
-        .map_err(|err| RelayMessage::Error(scope_refusal(&err)))
+        .map_err(|err| scope_refusal(&err))
 }
 
 /// `FleetLock`, then (for admins asking for items) the stored items in frames that fit, and an empty one.
@@ -99,7 +99,7 @@ fn query_lock(shared: &Shared, client: &ClientSession, query: &LockQuery) -> Vec
     };
     let access = match access(client, query.workspace.as_deref(), need) {
         Ok(access) => access,
-        Err(refusal) => return vec![refusal],
+        Err(refusal) => return vec![RelayMessage::Error(refusal)],
     };
     let fleet = access.fleet_id();
     let store = shared.lock_store();
@@ -152,7 +152,7 @@ fn chunks(items: Vec<LockItem>) -> Vec<RelayMessage> {
 fn submit_lock(shared: &Shared, client: &ClientSession, submit: LockSubmit) -> RelayMessage {
     let access = match access(client, submit.workspace.as_deref(), Permission::Manage) {
         Ok(access) => access,
-        Err(refusal) => return refusal,
+        Err(refusal) => return RelayMessage::Error(refusal),
     };
     let fleet = access.fleet_id();
     let at = now().unix;

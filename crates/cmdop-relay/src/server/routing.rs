@@ -66,7 +66,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
         };
     let prepared = prepare(shared, client, &request).and_then(|(route, agent)| {
         let answer = if with_lock {
-            RelayMessage::RouteReady(route.ready.clone())
+            RelayMessage::RouteReady(Box::new(route.ready.clone()))
         } else {
             RelayMessage::StreamReady(route.stream_ready()?)
         };
