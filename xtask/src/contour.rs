@@ -203,12 +203,22 @@ impl Contour {
         Ok(contour)
     }
 
-    /// A `cmdop` command using this contour's client directory (and so its saved login).
+    /// A `cmdop` command using this contour's client directory (and so its saved login). It pins this
+    /// machine's agent key on first contact without asking (`--accept-new`): the steps run without a terminal.
     pub(crate) fn cli(&self) -> Command {
         let mut command = Command::new(&self.bins.cli);
-        command.arg("--config-dir").arg(self.state.join("client"));
+        command
+            .arg("--config-dir")
+            .arg(self.state.join("client"))
+            .arg("--accept-new");
         command.stdin(Stdio::null());
         command
+    }
+
+    /// The 0600 file of the fleet's admin API key (created on first use): what the lock's admin verbs log in
+    /// with.
+    pub(crate) fn admin_key(&self) -> Result<PathBuf> {
+        self.ensure_key("admin")
     }
 
     /// `cmdop-relay ARGS… --data-dir DIR` for this contour's relay (admin verbs, `status`).

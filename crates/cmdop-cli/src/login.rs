@@ -95,6 +95,20 @@ async fn pin_locked_fleets(
         let key = cmdop_fleet::lock::VerifiedAuthority::claimed_fleet_key(&lock.authority)
             .map_err(|err| anyhow::anyhow!("fleet {name}'s lock is unusable: {err}"))?;
         let state = if locked { "locked" } else { "lock disabled" };
+        let known = cmdop_client::known_machines::KnownMachines::in_dir(profile.dir());
+        let fleet = cmdop_fleet::FleetId::from_bytes(lock.fleet_id.0);
+        if let Some(pin) = known.fleet_pin(&relay, fleet)? {
+            if pin.fleet_key == key {
+                used.push(claimed);
+                println!("fleet {name} ({state}): fleet key {claimed} is pinned");
+                continue;
+            }
+            eprintln!(
+                "cmdop: fleet {name} shows fleet key {claimed}, but {} is pinned here; the relay may be substituting the lock (nothing changed)",
+                pin.fleet_key.fingerprint()
+            );
+            continue;
+        }
         if wanted.contains(&claimed) {
             fleet_lock::pin_fleet(profile, relay, &lock, key)?;
             used.push(claimed);

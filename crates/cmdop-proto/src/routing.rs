@@ -243,30 +243,9 @@ pub fn resolve_route(
     context: &RouteContext<'_>,
 ) -> Result<Route, RouteRefusal> {
     let lock = RelayLockView::of(context.lock)?;
-    let locked = lock.as_ref().filter(|view| view.authority.is_locked());
-    let found = match locked {
+    let found = match lock.as_ref().filter(|view| view.authority.is_locked()) {
         None => resolve_name(scoped, machines, &request.machine)?,
-        Some(view) => {
-            let certified = view.certified(machines, context.lock, context.now);
-            match resolve_name(scoped, &certified, &request.machine) {
-                Ok(found) => found,
-                Err(refusal) => {
-                    // A name that only an uncertified machine answers to: say so, rather than "not found".
-                    let uncertified: Vec<Machine> = machines
-                        .iter()
-                        .filter(|m| !certified.iter().any(|c| c.id == m.id))
-                        .cloned()
-                        .collect();
-                    if refusal.code == ErrorCode::MACHINE_NOT_FOUND
-                        && let Ok(uncertified) =
-                            resolve_name(scoped, &uncertified, &request.machine)
-                    {
-                        return Err(not_certified(&uncertified));
-                    }
-                    return Err(refusal);
-                }
-            }
-        }
+        Some(view) => resolve_certified(scoped, request, machines, view, context)?,
     };
     let fleet = scoped.access.fleet_id();
     // Issued per stream for exactly the operation asked for, this machine and this channel, for the key
@@ -320,6 +299,33 @@ pub fn resolve_route(
             client_key: KeyBytes(context.client_key.to_bytes()),
         },
     })
+}
+
+/// Resolution in a locked fleet: over the certified machines, by their certified hostnames. A name only an
+/// uncertified machine answers to is [`not_certified`], rather than "not found".
+fn resolve_certified(
+    scoped: &ScopedRequest,
+    request: &OpenStream,
+    machines: &[Machine],
+    view: &RelayLockView,
+    context: &RouteContext<'_>,
+) -> Result<Machine, RouteRefusal> {
+    let certified = view.certified(machines, context.lock, context.now);
+    let refusal = match resolve_name(scoped, &certified, &request.machine) {
+        Ok(found) => return Ok(found),
+        Err(refusal) => refusal,
+    };
+    let uncertified: Vec<Machine> = machines
+        .iter()
+        .filter(|m| !certified.iter().any(|c| c.id == m.id))
+        .cloned()
+        .collect();
+    if refusal.code == ErrorCode::MACHINE_NOT_FOUND
+        && let Ok(uncertified) = resolve_name(scoped, &uncertified, &request.machine)
+    {
+        return Err(not_certified(&uncertified));
+    }
+    Err(refusal)
 }
 
 /// cmdop-fleet's resolver, its refusals as the client hears them.
