@@ -85,7 +85,7 @@ fn a_locked_fleet_routes_certified_machines_by_their_certified_names() {
     // web-1 was certified as web-1 and now reports "web-9"; db-7 is not certified.
     let web = machine(fleet.id, 2, "web-9");
     let db = machine(fleet.id, 3, "db-7");
-    let machines = vec![web.clone(), db.clone()];
+    let machines = vec![web.clone(), db];
     let lock = LockMaterial {
         authority: vec![
             AuthorityState {
