@@ -232,3 +232,54 @@ fn an_ambiguous_name_lists_the_candidates() {
     // An exact hostname still wins over the shared prefix.
     assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
 }
+
+#[test]
+fn a_first_contact_is_confirmed_on_a_terminal_refused_without_one_and_accepted_by_flag() {
+    use cmdop_tests::terminal::Terminal;
+    let c = Contour::with_machine();
+    let key = c.member_key("prod");
+    let marker = c.root.path().join("first-contact");
+    let strict = |client: &str| {
+        let mut command = c.cli_strict(client);
+        command
+            .arg("--api-key-file")
+            .arg(&key)
+            .args(["connect", "exec", "web-1", "--", "touch"])
+            .arg(&marker);
+        command
+    };
+    // No terminal, no --accept-new: refused, saying how to accept it, before anything ran.
+    let out = strict("script").output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("can't be established") && stderr.contains("--accept-new"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&c.agent_fingerprint("web-1")), "{stderr}");
+    assert!(!marker.exists());
+    // On a terminal the person is asked, as ssh does; "no" refuses.
+    let mut terminal = Terminal::spawn(&strict("person"), 100, 30);
+    terminal.expect("(yes/no)?", Duration::from_secs(30));
+    terminal.send(b"no\r");
+    assert_eq!(terminal.wait(Duration::from_secs(30)), 255);
+    assert!(!marker.exists());
+    // "yes" pins it and runs the command; the next run asks nothing.
+    let mut terminal = Terminal::spawn(&strict("person"), 100, 30);
+    terminal.expect("(yes/no)?", Duration::from_secs(30));
+    terminal.send(b"yes\r");
+    assert_eq!(terminal.wait(Duration::from_secs(30)), 0);
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+    let out = strict("person").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(marker.exists());
+    // A script with --accept-new pins without asking.
+    let out = c
+        .cli_with_key("script", &key)
+        .args(["connect", "exec", "web-1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("first contact with web-1"));
+}
