@@ -211,6 +211,13 @@ fn config_check(explicit: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<(
         "  session_buffer    = {}",
         or_default(file.session_buffer.map(|n| n.to_string()))
     );
+    println!("  fleet_key         = {}", show(&file.fleet_key));
+    println!(
+        "  enrol_key_file    = {}",
+        file.enrol_key_file
+            .as_deref()
+            .map_or_else(|| "(not set)".to_owned(), |p| p.display().to_string())
+    );
     Ok(())
 }
 
