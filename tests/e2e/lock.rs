@@ -149,7 +149,16 @@ fn disabling_the_lock_needs_an_admin_key_and_restores_plain_access() {
     let member = c.member_key("prod");
     let fleet_key = c.lock_fleet("prod", "admin");
     c.trust_fleet("alice", &member, "prod", &fleet_key);
-    // Another client holding an admin API key but not the fleet key cannot disable it.
+    // Another client holding an admin API key but not the fleet's admin key cannot disable it; admin verbs
+    // need the fleet key pinned first.
+    let out = c.lock_admin("mallory", "prod", &["disable"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("has not pinned the fleet key"),
+        "{}",
+        text(&out.stderr)
+    );
+    c.trust_fleet("mallory", &c.admin_key("prod"), "prod", &fleet_key);
     let out = c.lock_admin("mallory", "prod", &["disable"]);
     assert!(!out.status.success());
     assert!(

@@ -202,14 +202,8 @@ impl FleetLockKeeper {
             None => held.revocations.clone(),
             Some(bytes) => {
                 let verified = SignedRevocationList::from_bytes(bytes)?.verify(&authority)?;
-                if verified.serial() < held.revocations.serial() {
-                    return Err(LockError::Rollback {
-                        what: "revocation list",
-                        held: held.revocations.serial(),
-                        offered: verified.serial(),
-                    }
-                    .into());
-                }
+                // Not older, not a different list under the held serial, and no revocation undone.
+                verified.check_replaces(&held.revocations)?;
                 verified
             }
         };
@@ -545,9 +539,19 @@ mod tests {
             }))
         ));
         assert_eq!(
-            keeper.update(&offered(chain, None)).unwrap(),
+            keeper.update(&offered(chain.clone(), None)).unwrap(),
             Updated::Unchanged
         );
+        // A newer list that drops the revoked client (made from a list the relay lied about) is refused too.
+        let dropping = RevocationList {
+            serial: 3,
+            revoked: vec![id(5).public_key()],
+            ..list(&admin, None, &[])
+        };
+        assert!(matches!(
+            keeper.update(&offered(chain, Some(dropping.sign(&admin).to_bytes()))),
+            Err(UpdateError::Invalid(LockError::Unrevoked))
+        ));
         assert!(
             keeper
                 .authorize(

@@ -263,6 +263,20 @@ impl<'a> Admin<'a> {
         workspace: Option<&str>,
     ) -> Result<(VerifiedAuthority, FleetLockState, Identity), Failure> {
         let (lock, fleet) = self.lock(workspace).await?;
+        let known = cmdop_client::known_machines::KnownMachines::in_dir(self.profile.dir());
+        if known
+            .fleet_pin(&self.session.relay.fingerprint, fleet)?
+            .is_none()
+        {
+            let claimed = VerifiedAuthority::claimed_fleet_key(&lock.authority).map_err(|_| {
+                anyhow!("this fleet is not locked; run `cmdop fleet lock init` first")
+            })?;
+            return Err(anyhow!(
+                "this client has not pinned the fleet key; check it with the other admins, then `cmdop fleet lock trust {}`",
+                claimed.fingerprint()
+            )
+            .into());
+        }
         let authority = self.verified(&lock, fleet)?.0;
         let key = self.admin_key(fleet)?.ok_or_else(|| {
             anyhow!("this machine holds no admin key of this fleet; run the command on an admin's machine")
@@ -285,6 +299,7 @@ impl<'a> Admin<'a> {
     ) -> Result<(VerifiedAuthority, Option<FleetPin>), Failure> {
         let known = cmdop_client::known_machines::KnownMachines::in_dir(self.profile.dir());
         let pin = known.fleet_pin(&self.session.relay.fingerprint, fleet)?;
+        let pinned = pin.is_some();
         let fleet_key = match &pin {
             Some(pin) => pin.fleet_key,
             None => VerifiedAuthority::claimed_fleet_key(&lock.authority).map_err(|_| {
@@ -300,6 +315,10 @@ impl<'a> Admin<'a> {
         });
         let (authority, _, newer) =
             verify_lock(&pin, lock).map_err(|err| anyhow!("the fleet's lock is refused: {err}"))?;
+        // An admin's tools never go back either: what they sign extends the newest lock they have seen.
+        if let (true, Some(newer)) = (pinned, &newer) {
+            known.save_fleet_pin(newer)?;
+        }
         Ok((authority, newer))
     }
 

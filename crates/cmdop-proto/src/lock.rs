@@ -264,6 +264,7 @@ pub fn check_submission(
                 Some(bytes),
                 lock.revocations.serial().saturating_add(1),
             )?;
+            verified.check_replaces(&lock.revocations)?;
             Ok(Accepted::RevocationList {
                 serial: verified.serial(),
                 revoked: verified.list().map_or(0, |list| list.revoked.len()),

@@ -150,6 +150,11 @@ pub enum LockError {
         /// The serial.
         serial: u64,
     },
+    /// A newer revocation list that no longer revokes a key an older one did: revocations are never undone.
+    #[error(
+        "the new revocation list no longer revokes keys the previous one revoked; revocations are never undone, so it is refused"
+    )]
+    Unrevoked,
     /// Not valid yet.
     #[error("the {what} is not valid before {} (unix seconds); check the clocks", .at.as_unix_seconds())]
     NotYetValid {

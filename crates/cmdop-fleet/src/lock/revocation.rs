@@ -201,6 +201,36 @@ impl VerifiedRevocations {
         Ok(verified)
     }
 
+    /// Checks that this list may replace `held`: not older; at the same serial, the very same list (anything
+    /// else means admins signed two different lists with one serial); and, when newer, revoking every key
+    /// `held` revokes, because a revocation is never undone (a new list that drops a key was made from a list
+    /// the relay lied about, or by a misused admin key).
+    pub fn check_replaces(&self, held: &Self) -> Result<(), LockError> {
+        if self.serial() < held.serial() {
+            return Err(LockError::Rollback {
+                what: WHAT,
+                held: held.serial(),
+                offered: self.serial(),
+            });
+        }
+        if self.serial() == held.serial() {
+            return if self.bytes == held.bytes {
+                Ok(())
+            } else {
+                Err(LockError::Fork {
+                    what: WHAT,
+                    serial: held.serial(),
+                })
+            };
+        }
+        match held.list() {
+            Some(old) if old.revoked.iter().any(|key| !self.is_revoked(key)) => {
+                Err(LockError::Unrevoked)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The serial (0 with no list).
     pub fn serial(&self) -> u64 {
         self.list.as_ref().map_or(0, |list| list.serial)
