@@ -1,6 +1,6 @@
-//! The fleet lock's formats and rules: golden bytes computed independently (Python `cryptography`, postcard
-//! by hand; `docs/fleet.md` shows the same bytes), every refusal with its reason, and properties over arbitrary
-//! and tampered input.
+//! The fleet lock's formats and rules: golden bytes computed independently (`vectors/lock_golden.py`: Python
+//! `cryptography`, postcard by hand; `docs/fleet.md` shows the same bytes), every refusal with its reason, and
+//! properties over arbitrary and tampered input.
 
 use cmdop_identity::{Identity, PublicKey, Seed};
 use proptest::prelude::*;
