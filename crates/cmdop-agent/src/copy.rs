@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_proto::e2e::CloseReason;
 use cmdop_proto::ops::MAX_CHUNK;
-use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name};
+use cmdop_proto::ops::copy::{
+    CopyReply, CopyRequest, Entry, EntryKind, parse_part_name, part_name,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::exec;
@@ -147,7 +149,8 @@ pub fn resolve(home: &Path, path: &str) -> PathBuf {
 /// The partial file for `target` and a source version `tag`.
 pub fn part_path(target: &Path, tag: u64) -> Option<PathBuf> {
     let name = target.file_name()?.to_str()?;
-    Some(target.with_file_name(part_name(name, tag)))
+    // Still the predictable name: the agent moves to `cmdop_client::landing` in the next commit.
+    Some(target.with_file_name(part_name(name, tag, 0)))
 }
 
 fn failed(message: String) -> CopyReply {
@@ -345,7 +348,6 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
     else {
         return;
     };
-    let prefix = format!(".{name}.");
     let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -358,12 +360,7 @@ fn remove_stale_parts(target: &Path, keep: &Path) {
         let Some(file_name) = file_name.to_str() else {
             continue;
         };
-        let middle = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(PART_SUFFIX));
-        if middle.is_some_and(|tag| tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
-            && entry.path() != keep
-        {
+        if parse_part_name(name, file_name).is_some() && entry.path() != keep {
             let _ = fs::remove_file(entry.path());
         }
     }
