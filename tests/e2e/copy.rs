@@ -456,3 +456,54 @@ fn a_scripted_machine_cannot_lead_a_pull_outside() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refusing \"s/g\""), "{stderr}");
 }
+
+/// Issue 13, hole 2: someone who can write where a root agent receives a push plants a symlink at the name of
+/// the directory being pushed, to turn the agent's chmod and writes onto a directory elsewhere.
+#[test]
+fn a_symlink_planted_at_a_pushed_directory_cannot_redirect_a_push() {
+    let f = Fixture::new();
+    let elsewhere = f.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    let source = f.path("src");
+    write(&source.join("passwd"), b"root::0:0::/:/bin/sh\n", 0o644);
+    fs::set_permissions(&source, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(f.path("inbox")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, f.path("inbox/src")).unwrap();
+
+    let out = f.run(&["-r", source.to_str().unwrap(), &f.remote("inbox/src")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        mode(&elsewhere),
+        0o700,
+        "the agent chmod'ed through a symlink: {stderr}"
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+}
+
+/// Issue 13, hole 2: a symlink planted where the agent used to open the partial file of a push, a name it
+/// computed from what the client sent, points at a file the agent must not touch.
+#[test]
+fn a_symlink_planted_at_a_partial_name_cannot_redirect_a_push() {
+    let f = Fixture::new();
+    let victim = f.path("victim");
+    write(&victim, b"precious, and longer than the file\n", 0o600);
+    let file = f.path("small.txt");
+    write(&file, b"small\n", 0o644);
+    let metadata = fs::metadata(&file).unwrap();
+    let part = predictable_part_name("small.txt", 6, modified_ns(&metadata), 0o644);
+    fs::create_dir(f.path("up")).unwrap();
+    std::os::unix::fs::symlink(&victim, f.path("up").join(part)).unwrap();
+    let out = f.run(&[file.to_str().unwrap(), &f.remote("up/")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious, and longer than the file\n",
+        "the agent wrote through a planted symlink: {stderr}"
+    );
+    assert_eq!(mode(&victim), 0o600);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(fs::read(f.path("up/small.txt")).unwrap(), b"small\n");
+}
