@@ -285,20 +285,30 @@ fn seed_path_that_is_a_directory_is_refused() {
     assert!(err.to_string().contains("is not a regular file"), "{err}");
 }
 
+/// Issue 13, hole 10: deleting the seed file while its key file stays used to create a new identity silently
+/// (encrypted under the old key), and so a new machine or client. An identity whose key-encryption key still
+/// exists but whose seed is missing is an error, and nothing is written.
 #[test]
-fn leftover_key_file_is_reused_not_replaced() {
+fn a_key_file_without_its_seed_is_an_error_not_a_new_identity() {
     let (_tmp, store) = created();
     let key_before = fs::read(store.key_path()).unwrap();
-    let (old, _) = store.load().unwrap().unwrap();
     fs::remove_file(store.seed_path()).unwrap();
-    let (new, _, created) = store.load_or_create(&mut OsRng).unwrap();
+    for _ in 0..2 {
+        let err = store.load_or_create(&mut OsRng).unwrap_err().to_string();
+        assert!(
+            err.contains(&store.seed_path().display().to_string())
+                && err.contains(&store.key_path().display().to_string())
+                && err.contains("restore"),
+            "{err}"
+        );
+        assert!(!store.seed_path().exists(), "a new seed file was written");
+        assert_eq!(fs::read(store.key_path()).unwrap(), key_before);
+    }
+    assert!(store.load().unwrap().is_none());
+    // Removing the key file as well is how a person asks for a new identity on purpose.
+    fs::remove_file(store.key_path()).unwrap();
+    let (_, _, created) = store.load_or_create(&mut OsRng).unwrap();
     assert_eq!(created, Created::New);
-    assert_ne!(new.public_key(), old.public_key());
-    assert_eq!(fs::read(store.key_path()).unwrap(), key_before);
-    assert_eq!(
-        store.load().unwrap().unwrap().0.public_key(),
-        new.public_key()
-    );
 }
 
 #[test]
