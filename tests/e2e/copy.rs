@@ -457,6 +457,63 @@ fn a_scripted_machine_cannot_lead_a_pull_outside() {
     assert!(stderr.contains("refusing \"s/g\""), "{stderr}");
 }
 
+/// Catalog C1 from a machine that lies outright: names no file system could list (`..`, an absolute path, `.`,
+/// the empty name, control characters) are refused one by one, nothing lands outside, the rest is copied.
+#[test]
+fn a_scripted_machines_impossible_names_are_refused() {
+    use cmdop_tests::hostile_machine::{CopyScript, HostileMachine};
+    let contour = Contour::builder().fleet("prod").start();
+    let scratch = tempfile::tempdir().unwrap();
+    let absolute = scratch.path().join("absolute");
+    let hostile = [
+        "../x",
+        "..",
+        ".",
+        "",
+        "a/../../x",
+        "a//b",
+        absolute.to_str().unwrap(),
+        "x\u{1b}[2J",
+        "new\nline",
+        "nul\u{0}byte",
+    ];
+    let mut script = CopyScript::new("tree").dir("a");
+    for name in hostile {
+        script = script.file(name, b"hostile\n", 0o644);
+    }
+    script = script.file("a/fine", b"fine\n", 0o644);
+    let _machine = HostileMachine::start(&contour, "evil-1", "prod", script);
+    let destination = scratch.path().join("dest");
+    fs::create_dir(&destination).unwrap();
+    fs::set_permissions(&destination, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out = run(contour
+        .cli_with_key("alice", &contour.member_key("prod"))
+        .args(["connect", "cp", "--json", "-r", "evil-1:tree"])
+        .arg(&destination));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused: Vec<&str> = summary["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(refused, hostile, "{stderr}");
+    assert_eq!(summary["files"], 1, "{summary}");
+    assert_eq!(
+        snapshot(scratch.path()),
+        vec![
+            ("dest".to_owned(), 0o755, Vec::new()),
+            ("dest/tree".to_owned(), 0o755, Vec::new()),
+            ("dest/tree/a".to_owned(), 0o755, Vec::new()),
+            ("dest/tree/a/fine".to_owned(), 0o644, b"fine\n".to_vec()),
+        ],
+        "{stderr}"
+    );
+}
+
 /// Issue 13, hole 2: someone who can write where a root agent receives a push plants a symlink at the name of
 /// the directory being pushed, to turn the agent's chmod and writes onto a directory elsewhere.
 #[test]

@@ -483,6 +483,75 @@ fn auto_falls_back_to_the_key_file_quickly_when_no_keyring_answers() {
     );
 }
 
+/// Catalog K2, first case: no session bus at all (`DBUS_SESSION_BUS_ADDRESS` and `XDG_RUNTIME_DIR` unset, as
+/// under a service manager). The key file is used, the fallback is logged with its reason, nothing panics, and
+/// no in-memory stand-in keyring (keyring's mock) pretends to keep the key.
+#[test]
+fn auto_without_any_session_bus_uses_the_key_file_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmdop");
+    let mut command = child(&dir, "auto", &[("CMDOP_STORE_TEST_LOG", "1")], None);
+    command
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DISPLAY");
+    let output = command.output().unwrap();
+    let result = child_result(&output);
+    assert!(
+        result.starts_with("RESULT New ") && result.ends_with(" key_file"),
+        "{result}"
+    );
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains(
+            "the os keyring is not reachable; keeping the key-encryption key in a key file instead"
+        ),
+        "{log}"
+    );
+    assert!(dir.join(KEY_FILE_NAME).is_file());
+    // A second start finds the key where the seed file says it is, again without a keyring.
+    let result = child_result(&command.output().unwrap());
+    assert!(
+        result.starts_with("RESULT Existing ") && result.ends_with(" key_file"),
+        "{result}"
+    );
+}
+
+/// Catalog K1, "no torn writes": readers racing a creation see no identity or the whole one, never a part.
+#[test]
+fn readers_racing_a_creation_never_see_a_torn_file() {
+    for _ in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cmdop");
+        fs::create_dir(&dir).unwrap();
+        let barrier = Arc::new(Barrier::new(5));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (dir, barrier) = (dir.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut seen = None;
+                    for _ in 0..200 {
+                        match file_store(&dir).load() {
+                            Ok(None) => {}
+                            Ok(Some((identity, _))) => seen = Some(identity.public_key()),
+                            Err(err) => panic!("a reader saw a torn identity: {err}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        barrier.wait();
+        let (created, _, _) = file_store(&dir).load_or_create(&mut OsRng).unwrap();
+        for reader in readers {
+            if let Some(seen) = reader.join().unwrap() {
+                assert_eq!(seen, created.public_key());
+            }
+        }
+    }
+}
+
 #[test]
 fn a_silent_keyring_cannot_hang_creation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -576,6 +645,13 @@ fn child_process_entry() {
         Ok("keyring") => KekBackend::KeyringOnly,
         _ => KekBackend::Auto,
     };
+    if std::env::var_os("CMDOP_STORE_TEST_LOG").is_some() {
+        // Logs to stdout, which the parent reads (libtest captures nothing under --nocapture).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stdout)
+            .with_ansi(false)
+            .try_init();
+    }
     let mut store = SeedStore::new(&dir, backend);
     if let Ok(ms) = std::env::var("CMDOP_STORE_TEST_TIMEOUT_MS") {
         store = store.with_keyring_timeout(Duration::from_millis(ms.parse().unwrap()));
