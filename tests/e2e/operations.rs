@@ -279,7 +279,10 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     // The agent's is always a file (kek_backend = "file"); a client's is one unless an OS keyring answered.
     let agent_kek = agent_dir.join("agent_keypair.key");
     assert!(agent_kek.is_file());
-    let client_kek = contour.root.path().join("clients/alice/agent_keypair.key");
+    let client_kek = contour
+        .root
+        .path()
+        .join("clients/alice/client/agent_keypair.key");
     for path in [agent_kek, client_kek].into_iter().filter(|p| p.is_file()) {
         let kek = std::fs::read(&path).unwrap();
         let kek = kek.get(kek.len() - 32..).unwrap().to_vec();
