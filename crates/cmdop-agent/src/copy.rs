@@ -145,8 +145,9 @@ impl MadeDirs {
             return Ok(());
         }
         let (parent, name) = split(target)?;
-        fs::create_dir_all(parent).map_err(|source| PutError::Write {
-            part: parent.to_path_buf(),
+        fs::create_dir_all(parent).map_err(|source| LandingError::Io {
+            action: "create the directory",
+            path: parent.to_path_buf(),
             source,
         })?;
         let made = Landing::open_named(parent)?.make_dir(name, mode)?;

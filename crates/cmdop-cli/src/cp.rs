@@ -1035,8 +1035,9 @@ async fn get_file(
         )
         .into());
     }
+    // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
     partial
-        .finish(dir, name, mode & MACHINE_MODE_BITS & 0o777)
+        .finish(dir, name, mode & 0o777)
         .map_err(landing_failure)?;
     transfer.totals.files += 1;
     Ok(())
