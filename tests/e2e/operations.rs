@@ -279,7 +279,10 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     // The agent's is always a file (kek_backend = "file"); a client's is one unless an OS keyring answered.
     let agent_kek = agent_dir.join("agent_keypair.key");
     assert!(agent_kek.is_file());
-    let client_kek = contour.root.path().join("clients/alice/agent_keypair.key");
+    let client_kek = contour
+        .root
+        .path()
+        .join("clients/alice/client/agent_keypair.key");
     for path in [agent_kek, client_kek].into_iter().filter(|p| p.is_file()) {
         let kek = std::fs::read(&path).unwrap();
         let kek = kek.get(kek.len() - 32..).unwrap().to_vec();
@@ -520,6 +523,36 @@ fn the_cli_completes_documents_itself_and_stops_quietly_on_a_closed_pipe() {
 }
 
 /// `GET path` from the metrics endpoint; the whole HTTP response.
+/// Issue 13, hole 10: deleting the CLI's `agent_keypair.bin` while its key file stays used to give the CLI a
+/// new identity without a word. It is an error that names both files, and nothing is written.
+#[test]
+fn the_cli_refuses_to_replace_a_deleted_identity_seed() {
+    let contour = Contour::with_machine();
+    let member_key = contour.member_key("prod");
+    let machines = contour.list("alice", &member_key, None);
+    assert_eq!(machines.len(), 1);
+    let identity = contour.root.path().join("clients/alice/client");
+    let (seed, kek) = (
+        identity.join("agent_keypair.bin"),
+        identity.join("agent_keypair.key"),
+    );
+    assert!(seed.is_file() && kek.is_file());
+    let key_before = std::fs::read(&kek).unwrap();
+    std::fs::remove_file(&seed).unwrap();
+
+    let out = run(contour
+        .cli_with_key("alice", &member_key)
+        .args(["connect", "--list", "--json"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&seed.display().to_string()) && stderr.contains(&kek.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!seed.exists(), "a new identity was created: {stderr}");
+    assert_eq!(std::fs::read(&kek).unwrap(), key_before);
+}
+
 fn scrape(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();

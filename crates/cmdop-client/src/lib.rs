@@ -28,6 +28,7 @@ mod channel;
 mod connection;
 pub mod control;
 pub mod known_machines;
+pub mod landing;
 mod machine;
 pub mod secure_stream;
 pub mod transport;

@@ -142,6 +142,42 @@ fn data_dir_and_db_are_private() {
     );
 }
 
+/// Issue 13, hole 10: a relay.db that group or others can read (it holds every fleet's trust seed) was
+/// silently reset to 0600, hiding that it had been exposed. It is refused, as key files are, and left as it is.
+#[cfg(unix)]
+#[test]
+fn a_relay_db_others_can_read_is_refused_not_silently_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Store::open(&data)
+        .unwrap()
+        .create_fleet("prod", NOW)
+        .unwrap();
+    for file in [DB_FILE, "relay.db-wal"] {
+        let path = data.join(file);
+        if !path.exists() {
+            continue;
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = Store::open(&data) else {
+            panic!("{} at 0644 was accepted", path.display());
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "the mode was changed behind the operator's back"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(Store::open(&data).unwrap().fleets().unwrap().len(), 1);
+}
+
 #[test]
 fn secrets_are_stored_hashed_only() {
     let dir = tempfile::tempdir().unwrap();

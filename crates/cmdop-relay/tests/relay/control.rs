@@ -719,6 +719,11 @@ async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
     let key_path = fx.data.join("leaf-key.pem");
     std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
     std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    // A key others can read is refused (`tls::tests::a_key_file_others_can_read_is_refused`).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     let tls = TlsIdentity::from_pem_files(&cert_path, &key_path).unwrap();
     let expected = RelayFingerprint::of_cert(leaf.der());
