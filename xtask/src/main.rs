@@ -7,6 +7,7 @@
 
 mod bench;
 mod contour;
+mod fuzz;
 mod keystroke;
 mod layering;
 mod quickstart;
@@ -25,10 +26,13 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny
+  ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny,
+               every fuzz target for 10 s
   layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
   tidy         check that every Rust file opens with a //! line
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
+  fuzz [--seconds N] [TARGET…]
+               run the cargo-fuzz targets (installs nightly and cargo-fuzz when missing); reports executions
   quickstart   build the release binaries and bring up a local contour under target/quickstart
   bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
   bench tunnel bulk TCP throughput through `cmdop connect forward` against `ssh -L`; writes docs/benchmarks.md
@@ -57,6 +61,7 @@ fn run() -> Result<()> {
         "layering" => layering::check(&root),
         "tidy" => tidy::check(&root),
         "deny" => deny(),
+        "fuzz" => fuzz::run(&root, &rest),
         "quickstart" => quickstart::run(&root, &rest),
         "bench" => bench::run(&root, &rest),
         "" | "help" | "--help" | "-h" => {
@@ -90,6 +95,7 @@ fn ci(root: &Path) -> Result<()> {
         "fuzz targets build",
         cargo(&["check", "--manifest-path", "fuzz/Cargo.toml", "--locked"]),
     )?;
+    step("fuzz", fuzz::ci_smoke(root))?;
     // Tests last, so that the test runner's summary is the last thing a reader of the log sees.
     step("tests", tests())?;
     println!("\nxtask ci: all checks passed");
