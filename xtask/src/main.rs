@@ -9,6 +9,7 @@ mod bench;
 mod contour;
 mod fuzz;
 mod keystroke;
+mod lab;
 mod layering;
 mod quickstart;
 mod tidy;
@@ -27,7 +28,10 @@ usage: cargo xtask <command>
 
 commands:
   ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny,
-               every fuzz target for 10 s
+               every fuzz target for 10 s, the network lab's short form
+  lab [SCENARIO…]
+               the network fault lab: client, relay and agent in network namespaces under delay, loss,
+               partitions, relay kills, address changes and floods (root; skipped without namespaces)
   layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
   tidy         check that every Rust file opens with a //! line
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
@@ -59,6 +63,7 @@ fn run() -> Result<()> {
     match command.as_str() {
         "ci" => ci(&root),
         "layering" => layering::check(&root),
+        "lab" => lab::run(&root, &rest),
         "tidy" => tidy::check(&root),
         "deny" => deny(),
         "fuzz" => fuzz::run(&root, &rest),
@@ -96,6 +101,8 @@ fn ci(root: &Path) -> Result<()> {
         cargo(&["check", "--manifest-path", "fuzz/Cargo.toml", "--locked"]),
     )?;
     step("fuzz", fuzz::ci_smoke(root))?;
+    // The lab builds the same debug binaries the tests use (the same cargo command, so only once).
+    step("lab", lab::ci_short(root))?;
     // Tests last, so that the test runner's summary is the last thing a reader of the log sees.
     step("tests", tests())?;
     println!("\nxtask ci: all checks passed");

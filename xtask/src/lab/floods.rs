@@ -1,0 +1,498 @@
+//! The lab's load scenarios: streams nobody reads, a slow reader, a flood of handshakes that never finish or
+//! never log in, each watched through the relay's and the agent's memory; and a full session during which the
+//! relay's sockets are watched for any connection it opens itself (catalog N2).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::net::Host;
+use super::probe::{self, RssSampler, SocketWatch};
+use super::scenarios::{cp, fresh_dir, make_file, remote, same_bytes};
+use super::{Lab, Running, start_until, timed};
+
+const MIB: u64 = 1 << 20;
+
+/// The relay's and the agent's resident sets now, KiB.
+fn rss_now(lab: &Lab) -> (u64, u64) {
+    let of = |pid: Option<u32>| pid.and_then(probe::rss_kib).map_or(0, |(rss, _)| rss);
+    (of(lab.contour.relay_pid()), of(lab.contour.agent_pid()))
+}
+
+fn sampler(lab: &Lab, extra: &[(&str, u32)]) -> RssSampler {
+    let mut processes = Vec::new();
+    if let Some(pid) = lab.contour.relay_pid() {
+        processes.push(("relay".to_owned(), pid));
+    }
+    if let Some(pid) = lab.contour.agent_pid() {
+        processes.push(("agent".to_owned(), pid));
+    }
+    processes.extend(extra.iter().map(|(name, pid)| ((*name).to_owned(), *pid)));
+    RssSampler::start(processes)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn peaks_line(before: (u64, u64), peaks: &BTreeMap<String, u64>) -> String {
+    let peak = |name: &str| peaks.get(name).copied().map_or_else(|| "?".to_owned(), mib);
+    let mut line = format!(
+        "resident memory: relay {} before, peak {}; agent {} before, peak {}",
+        mib(before.0),
+        peak("relay"),
+        mib(before.1),
+        peak("agent")
+    );
+    for (name, kib) in peaks
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "relay" | "agent"))
+    {
+        line.push_str(&format!("; {name} peak {}", mib(*kib)));
+    }
+    line
+}
+
+/// Times `cmdop connect exec MACHINE -- true` `n` times (a real user's command during the load).
+fn exec_probe(lab: &Lab, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let mut exec = lab.contour.cli();
+            exec.args(["connect", "exec", &lab.contour.machine, "--", "true"]);
+            match timed(&mut exec, Duration::from_secs(60)) {
+                Ok(done) if done.status.success() => format!("{:.2} s", done.elapsed.as_secs_f64()),
+                Ok(done) => format!(
+                    "failed after {:.1} s ({}: {})",
+                    done.elapsed.as_secs_f64(),
+                    done.status,
+                    done.stderr.trim().lines().last().unwrap_or("")
+                ),
+                Err(e) => format!("hung: {e:#}"),
+            }
+        })
+        .collect()
+}
+
+/// A forward on the client to an endless byte source on the agent's loopback.
+fn forward_to_blast(lab: &Lab, local_port: u16, bytes: u64) -> Result<(Running, Running)> {
+    let server = Running(start_until(
+        &mut lab.helper(
+            Host::Agent,
+            "blast",
+            &[
+                "--listen",
+                "127.0.0.1:9000",
+                "--seed",
+                "21",
+                "--bytes",
+                &bytes.to_string(),
+                "--seconds",
+                "1800",
+            ],
+        ),
+        "listening",
+        |line| line.contains("listening"),
+    )?);
+    let mut forward = lab.contour.cli();
+    forward.args([
+        "connect",
+        "forward",
+        &lab.contour.machine,
+        &format!("127.0.0.1:{local_port}:127.0.0.1:9000"),
+    ]);
+    let forward = Running(start_until(&mut forward, "forwarding", |line| {
+        line.starts_with("forwarding")
+    })?);
+    Ok((server, forward))
+}
+
+/// 1,000 forwarded connections to an endless source, opened and never read, held 30 s.
+pub(crate) fn streams(lab: &mut Lab) -> Result<Vec<String>> {
+    let (count, hold) = if lab.options.quick {
+        (200, 10)
+    } else {
+        (1000, 30)
+    };
+    let before = rss_now(lab);
+    let (_server, forward) = forward_to_blast(lab, 19000, 0)?;
+    let sampler = sampler(lab, &[("client (forward)", forward.0.id())]);
+    let started = Instant::now();
+    let mut holder = lab.helper(
+        Host::Client,
+        "hold",
+        &[
+            "--connect",
+            "127.0.0.1:19000",
+            "--count",
+            &count.to_string(),
+            "--seconds",
+            &hold.to_string(),
+        ],
+    );
+    let mut holder = holder
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the connection holder")?;
+    let held_out = super::read_all(holder.stdout.take());
+    // A user's command while the streams sit unread.
+    std::thread::sleep(Duration::from_secs(hold / 2));
+    let probes = exec_probe(lab, 3);
+    let status = super::wait_child(&mut holder, Duration::from_secs(hold + 120))?;
+    let peaks = sampler.finish();
+    let held: Vec<Value> = held_out
+        .join()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let summary = |key: &str| {
+        held.iter()
+            .find_map(|v| v[key].as_u64())
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    let figures = vec![
+        format!(
+            "{count} TCP connections into a `cmdop connect forward` whose far end (on the agent's loopback) writes \
+             endlessly; none is ever read; held {hold} s (holder {status}): {} connected, {} closed by the far \
+             side during the hold, {:.0} s in all",
+            summary("connected"),
+            summary("closed_by_peer"),
+            started.elapsed().as_secs_f64()
+        ),
+        peaks_line(before, &peaks),
+        format!(
+            "`cmdop connect exec MACHINE -- true` meanwhile: {}",
+            probes.join(", ")
+        ),
+    ];
+    Ok(figures)
+}
+
+/// A 1 GiB forward read at 1 MiB/s for 30 s, then as fast as it comes; every byte checked.
+pub(crate) fn slow_reader(lab: &mut Lab) -> Result<Vec<String>> {
+    let (size, slow_seconds) = if lab.options.quick {
+        (128 * MIB, 10)
+    } else {
+        (1024 * MIB, 30)
+    };
+    let before = rss_now(lab);
+    let (_server, forward) = forward_to_blast(lab, 19001, size)?;
+    let sampler = sampler(lab, &[("client (forward)", forward.0.id())]);
+    let mut drain = lab.helper(
+        Host::Client,
+        "drain",
+        &[
+            "--connect",
+            "127.0.0.1:19001",
+            "--seed",
+            "21",
+            "--bytes",
+            &size.to_string(),
+            "--slow-rate",
+            &MIB.to_string(),
+            "--slow-seconds",
+            &slow_seconds.to_string(),
+            "--seconds",
+            "1500",
+        ],
+    );
+    let mut drain = drain.stdout(std::process::Stdio::piped()).spawn()?;
+    let out = super::read_all(drain.stdout.take());
+    std::thread::sleep(Duration::from_secs(slow_seconds / 2));
+    let probes = exec_probe(lab, 3);
+    let status = super::wait_child(&mut drain, Duration::from_secs(1600))?;
+    let peaks = sampler.finish();
+    let result: Value = out
+        .join()
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    let figures = vec![
+        format!(
+            "{} MiB through `cmdop connect forward`, read at 1 MiB/s for {slow_seconds} s ({} MiB read slowly), \
+             then at full speed: first byte after {:.1} s, reader {status}, {} bytes, intact: {}, {:.1} s in all",
+            size / MIB,
+            result["slow_bytes"].as_u64().unwrap_or(0) / MIB,
+            result["first_byte_seconds"].as_f64().unwrap_or(-1.0),
+            result["bytes"].as_u64().unwrap_or(0),
+            result["intact"].as_bool().unwrap_or(false),
+            result["seconds"].as_f64().unwrap_or(0.0)
+        ),
+        peaks_line(before, &peaks),
+        format!(
+            "`cmdop connect exec MACHINE -- true` during the slow phase: {}",
+            probes.join(", ")
+        ),
+    ];
+    if !status.success() {
+        bail!("the slow reader failed\n- {}", figures.join("\n- "));
+    }
+    Ok(figures)
+}
+
+/// 10,000 QUIC Initials from 50 source addresses that never finish their handshake, then 1,000 handshakes
+/// that finish and never log in; meanwhile a real client runs `exec`.
+pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
+    let (initials, handshakes) = if lab.options.quick {
+        (2_000, 200)
+    } else {
+        (10_000, 1_000)
+    };
+    let sources = lab.net.add_client_addresses(50)?;
+    let mut figures = vec![format!(
+        "from the client's namespace, straight to the relay (10.77.2.2:4433), from {} source addresses",
+        sources.len()
+    )];
+    for (mode, count) in [("initials", initials), ("handshakes", handshakes)] {
+        let before = rss_now(lab);
+        let sampler = sampler(lab, &[]);
+        let mut flood = lab.on(Host::Client, &lab.flood);
+        flood.args([
+            "--relay",
+            super::RELAY_LISTEN,
+            "--fingerprint",
+            &lab.contour.fingerprint,
+            "--mode",
+            mode,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "1000",
+            "--hold-seconds",
+            "15",
+            "--sources",
+            &sources.join(","),
+        ]);
+        let mut flood = flood
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let out = super::read_all(flood.stdout.take());
+        let err = super::read_all(flood.stderr.take());
+        std::thread::sleep(Duration::from_secs(5));
+        let probes = exec_probe(lab, 4);
+        let status = super::wait_child(&mut flood, Duration::from_secs(300))?;
+        let peaks = sampler.finish();
+        let after = rss_now(lab);
+        let report = out.join().unwrap_or_default();
+        let errors = err.join().unwrap_or_default();
+        figures.push(format!(
+            "{count} {mode} at 1,000/s, held 15 s (flood tool {status}): {}{}",
+            report.trim(),
+            if errors.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" (stderr: {})", errors.trim())
+            }
+        ));
+        figures.push(format!(
+            "{}; relay {} after",
+            peaks_line(before, &peaks),
+            mib(after.0)
+        ));
+        figures.push(format!(
+            "`cmdop connect exec MACHINE -- true` during the flood: {}",
+            probes.join(", ")
+        ));
+    }
+    Ok(figures)
+}
+
+/// A whole session (list, exec, forward, cp both ways, a shell) while the relay's sockets are watched, and
+/// nftables counts every connection the relay's namespace opens (catalog N2).
+pub(crate) fn no_dial_out(lab: &mut Lab) -> Result<Vec<String>> {
+    let relay = lab
+        .contour
+        .relay_pid()
+        .context("the relay is not running")?;
+    let (dialled_before, _) = lab.net.relay_dialled()?;
+    let watch = SocketWatch::start(relay);
+    let started = Instant::now();
+    let dir = fresh_dir(lab, "no-dial-out")?;
+    let source = dir.join("small.bin");
+    make_file(&source, 2 * MIB, 31)?;
+    let mut steps = Vec::new();
+    let mut list = lab.contour.cli();
+    list.args(["connect", "--list"]);
+    steps.push((
+        "list",
+        timed(&mut list, Duration::from_secs(60))?.status.success(),
+    ));
+    let mut exec = lab.contour.cli();
+    exec.args(["connect", "exec", &lab.contour.machine, "--", "uname", "-a"]);
+    steps.push((
+        "exec",
+        timed(&mut exec, Duration::from_secs(60))?.status.success(),
+    ));
+    let up = dir.join("up");
+    std::fs::create_dir_all(&up)?;
+    let push = timed(
+        &mut cp(
+            lab,
+            &[&source.to_string_lossy(), &format!("{}/", remote(lab, &up))],
+        ),
+        Duration::from_secs(120),
+    )?;
+    steps.push((
+        "cp to the machine",
+        push.status.success() && same_bytes(&source, &up.join("small.bin"))?,
+    ));
+    let down = dir.join("down");
+    std::fs::create_dir_all(&down)?;
+    let pull = timed(
+        &mut cp(
+            lab,
+            &[&remote(lab, &up.join("small.bin")), &down.to_string_lossy()],
+        ),
+        Duration::from_secs(120),
+    )?;
+    steps.push((
+        "cp from the machine",
+        pull.status.success() && same_bytes(&source, &down.join("small.bin"))?,
+    ));
+    {
+        let _server = Running(start_until(
+            &mut lab.helper(
+                Host::Agent,
+                "serve",
+                &[
+                    "--listen",
+                    "127.0.0.1:8001",
+                    "--file",
+                    &source.to_string_lossy(),
+                    "--seconds",
+                    "300",
+                ],
+            ),
+            "listening",
+            |line| line.contains("listening"),
+        )?);
+        let mut forward = lab.contour.cli();
+        forward.args([
+            "connect",
+            "forward",
+            &lab.contour.machine,
+            "127.0.0.1:18081:127.0.0.1:8001",
+        ]);
+        let _forward = Running(start_until(&mut forward, "forwarding", |line| {
+            line.starts_with("forwarding")
+        })?);
+        let out = dir.join("download.bin");
+        let get = timed(
+            &mut lab.helper(
+                Host::Client,
+                "get",
+                &[
+                    "--connect",
+                    "127.0.0.1:18081",
+                    "--out",
+                    &out.to_string_lossy(),
+                    "--seconds",
+                    "120",
+                ],
+            ),
+            Duration::from_secs(150),
+        )?;
+        steps.push((
+            "forward",
+            get.status.success() && same_bytes(&source, &out)?,
+        ));
+    }
+    let mut shell = lab.contour.cli();
+    shell.args(["connect", &lab.contour.machine, "--escape-char", "none"]);
+    let mut terminal = super::terminal::Terminal::start(&shell)?;
+    terminal.type_text("echo SHELL''OK; exit\r")?;
+    let shell_ok = terminal
+        .wait_for("SHELLOK", 0, Duration::from_secs(60))
+        .is_ok();
+    let _ = terminal.wait_exit(Duration::from_secs(30));
+    steps.push(("shell", shell_ok));
+    let mut status = lab.contour.cli();
+    status.arg("status");
+    steps.push((
+        "status",
+        timed(&mut status, Duration::from_secs(60))?
+            .status
+            .success(),
+    ));
+    let (samples, all, outgoing) = watch.finish();
+    let (dialled_after, destinations) = lab.net.relay_dialled()?;
+    let new_outbound = dialled_after.saturating_sub(dialled_before);
+    // A positive control: a connection attempt made from the relay's namespace (by this lab, not the relay)
+    // must be counted, or a zero above proves nothing.
+    let _ = timed(
+        &mut lab.helper(
+            Host::Relay,
+            "get",
+            &[
+                "--connect",
+                "10.77.2.1:9",
+                "--out",
+                "/dev/null",
+                "--seconds",
+                "5",
+            ],
+        ),
+        Duration::from_secs(20),
+    );
+    let (dialled_control, _) = lab.net.relay_dialled()?;
+    let control_counted = dialled_control > dialled_after;
+    let mut figures = vec![
+        format!(
+            "session: {} in {:.1} s",
+            steps
+                .iter()
+                .map(|(s, ok)| format!("{s} {}", if *ok { "ok" } else { "FAILED" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            started.elapsed().as_secs_f64()
+        ),
+        format!(
+            "relay sockets sampled {samples} times during the session (/proc/PID/fd against /proc/PID/net/{{tcp,udp}}{{,6}}): {} distinct sockets seen ({}), {} opened towards \
+             anyone",
+            all.len(),
+            all.iter()
+                .map(|s| format!("{} {}", s.table, s.local))
+                .collect::<Vec<_>>()
+                .join(", "),
+            outgoing.len()
+        ),
+        format!(
+            "nftables in the relay's namespace (conntrack from the relay's first packet on): {new_outbound} new \
+             outbound connections during the session (state new, not loopback){}",
+            if destinations.is_empty() {
+                String::new()
+            } else {
+                format!("; destinations ever dialled: {}", destinations.join(", "))
+            }
+        ),
+    ];
+    figures.push(format!(
+        "positive control: a TCP connection attempt from the relay's namespace to 10.77.2.1:9 {}",
+        if control_counted {
+            "was counted"
+        } else {
+            "was NOT counted (the check is blind)"
+        }
+    ));
+    if !control_counted {
+        bail!(
+            "the nftables check did not count a known connection attempt\n- {}",
+            figures.join("\n- ")
+        );
+    }
+    if !outgoing.is_empty() || new_outbound > 0 {
+        bail!(
+            "the relay dialled out: {outgoing:?}\n- {}",
+            figures.join("\n- ")
+        );
+    }
+    if steps.iter().any(|(_, ok)| !ok) {
+        bail!("a step of the session failed\n- {}", figures.join("\n- "));
+    }
+    Ok(figures)
+}
