@@ -269,7 +269,14 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_default();
-    format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+    // The machine is shared: its load says how much of the two cores the lab had.
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cpus} CPUs ({model}), Linux {}, load average at the end {}",
+        kernel.trim(),
+        load.join(" ")
+    )
 }
 
 /// The running lab: network, forwarder, contour. Dropping it stops everything and removes the namespaces.
@@ -313,7 +320,11 @@ impl Lab {
             agent: wrapper(&dir, Host::Agent, &bins.agent)?,
             cli: wrapper(&dir, Host::Client, &bins.cli)?,
         };
-        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+        // The helpers are this very program. A copy of the running image, because building the workspace's
+        // binaries (above) may have replaced target/debug/xtask under it.
+        let xtask = dir.join("bin").join("xtask-lab");
+        fs::copy("/proc/self/exe", &xtask)
+            .context("cannot copy the running xtask for the helpers")?;
         let control_path = dir.join("forwarder-control.json");
         let stats_path = dir.join("forwarder-stats.json");
         let control = Control::default();
