@@ -121,6 +121,8 @@ pub(crate) struct Contour {
     pub(crate) metrics: String,
     /// The machine id the relay gave this machine's agent.
     pub(crate) machine: String,
+    /// The arguments of `cmdop-agent` that run it, kept to restart it.
+    agent_run: Vec<std::ffi::OsString>,
 }
 
 impl Contour {
@@ -149,6 +151,7 @@ impl Contour {
             fingerprint: String::new(),
             metrics: String::new(),
             machine: String::new(),
+            agent_run: Vec::new(),
         };
 
         header("the relay: a self-signed certificate and a SQLite database in its data directory");
@@ -168,24 +171,22 @@ impl Contour {
         let member_key = contour.ensure_key("member")?;
 
         header("the agent for this machine: its own Ed25519 identity, dialling out to the relay");
-        let mut run = Command::new(&contour.bins.agent);
-        run.arg("--config-dir")
-            .arg(contour.agent_dir())
-            .args(["--kek-backend", "file", "run", "--relay"])
-            .arg(&agent_dial)
-            .arg("--relay-fingerprint")
-            .arg(&contour.fingerprint)
-            .args(["--workspace", FLEET, "--api-key-file"])
-            .arg(&agent_key);
-        let mut agent = contour.spawn("agent", run)?;
-        let online = agent.wait_for("the agent to come online", |line| {
-            line.strip_prefix("online: ").map(str::to_owned)
-        })?;
-        contour.machine = machine_id(&online)
-            .context("the agent's `online:` line names no machine")?
-            .to_owned();
-        println!("  online: {online}");
-        contour.agent = Some(agent);
+        contour.agent_run = vec![
+            "--config-dir".into(),
+            contour.agent_dir().into(),
+            "--kek-backend".into(),
+            "file".into(),
+            "run".into(),
+            "--relay".into(),
+            agent_dial.into(),
+            "--relay-fingerprint".into(),
+            contour.fingerprint.clone().into(),
+            "--workspace".into(),
+            FLEET.into(),
+            "--api-key-file".into(),
+            agent_key.into(),
+        ];
+        contour.start_agent(false)?;
 
         header("the CLI, logged in with the member key");
         let mut login = contour.cli();
@@ -239,6 +240,29 @@ impl Contour {
         );
         self.relay = Some(relay);
         Ok(())
+    }
+
+    /// Starts `cmdop-agent run` and waits until it is online; `restart` appends to its log.
+    fn start_agent(&mut self, restart: bool) -> Result<()> {
+        let mut run = Command::new(&self.bins.agent);
+        run.args(&self.agent_run);
+        let mut agent = Daemon::spawn("agent", run, &self.state, restart)?;
+        let online = agent.wait_for("the agent to come online", |line| {
+            line.strip_prefix("online: ").map(str::to_owned)
+        })?;
+        self.machine = machine_id(&online)
+            .context("the agent's `online:` line names no machine")?
+            .to_owned();
+        println!("  online: {online}");
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after a grace period) and starts it again with the same
+    /// identity and settings.
+    pub(crate) fn restart_agent(&mut self) -> Result<()> {
+        drop(self.agent.take());
+        self.start_agent(true)
     }
 
     /// Kills the relay with SIGKILL (no drain, no goodbye: a crash) and waits for it to be gone.
@@ -335,10 +359,6 @@ impl Contour {
 
     fn secrets_dir(&self) -> PathBuf {
         self.state.join("secrets")
-    }
-
-    fn spawn(&self, name: &'static str, command: Command) -> Result<Daemon> {
-        Daemon::spawn(name, command, &self.state, false)
     }
 
     fn ensure_fleet(&self) -> Result<()> {

@@ -25,11 +25,13 @@ const DEFAULT_SECONDS: u64 = 60;
 /// input, and a decoder that allocates past 512 MiB counts as a crash.
 const LIBFUZZER_LIMITS: &[&str] = &["-rss_limit_mb=512", "-max_len=70000", "-timeout=10"];
 
-const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--list] [TARGET…]
+const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--sanitizer S] [--list] [TARGET…]
 
-  --seconds N  run each target for N seconds (default 60)
-  --list       print the targets and exit
-  TARGET       run only these targets (default: every target in fuzz/fuzz_targets)
+  --seconds N    run each target for N seconds (default 60)
+  --sanitizer S  address (default, cargo-fuzz's) or none: the targets link only safe Rust of ours, and without
+                 the sanitizer the handshake-bound targets run several times faster (long runs)
+  --list         print the targets and exit
+  TARGET         run only these targets (default: every target in fuzz/fuzz_targets)
 
 Installs the nightly toolchain and cargo-fuzz when missing. Seeds: fuzz/corpus/<target>/; new inputs:
 target/fuzz-corpus/<target>/; crashes: target/fuzz-artifacts/<target>/.";
@@ -50,6 +52,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut seconds = DEFAULT_SECONDS;
     let mut wanted = Vec::new();
     let mut list = false;
+    let mut sanitizer = "address".to_owned();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -60,6 +63,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 })?;
             }
             "--list" => list = true,
+            "--sanitizer" => {
+                let value = args.next().context("--sanitizer needs a name")?;
+                if !matches!(value.as_str(), "address" | "none") {
+                    bail!("--sanitizer is address or none, not `{value}`");
+                }
+                sanitizer.clone_from(value);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -80,13 +90,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let started = Instant::now();
     // One build of every target first, so that the per-target seconds are spent fuzzing.
     let mut build = fuzz_command();
-    build.args(["build", "-O"]);
+    build.args(["build", "-O", "--sanitizer", &sanitizer]);
     crate::contour::run_shown(&mut build)?;
     let build_time = started.elapsed();
 
     let mut outcomes = Vec::new();
     for target in &chosen {
-        outcomes.push(run_target(root, target, seconds)?);
+        outcomes.push(run_target(root, target, seconds, &sanitizer)?);
     }
     println!("\n{}", summary(&outcomes));
     println!(
@@ -220,7 +230,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
 }
 
 /// Runs one target for `seconds` and reads libFuzzer's final statistics from its output.
-fn run_target(root: &Path, target: &str, seconds: u64) -> Result<Outcome> {
+fn run_target(root: &Path, target: &str, seconds: u64, sanitizer: &str) -> Result<Outcome> {
     let found = root.join("target").join("fuzz-corpus").join(target);
     let seeds = root.join("fuzz").join("corpus").join(target);
     let artifacts = root.join("target").join("fuzz-artifacts").join(target);
@@ -229,7 +239,7 @@ fn run_target(root: &Path, target: &str, seconds: u64) -> Result<Outcome> {
     }
     let mut command = fuzz_command();
     command
-        .args(["run", "-O", target])
+        .args(["run", "-O", "--sanitizer", sanitizer, target])
         // libFuzzer writes what it finds into the first corpus directory and only reads the others.
         .arg(&found)
         .arg(&seeds)

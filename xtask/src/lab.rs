@@ -103,18 +103,39 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         contour::header(&format!("lab scenario `{name}`"));
         let began = Instant::now();
         let result = scenarios::run(name, &mut lab);
-        if let Err(err) = &result {
-            println!("  scenario {name} FAILED: {err:#}");
+        let seconds = began.elapsed().as_secs_f64();
+        // What the scenario left behind is part of its result: a contour that no longer serves is a failure
+        // of the scenario, repaired (agent, then relay restarted) so the next one starts clean.
+        let aftermath = lab.reset();
+        let result = match (result, aftermath) {
+            (Ok(figures), Ok(None)) => Ok(figures),
+            (Ok(figures), Ok(Some(damage))) => Err(format!(
+                "{damage}\n\nfigures of the scenario itself:\n- {}",
+                figures.join("\n- ")
+            )),
+            (Err(e), Ok(None)) => Err(format!("{e:#}")),
+            (Err(e), Ok(Some(damage))) => Err(format!("{e:#}\n\nafterwards: {damage}")),
+            (result, Err(err)) => {
+                println!("  cannot restore the lab after {name}: {err:#}; stopping");
+                reports.push(Report {
+                    name: name.clone(),
+                    seconds,
+                    result: Err(format!(
+                        "{}\n\nand the lab could not be restored afterwards: {err:#}",
+                        result.err().map_or_else(String::new, |e| format!("{e:#}"))
+                    )),
+                });
+                break;
+            }
+        };
+        if let Err(why) = &result {
+            println!("  scenario {name} FAILED: {why}");
         }
         reports.push(Report {
             name: name.clone(),
-            seconds: began.elapsed().as_secs_f64(),
-            result: result.map_err(|e| format!("{e:#}")),
+            seconds,
+            result,
         });
-        if let Err(err) = lab.reset() {
-            println!("  cannot restore the lab after {name}: {err:#}; stopping");
-            break;
-        }
     }
     let text = report_text(&reports, &options, started.elapsed());
     let report_path = root.join("target").join("lab-report.md");
@@ -417,9 +438,10 @@ impl Lab {
         command
     }
 
-    /// Clears every impairment, makes sure the relay runs and the agent is online: the state each scenario
-    /// starts from.
-    fn reset(&mut self) -> Result<()> {
+    /// Clears every impairment, makes sure the relay runs, then checks that the contour serves (the machine
+    /// online, an `exec` through it working). If it does not, says how (`Some`) and repairs it: the agent
+    /// restarted, then the relay too. Fails only when even that does not bring it back.
+    fn reset(&mut self) -> Result<Option<String>> {
         self.net.set_cut(Link::Client, false)?;
         self.net.set_loss(Link::Client, 0)?;
         for link in [Link::Client, Link::Relay, Link::Agent] {
@@ -433,7 +455,38 @@ impl Lab {
         if self.contour.relay_pid().is_none() {
             self.contour.restart_relay()?;
         }
-        self.wait_online(Duration::from_secs(90))
+        let Err(damage) = self.healthy() else {
+            return Ok(None);
+        };
+        let damage = format!("afterwards the contour did not serve: {damage:#}");
+        println!("  {damage}; restarting the agent");
+        self.contour.restart_agent()?;
+        if self.healthy().is_ok() {
+            return Ok(Some(format!("{damage} (restarting the agent repaired it)")));
+        }
+        println!("  still not serving; restarting the relay as well");
+        self.contour.kill_relay()?;
+        self.contour.restart_relay()?;
+        self.healthy()
+            .context("the contour does not serve even after restarting the agent and the relay")?;
+        Ok(Some(format!(
+            "{damage} (restarting the agent and the relay repaired it)"
+        )))
+    }
+
+    /// The machine is listed online and `cmdop connect exec MACHINE -- true` succeeds within 20 s.
+    pub(crate) fn healthy(&self) -> Result<()> {
+        self.wait_online(Duration::from_secs(30))?;
+        let mut exec = self.contour.cli();
+        exec.args(["connect", "exec", &self.contour.machine, "--", "true"]);
+        let done = timed(&mut exec, Duration::from_secs(20))?;
+        if !done.status.success() {
+            bail!(
+                "`cmdop connect exec MACHINE -- true` failed: {}",
+                done.stderr.trim()
+            );
+        }
+        Ok(())
     }
 
     /// Waits until the relay lists the agent's machine as online.

@@ -1,6 +1,6 @@
 //! The lab's load scenarios: streams nobody reads, a slow reader, a flood of handshakes that never finish or
-//! never log in, each watched through the relay's and the agent's memory; and a full session during which the
-//! relay's sockets are watched for any connection it opens itself (catalog N2).
+//! never log in, each watched through the relay's and the agent's memory and a user's `exec` meanwhile; and a
+//! full session during which the relay's sockets are watched for any connection it opens itself (catalog N2).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,6 +14,13 @@ use super::scenarios::{cp, fresh_dir, make_file, remote, same_bytes};
 use super::{Lab, Running, start_until, timed};
 
 const MIB: u64 = 1 << 20;
+
+/// The resident-memory bound the relay and the agent must each stay under in every flood, KiB. Far above
+/// what they use (tens of MiB); what it catches is growth with the load (buffering what nobody reads).
+const RSS_BOUND_KIB: u64 = 256 * 1024;
+
+/// The longest a user's `exec` may take while a flood runs (whole process: connect, log in, handshake, run).
+const EXEC_BOUND: Duration = Duration::from_secs(5);
 
 /// The relay's and the agent's resident sets now, KiB.
 fn rss_now(lab: &Lab) -> (u64, u64) {
@@ -55,27 +62,95 @@ fn peaks_line(before: (u64, u64), peaks: &BTreeMap<String, u64>) -> String {
     line
 }
 
+/// One timed `cmdop connect exec MACHINE -- true`.
+#[derive(Debug)]
+struct Probe {
+    ok: bool,
+    elapsed: Duration,
+    text: String,
+}
+
 /// Times `cmdop connect exec MACHINE -- true` `n` times (a real user's command during the load).
-fn exec_probe(lab: &Lab, n: usize) -> Vec<String> {
+fn exec_probe(lab: &Lab, n: usize) -> Vec<Probe> {
     (0..n)
         .map(|_| {
             let mut exec = lab.contour.cli();
             exec.args(["connect", "exec", &lab.contour.machine, "--", "true"]);
             match timed(&mut exec, Duration::from_secs(60)) {
-                Ok(done) if done.status.success() => format!("{:.2} s", done.elapsed.as_secs_f64()),
-                Ok(done) => format!(
-                    "failed after {:.1} s ({}: {})",
-                    done.elapsed.as_secs_f64(),
-                    done.status,
-                    done.stderr.trim().lines().last().unwrap_or("")
-                ),
-                Err(e) => format!("hung: {e:#}"),
+                Ok(done) if done.status.success() => Probe {
+                    ok: true,
+                    elapsed: done.elapsed,
+                    text: format!("{:.2} s", done.elapsed.as_secs_f64()),
+                },
+                Ok(done) => Probe {
+                    ok: false,
+                    elapsed: done.elapsed,
+                    text: format!(
+                        "failed after {:.1} s ({}: {})",
+                        done.elapsed.as_secs_f64(),
+                        done.status,
+                        done.stderr.trim().lines().last().unwrap_or("")
+                    ),
+                },
+                Err(e) => Probe {
+                    ok: false,
+                    elapsed: Duration::from_secs(60),
+                    text: format!("no answer within 60 s ({e:#})"),
+                },
             }
         })
         .collect()
 }
 
-/// A forward on the client to an endless byte source on the agent's loopback.
+fn probes_text(probes: &[Probe]) -> String {
+    probes
+        .iter()
+        .map(|p| p.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The checks a flood scenario failed, if any: a user's command that failed or was slow, memory over the
+/// bound.
+fn flood_faults(probes: &[Probe], peaks: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut faults: Vec<String> = probes
+        .iter()
+        .filter(|p| !p.ok || p.elapsed > EXEC_BOUND)
+        .map(|p| format!("a user's exec during the load: {}", p.text))
+        .collect();
+    for name in ["relay", "agent"] {
+        if let Some(kib) = peaks.get(name).filter(|kib| **kib > RSS_BOUND_KIB) {
+            faults.push(format!(
+                "{name} resident memory {} over the bound of {}",
+                mib(*kib),
+                mib(RSS_BOUND_KIB)
+            ));
+        }
+    }
+    faults
+}
+
+/// The agent's TCP connections to the byte source (port 9000) now.
+fn agent_connections(lab: &Lab) -> usize {
+    lab.contour
+        .agent_pid()
+        .map_or(0, |pid| probe::tcp_connections_to(pid, 9000))
+}
+
+/// Polls the agent's connections to the byte source until none is left, for up to `timeout`; returns how
+/// many are left.
+fn wait_released(lab: &Lab, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = agent_connections(lab);
+        if left == 0 || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A forward on the client to a byte source on the agent's loopback (endless when `bytes` is 0).
 fn forward_to_blast(lab: &Lab, local_port: u16, bytes: u64) -> Result<(Running, Running)> {
     let server = Running(start_until(
         &mut lab.helper(
@@ -108,6 +183,19 @@ fn forward_to_blast(lab: &Lab, local_port: u16, bytes: u64) -> Result<(Running, 
     Ok((server, forward))
 }
 
+/// `bail!` with the faults first and the figures after, or the figures.
+fn verdict(faults: Vec<String>, figures: Vec<String>) -> Result<Vec<String>> {
+    if faults.is_empty() {
+        Ok(figures)
+    } else {
+        bail!(
+            "{}\n\nfigures:\n- {}",
+            faults.join("\n"),
+            figures.join("\n- ")
+        )
+    }
+}
+
 /// 1,000 forwarded connections to an endless source, opened and never read, held 30 s.
 pub(crate) fn streams(lab: &mut Lab) -> Result<Vec<String>> {
     let (count, hold) = if lab.options.quick {
@@ -138,8 +226,13 @@ pub(crate) fn streams(lab: &mut Lab) -> Result<Vec<String>> {
     let held_out = super::read_all(holder.stdout.take());
     // A user's command while the streams sit unread.
     std::thread::sleep(Duration::from_secs(hold / 2));
+    let reached = agent_connections(lab);
     let probes = exec_probe(lab, 3);
     let status = super::wait_child(&mut holder, Duration::from_secs(hold + 120))?;
+    // The holder's connections are closed now: the forward must pass that on and the agent let go.
+    let left_after_close = wait_released(lab, Duration::from_secs(15));
+    drop(forward);
+    let left_after_forward = wait_released(lab, Duration::from_secs(15));
     let peaks = sampler.finish();
     let held: Vec<Value> = held_out
         .join()
@@ -155,8 +248,9 @@ pub(crate) fn streams(lab: &mut Lab) -> Result<Vec<String>> {
     let figures = vec![
         format!(
             "{count} TCP connections into a `cmdop connect forward` whose far end (on the agent's loopback) writes \
-             endlessly; none is ever read; held {hold} s (holder {status}): {} connected, {} closed by the far \
-             side during the hold, {:.0} s in all",
+             endlessly; none is ever read; held {hold} s (holder {status}): {} connected to the forward, {reached} \
+             of them reached the far end (the agent's connections to it mid-hold), {} closed by the far side \
+             during the hold, {:.0} s in all",
             summary("connected"),
             summary("closed_by_peer"),
             started.elapsed().as_secs_f64()
@@ -164,10 +258,20 @@ pub(crate) fn streams(lab: &mut Lab) -> Result<Vec<String>> {
         peaks_line(before, &peaks),
         format!(
             "`cmdop connect exec MACHINE -- true` meanwhile: {}",
-            probes.join(", ")
+            probes_text(&probes)
+        ),
+        format!(
+            "the agent's connections to the far end 15 s after the holder closed its connections: \
+             {left_after_close}; 15 s after the forward itself was stopped: {left_after_forward}"
         ),
     ];
-    Ok(figures)
+    let mut faults = flood_faults(&probes, &peaks);
+    if left_after_forward > 0 {
+        faults.push(format!(
+            "{left_after_forward} agent connections to the far end outlived the forward that asked for them"
+        ));
+    }
+    verdict(faults, figures)
 }
 
 /// A 1 GiB forward read at 1 MiB/s for 30 s, then as fast as it comes; every byte checked.
@@ -203,6 +307,8 @@ pub(crate) fn slow_reader(lab: &mut Lab) -> Result<Vec<String>> {
     std::thread::sleep(Duration::from_secs(slow_seconds / 2));
     let probes = exec_probe(lab, 3);
     let status = super::wait_child(&mut drain, Duration::from_secs(1600))?;
+    drop(forward);
+    let left = wait_released(lab, Duration::from_secs(15));
     let peaks = sampler.finish();
     let result: Value = out
         .join()
@@ -225,13 +331,20 @@ pub(crate) fn slow_reader(lab: &mut Lab) -> Result<Vec<String>> {
         peaks_line(before, &peaks),
         format!(
             "`cmdop connect exec MACHINE -- true` during the slow phase: {}",
-            probes.join(", ")
+            probes_text(&probes)
         ),
+        format!("the agent's connections to the source 15 s after the forward stopped: {left}"),
     ];
-    if !status.success() {
-        bail!("the slow reader failed\n- {}", figures.join("\n- "));
+    let mut faults = flood_faults(&probes, &peaks);
+    if !status.success() || result["intact"] != true {
+        faults.push("the slow reader did not get every byte intact".to_owned());
     }
-    Ok(figures)
+    if left > 0 {
+        faults.push(format!(
+            "{left} agent connections to the source outlived the forward"
+        ));
+    }
+    verdict(faults, figures)
 }
 
 /// 10,000 QUIC Initials from 50 source addresses that never finish their handshake, then 1,000 handshakes
@@ -247,6 +360,7 @@ pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
         "from the client's namespace, straight to the relay (10.77.2.2:4433), from {} source addresses",
         sources.len()
     )];
+    let mut faults = Vec::new();
     for (mode, count) in [("initials", initials), ("handshakes", handshakes)] {
         let before = rss_now(lab);
         let sampler = sampler(lab, &[]);
@@ -296,10 +410,15 @@ pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
         ));
         figures.push(format!(
             "`cmdop connect exec MACHINE -- true` during the flood: {}",
-            probes.join(", ")
+            probes_text(&probes)
         ));
+        faults.extend(
+            flood_faults(&probes, &peaks)
+                .into_iter()
+                .map(|f| format!("{mode}: {f}")),
+        );
     }
-    Ok(figures)
+    verdict(faults, figures)
 }
 
 /// A whole session (list, exec, forward, cp both ways, a shell) while the relay's sockets are watched, and

@@ -142,6 +142,16 @@ fn parse_table(table: &'static str, text: &str) -> Vec<(Socket, String)> {
         .collect()
 }
 
+/// How many established TCP connections process `pid` has to `port` (on any address).
+pub(crate) fn tcp_connections_to(pid: u32, port: u16) -> usize {
+    let port = format!("{port:04X}");
+    sockets(pid)
+        .iter()
+        .filter(|s| s.table.starts_with("tcp") && s.state == 0x01)
+        .filter(|s| s.remote.rsplit(':').next() == Some(port.as_str()))
+        .count()
+}
+
 /// The sockets among `all` that the process opened towards someone: a TCP connection being made, an
 /// established TCP connection not accepted on one of its listening ports, or a connected UDP socket.
 pub(crate) fn outgoing(all: &[Socket]) -> Vec<Socket> {
