@@ -33,7 +33,8 @@ use crate::contour::{self, Binaries, Contour, Dial};
 use forwarder::Control;
 use net::{Host, Link, Net};
 
-const USAGE: &str = "usage: cargo xtask lab [--release] [--no-build] [--quick] [--seed N] [--keep] [SCENARIO…]
+const USAGE: &str = "usage: cargo xtask lab [--release] [--no-build] [--quick] [--seed N] [--flood-rate N] [--keep]
+                       [SCENARIO…]
 
 scenarios (default: all of them, in this order):
   lossy        100 ms delay each way, 5 % loss, jitter, duplicates, reordering on the client's link: a shell
@@ -52,6 +53,8 @@ scenarios (default: all of them, in this order):
   --no-build  use the binaries already built
   --quick     smaller files and shorter floods
   --seed N    the forwarder's random seed (default 1)
+  --flood-rate N
+              connections a second in `handshakes` (default 1000; it sends 10 s of them, 2 s with --quick)
   --keep      keep target/lab/ (state, logs, files) after the run";
 
 /// Every scenario, in the order `all` runs them.
@@ -80,6 +83,8 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     seed: u64,
     keep: bool,
+    /// Connections a second in the `handshakes` flood.
+    pub(crate) flood_rate: u64,
 }
 
 /// Runs `cargo xtask lab ARGS`.
@@ -176,6 +181,7 @@ fn parse(args: &[String]) -> Result<(Options, Vec<String>)> {
         quick: false,
         seed: 1,
         keep: false,
+        flood_rate: 1000,
     };
     let mut chosen = Vec::new();
     let mut args = args.iter();
@@ -185,6 +191,12 @@ fn parse(args: &[String]) -> Result<(Options, Vec<String>)> {
             "--no-build" => options.build = false,
             "--quick" => options.quick = true,
             "--keep" => options.keep = true,
+            "--flood-rate" => {
+                let value = args.next().context("--flood-rate takes a number")?;
+                options.flood_rate = value.parse().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("--flood-rate takes a positive whole number, not `{value}`")
+                })?;
+            }
             "--seed" => {
                 let value = args.next().context("--seed takes a number")?;
                 options.seed = value

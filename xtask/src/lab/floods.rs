@@ -347,13 +347,14 @@ pub(crate) fn slow_reader(lab: &mut Lab) -> Result<Vec<String>> {
     verdict(faults, figures)
 }
 
-/// 10,000 QUIC Initials from 50 source addresses that never finish their handshake, then 1,000 handshakes
-/// that finish and never log in; meanwhile a real client runs `exec`.
+/// 10,000 QUIC Initials from 50 source addresses that never finish their handshake (10 s at the default
+/// 1,000/s), then 1,000 handshakes that finish and never log in; meanwhile a real client runs `exec`.
 pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
+    let rate = lab.options.flood_rate;
     let (initials, handshakes) = if lab.options.quick {
-        (2_000, 200)
+        (rate * 2, (rate / 5).max(1))
     } else {
-        (10_000, 1_000)
+        (rate * 10, rate)
     };
     let sources = lab.net.add_client_addresses(50)?;
     let mut figures = vec![format!(
@@ -375,7 +376,7 @@ pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
             "--count",
             &count.to_string(),
             "--rate",
-            "1000",
+            &rate.to_string(),
             "--hold-seconds",
             "15",
             "--sources",
@@ -387,7 +388,10 @@ pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
             .spawn()?;
         let out = super::read_all(flood.stdout.take());
         let err = super::read_all(flood.stderr.take());
-        std::thread::sleep(Duration::from_secs(5));
+        // Late in the flood, when whatever it fills is full.
+        std::thread::sleep(Duration::from_secs_f64(
+            (0.8 * count as f64 / rate as f64).max(2.0),
+        ));
         let probes = exec_probe(lab, 4);
         let status = super::wait_child(&mut flood, Duration::from_secs(300))?;
         let peaks = sampler.finish();
@@ -395,7 +399,7 @@ pub(crate) fn handshakes(lab: &mut Lab) -> Result<Vec<String>> {
         let report = out.join().unwrap_or_default();
         let errors = err.join().unwrap_or_default();
         figures.push(format!(
-            "{count} {mode} at 1,000/s, held 15 s (flood tool {status}): {}{}",
+            "{count} {mode} at {rate}/s, held 15 s (flood tool {status}): {}{}",
             report.trim(),
             if errors.trim().is_empty() {
                 String::new()
