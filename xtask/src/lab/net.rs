@@ -117,10 +117,75 @@ const RULESET: &str = "table inet cmdoplab {
     chain loss_out { type filter hook postrouting priority -10; policy accept; }
 }";
 
+/// Where a running lab records its process id; the namespaces' names are fixed, so two labs on one machine
+/// (two engineers, two CI jobs) must take turns.
+const LOCK_PATH: &str = "/run/cmdoplab.lock";
+
+/// How long a lab waits for another one to finish before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(45 * 60);
+
 /// The lab's network while it exists.
 #[derive(Debug)]
 pub(crate) struct Net {
-    _private: (),
+    _lock: Lock,
+}
+
+/// The machine-wide lab lock: a file holding the owner's pid, created exclusively, removed on drop. A lock
+/// whose process is gone is stale and taken over.
+#[derive(Debug)]
+struct Lock;
+
+impl Lock {
+    fn take() -> Result<Self> {
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(LOCK_PATH)
+            {
+                Ok(mut file) => {
+                    use std::io::Write as _;
+                    writeln!(file, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {LOCK_PATH}"))?;
+                    return Ok(Self);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = fs::read_to_string(LOCK_PATH).unwrap_or_default();
+                    let owner = owner.trim();
+                    // Alive and still a lab (an xtask): a reused pid does not count.
+                    let alive = !owner.is_empty()
+                        && fs::read(format!("/proc/{owner}/cmdline"))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("xtask"));
+                    if !alive {
+                        // Its owner died without cleaning up: the namespaces it left are removed below.
+                        let _ = fs::remove_file(LOCK_PATH);
+                        continue;
+                    }
+                    if started.elapsed() > LOCK_WAIT {
+                        bail!(
+                            "another network lab (pid {owner}) has held {LOCK_PATH} for {LOCK_WAIT:?}; wait for it"
+                        );
+                    }
+                    if !told {
+                        println!(
+                            "lab: another network lab (pid {owner}) is running; waiting for it to finish"
+                        );
+                        told = true;
+                    }
+                    thread::sleep(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create {LOCK_PATH}")),
+            }
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(LOCK_PATH);
+    }
 }
 
 impl Net {
@@ -133,8 +198,10 @@ impl Net {
             return Ok(None);
         }
         ensure_nft()?;
+        let lock = Lock::take()?;
+        // Whatever an earlier lab that died left behind; no other lab runs now (we hold the lock).
         teardown();
-        let net = Self { _private: () };
+        let net = Self { _lock: lock };
         for host in Host::ALL {
             ip(&["netns", "add", host.netns()])?;
             in_ns(host, &["ip", "link", "set", "lo", "up"])?;
@@ -388,6 +455,7 @@ const N2_RULESET: &str = "table inet cmdoplab-n2 {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Before the lock goes (with the fields, after this).
         teardown();
     }
 }
@@ -400,7 +468,7 @@ fn cannot_run() -> Option<String> {
             "the network lab needs root (network namespaces, nftables, tc); run it as root".into(),
         );
     }
-    let probe = format!("{PREFIX}probe");
+    let probe = format!("{PREFIX}probe-{}", std::process::id());
     let _ = run_quiet(Command::new("ip").args(["netns", "del", &probe]));
     match run_quiet(Command::new("ip").args(["netns", "add", &probe])) {
         Ok(_) => {
