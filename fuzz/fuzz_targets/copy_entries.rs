@@ -5,7 +5,7 @@
 #![no_main]
 
 use cmdop_proto::ops::copy::{
-    CopyReply, CopyRequest, EntryKind, PART_SUFFIX, part_name, version_tag,
+    CopyReply, CopyRequest, EntryKind, PART_SUFFIX, parse_part_name, part_name, version_tag,
 };
 use cmdop_proto::wire::{FrameDecoder, MAX_FRAME_SIZE, decode_body, encode};
 use libfuzzer_sys::fuzz_target;
@@ -47,11 +47,14 @@ fn decode_stream<M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     messages
 }
 
-/// The partial file of a target named `name` is hidden, in the same directory, and names the version.
+/// The partial file of a target named `name` is hidden, in the same directory, names the version and a nonce,
+/// and reads back as exactly that version and nonce.
 fn check_part_name(name: &str, tag: u64) {
-    let part = part_name(name, tag);
+    let nonce = tag.rotate_left(17) ^ 0x5a5a;
+    let part = part_name(name, tag, nonce);
     assert!(part.starts_with('.'));
     assert!(part.ends_with(PART_SUFFIX));
-    assert_eq!(part.len(), 1 + name.len() + 1 + 16 + PART_SUFFIX.len());
+    assert_eq!(part.len(), 1 + name.len() + 1 + 16 + 1 + 16 + PART_SUFFIX.len());
     assert_eq!(part.matches('/').count(), name.matches('/').count());
+    assert_eq!(parse_part_name(name, &part), Some((tag, Some(nonce))));
 }

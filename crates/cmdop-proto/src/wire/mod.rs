@@ -53,6 +53,12 @@ pub enum WireError {
         "malformed frame: the body is not a valid cmdop/1 message; check that both sides run compatible versions"
     )]
     Malformed,
+    /// The message used a longer encoding than the canonical one (an overlong varint), so the same message
+    /// would have more than one wire form.
+    #[error(
+        "malformed frame: the message is not in its canonical encoding; the peer's encoder is broken"
+    )]
+    NonCanonical,
     /// A complete message was followed by unexpected bytes inside the same frame.
     #[error(
         "malformed frame: {len} bytes left over after the message; the peer's encoder is broken"

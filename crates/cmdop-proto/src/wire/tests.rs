@@ -240,6 +240,42 @@ fn trailing_bytes_inside_a_frame_are_refused() {
 }
 
 #[test]
+fn overlong_varints_are_refused_so_every_message_has_one_encoding() {
+    // Found by the peer_message and relay_message fuzz targets: `Heartbeat` (variant 3) with its tag written
+    // as the two-byte varint 83 00. A message must decode only from the bytes `encode` produces.
+    for frame in [
+        vec![0, 0, 0, 2, 0x83, 0x00],
+        // Hello { version: 1 (as 81 00), role: Agent, client_software: "" }.
+        vec![0, 0, 0, 5, 0, 0x81, 0x00, 0, 0],
+    ] {
+        let peer = FrameDecoder::new().decode::<PeerMessage>(&mut frame.as_slice());
+        assert_eq!(peer, Err(WireError::NonCanonical), "{frame:02x?}");
+        let relay = FrameDecoder::new().decode::<RelayMessage>(&mut frame.as_slice());
+        assert!(relay.is_err(), "{frame:02x?}");
+    }
+    // The canonical forms still decode.
+    let heartbeat = [0, 0, 0, 1, 3];
+    assert_eq!(
+        FrameDecoder::new().decode::<PeerMessage>(&mut heartbeat.as_slice()),
+        Ok(Some(PeerMessage::Heartbeat))
+    );
+}
+
+proptest! {
+    #[test]
+    fn whatever_decodes_re_encodes_to_the_same_bytes(body in proptest::collection::vec(any::<u8>(), 1..64)) {
+        if let Ok(message) = decode_body::<PeerMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+        if let Ok(message) = decode_body::<RelayMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+    }
+}
+
+#[test]
 fn empty_frames_and_unknown_variants_are_malformed() {
     let empty = [0, 0, 0, 0];
     assert_eq!(
