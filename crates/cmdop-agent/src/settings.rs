@@ -35,6 +35,9 @@ pub struct Settings {
     /// Networks forwards may reach beyond loopback and private networks, e.g. `203.0.113.7` or `0.0.0.0/0`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_allow: Vec<String>,
+    /// The machine's labels, `KEY=VALUE` each (`--label role=web`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// Why settings could not be read or written.
