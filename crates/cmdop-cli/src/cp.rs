@@ -31,9 +31,12 @@ use crate::reach::{self, bulk_runtime};
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
 pub(crate) struct CpArgs {
-    /// Copy directories and everything in them.
-    #[arg(short = 'r', long)]
+    /// Copy directories and everything in them (`-R` too, as scp and cp take it).
+    #[arg(short = 'r', short_alias = 'R', long)]
     recursive: bool,
+    /// Keep each file's and directory's modification time as well as its mode (the mode is always kept).
+    #[arg(short = 'p', long)]
+    preserve: bool,
     /// Print one JSON summary (files, bytes, resumed_bytes, duration_ms, bytes_per_second) instead of a
     /// progress bar.
     #[arg(long)]
@@ -67,6 +70,10 @@ struct Transfer {
     totals: Totals,
     limit: Option<u64>,
     started: Instant,
+    /// The machine as the person named it, for messages.
+    machine: String,
+    /// `-p`: give every file and directory its source's modification time.
+    preserve: bool,
 }
 
 /// Runs `cmdop connect cp`.
@@ -80,7 +87,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let runtime = bulk_runtime()?;
     let totals = runtime.block_on(copy(global, workspace, &args, &plan, limit))?;
-    summarize(&totals, started.elapsed(), args.json)
+    summarize(&totals, started.elapsed(), args.json, plan.push)
 }
 
 /// What to copy where, from the command line.
@@ -97,7 +104,9 @@ impl Plan {
     /// Sources then the destination, exactly one side on one machine.
     fn from_paths(paths: &[String]) -> Result<Self, Failure> {
         let Some((destination, sources)) = paths.split_last() else {
-            return Err(usage("give at least one source and a destination"));
+            return Err(bad_command_line(
+                "give at least one source and a destination",
+            ));
         };
         let destination = Location::parse(destination);
         let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
@@ -107,17 +116,17 @@ impl Plan {
                 let mut machines = sources.iter().filter_map(Location::machine);
                 let first = machines.next().unwrap_or_default().to_owned();
                 if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
-                    return Err(usage("all sources must be on the same machine"));
+                    return Err(bad_command_line("all sources must be on the same machine"));
                 }
                 (first, false)
             }
             (Location::Remote { .. }, false) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "copying between two machines is not supported; copy through this one",
                 ));
             }
             (Location::Local(_), true) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "one side must be MACHINE:PATH; for local copies use cp",
                 ));
             }
@@ -150,6 +159,8 @@ async fn copy(
         totals: Totals::default(),
         limit,
         started: Instant::now(),
+        machine: plan.machine.clone(),
+        preserve: args.preserve,
     };
     let result = if plan.push {
         let remote = plan.destination.path().to_owned();
@@ -170,7 +181,10 @@ async fn copy(
         .await
     };
     transfer.progress.finish_and_clear();
-    result?;
+    if let Err(failure) = result {
+        // A stream cut because the credential was revoked says so, rather than "connection lost".
+        return Err(reach::explain(&reach, failure).await);
+    }
     let Transfer { sender, totals, .. } = transfer;
     sender.end(0).await?;
     reach.close().await;
@@ -192,8 +206,17 @@ fn progress_bar(json: bool) -> Result<ProgressBar, Failure> {
     Ok(bar)
 }
 
-/// The JSON summary when asked for, and the exit: a failure if any remote name was refused.
-fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode, Failure> {
+/// The JSON summary when asked for (else one line on a terminal, where the progress bar was), and the exit: a
+/// failure if any remote name was refused.
+fn summarize(
+    totals: &Totals,
+    elapsed: Duration,
+    json: bool,
+    push: bool,
+) -> Result<ExitCode, Failure> {
+    if !json && std::io::stderr().is_terminal() {
+        eprintln!("{}", summary_line(totals, elapsed, push));
+    }
     if json {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         println!(
@@ -218,6 +241,42 @@ fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode,
                 totals.refused.len()
             ),
         ))
+    }
+}
+
+/// What stays on the terminal once the progress bar has cleared: `copied 12 files (1.2 GiB) to web-1 in 3.4 s,
+/// 350 MiB/s; 200 MiB were already there`.
+fn summary_line(totals: &Totals, elapsed: Duration, push: bool) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let files = if totals.files == 1 { "file" } else { "files" };
+    let direction = if push { "sent" } else { "received" };
+    let mut line = format!(
+        "cmdop: {} {files} {direction}, {} in {seconds:.1} s ({}/s)",
+        totals.files,
+        binary_bytes(totals.bytes),
+        binary_bytes((totals.bytes as f64 / seconds) as u64),
+    );
+    if totals.resumed > 0 {
+        line.push_str(&format!(
+            "; {} were already there from an earlier run",
+            binary_bytes(totals.resumed)
+        ));
+    }
+    line
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn binary_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B")),
     }
 }
 
@@ -265,20 +324,23 @@ fn usage(why: &str) -> Failure {
     Failure::new(
         Kind::General,
         format!(
-            "{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
+            "{why}; usage: cmdop connect cp [-r] [-p] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
         ),
     )
+}
+
+/// The command line itself is wrong (exit 2, as for any usage error).
+fn bad_command_line(why: &str) -> Failure {
+    let general = usage(why);
+    crate::exit::usage(general.message())
 }
 
 /// `0`, `500K`, `10M`, `1G`, or bytes.
 fn parse_rate(text: &str) -> Result<Option<u64>, Failure> {
     let bad = || {
-        Failure::new(
-            Kind::General,
-            format!(
-                "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
-            ),
-        )
+        crate::exit::usage(format!(
+            "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
+        ))
     };
     let text = text.trim();
     let (number, multiplier) = match text.char_indices().last() {
@@ -404,33 +466,87 @@ async fn push_all(
     for (source, remote, metadata, entries) in plan {
         match entries {
             None => put_file(transfer, &source, &metadata, &remote).await?,
-            Some(entries) => {
-                mkdir(transfer, &remote, metadata.mode()).await?;
-                for (relative, metadata) in entries {
-                    let local = source.join(&relative);
-                    let remote = remote_join(&remote, &relative.to_string_lossy());
-                    if metadata.file_type().is_symlink() {
-                        let target = fs::read_link(&local)
-                            .with_context(|| format!("cannot read link {}", local.display()))?;
-                        let reply = request(
-                            transfer,
-                            &CopyRequest::Symlink {
-                                path: remote,
-                                target: target.to_string_lossy().into_owned(),
-                            },
-                        )
-                        .await?;
-                        expect_done(reply)?;
-                    } else if metadata.is_dir() {
-                        mkdir(transfer, &remote, metadata.mode()).await?;
-                    } else if metadata.is_file() {
-                        put_file(transfer, &local, &metadata, &remote).await?;
-                    }
-                }
-            }
+            Some(entries) => push_tree(transfer, &source, &remote, &metadata, entries).await?,
         }
     }
     Ok(())
+}
+
+/// A local directory and everything under it, to `remote`.
+async fn push_tree(
+    transfer: &mut Transfer,
+    source: &Path,
+    remote: &str,
+    metadata: &fs::Metadata,
+    entries: Vec<(PathBuf, fs::Metadata)>,
+) -> Result<(), Failure> {
+    mkdir(transfer, remote, metadata.mode()).await?;
+    let mut dirs = vec![(remote.to_owned(), modified_ns(metadata))];
+    for (relative, metadata) in entries {
+        let local = source.join(&relative);
+        let remote = remote_join(remote, &relative.to_string_lossy());
+        if metadata.file_type().is_symlink() {
+            let target = fs::read_link(&local)
+                .with_context(|| format!("cannot read link {}", local.display()))?;
+            let reply = request(
+                transfer,
+                &CopyRequest::Symlink {
+                    path: remote,
+                    target: target.to_string_lossy().into_owned(),
+                },
+            )
+            .await?;
+            expect_done(reply)?;
+        } else if metadata.is_dir() {
+            mkdir(transfer, &remote, metadata.mode()).await?;
+            dirs.push((remote, modified_ns(&metadata)));
+        } else if metadata.is_file() {
+            put_file(transfer, &local, &metadata, &remote).await?;
+        }
+    }
+    // After their contents, which change a directory's time as they arrive; deepest first.
+    if transfer.preserve {
+        for (dir, modified) in dirs.iter().rev() {
+            set_remote_modified(transfer, dir, *modified).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `-p`: gives a remote file or directory the source's modification time.
+async fn set_remote_modified(
+    transfer: &mut Transfer,
+    path: &str,
+    modified_ns: u64,
+) -> Result<(), Failure> {
+    let reply = request(
+        transfer,
+        &CopyRequest::SetModified {
+            path: path.to_owned(),
+            modified_ns,
+        },
+    )
+    .await?;
+    expect_done(reply)
+}
+
+/// A `Put` the machine refused, in the words of the person's command: the machine names its partial file
+/// (`.NAME.TAG.cmdop-part`), the person named the target.
+fn put_failed(transfer: &Transfer, local: &Path, remote: &str, tag: u64, message: &str) -> Failure {
+    let name = remote.rsplit('/').next().unwrap_or(remote);
+    let message = if name.is_empty() {
+        message.to_owned()
+    } else {
+        message.replace(&part_name(name, tag), name)
+    };
+    Failure::new(
+        Kind::General,
+        format!(
+            "cannot copy {} to {}:{remote}: {message}",
+            local.display(),
+            transfer.machine
+        ),
+    )
 }
 
 fn expect_done(reply: CopyReply) -> Result<(), Failure> {
@@ -508,7 +624,9 @@ async fn put_file(
     .await?;
     let offset = match reply {
         CopyReply::Resume { offset } if offset <= size => offset,
-        CopyReply::Failed { message } => return Err(remote_failure(message)),
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
         other => return Err(unexpected(&other)),
     };
     let mut hasher = Sha256::new();
@@ -536,7 +654,16 @@ async fn put_file(
         },
     )
     .await?;
-    expect_done(reply)?;
+    match reply {
+        CopyReply::Done => {}
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    if transfer.preserve {
+        set_remote_modified(transfer, remote, modified_ns(metadata)).await?;
+    }
     transfer.totals.files += 1;
     Ok(())
 }
@@ -602,18 +729,27 @@ async fn pull_all(
         match pull.tree {
             None => get_file(transfer, &pull.source, &pull.entry, &pull.local).await?,
             Some(entries) => {
-                pull_tree(
-                    transfer,
-                    &pull.source,
-                    pull.entry.mode,
-                    &pull.local,
-                    entries,
-                )
-                .await?;
+                pull_tree(transfer, &pull.source, &pull.entry, &pull.local, entries).await?;
             }
         }
     }
     Ok(())
+}
+
+/// `-p`: gives a local file or directory the source's modification time.
+fn set_local_modified(path: &Path, modified_ns: u64) -> Result<(), Failure> {
+    let when = std::time::UNIX_EPOCH + Duration::from_nanos(modified_ns);
+    File::open(path)
+        .and_then(|file| file.set_modified(when))
+        .map_err(|err| {
+            Failure::new(
+                Kind::General,
+                format!(
+                    "cannot set the modification time of {}: {err}",
+                    path.display()
+                ),
+            )
+        })
 }
 
 /// One source of a pull: a file, or a directory with everything under it.
@@ -635,10 +771,14 @@ impl Pull {
         into_dir: bool,
         recursive: bool,
     ) -> Result<Self, Failure> {
+        // A missing file is not a missing machine: exit 1, not 4 (docs/cli.md).
         let entry = stat(transfer, source).await?.ok_or_else(|| {
             Failure::new(
-                Kind::NotFound,
-                format!("{source}: no such file or directory on the machine"),
+                Kind::General,
+                format!(
+                    "{}:{source}: no such file or directory on the machine",
+                    transfer.machine
+                ),
             )
         })?;
         let name = remote_base_name(source)?;
@@ -680,11 +820,12 @@ impl Pull {
 async fn pull_tree(
     transfer: &mut Transfer,
     source: &str,
-    mode: u32,
+    top: &Entry,
     local: &Path,
     entries: Vec<Entry>,
 ) -> Result<(), Failure> {
-    create_dir(local, mode)?;
+    create_dir(local, top.mode)?;
+    let mut dirs = vec![(local.to_path_buf(), top.modified_ns)];
     for child in entries {
         let relative = match safe_relative(&child.path) {
             Ok(relative) => relative,
@@ -700,12 +841,21 @@ async fn pull_tree(
         let target = local.join(&relative);
         let remote = remote_join(source, &child.path);
         match &child.kind {
-            EntryKind::Dir => create_dir(&target, child.mode)?,
+            EntryKind::Dir => {
+                create_dir(&target, child.mode)?;
+                dirs.push((target, child.modified_ns));
+            }
             EntryKind::File => get_file(transfer, &remote, &child, &target).await?,
             EntryKind::Symlink { target: link } => match symlink_stays_inside(&relative, link) {
                 Ok(()) => create_symlink(link, &target)?,
                 Err(why) => refuse(transfer, &child.path, why),
             },
+        }
+    }
+    // After their contents, which change a directory's time as they arrive; deepest first.
+    if transfer.preserve {
+        for (dir, modified) in dirs.iter().rev() {
+            set_local_modified(dir, *modified)?;
         }
     }
     Ok(())
@@ -840,7 +990,7 @@ async fn get_file(
     local: &Path,
 ) -> Result<(), Failure> {
     let (mut file, part) = open_partial(local, entry)?;
-    let cannot = |err: std::io::Error| cannot_write(&part, err);
+    let cannot = |err: std::io::Error| cannot_write(local, err);
     let mut offset = file.metadata().map_err(cannot)?.len();
     if offset > entry.size {
         file.set_len(0).map_err(cannot)?;
@@ -866,7 +1016,16 @@ async fn get_file(
                 account(transfer, bytes.len()).await;
             }
             CopyReply::GetEnd { sha256, mode } => break (sha256, mode),
-            CopyReply::Failed { message } => return Err(remote_failure(message)),
+            CopyReply::Failed { message } => {
+                return Err(Failure::new(
+                    Kind::General,
+                    format!(
+                        "cannot copy {}:{remote} to {}: the machine says: {message}",
+                        transfer.machine,
+                        local.display()
+                    ),
+                ));
+            }
             other => return Err(unexpected(&other)),
         }
     };
@@ -881,6 +1040,9 @@ async fn get_file(
         ));
     }
     finish_file(&file, &part, local, mode)?;
+    if transfer.preserve {
+        set_local_modified(local, entry.modified_ns)?;
+    }
     transfer.totals.files += 1;
     Ok(())
 }
@@ -905,14 +1067,15 @@ fn open_partial(local: &Path, entry: &Entry) -> Result<(File, PathBuf), Failure>
         .truncate(false)
         .mode(0o600)
         .open(&part)
-        .map_err(|err| cannot_write(&part, err))?;
+        .map_err(|err| cannot_write(local, err))?;
     Ok((file, part))
 }
 
-fn cannot_write(part: &Path, err: std::io::Error) -> Failure {
+/// Names the file the person asked for, not the partial file it is written through.
+fn cannot_write(local: &Path, err: std::io::Error) -> Failure {
     Failure::new(
         Kind::General,
-        format!("cannot write {}: {err}", part.display()),
+        format!("cannot write {}: {err}", local.display()),
     )
 }
 
@@ -1024,6 +1187,22 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", root.join("escape")).unwrap();
         assert!(no_symlink_between(&root, Path::new("escape/x")).is_err());
         assert!(no_symlink_between(&root, Path::new("fine/x")).is_ok());
+    }
+
+    #[test]
+    fn the_summary_line_says_what_moved() {
+        let totals = Totals {
+            files: 3,
+            bytes: 3 << 20,
+            resumed: 1 << 20,
+            refused: Vec::new(),
+        };
+        let line = summary_line(&totals, Duration::from_secs(2), true);
+        assert_eq!(
+            line,
+            "cmdop: 3 files sent, 3.0 MiB in 2.0 s (1.5 MiB/s); 1.0 MiB were already there from an earlier run"
+        );
+        assert_eq!(binary_bytes(512), "512 B");
     }
 
     #[test]
