@@ -10,6 +10,7 @@
 )]
 
 mod contour;
+pub mod sshd;
 pub mod terminal;
 
 pub use contour::{Contour, ContourBuilder, Machine, OneMachine, online_id};
