@@ -29,7 +29,7 @@ use crate::service::{AgentInvocation, ServiceCommand};
     name = "cmdop-agent",
     version,
     about,
-    after_help = "Examples:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key\n  cmdop-agent run\n  cmdop-agent service install --user"
+    after_help = "Examples:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key\n  cmdop-agent run\n  cmdop-agent service install --user"
 )]
 struct Cli {
     /// Directory holding the agent's identity and settings [default: $XDG_CONFIG_HOME/cmdop, else ~/.config/cmdop].
@@ -67,12 +67,12 @@ enum Command {
     Identity(IdentityCommand),
     /// Register this machine with its relay and keep it online until stopped (SIGINT or SIGTERM).
     #[command(
-        after_help = "Examples:\n  cmdop-agent run\n  cmdop-agent run --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key\n  CMDOP_API_KEY=… cmdop-agent --log-format json run"
+        after_help = "Examples:\n  cmdop-agent run\n  cmdop-agent run --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key\n  CMDOP_API_KEY=… cmdop-agent --log-format json run"
     )]
     Run(run_command::RunArgs),
     /// Save the relay, fleet and API key so that a later `run` needs no flags.
     #[command(
-        after_help = "Example:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key"
+        after_help = "Example:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key"
     )]
     Enroll(run_command::RelayArgs),
     /// Run the agent as a systemd service (system-wide, or --user).

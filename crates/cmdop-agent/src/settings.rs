@@ -21,7 +21,7 @@ pub const TRUST_FILE: &str = "fleet_trust_keys";
 pub struct Settings {
     /// `HOST:PORT` of the relay.
     pub relay: Option<String>,
-    /// The relay's certificate fingerprint, `sha256:…`.
+    /// The relay's certificate fingerprint, `SHA256:…` (an older `sha256:<hex>` reads too).
     pub relay_fingerprint: Option<String>,
     /// The fleet to enrol into.
     pub workspace: Option<String>,

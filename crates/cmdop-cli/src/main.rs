@@ -39,7 +39,7 @@ use crate::global_args::GlobalArgs;
     version,
     about,
     propagate_version = true,
-    after_help = "Examples:\n  cmdop login --relay relay.example:4433 --relay-fingerprint sha256:… --token-file token.txt\n  cmdop connect --list\n  cmdop connect exec web-1 -- uname -a\n  cmdop status\n\nColours appear only on a terminal and never with NO_COLOR set."
+    after_help = "Examples:\n  cmdop login --relay relay.example:4433 --relay-fingerprint SHA256:… --token-file token.txt\n  cmdop connect --list\n  cmdop connect exec web-1 -- uname -a\n  cmdop status\n\nColours appear only on a terminal and never with NO_COLOR set."
 )]
 struct Cli {
     #[command(flatten)]
@@ -52,7 +52,7 @@ struct Cli {
 enum Command {
     /// Save a relay and a user token (or API key) for later commands.
     #[command(
-        after_help = "Example:\n  cmdop login --relay relay.example:4433 --relay-fingerprint sha256:… --token-file token.txt"
+        after_help = "Example:\n  cmdop login --relay relay.example:4433 --relay-fingerprint SHA256:… --token-file token.txt"
     )]
     Login(login::LoginArgs),
     /// Forget the saved login (the credential itself stays valid on the relay; revoke it there).

@@ -581,7 +581,12 @@ pub(super) fn rsync(root: &Path, args: &[String]) -> Result<()> {
         ),
     ];
     let method = format!(
-        "Method: `rsync -a` of a {mib} MiB tree of incompressible bytes ({files} files in 64 directories: half          the bytes in 128 MiB files, a quarter in 4 MiB files, an eighth each in 128 KiB and 8 KiB files) into an          empty directory on this machine, the whole rsync timed; then the same command again with nothing to do          (median re-run: cmdop {:.2} s, ssh {:.2} s). Rounds alternate cmdop and ssh. CPU is user + system time          of rsync and its children plus the relay and agent (or sshd and its session children), per GiB.          Release build; ssh with its default cipher.",
+        "Method: `rsync -a` of a {mib} MiB tree of incompressible bytes ({files} files in 64 directories: half \
+         the bytes in 128 MiB files, a quarter in 4 MiB files, an eighth each in 128 KiB and 8 KiB files) into an \
+         empty directory on this machine, the whole rsync timed; then the same command again with nothing to do \
+         (median re-run: cmdop {:.2} s, ssh {:.2} s). Rounds alternate cmdop and ssh. CPU is user + system time \
+         of rsync and its children plus the relay and agent (or sshd and its session children), per GiB. \
+         Release build; ssh with its default cipher.",
         median(&cmdop_again),
         median(&ssh_again),
         mib = options.mib
