@@ -2,9 +2,9 @@
 //! (login, then the logged-in session and the routing of its streams) against the store.
 //!
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
-//! [`Limits::login_deadline`] ([`login`]); after login the permit is released, the connection is tracked in
-//! the session table, and [`session`] serves its control stream while [`routing`] serves the streams it
-//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store every
+//! [`Limits::login_deadline`] (`login`); after login the permit is released, the connection is tracked in
+//! the session table, and `session` serves its control stream while `routing` serves the streams it
+//! opens. A watcher (`revocation`) re-checks the credentials of live connections against the store every
 //! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
 //! process) cuts its connections within a second.
 

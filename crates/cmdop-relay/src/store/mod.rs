@@ -1,7 +1,7 @@
 //! The relay's embedded store: one SQLite file, `<data-dir>/relay.db`, shared by the server and the admin verbs.
 //!
 //! It persists cmdop-fleet's model and nothing else: [`Fleet`]s (with their trust-key seed), [`User`]s,
-//! [`CredentialRecord`]s (hashes only), [`Machine`]s, plus the append-only audit log. Decisions about those
+//! [`CredentialRecord`]s (hashes only), [`Machine`](cmdop_fleet::Machine)s, plus the append-only audit log. Decisions about those
 //! records (authentication, scope, registration, renaming) are cmdop-fleet's functions; the store only maps
 //! rows to and from its types. All times are passed in by the caller, so tests control time. The admin verbs
 //! run in another process than the server; SQLite's WAL mode and `busy_timeout` let both write safely, and
