@@ -517,6 +517,32 @@ mod tests {
         assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
     }
 
+    /// `exec` has no time limit unless one is asked for: ssh has none, and rsync or a backup over `cmdop rsh`
+    /// must not die in the middle.
+    #[test]
+    fn there_is_no_default_timeout() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            exec: ExecArgs,
+        }
+        let parsed = Wrapper::try_parse_from(["exec", "web-1", "--", "sleep", "3600"]).unwrap();
+        assert_eq!(parsed.exec.timeout, None);
+        let asked =
+            Wrapper::try_parse_from(["exec", "web-1", "--timeout", "5m", "--", "true"]).unwrap();
+        assert_eq!(
+            parse_duration(asked.exec.timeout.as_deref().unwrap()).unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        // Several machines are one choice among MACHINE, --all, --machines and --label.
+        assert!(Wrapper::try_parse_from(["exec", "--", "true"]).is_err());
+        assert!(Wrapper::try_parse_from(["exec", "web-1", "--all", "--", "true"]).is_err());
+        let many = Wrapper::try_parse_from(["exec", "--label", "role=web", "--", "true"]).unwrap();
+        assert_eq!(many.exec.label, ["role=web"]);
+        assert_eq!(many.exec.parallel, 16);
+    }
+
     #[test]
     fn prefixed_lines_are_whole_and_the_last_one_is_finished() {
         let mut out = Vec::new();
