@@ -564,3 +564,59 @@ fn a_symlink_planted_at_a_partial_name_cannot_redirect_a_push() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(fs::read(f.path("up/small.txt")).unwrap(), b"small\n");
 }
+
+#[test]
+fn cp_takes_ssh_flags_and_its_errors_name_what_was_typed() {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = Fixture::new();
+    let source = f.path("tree");
+    write(&source.join("a.txt"), b"a", 0o640);
+    write(&source.join("sub/b.txt"), b"b", 0o600);
+    // Old times, so that "kept" cannot be mistaken for "just written".
+    let old = |path: &Path, seconds: i64| {
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(seconds as u64);
+        fs::File::open(path).unwrap().set_modified(when).unwrap();
+    };
+    old(&source.join("a.txt"), 1_000_000_000);
+    old(&source.join("sub/b.txt"), 1_100_000_000);
+    old(&source.join("sub"), 1_200_000_000);
+    let mtime = |path: &Path| fs::metadata(path).unwrap().mtime();
+
+    // -R is -r; -p keeps modification times (files and directories) as well as modes, both ways.
+    let out = f.run(&["-R", "-p", source.to_str().unwrap(), &f.remote("up")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mtime(&f.path("up/a.txt")), 1_000_000_000);
+    assert_eq!(mtime(&f.path("up/sub/b.txt")), 1_100_000_000);
+    assert_eq!(mtime(&f.path("up/sub")), 1_200_000_000);
+    assert_eq!(mode(&f.path("up/sub/b.txt")), 0o600);
+    let out = f.run(&["-rp", &f.remote("up"), f.path("down").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mtime(&f.path("down/a.txt")), 1_000_000_000);
+    assert_eq!(mtime(&f.path("down/sub")), 1_200_000_000);
+    // Without -p a copy gets the time it was written.
+    let out = f.run(&[
+        source.join("a.txt").to_str().unwrap(),
+        &f.remote("fresh.txt"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(mtime(&f.path("fresh.txt")) > 1_000_000_000);
+
+    // A missing directory on the machine: the error names the target as typed, not a partial file.
+    let target = f.remote("nonexistent/dir/file");
+    let out = f.run(&[source.join("a.txt").to_str().unwrap(), &target]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&target), "{stderr}");
+    assert!(!stderr.contains("cmdop-part"), "{stderr}");
+    // A missing remote file is exit 1 (4 means the machine was not found).
+    let out = f.run(&[&f.remote("no-such-file"), f.path("x").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A command line without a MACHINE:PATH side is a usage error.
+    let out = f.run(&["a", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -155,6 +155,7 @@ impl HostileMachine {
             os: "linux".to_owned(),
             arch: "x86_64".to_owned(),
             agent_version: "0.0.0-hostile".to_owned(),
+            labels: Vec::new(),
         };
         let identity = Arc::new(Identity::generate(&mut rand_core::OsRng));
         let script = Arc::new(script);

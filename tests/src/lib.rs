@@ -11,6 +11,7 @@
 
 mod contour;
 pub mod hostile_machine;
+pub mod sshd;
 pub mod terminal;
 
 pub use contour::{Contour, ContourBuilder, Machine, OneMachine, online_id};

@@ -115,7 +115,7 @@ pub(crate) struct Contour {
     relay: Option<Daemon>,
     /// The relay's UDP address, `127.0.0.1:PORT`.
     pub(crate) address: String,
-    /// The relay's certificate fingerprint, `sha256:…`, which the agent and the CLI pin.
+    /// The relay's certificate fingerprint, `SHA256:…`, which the agent and the CLI pin.
     pub(crate) fingerprint: String,
     /// The relay's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
     pub(crate) metrics: String,

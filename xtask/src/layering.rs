@@ -44,6 +44,8 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
         "cmdop-cli",
         &[
             "cmdop-client",
+            // Completion scripts and man pages, generated the same way for all three binaries.
+            "cmdop-config",
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",

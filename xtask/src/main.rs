@@ -154,18 +154,29 @@ fn tests() -> Result<()> {
 }
 
 /// The programs the end-to-end tests drive through cmdop as real clients and servers (curl through a forward,
-/// ssh to an sshd through a forward), installed from Debian's packages when missing: a fresh machine has none.
+/// ssh to an sshd through a forward and through `connect proxy`, rsync and git through `cmdop rsh`), installed
+/// from Debian's packages when missing: a fresh machine has none.
 fn test_tools() -> Result<()> {
-    let missing: Vec<&str> = [
+    let mut missing: Vec<&str> = [
         ("/usr/sbin/sshd", "openssh-server"),
         ("/usr/bin/ssh", "openssh-client"),
         ("/usr/bin/ssh-keygen", "openssh-client"),
         ("/usr/bin/curl", "curl"),
+        ("/usr/bin/rsync", "rsync"),
     ]
     .iter()
     .filter(|(path, _)| !Path::new(path).exists())
     .map(|(_, package)| *package)
     .collect();
+    // git may come from elsewhere (a source build in /usr/local): any git on PATH will do.
+    let git = Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !git {
+        missing.push("git");
+    }
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

@@ -113,6 +113,15 @@ pub async fn serve(
                 };
                 sender.send(&reply).await?;
             }
+            CopyRequest::SetModified { path, modified_ns } => {
+                let reply = match set_modified(&resolve(&home, &path), modified_ns) {
+                    Ok(()) => CopyReply::Done,
+                    Err(err) => {
+                        failed(format!("cannot set the modification time of {path}: {err}"))
+                    }
+                };
+                sender.send(&reply).await?;
+            }
             CopyRequest::Chunk(_) | CopyRequest::PutEnd { .. } => {
                 sender
                     .close(CloseReason::Protocol, "file data outside a put")
@@ -426,6 +435,18 @@ fn open_part(
         part,
     };
     Ok((receiving, hasher, length))
+}
+
+/// `cp -p`: gives a file or directory the source's modification time, without following a final symlink (the
+/// access time is left alone).
+fn set_modified(target: &Path, modified_ns: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(target)?;
+    file.set_modified(when)
 }
 
 async fn get(

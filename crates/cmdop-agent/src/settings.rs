@@ -23,7 +23,7 @@ pub const TRUST_FILE: &str = "fleet_trust_keys";
 pub struct Settings {
     /// `HOST:PORT` of the relay.
     pub relay: Option<String>,
-    /// The relay's certificate fingerprint, `sha256:…`.
+    /// The relay's certificate fingerprint, `SHA256:…` (an older `sha256:<hex>` reads too).
     pub relay_fingerprint: Option<String>,
     /// The fleet to enrol into.
     pub workspace: Option<String>,
@@ -37,6 +37,9 @@ pub struct Settings {
     /// Networks forwards may reach beyond loopback and private networks, e.g. `203.0.113.7` or `0.0.0.0/0`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_allow: Vec<String>,
+    /// The machine's labels, `KEY=VALUE` each (`--label role=web`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// Why settings could not be read or written.

@@ -21,7 +21,9 @@ use cmdop_client::landing::{Landing, LandingError, Standing};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
-use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, version_tag};
+use cmdop_proto::ops::copy::{
+    CopyReply, CopyRequest, Entry, EntryKind, parse_part_name, version_tag,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -33,9 +35,12 @@ use crate::reach::{self, bulk_runtime};
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
 pub(crate) struct CpArgs {
-    /// Copy directories and everything in them.
-    #[arg(short = 'r', long)]
+    /// Copy directories and everything in them (`-R` too, as scp and cp take it).
+    #[arg(short = 'r', short_alias = 'R', long)]
     recursive: bool,
+    /// Keep each file's and directory's modification time as well as its mode (the mode is always kept).
+    #[arg(short = 'p', long)]
+    preserve: bool,
     /// Print one JSON summary (files, bytes, resumed_bytes, duration_ms, bytes_per_second) instead of a
     /// progress bar.
     #[arg(long)]
@@ -69,6 +74,10 @@ struct Transfer {
     totals: Totals,
     limit: Option<u64>,
     started: Instant,
+    /// The machine as the person named it, for messages.
+    machine: String,
+    /// `-p`: give every file and directory its source's modification time.
+    preserve: bool,
 }
 
 /// Runs `cmdop connect cp`.
@@ -82,7 +91,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let runtime = bulk_runtime()?;
     let totals = runtime.block_on(copy(global, workspace, &args, &plan, limit))?;
-    summarize(&totals, started.elapsed(), args.json)
+    summarize(&totals, started.elapsed(), args.json, plan.push)
 }
 
 /// What to copy where, from the command line.
@@ -99,7 +108,9 @@ impl Plan {
     /// Sources then the destination, exactly one side on one machine.
     fn from_paths(paths: &[String]) -> Result<Self, Failure> {
         let Some((destination, sources)) = paths.split_last() else {
-            return Err(usage("give at least one source and a destination"));
+            return Err(bad_command_line(
+                "give at least one source and a destination",
+            ));
         };
         let destination = Location::parse(destination);
         let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
@@ -109,17 +120,17 @@ impl Plan {
                 let mut machines = sources.iter().filter_map(Location::machine);
                 let first = machines.next().unwrap_or_default().to_owned();
                 if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
-                    return Err(usage("all sources must be on the same machine"));
+                    return Err(bad_command_line("all sources must be on the same machine"));
                 }
                 (first, false)
             }
             (Location::Remote { .. }, false) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "copying between two machines is not supported; copy through this one",
                 ));
             }
             (Location::Local(_), true) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "one side must be MACHINE:PATH; for local copies use cp",
                 ));
             }
@@ -152,6 +163,8 @@ async fn copy(
         totals: Totals::default(),
         limit,
         started: Instant::now(),
+        machine: plan.machine.clone(),
+        preserve: args.preserve,
     };
     let result = if plan.push {
         let remote = plan.destination.path().to_owned();
@@ -172,7 +185,10 @@ async fn copy(
         .await
     };
     transfer.progress.finish_and_clear();
-    result?;
+    if let Err(failure) = result {
+        // A stream cut because the credential was revoked says so, rather than "connection lost".
+        return Err(reach::explain(&reach, failure).await);
+    }
     let Transfer { sender, totals, .. } = transfer;
     sender.end(0).await?;
     reach.close().await;
@@ -194,8 +210,17 @@ fn progress_bar(json: bool) -> Result<ProgressBar, Failure> {
     Ok(bar)
 }
 
-/// The JSON summary when asked for, and the exit: a failure if any remote name was refused.
-fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode, Failure> {
+/// The JSON summary when asked for (else one line on a terminal, where the progress bar was), and the exit: a
+/// failure if any remote name was refused.
+fn summarize(
+    totals: &Totals,
+    elapsed: Duration,
+    json: bool,
+    push: bool,
+) -> Result<ExitCode, Failure> {
+    if !json && std::io::stderr().is_terminal() {
+        eprintln!("{}", summary_line(totals, elapsed, push));
+    }
     if json {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         println!(
@@ -220,6 +245,42 @@ fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode,
                 totals.refused.len()
             ),
         ))
+    }
+}
+
+/// What stays on the terminal once the progress bar has cleared: `copied 12 files (1.2 GiB) to web-1 in 3.4 s,
+/// 350 MiB/s; 200 MiB were already there`.
+fn summary_line(totals: &Totals, elapsed: Duration, push: bool) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let files = if totals.files == 1 { "file" } else { "files" };
+    let direction = if push { "sent" } else { "received" };
+    let mut line = format!(
+        "cmdop: {} {files} {direction}, {} in {seconds:.1} s ({}/s)",
+        totals.files,
+        binary_bytes(totals.bytes),
+        binary_bytes((totals.bytes as f64 / seconds) as u64),
+    );
+    if totals.resumed > 0 {
+        line.push_str(&format!(
+            "; {} were already there from an earlier run",
+            binary_bytes(totals.resumed)
+        ));
+    }
+    line
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn binary_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B")),
     }
 }
 
@@ -267,20 +328,23 @@ fn usage(why: &str) -> Failure {
     Failure::new(
         Kind::General,
         format!(
-            "{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
+            "{why}; usage: cmdop connect cp [-r] [-p] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
         ),
     )
+}
+
+/// The command line itself is wrong (exit 2, as for any usage error).
+fn bad_command_line(why: &str) -> Failure {
+    let general = usage(why);
+    crate::exit::usage(general.message())
 }
 
 /// `0`, `500K`, `10M`, `1G`, or bytes.
 fn parse_rate(text: &str) -> Result<Option<u64>, Failure> {
     let bad = || {
-        Failure::new(
-            Kind::General,
-            format!(
-                "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
-            ),
-        )
+        crate::exit::usage(format!(
+            "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
+        ))
     };
     let text = text.trim();
     let (number, multiplier) = match text.char_indices().last() {
@@ -406,33 +470,87 @@ async fn push_all(
     for (source, remote, metadata, entries) in plan {
         match entries {
             None => put_file(transfer, &source, &metadata, &remote).await?,
-            Some(entries) => {
-                mkdir(transfer, &remote, metadata.mode()).await?;
-                for (relative, metadata) in entries {
-                    let local = source.join(&relative);
-                    let remote = remote_join(&remote, &relative.to_string_lossy());
-                    if metadata.file_type().is_symlink() {
-                        let target = fs::read_link(&local)
-                            .with_context(|| format!("cannot read link {}", local.display()))?;
-                        let reply = request(
-                            transfer,
-                            &CopyRequest::Symlink {
-                                path: remote,
-                                target: target.to_string_lossy().into_owned(),
-                            },
-                        )
-                        .await?;
-                        expect_done(reply)?;
-                    } else if metadata.is_dir() {
-                        mkdir(transfer, &remote, metadata.mode()).await?;
-                    } else if metadata.is_file() {
-                        put_file(transfer, &local, &metadata, &remote).await?;
-                    }
-                }
-            }
+            Some(entries) => push_tree(transfer, &source, &remote, &metadata, entries).await?,
         }
     }
     Ok(())
+}
+
+/// A local directory and everything under it, to `remote`.
+async fn push_tree(
+    transfer: &mut Transfer,
+    source: &Path,
+    remote: &str,
+    metadata: &fs::Metadata,
+    entries: Vec<(PathBuf, fs::Metadata)>,
+) -> Result<(), Failure> {
+    mkdir(transfer, remote, metadata.mode()).await?;
+    let mut dirs = vec![(remote.to_owned(), modified_ns(metadata))];
+    for (relative, metadata) in entries {
+        let local = source.join(&relative);
+        let remote = remote_join(remote, &relative.to_string_lossy());
+        if metadata.file_type().is_symlink() {
+            let target = fs::read_link(&local)
+                .with_context(|| format!("cannot read link {}", local.display()))?;
+            let reply = request(
+                transfer,
+                &CopyRequest::Symlink {
+                    path: remote,
+                    target: target.to_string_lossy().into_owned(),
+                },
+            )
+            .await?;
+            expect_done(reply)?;
+        } else if metadata.is_dir() {
+            mkdir(transfer, &remote, metadata.mode()).await?;
+            dirs.push((remote, modified_ns(&metadata)));
+        } else if metadata.is_file() {
+            put_file(transfer, &local, &metadata, &remote).await?;
+        }
+    }
+    // After their contents, which change a directory's time as they arrive; deepest first.
+    if transfer.preserve {
+        for (dir, modified) in dirs.iter().rev() {
+            set_remote_modified(transfer, dir, *modified).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `-p`: gives a remote file or directory the source's modification time.
+async fn set_remote_modified(
+    transfer: &mut Transfer,
+    path: &str,
+    modified_ns: u64,
+) -> Result<(), Failure> {
+    let reply = request(
+        transfer,
+        &CopyRequest::SetModified {
+            path: path.to_owned(),
+            modified_ns,
+        },
+    )
+    .await?;
+    expect_done(reply)
+}
+
+/// A `Put` the machine refused, in the words of the person's command: the machine names its partial file
+/// (`.NAME.TAG-NONCE.cmdop-part`, the nonce its own), the person named the target.
+fn put_failed(transfer: &Transfer, local: &Path, remote: &str, tag: u64, message: &str) -> Failure {
+    let name = remote.rsplit('/').next().unwrap_or(remote);
+    let message = if name.is_empty() {
+        message.to_owned()
+    } else {
+        without_part_names(message, name, tag)
+    };
+    Failure::new(
+        Kind::General,
+        format!(
+            "cannot copy {} to {}:{remote}: {message}",
+            local.display(),
+            transfer.machine
+        ),
+    )
 }
 
 fn expect_done(reply: CopyReply) -> Result<(), Failure> {
@@ -510,7 +628,9 @@ async fn put_file(
     .await?;
     let offset = match reply {
         CopyReply::Resume { offset } if offset <= size => offset,
-        CopyReply::Failed { message } => return Err(remote_failure(message)),
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
         other => return Err(unexpected(&other)),
     };
     let mut hasher = Sha256::new();
@@ -538,7 +658,16 @@ async fn put_file(
         },
     )
     .await?;
-    expect_done(reply)?;
+    match reply {
+        CopyReply::Done => {}
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    if transfer.preserve {
+        set_remote_modified(transfer, remote, modified_ns(metadata)).await?;
+    }
     transfer.totals.files += 1;
     Ok(())
 }
@@ -604,18 +733,27 @@ async fn pull_all(
         match pull.tree {
             None => get_file_named(transfer, &pull.source, &pull.entry, &pull.local).await?,
             Some(entries) => {
-                pull_tree(
-                    transfer,
-                    &pull.source,
-                    pull.entry.mode,
-                    &pull.local,
-                    entries,
-                )
-                .await?;
+                pull_tree(transfer, &pull.source, &pull.entry, &pull.local, entries).await?;
             }
         }
     }
     Ok(())
+}
+
+/// `-p`: gives a local file or directory the source's modification time.
+fn set_local_modified(path: &Path, modified_ns: u64) -> Result<(), Failure> {
+    let when = std::time::UNIX_EPOCH + Duration::from_nanos(modified_ns);
+    File::open(path)
+        .and_then(|file| file.set_modified(when))
+        .map_err(|err| {
+            Failure::new(
+                Kind::General,
+                format!(
+                    "cannot set the modification time of {}: {err}",
+                    path.display()
+                ),
+            )
+        })
 }
 
 /// One source of a pull: a file, or a directory with everything under it.
@@ -637,10 +775,14 @@ impl Pull {
         into_dir: bool,
         recursive: bool,
     ) -> Result<Self, Failure> {
+        // A missing file is not a missing machine: exit 1, not 4 (docs/cli.md).
         let entry = stat(transfer, source).await?.ok_or_else(|| {
             Failure::new(
-                Kind::NotFound,
-                format!("{source}: no such file or directory on the machine"),
+                Kind::General,
+                format!(
+                    "{}:{source}: no such file or directory on the machine",
+                    transfer.machine
+                ),
             )
         })?;
         let name = remote_base_name(source)?;
@@ -684,13 +826,15 @@ impl Pull {
 async fn pull_tree(
     transfer: &mut Transfer,
     source: &str,
-    mode: u32,
+    top: &Entry,
     local: &Path,
     entries: Vec<Entry>,
 ) -> Result<(), Failure> {
-    create_dir(local, mode)?;
+    create_dir(local, top.mode)?;
     let root = Landing::open_named(local).map_err(landing_failure)?;
     let mut links = Vec::new();
+    // For `-p`: each directory made, with the time to give it once its contents are in.
+    let mut dirs = Vec::new();
     for child in entries {
         let relative = match safe_relative(&child.path) {
             Ok(relative) => relative,
@@ -701,7 +845,13 @@ async fn pull_tree(
         };
         let remote = remote_join(source, &child.path);
         let outcome = match &child.kind {
-            EntryKind::Dir => make_dir(&root, &relative, child.mode),
+            EntryKind::Dir => {
+                let made = make_dir(&root, &relative, child.mode);
+                if made.is_ok() {
+                    dirs.push((relative.clone(), child.modified_ns));
+                }
+                made
+            }
             EntryKind::File => match place_of(&root, &relative) {
                 Ok((dir, name)) => get_file(transfer, &remote, &child, &dir, &name).await,
                 Err(refusal) => Err(refusal),
@@ -716,7 +866,18 @@ async fn pull_tree(
         };
         settle(transfer, &child.path, outcome)?;
     }
-    place_symlinks(transfer, &root, links)
+    place_symlinks(transfer, &root, links)?;
+    // Directory times last, since their contents change them as they arrive; deepest first.
+    if transfer.preserve {
+        for (relative, modified_ns) in dirs.iter().rev() {
+            if let Ok((dir, name)) = place_of(&root, relative) {
+                dir.set_modified(&name, *modified_ns)
+                    .map_err(landing_failure)?;
+            }
+        }
+        set_local_modified(local, top.modified_ns)?;
+    }
+    Ok(())
 }
 
 /// Why one name from the machine was not copied: refused and reported (the rest goes on), or a failure that
@@ -980,15 +1141,7 @@ async fn get_file(
     dir: &Landing,
     name: &OsStr,
 ) -> Result<(), Refusal> {
-    match dir.standing(name)? {
-        Standing::Dir => return Err(Refusal::Unsafe("a directory stands at that name".into())),
-        Standing::Other => {
-            return Err(Refusal::Unsafe(
-                "a device, FIFO or socket stands at that name".into(),
-            ));
-        }
-        Standing::Nothing | Standing::File | Standing::Symlink => {}
-    }
+    refuse_unless_a_file_may_land(dir, name)?;
     let text = name.to_str().ok_or_else(|| {
         usage(&format!(
             "{} is not UTF-8",
@@ -997,8 +1150,8 @@ async fn get_file(
     })?;
     let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
     let mut partial = dir.partial(text, tag, entry.size)?;
-    let part = dir.shown().join(partial.name());
-    let cannot = |err: std::io::Error| cannot_write(&part, err);
+    let target = dir.shown().join(name);
+    let cannot = |err: std::io::Error| cannot_write(&target, err);
     let offset = partial.length();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; MAX_CHUNK];
@@ -1021,7 +1174,17 @@ async fn get_file(
                 account(transfer, bytes.len()).await;
             }
             CopyReply::GetEnd { sha256, mode } => break (sha256, mode),
-            CopyReply::Failed { message } => return Err(remote_failure(message).into()),
+            CopyReply::Failed { message } => {
+                return Err(Failure::new(
+                    Kind::General,
+                    format!(
+                        "cannot copy {}:{remote} to {}: the machine says: {message}",
+                        transfer.machine,
+                        dir.shown().join(name).display()
+                    ),
+                )
+                .into());
+            }
             other => return Err(unexpected(&other).into()),
         }
     };
@@ -1035,6 +1198,11 @@ async fn get_file(
         )
         .into());
     }
+    if transfer.preserve {
+        partial
+            .set_modified(entry.modified_ns)
+            .map_err(|err| cannot_write(&target, err))?;
+    }
     // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
     partial
         .finish(dir, name, mode & 0o777)
@@ -1043,16 +1211,61 @@ async fn get_file(
     Ok(())
 }
 
-fn cannot_write(part: &Path, err: std::io::Error) -> Failure {
+/// Refuses a name where a directory, device, FIFO or socket stands; a file or a symlink there is replaced by
+/// the final rename (never written through).
+fn refuse_unless_a_file_may_land(dir: &Landing, name: &OsStr) -> Result<(), Refusal> {
+    match dir.standing(name)? {
+        Standing::Dir => Err(Refusal::Unsafe("a directory stands at that name".into())),
+        Standing::Other => Err(Refusal::Unsafe(
+            "a device, FIFO or socket stands at that name".into(),
+        )),
+        Standing::Nothing | Standing::File | Standing::Symlink => Ok(()),
+    }
+}
+
+/// `message` with every partial-file name of version `tag` of `name` replaced by `name`.
+fn without_part_names(message: &str, name: &str, tag: u64) -> String {
+    message
+        .split_inclusive(|c: char| c == '/' || c.is_whitespace())
+        .map(|piece| {
+            let word = piece.trim_end_matches(|c: char| c == '/' || c.is_whitespace());
+            let rest = piece.get(word.len()..).unwrap_or_default();
+            let bare = word.trim_end_matches([':', ',', ';', ')']);
+            match parse_part_name(name, bare) {
+                Some((found, _)) if found == tag => {
+                    format!("{name}{}{rest}", word.get(bare.len()..).unwrap_or_default())
+                }
+                _ => piece.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Names the file the person asked for, not the partial file it is written through.
+fn cannot_write(local: &Path, err: std::io::Error) -> Failure {
     Failure::new(
         Kind::General,
-        format!("cannot write {}: {err}", part.display()),
+        format!("cannot write {}: {err}", local.display()),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_put_names_the_target_not_the_machines_partial_file() {
+        let tag = 0x0123_4567_89ab_cdef;
+        let part = cmdop_proto::ops::copy::part_name("file", tag, 42);
+        let message = format!("cannot create /nonexistent/dir/{part}: No such file or directory");
+        assert_eq!(
+            without_part_names(&message, "file", tag),
+            "cannot create /nonexistent/dir/file: No such file or directory"
+        );
+        // Another version's partial file, or another name, is left as it is.
+        assert_eq!(without_part_names(&message, "file", tag + 1), message);
+        assert_eq!(without_part_names(&message, "other", tag), message);
+    }
 
     #[test]
     fn locations_split_like_scp() {
@@ -1118,6 +1331,22 @@ mod tests {
             Err(Refusal::Unsafe(_))
         ));
         assert!(place_of(&root, Path::new("fine/x")).is_ok());
+    }
+
+    #[test]
+    fn the_summary_line_says_what_moved() {
+        let totals = Totals {
+            files: 3,
+            bytes: 3 << 20,
+            resumed: 1 << 20,
+            refused: Vec::new(),
+        };
+        let line = summary_line(&totals, Duration::from_secs(2), true);
+        assert_eq!(
+            line,
+            "cmdop: 3 files sent, 3.0 MiB in 2.0 s (1.5 MiB/s); 1.0 MiB were already there from an earlier run"
+        );
+        assert_eq!(binary_bytes(512), "512 B");
     }
 
     #[test]

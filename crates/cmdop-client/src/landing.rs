@@ -101,6 +101,27 @@ impl Landing {
         })
     }
 
+    /// Gives `name` here the modification time `modified_ns` (nanoseconds since the epoch, as the machine
+    /// reported it; `cp -p`), without following a symlink; the access time is left alone.
+    pub fn set_modified(&self, name: &OsStr, modified_ns: u64) -> Result<(), LandingError> {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns);
+        self.dir
+            .set_symlink_times(
+                name,
+                None,
+                Some(cap_fs_ext::SystemTimeSpec::Absolute(
+                    cap_std::time::SystemTime::from_std(when),
+                )),
+            )
+            .map_err(|source| {
+                io_error(
+                    "set the modification time of",
+                    &self.shown.join(name),
+                    source,
+                )
+            })
+    }
+
     /// The path this directory is shown as.
     pub fn shown(&self) -> &Path {
         &self.shown
@@ -415,6 +436,13 @@ impl Partial {
     /// How many bytes it held when it was opened (what a resume starts from).
     pub fn length(&self) -> u64 {
         self.length
+    }
+
+    /// Gives the file the modification time `modified_ns` (nanoseconds since the epoch; `cp -p`), through its
+    /// handle. The rename in [`finish`](Self::finish) keeps it.
+    pub fn set_modified(&self, modified_ns: u64) -> io::Result<()> {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns);
+        self.file.set_modified(when)
     }
 
     /// Its name in the directory.

@@ -41,6 +41,6 @@ pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
     ClientConnection, ClientError, IncomingStream, REQUEST_TIMEOUT, RelayTarget, RoutedStream,
-    StreamAcceptor, reconnect_delay,
+    StreamAcceptor, check_relay_address, reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

@@ -28,6 +28,15 @@ pub struct Machine {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The labels the agent reported, (key, value) in key order (as the relay checked them).
+    pub labels: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// Whether the machine carries every one of `wanted` with the same value.
+    pub fn has_labels(&self, wanted: &[(String, String)]) -> bool {
+        wanted.iter().all(|pair| self.labels.contains(pair))
+    }
 }
 
 impl From<MachineInfo> for Machine {
@@ -42,6 +51,7 @@ impl From<MachineInfo> for Machine {
             os: info.os,
             arch: info.arch,
             agent_version: info.agent_version,
+            labels: info.labels,
         }
     }
 }

@@ -20,6 +20,7 @@ mod credential;
 mod fleet;
 mod id;
 mod machine;
+mod machine_label;
 mod name;
 mod resolve;
 mod role;
@@ -40,6 +41,7 @@ pub use machine::{
     AgentInfo, Enrolment, MISSED_HEARTBEATS_OFFLINE, Machine, Registration, RegistrationError,
     list_machines, register, rename,
 };
+pub use machine_label::{LabelError, MAX_LABELS, MachineLabels, parse_pair as parse_label};
 pub use name::{DisplayName, FleetName, Hostname, Label, NameError, UserName};
 pub use resolve::{Candidate, MIN_PREFIX_CHARS, ResolveError, resolve};
 pub use role::{Permission, Role, RoleParseError};

@@ -15,6 +15,7 @@
 //!  Chunk… (from offset) then PutEnd{sha256}    ──▶  ◀── Done | Failed      (verified, fsynced, renamed)
 //!  Get{path, offset}                           ──▶  ◀── Chunk… then GetEnd{sha256 of the whole file} | Failed
 //!  Mkdir{path, mode} / Symlink{path, target}   ──▶  ◀── Done | Failed
+//!  SetModified{path, modified_ns}  (cp -p)     ──▶  ◀── Done | Failed
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,14 @@ pub enum CopyRequest {
         path: String,
         /// What it points to, verbatim.
         target: String,
+    },
+    /// Set the modification time of a file or directory (not following a final symlink); its access time is
+    /// left alone. Sent by `cp -p` after the file is complete (and after a directory's contents).
+    SetModified {
+        /// The remote path.
+        path: String,
+        /// Nanoseconds since the Unix epoch.
+        modified_ns: u64,
     },
 }
 
@@ -242,6 +251,13 @@ mod tests {
             }),
             "0000000507016c0174"
         );
+        assert_eq!(
+            hex(&CopyRequest::SetModified {
+                path: "f".into(),
+                modified_ns: 300,
+            }),
+            "0000000508016 6ac02".replace(' ', "")
+        );
         let entry = Entry {
             path: "x".into(),
             kind: EntryKind::Symlink { target: "y".into() },
@@ -332,6 +348,8 @@ mod tests {
             (".{0,20}", any::<u64>()).prop_map(|(path, offset)| CopyRequest::Get { path, offset }),
             (".{0,20}", any::<u32>()).prop_map(|(path, mode)| CopyRequest::Mkdir { path, mode }),
             (".{0,20}", ".{0,20}").prop_map(|(path, target)| CopyRequest::Symlink { path, target }),
+            (".{0,20}", any::<u64>())
+                .prop_map(|(path, modified_ns)| CopyRequest::SetModified { path, modified_ns }),
         ]
     }
 

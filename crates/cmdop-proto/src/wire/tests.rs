@@ -16,6 +16,7 @@ fn sample_agent_login() -> AgentLogin {
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
         auth_capabilities: vec!["ed25519".into()],
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
@@ -30,6 +31,7 @@ fn sample_machine() -> MachineInfo {
         os: "linux".into(),
         arch: "arm64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("env".into(), "prod".into())],
     }
 }
 
@@ -41,7 +43,7 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Agent,
                 client_software: "a".into(),
             }),
-            "00000005 00 01 00 01 61",
+            "00000005 00 02 00 01 61",
         ),
         (
             PeerMessage::Hello(Hello {
@@ -49,15 +51,16 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Client,
                 client_software: "".into(),
             }),
-            "00000004 00 01 01 00",
+            "00000004 00 02 01 00",
         ),
         (
             PeerMessage::AgentLogin(sample_agent_login()),
             concat!(
-                "00000087 01 02 616b 01 66",
+                "00000091 01 02 616b 01 66",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
                 " 22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
                 " 01 68 01 01 6e 05 6c696e7578 06 7838365f3634 05 302e312e30 01 07 65643235353139",
+                " 01 04 726f6c65 03 776562",
             ),
         ),
         (
@@ -122,9 +125,9 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
         (
             RelayMessage::Machines(vec![sample_machine()]),
             concat!(
-                "0000004f 04 01 33333333333333333333333333333333 01 68 01 6e",
+                "00000059 04 01 33333333333333333333333333333333 01 68 01 6e",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
-                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30 01 03 656e76 04 70726f64",
             ),
         ),
         (
@@ -148,10 +151,11 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     os: "l".into(),
                     arch: "a".into(),
                     agent_version: "1".into(),
+                    labels: vec![],
                 },
                 capability: vec![0xca, 0xfe],
             }),
-            "00000060 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe",
+            "00000061 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 00 02 cafe",
         ),
         (
             RelayMessage::IncomingStream(StreamHeader {
@@ -385,6 +389,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                         arch: "x86_64".into(),
                         agent_version: "1".into(),
                         auth_capabilities,
+                        labels: vec![("role".into(), "web".into())],
                     })
                 }
             ),
@@ -430,6 +435,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                 os: "linux".into(),
                 arch: "arm64".into(),
                 agent_version: "1".into(),
+                labels: vec![(format!("k{}", id[1]), "x".into())],
             })
     };
     prop_oneof![

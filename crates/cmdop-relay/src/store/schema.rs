@@ -3,7 +3,8 @@
 //! Append new migrations; never edit one that has shipped.
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[r"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE fleets (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -71,4 +72,10 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-"];
+",
+    // 2: machine labels (`cmdop-agent run --label role=web`), as the agent last reported them: `key=value`
+    // pairs separated by spaces, the text form of cmdop-fleet's MachineLabels.
+    r"
+ALTER TABLE machines ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+",
+];

@@ -64,6 +64,7 @@ fn enrolment(byte: u8, hostname: &str) -> Enrolment {
         hostname: Hostname::parse(hostname).unwrap(),
         name: None,
         info: AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+        labels: cmdop_fleet::MachineLabels::parse(&["role=web", "env=prod"]).unwrap(),
     }
 }
 
@@ -105,13 +106,14 @@ fn survives_close_and_reopen() {
         register_machine(&store, &access, 7, "web-1", NOW).unwrap();
     }
     let store = Store::open(&data).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     assert_eq!(store.fleets().unwrap().len(), 1);
     assert!(authenticate(&store, &key_text, NOW).is_ok());
     let machines = store.machines(Some("prod")).unwrap();
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].1.hostname.as_str(), "web-1");
     assert_eq!(machines[0].1.public_key, key(7));
+    assert_eq!(machines[0].1.labels.to_string(), "env=prod role=web");
     assert!(
         store
             .audit(None)

@@ -135,6 +135,7 @@ fn registration(api_key: &str, workspace: &str, hostname: &str) -> AgentRegistra
         os: "linux".into(),
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
@@ -174,6 +175,7 @@ async fn agent_registers_and_a_member_sees_it_online() {
     );
     assert!(machine.online);
     assert_eq!(machine.public_key, Some(agent_identity.public_key()));
+    assert_eq!(machine.labels, [("role".to_owned(), "web".to_owned())]);
 
     let audit = fx.admin.audit(Some("prod")).unwrap();
     assert!(
