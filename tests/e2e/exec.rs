@@ -77,6 +77,12 @@ fn timeout_kills_the_remote_group_and_exits_124() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    // The timeout the user asked for says so when it fires.
+    assert!(
+        text(&out.stderr).contains("killed after 1s (--timeout)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
@@ -282,4 +288,64 @@ fn a_first_contact_is_confirmed_on_a_terminal_refused_without_one_and_accepted_b
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("first contact with web-1"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_to_type() {
+    let c = Contour::with_machine();
+    // The missing `--` is put back in the tip.
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "web-1", "uname", "-a"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("connect exec web-1 -- uname -a"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A value that does not parse is a usage error, like an unknown flag.
+    for args in [
+        &[
+            "connect",
+            "exec",
+            "web-1",
+            "--timeout",
+            "soon",
+            "--",
+            "true",
+        ][..],
+        &["connect", "forward", "web-1", "8080"][..],
+        &["connect", "cp", "--limit-rate", "fast", "a", "web-1:b"][..],
+        &["connect", "web-1", "--session=a/b"][..],
+        &["connect", "exec", "--label", "role", "--", "true"][..],
+    ] {
+        let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+        let out = cmd.args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A relay address without a port says so, rather than "cannot resolve".
+    let mut cmd = cmdop_tests::command("cmdop");
+    cmd.arg("--config-dir")
+        .arg(c.root.path().join("clients/alice"))
+        .args([
+            "--relay",
+            "127.0.0.1",
+            "--relay-fingerprint",
+            &c.fingerprint,
+            "--api-key-file",
+        ])
+        .arg(c.member_key("prod"))
+        .args(["connect", "--list"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the port is missing"),
+        "{}",
+        text(&out.stderr)
+    );
 }

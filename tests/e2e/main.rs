@@ -26,3 +26,5 @@ mod scope;
 /// Interactive sessions through a real terminal: raw mode, resize, Ctrl-C, full-screen programs, detach and
 /// reattach, resume after a killed client or a restarted relay, read-only observers.
 mod shell;
+/// rsync, git, tar, ssh and many machines at once, through cmdop as through ssh.
+mod tools;

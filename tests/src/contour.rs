@@ -424,6 +424,17 @@ impl Contour {
     /// Starts an agent with its own config directory `agents/<name>`, enrolled in `fleet` with `key_file`,
     /// without waiting for it: for agents a test stops, restarts or expects to fail.
     pub fn agent(&self, name: &str, fleet: &str, key_file: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(self.agent_command(name, fleet, key_file, extra))
+    }
+
+    /// The command [`Contour::agent`] runs, for a test that changes it (its environment) before starting it.
+    pub fn agent_command(
+        &self,
+        name: &str,
+        fleet: &str,
+        key_file: &Path,
+        extra: &[&str],
+    ) -> Command {
         let mut command = command("cmdop-agent");
         command
             .arg("--config-dir")
@@ -440,7 +451,7 @@ impl Contour {
             .args(["--workspace", fleet, "--hostname", name, "--api-key-file"])
             .arg(key_file)
             .args(extra);
-        Daemon::spawn(command)
+        command
     }
 
     /// The config directory of agent `name`.

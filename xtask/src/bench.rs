@@ -38,6 +38,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         "exec" => {}
         "tunnel" => return transfer::tunnel(root, rest),
         "cp" => return transfer::cp(root, rest),
+        "rsync" => return transfer::rsync(root, rest),
         "keystroke" => return crate::keystroke::run(root, rest),
         _ => bail!(
             "unknown benchmark `{which}`\n\n{USAGE}\n\n{}",

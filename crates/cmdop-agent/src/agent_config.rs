@@ -46,6 +46,8 @@ pub(crate) struct AgentFile {
     pub(crate) forward_allow: Option<Vec<String>>,
     pub(crate) fleet_key: Option<String>,
     pub(crate) enrol_key_file: Option<PathBuf>,
+    /// `--label`, repeatable on the command line; a list here.
+    pub(crate) labels: Option<Vec<String>>,
 }
 
 /// The config file in force, if any.

@@ -5,11 +5,9 @@
 //! breaks (network loss, relay restart) it reconnects with backoff and resumes from the exact output offset
 //! it had written, so nothing is lost or repeated; `~.` detaches and leaves the session running.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
-
-use std::os::fd::AsFd as _;
 
 use clap::Args;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
@@ -20,7 +18,6 @@ use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
 };
 use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::json;
@@ -60,6 +57,22 @@ pub(crate) struct AttachArgs {
     /// character, `none` to disable.
     #[arg(long, default_value = "~", value_name = "CHAR")]
     escape_char: EscapeChar,
+}
+
+impl AttachArgs {
+    /// A new session with `escape` as the escape character (what `cmdop rsh MACHINE` opens on a terminal).
+    pub(crate) fn with_escape(escape: EscapeChar) -> Self {
+        Self {
+            session: None,
+            read_only: false,
+            escape_char: escape,
+        }
+    }
+
+    /// Whether a named session was asked for (`--session`, `--read-only`), which only a terminal can use.
+    pub(crate) fn names_a_session(&self) -> bool {
+        self.session.is_some() || self.read_only
+    }
 }
 
 /// Flags of `cmdop connect sessions`.
@@ -245,7 +258,7 @@ impl Attachment {
             )
         })?;
         let mut io = TerminalIo {
-            input: spawn_stdin_reader(),
+            input: crate::stdin_reader::spawn(4096),
             stdout: TerminalWriter::new(),
             signals,
         };
@@ -637,39 +650,6 @@ impl Signals {
             int: install(SignalKind::interrupt())?,
         })
     }
-}
-
-/// Reads stdin on its own thread (a terminal read cannot be cancelled) and hands the bytes over.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(64);
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(buf.get(..n).unwrap_or_default().to_vec())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        let stdin = std::io::stdin();
-                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::NONE);
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    rx
 }
 
 fn write_terminal(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {

@@ -5,10 +5,11 @@
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cmdop_client::fleet_lock::NameMatch;
 use cmdop_client::known_machines::{FirstContact, KnownMachines, NewMachine, PinStatus};
-use cmdop_client::{Channel, ClientConnection};
+use cmdop_client::{Channel, ClientConnection, ClientError};
 use cmdop_identity::Identity;
 use cmdop_proto::e2e::StreamKind;
 
@@ -55,6 +56,18 @@ pub(crate) async fn open(
     machine: &str,
     kind: StreamKind,
 ) -> Result<Channel, Failure> {
+    Ok(open_typed(client, identity, known, workspace, machine, kind).await?)
+}
+
+/// [`open`], with the library's error, for callers that tell its cases apart (an offline machine among many).
+pub(crate) async fn open_typed(
+    client: &ClientConnection,
+    identity: &Identity,
+    known: &KnownMachines,
+    workspace: Option<&str>,
+    machine: &str,
+    kind: StreamKind,
+) -> Result<Channel, ClientError> {
     let channel = client
         .open_channel(identity, known, workspace, machine, kind)
         .await?;
@@ -62,16 +75,27 @@ pub(crate) async fn open(
     Ok(channel)
 }
 
+/// Set by `cmdop rsh -q`: no notices, as `ssh -q` prints none.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Stops the notices of a first contact (a key pinned) and of a certified name for the rest of this process.
+pub(crate) fn be_quiet() {
+    QUIET.store(true, Ordering::Relaxed);
+}
+
 /// Tells the person, as ssh does, that a machine's key has just been pinned; and, in a locked fleet, which
 /// certified machine a prefix reached.
 pub(crate) fn announce_first_contact(channel: &Channel, known: &KnownMachines) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     let machine = &channel.machine;
     if let (PinStatus::Added, Some(key)) = (channel.pin, machine.public_key) {
         eprintln!(
             "cmdop: first contact with {} ({}): pinned its key {} in {}",
             machine.hostname,
             machine.id,
-            key.fingerprint(),
+            key.fingerprint().with_short(),
             known.path().display()
         );
     }

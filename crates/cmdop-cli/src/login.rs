@@ -28,6 +28,10 @@ pub(crate) struct LoginArgs {
     /// several fleets. Without it, a locked fleet's key is confirmed on a terminal.
     #[arg(long = "fleet-key", value_name = "FP")]
     fleet_keys: Vec<String>,
+    /// Pin the relay's new certificate fingerprint (--relay-fingerprint, after a rotation) and keep the saved
+    /// credential: no token needed. Without --relay-fingerprint, says what the relay presents now.
+    #[arg(long, conflicts_with = "token_file")]
+    repin: bool,
 }
 
 /// Flags of `cmdop status`.
@@ -40,9 +44,11 @@ pub(crate) struct StatusArgs {
 
 /// Checks the credential against the relay, then saves both.
 pub(crate) fn login(global: &GlobalArgs, args: LoginArgs) -> Outcome {
+    if args.repin {
+        return repin(global);
+    }
     if global.relay.is_none() || global.relay_fingerprint.is_none() {
-        return Err(Failure::new(
-            Kind::General,
+        return Err(crate::exit::usage(
             "cmdop login needs --relay HOST:PORT and --relay-fingerprint FP (run `cmdop-relay fingerprint` on the relay)",
         ));
     }
@@ -148,6 +154,63 @@ fn confirm(question: &str) -> bool {
         && answer.trim().eq_ignore_ascii_case("yes")
 }
 
+/// `cmdop login --repin`: after the relay's certificate was rotated, pins the new fingerprint and keeps the
+/// saved credential (sealed again under the new pin), so the token shown once at its creation is not needed.
+/// The new fingerprint must be given: it is never taken from the relay on its own word.
+fn repin(global: &GlobalArgs) -> Outcome {
+    let profile = Profile::open(global)?;
+    let saved = profile.saved_login()?.ok_or_else(|| {
+        Failure::new(
+            Kind::General,
+            "nothing to re-pin: not logged in; run `cmdop login --relay HOST:PORT --relay-fingerprint FP` with a token",
+        )
+    })?;
+    let (identity, _) = profile.identity()?;
+    let credential = profile.unseal(&identity, &saved)?;
+    let old = profile.relay_target(&GlobalArgs::default(), Some(&saved))?;
+    let runtime = runtime()?;
+    let Some(_) = &global.relay_fingerprint else {
+        // Say what the relay presents now, for the person to compare with `cmdop-relay fingerprint` on it.
+        return match runtime.block_on(ClientConnection::login(&old, &identity, &credential)) {
+            Ok(client) => {
+                runtime.block_on(client.close());
+                println!(
+                    "the relay at {} still presents the pinned certificate {}; nothing to re-pin",
+                    old.address, old.fingerprint
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(cmdop_client::ClientError::FingerprintMismatch { expected, got }) => {
+                Err(Failure::new(
+                    Kind::Fingerprint,
+                    format!(
+                        "the relay at {} now presents {got} (pinned: {expected}); if `cmdop-relay fingerprint` on the relay shows the same, run `cmdop login --repin --relay-fingerprint {got}`",
+                        old.address
+                    ),
+                ))
+            }
+            Err(err) => Err(err.into()),
+        };
+    };
+    let new = profile.relay_target(global, Some(&saved))?;
+    let client = runtime.block_on(ClientConnection::login(&new, &identity, &credential))?;
+    let path = profile.save_login(&identity, &new, &credential)?;
+    // The machines and fleet keys pinned under the old certificate stay known under the new one.
+    let carried = cmdop_client::known_machines::KnownMachines::in_dir(profile.dir())
+        .carry_over(&old.fingerprint, &new.fingerprint)?;
+    println!(
+        "re-pinned {}: {} (was {} at {}); {carried} machine and fleet pins carried over",
+        new.address, new.fingerprint, old.fingerprint, old.address
+    );
+    println!(
+        "logged in as {}; saved to {}",
+        client.principal(),
+        path.display()
+    );
+    runtime.block_on(client.close());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Forgets the saved login.
 pub(crate) fn logout(global: &GlobalArgs) -> Outcome {
     let profile = Profile::open(global)?;
@@ -190,8 +253,8 @@ pub(crate) fn status(global: &GlobalArgs, args: StatusArgs) -> Outcome {
         println!("you:      {}", client.principal());
         println!("fleets:   {}", client.fleets().join(", "));
         println!(
-            "this client: key {fingerprint} ({}, {})",
-            fingerprint.short(),
+            "this client: key {} ({})",
+            fingerprint.with_short(),
             info.kek_location
         );
     }

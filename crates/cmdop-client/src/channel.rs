@@ -11,15 +11,17 @@
 //! ```
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cmdop_fleet::{FleetId, Hostname, MachineId, Timestamp};
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::{Prologue, StreamKind};
 use cmdop_proto::pins::{PinDecision, PinnedMachine};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
 
-use crate::connection::{ClientConnection, ClientError, RoutedStream};
+use crate::connection::{ClientConnection, ClientError, RelayTarget, RoutedStream};
 use crate::fleet_lock::{NameMatch, RouteFacts, RouteTrust, check_route, stream_credentials};
 use crate::known_machines::{FirstContact, KnownMachines, KnownMachinesError, PinStatus};
 use crate::machine::Machine;
@@ -182,15 +184,48 @@ fn wall_clock() -> Timestamp {
 /// One relay login serving many end-to-end channels to one machine, for work that opens several (a port
 /// forward's connections, a copy next to a shell). The name is resolved by the first channel; later ones go
 /// to that machine by id, whatever else the name matches by then. Shared between tasks through an [`Arc`].
+///
+/// Made with [`MachineConnection::reconnecting`], it can also log in again after the relay connection was
+/// lost ([`reconnect`](Self::reconnect)), and [`open_waiting`](Self::open_waiting) then waits for that (and for
+/// the machine to come back) instead of failing: what a long-lived forward needs across a relay restart.
+///
+/// ```text
+///  open_waiting ──open──▶ ok
+///        │ lost / machine offline
+///        └──▶ wait for the next reconnect (or 0.5 s) ──▶ open again … until the deadline
+///  reconnect ──login──▶ swap the connection, bump the generation (wakes the waiters)
+/// ```
 #[derive(Debug)]
 pub struct MachineConnection {
-    client: ClientConnection,
+    /// The connection in use; replaced by a successful [`reconnect`](Self::reconnect).
+    client: Mutex<Arc<ClientConnection>>,
+    /// How to log in again; `None` for a connection made with [`MachineConnection::new`].
+    relogin: Option<Relogin>,
     identity: Identity,
     known: KnownMachines,
     workspace: Option<String>,
     /// What the caller named, until the first channel resolved it; then the machine's id.
     machine: Mutex<String>,
+    /// Bumped on every reconnect.
+    generation: watch::Sender<u64>,
 }
+
+/// The relay and credential a [`MachineConnection`] logs in again with.
+struct Relogin {
+    relay: RelayTarget,
+    credential: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Relogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relogin")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often [`MachineConnection::open_waiting`] asks again for a machine that is offline.
+const OFFLINE_RETRY: Duration = Duration::from_millis(500);
 
 impl MachineConnection {
     /// Aims a logged-in `client` at `machine` in `workspace`; `identity` is the one `client` logged in with
@@ -202,13 +237,52 @@ impl MachineConnection {
         workspace: Option<String>,
         machine: impl Into<String>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Self::build(client, None, identity, known, workspace, machine.into())
+    }
+
+    /// Like [`new`](Self::new), keeping `relay` and `credential` (those `client` logged in with) so that
+    /// [`reconnect`](Self::reconnect) can log in again after the connection is lost.
+    pub fn reconnecting(
+        client: ClientConnection,
+        relay: RelayTarget,
+        credential: Zeroizing<String>,
+        identity: Identity,
+        known: KnownMachines,
+        workspace: Option<String>,
+        machine: impl Into<String>,
+    ) -> Arc<Self> {
+        let relogin = Relogin { relay, credential };
+        Self::build(
             client,
+            Some(relogin),
             identity,
             known,
             workspace,
-            machine: Mutex::new(machine.into()),
+            machine.into(),
+        )
+    }
+
+    fn build(
+        client: ClientConnection,
+        relogin: Option<Relogin>,
+        identity: Identity,
+        known: KnownMachines,
+        workspace: Option<String>,
+        machine: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client: Mutex::new(Arc::new(client)),
+            relogin,
+            identity,
+            known,
+            workspace,
+            machine: Mutex::new(machine),
+            generation: watch::Sender::new(0),
         })
+    }
+
+    fn current(&self) -> Arc<ClientConnection> {
+        Arc::clone(&self.client.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Opens one end-to-end channel of `kind` to the machine (see [`ClientConnection::open_channel`]).
@@ -219,7 +293,7 @@ impl MachineConnection {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let channel = self
-            .client
+            .current()
             .open_channel(
                 &self.identity,
                 &self.known,
@@ -233,21 +307,86 @@ impl MachineConnection {
         Ok(channel)
     }
 
+    /// [`open`](Self::open), but while the relay connection is being re-established (by another task calling
+    /// [`reconnect`](Self::reconnect)) or the machine is offline, waits and tries again, for at most `wait`.
+    /// Without re-login (made with [`new`](Self::new)) it is `open`.
+    pub async fn open_waiting(
+        &self,
+        kind: StreamKind,
+        wait: Duration,
+    ) -> Result<Channel, ClientError> {
+        let now = tokio::time::Instant::now();
+        // A wait too long to add is as good as forever: a year.
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        loop {
+            let mut reconnected = self.generation.subscribe();
+            let err = match self.open(kind).await {
+                Ok(channel) => return Ok(channel),
+                Err(err) => err,
+            };
+            let offline = matches!(err, ClientError::MachineOffline(_));
+            if self.relogin.is_none() || !(offline || err.is_retryable()) {
+                return Err(err);
+            }
+            let next = async {
+                if offline {
+                    tokio::time::sleep(OFFLINE_RETRY).await;
+                } else {
+                    let _ = reconnected.changed().await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Logs in again with the relay and credential kept by [`reconnecting`](Self::reconnecting), replacing the
+    /// lost connection; channels opened from now on use the new one. One attempt: the caller decides on
+    /// backoff. A connection made with [`new`](Self::new) cannot: it says so as [`ClientError::Protocol`].
+    pub async fn reconnect(&self) -> Result<(), ClientError> {
+        let Some(relogin) = &self.relogin else {
+            return Err(ClientError::Protocol(
+                "this machine connection was made without what it takes to log in again".into(),
+            ));
+        };
+        let client =
+            ClientConnection::login(&relogin.relay, &self.identity, &relogin.credential).await?;
+        let old = std::mem::replace(
+            &mut *self.client.lock().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(client),
+        );
+        // The old connection is gone already; this only frees what is left of it at once.
+        old.close_now().await;
+        self.generation.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
     /// The pin store the channels are checked against.
     pub fn known_machines(&self) -> &KnownMachines {
         &self.known
     }
 
-    /// Resolves when the connection to the relay is gone, with the reason (every channel ends with it).
+    /// Resolves when the current connection to the relay is gone, with the reason (every channel on it ends
+    /// with it).
     pub async fn closed(&self) -> ClientError {
-        self.client.closed().await
+        self.current().closed().await
     }
 
     /// Says goodbye to the relay. Channels other tasks still use end with the connection.
     pub async fn close(self: Arc<Self>) {
-        match Arc::try_unwrap(self) {
-            Ok(only) => only.client.close().await,
-            Err(shared) => shared.client.close_now().await,
+        let client = match Arc::try_unwrap(self) {
+            Ok(only) => only
+                .client
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
+            Err(shared) => shared.current(),
+        };
+        match Arc::try_unwrap(client) {
+            Ok(only) => only.close().await,
+            Err(shared) => shared.close_now().await,
         }
     }
 }

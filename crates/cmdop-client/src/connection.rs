@@ -75,6 +75,14 @@ pub enum ClientError {
         /// The fingerprint the relay presented.
         got: RelayFingerprint,
     },
+    /// The relay address is not `HOST:PORT`, so it was not even looked up.
+    #[error("invalid relay address {address:?}: {reason}")]
+    InvalidRelayAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it and how to write it.
+        reason: String,
+    },
     /// The relay address does not resolve.
     #[error("cannot resolve relay address {address:?}; check --relay (HOST:PORT)")]
     Resolve {
@@ -193,6 +201,52 @@ pub struct RelayTarget {
     pub fingerprint: RelayFingerprint,
 }
 
+/// Checks that `address` has the shape `HOST:PORT` (an IPv6 address in brackets) before anything looks it up:
+/// without this, a forgotten port (`--relay 127.0.0.1`) surfaced as a name that does not resolve.
+pub fn check_relay_address(address: &str) -> Result<(), ClientError> {
+    let bad = |reason: String| ClientError::InvalidRelayAddress {
+        address: address.chars().take(120).collect(),
+        reason,
+    };
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| {
+            bad("the `[` of an IPv6 address is not closed; write [ADDRESS]:PORT".into())
+        })?;
+        let port = after.strip_prefix(':').ok_or_else(|| {
+            bad(format!(
+                "the port is missing; write HOST:PORT, e.g. [{host}]:4433"
+            ))
+        })?;
+        (host, port)
+    } else {
+        match address.rsplit_once(':') {
+            None => {
+                return Err(bad(format!(
+                    "the port is missing; write HOST:PORT, e.g. {address}:4433"
+                )));
+            }
+            Some((host, _)) if host.contains(':') => {
+                return Err(bad(
+                    "an IPv6 address goes in brackets; write [ADDRESS]:PORT, e.g. [::1]:4433"
+                        .into(),
+                ));
+            }
+            Some(split) => split,
+        }
+    };
+    if host.is_empty() {
+        return Err(bad(
+            "the host is missing; write HOST:PORT, e.g. relay.example:4433".into(),
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(()),
+        _ => Err(bad(format!(
+            "the port {port:?} is not a number from 1 to 65535; write HOST:PORT, e.g. relay.example:4433"
+        ))),
+    }
+}
+
 impl RelayTarget {
     /// A target from an address (`HOST:PORT`) and a pinned fingerprint.
     pub fn new(address: impl Into<String>, fingerprint: RelayFingerprint) -> Self {
@@ -220,6 +274,8 @@ pub struct AgentRegistration {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The machine's labels, (key, value): `--label role=web`.
+    pub labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AgentRegistration {
@@ -228,6 +284,7 @@ impl std::fmt::Debug for AgentRegistration {
             .field("workspace", &self.workspace)
             .field("hostname", &self.hostname)
             .field("display_name", &self.display_name)
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -269,6 +326,7 @@ impl AgentConnection {
             os: registration.os.clone(),
             arch: registration.arch.clone(),
             agent_version: registration.agent_version.clone(),
+            labels: registration.labels.clone(),
         });
         let software = format!("cmdop-agent {}", registration.agent_version);
         let (mut link, outcome) = Link::connect(relay, request, &software, identity).await?;
@@ -956,6 +1014,7 @@ impl Link {
     async fn dial(
         relay: &RelayTarget,
     ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+        check_relay_address(&relay.address)?;
         let address = relay.address.clone();
         let resolved: SocketAddr = tokio::net::lookup_host(&address)
             .await
@@ -1085,6 +1144,31 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
+
+    #[test]
+    fn a_relay_address_needs_a_host_and_a_port() {
+        for good in [
+            "relay.example:4433",
+            "127.0.0.1:1",
+            "[::1]:4433",
+            "localhost:65535",
+        ] {
+            assert!(check_relay_address(good).is_ok(), "{good}");
+        }
+        for (bad, words) in [
+            ("127.0.0.1", "port is missing"),
+            ("relay.example", "e.g. relay.example:4433"),
+            ("[::1]", "port is missing"),
+            ("::1:4433", "in brackets"),
+            ("[::1:4433", "not closed"),
+            (":4433", "host is missing"),
+            ("relay:0", "1 to 65535"),
+            ("relay:http", "1 to 65535"),
+        ] {
+            let err = check_relay_address(bad).unwrap_err().to_string();
+            assert!(err.contains(words), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn backoff_grows_exponentially_and_is_capped() {

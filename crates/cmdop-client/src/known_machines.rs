@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cmdop_proto::pins::{
-    FleetPin, PinConflict, PinDecision, PinLineError, PinnedMachine, decide, parse_fleet_locks,
-    parse_known_machines,
+    FleetPin, MachinePin, PinConflict, PinDecision, PinLineError, PinnedMachine, decide,
+    parse_fleet_locks, parse_known_machines,
 };
 
 /// The machine-pin file name the `cmdop` CLI uses inside its client directory.
@@ -320,6 +320,54 @@ impl KnownMachines {
     }
 }
 
+impl KnownMachines {
+    /// Carries every pin made under the relay certificate `old` over to `new` (`cmdop login --repin`, after
+    /// the relay's certificate was rotated): the same machines and fleet keys are then known under the new
+    /// fingerprint, instead of all becoming first contacts. The old lines stay (they name the old relay);
+    /// nothing is carried that is already pinned under `new`. Returns how many pins were carried.
+    pub fn carry_over(
+        &self,
+        old: &cmdop_proto::RelayFingerprint,
+        new: &cmdop_proto::RelayFingerprint,
+    ) -> Result<usize, KnownMachinesError> {
+        let text = read_optional(&self.path)?;
+        let pins = parse_known_machines(&text).map_err(|(line, reason)| {
+            KnownMachinesError::Unreadable {
+                path: self.path.clone(),
+                line,
+                reason,
+            }
+        })?;
+        let current: Vec<PinnedMachine> = pins
+            .into_iter()
+            .filter_map(|(_, pin)| match pin {
+                MachinePin::Current(pin) => Some(pin),
+                MachinePin::Legacy { .. } => None,
+            })
+            .collect();
+        let mut carried = 0;
+        for pin in current.iter().filter(|pin| pin.relay == *old) {
+            let already = current
+                .iter()
+                .any(|p| p.relay == *new && p.fleet == pin.fleet && p.hostname == pin.hostname);
+            if !already {
+                self.pin(&PinnedMachine {
+                    relay: *new,
+                    ..pin.clone()
+                })?;
+                carried += 1;
+            }
+        }
+        for pin in self.fleet_pins()? {
+            if pin.relay == *old && self.fleet_pin(new, pin.fleet)?.is_none() {
+                self.save_fleet_pin(&FleetPin { relay: *new, ..pin })?;
+                carried += 1;
+            }
+        }
+        Ok(carried)
+    }
+}
+
 /// The whole file, or nothing if it does not exist.
 fn read_optional(path: &Path) -> Result<String, KnownMachinesError> {
     match fs::read_to_string(path) {
@@ -409,6 +457,49 @@ mod tests {
         assert!(err.contains(&key.fingerprint().to_string()), "{err}");
         assert!(err.contains(&other.fingerprint().to_string()), "{err}");
         assert!(err.contains("remove line 1 of"), "{err}");
+    }
+
+    #[test]
+    fn a_repinned_relay_keeps_the_machines_and_fleet_keys_pinned_under_its_old_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = KnownMachines::in_dir(dir.path());
+        let key = Identity::generate(&mut OsRng).public_key();
+        let web = offered("web-1", 1, key);
+        known.pin(&web).unwrap();
+        let fleet_key = Identity::generate(&mut OsRng).public_key();
+        known
+            .save_fleet_pin(&FleetPin {
+                relay: web.relay,
+                fleet: web.fleet,
+                fleet_key,
+                authority_serial: 3,
+                revocation_serial: 1,
+            })
+            .unwrap();
+        let new = RelayFingerprint::from_bytes([7; 32]);
+        let moved = PinnedMachine {
+            relay: new,
+            ..web.clone()
+        };
+        assert_eq!(known.check(&moved).unwrap(), PinDecision::Unknown);
+        assert_eq!(known.carry_over(&web.relay, &new).unwrap(), 2);
+        assert_eq!(known.check(&moved).unwrap(), PinDecision::Known);
+        let pin = known.fleet_pin(&new, web.fleet).unwrap().unwrap();
+        assert_eq!((pin.fleet_key, pin.authority_serial), (fleet_key, 3));
+        // A second run carries nothing twice, and the old pins still stand.
+        assert_eq!(known.carry_over(&web.relay, &new).unwrap(), 0);
+        assert_eq!(known.check(&web).unwrap(), PinDecision::Known);
+        // A key that changed under the new certificate is still refused.
+        let other = Identity::generate(&mut OsRng).public_key();
+        assert!(
+            known
+                .check(&PinnedMachine {
+                    key: other,
+                    machine: MachineId::from_bytes([9; 16]),
+                    ..moved
+                })
+                .is_err()
+        );
     }
 
     #[test]

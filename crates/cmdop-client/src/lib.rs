@@ -29,6 +29,7 @@ mod connection;
 pub mod control;
 pub mod fleet_lock;
 pub mod known_machines;
+pub mod landing;
 mod machine;
 pub mod secure_stream;
 pub mod transport;
@@ -41,6 +42,6 @@ pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
     ClientConnection, ClientError, EnrolmentReply, IncomingStream, REQUEST_TIMEOUT, RelayTarget,
-    RoutedStream, StreamAcceptor, reconnect_delay,
+    RoutedStream, StreamAcceptor, check_relay_address, reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

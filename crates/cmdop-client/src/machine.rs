@@ -30,6 +30,15 @@ pub struct Machine {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The labels the agent reported, (key, value) in key order (as the relay checked them).
+    pub labels: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// Whether the machine carries every one of `wanted` with the same value.
+    pub fn has_labels(&self, wanted: &[(String, String)]) -> bool {
+        wanted.iter().all(|pair| self.labels.contains(pair))
+    }
 }
 
 impl From<MachineInfo> for Machine {
@@ -44,6 +53,11 @@ impl From<MachineInfo> for Machine {
             os: escaped(&info.os),
             arch: escaped(&info.arch),
             agent_version: escaped(&info.agent_version),
+            labels: info
+                .labels
+                .iter()
+                .map(|(key, value)| (escaped(key), escaped(value)))
+                .collect(),
         }
     }
 }

@@ -24,6 +24,7 @@ mod fleet;
 mod id;
 pub mod lock;
 mod machine;
+mod machine_label;
 mod name;
 mod resolve;
 mod role;
@@ -46,6 +47,7 @@ pub use machine::{
     AgentInfo, Enrolment, MISSED_HEARTBEATS_OFFLINE, Machine, NameClash, Registration,
     RegistrationError, RenameError, list_machines, register, rename,
 };
+pub use machine_label::{LabelError, MAX_LABELS, MachineLabels, parse_pair as parse_label};
 pub use name::{DisplayName, FleetName, Hostname, Label, NameError, UserName};
 pub use resolve::{Candidate, MIN_PREFIX_CHARS, ResolveError, resolve};
 pub use role::{Permission, Role, RoleParseError};

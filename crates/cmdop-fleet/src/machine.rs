@@ -8,6 +8,7 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{FleetId, MachineId};
+use crate::machine_label::MachineLabels;
 use crate::name::{DisplayName, Hostname, NameError};
 use crate::role::Permission;
 use crate::scope::{FleetAccess, ScopeError};
@@ -31,6 +32,9 @@ pub struct Machine {
     pub name: Option<DisplayName>,
     /// What the agent reported about itself.
     pub info: AgentInfo,
+    /// The labels the agent last reported (`--label role=web`).
+    #[serde(default)]
+    pub labels: MachineLabels,
     /// Whether the agent is connected (as the relay last saw it).
     pub online: bool,
     /// When the last heartbeat (or registration) arrived.
@@ -155,6 +159,8 @@ pub struct Enrolment {
     pub name: Option<DisplayName>,
     /// OS, architecture, version.
     pub info: AgentInfo,
+    /// Its labels; they replace the ones stored, so a label the agent no longer reports goes away.
+    pub labels: MachineLabels,
 }
 
 /// The outcome of a successful registration: the record to store.
@@ -262,8 +268,8 @@ fn check_names(
 /// Decides a registration in the fleet of `access` (which must allow [`Permission::Enrol`]).
 ///
 /// `machines` may hold machines of any fleet; only those of this fleet are considered.
-/// - The same public key gets the same id back, with hostname, info and (if given) display
-///   name updated.
+/// - The same public key gets the same id back, with hostname, info, labels and (if given)
+///   display name updated.
 /// - A hostname held by another key's machine is a [`RegistrationError::HostnameTaken`]
 ///   conflict: hostnames are unique within a fleet, and silently taking over a hostname would
 ///   let one agent shadow another in the resolver.
@@ -312,12 +318,14 @@ pub fn register<R: CryptoRngCore + ?Sized>(
         hostname,
         name,
         info,
+        labels,
     } = enrolment;
     if let Some(previous) = existing {
         let machine = Machine {
             hostname,
             name: name.or_else(|| previous.name.clone()),
             info,
+            labels,
             online: true,
             last_heartbeat: Some(now),
             ..previous.clone()
@@ -327,28 +335,33 @@ pub fn register<R: CryptoRngCore + ?Sized>(
             is_new: false,
         });
     }
-    let id = loop {
-        // A collision of random 122-bit ids is practically impossible, but a duplicate id
-        // would merge two machines, so it costs nothing to make sure.
-        let id = MachineId::generate(rng);
-        if !machines.iter().any(|m| m.id == id) {
-            break id;
-        }
-    };
     Ok(Registration {
         machine: Machine {
-            id,
+            id: fresh_machine_id(machines, rng),
             fleet,
             public_key,
             hostname,
             name,
             info,
+            labels,
             online: true,
             last_heartbeat: Some(now),
             registered: now,
         },
         is_new: true,
     })
+}
+
+/// A new machine id that no machine in `machines` has. A collision of random 122-bit ids is
+/// practically impossible, but a duplicate id would merge two machines, so it costs nothing to make
+/// sure.
+fn fresh_machine_id<R: CryptoRngCore + ?Sized>(machines: &[Machine], rng: &mut R) -> MachineId {
+    loop {
+        let id = MachineId::generate(rng);
+        if !machines.iter().any(|m| m.id == id) {
+            return id;
+        }
+    }
 }
 
 /// Renames `machine` (`access` must allow [`Permission::Manage`] in the machine's fleet).

@@ -68,6 +68,7 @@ fn machine(fleet: &Fleet, id: u128, hostname: &str, name: Option<&str>) -> Machi
         hostname: Hostname::parse(hostname).unwrap(),
         name: name.map(|n| DisplayName::parse(n).unwrap()),
         info: AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+        labels: MachineLabels::default(),
         online: true,
         last_heartbeat: Some(at(1_000)),
         registered: at(1_000),
@@ -392,6 +393,7 @@ mod registration {
             hostname: Hostname::parse(hostname).unwrap(),
             name: name.map(|n| DisplayName::parse(n).unwrap()),
             info: AgentInfo::new("linux", "aarch64", "0.2.0").unwrap(),
+            labels: MachineLabels::parse(&["role=web"]).unwrap(),
         }
     }
 
@@ -435,6 +437,20 @@ mod registration {
         assert_eq!(restart.machine.id, first.machine.id);
         assert_eq!(restart.machine.registered, at(10));
         assert_eq!(restart.machine.last_heartbeat, Some(at(20)));
+        assert_eq!(restart.machine.labels.to_string(), "role=web");
+        // The labels are what the agent reports now: dropping one removes it.
+        let relabelled = register(
+            &access,
+            &stored,
+            Enrolment {
+                labels: MachineLabels::parse(&["env=prod"]).unwrap(),
+                ..enrolment(key, "web-1", None)
+            },
+            at(21),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(relabelled.machine.labels.to_string(), "env=prod");
 
         // An admin renames it; a restart without --name keeps the new name.
         let (record, secret) = api_key(&mut rng, &prod, Role::Admin, None);

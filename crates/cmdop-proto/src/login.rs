@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use cmdop_fleet::{
     AgentInfo, AuthError, Authenticated, CredentialId, CredentialKind, CredentialRecord,
     CredentialSecret, DisplayName, Enrolment, Fleet, FleetAccess, FleetId, FleetName, Hostname,
-    Machine, NameError, Permission, Registration, RegistrationError, ScopeError, Timestamp,
-    UserName, register,
+    LabelError, Machine, MachineLabels, NameError, Permission, Registration, RegistrationError,
+    ScopeError, Timestamp, UserName, register,
 };
 use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
@@ -612,11 +612,7 @@ impl RelayLogin {
                 LoginFailure::InvalidRegistration,
             )
         })?;
-        let detail = format!(
-            "agent key {} from {}",
-            hex::encode(key.to_bytes()),
-            self.config.peer
-        );
+        let detail = format!("agent key {} from {}", key.fingerprint(), self.config.peer);
         self.audit(Some(access.fleet_id()), &actor, "auth", "accepted", detail);
         self.actions
             .push_back(LoginAction::LookUpFleet(access.fleet_id()));
@@ -669,7 +665,7 @@ impl RelayLogin {
             "accepted",
             format!(
                 "client key {} from {} ({description})",
-                hex::encode(client_key.to_bytes()),
+                client_key.fingerprint(),
                 self.config.peer
             ),
         );
@@ -783,7 +779,7 @@ impl RelayLogin {
                 "machine {} hostname {:?} key {}",
                 machine.id,
                 machine.hostname.as_str(),
-                hex::encode(machine.public_key.to_bytes())
+                machine.public_key.fingerprint()
             ),
         );
         self.send(RelayMessage::Registered(Registered {
@@ -1023,6 +1019,9 @@ pub enum InvalidRegistration {
     /// The OS, architecture or version is empty, too long or holds control characters.
     #[error("invalid agent description: {0}; upgrade cmdop-agent")]
     Description(NameError),
+    /// A label breaks the label rules.
+    #[error("invalid label: {0}; fix the agent's --label")]
+    Label(LabelError),
 }
 
 /// What an agent's login asks to register, validated: names are checked once, here.
@@ -1040,11 +1039,14 @@ fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, Inv
         .map_err(InvalidRegistration::DisplayName)?;
     let info = AgentInfo::new(&login.os, &login.arch, &login.agent_version)
         .map_err(InvalidRegistration::Description)?;
+    let labels =
+        MachineLabels::new(login.labels.iter().cloned()).map_err(InvalidRegistration::Label)?;
     Ok(Enrolment {
         public_key,
         hostname,
         name,
         info,
+        labels,
     })
 }
 
@@ -1065,6 +1067,7 @@ pub fn machine_info(machine: &Machine) -> MachineInfo {
         os: machine.info.os().to_owned(),
         arch: machine.info.arch().to_owned(),
         agent_version: machine.info.version().to_owned(),
+        labels: machine.labels.to_pairs(),
     }
 }
 
@@ -1107,6 +1110,8 @@ pub struct AgentLoginRequest {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The machine's labels, (key, value); the relay checks them ([`MachineLabels`]).
+    pub labels: Vec<(String, String)>,
 }
 
 impl fmt::Debug for AgentLoginRequest {
@@ -1115,6 +1120,7 @@ impl fmt::Debug for AgentLoginRequest {
             .field("workspace", &self.workspace)
             .field("hostname", &self.hostname)
             .field("display_name", &self.display_name)
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -1321,6 +1327,7 @@ impl PeerLogin {
                     AUTH_CAPABILITY_ED25519.to_owned(),
                     AUTH_CAPABILITY_FLEET_LOCK.to_owned(),
                 ],
+                labels: agent.labels.clone(),
             }),
             LoginRequest::Client { credential } => PeerMessage::ClientLogin(ClientLogin {
                 credential: credential.0.to_string(),

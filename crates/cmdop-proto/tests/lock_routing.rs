@@ -32,6 +32,7 @@ fn machine(fleet: FleetId, byte: u8, hostname: &str) -> Machine {
         hostname: Hostname::parse(hostname).unwrap(),
         name: None,
         info: AgentInfo::new("linux", "x86_64", "1").unwrap(),
+        labels: cmdop_fleet::MachineLabels::default(),
         online: true,
         last_heartbeat: Some(Timestamp::from_unix_seconds(NOW)),
         registered: Timestamp::from_unix_seconds(NOW),

@@ -420,6 +420,7 @@ fn agent_request(key: &CredentialSecret, workspace: &str, hostname: &str) -> Log
         os: "linux".to_owned(),
         arch: "x86_64".to_owned(),
         agent_version: "0.1.0".to_owned(),
+        labels: vec![("role".to_owned(), "web".to_owned())],
     })
 }
 
@@ -705,6 +706,14 @@ fn roles_decide_who_may_enrol_and_who_may_log_in_as_a_client() {
         &EXPORTER,
     );
     assert_eq!(refused_code(&bad_hostname), ErrorCode::INVALID_REGISTRATION);
+    pair.reconnect();
+    let mut bad_label = agent_request(&agent_key, "prod", "l");
+    if let LoginRequest::Agent(request) = &mut bad_label {
+        request.labels = vec![("Role".to_owned(), "web".to_owned())];
+    }
+    let refused = pair.login(bad_label, &identity(5), &EXPORTER);
+    assert_eq!(refused_code(&refused), ErrorCode::INVALID_REGISTRATION);
+    assert!(format!("{refused:?}").contains("label key"), "{refused:?}");
 }
 
 #[test]

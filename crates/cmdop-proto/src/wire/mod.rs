@@ -18,8 +18,9 @@ pub use frame::{
     FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_SIZE, decode_body, encode, encoded_len,
 };
 
-/// The protocol version carried in [`Hello`]; the relay refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version carried in [`Hello`]; the relay refuses any other. Version 2 appended `labels` to
+/// [`AgentLogin`] and [`MachineInfo`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The QUIC ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"cmdop/1";
@@ -58,6 +59,12 @@ pub enum WireError {
         "malformed frame: the body is not a valid cmdop/1 message; check that both sides run compatible versions"
     )]
     Malformed,
+    /// The message used a longer encoding than the canonical one (an overlong varint), so the same message
+    /// would have more than one wire form.
+    #[error(
+        "malformed frame: the message is not in its canonical encoding; the peer's encoder is broken"
+    )]
+    NonCanonical,
     /// A complete message was followed by unexpected bytes inside the same frame.
     #[error(
         "malformed frame: {len} bytes left over after the message; the peer's encoder is broken"
@@ -133,6 +140,8 @@ pub struct AgentLogin {
     pub agent_version: String,
     /// Proof methods the agent supports; must contain [`AUTH_CAPABILITY_ED25519`].
     pub auth_capabilities: Vec<String>,
+    /// The machine's labels as (key, value) pairs (`cmdop-agent run --label role=web`); since version 2.
+    pub labels: Vec<(String, String)>,
 }
 
 /// A person's or script's login.
@@ -337,6 +346,8 @@ pub struct MachineInfo {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The labels the agent reported, as (key, value) pairs in key order; since version 2.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The most machines a [`RelayMessage::Candidates`] answer lists: this many of the largest (a 253-byte hostname
@@ -468,6 +479,9 @@ pub enum PeerMessage {
 }
 
 /// Messages sent by the relay to agents and clients.
+// `StreamReady` (with its machine's labels) is the large one; it is made once per routed stream and moved
+// once, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayMessage {
     /// Answer to [`Hello`].

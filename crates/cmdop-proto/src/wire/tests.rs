@@ -16,6 +16,7 @@ fn sample_agent_login() -> AgentLogin {
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
         auth_capabilities: vec!["ed25519".into()],
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
@@ -30,6 +31,7 @@ fn sample_machine() -> MachineInfo {
         os: "linux".into(),
         arch: "arm64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("env".into(), "prod".into())],
     }
 }
 
@@ -41,7 +43,7 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Agent,
                 client_software: "a".into(),
             }),
-            "00000005 00 01 00 01 61",
+            "00000005 00 02 00 01 61",
         ),
         (
             PeerMessage::Hello(Hello {
@@ -49,15 +51,16 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Client,
                 client_software: "".into(),
             }),
-            "00000004 00 01 01 00",
+            "00000004 00 02 01 00",
         ),
         (
             PeerMessage::AgentLogin(sample_agent_login()),
             concat!(
-                "00000087 01 02 616b 01 66",
+                "00000091 01 02 616b 01 66",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
                 " 22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
                 " 01 68 01 01 6e 05 6c696e7578 06 7838365f3634 05 302e312e30 01 07 65643235353139",
+                " 01 04 726f6c65 03 776562",
             ),
         ),
         (
@@ -159,9 +162,9 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
         (
             RelayMessage::Machines(vec![sample_machine()]),
             concat!(
-                "0000004f 04 01 33333333333333333333333333333333 01 68 01 6e",
+                "00000059 04 01 33333333333333333333333333333333 01 68 01 6e",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
-                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30 01 03 656e76 04 70726f64",
             ),
         ),
         (
@@ -185,10 +188,11 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     os: "l".into(),
                     arch: "a".into(),
                     agent_version: "1".into(),
+                    labels: vec![],
                 },
                 capability: vec![0xca, 0xfe],
             }),
-            "00000060 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe",
+            "00000061 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 00 02 cafe",
         ),
         (
             RelayMessage::IncomingStream(StreamHeader {
@@ -222,6 +226,7 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     os: "l".into(),
                     arch: "a".into(),
                     agent_version: "1".into(),
+                    labels: vec![],
                 },
                 capability: vec![0xca, 0xfe],
                 lock: Some(RouteLock {
@@ -231,7 +236,7 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     member_certificate: None,
                 }),
             })),
-            "00000069 09 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe 01 01 01 01 00 01 01 02 00",
+            "0000006a 09 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 00 02 cafe 01 01 01 01 00 01 01 02 00",
         ),
         (
             RelayMessage::FleetLock(FleetLockState {
@@ -329,6 +334,42 @@ fn trailing_bytes_inside_a_frame_are_refused() {
     let frame = [0, 0, 0, 2, 3, 0];
     let result = FrameDecoder::new().decode::<PeerMessage>(&mut frame.as_slice());
     assert_eq!(result, Err(WireError::TrailingBytes { len: 1 }));
+}
+
+#[test]
+fn overlong_varints_are_refused_so_every_message_has_one_encoding() {
+    // Found by the peer_message and relay_message fuzz targets: `Heartbeat` (variant 3) with its tag written
+    // as the two-byte varint 83 00. A message must decode only from the bytes `encode` produces.
+    for frame in [
+        vec![0, 0, 0, 2, 0x83, 0x00],
+        // Hello { version: 1 (as 81 00), role: Agent, client_software: "" }.
+        vec![0, 0, 0, 5, 0, 0x81, 0x00, 0, 0],
+    ] {
+        let peer = FrameDecoder::new().decode::<PeerMessage>(&mut frame.as_slice());
+        assert_eq!(peer, Err(WireError::NonCanonical), "{frame:02x?}");
+        let relay = FrameDecoder::new().decode::<RelayMessage>(&mut frame.as_slice());
+        assert!(relay.is_err(), "{frame:02x?}");
+    }
+    // The canonical forms still decode.
+    let heartbeat = [0, 0, 0, 1, 3];
+    assert_eq!(
+        FrameDecoder::new().decode::<PeerMessage>(&mut heartbeat.as_slice()),
+        Ok(Some(PeerMessage::Heartbeat))
+    );
+}
+
+proptest! {
+    #[test]
+    fn whatever_decodes_re_encodes_to_the_same_bytes(body in proptest::collection::vec(any::<u8>(), 1..64)) {
+        if let Ok(message) = decode_body::<PeerMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+        if let Ok(message) = decode_body::<RelayMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+    }
 }
 
 #[test]
@@ -441,6 +482,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                         arch: "x86_64".into(),
                         agent_version: "1".into(),
                         auth_capabilities,
+                        labels: vec![("role".into(), "web".into())],
                     })
                 }
             ),
@@ -556,6 +598,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                 os: "linux".into(),
                 arch: "arm64".into(),
                 agent_version: "1".into(),
+                labels: vec![(format!("k{}", id[1]), "x".into())],
             })
     };
     prop_oneof![

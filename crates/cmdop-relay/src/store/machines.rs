@@ -18,7 +18,7 @@ impl Store {
         let written = if registration.is_new {
             self.conn.execute(
                 "INSERT INTO machines (id, fleet_id, public_key, hostname, display_name, os, arch, agent_version,
-                 online, last_seen, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10)",
+                 online, last_seen, created_at, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11)",
                 params![
                     m.id.to_string(),
                     m.fleet.to_string(),
@@ -29,13 +29,14 @@ impl Store {
                     m.info.arch(),
                     m.info.version(),
                     m.last_heartbeat.map(sql_time),
-                    sql_time(m.registered)
+                    sql_time(m.registered),
+                    m.labels.to_string()
                 ],
             )
         } else {
             self.conn.execute(
                 "UPDATE machines SET hostname = ?2, display_name = ?3, os = ?4, arch = ?5, agent_version = ?6,
-                 last_seen = ?7 WHERE id = ?1",
+                 last_seen = ?7, labels = ?8 WHERE id = ?1",
                 params![
                     m.id.to_string(),
                     m.hostname.as_str(),
@@ -43,7 +44,8 @@ impl Store {
                     m.info.os(),
                     m.info.arch(),
                     m.info.version(),
-                    m.last_heartbeat.map(sql_time)
+                    m.last_heartbeat.map(sql_time),
+                    m.labels.to_string()
                 ],
             )
         };

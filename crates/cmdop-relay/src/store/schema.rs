@@ -74,7 +74,12 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 ",
-    // 2: the fleet lock. The relay stores what admins sign and agents prove, and holds no key that could sign
+    // 2: machine labels (`cmdop-agent run --label role=web`), as the agent last reported them: `key=value`
+    // pairs separated by spaces, the text form of cmdop-fleet's MachineLabels.
+    r"
+ALTER TABLE machines ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+",
+    // 3: the fleet lock. The relay stores what admins sign and agents prove, and holds no key that could sign
     // any of it; agents and clients verify it all again against the fleet key they pinned.
     r"
 CREATE TABLE fleet_authority (

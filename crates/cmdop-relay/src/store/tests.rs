@@ -64,6 +64,7 @@ fn enrolment(byte: u8, hostname: &str) -> Enrolment {
         hostname: Hostname::parse(hostname).unwrap(),
         name: None,
         info: AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+        labels: cmdop_fleet::MachineLabels::parse(&["role=web", "env=prod"]).unwrap(),
     }
 }
 
@@ -115,6 +116,7 @@ fn survives_close_and_reopen() {
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].1.hostname.as_str(), "web-1");
     assert_eq!(machines[0].1.public_key, key(7));
+    assert_eq!(machines[0].1.labels.to_string(), "env=prod role=web");
     assert!(
         store
             .audit(None)
@@ -143,6 +145,42 @@ fn data_dir_and_db_are_private() {
             & 0o777,
         0o600
     );
+}
+
+/// Issue 13, hole 10: a relay.db that group or others can read (it holds every fleet's trust seed) was
+/// silently reset to 0600, hiding that it had been exposed. It is refused, as key files are, and left as it is.
+#[cfg(unix)]
+#[test]
+fn a_relay_db_others_can_read_is_refused_not_silently_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Store::open(&data)
+        .unwrap()
+        .create_fleet("prod", NOW)
+        .unwrap();
+    for file in [DB_FILE, "relay.db-wal"] {
+        let path = data.join(file);
+        if !path.exists() {
+            continue;
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = Store::open(&data) else {
+            panic!("{} at 0644 was accepted", path.display());
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "the mode was changed behind the operator's back"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(Store::open(&data).unwrap().fleets().unwrap().len(), 1);
 }
 
 #[test]
@@ -404,8 +442,16 @@ fn a_version_1_database_is_migrated_with_its_data() {
         )
         .unwrap();
     }
+    // The relay that made it kept it private, as this one insists.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(data.join(DB_FILE), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let store = Store::open(&data).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        i64::try_from(schema::MIGRATIONS.len()).unwrap()
+    );
     let fleet = store.fleet_by_name("prod").unwrap().unwrap().fleet;
     assert_eq!(store.stored_lock(fleet.id).unwrap(), Default::default());
     assert_eq!(

@@ -135,6 +135,7 @@ pub(crate) fn registration(api_key: &str, workspace: &str, hostname: &str) -> Ag
         os: "linux".into(),
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
@@ -174,6 +175,7 @@ async fn agent_registers_and_a_member_sees_it_online() {
     );
     assert!(machine.online);
     assert_eq!(machine.public_key, Some(agent_identity.public_key()));
+    assert_eq!(machine.labels, [("role".to_owned(), "web".to_owned())]);
 
     let audit = fx.admin.audit(Some("prod")).unwrap();
     assert!(
@@ -719,6 +721,11 @@ async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
     let key_path = fx.data.join("leaf-key.pem");
     std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
     std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    // A key others can read is refused (`tls::tests::a_key_file_others_can_read_is_refused`).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     let tls = TlsIdentity::from_pem_files(&cert_path, &key_path).unwrap();
     let expected = RelayFingerprint::of_cert(leaf.der());
