@@ -19,8 +19,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The words of `cmdop …` for client `client` with the member key and the relay's flags, without a
+/// subcommand. A first contact is pinned (`--accept-new`), as a script's would be.
+fn cmdop_words(c: &Contour, client: &str) -> Vec<String> {
+    let mut words = rsh_words(c, client);
+    words.truncate(words.len() - 3);
+    words.push("--accept-new".to_owned());
+    words
+}
+
 /// The words of `cmdop … rsh` for client `client` with the member key: what `rsync -e` and `GIT_SSH_COMMAND`
-/// are given (no word has a space: the paths are under a temporary directory and target/).
+/// are given (no word has a space: the paths are under a temporary directory and target/). A first contact
+/// is pinned the way an ssh user says it: `-o StrictHostKeyChecking=accept-new`.
 fn rsh_words(c: &Contour, client: &str) -> Vec<String> {
     let mut words = vec![bin_dir().join("cmdop").display().to_string()];
     words.extend([
@@ -38,6 +48,8 @@ fn rsh_words(c: &Contour, client: &str) -> Vec<String> {
         "--api-key-file".to_owned(),
         c.member_key("prod").display().to_string(),
         "rsh".to_owned(),
+        "-o".to_owned(),
+        "StrictHostKeyChecking=accept-new".to_owned(),
     ]);
     for word in &words {
         assert!(!word.contains(' '), "{word:?} would be split by rsync -e");
@@ -221,8 +233,7 @@ fn a_tar_pipe_goes_both_ways() {
     fs::create_dir(&there).unwrap();
     // `cmdop … connect exec web-1 -- sh -c SCRIPT`, quoted for sh.
     let sh = |script: &str| {
-        let mut words = rsh_words(&c, "alice");
-        words.pop();
+        let mut words = cmdop_words(&c, "alice");
         words.extend(["connect", "exec", "web-1", "--", "sh", "-c", script].map(str::to_owned));
         words
             .iter()
@@ -388,11 +399,11 @@ fn ssh_reaches_the_machine_s_sshd_through_proxy_and_ssh_config() {
     let c = Contour::with_machine();
     let dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(dir.path());
-    let cmdop = rsh_words(&c, "alice");
+    let cmdop = cmdop_words(&c, "alice");
     // The flags that pick the relay and credential, then `connect proxy`: what a ProxyCommand runs.
     let proxy = format!(
         "{} connect proxy %h localhost:{}",
-        cmdop[..cmdop.len() - 1].join(" "),
+        cmdop.join(" "),
         sshd.port
     );
     let out = run(sshd.ssh().args([

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cmdop_client::known_machines::KnownMachines;
+use cmdop_client::known_machines::{FirstContact, KnownMachines};
 use cmdop_client::{ClientConnection, ClientError, Machine};
 use cmdop_identity::Identity;
 use cmdop_proto::e2e::StreamKind;
@@ -129,7 +129,13 @@ fn fan_out(
     command.stdin = false;
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    // Many machines cannot share one terminal prompt: a first contact needs --accept-new here.
+    let policy = if global.accept_new {
+        FirstContact::AcceptNew
+    } else {
+        FirstContact::Refuse
+    };
+    let known = KnownMachines::in_dir(profile.dir()).with_first_contact(policy);
     let runtime = runtime()?;
     runtime.block_on(async {
         let mut client =

@@ -26,7 +26,6 @@ use crate::forward::{destination, display_host, split_fields};
 use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
-use cmdop_client::known_machines::KnownMachines;
 
 /// Flags of `cmdop connect proxy`.
 #[derive(Debug, Args)]
@@ -54,7 +53,8 @@ pub(crate) fn run(global: &GlobalArgs, workspace: Option<&str>, args: &ProxyArgs
     let (host, port) = parse_destination(&args.destination)?;
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    // stdin carries ssh's bytes: a first contact cannot be asked here, only accepted by --accept-new.
+    let known = channel::known_machines(&profile, global);
     let runtime = runtime()?;
     runtime.block_on(async {
         let client =

@@ -46,6 +46,9 @@ struct Parsed {
     workspace: Option<String>,
     quiet: bool,
     escape: Option<EscapeChar>,
+    /// `-o StrictHostKeyChecking=accept-new` (or `no`): pin a machine met for the first time, as
+    /// `--accept-new` does.
+    accept_new: bool,
 }
 
 /// The ssh options that take no value: all accepted, only `-q` changes anything.
@@ -64,6 +67,9 @@ pub(crate) fn run(global: &GlobalArgs, args: &RshArgs) -> ExitCode {
     if parsed.quiet {
         crate::channel::be_quiet();
     }
+    let mut global = global.clone();
+    global.accept_new |= parsed.accept_new;
+    let global = &global;
     let workspace = parsed.workspace.as_deref();
     if parsed.command.is_empty() {
         if std::io::stdin().is_terminal() {
@@ -188,8 +194,9 @@ fn option_cluster<'a>(
     Ok(())
 }
 
-/// What an option with a value does: `-e` sets the escape character; `-l`, `-p` and `-o` are checked and
-/// ignored (commands run as the agent's user, the contour has no ports, ssh's settings do not apply).
+/// What an option with a value does: `-e` sets the escape character; `-o StrictHostKeyChecking=…` picks the
+/// first-contact policy; `-l`, `-p` and other `-o` settings are checked and ignored (commands run as the
+/// agent's user, the contour has no ports, ssh's other settings do not apply).
 fn apply(option: char, value: &str, parsed: &mut Parsed) -> Result<(), Failure> {
     match option {
         'e' => {
@@ -203,12 +210,30 @@ fn apply(option: char, value: &str, parsed: &mut Parsed) -> Result<(), Failure> 
                 "cmdop rsh: -p {value:?} is not a port number (it is ignored, but must be a number)"
             )));
         }
-        'o' if value.trim().is_empty() => {
-            return Err(usage("cmdop rsh: -o needs KEY=VALUE"));
-        }
+        'o' => parsed.accept_new |= strict_host_key_checking(value)?.unwrap_or(false),
         _ => {}
     }
     Ok(())
+}
+
+/// Reads one `-o` setting (`KEY=VALUE` or `KEY VALUE`, as ssh takes it). For `StrictHostKeyChecking`,
+/// whether first contacts are accepted: `accept-new` and `no` do, `yes` and `ask` leave it to the terminal
+/// (asked) or refuse. Any other key is `None`: ignored.
+fn strict_host_key_checking(setting: &str) -> Result<Option<bool>, Failure> {
+    let setting = setting.trim();
+    let Some((key, value)) = setting.split_once(['=', ' ']) else {
+        return Err(usage(format!("cmdop rsh: -o {setting:?} is not KEY=VALUE")));
+    };
+    if !key.trim().eq_ignore_ascii_case("StrictHostKeyChecking") {
+        return Ok(None);
+    }
+    match value.trim().to_ascii_lowercase().as_str() {
+        "accept-new" | "no" | "off" => Ok(Some(true)),
+        "yes" | "ask" => Ok(Some(false)),
+        other => Err(usage(format!(
+            "cmdop rsh: -o StrictHostKeyChecking={other:?} is not one of accept-new, no, yes, ask"
+        ))),
+    }
 }
 
 fn unknown(option: &str) -> Failure {
@@ -255,6 +280,7 @@ mod tests {
                 workspace: None,
                 quiet: true,
                 escape: Some(EscapeChar::None),
+                accept_new: false,
             }
         );
     }
@@ -278,6 +304,30 @@ mod tests {
     }
 
     #[test]
+    fn strict_host_key_checking_accept_new_pins_first_contacts_like_the_flag() {
+        for (line, accept_new) in [
+            ("-o StrictHostKeyChecking=accept-new web-1 true", true),
+            ("-o stricthostkeychecking=no web-1 true", true),
+            ("-oStrictHostKeyChecking=yes web-1 true", false),
+            ("-o SendEnv=GIT_PROTOCOL web-1 true", false),
+            ("web-1 true", false),
+        ] {
+            assert_eq!(
+                parse(&words(line)).unwrap().accept_new,
+                accept_new,
+                "{line}"
+            );
+        }
+        let spaced = parse(&[
+            "-o".into(),
+            "StrictHostKeyChecking accept-new".into(),
+            "web-1".into(),
+        ])
+        .unwrap();
+        assert!(spaced.accept_new);
+    }
+
+    #[test]
     fn unknown_options_and_missing_parts_are_usage_errors() {
         for (bad, words_expected) in [
             ("-G web-1", "unknown option -G"),
@@ -286,6 +336,11 @@ mod tests {
             ("-p", "needs a value"),
             ("-p http web-1", "not a port number"),
             ("-e xx web-1", "escape character"),
+            ("-o SendEnv web-1", "not KEY=VALUE"),
+            (
+                "-o StrictHostKeyChecking=maybe web-1",
+                "not one of accept-new",
+            ),
             ("-T", "no machine given"),
         ] {
             let failure = parse(&words(bad)).unwrap_err();
