@@ -74,7 +74,11 @@ fn a_thousand_agents_register_are_listed_and_all_come_back_after_the_relay_is_ki
     assert_eq!(back["agents"], AGENTS);
     assert_eq!(back["gave_up"], 0);
     let listed = contour.list("alice", &member_key, None);
-    assert_eq!(listed.len(), AGENTS, "the same machines came back, no new ones");
+    assert_eq!(
+        listed.len(),
+        AGENTS,
+        "the same machines came back, no new ones"
+    );
     assert!(listed.iter().all(|m| m["online"] == true));
 
     tell(&mut stdin, "quit");

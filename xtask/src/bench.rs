@@ -41,6 +41,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         "exec" => {}
         "tunnel" => return transfer::tunnel(root, rest),
         "cp" => return transfer::cp(root, rest),
+        "rsync" => return transfer::rsync(root, rest),
         "keystroke" => return crate::keystroke::run(root, rest),
         "scale" => return scale::run(root, rest),
         "idle" => return idle::run(root, rest),

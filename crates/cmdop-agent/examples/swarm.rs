@@ -122,12 +122,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 os: std::env::consts::OS.to_owned(),
                 arch: std::env::consts::ARCH.to_owned(),
                 agent_version: format!("{} (swarm)", env!("CARGO_PKG_VERSION")),
+                labels: Vec::new(),
             },
             state_dir: args.state_dir.clone(),
             stream_limits: StreamLimits::default(),
             session_limits: SessionLimits::default(),
             forward_policy: DestinationPolicy::from_lists(&[], &[])?,
             dialer: dialer.clone(),
+            fleet_key: None,
+            enrolment: None,
         };
         let start_at = started + spacing.saturating_mul(u32::try_from(agent).unwrap_or(u32::MAX));
         tokio::spawn(simulate(agent, config, start_at, reports.clone()));

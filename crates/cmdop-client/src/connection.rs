@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::RelayFingerprint;
+use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::login::{
     AgentLoginRequest, ClientCredential, LoginError, LoginOutcome, LoginRequest, LoginStep,
@@ -23,14 +24,16 @@ use cmdop_proto::login::{
 };
 use cmdop_proto::presence::{HeartbeatError, HeartbeatSchedule};
 use cmdop_proto::wire::{
-    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, ListMachines, OpenStream,
-    PeerMessage, RelayMessage,
+    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, FleetLockState, KeyBytes,
+    ListMachines, LockItem, LockQuery, LockSubmit, OpenStream, PeerMessage, RelayMessage,
+    RouteLock, Submission,
 };
 use rand_core::RngCore;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::fleet_lock::LockCheckError;
 use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
 use crate::secure_stream::SecureStreamError;
@@ -74,6 +77,14 @@ pub enum ClientError {
         expected: RelayFingerprint,
         /// The fingerprint the relay presented.
         got: RelayFingerprint,
+    },
+    /// The relay address is not `HOST:PORT`, so it was not even looked up.
+    #[error("invalid relay address {address:?}: {reason}")]
+    InvalidRelayAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it and how to write it.
+        reason: String,
     },
     /// The relay address does not resolve.
     #[error("cannot resolve relay address {address:?}; check --relay (HOST:PORT)")]
@@ -161,6 +172,10 @@ pub enum ClientError {
     /// The machine's key is not the pinned one, or the pin store cannot be used; nothing was sent.
     #[error(transparent)]
     KnownMachines(#[from] KnownMachinesError),
+    /// The machine's fleet is locked and its key is not certified by the pinned fleet key (or the relay sent
+    /// a lock that does not verify); nothing was sent.
+    #[error(transparent)]
+    Lock(#[from] LockCheckError),
     /// The end-to-end channel failed: its handshake (refused, tampered with) or the stream under it (lost).
     #[error(transparent)]
     SecureStream(#[from] SecureStreamError),
@@ -200,6 +215,52 @@ pub struct RelayTarget {
     pub address: String,
     /// The pinned certificate fingerprint.
     pub fingerprint: RelayFingerprint,
+}
+
+/// Checks that `address` has the shape `HOST:PORT` (an IPv6 address in brackets) before anything looks it up:
+/// without this, a forgotten port (`--relay 127.0.0.1`) surfaced as a name that does not resolve.
+pub fn check_relay_address(address: &str) -> Result<(), ClientError> {
+    let bad = |reason: String| ClientError::InvalidRelayAddress {
+        address: address.chars().take(120).collect(),
+        reason,
+    };
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| {
+            bad("the `[` of an IPv6 address is not closed; write [ADDRESS]:PORT".into())
+        })?;
+        let port = after.strip_prefix(':').ok_or_else(|| {
+            bad(format!(
+                "the port is missing; write HOST:PORT, e.g. [{host}]:4433"
+            ))
+        })?;
+        (host, port)
+    } else {
+        match address.rsplit_once(':') {
+            None => {
+                return Err(bad(format!(
+                    "the port is missing; write HOST:PORT, e.g. {address}:4433"
+                )));
+            }
+            Some((host, _)) if host.contains(':') => {
+                return Err(bad(
+                    "an IPv6 address goes in brackets; write [ADDRESS]:PORT, e.g. [::1]:4433"
+                        .into(),
+                ));
+            }
+            Some(split) => split,
+        }
+    };
+    if host.is_empty() {
+        return Err(bad(
+            "the host is missing; write HOST:PORT, e.g. relay.example:4433".into(),
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(()),
+        _ => Err(bad(format!(
+            "the port {port:?} is not a number from 1 to 65535; write HOST:PORT, e.g. relay.example:4433"
+        ))),
+    }
 }
 
 impl RelayTarget {
@@ -269,6 +330,8 @@ pub struct AgentRegistration {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The machine's labels, (key, value): `--label role=web`.
+    pub labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AgentRegistration {
@@ -277,6 +340,7 @@ impl std::fmt::Debug for AgentRegistration {
             .field("workspace", &self.workspace)
             .field("hostname", &self.hostname)
             .field("display_name", &self.display_name)
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -289,6 +353,18 @@ pub struct AgentConnection {
     fleet_id: Uuid,
     heartbeat_interval: Duration,
     trust_key: PublicKey,
+    /// The fleet's lock as the relay sent it right after registering (`None` from a relay that predates the
+    /// fleet lock), and any newer one that arrived while waiting for another answer.
+    fleet_lock: Option<FleetLockState>,
+}
+
+/// What the relay answered an agent's enrolment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolmentReply {
+    /// The machine already holds a valid certificate: nothing to do.
+    AlreadyCertified,
+    /// The enrolment authorization of the key asked about; sign a certificate under it.
+    Authorization(Vec<u8>),
 }
 
 impl AgentConnection {
@@ -326,22 +402,47 @@ impl AgentConnection {
             os: registration.os.clone(),
             arch: registration.arch.clone(),
             agent_version: registration.agent_version.clone(),
+            labels: registration.labels.clone(),
         });
         let software = format!("cmdop-agent {}", registration.agent_version);
-        let (link, outcome) = Link::connect(dialer, relay, request, &software, identity).await?;
+        let (mut link, outcome) =
+            Link::connect(dialer, relay, request, &software, identity).await?;
         match outcome {
             LoginOutcome::Registered {
                 registered,
                 trust_key,
-            } => Ok(Self {
-                link,
-                machine_id: Uuid::from_bytes(registered.machine_id.0),
-                fleet_id: Uuid::from_bytes(registered.fleet_id.0),
-                heartbeat_interval: Duration::from_secs(
-                    registered.heartbeat_interval_secs.max(1).into(),
-                ),
-                trust_key,
-            }),
+            } => {
+                // The relay follows `Registered` with the fleet's lock (the agent advertised that it
+                // understands it), before it routes any stream here. A relay that predates the lock never
+                // sends one; the wait for it is bounded.
+                let fleet_lock =
+                    match tokio::time::timeout(REQUEST_TIMEOUT, link.stream.recv::<RelayMessage>())
+                        .await
+                    {
+                        Ok(Ok(Some(RelayMessage::FleetLock(lock)))) => Some(lock),
+                        Ok(Ok(Some(other))) => return Err(unexpected(&other)),
+                        Ok(Ok(None)) => {
+                            return Err(link.close_reason().unwrap_or_else(|| {
+                                ClientError::Closed {
+                                    code: CloseCode::NORMAL.0,
+                                    reason: "control stream ended".into(),
+                                }
+                            }));
+                        }
+                        Ok(Err(err)) => return Err(link.stream_error(err)),
+                        Err(_) => None,
+                    };
+                Ok(Self {
+                    link,
+                    machine_id: Uuid::from_bytes(registered.machine_id.0),
+                    fleet_id: Uuid::from_bytes(registered.fleet_id.0),
+                    heartbeat_interval: Duration::from_secs(
+                        registered.heartbeat_interval_secs.max(1).into(),
+                    ),
+                    trust_key,
+                    fleet_lock,
+                })
+            }
             LoginOutcome::Welcome(_) => Err(ClientError::Protocol(
                 "the relay welcomed an agent as a client".into(),
             )),
@@ -368,6 +469,48 @@ impl AgentConnection {
         self.trust_key
     }
 
+    /// The fleet's lock as the relay sent it after registering (empty authority: the fleet is not locked;
+    /// `None`: a relay that predates the fleet lock). The agent verifies it against the fleet key it pinned.
+    pub fn take_fleet_lock(&mut self) -> Option<FleetLockState> {
+        self.fleet_lock.take()
+    }
+
+    /// Asks the relay for the enrolment authorization of `enrolment_key` (the public half of the key derived
+    /// from the enrolment secret).
+    pub async fn request_enrolment(
+        &mut self,
+        enrolment_key: &PublicKey,
+    ) -> Result<EnrolmentReply, ClientError> {
+        let request = PeerMessage::Enrol(KeyBytes(enrolment_key.to_bytes()));
+        match self.agent_request(&request).await? {
+            RelayMessage::EnrolAuthorization(bytes) => Ok(EnrolmentReply::Authorization(bytes)),
+            RelayMessage::Enrolled => Ok(EnrolmentReply::AlreadyCertified),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends the machine certificate this agent signed with its enrolment key; `Ok` once the relay stored it.
+    pub async fn submit_enrolment(&mut self, certificate: Vec<u8>) -> Result<(), ClientError> {
+        match self
+            .agent_request(&PeerMessage::EnrolProof(certificate))
+            .await?
+        {
+            RelayMessage::Enrolled => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A request on the control stream; a fleet lock the relay pushes meanwhile is kept for
+    /// [`take_fleet_lock`](Self::take_fleet_lock), never mistaken for the answer.
+    async fn agent_request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
+        let mut reply = self.link.request(message).await?;
+        while let RelayMessage::FleetLock(lock) = reply {
+            self.fleet_lock = Some(lock);
+            reply = self.link.receive().await?;
+        }
+        Ok(reply)
+    }
+
     /// A handle that accepts the streams the relay routes to this agent; usable from another task while
     /// this connection heartbeats.
     pub fn acceptor(&self) -> StreamAcceptor {
@@ -388,6 +531,18 @@ impl AgentConnection {
     /// revoked the key). Cancel-safe: drop the future and call [`goodbye`](Self::goodbye). The schedule is
     /// cmdop-proto's [`HeartbeatSchedule`]; this loop only moves its messages and waits for its timer.
     pub async fn keep_alive(&mut self) -> ClientError {
+        self.keep_alive_with(|_| {}).await
+    }
+
+    /// [`keep_alive`](Self::keep_alive), handing every fleet lock the relay pushes (after an admin changed
+    /// it) to `on_lock`.
+    pub async fn keep_alive_with(
+        &mut self,
+        mut on_lock: impl FnMut(FleetLockState),
+    ) -> ClientError {
+        if let Some(lock) = self.fleet_lock.take() {
+            on_lock(lock);
+        }
         let mut schedule =
             HeartbeatSchedule::new(self.heartbeat_interval, REQUEST_TIMEOUT, Instant::now());
         // Watch the connection between heartbeats too: a revocation closes it at once, and waiting for the
@@ -418,6 +573,10 @@ impl AgentConnection {
                     if let RelayMessage::Error(_) = message {
                         return unexpected(&message);
                     }
+                    if let RelayMessage::FleetLock(lock) = message {
+                        on_lock(lock);
+                        continue;
+                    }
                     if let Err(err) = schedule.handle(&message) {
                         return ClientError::Protocol(err.to_string());
                     }
@@ -444,6 +603,7 @@ impl AgentConnection {
 #[derive(Debug)]
 pub struct ClientConnection {
     link: Link,
+    relay: RelayTarget,
     principal: String,
     fleets: Vec<String>,
 }
@@ -461,15 +621,22 @@ impl ClientConnection {
         let software = concat!("cmdop ", env!("CARGO_PKG_VERSION"));
         let (link, outcome) = Link::connect(None, relay, request, software, identity).await?;
         match outcome {
+            // The relay's words are shown to people: escaped at the door.
             LoginOutcome::Welcome(welcome) => Ok(Self {
                 link,
-                principal: welcome.principal,
-                fleets: welcome.fleets,
+                relay: relay.clone(),
+                principal: escaped(&welcome.principal),
+                fleets: welcome.fleets.iter().map(|f| escaped(f)).collect(),
             }),
             LoginOutcome::Registered { .. } => Err(ClientError::Protocol(
                 "the relay registered a client as an agent".into(),
             )),
         }
+    }
+
+    /// The relay this connection is logged in to (its pinned fingerprint keys this client's pins).
+    pub fn relay(&self) -> &RelayTarget {
+        &self.relay
     }
 
     /// Who the credential belongs to, e.g. `user alice`.
@@ -502,7 +669,7 @@ impl ClientConnection {
                         )));
                     }
                     listed.extend(part.into_iter().map(Machine::from));
-                    reply = self.link.reply().await?;
+                    reply = self.link.receive().await?;
                 }
                 RelayMessage::Machines(last) => {
                     listed.extend(last.into_iter().map(Machine::from));
@@ -513,8 +680,65 @@ impl ClientConnection {
         }
     }
 
+    /// A fleet's lock as the relay holds it (an empty authority: the fleet was never locked).
+    pub async fn fleet_lock(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<FleetLockState, ClientError> {
+        let request = PeerMessage::LockQuery(LockQuery {
+            workspace: workspace.map(str::to_owned),
+            items: false,
+        });
+        match self.link.request(&request).await? {
+            RelayMessage::FleetLock(lock) => Ok(lock),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A fleet's lock and everything the relay stores for it (certificates, enrolment keys, the client keys
+    /// and admin key candidates it has seen); needs an admin credential.
+    pub async fn fleet_lock_items(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<(FleetLockState, Vec<LockItem>), ClientError> {
+        let request = PeerMessage::LockQuery(LockQuery {
+            workspace: workspace.map(str::to_owned),
+            items: true,
+        });
+        let lock = match self.link.request(&request).await? {
+            RelayMessage::FleetLock(lock) => lock,
+            other => return Err(unexpected(&other)),
+        };
+        let mut items = Vec::new();
+        loop {
+            match self.link.receive().await? {
+                RelayMessage::LockItems(more) if more.is_empty() => return Ok((lock, items)),
+                RelayMessage::LockItems(more) => items.extend(more),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Submits a signed fleet-lock document; the relay checks and stores it and says what changed. Needs an
+    /// admin credential.
+    pub async fn submit_lock(
+        &mut self,
+        workspace: Option<&str>,
+        submission: Submission,
+    ) -> Result<String, ClientError> {
+        let request = PeerMessage::LockSubmit(LockSubmit {
+            workspace: workspace.map(str::to_owned),
+            submission,
+        });
+        match self.link.request(&request).await? {
+            RelayMessage::LockAccepted(detail) => Ok(escaped(&detail)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the relay for a stream to `machine` (resolved within the fleet) for `kind`. The answer names the
-    /// machine and carries the capability the agent will check; the caller runs the end-to-end channel over it.
+    /// machine and carries the capability the agent will check and the fleet's lock material; the caller
+    /// checks the machine and runs the end-to-end channel over it.
     pub async fn open_stream(
         &self,
         workspace: Option<&str>,
@@ -528,7 +752,7 @@ impl ClientConnection {
             .await
             .map_err(|err| self.link.map_close(err))?;
         let mut control = ControlStream::new(send, recv);
-        let request = PeerMessage::OpenStream(OpenStream {
+        let request = PeerMessage::OpenRoute(OpenStream {
             workspace: workspace.map(str::to_owned),
             machine: machine.to_owned(),
             kind: kind.to_byte(),
@@ -548,23 +772,26 @@ impl ClientConnection {
                 }
                 Ok(Err(err)) => return Err(self.link.stream_error(err)),
             };
-        let RelayMessage::StreamReady(ready) = reply else {
+        let RelayMessage::RouteReady(ready) = reply else {
             return Err(match reply {
                 RelayMessage::Error(error) if error.code == ErrorCode::AMBIGUOUS => {
                     ClientError::Ambiguous {
-                        message: error.message,
+                        message: escaped(&error.message),
                         candidates: candidates(&mut control).await,
                     }
                 }
                 other => unexpected(&other),
             });
         };
+        let ready = *ready;
         let (send, recv, leftover) = control.into_parts();
         Ok(RoutedStream {
+            raw_hostname: ready.machine.hostname.clone(),
             machine: Machine::from(ready.machine),
             fleet_id: Uuid::from_bytes(ready.fleet_id.0),
             channel_id: ready.channel_id,
             capability: ready.capability,
+            lock: ready.lock,
             streams: RawStream {
                 send,
                 recv,
@@ -659,9 +886,13 @@ pub(crate) struct RawStream {
 /// ([`crate::secure_stream::connect`]).
 pub struct RoutedStream {
     machine: Machine,
+    /// The hostname exactly as the relay sent it (the machine's is escaped for display): what pins and
+    /// certificates are compared with.
+    raw_hostname: String,
     fleet_id: Uuid,
     channel_id: [u8; 16],
     capability: Vec<u8>,
+    lock: Option<RouteLock>,
     pub(crate) streams: RawStream,
 }
 
@@ -684,6 +915,17 @@ impl RoutedStream {
     /// The capability the relay issued for this client's key.
     pub fn capability(&self) -> &[u8] {
         &self.capability
+    }
+
+    /// The fleet's lock material, if the fleet has a lock.
+    pub fn lock(&self) -> Option<&RouteLock> {
+        self.lock.as_ref()
+    }
+
+    /// The machine's hostname exactly as the relay sent it (unescaped, possibly hostile): compare it, never
+    /// print it.
+    pub fn raw_hostname(&self) -> &str {
+        &self.raw_hostname
     }
 }
 
@@ -799,7 +1041,8 @@ fn login_error(err: LoginError) -> ClientError {
 }
 
 fn refusal(error: &ErrorMessage) -> ClientError {
-    let message = error.message.clone();
+    // The relay's words, shown to people: escaped at the door.
+    let message = escaped(&error.message);
     match error.code {
         ErrorCode::AUTHENTICATION_FAILED => ClientError::AuthenticationFailed(message),
         ErrorCode::FORBIDDEN => ClientError::Forbidden(message),
@@ -904,6 +1147,7 @@ impl Link {
         dialer: Option<&Dialer>,
         relay: &RelayTarget,
     ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+        check_relay_address(&relay.address)?;
         let address = relay.address.clone();
         let resolved: SocketAddr = tokio::net::lookup_host(&address)
             .await
@@ -960,11 +1204,11 @@ impl Link {
 
     async fn request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
         self.send(message).await?;
-        self.reply().await
+        self.receive().await
     }
 
-    /// The relay's next message on the control stream, within [`REQUEST_TIMEOUT`].
-    async fn reply(&mut self) -> Result<RelayMessage, ClientError> {
+    /// The next message on the control stream, within [`REQUEST_TIMEOUT`].
+    async fn receive(&mut self) -> Result<RelayMessage, ClientError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.stream.recv::<RelayMessage>()).await {
             Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
             Ok(Ok(Some(reply))) => Ok(reply),
@@ -999,7 +1243,7 @@ impl Link {
         match reason {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
-                let text = String::from_utf8_lossy(&close.reason).into_owned();
+                let text = escaped(&String::from_utf8_lossy(&close.reason));
                 if code == CloseCode::CREDENTIAL_REVOKED.0 {
                     ClientError::CredentialRevoked(text)
                 } else {
@@ -1040,6 +1284,31 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
+
+    #[test]
+    fn a_relay_address_needs_a_host_and_a_port() {
+        for good in [
+            "relay.example:4433",
+            "127.0.0.1:1",
+            "[::1]:4433",
+            "localhost:65535",
+        ] {
+            assert!(check_relay_address(good).is_ok(), "{good}");
+        }
+        for (bad, words) in [
+            ("127.0.0.1", "port is missing"),
+            ("relay.example", "e.g. relay.example:4433"),
+            ("[::1]", "port is missing"),
+            ("::1:4433", "in brackets"),
+            ("[::1:4433", "not closed"),
+            (":4433", "host is missing"),
+            ("relay:0", "1 to 65535"),
+            ("relay:http", "1 to 65535"),
+        ] {
+            let err = check_relay_address(bad).unwrap_err().to_string();
+            assert!(err.contains(words), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn backoff_grows_exponentially_and_is_capped() {

@@ -63,7 +63,9 @@ impl ControlStream {
     /// Cancel-safe: the only await is quinn's `read_chunk`, which loses nothing when dropped, and the buffered
     /// state changes only after it completed. Drivers race this against timers and other inputs in `select!`,
     /// and a dropped call must not leave bytes it already decoded to be decoded again.
-    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
+    pub async fn recv<M: Serialize + DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<M>, StreamError> {
         loop {
             if let Some(rest) = self.pending.get(self.pos..) {
                 let mut input = rest;

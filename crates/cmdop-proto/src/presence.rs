@@ -47,6 +47,9 @@ pub enum SessionInput {
     Standing(Result<(), AuthError>),
     /// The store could not answer.
     StoreFailed,
+    /// A message the relay sends the peer on its own initiative (the fleet's lock to an agent, when it
+    /// changes).
+    Push(RelayMessage),
 }
 
 /// What a logged-in connection's state machine asks its driver to do.
@@ -186,6 +189,7 @@ impl RelaySession {
                 self.cut("credential expired")
             }
             SessionInput::Standing(Err(_)) => self.cut("credential revoked"),
+            SessionInput::Push(message) => self.send(message),
             SessionInput::StoreFailed => {
                 self.listing = None;
                 self.send(RelayMessage::Error(ErrorMessage {

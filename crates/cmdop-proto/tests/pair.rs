@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cmdop_fleet::{
-    ApiKey, ApiKeySpec, CredentialId, CredentialRecord, CredentialSecret, Fleet, FleetId,
+    ApiKey, ApiKeySpec, CredentialId, CredentialRecord, CredentialSecret, Expected, Fleet, FleetId,
     FleetName, Machine, Operation, Role, SignedCapability, Timestamp, User, UserId, UserName,
     UserToken, UserTokenSpec,
 };
@@ -23,7 +23,7 @@ use cmdop_proto::presence::{
     HeartbeatError, HeartbeatSchedule, LAST_SEEN_EVERY, MISSED_HEARTBEATS, PRESENCE_FLUSH,
     PresenceBook, PresenceWrite, RelaySession, SessionAction, SessionInput,
 };
-use cmdop_proto::routing::{RouteContext, resolve_route, scope};
+use cmdop_proto::routing::{LockMaterial, RouteContext, resolve_route, scope};
 use cmdop_proto::wire::{
     CloseCode, ErrorCode, FrameDecoder, ListMachines, OpenStream, PeerMessage, RelayMessage, encode,
 };
@@ -489,6 +489,7 @@ fn agent_request(key: &CredentialSecret, workspace: &str, hostname: &str) -> Log
         os: "linux".to_owned(),
         arch: "x86_64".to_owned(),
         agent_version: "0.1.0".to_owned(),
+        labels: vec![("role".to_owned(), "web".to_owned())],
     })
 }
 
@@ -774,6 +775,14 @@ fn roles_decide_who_may_enrol_and_who_may_log_in_as_a_client() {
         &EXPORTER,
     );
     assert_eq!(refused_code(&bad_hostname), ErrorCode::INVALID_REGISTRATION);
+    pair.reconnect();
+    let mut bad_label = agent_request(&agent_key, "prod", "l");
+    if let LoginRequest::Agent(request) = &mut bad_label {
+        request.labels = vec![("Role".to_owned(), "web".to_owned())];
+    }
+    let refused = pair.login(bad_label, &identity(5), &EXPORTER);
+    assert_eq!(refused_code(&refused), ErrorCode::INVALID_REGISTRATION);
+    assert!(format!("{refused:?}").contains("label key"), "{refused:?}");
 }
 
 #[test]
@@ -878,6 +887,7 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
     };
     let scoped = scope(&session, &request).unwrap();
     let now = pair.clock.now().unix;
+    let unlocked = LockMaterial::default();
     let route = resolve_route(
         &scoped,
         &request,
@@ -887,32 +897,44 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
             trust_key: &pair.store.trust[&alpha],
             channel_id: [0x42; 16],
             now,
+            lock: &unlocked,
         },
     )
     .unwrap();
     assert_eq!(route.machine.hostname.as_str(), "a-1");
     assert_eq!(route.header.channel_id, route.ready.channel_id);
+    assert!(route.ready.lock.is_none());
+    assert_eq!(
+        route.stream_ready().unwrap().capability,
+        route.ready.capability
+    );
     let capability = SignedCapability::from_bytes(&route.ready.capability).unwrap();
     let trust = pair.store.trust[&alpha].public_key();
-    capability
-        .verify(&trust, &client.public_key(), alpha, Operation::Exec, now)
-        .unwrap();
-    assert!(
-        capability
-            .verify(&trust, &client.public_key(), alpha, Operation::Shell, now)
-            .is_err()
-    );
-    assert!(
-        capability
-            .verify(
-                &trust,
-                &identity(8).public_key(),
-                alpha,
-                Operation::Exec,
-                now
-            )
-            .is_err()
-    );
+    let expected = Expected {
+        client_key: client.public_key(),
+        fleet: alpha,
+        machine: route.machine.id,
+        channel: [0x42; 16],
+        operation: Operation::Exec,
+        now,
+    };
+    capability.verify(&trust, &expected).unwrap();
+    for wrong in [
+        Expected {
+            operation: Operation::Shell,
+            ..expected
+        },
+        Expected {
+            client_key: identity(8).public_key(),
+            ..expected
+        },
+        Expected {
+            channel: [0x43; 16],
+            ..expected
+        },
+    ] {
+        assert!(capability.verify(&trust, &wrong).is_err(), "{wrong:?}");
+    }
     // A machine of the other fleet is not found, whatever its name.
     let other = OpenStream {
         machine: "b-1".to_owned(),
@@ -927,6 +949,7 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
             trust_key: &pair.store.trust[&alpha],
             channel_id: [0x43; 16],
             now,
+            lock: &unlocked,
         },
     )
     .unwrap_err();

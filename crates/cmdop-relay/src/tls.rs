@@ -31,6 +31,18 @@ pub enum TlsError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The private key file can be accessed by group or others.
+    #[error(
+        "{} is accessible by group or others (mode {mode:04o}) and is refused, since it holds the relay's private key; run `chmod 600 {}` (readable by the relay's user only), and replace the key if someone else may have read it",
+        path.display(),
+        path.display()
+    )]
+    KeyTooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PEM file holds no usable certificate or key.
     #[error(
         "{path} holds no usable PEM {what}; pass a PEM certificate chain to --cert and its private key to --key"
@@ -66,10 +78,7 @@ impl TlsIdentity {
             path: cert.into(),
             source,
         })?;
-        let key_pem = std::fs::read(key).map_err(|source| TlsError::File {
-            path: key.into(),
-            source,
-        })?;
+        let key_pem = read_key_file(key)?;
         Self::from_pem(&cert_pem, &key_pem, cert, key)
     }
 
@@ -142,6 +151,30 @@ pub fn leaf_fingerprint_from_pem(pem: &[u8]) -> Option<RelayFingerprint> {
         .map(|leaf| RelayFingerprint::of_cert(&leaf))
 }
 
+/// Reads a private key file, refusing one that group or others can access (checked on the open handle).
+fn read_key_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let cannot = |source| TlsError::File {
+        path: path.into(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file.metadata().map_err(cannot)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TlsError::KeyTooOpen {
+                path: path.into(),
+                mode,
+            });
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(cannot)?;
+    Ok(bytes)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     create_private_file(path)?;
     std::fs::write(path, bytes).map_err(|source| TlsError::File {
@@ -182,7 +215,7 @@ pub(crate) fn server_config(
     Ok(config)
 }
 
-/// The least time between two stateless resets the relay sends (see [`endpoint_config`]).
+/// The least time between two stateless resets the relay sends (see `endpoint_config`).
 pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The relay endpoint's configuration, with a stateless-reset key derived from the TLS private key.
@@ -238,5 +271,41 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    /// Issue 13, hole 10: a relay-key.pem at mode 0644 was used silently. Key files that group or others can
+    /// access are refused, the generated one and one given with `--key` alike, and left as they are.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        TlsIdentity::load_or_generate(dir.path()).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        let cert = dir.path().join(CERT_FILE);
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            for err in [
+                TlsIdentity::load_or_generate(dir.path())
+                    .map(|_| ())
+                    .unwrap_err(),
+                TlsIdentity::from_pem_files(&cert, &key)
+                    .map(|_| ())
+                    .unwrap_err(),
+                stored_fingerprint(dir.path()).map(|_| ()).unwrap_err(),
+            ] {
+                let err = err.to_string();
+                assert!(
+                    err.contains(&key.display().to_string()) && err.contains("chmod 600"),
+                    "{mode:o}: {err}"
+                );
+            }
+            let now = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, mode, "the key's mode was changed");
+        }
+        // The certificate is public: its mode does not matter.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(TlsIdentity::load_or_generate(dir.path()).is_ok());
     }
 }

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::procfs::{self, Memory, mib};
 use super::{Scratch, Summary, machine, publish, utc_now, versions};
-use crate::contour::{self, Binaries, Contour, FLEET};
+use crate::contour::{self, Binaries, Contour, Dial, FLEET};
 
 pub(super) const USAGE: &str = "usage: cargo xtask bench scale [--agents N] [--steady-secs S] [--runs N] [--no-storm]
                                [--own-sockets] [--short] [--no-build]
@@ -107,6 +107,7 @@ pub(super) fn run(root: &Path, args: &[String]) -> Result<()> {
         bins,
         &scratch.path().join("contour"),
         "127.0.0.1:0",
+        &Dial::default(),
         &["--max-connections", &max_connections],
     )?;
     let mut results = Results::new(&options);

@@ -90,7 +90,10 @@ async fn run_actions(
     let mut sent_error = false;
     while let Some(action) = login.poll_action() {
         match action {
-            LoginAction::Send(message) => {
+            LoginAction::Send(mut message) => {
+                if let Some(meddler) = &shared.meddler {
+                    meddler.control(super::PeerKind::Unknown, &mut message);
+                }
                 sent_error |= matches!(message, cmdop_proto::wire::RelayMessage::Error(_));
                 let sent = match stream.as_deref_mut() {
                     Some(stream) => stream.send(&message).await.is_ok(),

@@ -2,12 +2,13 @@
 //! (login, then the logged-in session and the routing of its streams) against the store.
 //!
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
-//! [`Limits::login_deadline`] ([`login`]); after login the permit is released, the connection is tracked in
-//! the session table, and [`session`] serves its control stream while [`routing`] serves the streams it
-//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store every
+//! [`Limits::login_deadline`] (`login`); after login the permit is released, the connection is tracked in
+//! the session table, and `session` serves its control stream (and `lock` its fleet-lock requests) while
+//! `routing` serves the streams it opens. A watcher (`revocation`) re-checks the credentials of live connections against the store every
 //! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
 //! process) cuts its connections within a second.
 
+mod lock;
 mod login;
 mod presence;
 mod revocation;
@@ -24,11 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
-use cmdop_fleet::{CredentialId, Timestamp};
+use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::login::{AuditEvent, Time};
 use cmdop_proto::presence::PresenceBook;
-use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
+use cmdop_proto::wire::{
+    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
@@ -62,6 +65,51 @@ impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tap(..)")
     }
+}
+
+/// A testing hook that makes the relay behave as a compromised one would: it sees (and may change) every
+/// message the relay sends on control streams and every route before the stream is opened. The hostile-relay
+/// tests use it to prove that agents and clients refuse what a relay could forge; the `cmdop-relay` binary
+/// never sets one. Every method defaults to leaving things alone.
+pub trait Meddler: Send + Sync + 'static {
+    /// A message about to be sent to `to` on a control stream or as a routed stream's refusal (`Welcome`,
+    /// `Machines`, `FleetLock`, `Error`, …).
+    fn control(&self, _to: PeerKind, _message: &mut RelayMessage) {}
+
+    /// A route about to be answered: what the client is told, what the agent is told, and which machine's
+    /// agent gets the stream.
+    fn route(&self, _route: &mut MeddledRoute) {}
+}
+
+/// Whom a relay message goes to, as a [`Meddler`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A logged-in agent.
+    Agent,
+    /// A logged-in client.
+    Client,
+    /// A peer that has not logged in yet.
+    Unknown,
+}
+
+impl PeerKind {
+    fn of(peer: &cmdop_proto::login::LoggedIn) -> Self {
+        match peer {
+            cmdop_proto::login::LoggedIn::Agent(_) => Self::Agent,
+            cmdop_proto::login::LoggedIn::Client(_) => Self::Client,
+        }
+    }
+}
+
+/// A route as a [`Meddler`] may change it.
+#[derive(Debug, Clone)]
+pub struct MeddledRoute {
+    /// The answer for the client (sent as `StreamReady`, without the lock, to an old client).
+    pub ready: RouteReady,
+    /// The header for the agent.
+    pub header: StreamHeader,
+    /// The machine whose agent gets the stream.
+    pub agent: MachineId,
 }
 
 /// Errors of the server.
@@ -105,6 +153,14 @@ pub struct ServerConfig {
     pub metrics: Arc<RelayMetrics>,
     /// On shutdown, how long routed streams still running get to finish before the relay closes them.
     pub drain_timeout: Duration,
+    /// Makes the relay hostile (tests only; `None` in the binary).
+    pub meddler: Option<Arc<dyn Meddler>>,
+}
+
+impl std::fmt::Debug for dyn Meddler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meddler(..)")
+    }
 }
 
 impl ServerConfig {
@@ -120,6 +176,7 @@ impl ServerConfig {
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            meddler: None,
         }
     }
 }
@@ -150,6 +207,7 @@ struct Shared {
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
+    meddler: Option<Arc<dyn Meddler>>,
 }
 
 /// A logged-in connection, as the revocation watcher and routing see it.
@@ -161,10 +219,16 @@ struct LiveConnection {
     /// machine. A watch rather than a queue: only the latest standing matters, and it costs one small
     /// allocation per connection where a queue's first block of slots would cost kilobytes.
     standing: watch::Sender<Standing>,
+    /// For an agent that understands the fleet lock: its fleet, and where the relay puts the fleet's lock
+    /// when an admin changes it (a watch too: only the latest lock matters).
+    lock: Option<(FleetId, watch::Sender<LockPush>)>,
 }
 
 /// A credential's standing as the revocation watcher last read it (`None`: not read yet).
 type Standing = Option<Result<(), cmdop_fleet::AuthError>>;
+
+/// The fleet's lock as the relay last pushed it to an agent (`None`: nothing pushed since it connected).
+type LockPush = Option<Arc<RelayMessage>>;
 
 impl Server {
     /// Opens the store, marks every machine offline (no connection survives a restart) and binds the endpoint.
@@ -195,6 +259,7 @@ impl Server {
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
+            meddler: config.meddler,
         });
         Ok(Self {
             endpoint,
@@ -333,6 +398,44 @@ impl Shared {
         self.presence
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fleet's lock as agents receive it, after a test's [`Meddler`] had its say.
+    fn fleet_lock_message(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let mut message = self.plain_fleet_lock(fleet)?;
+        if let Some(meddler) = &self.meddler {
+            meddler.control(PeerKind::Agent, &mut message);
+        }
+        Ok(message)
+    }
+
+    fn plain_fleet_lock(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let stored = self.lock_store().stored_lock(fleet)?;
+        Ok(RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
+            fleet_id: IdBytes(fleet.to_bytes()),
+            authority: stored.authority,
+            revocations: stored.revocations,
+        }))
+    }
+
+    /// Sends the fleet's current lock to every live agent of `fleet` that understands it (after an admin
+    /// changed it), so revocations reach machines at once.
+    fn push_lock(&self, fleet: FleetId) {
+        let message = match self.fleet_lock_message(fleet) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the fleet lock to push it to agents");
+                return;
+            }
+        };
+        let message = Arc::new(message);
+        for live in self.sessions().values() {
+            if let Some((agent_fleet, push)) = &live.lock
+                && *agent_fleet == fleet
+            {
+                push.send_replace(Some(Arc::clone(&message)));
+            }
+        }
     }
 
     /// Counts a login failure the state machine reported.
