@@ -399,6 +399,17 @@ async fn a_registration_may_not_take_another_machines_name() {
         matches!(&err, ClientError::HostnameTaken(message) if message.contains("is the display name of machine")),
         "{err:?}"
     );
+    // Nor a display name that is another machine's hostname, in any case: the relay finds the clash by its
+    // folded-name index, not by reading the whole fleet.
+    let mut shadow = registration(&agent_key, "prod", "web-9");
+    shadow.display_name = Some("DB-7".into());
+    let err = AgentConnection::register(&relay.target, &Identity::generate(&mut OsRng), &shadow)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::HostnameTaken(message) if message.contains("is the hostname of machine")),
+        "{err:?}"
+    );
     owner.goodbye().await.unwrap();
     relay.stop().await;
 }
