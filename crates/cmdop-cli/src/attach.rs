@@ -5,21 +5,19 @@
 //! breaks (network loss, relay restart) it reconnects with backoff and resumes from the exact output offset
 //! it had written, so nothing is lost or repeated; `~.` detaches and leaves the session running.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
-
-use std::os::fd::AsFd as _;
 
 use clap::Args;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_client::{ClientConnection, Machine, reconnect_delay};
+use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
 };
 use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::json;
@@ -59,6 +57,22 @@ pub(crate) struct AttachArgs {
     /// character, `none` to disable.
     #[arg(long, default_value = "~", value_name = "CHAR")]
     escape_char: EscapeChar,
+}
+
+impl AttachArgs {
+    /// A new session with `escape` as the escape character (what `cmdop rsh MACHINE` opens on a terminal).
+    pub(crate) fn with_escape(escape: EscapeChar) -> Self {
+        Self {
+            session: None,
+            read_only: false,
+            escape_char: escape,
+        }
+    }
+
+    /// Whether a named session was asked for (`--session`, `--read-only`), which only a terminal can use.
+    pub(crate) fn names_a_session(&self) -> bool {
+        self.session.is_some() || self.read_only
+    }
 }
 
 /// Flags of `cmdop connect sessions`.
@@ -125,7 +139,7 @@ fn interactive(
         };
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
-        let known = KnownMachines::in_dir(profile.dir());
+        let known = channel::known_machines(&profile, global);
         let channel = channel::open(
             &client,
             &session.identity,
@@ -244,7 +258,7 @@ impl Attachment {
             )
         })?;
         let mut io = TerminalIo {
-            input: spawn_stdin_reader(),
+            input: crate::stdin_reader::spawn(4096),
             stdout: TerminalWriter::new(),
             signals,
         };
@@ -400,7 +414,7 @@ impl Attachment {
                 self.save();
                 Ok(())
             }
-            Ok(Some(ShellReply::Failed { message })) => Err(End::Refused(message)),
+            Ok(Some(ShellReply::Failed { message })) => Err(End::Refused(escaped(&message))),
             Ok(Some(other)) => Err(End::Lost(format!("unexpected first reply {other:?}"))),
             Ok(None) => Err(End::Lost("the machine ended the stream".into())),
             Err(err) => Err(lost(err)),
@@ -426,7 +440,7 @@ impl Attachment {
                     }
                     Ok(Some(ShellReply::Exited(status))) => return End::Exited(status),
                     Ok(Some(ShellReply::Replaced)) => return End::Replaced,
-                    Ok(Some(ShellReply::Failed { message })) => return End::Refused(message),
+                    Ok(Some(ShellReply::Failed { message })) => return End::Refused(escaped(&message)),
                     Ok(Some(_)) => {}
                     Ok(None) => return End::Lost("the machine ended the stream".into()),
                     Err(err) => return lost(err),
@@ -638,39 +652,6 @@ impl Signals {
     }
 }
 
-/// Reads stdin on its own thread (a terminal read cannot be cancelled) and hands the bytes over.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(64);
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(buf.get(..n).unwrap_or_default().to_vec())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        let stdin = std::io::stdin();
-                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::NONE);
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    rx
-}
-
 fn write_terminal(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes)?;
     out.flush()
@@ -765,9 +746,10 @@ pub(crate) fn kill(global: &GlobalArgs, workspace: Option<&str>, args: &KillArgs
 
 fn unexpected(machine: &Machine, reply: ShellReply) -> Failure {
     match reply {
-        ShellReply::Failed { message } => {
-            Failure::new(Kind::NotFound, format!("{}: {message}", machine.hostname))
-        }
+        ShellReply::Failed { message } => Failure::new(
+            Kind::NotFound,
+            format!("{}: {}", machine.hostname, escaped(&message)),
+        ),
         other => Failure::new(
             Kind::General,
             format!("{}: unexpected reply {other:?}", machine.hostname),
@@ -784,7 +766,7 @@ fn one_request(
 ) -> Result<(Machine, ShellReply), Failure> {
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    let known = channel::known_machines(&profile, global);
     runtime()?.block_on(async {
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
@@ -819,11 +801,11 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             .iter()
             .map(|s| {
                 json!({
-                    "name": s.name,
+                    "name": escaped(&s.name),
                     "created": rfc3339(s.created),
                     "last_attached": rfc3339(s.last_attached),
                     "attached": s.attached,
-                    "command": s.command,
+                    "command": escaped(&s.command),
                     "buffered_bytes": s.buffered,
                     "exit_code": s.exited.map(ExitStatus::shell_code),
                 })
@@ -846,13 +828,13 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
         .iter()
         .map(|s| {
             vec![
-                s.name.clone(),
+                escaped(&s.name),
                 rfc3339(s.created).unwrap_or_default(),
                 rfc3339(s.last_attached).unwrap_or_default(),
                 s.attached.to_string(),
                 match s.exited {
                     Some(status) => format!("(exited {})", status.shell_code()),
-                    None => s.command.clone(),
+                    None => escaped(&s.command),
                 },
                 s.buffered.to_string(),
             ]

@@ -267,7 +267,9 @@ impl SecureSender {
 impl SecureReceiver {
     /// The next operation message, or `None` after the peer's authenticated end frame. A stream that stops
     /// without that frame is an error ([`ChannelError::Truncated`]), never a clean end.
-    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, SecureStreamError> {
+    pub async fn recv<M: Serialize + DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<M>, SecureStreamError> {
         loop {
             let mut slice = self.data.as_slice();
             let decoded = self.ops.decode::<M>(&mut slice)?;
@@ -331,7 +333,8 @@ impl SecureReceiver {
                         return Err(SecureStreamError::Closed {
                             side: self.side,
                             reason,
-                            message,
+                            // Authenticated, but the peer's own words: escaped before anyone shows them.
+                            message: cmdop_proto::display::escaped(&message),
                         });
                     }
                 }

@@ -53,6 +53,11 @@ pub struct Limits {
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
     /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
     pub max_bidi_streams: u32,
+    /// Bidirectional streams the relay lets a peer open before it has logged in: its control stream. quinn
+    /// keeps state for every stream a peer may open, allocated up front, so the relay starts every connection
+    /// here and raises a client's limit to `max_bidi_streams` once it has logged in; an agent never opens
+    /// another stream (the relay opens the ones routed to it), so its connection stays at this.
+    pub login_bidi_streams: u32,
     /// Per-stream receive window, bytes.
     pub stream_receive_window: u32,
     /// Per-connection receive window, bytes.
@@ -74,13 +79,14 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 16_384,
             max_unauthenticated: 128,
             max_unauthenticated_per_source: 64,
             retry_from: 32,
             max_connections_per_credential: 64,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
+            login_bidi_streams: 1,
             stream_receive_window: 1024 * 1024,
             connection_receive_window: 4 * 1024 * 1024,
             send_window: 4 * 1024 * 1024,
@@ -90,6 +96,29 @@ impl Default for Limits {
             mtu_upper_bound: 65_000,
         }
     }
+}
+
+/// What an endpoint with many connections asks the kernel for, per direction, for its UDP socket's buffer.
+///
+/// A reconnect storm sends thousands of handshake packets (1,200 bytes or more each) at once; the kernel's
+/// default receive buffer (208 KiB on most systems) holds about 170 and drops the rest, each drop a
+/// retransmission a second later. Linux grants at most `net.core.rmem_max` / `wmem_max` (docs/relay.md says
+/// how to raise them); asking for more than that is not an error.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `bind` with [`SOCKET_BUFFER`]-sized buffers (as large as the kernel allows), for a
+/// quinn endpoint that serves or dials many connections: the relay's, and a shared `Dialer`'s.
+pub fn udp_socket(bind: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a kernel that grants less (or a sandbox that refuses) still leaves a working socket.
+    if let Err(err) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(err) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP send buffer");
+    }
+    Ok(socket)
 }
 
 /// The quinn transport settings for `limits`: windows, stream caps, keep-alive, idle timeout, MTU discovery.

@@ -177,6 +177,7 @@ impl Default for RelayMetrics {
 
 impl RelayMetrics {
     /// A registry with every relay metric at zero.
+    // long-function: one registration per metric, listed once in the order docs/self-hosting.md shows them.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cmdop_relay");
         let agents = Family::<FleetLabel, Gauge>::default();

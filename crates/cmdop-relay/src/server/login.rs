@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cmdop_client::control::ControlStream;
+use cmdop_fleet::Registration;
 use cmdop_proto::audit_budget::source_of;
 use cmdop_proto::login::{
-    FleetLookup, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig, StoreRefusal,
+    FleetLookup, FleetQuery, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig,
+    StoreRefusal,
 };
 use cmdop_proto::wire::{EXPORTER_LABEL, EXPORTER_LEN, PeerMessage};
 use rand_core::{OsRng, RngCore};
@@ -114,7 +116,10 @@ async fn run_actions(
     let mut sent_error = false;
     while let Some(action) = login.poll_action() {
         match action {
-            LoginAction::Send(message) => {
+            LoginAction::Send(mut message) => {
+                if let Some(meddler) = &shared.meddler {
+                    meddler.control(super::PeerKind::Unknown, &mut message);
+                }
                 sent_error |= matches!(message, cmdop_proto::wire::RelayMessage::Error(_));
                 let sent = match stream.as_deref_mut() {
                     Some(stream) => stream.send(&message).await.is_ok(),
@@ -132,19 +137,12 @@ async fn run_actions(
                 };
                 login.handle(input, now(), &mut OsRng);
             }
-            LoginAction::LookUpFleet(fleet) => {
-                let input = fleet_lookup(shared, fleet);
+            LoginAction::LookUpFleet(query) => {
+                let input = fleet_lookup(shared, &query);
                 login.handle(input, now(), &mut OsRng);
             }
             LoginAction::Register(registration) => {
-                let stored = match shared.lock_store().save_registration(&registration) {
-                    Ok(()) => Ok(()),
-                    Err(StoreError::HostnameTaken(_)) => Err(StoreRefusal::HostnameTaken),
-                    Err(err) => {
-                        tracing::error!(%err, "cannot store a registration");
-                        Err(StoreRefusal::Internal)
-                    }
-                };
+                let stored = register(shared, &registration);
                 login.handle(LoginInput::Stored(stored), now(), &mut OsRng);
             }
             LoginAction::ReserveConnection(id) => {
@@ -180,10 +178,22 @@ async fn run_actions(
     None
 }
 
-fn fleet_lookup(shared: &Shared, fleet: cmdop_fleet::FleetId) -> LoginInput {
+/// Stores an agent's registration; a hostname another machine holds is the peer's to hear about.
+fn register(shared: &Shared, registration: &Registration) -> Result<(), StoreRefusal> {
+    match shared.lock_store().save_registration(registration) {
+        Ok(()) => Ok(()),
+        Err(StoreError::HostnameTaken(_)) => Err(StoreRefusal::HostnameTaken),
+        Err(err) => {
+            tracing::error!(%err, "cannot store a registration");
+            Err(StoreRefusal::Internal)
+        }
+    }
+}
+
+fn fleet_lookup(shared: &Shared, query: &FleetQuery) -> LoginInput {
     let store = shared.lock_store();
-    let looked_up = store.machines_of(fleet).and_then(|machines| {
-        store.fleet_trust_key(fleet).map(|trust| FleetLookup {
+    let looked_up = store.machines_for_registration(query).and_then(|machines| {
+        store.fleet_trust_key(query.fleet).map(|trust| FleetLookup {
             machines,
             trust_key: trust.public_key(),
         })

@@ -2,14 +2,17 @@
 //! (login, then the logged-in session and the routing of its streams) against the store.
 //!
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
-//! [`Limits::login_deadline`] ([`login`]); after login the permit is released, the connection is tracked in
-//! the session table, and [`session`] serves its control stream while [`routing`] serves the streams it
-//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store when it
-//! changed (polled every [`ServerConfig::revocation_poll`]) and every [`ServerConfig::revocation_recheck`]
-//! regardless, so a credential revoked by an admin verb (another process) cuts its connections within a
-//! second; a credential the store cannot read cuts its connection too (fail closed).
+//! [`Limits::login_deadline`] (`login`); after login the permit is released, the connection is tracked in
+//! the session table, and `session` serves its control stream (and `lock` its fleet-lock requests) while
+//! `routing` serves the streams it opens. A watcher (`revocation`) re-checks the credentials of live
+//! connections against the store when it changed (polled every [`ServerConfig::revocation_poll`]) and every
+//! [`ServerConfig::revocation_recheck`] regardless, so a credential revoked by an admin verb (another process)
+//! cuts its connections within a second; a credential the store cannot read cuts its connection too (fail
+//! closed).
 
+mod lock;
 mod login;
+mod presence;
 mod revocation;
 mod routing;
 mod session;
@@ -24,16 +27,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::Limits;
-use cmdop_fleet::{CredentialId, MachineId, Timestamp};
+use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::admission::{
     Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket,
 };
 use cmdop_proto::audit_budget::{AuditBudget, source_of};
 use cmdop_proto::login::{AuditEvent, CredentialBusy, Time};
-use cmdop_proto::presence::SessionInput;
-use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use cmdop_proto::presence::PresenceBook;
+use cmdop_proto::wire::{
+    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
@@ -69,6 +74,51 @@ impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tap(..)")
     }
+}
+
+/// A testing hook that makes the relay behave as a compromised one would: it sees (and may change) every
+/// message the relay sends on control streams and every route before the stream is opened. The hostile-relay
+/// tests use it to prove that agents and clients refuse what a relay could forge; the `cmdop-relay` binary
+/// never sets one. Every method defaults to leaving things alone.
+pub trait Meddler: Send + Sync + 'static {
+    /// A message about to be sent to `to` on a control stream or as a routed stream's refusal (`Welcome`,
+    /// `Machines`, `FleetLock`, `Error`, …).
+    fn control(&self, _to: PeerKind, _message: &mut RelayMessage) {}
+
+    /// A route about to be answered: what the client is told, what the agent is told, and which machine's
+    /// agent gets the stream.
+    fn route(&self, _route: &mut MeddledRoute) {}
+}
+
+/// Whom a relay message goes to, as a [`Meddler`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A logged-in agent.
+    Agent,
+    /// A logged-in client.
+    Client,
+    /// A peer that has not logged in yet.
+    Unknown,
+}
+
+impl PeerKind {
+    fn of(peer: &cmdop_proto::login::LoggedIn) -> Self {
+        match peer {
+            cmdop_proto::login::LoggedIn::Agent(_) => Self::Agent,
+            cmdop_proto::login::LoggedIn::Client(_) => Self::Client,
+        }
+    }
+}
+
+/// A route as a [`Meddler`] may change it.
+#[derive(Debug, Clone)]
+pub struct MeddledRoute {
+    /// The answer for the client (sent as `StreamReady`, without the lock, to an old client).
+    pub ready: RouteReady,
+    /// The header for the agent.
+    pub header: StreamHeader,
+    /// The machine whose agent gets the stream.
+    pub agent: MachineId,
 }
 
 /// Errors of the server.
@@ -114,6 +164,14 @@ pub struct ServerConfig {
     pub metrics: Arc<RelayMetrics>,
     /// On shutdown, how long routed streams still running get to finish before the relay closes them.
     pub drain_timeout: Duration,
+    /// Makes the relay hostile (tests only; `None` in the binary).
+    pub meddler: Option<Arc<dyn Meddler>>,
+}
+
+impl std::fmt::Debug for dyn Meddler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meddler(..)")
+    }
 }
 
 impl ServerConfig {
@@ -130,6 +188,7 @@ impl ServerConfig {
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            meddler: None,
         }
     }
 }
@@ -160,13 +219,15 @@ struct Shared {
     per_credential: Mutex<HashMap<CredentialId, usize>>,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
-    /// The connection that decides each online machine's presence: the newest one.
-    online: Mutex<HashMap<MachineId, u64>>,
+    /// Every machine's presence, with the connection that decides it (the newest one); written to the store
+    /// in batches by [`presence`].
+    presence: Mutex<PresenceBook>,
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
     /// Refusals counted this minute instead of written one by one.
     audit_budget: Mutex<AuditBudget>,
+    meddler: Option<Arc<dyn Meddler>>,
 }
 
 /// A logged-in connection, as the revocation watcher and routing see it.
@@ -174,9 +235,28 @@ struct Shared {
 struct LiveConnection {
     credential: CredentialId,
     connection: quinn::Connection,
-    /// Where the watcher sends the credential's standing; the session's task feeds it to its state machine.
-    standing: mpsc::UnboundedSender<SessionInput>,
+    /// Where the watcher puts the credential's latest standing; the session's task feeds it to its state
+    /// machine. A watch rather than a queue: only the latest standing matters, and it costs one small
+    /// allocation per connection where a queue's first block of slots would cost kilobytes.
+    standing: watch::Sender<Standing>,
+    /// For an agent that understands the fleet lock: its fleet, and where the relay puts the fleet's lock
+    /// when an admin changes it (a watch too: only the latest lock matters).
+    lock: Option<(FleetId, watch::Sender<LockPush>)>,
 }
+
+/// A credential's standing as the revocation watcher last read it.
+#[derive(Debug, Clone)]
+enum Standing {
+    /// Not read since the connection logged in.
+    Unread,
+    /// What the store says.
+    Read(Result<(), cmdop_fleet::AuthError>),
+    /// The store could not say: the session ends (revocation fails closed).
+    Unknown,
+}
+
+/// The fleet's lock as the relay last pushed it to an agent (`None`: nothing pushed since it connected).
+type LockPush = Option<Arc<RelayMessage>>;
 
 impl Server {
     /// Opens the store, marks every machine offline (no connection survives a restart) and binds the endpoint.
@@ -189,7 +269,8 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        // Buffers sized for a reconnect storm: thousands of handshakes arriving at once.
+        let socket = cmdop_client::transport::udp_socket(config.listen).map_err(bind_error)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_error(std::io::Error::other("no async runtime found")))?;
         let endpoint =
@@ -208,11 +289,12 @@ impl Server {
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
-            online: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceBook::default()),
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
             audit_budget: Mutex::new(AuditBudget::new()),
+            meddler: config.meddler,
         });
         Ok(Self {
             endpoint,
@@ -249,6 +331,10 @@ impl Server {
             self.revocation_recheck,
         ));
         let audit_flusher = tokio::spawn(flush_audit_every(self.shared.clone(), AUDIT_FLUSH));
+        let flusher = tokio::spawn(presence::flush_every(
+            self.shared.clone(),
+            presence::PRESENCE_FLUSH,
+        ));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -265,6 +351,9 @@ impl Server {
         self.endpoint
             .close(CloseCode::SHUTDOWN.0.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        flusher.abort();
+        // The last `last_seen` of every machine, then all offline: no connection survives a stop.
+        presence::flush(&self.shared);
         self.shared.lock_store().mark_all_offline()?;
         Ok(())
     }
@@ -324,10 +413,11 @@ impl Server {
             ticket,
         };
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task = async move {
             handle_incoming(shared, incoming, slot, evicted).await;
             drop(connection_permit);
-        });
+        };
+        tokio::spawn(task);
     }
 
     /// Refuses new connections at once and lets running streams (an exec, a copy) finish, up to the drain
@@ -457,10 +547,48 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn online(&self) -> MutexGuard<'_, HashMap<MachineId, u64>> {
-        self.online
+    fn presence(&self) -> MutexGuard<'_, PresenceBook> {
+        self.presence
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fleet's lock as agents receive it, after a test's [`Meddler`] had its say.
+    fn fleet_lock_message(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let mut message = self.plain_fleet_lock(fleet)?;
+        if let Some(meddler) = &self.meddler {
+            meddler.control(PeerKind::Agent, &mut message);
+        }
+        Ok(message)
+    }
+
+    fn plain_fleet_lock(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let stored = self.lock_store().stored_lock(fleet)?;
+        Ok(RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
+            fleet_id: IdBytes(fleet.to_bytes()),
+            authority: stored.authority,
+            revocations: stored.revocations,
+        }))
+    }
+
+    /// Sends the fleet's current lock to every live agent of `fleet` that understands it (after an admin
+    /// changed it), so revocations reach machines at once.
+    fn push_lock(&self, fleet: FleetId) {
+        let message = match self.fleet_lock_message(fleet) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the fleet lock to push it to agents");
+                return;
+            }
+        };
+        let message = Arc::new(message);
+        for live in self.sessions().values() {
+            if let Some((agent_fleet, push)) = &live.lock
+                && *agent_fleet == fleet
+            {
+                push.send_replace(Some(Arc::clone(&message)));
+            }
+        }
     }
 
     /// Counts a login failure the state machine reported.
@@ -610,8 +738,10 @@ async fn handle_incoming(
         // Dropping the handshake abandons it.
         () = evicted.notified() => return,
     };
+    // Boxed: the login's state is large and short-lived, and inline it would size this task's future, which
+    // every idle agent's connection keeps for as long as it lives.
     let logged_in = tokio::select! {
-        logged_in = login::log_in(&shared, &connection, remote, deadline.into_std()) => logged_in,
+        logged_in = Box::pin(login::log_in(&shared, &connection, remote, deadline.into_std())) => logged_in,
         () = evicted.notified() => {
             connection.close(CloseCode::LOGIN_TIMEOUT.0.into(), EVICTED.as_bytes());
             return;

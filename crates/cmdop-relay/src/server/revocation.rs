@@ -4,17 +4,17 @@
 //! When: after the store changed (`PRAGMA data_version`, which moves when another process such as an admin
 //! verb commits), and on a timer regardless, so a change the counter cannot show (a write through the
 //! relay's own connection, a store replaced from a backup) is still found. How: fail closed. A credential
-//! the store cannot read is reported as [`SessionInput::StandingUnknown`] and that session ends; the change
+//! the store cannot read is reported as [`Standing::Unknown`] and that session ends; the change
 //! is recorded as seen only once every live credential was checked, so a failed round is repeated.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cmdop_fleet::CredentialId;
-use cmdop_proto::presence::SessionInput;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
-use super::{Shared, now};
+use super::{Shared, Standing, now};
 
 /// Polls the store's change counter every `poll` and re-checks every live credential when it moved (or could
 /// not be read), and at least every `recheck`.
@@ -42,31 +42,35 @@ pub(super) async fn watch(shared: Arc<Shared>, poll: Duration, recheck: Duration
 }
 
 /// Sends every live session the standing of its credential; `false` if the store failed for any of them
-/// (those sessions were told [`SessionInput::StandingUnknown`]).
+/// (those sessions were told [`Standing::Unknown`]). Each credential is read once, however many connections
+/// share it: a fleet of agents enrolled with one key costs one read, not one per machine.
 fn recheck_all(shared: &Shared) -> bool {
-    let live: Vec<(CredentialId, mpsc::UnboundedSender<SessionInput>)> = shared
-        .sessions()
-        .values()
-        .map(|s| (s.credential, s.standing.clone()))
-        .collect();
+    let mut live: HashMap<CredentialId, Vec<watch::Sender<Standing>>> = HashMap::new();
+    for session in shared.sessions().values() {
+        live.entry(session.credential)
+            .or_default()
+            .push(session.standing.clone());
+    }
     let at = now().unix;
     let mut all_checked = true;
-    for (credential, standing) in live {
+    for (credential, senders) in live {
         let record = shared.lock_store().credential(credential);
-        let input = match record {
-            Ok(Some(record)) => SessionInput::Standing(record.standing(at)),
+        let standing = match record {
+            Ok(Some(record)) => Standing::Read(record.standing(at)),
             // A credential deleted from under a live connection no longer stands.
-            Ok(None) => SessionInput::Standing(Err(cmdop_fleet::AuthError::UnknownCredential {
+            Ok(None) => Standing::Read(Err(cmdop_fleet::AuthError::UnknownCredential {
                 id: credential,
             })),
             Err(err) => {
-                tracing::error!(%err, %credential, "cannot re-check a live credential; closing its connection");
+                tracing::error!(%err, %credential, "cannot re-check a live credential; closing its connections");
                 all_checked = false;
-                SessionInput::StandingUnknown
+                Standing::Unknown
             }
         };
-        // A session that has just ended has dropped its receiver; nothing to tell it.
-        let _ = standing.send(input);
+        for sender in senders {
+            // A session that has just ended has dropped its receiver; nothing to tell it.
+            let _ = sender.send(standing.clone());
+        }
     }
     all_checked
 }

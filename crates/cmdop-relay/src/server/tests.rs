@@ -538,7 +538,7 @@ async fn a_login_gets_in_during_a_flood_of_silent_connections_from_many_addresse
         &Limits::default(),
     )
     .unwrap();
-    let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
     let addr = running.addr;
     let flood_started = Instant::now();
     let flood = tokio::spawn(async move {
