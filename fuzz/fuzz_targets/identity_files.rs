@@ -1,6 +1,8 @@
 //! Fuzzes the readers of the encrypted seed file (`agent_keypair.bin`) and its key file (`agent_keypair.key`):
 //! `cmdop_identity::store::format`'s parsers, which take the files' bytes. Whatever the two hold, parsing returns
-//! a value or an error, never a panic; and a seed file opens only under the key its key file names and holds.
+//! a value or an error, never a panic; and only whole files open. That a key file's id names the seed file's key
+//! is checked one layer up, in cmdop-keystore (`read_key_file`, tested in `crates/cmdop-keystore/tests/store.rs`):
+//! at this layer a seed opens under the right key bytes whatever id the key file carries.
 //!
 //! The input is `split ‖ seed file ‖ key file`, the first `split` bytes after the first byte going to the
 //! seed file. (The seed store in cmdop-keystore, which adds the files and the OS keyring around these parsers,
@@ -19,10 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let kek = parse_key_file(key);
     if let (Ok(sealed), Ok((key_id, kek))) = (sealed, kek) {
         if let Some(opened) = sealed.open(&kek) {
-            // Only whole files (86 and 57 bytes) parse, and a seed opens only under the key id it names.
+            // Only whole files (86 and 57 bytes) parse.
             assert_eq!((seed.len(), key.len()), (86, 57));
-            assert_eq!(sealed.key_id(), &key_id);
-            let _ = cmdop_identity::Identity::from_seed(&opened);
+            let _ = (key_id, cmdop_identity::Identity::from_seed(&opened));
         }
     }
 });

@@ -1,6 +1,7 @@
 //! Fuzzes the text forms of identities that people paste and files store (`known_machines`, configs): the
 //! public key `ed25519:…` and the long fingerprint `SHA256:…`. Every accepted text is the one canonical
-//! form of its value, so `parse(text).to_string() == text` (docs/identity.md).
+//! form of its value, so `parse(text).to_string() == text` (docs/identity.md); a public key's text also parses as
+//! a fingerprint: its own.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -30,11 +31,19 @@ fuzz_target!(|data: &[u8]| {
         Err(error) => assert!(!error.to_string().is_empty()),
     }
     match text.parse::<Fingerprint>() {
-        Ok(fingerprint) => assert_eq!(
-            fingerprint.to_string(),
-            text,
-            "a non-canonical fingerprint was accepted"
-        ),
+        // A public key's text is accepted as that key's fingerprint (docs/cli.md: older spellings).
+        Ok(fingerprint) => match text.parse::<PublicKey>() {
+            Ok(key) => assert_eq!(
+                key.fingerprint(),
+                fingerprint,
+                "a public key text parsed to another key's fingerprint"
+            ),
+            Err(_) => assert_eq!(
+                fingerprint.to_string(),
+                text,
+                "a non-canonical fingerprint was accepted"
+            ),
+        },
         Err(error) => assert!(!error.to_string().is_empty()),
     }
     let _ = KNOWN.matches_short(text);
