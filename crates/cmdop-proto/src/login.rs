@@ -34,10 +34,10 @@ use zeroize::Zeroizing;
 
 use crate::peer_text;
 use crate::wire::{
-    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AgentLogin, Challenge, ClientLogin,
-    CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo,
-    PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role, SignatureBytes, Welcome,
-    login_transcript,
+    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AUTH_CAPABILITY_GO_AWAY, AgentLogin,
+    Challenge, ClientLogin, CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes,
+    KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role,
+    SignatureBytes, Welcome, login_transcript,
 };
 
 /// A point in time as both clocks see it: the monotonic one for deadlines and timers, the wall clock for
@@ -213,6 +213,28 @@ pub struct AgentSession {
     /// Whether the agent understands the fleet lock ([`AUTH_CAPABILITY_FLEET_LOCK`]): it gets the fleet's lock
     /// after `Registered` and whenever it changes.
     pub fleet_lock: bool,
+    /// Whether the agent understands [`RelayMessage::GoAway`] ([`AUTH_CAPABILITY_GO_AWAY`]): a relay stopping on
+    /// purpose tells it when to come back.
+    pub go_away: bool,
+}
+
+/// What an agent said it understands, from its `auth_capabilities`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct AgentFeatures {
+    /// [`AUTH_CAPABILITY_FLEET_LOCK`].
+    fleet_lock: bool,
+    /// [`AUTH_CAPABILITY_GO_AWAY`].
+    go_away: bool,
+}
+
+impl AgentFeatures {
+    fn of(login: &AgentLogin) -> Self {
+        let has = |wanted: &str| login.auth_capabilities.iter().any(|c| c == wanted);
+        Self {
+            fleet_lock: has(AUTH_CAPABILITY_FLEET_LOCK),
+            go_away: has(AUTH_CAPABILITY_GO_AWAY),
+        }
+    }
 }
 
 /// A logged-in client.
@@ -317,14 +339,14 @@ enum RelayState {
         authenticated: Authenticated,
         access: FleetAccess,
         enrolment: Enrolment,
-        fleet_lock: bool,
+        features: AgentFeatures,
     },
     Stored {
         authenticated: Authenticated,
         access: FleetAccess,
         registration: Registration,
         trust_key: PublicKey,
-        fleet_lock: bool,
+        features: AgentFeatures,
     },
     Reserving {
         session: ClientSession,
@@ -469,11 +491,11 @@ impl RelayLogin {
                     authenticated,
                     access,
                     enrolment,
-                    fleet_lock,
+                    features,
                 },
                 LoginInput::Fleet(lookup),
             ) => self.on_fleet(
-                (authenticated, access, enrolment, fleet_lock),
+                (authenticated, access, enrolment, features),
                 lookup,
                 now,
                 rng,
@@ -484,11 +506,11 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key,
-                    fleet_lock,
+                    features,
                 },
                 LoginInput::Stored(stored),
             ) => self.on_stored(
-                (authenticated, access, registration, fleet_lock),
+                (authenticated, access, registration, features),
                 trust_key,
                 stored,
             ),
@@ -662,15 +684,11 @@ impl RelayLogin {
             hostname: enrolment.hostname.clone(),
             name: enrolment.name.clone(),
         }));
-        let fleet_lock = login
-            .auth_capabilities
-            .iter()
-            .any(|c| c == AUTH_CAPABILITY_FLEET_LOCK);
         Ok(RelayState::Fleet {
             authenticated,
             access,
             enrolment,
-            fleet_lock,
+            features: AgentFeatures::of(&login),
         })
     }
 
@@ -772,11 +790,11 @@ impl RelayLogin {
 
     fn on_fleet<R: CryptoRngCore + ?Sized>(
         &mut self,
-        (authenticated, access, enrolment, fleet_lock): (
+        (authenticated, access, enrolment, features): (
             Authenticated,
             FleetAccess,
             Enrolment,
-            bool,
+            AgentFeatures,
         ),
         lookup: FleetLookup,
         now: Time,
@@ -791,7 +809,7 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key: lookup.trust_key,
-                    fleet_lock,
+                    features,
                 })
             }
             Err(RegistrationError::HostnameTaken { hostname, .. }) => {
@@ -833,11 +851,11 @@ impl RelayLogin {
 
     fn on_stored(
         &mut self,
-        (authenticated, access, registration, fleet_lock): (
+        (authenticated, access, registration, features): (
             Authenticated,
             FleetAccess,
             Registration,
-            bool,
+            AgentFeatures,
         ),
         trust_key: PublicKey,
         stored: Result<(), StoreRefusal>,
@@ -878,7 +896,8 @@ impl RelayLogin {
             access,
             machine: registration.machine,
             is_new: registration.is_new,
-            fleet_lock,
+            fleet_lock: features.fleet_lock,
+            go_away: features.go_away,
         };
         self.actions
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Agent(Box::new(
@@ -1413,6 +1432,7 @@ impl PeerLogin {
                 auth_capabilities: vec![
                     AUTH_CAPABILITY_ED25519.to_owned(),
                     AUTH_CAPABILITY_FLEET_LOCK.to_owned(),
+                    AUTH_CAPABILITY_GO_AWAY.to_owned(),
                 ],
                 labels: agent.labels.clone(),
             }),
@@ -1453,5 +1473,6 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::EnrolAuthorization(_) => "EnrolAuthorization",
         RelayMessage::Enrolled => "Enrolled",
         RelayMessage::MoreMachines(_) => "MoreMachines",
+        RelayMessage::GoAway(_) => "GoAway",
     }
 }

@@ -25,7 +25,8 @@ use cmdop_proto::presence::{
 };
 use cmdop_proto::routing::{LockMaterial, RouteContext, resolve_route, scope};
 use cmdop_proto::wire::{
-    CloseCode, ErrorCode, FrameDecoder, ListMachines, OpenStream, PeerMessage, RelayMessage, encode,
+    AUTH_CAPABILITY_GO_AWAY, CloseCode, ErrorCode, FrameDecoder, GoAway, ListMachines, OpenStream,
+    PeerMessage, RelayMessage, encode,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -478,6 +479,53 @@ impl Pair {
         }
     }
 
+    /// Like [`login`](Self::login), with the peer's login message changed by `edit` before it is sent (an
+    /// older peer's, say).
+    fn login_edited(
+        &mut self,
+        request: LoginRequest,
+        identity: &Identity,
+        edit: impl Fn(&mut PeerMessage),
+    ) -> Result<LoginOutcome, LoginError> {
+        let mut peer = PeerLogin::new(request, "cmdop-test 1", ANSWER_WITHIN);
+        let mut outgoing = peer.hello(self.clock.now().instant);
+        loop {
+            edit(&mut outgoing);
+            let answers = self.exchange(&outgoing);
+            let [answer] = answers.as_slice() else {
+                panic!("expected one answer, got {answers:?}");
+            };
+            match peer.handle(
+                answer.clone(),
+                identity,
+                &EXPORTER,
+                self.clock.now().instant,
+            )? {
+                LoginStep::Send(next) => outgoing = next,
+                LoginStep::Done(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Feeds the logged-in session one input from the relay itself; returns what it sent the peer.
+    fn session_input(&mut self, input: SessionInput) -> Vec<RelayMessage> {
+        let now = self.clock.now();
+        let session = self.relay.session.as_mut().unwrap();
+        session.handle(input, now);
+        self.relay.drain_session(&mut self.store, now);
+        let answer = self.relay.take_to_peer();
+        let mut bytes = answer.as_slice();
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .peer_decoder
+            .decode::<RelayMessage>(&mut bytes)
+            .unwrap()
+        {
+            messages.push(message);
+        }
+        messages
+    }
+
     /// Moves the clock to the relay's next timer and fires it.
     fn run_relay_timer(&mut self) {
         let at = self.relay.next_timeout().unwrap();
@@ -699,6 +747,68 @@ fn a_credential_the_store_cannot_recheck_is_cut_and_told_to_come_back_later() {
 
 /// One member key cannot take every connection of the relay: past its per-credential limit a client login
 /// is refused with BUSY (retry later), the limit named, and the refusal audited; nothing is welcomed.
+/// A relay stopping on purpose tells an agent that understands it to come back, once, and goes on serving it
+/// (heartbeats are still answered) until the relay closes the connection. A client, and an agent from before
+/// the message, are told nothing: the close that follows is their signal, and an unknown message would read
+/// to an older agent as a protocol error that stops it for good.
+#[test]
+fn a_stopping_relay_tells_agents_that_understand_it_when_to_come_back_and_nobody_else() {
+    let go_away = GoAway {
+        reconnect_after_ms: 250,
+        spread_ms: 1_000,
+    };
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let agent_key = pair.store.api_key(prod, Role::Agent, None, &mut pair.rng);
+    pair.login(
+        agent_request(&agent_key, "prod", "web-1"),
+        &identity(1),
+        &EXPORTER,
+    )
+    .unwrap();
+    assert_eq!(
+        pair.session_input(SessionInput::Stopping(go_away)),
+        vec![RelayMessage::GoAway(go_away)]
+    );
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty(),
+        "told twice"
+    );
+    assert_eq!(
+        pair.exchange(&PeerMessage::Heartbeat),
+        vec![RelayMessage::HeartbeatAck]
+    );
+    assert!(pair.relay.closed.is_none());
+
+    pair.reconnect();
+    pair.login_edited(
+        agent_request(&agent_key, "prod", "web-2"),
+        &identity(2),
+        |message| {
+            if let PeerMessage::AgentLogin(login) = message {
+                login
+                    .auth_capabilities
+                    .retain(|c| c != AUTH_CAPABILITY_GO_AWAY);
+            }
+        },
+    )
+    .unwrap();
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty()
+    );
+
+    pair.reconnect();
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.login(client_request(&member), &identity(3), &EXPORTER)
+        .unwrap();
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty()
+    );
+}
+
 #[test]
 fn a_credential_at_its_connection_limit_is_refused_busy_and_nothing_is_welcomed() {
     let mut pair = Pair::new();

@@ -42,6 +42,11 @@ pub const AUTH_CAPABILITY_ED25519: &str = "ed25519";
 /// answers [`PeerMessage::Enrol`].
 pub const AUTH_CAPABILITY_FLEET_LOCK: &str = "fleet-lock-v1";
 
+/// The capability an agent advertises when it understands [`RelayMessage::GoAway`]: a relay stopping on
+/// purpose then tells it when to come back. An agent without it is only closed (close code 7), since a
+/// message it cannot decode would read to it as a protocol error.
+pub const AUTH_CAPABILITY_GO_AWAY: &str = "go-away-v1";
+
 /// Errors of the wire layer.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -432,6 +437,21 @@ pub struct Candidate {
     pub name: String,
 }
 
+/// The relay is stopping on purpose (a restart, an upgrade). The agent keeps serving the streams still running
+/// on this connection until the relay closes it (close code 7, once its commands and copies have finished or
+/// its drain timeout passed), then reconnects, to this relay's next run or its replacement, no sooner than
+/// `reconnect_after_ms` after the close, at a moment picked uniformly at random within the `spread_ms` after
+/// that: a fleet told to come back spreads itself over the window instead of arriving at once (iroh's relay
+/// does the same with its `Restarting` frame). Sent only to agents that advertised
+/// [`AUTH_CAPABILITY_GO_AWAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoAway {
+    /// Wait at least this long (milliseconds) after the close before reconnecting.
+    pub reconnect_after_ms: u32,
+    /// Then spread the reconnect over this window (milliseconds); 0 for at once.
+    pub spread_ms: u32,
+}
+
 /// A refusal or failure, followed by the relay closing the stream unless stated otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
@@ -592,6 +612,9 @@ pub enum RelayMessage {
     /// hundred machines): more follows, and the last part is a [`Machines`](Self::Machines). Built by
     /// [`machines_answer`]; an answer that fits one frame is a lone `Machines`, as before this message existed.
     MoreMachines(Vec<MachineInfo>),
+    /// On an agent's control stream: the relay is stopping on purpose; finish what runs, then come back as
+    /// [`GoAway`] says.
+    GoAway(GoAway),
 }
 
 /// The answer to [`ListMachines`] as frames: [`RelayMessage::MoreMachines`] parts, each as full as a frame

@@ -277,6 +277,20 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             ),
         ),
         (RelayMessage::MoreMachines(vec![]), "00000002 0f 00"),
+        (
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms: 1_000,
+                spread_ms: 0,
+            }),
+            "00000004 10 e807 00",
+        ),
+        (
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms: 500,
+                spread_ms: 30_000,
+            }),
+            "00000006 10 f403 b0ea01",
+        ),
     ]
 }
 
@@ -830,6 +844,12 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             }),
         arb_lock_relay(),
         proptest::collection::vec(machine(), 0..4).prop_map(RelayMessage::MoreMachines),
+        (any::<u32>(), any::<u32>()).prop_map(|(reconnect_after_ms, spread_ms)| {
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms,
+                spread_ms,
+            })
+        }),
     ]
 }
 

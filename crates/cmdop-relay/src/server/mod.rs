@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,9 +34,10 @@ use cmdop_proto::admission::{
 };
 use cmdop_proto::audit_budget::{AuditBudget, source_of};
 use cmdop_proto::login::{AuditEvent, CredentialBusy, Time};
-use cmdop_proto::presence::PresenceBook;
+use cmdop_proto::presence::{PresenceBook, come_back_window};
 use cmdop_proto::wire::{
-    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+    CloseCode, ErrorCode, ErrorMessage, GoAway, IdBytes, RelayMessage, RouteReady, StreamHeader,
+    WireError,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -55,6 +56,19 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default for [`ServerConfig::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`ServerConfig::go_away_after`]: about as long as a service manager takes to start the
+/// replacement. An agent that comes back sooner finds no relay yet; QUIC resends its first packet until one
+/// answers.
+pub const DEFAULT_GO_AWAY_AFTER: Duration = Duration::from_millis(250);
+
+/// The login rate a stopping relay sizes its agents' return window for ([`come_back_window`]): 10,000 agents
+/// come back over 20 s, a handful within a second.
+const GO_AWAY_ADMIT_PER_SECOND: u32 = 500;
+
+/// After telling its agents to go away, how long a stopping relay with nothing left to drain waits for those
+/// messages to leave before it closes the connections.
+const GO_AWAY_FLUSH: Duration = Duration::from_millis(200);
 
 /// Default for [`ServerConfig::revocation_recheck`].
 pub const DEFAULT_REVOCATION_RECHECK: Duration = Duration::from_secs(30);
@@ -162,8 +176,12 @@ pub struct ServerConfig {
     pub tap: Option<Tap>,
     /// Where the server counts what it does (`cmdop-relay serve --metrics` serves them).
     pub metrics: Arc<RelayMetrics>,
-    /// On shutdown, how long routed streams still running get to finish before the relay closes them.
+    /// On shutdown, how long commands and copies still running get to finish before the relay closes them
+    /// (shells and tunnels are not waited for: `cmdop_proto::routing::drain_waits_for`).
     pub drain_timeout: Duration,
+    /// On shutdown, how long after the close agents are told to wait before reconnecting ([`GoAway`]); the
+    /// window they spread over is sized to the number online ([`come_back_window`]).
+    pub go_away_after: Duration,
     /// Makes the relay hostile (tests only; `None` in the binary).
     pub meddler: Option<Arc<dyn Meddler>>,
 }
@@ -188,6 +206,7 @@ impl ServerConfig {
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            go_away_after: DEFAULT_GO_AWAY_AFTER,
             meddler: None,
         }
     }
@@ -202,6 +221,7 @@ pub struct Server {
     revocation_poll: Duration,
     revocation_recheck: Duration,
     drain_timeout: Duration,
+    go_away_after: Duration,
 }
 
 /// What every connection task shares.
@@ -217,6 +237,10 @@ struct Shared {
     evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
     /// Connections held by each client credential.
     per_credential: Mutex<HashMap<CredentialId, usize>>,
+    /// Set once the relay stops on purpose: every session then tells its agent to go away, with this.
+    stopping: watch::Sender<Option<GoAway>>,
+    /// Routed streams a stopping relay waits for (commands, copies: `cmdop_proto::routing::drain_waits_for`).
+    finishing: AtomicU64,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
     /// Every machine's presence, with the connection that decides it (the newest one); written to the store
@@ -286,6 +310,8 @@ impl Server {
             })),
             evictions: Mutex::new(HashMap::new()),
             per_credential: Mutex::new(HashMap::new()),
+            stopping: watch::channel(None).0,
+            finishing: AtomicU64::new(0),
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
@@ -303,6 +329,7 @@ impl Server {
             revocation_poll: config.revocation_poll,
             revocation_recheck: config.revocation_recheck,
             drain_timeout: config.drain_timeout,
+            go_away_after: config.go_away_after,
         })
     }
 
@@ -321,8 +348,9 @@ impl Server {
         Arc::clone(&self.shared.metrics)
     }
 
-    /// Serves until `shutdown` completes, then drains: no new connections are accepted, routed streams still
-    /// running get [`ServerConfig::drain_timeout`] to finish, then every connection is closed (agents
+    /// Serves until `shutdown` completes, then drains: no new connections are accepted, agents are told to go
+    /// away ([`GoAway`]: when to come back), commands and copies still running get
+    /// [`ServerConfig::drain_timeout`] to finish, then every connection is closed (close code 7: peers
     /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let watcher = tokio::spawn(revocation::watch(
@@ -420,24 +448,34 @@ impl Server {
         tokio::spawn(task);
     }
 
-    /// Refuses new connections at once and lets running streams (an exec, a copy) finish, up to the drain
-    /// timeout.
+    /// Refuses new connections at once, tells every agent to go away (to come back after the close, spread
+    /// over a window sized to the fleet), and lets commands and copies still running finish, up to the drain
+    /// timeout. Shells and tunnels are not waited for: a shell resumes through the restart without losing
+    /// output, and holding it would only strand the person attached until the deadline and then cut it anyway.
     async fn drain(&self) {
         self.endpoint.set_server_config(None);
-        let active = self.shared.metrics.active_streams();
-        if active == 0 {
+        let online = self.shared.presence().online_count();
+        let window = come_back_window(online, GO_AWAY_ADMIT_PER_SECOND);
+        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        self.shared.stopping.send_replace(Some(GoAway {
+            reconnect_after_ms: millis(self.go_away_after),
+            spread_ms: millis(window),
+        }));
+        let finishing = || self.shared.finishing.load(Ordering::Relaxed);
+        if finishing() == 0 {
+            tokio::time::sleep(GO_AWAY_FLUSH).await;
             return;
         }
-        tracing::info!(streams = active, timeout = ?self.drain_timeout, "draining: waiting for routed streams to finish");
+        tracing::info!(streams = finishing(), timeout = ?self.drain_timeout, "draining: waiting for commands and copies to finish");
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while self.shared.metrics.active_streams() > 0 && tokio::time::Instant::now() < deadline {
+        while finishing() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left = self.shared.metrics.active_streams();
+        let left = finishing();
         if left > 0 {
             tracing::warn!(
                 streams = left,
-                "drain timeout reached; closing the streams still running"
+                "drain timeout reached; closing the commands and copies still running"
             );
         }
     }

@@ -17,7 +17,7 @@ use cmdop_fleet::FleetId;
 use cmdop_proto::login::{AuditEvent, ClientSession, actor};
 use cmdop_proto::peer_text;
 use cmdop_proto::routing::{
-    LockMaterial, Route, RouteContext, RouteRefusal, offline, resolve_route, scope,
+    LockMaterial, Route, RouteContext, RouteRefusal, drain_waits_for, offline, resolve_route, scope,
 };
 use cmdop_proto::wire::{ErrorCode, ErrorMessage, OpenStream, PeerMessage, RelayMessage};
 use quinn::{RecvStream, SendStream};
@@ -118,6 +118,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     let active = shared
         .metrics
         .stream_opened(&format!("{:?}", route.kind).to_lowercase());
+    let finishing = drain_waits_for(route.kind).then(|| Finishing::count(shared));
     let outcome = splice(
         shared,
         (client_send, client_recv, leftover),
@@ -126,7 +127,24 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     .await;
     shared.metrics.relayed(outcome.up, outcome.down);
     drop(active);
+    drop(finishing);
     audit_spliced(shared, client, &route, started, &channel, &outcome);
+}
+
+/// A routed stream a stopping relay waits for, counted while it runs.
+struct Finishing<'a>(&'a Shared);
+
+impl<'a> Finishing<'a> {
+    fn count(shared: &'a Shared) -> Self {
+        shared.finishing.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The audit entry of a stream that was spliced: who reached which machine, how much moved, how it ended.

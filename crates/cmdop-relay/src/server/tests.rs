@@ -668,3 +668,60 @@ async fn a_credential_cannot_hold_more_than_its_share_of_connections() {
     let _ = running.stop.send(());
     running.task.await.unwrap().unwrap();
 }
+
+/// A relay stopping on purpose tells a connected agent to go away, with when to come back and the window to
+/// spread over (one agent online: the shortest window), and with nothing but control streams open it closes
+/// within a fraction of a second instead of draining for its full timeout.
+#[tokio::test]
+async fn a_stopping_relay_tells_its_agents_when_to_come_back_and_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, agent_key) = admin
+        .create_api_key("prod", KeyRole::Agent, None, None, now().unix)
+        .unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let registration = cmdop_client::AgentRegistration {
+        api_key: agent_key.expose_text(),
+        workspace: "prod".into(),
+        hostname: "web-1".into(),
+        display_name: None,
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+        labels: Vec::new(),
+    };
+    let mut agent = cmdop_client::AgentConnection::register(
+        &target,
+        &cmdop_identity::Identity::generate(&mut OsRng),
+        &registration,
+    )
+    .await
+    .unwrap();
+    let stopping = Instant::now();
+    let _ = running.stop.send(());
+    let told = tokio::time::timeout(Duration::from_secs(5), agent.keep_alive())
+        .await
+        .expect("the agent was not told to go away");
+    let cmdop_client::ClientError::GoingAway(go_away) = told else {
+        panic!("{told:?}");
+    };
+    assert_eq!(
+        go_away,
+        GoAway {
+            reconnect_after_ms: 250,
+            spread_ms: 1_000
+        }
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), agent.closed())
+        .await
+        .expect("the relay did not close the connection");
+    assert!(
+        matches!(closed, cmdop_client::ClientError::Closed { code, .. } if code == CloseCode::SHUTDOWN.0),
+        "{closed:?}"
+    );
+    running.task.await.unwrap().unwrap();
+    let stopped_in = stopping.elapsed();
+    assert!(stopped_in < Duration::from_secs(2), "{stopped_in:?}");
+}
