@@ -716,3 +716,68 @@ fn concurrent_enrolments_of_a_single_use_key_certify_exactly_one_machine() {
         1
     );
 }
+
+/// Catalog A3, single-use really is single-use: 64 enrolments race for one single-use enrolment key, each on
+/// its own connection to relay.db (as many relay processes' connections would), 100 times over with a new
+/// key each round. Exactly one machine is certified per round, and the key is spent exactly once.
+#[test]
+fn a_single_use_key_raced_by_64_enrolments_certifies_exactly_one_machine_in_each_of_100_rounds() {
+    const RACERS: usize = 64;
+    const ROUNDS: u8 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (fleet, machines) = {
+        let store = Store::open(&data).unwrap();
+        let fleet = store.create_fleet("prod", NOW).unwrap().fleet;
+        let (_, secret) = store
+            .create_api_key("prod", Role::Agent, None, None, NOW)
+            .unwrap();
+        let agent = access(&store, &secret, Permission::Enrol);
+        for byte in 1..=u8::try_from(RACERS).unwrap() {
+            register_machine(&store, &agent, byte, &format!("m-{byte}"), NOW).unwrap();
+        }
+        let machines = store.machines_of(fleet.id).unwrap();
+        (fleet.id, machines)
+    };
+    // The key of round r is key(100 + r), apart from the machines' keys 1..=64.
+    let round_key = |round: u8| key(100 + round);
+    let start = std::sync::Barrier::new(RACERS + 1);
+    let end = std::sync::Barrier::new(RACERS + 1);
+    let wins: Vec<std::sync::atomic::AtomicUsize> = (0..ROUNDS).map(|_| 0.into()).collect();
+    std::thread::scope(|scope| {
+        for machine in &machines {
+            let (data, start, end, wins) = (&data, &start, &end, &wins);
+            scope.spawn(move || {
+                let mut store = Store::open(data).unwrap();
+                for round in 0..ROUNDS {
+                    start.wait();
+                    let won = store
+                        .enrol_machine(fleet, machine.id, round_key(round), b"cert", NOW)
+                        .unwrap();
+                    if won {
+                        wins[usize::from(round)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    end.wait();
+                }
+            });
+        }
+        let store = Store::open(&data).unwrap();
+        for round in 0..ROUNDS {
+            store
+                .save_enrolment_key(fleet, round_key(round), b"authorization", 1, NOW)
+                .unwrap();
+            start.wait();
+            end.wait();
+            let spent = store
+                .enrolment_key(fleet, &round_key(round))
+                .unwrap()
+                .unwrap();
+            assert_eq!(spent.used, 1, "round {round}");
+        }
+    });
+    let per_round: Vec<usize> = wins
+        .iter()
+        .map(|w| w.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert!(per_round.iter().all(|&w| w == 1), "{per_round:?}");
+}
