@@ -12,7 +12,8 @@
 //! Modules: [`wire`] (framing and the relay's messages, `docs/protocol.md`), [`login`], [`presence`] and
 //! [`routing`] (the relay's and the peers' state machines around those messages), [`e2e`] (the end-to-end
 //! channel, `docs/e2e-channel.md`), [`ops`] (the operations inside it), [`relay_fingerprint`] (what peers
-//! pin), [`peer_text`] (peer-chosen text bounded and escaped for the audit log), [`audit_budget`] (how many
+//! pin), [`display`] (what a peer sent, escaped before a terminal or a log sees it, and bounded for the
+//! audit log), [`audit_budget`] (how many
 //! audit entries refusals may write), [`admission`] (which connection attempts may start logging in). The IO
 //! shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the server).
 
@@ -23,7 +24,6 @@ pub mod e2e;
 pub mod lock;
 pub mod login;
 pub mod ops;
-pub mod peer_text;
 pub mod pins;
 pub mod presence;
 pub mod relay_fingerprint;

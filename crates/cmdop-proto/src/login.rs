@@ -32,7 +32,7 @@ use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
-use crate::peer_text;
+use crate::display;
 use crate::wire::{
     AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AUTH_CAPABILITY_GO_AWAY, AgentLogin,
     Challenge, ClientLogin, CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes,
@@ -951,7 +951,7 @@ impl RelayLogin {
             "{reason} ({:?} from {}, {})",
             hello.role,
             self.config.peer,
-            peer_text::for_terminal(&hello.client_software, peer_text::AUDIT_FIELD_CHARS)
+            display::for_terminal(&hello.client_software, display::AUDIT_FIELD_CHARS)
         );
         let actor = format!("peer:{}", self.config.peer);
         self.audit(None, &actor, "auth", "refused", detail);
@@ -1158,7 +1158,7 @@ fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, Inv
 
 /// Peer-supplied text in messages and audit entries stays bounded and shows no terminal controls.
 fn shorten(text: &str) -> String {
-    peer_text::for_terminal(text, 80)
+    display::for_terminal(text, 80)
 }
 
 /// How a machine travels in [`RelayMessage::Machines`] and [`crate::wire::StreamReady`].

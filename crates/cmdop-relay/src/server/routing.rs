@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use cmdop_client::control::ControlStream;
 use cmdop_fleet::FleetId;
+use cmdop_proto::display;
 use cmdop_proto::login::{AuditEvent, ClientSession, actor};
-use cmdop_proto::peer_text;
 use cmdop_proto::routing::{
     LockMaterial, Route, RouteContext, RouteRefusal, drain_waits_for, offline, resolve_route, scope,
 };
@@ -86,7 +86,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
                     outcome: "refused",
                     detail: format!(
                         "open {:?} kind {}: {}",
-                        peer_text::for_terminal(&request.machine, peer_text::AUDIT_FIELD_CHARS),
+                        display::for_terminal(&request.machine, display::AUDIT_FIELD_CHARS),
                         request.kind,
                         refusal.message
                     ),

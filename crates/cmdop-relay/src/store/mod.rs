@@ -22,8 +22,8 @@ use cmdop_fleet::{
     FleetId, FleetName, IdError, IssueError, Label, NameError, Role, Timestamp, User, UserId,
     UserName, UserToken, UserTokenSpec,
 };
+use cmdop_proto::display;
 use cmdop_proto::login::CredentialLookup;
-use cmdop_proto::peer_text;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -653,7 +653,7 @@ impl Store {
     }
 
     /// Appends to the audit log. There is deliberately no way to change or delete entries (the schema refuses it too).
-    /// Every field is stored bounded and without terminal controls ([`peer_text::for_terminal`]): whatever a
+    /// Every field is stored bounded and without terminal controls ([`display::for_terminal`]): whatever a
     /// peer managed to put into one, an entry stays under [`MAX_AUDIT_ENTRY_CHARS`].
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
         self.conn.execute(
@@ -661,10 +661,10 @@ impl Store {
             params![
                 sql_time(entry.at),
                 entry.fleet.map(|id| id.to_string()),
-                peer_text::for_terminal(entry.actor, AUDIT_ACTOR_CHARS),
-                peer_text::for_terminal(entry.action, AUDIT_WORD_CHARS),
-                peer_text::for_terminal(entry.outcome, AUDIT_WORD_CHARS),
-                peer_text::for_terminal(entry.detail, AUDIT_DETAIL_CHARS),
+                display::for_terminal(entry.actor, AUDIT_ACTOR_CHARS),
+                display::for_terminal(entry.action, AUDIT_WORD_CHARS),
+                display::for_terminal(entry.outcome, AUDIT_WORD_CHARS),
+                display::for_terminal(entry.detail, AUDIT_DETAIL_CHARS),
             ],
         )?;
         Ok(())
@@ -681,7 +681,7 @@ impl Store {
              LEFT JOIN fleets f ON f.id = a.fleet_id WHERE ?1 IS NULL OR a.fleet_id = ?1 ORDER BY a.seq",
         )?;
         // Rows written by an older relay may hold raw peer text: bound and escape on the way out as well.
-        let shown = |text: String, max: usize| peer_text::for_terminal(&text, max);
+        let shown = |text: String, max: usize| display::for_terminal(&text, max);
         let rows = stmt.query_map([fleet_id], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,

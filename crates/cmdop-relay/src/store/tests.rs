@@ -553,7 +553,7 @@ fn audit_fields_are_stored_bounded_and_printed_without_terminal_controls() {
             "{line:?}"
         );
     }
-    assert!(table.contains("\\u{001b}"), "{table}");
+    assert!(table.contains("\\e"), "{table}");
     assert!(table.lines().all(|line| line.chars().count() <= 3000));
 }
 
