@@ -125,6 +125,8 @@ pub(crate) struct Contour {
     pub(crate) machine: String,
     /// The arguments of `cmdop-agent` that run it, kept to restart it.
     agent_run: Vec<std::ffi::OsString>,
+    /// Where the CLI dials the relay (the relay's own address unless the lab routes between them).
+    client_dial: String,
 }
 
 impl Contour {
@@ -162,6 +164,7 @@ impl Contour {
             metrics: String::new(),
             machine: String::new(),
             agent_run: Vec::new(),
+            client_dial: String::new(),
         };
 
         header("the relay: a self-signed certificate and a SQLite database in its data directory");
@@ -198,6 +201,7 @@ impl Contour {
         ];
         contour.start_agent(false)?;
 
+        contour.client_dial.clone_from(&client_dial);
         header("the CLI, logged in with the member key");
         let mut login = contour.cli();
         login
@@ -314,6 +318,23 @@ impl Contour {
         command
             .arg("--config-dir")
             .arg(self.state.join("client"))
+            .arg("--accept-new");
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// A `cmdop` command of another person than [`cli`](Self::cli)'s: its own config directory and so its own
+    /// client key, the same member API key, given with each command. What an agent grants per client key
+    /// (its share of the machine's streams) is this person's own.
+    pub(crate) fn other_person_cli(&self) -> Command {
+        let mut command = Command::new(&self.bins.cli);
+        command
+            .arg("--config-dir")
+            .arg(self.state.join("other-person"))
+            .args(["--relay", &self.client_dial])
+            .args(["--relay-fingerprint", &self.fingerprint])
+            .arg("--api-key-file")
+            .arg(self.secrets_dir().join("member.key"))
             .arg("--accept-new");
         command.stdin(Stdio::null());
         command

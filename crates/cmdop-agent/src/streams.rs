@@ -40,7 +40,8 @@ pub struct StreamLimits {
     /// Streams served at once, counted from the client's authentication on; more wait for a slot.
     pub max_concurrent: usize,
     /// Streams one client key may have served at once; more are refused inside the channel, so that one
-    /// member cannot starve the others.
+    /// member cannot starve the others. It also bounds what one client that stops reading makes the relay
+    /// hold for this machine: up to a stream window (1 MiB) per stream (`Limits::carrier_window`).
     pub max_per_client: usize,
     /// End-to-end handshakes one client (by the key the relay names) may have pending at once; more streams
     /// are reset at once. Together with the handshake deadline this bounds what a client that opens streams
@@ -52,7 +53,10 @@ impl Default for StreamLimits {
     fn default() -> Self {
         Self {
             max_concurrent: 256,
-            max_per_client: 128,
+            // A quarter of the machine: 64 unread streams make the relay hold about 64 MiB (twice that in
+            // resident memory, with quinn's buffers) for one client, where 128 went past the 256 MiB the
+            // lab allows the relay (`cargo xtask lab streams`).
+            max_per_client: 64,
             // As many as one client may have served: a script running 50 commands at once with one
             // identity has 50 handshakes in flight, and a silent client still leaves half the streams.
             max_pending_per_client: 128,

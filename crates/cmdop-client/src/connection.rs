@@ -423,6 +423,13 @@ impl AgentConnection {
                 registered,
                 trust_key,
             } => {
+                // This connection carries every client's streams to this machine: its windows must not let a
+                // few unread streams hold all of its credit (the relay sizes its side the same way).
+                let carrier = Limits::default().carrier_window();
+                link.connection.set_send_window(carrier);
+                link.connection.set_receive_window(
+                    quinn::VarInt::from_u64(carrier).unwrap_or(quinn::VarInt::MAX),
+                );
                 // The relay follows `Registered` with the fleet's lock (the agent advertised that it
                 // understands it), before it routes any stream here. A relay that predates the lock never
                 // sends one; the wait for it is bounded.

@@ -98,6 +98,21 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The connection-level windows (receive and send) of the connection between an agent and the relay: room
+    /// for every stream's window at once, plus one for the control stream.
+    ///
+    /// That connection carries every client's streams to one machine. With smaller connection-level windows a
+    /// few streams whose reader stopped reading (a forward nobody drains) hold all of the connection's
+    /// credit, and then nothing else moves on it: other clients' streams, and the agent's heartbeats, so the
+    /// relay drops the machine (lab finding L1). Per-stream windows still bound the memory: a stream holds at
+    /// most `stream_receive_window` unread bytes, and a connection at most `max_bidi_streams` streams, so at
+    /// most this many bytes wait at either end, and only while clients do not read what they asked for.
+    pub fn carrier_window(&self) -> u64 {
+        (u64::from(self.max_bidi_streams) + 1) * u64::from(self.stream_receive_window)
+    }
+}
+
 /// What an endpoint with many connections asks the kernel for, per direction, for its UDP socket's buffer.
 ///
 /// A reconnect storm sends thousands of handshake packets (1,200 bytes or more each) at once; the kernel's

@@ -70,11 +70,12 @@ struct Probe {
     text: String,
 }
 
-/// Times `cmdop connect exec MACHINE -- true` `n` times (a real user's command during the load).
+/// Times `cmdop connect exec MACHINE -- true` `n` times: a command of another person than the one whose
+/// load it runs beside (its own client key, so it does not use up that person's share of the machine).
 fn exec_probe(lab: &Lab, n: usize) -> Vec<Probe> {
     (0..n)
         .map(|_| {
-            let mut exec = lab.contour.cli();
+            let mut exec = lab.contour.other_person_cli();
             exec.args(["connect", "exec", &lab.contour.machine, "--", "true"]);
             match timed(&mut exec, Duration::from_secs(60)) {
                 Ok(done) if done.status.success() => Probe {

@@ -47,6 +47,13 @@ pub(super) async fn serve(
     }
     match session.peer() {
         LoggedIn::Agent(agent) => {
+            // This connection carries every client's streams to the machine: a few streams whose reader
+            // stopped reading must not hold all of its credit, or nothing else moves on it, the agent's
+            // heartbeats included (lab finding L1). The agent sizes its side the same way.
+            let carrier = shared.limits.carrier_window();
+            connection.set_send_window(carrier);
+            connection
+                .set_receive_window(quinn::VarInt::from_u64(carrier).unwrap_or(quinn::VarInt::MAX));
             let machine = agent.machine.id;
             let _connected = shared
                 .metrics
