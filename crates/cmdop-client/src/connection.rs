@@ -34,7 +34,7 @@ use crate::control::{ControlStream, StreamError};
 use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
 use crate::secure_stream::SecureStreamError;
-use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
+use crate::transport::{Limits, SERVER_NAME, TransportError, client_config, client_endpoint};
 
 /// How long connecting (including the TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -781,7 +781,8 @@ impl Link {
                 address: address.clone(),
             })?;
         let seen = Arc::new(Mutex::new(None));
-        let config = client_config(relay.fingerprint, seen.clone(), &Limits::default())?;
+        let limits = Limits::default();
+        let config = client_config(relay.fingerprint, seen.clone(), &limits)?;
         let bind: SocketAddr = if resolved.is_ipv6() {
             "[::]:0"
         } else {
@@ -795,7 +796,8 @@ impl Link {
             address: address.clone(),
             reason,
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+        let mut endpoint =
+            client_endpoint(bind, &limits).map_err(|e| unreachable(e.to_string()))?;
         endpoint.set_default_client_config(config);
         let connecting = endpoint
             .connect(resolved, SERVER_NAME)

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
-use cmdop_client::transport::Limits;
+use cmdop_client::transport::{Limits, Traffic, bind_socket, endpoint};
 use cmdop_fleet::{CredentialId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::login::{AuditEvent, Time};
@@ -170,12 +170,13 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| bind_error(std::io::Error::other("no async runtime found")))?;
-        let endpoint =
-            quinn::Endpoint::new(endpoint_config(&config.tls), Some(quic), socket, runtime)
-                .map_err(bind_error)?;
+        let socket = bind_socket(config.listen, &config.limits).map_err(bind_error)?;
+        let endpoint = endpoint(
+            endpoint_config(&config.tls, &config.limits),
+            Some(quic),
+            socket,
+        )
+        .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -418,7 +419,8 @@ async fn handle_incoming(
         return;
     };
     drop(login_permit);
-    session::serve(shared, connection, stream, logged_in, remote).await;
+    session::serve(shared, connection.clone(), stream, logged_in, remote).await;
+    tracing::info!(%remote, traffic = %Traffic::of(&connection), "connection ended");
 }
 
 #[cfg(test)]
