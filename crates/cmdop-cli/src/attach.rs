@@ -5,11 +5,9 @@
 //! breaks (network loss, relay restart) it reconnects with backoff and resumes from the exact output offset
 //! it had written, so nothing is lost or repeated; `~.` detaches and leaves the session running.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
-
-use std::os::fd::AsFd as _;
 
 use clap::Args;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
@@ -19,12 +17,10 @@ use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
 };
 use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
 
 use crate::channel;
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
@@ -34,7 +30,7 @@ use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
 use crate::table::{print_columns, rfc3339};
-use crate::terminal::{self, RawMode, TerminalWriter};
+use crate::terminal::{self, Keys, RawMode, TerminalWriter};
 use cmdop_client::Channel;
 use cmdop_client::known_machines::KnownMachines;
 
@@ -244,7 +240,7 @@ impl Attachment {
             )
         })?;
         let mut io = TerminalIo {
-            input: spawn_stdin_reader(),
+            input: Keys::start(),
             stdout: TerminalWriter::new(),
             signals,
         };
@@ -600,7 +596,7 @@ impl Attachment {
 
 /// The terminal's side of an attachment: keystrokes in, output out, and the signals it handles itself.
 struct TerminalIo {
-    input: mpsc::Receiver<Vec<u8>>,
+    input: Keys,
     stdout: TerminalWriter,
     signals: Signals,
 }
@@ -636,39 +632,6 @@ impl Signals {
             int: install(SignalKind::interrupt())?,
         })
     }
-}
-
-/// Reads stdin on its own thread (a terminal read cannot be cancelled) and hands the bytes over.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(64);
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(buf.get(..n).unwrap_or_default().to_vec())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        let stdin = std::io::stdin();
-                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::NONE);
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    rx
 }
 
 fn write_terminal(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
