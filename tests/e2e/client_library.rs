@@ -49,7 +49,10 @@ fn the_client_library_example_lists_the_fleet_and_runs_a_command() {
     assert_eq!(text(&out.stderr), "to-err\n");
     // The machine's key was pinned on first contact, in the tool's working directory.
     let pinned = std::fs::read_to_string(dir.join("known_machines")).unwrap();
-    assert!(pinned.starts_with(&format!("{machine_id} ")), "{pinned}");
+    assert!(
+        pinned.contains(&format!(" web-1 {machine_id} ")),
+        "{pinned}"
+    );
 
     // A second run checks the key against that pin and succeeds.
     let out = example(&contour, &dir, &member_key, "web-1", &["true"]);

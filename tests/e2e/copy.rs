@@ -280,3 +280,343 @@ fn a_cut_copy_resumes_and_ends_identical() {
     assert_eq!(mode(&f.path("down/big.bin")), 0o640);
     assert!(part_files(&f.path("down")).is_empty());
 }
+
+/// Where `path` leads once every symlink on the way is followed: the real path of its longest existing prefix,
+/// then the rest taken lexically (so a dangling symlink still shows where it points).
+fn resolved(path: &Path) -> PathBuf {
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut here = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.to_str() {
+            Some("/" | "." | "") => continue,
+            Some("..") => {
+                here.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = here.join(&part);
+        match fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                assert!(hops < 64, "symlink loop at {}", next.display());
+                let target = fs::read_link(&next).unwrap();
+                if target.is_absolute() {
+                    here = PathBuf::from("/");
+                }
+                pending.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+            }
+            _ => here = next,
+        }
+    }
+    here
+}
+
+/// Every symlink under `root` whose resolution leaves `root`, with where it leads.
+fn symlinks_leaving(root: &Path) -> Vec<String> {
+    let root = fs::canonicalize(root).unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let metadata = fs::symlink_metadata(&path).unwrap();
+            if metadata.file_type().is_symlink() {
+                let lands = resolved(&path);
+                if !lands.starts_with(&root) {
+                    out.push(format!("{} -> {}", path.display(), lands.display()));
+                }
+            } else if metadata.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The partial-file name the CLI used before names were random: `.NAME.TAG.cmdop-part`, where TAG comes from
+/// the size, modification time and mode the machine reports, all of which the machine controls.
+fn predictable_part_name(name: &str, entry_size: u64, modified_ns: u64, mode: u32) -> String {
+    let tag = cmdop_proto::ops::copy::version_tag(entry_size, modified_ns, mode);
+    format!(".{name}.{tag:016x}.cmdop-part")
+}
+
+fn modified_ns(metadata: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    u64::try_from(metadata.mtime()).unwrap() * 1_000_000_000
+        + u64::try_from(metadata.mtime_nsec()).unwrap()
+}
+
+/// Issue 13, hole 1, on a real disk through the real binaries: symlinks that each stay inside when read as
+/// text (`a/0 -> ..`, `a/1 -> 0/..`, `a/2 -> 1/..`) chain to outside the destination, and a symlink planted
+/// where the partial file of `b/f` will be opened points through that chain at a file outside.
+#[test]
+fn a_symlink_chain_on_the_machines_disk_cannot_lead_a_pull_outside() {
+    let f = Fixture::new();
+    let victim = f.path("victim");
+    write(&victim, b"precious, and longer than f\n", 0o600);
+    let tree = f.path("remote/tree");
+    fs::create_dir_all(tree.join("a")).unwrap();
+    std::os::unix::fs::symlink("..", tree.join("a/0")).unwrap();
+    std::os::unix::fs::symlink("0/..", tree.join("a/1")).unwrap();
+    std::os::unix::fs::symlink("1/..", tree.join("a/2")).unwrap();
+    write(&tree.join("b/f"), b"owned\n", 0o755);
+    let metadata = fs::metadata(tree.join("b/f")).unwrap();
+    let part = predictable_part_name("f", 6, modified_ns(&metadata), 0o755);
+    std::os::unix::fs::symlink("../a/2/victim", tree.join("b").join(part)).unwrap();
+    let destination = f.path("dest");
+    fs::create_dir(&destination).unwrap();
+
+    let out = f.run(&[
+        "-r",
+        &f.remote("remote/tree"),
+        destination.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious, and longer than f\n",
+        "the pull wrote outside its destination: {stderr}"
+    );
+    assert_eq!(mode(&victim), 0o600, "{stderr}");
+    let copied = destination.join("tree");
+    assert_eq!(symlinks_leaving(&copied), Vec::<String>::new(), "{stderr}");
+    assert_eq!(
+        fs::read(copied.join("b/f")).unwrap(),
+        b"owned\n",
+        "{stderr}"
+    );
+    assert_eq!(mode(&copied.join("b/f")), 0o755);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing \"a/1\""), "{stderr}");
+}
+
+/// Issue 13, hole 1, from a scripted machine: a listing no disk would produce. The chain comes in reverse
+/// order (each link dangles when it is made, so checking a link as it is created proves nothing), a partial
+/// file name is planted as a symlink through that chain, a file is listed under a symlink, and a file claims
+/// setuid.
+#[test]
+fn a_scripted_machine_cannot_lead_a_pull_outside() {
+    use cmdop_tests::hostile_machine::{CopyScript, HostileMachine};
+    let contour = Contour::builder().fleet("prod").start();
+    let scratch = tempfile::tempdir().unwrap();
+    let victim = scratch.path().join("victim");
+    write(&victim, b"precious, and longer than f\n", 0o600);
+    let mut script = CopyScript::new("tree")
+        .dir("a")
+        .symlink("a/p2", "p1/..")
+        .symlink("a/p1", "up/..")
+        .symlink("a/up", "..")
+        .dir("b");
+    script = script.file("b/f", b"owned\n", 0o4755);
+    let f_entry = script.entry("b/f").clone();
+    let part = predictable_part_name("f", f_entry.size, f_entry.modified_ns, f_entry.mode);
+    script = script
+        .symlink(&format!("b/{part}"), "../a/p2/victim")
+        .file("b/f", b"owned\n", 0o4755)
+        .symlink("s", "a")
+        .file("s/g", b"through a symlink\n", 0o644);
+    let _machine = HostileMachine::start(&contour, "evil-1", "prod", script);
+    let destination = scratch.path().join("dest");
+    fs::create_dir(&destination).unwrap();
+
+    let out = run(contour
+        .cli_with_key("alice", &contour.member_key("prod"))
+        .args(["connect", "cp", "-r", "evil-1:tree"])
+        .arg(&destination));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious, and longer than f\n",
+        "the pull wrote outside its destination: {stderr}"
+    );
+    assert_eq!(mode(&victim), 0o600, "{stderr}");
+    let copied = destination.join("tree");
+    assert_eq!(symlinks_leaving(&copied), Vec::<String>::new(), "{stderr}");
+    assert_eq!(
+        fs::read(copied.join("b/f")).unwrap(),
+        b"owned\n",
+        "{stderr}"
+    );
+    assert_eq!(
+        mode(&copied.join("b/f")),
+        0o755,
+        "setuid from the machine is dropped"
+    );
+    assert!(
+        fs::symlink_metadata(copied.join("a/g")).is_err(),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing \"s/g\""), "{stderr}");
+}
+
+/// Catalog C1 from a machine that lies outright: names no file system could list (`..`, an absolute path, `.`,
+/// the empty name, control characters) are refused one by one, nothing lands outside, the rest is copied.
+#[test]
+fn a_scripted_machines_impossible_names_are_refused() {
+    use cmdop_tests::hostile_machine::{CopyScript, HostileMachine};
+    let contour = Contour::builder().fleet("prod").start();
+    let scratch = tempfile::tempdir().unwrap();
+    let absolute = scratch.path().join("absolute");
+    let hostile = [
+        "../x",
+        "..",
+        ".",
+        "",
+        "a/../../x",
+        "a//b",
+        absolute.to_str().unwrap(),
+        "x\u{1b}[2J",
+        "new\nline",
+        "nul\u{0}byte",
+    ];
+    let mut script = CopyScript::new("tree").dir("a");
+    for name in hostile {
+        script = script.file(name, b"hostile\n", 0o644);
+    }
+    script = script.file("a/fine", b"fine\n", 0o644);
+    let _machine = HostileMachine::start(&contour, "evil-1", "prod", script);
+    let destination = scratch.path().join("dest");
+    fs::create_dir(&destination).unwrap();
+    fs::set_permissions(&destination, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out = run(contour
+        .cli_with_key("alice", &contour.member_key("prod"))
+        .args(["connect", "cp", "--json", "-r", "evil-1:tree"])
+        .arg(&destination));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused: Vec<&str> = summary["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(refused, hostile, "{stderr}");
+    assert_eq!(summary["files"], 1, "{summary}");
+    assert_eq!(
+        snapshot(scratch.path()),
+        vec![
+            ("dest".to_owned(), 0o755, Vec::new()),
+            ("dest/tree".to_owned(), 0o755, Vec::new()),
+            ("dest/tree/a".to_owned(), 0o755, Vec::new()),
+            ("dest/tree/a/fine".to_owned(), 0o644, b"fine\n".to_vec()),
+        ],
+        "{stderr}"
+    );
+}
+
+/// Issue 13, hole 2: someone who can write where a root agent receives a push plants a symlink at the name of
+/// the directory being pushed, to turn the agent's chmod and writes onto a directory elsewhere.
+#[test]
+fn a_symlink_planted_at_a_pushed_directory_cannot_redirect_a_push() {
+    let f = Fixture::new();
+    let elsewhere = f.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    let source = f.path("src");
+    write(&source.join("passwd"), b"root::0:0::/:/bin/sh\n", 0o644);
+    fs::set_permissions(&source, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(f.path("inbox")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, f.path("inbox/src")).unwrap();
+
+    let out = f.run(&["-r", source.to_str().unwrap(), &f.remote("inbox/src")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        mode(&elsewhere),
+        0o700,
+        "the agent chmod'ed through a symlink: {stderr}"
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+}
+
+/// Issue 13, hole 2: a symlink planted where the agent used to open the partial file of a push, a name it
+/// computed from what the client sent, points at a file the agent must not touch.
+#[test]
+fn a_symlink_planted_at_a_partial_name_cannot_redirect_a_push() {
+    let f = Fixture::new();
+    let victim = f.path("victim");
+    write(&victim, b"precious, and longer than the file\n", 0o600);
+    let file = f.path("small.txt");
+    write(&file, b"small\n", 0o644);
+    let metadata = fs::metadata(&file).unwrap();
+    let part = predictable_part_name("small.txt", 6, modified_ns(&metadata), 0o644);
+    fs::create_dir(f.path("up")).unwrap();
+    std::os::unix::fs::symlink(&victim, f.path("up").join(part)).unwrap();
+    let out = f.run(&[file.to_str().unwrap(), &f.remote("up/")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious, and longer than the file\n",
+        "the agent wrote through a planted symlink: {stderr}"
+    );
+    assert_eq!(mode(&victim), 0o600);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(fs::read(f.path("up/small.txt")).unwrap(), b"small\n");
+}
+
+#[test]
+fn cp_takes_ssh_flags_and_its_errors_name_what_was_typed() {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = Fixture::new();
+    let source = f.path("tree");
+    write(&source.join("a.txt"), b"a", 0o640);
+    write(&source.join("sub/b.txt"), b"b", 0o600);
+    // Old times, so that "kept" cannot be mistaken for "just written".
+    let old = |path: &Path, seconds: i64| {
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(seconds as u64);
+        fs::File::open(path).unwrap().set_modified(when).unwrap();
+    };
+    old(&source.join("a.txt"), 1_000_000_000);
+    old(&source.join("sub/b.txt"), 1_100_000_000);
+    old(&source.join("sub"), 1_200_000_000);
+    let mtime = |path: &Path| fs::metadata(path).unwrap().mtime();
+
+    // -R is -r; -p keeps modification times (files and directories) as well as modes, both ways.
+    let out = f.run(&["-R", "-p", source.to_str().unwrap(), &f.remote("up")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mtime(&f.path("up/a.txt")), 1_000_000_000);
+    assert_eq!(mtime(&f.path("up/sub/b.txt")), 1_100_000_000);
+    assert_eq!(mtime(&f.path("up/sub")), 1_200_000_000);
+    assert_eq!(mode(&f.path("up/sub/b.txt")), 0o600);
+    let out = f.run(&["-rp", &f.remote("up"), f.path("down").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mtime(&f.path("down/a.txt")), 1_000_000_000);
+    assert_eq!(mtime(&f.path("down/sub")), 1_200_000_000);
+    // Without -p a copy gets the time it was written.
+    let out = f.run(&[
+        source.join("a.txt").to_str().unwrap(),
+        &f.remote("fresh.txt"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(mtime(&f.path("fresh.txt")) > 1_000_000_000);
+
+    // A missing directory on the machine: the error names the target as typed, not a partial file.
+    let target = f.remote("nonexistent/dir/file");
+    let out = f.run(&[source.join("a.txt").to_str().unwrap(), &target]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&target), "{stderr}");
+    assert!(!stderr.contains("cmdop-part"), "{stderr}");
+    // A missing remote file is exit 1 (4 means the machine was not found).
+    let out = f.run(&[&f.remote("no-such-file"), f.path("x").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A command line without a MACHINE:PATH side is a usage error.
+    let out = f.run(&["a", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

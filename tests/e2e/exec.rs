@@ -77,6 +77,12 @@ fn timeout_kills_the_remote_group_and_exits_124() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    // The timeout the user asked for says so when it fires.
+    assert!(
+        text(&out.stderr).contains("killed after 1s (--timeout)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
@@ -189,7 +195,12 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
     assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
     let known = c.root.path().join("clients/alice/client/known_machines");
     let pinned = std::fs::read_to_string(&known).unwrap();
-    assert!(pinned.starts_with(&c.machine("web-1").id), "{pinned}");
+    // `<relay fingerprint> <fleet id> <hostname> <machine id> <public key>`
+    assert!(
+        pinned.starts_with(&c.fingerprint)
+            && pinned.contains(&format!(" web-1 {} ", c.machine("web-1").id)),
+        "{pinned}"
+    );
     // Replace the pinned key with another one: the next exec must refuse before running anything.
     let other = cmdop_tests::run_ok(
         cmdop_tests::command("cmdop-agent")
@@ -199,7 +210,7 @@ fn the_machine_key_is_pinned_on_first_contact_and_a_changed_key_is_refused() {
     );
     let other: Value = serde_json::from_str(&other).unwrap();
     let mut fields: Vec<&str> = pinned.split_whitespace().collect();
-    fields[1] = other["public_key"].as_str().unwrap();
+    fields[4] = other["public_key"].as_str().unwrap();
     std::fs::write(&known, format!("{}\n", fields.join(" "))).unwrap();
     let out = run_there(&c, &["touch", "/tmp/cmdop-must-not-exist"]);
     assert_eq!(out.status.code(), Some(255));
@@ -226,4 +237,115 @@ fn an_ambiguous_name_lists_the_candidates() {
     );
     // An exact hostname still wins over the shared prefix.
     assert_eq!(run_there(&c, &["true"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_first_contact_is_confirmed_on_a_terminal_refused_without_one_and_accepted_by_flag() {
+    use cmdop_tests::terminal::Terminal;
+    let c = Contour::with_machine();
+    let key = c.member_key("prod");
+    let marker = c.root.path().join("first-contact");
+    let strict = |client: &str| {
+        let mut command = c.cli_strict(client);
+        command
+            .arg("--api-key-file")
+            .arg(&key)
+            .args(["connect", "exec", "web-1", "--", "touch"])
+            .arg(&marker);
+        command
+    };
+    // No terminal, no --accept-new: refused, saying how to accept it, before anything ran.
+    let out = strict("script").output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("can't be established") && stderr.contains("--accept-new"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&c.agent_fingerprint("web-1")), "{stderr}");
+    assert!(!marker.exists());
+    // On a terminal the person is asked, as ssh does; "no" refuses.
+    let mut terminal = Terminal::spawn(&strict("person"), 100, 30);
+    terminal.expect("(yes/no)?", Duration::from_secs(30));
+    terminal.send(b"no\r");
+    assert_eq!(terminal.wait(Duration::from_secs(30)), 255);
+    assert!(!marker.exists());
+    // "yes" pins it and runs the command; the next run asks nothing.
+    let mut terminal = Terminal::spawn(&strict("person"), 100, 30);
+    terminal.expect("(yes/no)?", Duration::from_secs(30));
+    terminal.send(b"yes\r");
+    assert_eq!(terminal.wait(Duration::from_secs(30)), 0);
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+    let out = strict("person").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(marker.exists());
+    // A script with --accept-new pins without asking.
+    let out = c
+        .cli_with_key("script", &key)
+        .args(["connect", "exec", "web-1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("first contact with web-1"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_to_type() {
+    let c = Contour::with_machine();
+    // The missing `--` is put back in the tip.
+    let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+    cmd.args(["connect", "exec", "web-1", "uname", "-a"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("connect exec web-1 -- uname -a"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A value that does not parse is a usage error, like an unknown flag.
+    for args in [
+        &[
+            "connect",
+            "exec",
+            "web-1",
+            "--timeout",
+            "soon",
+            "--",
+            "true",
+        ][..],
+        &["connect", "forward", "web-1", "8080"][..],
+        &["connect", "cp", "--limit-rate", "fast", "a", "web-1:b"][..],
+        &["connect", "web-1", "--session=a/b"][..],
+        &["connect", "exec", "--label", "role", "--", "true"][..],
+    ] {
+        let mut cmd = c.cli_with_key("alice", &c.member_key("prod"));
+        let out = cmd.args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A relay address without a port says so, rather than "cannot resolve".
+    let mut cmd = cmdop_tests::command("cmdop");
+    cmd.arg("--config-dir")
+        .arg(c.root.path().join("clients/alice"))
+        .args([
+            "--relay",
+            "127.0.0.1",
+            "--relay-fingerprint",
+            &c.fingerprint,
+            "--api-key-file",
+        ])
+        .arg(c.member_key("prod"))
+        .args(["connect", "--list"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the port is missing"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -4,11 +4,11 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cmdop_tests::sshd::Sshd;
 use cmdop_tests::{Contour, Daemon};
 use sha2::{Digest, Sha256};
 
@@ -257,70 +257,16 @@ fn the_destination_policy_holds_across_address_spellings() {
     });
 }
 
-/// A throwaway sshd on a free loopback port (host and user keys generated here), and the user key.
-fn sshd(dir: &std::path::Path) -> (Daemon, u16, PathBuf) {
-    let host_key = dir.join("host_ed25519");
-    let user_key = dir.join("user_ed25519");
-    for key in [&host_key, &user_key] {
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(key)
-            .status()
-            .expect("ssh-keygen (openssh-client; `cargo xtask ci` installs it)");
-        assert!(status.success());
-    }
-    let authorized = dir.join("authorized_keys");
-    std::fs::copy(user_key.with_extension("pub"), &authorized).unwrap();
-    // sshd refuses to start without its privilege-separation directory.
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin prohibit-password\nPidFile {}\nUseDNS no\nSubsystem sftp internal-sftp\n",
-            host_key.display(),
-            authorized.display(),
-            dir.join("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new("/usr/sbin/sshd");
-    command.arg("-D").arg("-e").arg("-f").arg(&config);
-    let daemon = Daemon::spawn(command);
-    cmdop_tests::eventually(Duration::from_secs(10), "sshd to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    (daemon, port, user_key)
-}
-
 #[test]
 fn ssh_works_through_a_forward() {
     let contour = Contour::with_machine();
     let dir = tempfile::tempdir().unwrap();
-    let (_sshd, sshd_port, user_key) = sshd(dir.path());
-    let (_forward, ports) = forward(&contour, "web-1", &[format!("0:localhost:{sshd_port}")]);
+    let sshd = Sshd::start(dir.path());
+    let (_forward, ports) = forward(&contour, "web-1", &[format!("0:localhost:{}", sshd.port)]);
     // 2 MiB up through ssh's own encryption inside cmdop's; the remote side hashes what it got.
     let payload = body()[..2 << 20].to_vec();
-    let mut ssh = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(&user_key)
+    let mut ssh = sshd
+        .ssh()
         .args([
             "-p",
             &ports[0].to_string(),
@@ -397,4 +343,97 @@ fn a_remote_forward_brings_the_machines_connections_back_here() {
                 .then_some(())
         },
     );
+}
+
+/// One line through a forward: connects, sends `line`, half-closes and reads the echo.
+fn echo_through(port: u16, line: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(line.as_bytes())?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// An echo server on 127.0.0.1 (the machine's side: the agent runs here too).
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let _ = stream.read_to_end(&mut buffer);
+                let _ = stream.write_all(&buffer);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_forward_outlives_a_relay_restart() {
+    let mut contour = Contour::with_machine();
+    let echo = echo_server();
+    let (mut forward, ports) = forward(&contour, "web-1", &[format!("0:localhost:{echo}")]);
+    assert_eq!(echo_through(ports[0], "before\n").unwrap(), "before\n");
+
+    contour.restart_relay();
+    // The listener stayed; a connection made while cmdop logs in again (and the agent comes back) waits for
+    // the machine rather than failing.
+    assert_eq!(echo_through(ports[0], "after\n").unwrap(), "after\n");
+    let output = forward.output();
+    assert!(output.contains("reconnecting"), "{output}");
+    assert!(output.contains("reconnected to the relay"), "{output}");
+    assert!(
+        forward.child.try_wait().unwrap().is_none(),
+        "the forward exited:\n{output}"
+    );
+}
+
+#[test]
+fn exit_on_loss_and_a_revoked_credential_stop_the_forward() {
+    let mut contour = Contour::with_machine();
+    let echo = echo_server();
+    // --exit-on-loss: today's behaviour for scripts, exit 5 when the relay goes.
+    let mut command = contour.cli_with_key("alice", &contour.member_key("prod"));
+    command.args([
+        "connect",
+        "forward",
+        "web-1",
+        "--exit-on-loss",
+        &format!("0:localhost:{echo}"),
+    ]);
+    let mut strict = Daemon::spawn(command);
+    strict.wait_for(Duration::from_secs(30), |line| {
+        line.strip_prefix("forwarding ").map(drop)
+    });
+    // A restarted relay resets the old connection at the next keep-alive (a killed one leaves it to the 30 s
+    // idle timeout).
+    contour.restart_relay();
+    let status = cmdop_tests::eventually(Duration::from_secs(30), "the forward to exit", || {
+        strict.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(5), "{}", strict.output());
+
+    // A revoked credential cannot be fixed by logging in again: exit 3, as for any refused credential.
+    let (key_id, key) = contour.api_key("prod", "member");
+    let mut command = contour.cli_with_key("bob", &key);
+    command.args([
+        "connect",
+        "forward",
+        "web-1",
+        &format!("0:localhost:{echo}"),
+    ]);
+    let mut revoked = Daemon::spawn(command);
+    revoked.wait_for(Duration::from_secs(30), |line| {
+        line.strip_prefix("forwarding ").map(drop)
+    });
+    contour.admin(&["key", "revoke", &key_id]);
+    let status = cmdop_tests::eventually(Duration::from_secs(30), "the forward to exit", || {
+        revoked.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(3), "{}", revoked.output());
 }

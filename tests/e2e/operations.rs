@@ -279,7 +279,10 @@ fn an_operator_runs_the_contour_from_config_files_and_sees_how_it_runs() {
     // The agent's is always a file (kek_backend = "file"); a client's is one unless an OS keyring answered.
     let agent_kek = agent_dir.join("agent_keypair.key");
     assert!(agent_kek.is_file());
-    let client_kek = contour.root.path().join("clients/alice/agent_keypair.key");
+    let client_kek = contour
+        .root
+        .path()
+        .join("clients/alice/client/agent_keypair.key");
     for path in [agent_kek, client_kek].into_iter().filter(|p| p.is_file()) {
         let kek = std::fs::read(&path).unwrap();
         let kek = kek.get(kek.len() - 32..).unwrap().to_vec();
@@ -388,6 +391,138 @@ fn config_check_points_at_the_offending_line_and_the_binaries_refuse_a_broken_fi
 }
 
 #[test]
+fn config_check_checks_what_serve_and_run_will_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_toml = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_toml,
+        format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let relay = |env: &[(&str, &str)], args: &[&str]| {
+        let mut relay = command("cmdop-relay");
+        relay
+            .arg("--config")
+            .arg(&relay_toml)
+            .args(["config", "check"])
+            .args(args);
+        for (key, value) in env {
+            relay.env(key, value);
+        }
+        run(&mut relay)
+    };
+    let ok = relay(&[], &[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The environment is what serve would use: a bad value is named with the variable it came from.
+    for (key, value) in [
+        ("CMDOP_RELAY_LISTEN", "garbage"),
+        ("CMDOP_RELAY_METRICS", "nowhere"),
+        ("CMDOP_RELAY_DRAIN_TIMEOUT", "soon"),
+    ] {
+        let out = relay(&[(key, value)], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{key}: {err}");
+        // serve refuses it in the same words.
+        let serve = run(command("cmdop-relay")
+            .arg("--config")
+            .arg(&relay_toml)
+            .arg("serve")
+            .env(key, value));
+        let serve_err = String::from_utf8_lossy(&serve.stderr);
+        assert!(
+            !serve.status.success() && serve_err.contains(key),
+            "{key}: {serve_err}"
+        );
+    }
+    // A flag is named as the flag.
+    let out = relay(
+        &[("CMDOP_RELAY_LISTEN", "garbage")],
+        &["--listen", "also-garbage"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("also-garbage"),
+        "{err}"
+    );
+    let out = relay(&[("CMDOP_RELAY_LISTEN", "127.0.0.1:4999")], &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:4999"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The agent: the forward lists, labels and relay address of the file, the environment and flags.
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = dir.path().join("agent.key");
+    std::fs::write(&key, "cmdop_ak_test\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let good = format!(
+        "relay = \"relay.example:4433\"\nrelay_fingerprint = \"sha256:{}\"\nworkspace = \"prod\"\napi_key_file = {:?}\nhostname = \"web-1\"\nlabels = [\"role=web\"]\n",
+        "ab".repeat(32),
+        key.display().to_string()
+    );
+    let agent = |toml: &str, env: &[(&str, &str)], args: &[&str]| {
+        std::fs::write(agent_dir.join("agent.toml"), toml).unwrap();
+        let mut agent = command("cmdop-agent");
+        agent
+            .arg("--config-dir")
+            .arg(&agent_dir)
+            .args(["config", "check"])
+            .args(args);
+        for (key, value) in env {
+            agent.env(key, value);
+        }
+        run(&mut agent)
+    };
+    let out = agent(&good, &[], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("labels            = role=web"), "{shown}");
+    // The fingerprint is shown in the one canonical form, whichever form was given.
+    assert!(shown.contains("relay_fingerprint = SHA256:"), "{shown}");
+    for (toml, env, args, words) in [
+        (
+            format!("{good}forward_deny = [\"10.0.0.0/99\"]\n"),
+            vec![],
+            vec![],
+            "10.0.0.0/99",
+        ),
+        (
+            good.clone(),
+            vec![("CMDOP_RELAY", "127.0.0.1")],
+            vec![],
+            "CMDOP_RELAY",
+        ),
+        (good.clone(), vec![], vec!["--label", "Role=web"], "--label"),
+        (
+            good.replace("relay.example:4433", "relay.example"),
+            vec![],
+            vec![],
+            "port is missing",
+        ),
+    ] {
+        let out = agent(&toml, &env, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(words),
+            "{words}: {err}"
+        );
+    }
+}
+
+#[test]
 fn service_install_writes_a_unit_that_systemd_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let config_dir = dir.path().join("agent config");
@@ -453,24 +588,46 @@ fn service_install_writes_a_unit_that_systemd_accepts() {
 
 #[test]
 fn the_cli_completes_documents_itself_and_stops_quietly_on_a_closed_pipe() {
-    for (shell, marker) in [
-        ("bash", "complete -F"),
-        ("zsh", "#compdef cmdop"),
-        ("fish", "complete -c cmdop"),
+    // All three binaries: a completion script per shell naming a subcommand, and man pages.
+    for (binary, subcommand) in [
+        ("cmdop", "connect"),
+        ("cmdop-relay", "serve"),
+        ("cmdop-agent", "run"),
     ] {
-        let script = run_ok(command("cmdop").args(["completions", shell]));
-        assert!(
-            script.contains(marker) && script.contains("connect"),
-            "{shell}: {script}"
-        );
+        for (shell, marker) in [
+            ("bash", "complete -F".to_owned()),
+            ("zsh", format!("#compdef {binary}")),
+            ("fish", format!("complete -c {binary}")),
+        ] {
+            let script = run_ok(command(binary).args(["completions", shell]));
+            assert!(
+                script.contains(&marker) && script.contains(subcommand),
+                "{binary} {shell}: {script}"
+            );
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     run_ok(command("cmdop").args(["man", "--out-dir"]).arg(dir.path()));
+    run_ok(
+        command("cmdop-relay")
+            .args(["man", "--out-dir"])
+            .arg(dir.path()),
+    );
+    run_ok(
+        command("cmdop-agent")
+            .args(["man", "--out-dir"])
+            .arg(dir.path()),
+    );
     for page in [
         "cmdop.1",
         "cmdop-connect.1",
         "cmdop-login.1",
         "cmdop-status.1",
+        "cmdop-rsh.1",
+        "cmdop-relay.1",
+        "cmdop-relay-serve.1",
+        "cmdop-agent.1",
+        "cmdop-agent-run.1",
     ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.contains(".TH"), "{page}: {text}");
@@ -483,6 +640,14 @@ fn the_cli_completes_documents_itself_and_stops_quietly_on_a_closed_pipe() {
         &["cmdop", "connect"],
         &["cmdop", "completions"],
         &["cmdop", "man"],
+        &["cmdop", "rsh"],
+        &["cmdop", "ssh-config"],
+        &["cmdop", "connect", "exec"],
+        &["cmdop", "connect", "proxy"],
+        &["cmdop-relay", "completions"],
+        &["cmdop-relay", "man"],
+        &["cmdop-agent", "completions"],
+        &["cmdop-agent", "man"],
         &["cmdop-relay", "serve"],
         &["cmdop-relay", "status"],
         &["cmdop-relay", "config", "check"],
@@ -520,6 +685,36 @@ fn the_cli_completes_documents_itself_and_stops_quietly_on_a_closed_pipe() {
 }
 
 /// `GET path` from the metrics endpoint; the whole HTTP response.
+/// Issue 13, hole 10: deleting the CLI's `agent_keypair.bin` while its key file stays used to give the CLI a
+/// new identity without a word. It is an error that names both files, and nothing is written.
+#[test]
+fn the_cli_refuses_to_replace_a_deleted_identity_seed() {
+    let contour = Contour::with_machine();
+    let member_key = contour.member_key("prod");
+    let machines = contour.list("alice", &member_key, None);
+    assert_eq!(machines.len(), 1);
+    let identity = contour.root.path().join("clients/alice/client");
+    let (seed, kek) = (
+        identity.join("agent_keypair.bin"),
+        identity.join("agent_keypair.key"),
+    );
+    assert!(seed.is_file() && kek.is_file());
+    let key_before = std::fs::read(&kek).unwrap();
+    std::fs::remove_file(&seed).unwrap();
+
+    let out = run(contour
+        .cli_with_key("alice", &member_key)
+        .args(["connect", "--list", "--json"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&seed.display().to_string()) && stderr.contains(&kek.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!seed.exists(), "a new identity was created: {stderr}");
+    assert_eq!(std::fs::read(&kek).unwrap(), key_before);
+}
+
 fn scrape(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();

@@ -159,3 +159,115 @@ fn a_wrong_relay_fingerprint_fails_before_any_credential_is_sent() {
         .collect();
     assert!(attempts.is_empty(), "{attempts:#?}");
 }
+
+#[test]
+fn one_fingerprint_form_is_shown_and_the_old_one_still_pins() {
+    let contour = Contour::with_machine();
+    // The relay prints its certificate fingerprint like every key fingerprint: SHA256:<base64>.
+    assert!(
+        contour.fingerprint.starts_with("SHA256:") && contour.fingerprint.len() == 7 + 43,
+        "{}",
+        contour.fingerprint
+    );
+    let printed = cmdop_tests::run_ok(
+        cmdop_tests::command("cmdop-relay")
+            .arg("fingerprint")
+            .arg("--data-dir")
+            .arg(contour.data_dir()),
+    );
+    assert_eq!(printed.trim(), contour.fingerprint);
+    // The form earlier relays printed (and saved logins and agent configs hold) still pins the same relay.
+    let digest = cmdop_identity_digest(&contour.fingerprint);
+    let old = format!("sha256:{}", hex::encode(digest));
+    let mut command = cmdop_tests::command("cmdop");
+    command
+        .arg("--config-dir")
+        .arg(contour.root.path().join("clients/old"))
+        .args([
+            "--relay",
+            &contour.address,
+            "--relay-fingerprint",
+            &old,
+            "--api-key-file",
+        ])
+        .arg(contour.member_key("prod"))
+        .args(["connect", "--list", "--json"]);
+    let listed: Vec<Value> = serde_json::from_str(&cmdop_tests::run_ok(&mut command)).unwrap();
+    // Machine keys are shown the same way, and the audit log names keys by that fingerprint too.
+    let fingerprint = listed[0]["fingerprint"].as_str().unwrap();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    let audit = String::from_utf8(contour.admin(&["audit"]).stdout).unwrap();
+    assert!(
+        audit.contains(&format!("agent key {fingerprint}")),
+        "{audit}"
+    );
+}
+
+/// The digest a `SHA256:<base64>` fingerprint names.
+fn cmdop_identity_digest(text: &str) -> Vec<u8> {
+    data_encoding::BASE64_NOPAD
+        .decode(text.strip_prefix("SHA256:").unwrap().as_bytes())
+        .unwrap()
+}
+
+#[test]
+fn login_repin_follows_a_rotated_certificate_without_the_token() {
+    let mut contour = Contour::builder()
+        .fleet("prod")
+        .agent("web-1", "prod")
+        .user("alice", &["prod"])
+        .start();
+    let cli = |contour: &Contour| {
+        let mut command = cmdop_tests::command("cmdop");
+        command
+            .arg("--config-dir")
+            .arg(contour.root.path().join("clients/alice"));
+        command
+    };
+    let login = run(cli(&contour)
+        .args([
+            "login",
+            "--relay",
+            &contour.address,
+            "--relay-fingerprint",
+            &contour.fingerprint,
+            "--token-file",
+        ])
+        .arg(contour.token_file("alice")));
+    assert!(login.status.success(), "{}", stderr(&login));
+
+    // The operator rotates the certificate: a new one is generated when the old is gone.
+    contour.kill_relay();
+    for file in ["relay-cert.pem", "relay-key.pem"] {
+        std::fs::remove_file(contour.data_dir().join(file)).unwrap();
+    }
+    let mut serve = cmdop_tests::command("cmdop-relay");
+    serve
+        .args(["serve", "--data-dir"])
+        .arg(contour.data_dir())
+        .args(["--listen", &contour.address]);
+    let mut relay = cmdop_tests::Daemon::spawn(serve);
+    let rotated = relay.wait_for(Duration::from_secs(30), |line| {
+        line.strip_prefix("relay fingerprint: ").map(str::to_owned)
+    });
+    contour.relay = Some(relay);
+    assert_ne!(rotated, contour.fingerprint);
+
+    // The saved pin refuses the new certificate (exit 6) and says how to re-pin.
+    let refused = run(cli(&contour).args(["connect", "--list"]));
+    assert_eq!(refused.status.code(), Some(6), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("cmdop login --repin"),
+        "{}",
+        stderr(&refused)
+    );
+    // `--repin` alone shows what the relay presents now, and pins nothing.
+    let shown = run(cli(&contour).args(["login", "--repin"]));
+    assert_eq!(shown.status.code(), Some(6));
+    assert!(stderr(&shown).contains(&rotated), "{}", stderr(&shown));
+    // With the new fingerprint (from `cmdop-relay fingerprint`), the saved credential is kept: no token.
+    let repinned = run(cli(&contour).args(["login", "--repin", "--relay-fingerprint", &rotated]));
+    assert!(repinned.status.success(), "{}", stderr(&repinned));
+    let listed = run(cli(&contour).args(["connect", "--list", "--json"]));
+    assert!(listed.status.success(), "{}", stderr(&listed));
+}

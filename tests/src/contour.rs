@@ -380,6 +380,11 @@ impl Contour {
         self.shared_key(fleet, "member")
     }
 
+    /// The file of `fleet`'s key of `role`: created on first use, the same one afterwards.
+    pub(crate) fn shared_key_file(&self, fleet: &str, role: &str) -> PathBuf {
+        self.shared_key(fleet, role)
+    }
+
     fn shared_key(&self, fleet: &str, role: &str) -> PathBuf {
         let mut keys = self.keys.lock().unwrap();
         keys.entry((fleet.to_owned(), role.to_owned()))
@@ -419,6 +424,17 @@ impl Contour {
     /// Starts an agent with its own config directory `agents/<name>`, enrolled in `fleet` with `key_file`,
     /// without waiting for it: for agents a test stops, restarts or expects to fail.
     pub fn agent(&self, name: &str, fleet: &str, key_file: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(self.agent_command(name, fleet, key_file, extra))
+    }
+
+    /// The command [`Contour::agent`] runs, for a test that changes it (its environment) before starting it.
+    pub fn agent_command(
+        &self,
+        name: &str,
+        fleet: &str,
+        key_file: &Path,
+        extra: &[&str],
+    ) -> Command {
         let mut command = command("cmdop-agent");
         command
             .arg("--config-dir")
@@ -435,7 +451,7 @@ impl Contour {
             .args(["--workspace", fleet, "--hostname", name, "--api-key-file"])
             .arg(key_file)
             .args(extra);
-        Daemon::spawn(command)
+        command
     }
 
     /// The config directory of agent `name`.
@@ -471,12 +487,21 @@ impl Contour {
             .unwrap_or_else(|| panic!("no machine {hostname}: add it with .agent({hostname:?}, …)"))
     }
 
-    /// A `cmdop` command with its own config directory `clients/<name>`, pointed at this relay.
+    /// A `cmdop` command with its own config directory `clients/<name>`, pointed at this relay. It pins
+    /// machines met for the first time without asking (`--accept-new`, as a script would); tests of the
+    /// first contact itself use [`Contour::cli_strict`].
     pub fn cli(&self, name: &str) -> Command {
+        let mut command = self.cli_strict(name);
+        command.arg("--accept-new");
+        command
+    }
+
+    /// [`Contour::cli`] without `--accept-new`: a first contact is refused (stdin is not a terminal).
+    pub fn cli_strict(&self, name: &str) -> Command {
         let mut command = command("cmdop");
         command
             .arg("--config-dir")
-            .arg(self.root.path().join("clients").join(name))
+            .arg(self.client_dir(name))
             .args([
                 "--relay",
                 &self.address,
@@ -484,6 +509,11 @@ impl Contour {
                 &self.fingerprint,
             ]);
         command
+    }
+
+    /// The config directory of client `name` (its identity, login and pins live in `client/` inside).
+    pub fn client_dir(&self, name: &str) -> PathBuf {
+        self.root.path().join("clients").join(name)
     }
 
     /// [`Contour::cli`] presenting the credential in `key_file` (`--api-key-file`).

@@ -10,6 +10,9 @@
 )]
 
 mod contour;
+pub mod hostile_machine;
+mod lock;
+pub mod sshd;
 pub mod terminal;
 
 pub use contour::{Contour, ContourBuilder, Machine, OneMachine, online_id};

@@ -17,7 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
+mod idle;
 mod measure;
+pub(crate) mod procfs;
+mod scale;
 mod sink;
 mod transfer;
 
@@ -43,10 +46,15 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         "exec" => {}
         "tunnel" => return transfer::tunnel(root, rest),
         "cp" => return transfer::cp(root, rest),
+        "rsync" => return transfer::rsync(root, rest),
         "keystroke" => return crate::keystroke::run(root, rest),
+        "scale" => return scale::run(root, rest),
+        "idle" => return idle::run(root, rest),
         _ => bail!(
-            "unknown benchmark `{which}`\n\n{USAGE}\n\n{}",
-            transfer::USAGE
+            "unknown benchmark `{which}`\n\n{USAGE}\n\n{}\n\n{}\n\n{}",
+            transfer::USAGE,
+            scale::USAGE,
+            idle::USAGE
         ),
     }
     let (runs, build) = parse_args(rest)?;
@@ -280,6 +288,11 @@ impl Sshd {
         let mut check = sshd.client();
         contour::run_shown(&mut check)?;
         Ok(sshd)
+    }
+
+    /// The listening sshd's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn client(&self) -> Command {

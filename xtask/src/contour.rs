@@ -4,7 +4,7 @@
 //! `cargo xtask bench` (state in a temporary directory, ephemeral port). Every command is printed as `$ …`
 //! before it runs so that a person can repeat the step by hand.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -110,22 +110,36 @@ pub(crate) struct DaemonPids {
     pub(crate) agent: u32,
 }
 
+/// Where the agent and the CLI dial the relay when that is not the address it listens on: the network lab puts
+/// a router or a forwarder between them. `None` means the relay's own address.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dial {
+    /// The address the agent dials.
+    pub(crate) agent: Option<String>,
+    /// The address the CLI logs in to (and so every later `cmdop` command dials).
+    pub(crate) client: Option<String>,
+}
+
 /// A running contour. Dropping it stops the agent and the relay (SIGTERM, then SIGKILL after a grace period).
 #[derive(Debug)]
 pub(crate) struct Contour {
     bins: Binaries,
     state: PathBuf,
+    /// Flags added to `cmdop-relay serve` (and kept for a restart).
+    relay_args: Vec<String>,
     // Stopped in this order: the agent first, so that it can tell the relay it is going offline.
     agent: Option<Daemon>,
     relay: Option<Daemon>,
     /// The relay's UDP address, `127.0.0.1:PORT`.
     pub(crate) address: String,
-    /// The relay's certificate fingerprint, `sha256:…`, which the agent and the CLI pin.
+    /// The relay's certificate fingerprint, `SHA256:…`, which the agent and the CLI pin.
     pub(crate) fingerprint: String,
     /// The relay's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
     pub(crate) metrics: String,
     /// The machine id the relay gave this machine's agent.
     pub(crate) machine: String,
+    /// The arguments of `cmdop-agent` that run it, kept to restart it.
+    agent_run: Vec<std::ffi::OsString>,
 }
 
 impl Contour {
@@ -135,6 +149,18 @@ impl Contour {
     /// under `state/secrets/`), the agent's identity and the CLI's login. Leftover daemons from an earlier run
     /// that was not stopped cleanly are stopped first.
     pub(crate) fn up(bins: Binaries, state: &Path, listen: &str) -> Result<Self> {
+        Self::up_with(bins, state, listen, &Dial::default(), &[])
+    }
+
+    /// [`up`](Self::up), with the agent and the CLI dialling the relay where `dial` says, and more flags for
+    /// `cmdop-relay serve` (limits, say).
+    pub(crate) fn up_with(
+        bins: Binaries,
+        state: &Path,
+        listen: &str,
+        dial: &Dial,
+        relay_args: &[&str],
+    ) -> Result<Self> {
         fs::create_dir_all(state)
             .with_context(|| format!("cannot create the state directory {}", state.display()))?;
         fs::set_permissions(state, fs::Permissions::from_mode(0o700))
@@ -143,41 +169,26 @@ impl Contour {
         let mut contour = Self {
             bins,
             state: state.to_path_buf(),
+            relay_args: relay_args.iter().map(|a| (*a).to_owned()).collect(),
             agent: None,
             relay: None,
             address: String::new(),
             fingerprint: String::new(),
             metrics: String::new(),
             machine: String::new(),
+            agent_run: Vec::new(),
         };
 
         header("the relay: a self-signed certificate and a SQLite database in its data directory");
-        let mut serve = Command::new(&contour.bins.relay);
-        serve
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(contour.relay_dir())
-            .args(["--listen", listen])
-            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
-            .args(["--metrics", "127.0.0.1:0"]);
-        let mut relay = contour.spawn("relay", serve)?;
-        contour.fingerprint = relay.wait_for("the relay's fingerprint", |line| {
-            line.strip_prefix("relay fingerprint: ")
-                .map(|fp| fp.trim().to_owned())
-        })?;
-        contour.address = relay.wait_for("the relay's address", |line| {
-            line.strip_prefix("listening on ")
-                .map(|addr| addr.trim().to_owned())
-        })?;
-        contour.metrics = relay.wait_for("the relay's metrics address", |line| {
-            line.strip_prefix("metrics on ")
-                .map(|url| url.trim().to_owned())
-        })?;
-        println!(
-            "  relay listening on {} with fingerprint {}; metrics on {}",
-            contour.address, contour.fingerprint, contour.metrics
-        );
-        contour.relay = Some(relay);
+        contour.start_relay(listen, false)?;
+        let agent_dial = dial
+            .agent
+            .clone()
+            .unwrap_or_else(|| contour.address.clone());
+        let client_dial = dial
+            .client
+            .clone()
+            .unwrap_or_else(|| contour.address.clone());
 
         header(&format!("the fleet `{FLEET}` and its keys"));
         contour.ensure_fleet()?;
@@ -185,31 +196,29 @@ impl Contour {
         let member_key = contour.ensure_key("member")?;
 
         header("the agent for this machine: its own Ed25519 identity, dialling out to the relay");
-        let mut run = Command::new(&contour.bins.agent);
-        run.arg("--config-dir")
-            .arg(contour.agent_dir())
-            .args(["--kek-backend", "file", "run", "--relay"])
-            .arg(&contour.address)
-            .arg("--relay-fingerprint")
-            .arg(&contour.fingerprint)
-            .args(["--workspace", FLEET, "--api-key-file"])
-            .arg(&agent_key);
-        let mut agent = contour.spawn("agent", run)?;
-        let online = agent.wait_for("the agent to come online", |line| {
-            line.strip_prefix("online: ").map(str::to_owned)
-        })?;
-        contour.machine = machine_id(&online)
-            .context("the agent's `online:` line names no machine")?
-            .to_owned();
-        println!("  online: {online}");
-        contour.agent = Some(agent);
+        contour.agent_run = vec![
+            "--config-dir".into(),
+            contour.agent_dir().into(),
+            "--kek-backend".into(),
+            "file".into(),
+            "run".into(),
+            "--relay".into(),
+            agent_dial.into(),
+            "--relay-fingerprint".into(),
+            contour.fingerprint.clone().into(),
+            "--workspace".into(),
+            FLEET.into(),
+            "--api-key-file".into(),
+            agent_key.into(),
+        ];
+        contour.start_agent(false)?;
 
         header("the CLI, logged in with the member key");
         let mut login = contour.cli();
         login
             .arg("login")
             .arg("--relay")
-            .arg(&contour.address)
+            .arg(&client_dial)
             .arg("--relay-fingerprint")
             .arg(&contour.fingerprint)
             .arg("--token-file")
@@ -218,12 +227,117 @@ impl Contour {
         Ok(contour)
     }
 
-    /// A `cmdop` command using this contour's client directory (and so its saved login).
+    /// Starts `cmdop-relay serve` on `listen` and waits until it prints its fingerprint, address and metrics
+    /// endpoint. `restart` appends to the relay's log instead of starting a new one, and insists on the
+    /// fingerprint the agent and the CLI already pinned.
+    fn start_relay(&mut self, listen: &str, restart: bool) -> Result<()> {
+        let mut serve = Command::new(&self.bins.relay);
+        serve
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.relay_dir())
+            .args(["--listen", listen])
+            // Metrics on an ephemeral loopback port: `cmdop-relay status` finds it through the data dir.
+            .args(["--metrics", "127.0.0.1:0"])
+            .args(&self.relay_args);
+        let mut relay = Daemon::spawn("relay", serve, &self.state, restart)?;
+        let fingerprint = relay.wait_for("the relay's fingerprint", |line| {
+            line.strip_prefix("relay fingerprint: ")
+                .map(|fp| fp.trim().to_owned())
+        })?;
+        if restart && fingerprint != self.fingerprint {
+            bail!(
+                "the restarted relay has fingerprint {fingerprint}, not {}",
+                self.fingerprint
+            );
+        }
+        self.fingerprint = fingerprint;
+        self.address = relay.wait_for("the relay's address", |line| {
+            line.strip_prefix("listening on ")
+                .map(|addr| addr.trim().to_owned())
+        })?;
+        self.metrics = relay.wait_for("the relay's metrics address", |line| {
+            line.strip_prefix("metrics on ")
+                .map(|url| url.trim().to_owned())
+        })?;
+        println!(
+            "  relay listening on {} with fingerprint {}; metrics on {}",
+            self.address, self.fingerprint, self.metrics
+        );
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    /// Starts `cmdop-agent run` and waits until it is online; `restart` appends to its log.
+    fn start_agent(&mut self, restart: bool) -> Result<()> {
+        let mut run = Command::new(&self.bins.agent);
+        run.args(&self.agent_run);
+        let mut agent = Daemon::spawn("agent", run, &self.state, restart)?;
+        let online = agent.wait_for("the agent to come online", |line| {
+            line.strip_prefix("online: ").map(str::to_owned)
+        })?;
+        self.machine = machine_id(&online)
+            .context("the agent's `online:` line names no machine")?
+            .to_owned();
+        println!("  online: {online}");
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after a grace period) and starts it again with the same
+    /// identity and settings.
+    pub(crate) fn restart_agent(&mut self) -> Result<()> {
+        drop(self.agent.take());
+        self.start_agent(true)
+    }
+
+    /// Kills the relay with SIGKILL (no drain, no goodbye: a crash) and waits for it to be gone.
+    pub(crate) fn kill_relay(&mut self) -> Result<()> {
+        if let Some(mut relay) = self.relay.take() {
+            println!("$ kill -KILL {}", relay.child.id());
+            relay.child.kill().context("cannot kill the relay")?;
+            relay.child.wait().context("cannot reap the relay")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the relay again on the address and data directory it had (after [`kill_relay`](Self::kill_relay)).
+    pub(crate) fn restart_relay(&mut self) -> Result<()> {
+        let listen = self.address.clone();
+        self.start_relay(&listen, true)
+    }
+
+    /// The relay's process id, while it runs.
+    pub(crate) fn relay_pid(&self) -> Option<u32> {
+        self.relay.as_ref().map(|daemon| daemon.child.id())
+    }
+
+    /// The agent's process id, while it runs.
+    pub(crate) fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|daemon| daemon.child.id())
+    }
+
+    /// The 0600 file holding the fleet's agent key.
+    pub(crate) fn agent_key_file(&self) -> PathBuf {
+        self.secrets_dir().join("agent.key")
+    }
+
+    /// A `cmdop` command using this contour's client directory (and so its saved login). It pins this
+    /// machine's agent key on first contact without asking (`--accept-new`): the steps run without a terminal.
     pub(crate) fn cli(&self) -> Command {
         let mut command = Command::new(&self.bins.cli);
-        command.arg("--config-dir").arg(self.state.join("client"));
+        command
+            .arg("--config-dir")
+            .arg(self.state.join("client"))
+            .arg("--accept-new");
         command.stdin(Stdio::null());
         command
+    }
+
+    /// The 0600 file of the fleet's admin API key (created on first use): what the lock's admin verbs log in
+    /// with.
+    pub(crate) fn admin_key(&self) -> Result<PathBuf> {
+        self.ensure_key("admin")
     }
 
     /// `cmdop-relay ARGS… --data-dir DIR` for this contour's relay (admin verbs, `status`).
@@ -292,10 +406,6 @@ impl Contour {
 
     fn secrets_dir(&self) -> PathBuf {
         self.state.join("secrets")
-    }
-
-    fn spawn(&self, name: &'static str, command: Command) -> Result<Daemon> {
-        Daemon::spawn(name, command, &self.state)
     }
 
     fn ensure_fleet(&self) -> Result<()> {
@@ -414,15 +524,28 @@ struct Daemon {
     name: &'static str,
     child: Child,
     log_path: PathBuf,
+    /// Where this process's output starts in the log (a restarted daemon appends to its predecessor's).
+    log_start: usize,
     pid_file: PathBuf,
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, mut command: Command, state: &Path) -> Result<Self> {
+    fn spawn(name: &'static str, mut command: Command, state: &Path, append: bool) -> Result<Self> {
         let log_path = state.join(format!("{name}.log"));
-        println!("{} > {} 2>&1 &", shell_line(&command), log_path.display());
-        let log = File::create(&log_path)
+        let redirect = if append { ">>" } else { ">" };
+        println!(
+            "{} {redirect} {} 2>&1 &",
+            shell_line(&command),
+            log_path.display()
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log_start = usize::try_from(log.metadata().map_or(0, |m| m.len())).unwrap_or(0);
         let log_too = log.try_clone().context("cannot share the log file")?;
         command.stdin(Stdio::null()).stdout(log).stderr(log_too);
         let child = command
@@ -435,6 +558,7 @@ impl Daemon {
             name,
             child,
             log_path,
+            log_start,
             pid_file,
         })
     }
@@ -444,7 +568,8 @@ impl Daemon {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             // Read before checking for exit, so that a line printed just before exiting is still seen.
-            let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let whole = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let text = whole.get(self.log_start..).unwrap_or_default();
             // Only whole lines: the daemon may be half-way through writing the last one.
             let complete = text
                 .rfind('\n')

@@ -44,6 +44,8 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
         "cmdop-cli",
         &[
             "cmdop-client",
+            // Completion scripts and man pages, generated the same way for all three binaries.
+            "cmdop-config",
             "cmdop-proto",
             "cmdop-fleet",
             "cmdop-identity",
@@ -69,7 +71,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("ed25519-dalek", &["cmdop-identity"]),
     ("curve25519-dalek", &["cmdop-identity"]),
     ("quinn", &["cmdop-client", "cmdop-relay"]),
-    ("quinn-proto", &["cmdop-relay"]),
+    // The tests crate drives raw QUIC at the relay (the lab's handshake flood, tests/src/bin/cmdop-lab-flood.rs).
+    ("quinn-proto", &["cmdop-relay", "cmdop-tests"]),
     ("rusqlite", &["cmdop-relay"]),
     ("prometheus-client", &["cmdop-relay"]),
     ("rcgen", &["cmdop-relay"]),

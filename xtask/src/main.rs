@@ -7,7 +7,9 @@
 
 mod bench;
 mod contour;
+mod fuzz;
 mod keystroke;
+mod lab;
 mod layering;
 mod quickstart;
 mod tidy;
@@ -25,17 +27,26 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny
+  ci           fmt, clippy -D warnings, tests, rustdoc -D warnings, layering and tidy checks, cargo-deny,
+               every fuzz target for 10 s, the network lab's short form
+  lab [SCENARIO…]
+               the network fault lab: client, relay and agent in network namespaces under delay, loss,
+               partitions, relay kills, address changes and floods (root; skipped without namespaces)
   layering     check that crate dependencies point one way (identity <- fleet <- relay <- agent, cli)
   tidy         check that every Rust file opens with a //! line and no library function passes 80 lines
                without a `// long-function: <reason>` comment
   deny         run cargo-deny's offline checks (bans, licenses, sources), installing it if missing
+  fuzz [--seconds N] [TARGET…]
+               run the cargo-fuzz targets (installs nightly and cargo-fuzz when missing); reports executions
   quickstart   build the release binaries and bring up a local contour under target/quickstart
   bench exec   time `cmdop connect exec M -- true` against ssh to a local sshd; writes docs/benchmarks.md
   bench tunnel bulk TCP throughput through `cmdop connect forward` against `ssh -L`; writes docs/benchmarks.md
   bench cp     a 1 GiB file with `cmdop connect cp` against scp; writes docs/benchmarks.md
   bench keystroke
-               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md";
+               keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md
+  bench scale  N simulated agents on one relay: registration, memory, CPU, latency, a SIGKILL storm;
+               writes docs/benchmarks.md
+  bench idle   an idle cmdop-agent's memory and CPU per hour beside an idle sshd; writes docs/benchmarks.md";
 
 fn main() -> ExitCode {
     match run() {
@@ -56,8 +67,10 @@ fn run() -> Result<()> {
     match command.as_str() {
         "ci" => ci(&root),
         "layering" => layering::check(&root),
+        "lab" => lab::run(&root, &rest),
         "tidy" => tidy::check(&root),
         "deny" => deny(),
+        "fuzz" => fuzz::run(&root, &rest),
         "quickstart" => quickstart::run(&root, &rest),
         "bench" => bench::run(&root, &rest),
         "" | "help" | "--help" | "-h" => {
@@ -91,6 +104,9 @@ fn ci(root: &Path) -> Result<()> {
         "fuzz targets build",
         cargo(&["check", "--manifest-path", "fuzz/Cargo.toml", "--locked"]),
     )?;
+    step("fuzz", fuzz::ci_smoke(root))?;
+    // The lab builds the same debug binaries the tests use (the same cargo command, so only once).
+    step("lab", lab::ci_short(root))?;
     // Tests last, so that the test runner's summary is the last thing a reader of the log sees.
     step("tests", tests())?;
     println!("\nxtask ci: all checks passed");
@@ -141,18 +157,29 @@ fn tests() -> Result<()> {
 }
 
 /// The programs the end-to-end tests drive through cmdop as real clients and servers (curl through a forward,
-/// ssh to an sshd through a forward), installed from Debian's packages when missing: a fresh machine has none.
+/// ssh to an sshd through a forward and through `connect proxy`, rsync and git through `cmdop rsh`), installed
+/// from Debian's packages when missing: a fresh machine has none.
 fn test_tools() -> Result<()> {
-    let missing: Vec<&str> = [
+    let mut missing: Vec<&str> = [
         ("/usr/sbin/sshd", "openssh-server"),
         ("/usr/bin/ssh", "openssh-client"),
         ("/usr/bin/ssh-keygen", "openssh-client"),
         ("/usr/bin/curl", "curl"),
+        ("/usr/bin/rsync", "rsync"),
     ]
     .iter()
     .filter(|(path, _)| !Path::new(path).exists())
     .map(|(_, package)| *package)
     .collect();
+    // git may come from elsewhere (a source build in /usr/local): any git on PATH will do.
+    let git = Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !git {
+        missing.push("git");
+    }
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

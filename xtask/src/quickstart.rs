@@ -15,8 +15,10 @@ use crate::contour::{self, Binaries, Contour};
 /// where the saved login says it is.
 const LISTEN: &str = "127.0.0.1:4433";
 
-const USAGE: &str = "usage: cargo xtask quickstart [--no-shell] [--no-build] [--debug] [--stop]
+const USAGE: &str = "usage: cargo xtask quickstart [--locked] [--no-shell] [--no-build] [--debug] [--stop]
 
+  --locked    lock the fleet with an admin key kept in the contour's client directory, and show the admin
+              steps: certify this machine after the fingerprint check, make the CLI's key a member
   --no-shell  exit after showing the contour instead of opening a shell and keeping it up until Ctrl-C
   --no-build  use the binaries already built instead of building them
   --debug     use the debug binaries (target/debug, the ones `cargo xtask ci` builds) instead of release
@@ -29,8 +31,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut stop = false;
     let mut build = true;
     let mut debug = false;
+    let mut locked = false;
     for arg in args {
         match arg.as_str() {
+            "--locked" => locked = true,
             "--no-shell" => no_shell = true,
             "--debug" => debug = true,
             "--stop" => stop = true,
@@ -63,6 +67,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         (false, true) => Binaries::existing_debug(root)?,
     };
     let mut contour = Contour::up(bins, &state, LISTEN)?;
+    if locked {
+        lock(&contour)?;
+    }
 
     contour::header("the agent's identity (the same on every run)");
     let mut show = contour.agent_command();
@@ -132,6 +139,68 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("\n  {why}; stopping the rest");
     contour.stop();
     Ok(())
+}
+
+/// The admin steps of a locked fleet, each printed as it runs: lock it (the admin key stays in the client
+/// directory, encrypted), see that the machine is refused until certified, certify it after comparing its
+/// key, make the CLI's key a member, and show the lock. A second run finds everything in place.
+fn lock(contour: &Contour) -> Result<()> {
+    let admin_key = contour.admin_key()?;
+    let admin = |args: &[&str]| {
+        let mut command = contour.cli();
+        command.args(["fleet", "lock"]).args(args);
+        command.args(["--workspace", contour::FLEET, "--api-key-file"]);
+        command.arg(&admin_key);
+        command
+    };
+    contour::header("lock the fleet: its fleet key is made and kept on this (the admin's) machine");
+    contour::run_shown(&mut admin(&["init"]))?;
+
+    contour::header("until a fleet admin certifies it, the machine is not reachable");
+    let mut early = contour.cli();
+    early.args(["connect", "exec", &contour.machine, "--", "true"]);
+    println!("{}", contour::shell_line(&early));
+    let _ = early.status();
+
+    contour::header(
+        "certify the machine: compare its key with `cmdop-agent identity show` there, then sign",
+    );
+    let mut show = contour.agent_command();
+    show.args(["identity", "show", "--json"])
+        .env("RUST_LOG", "warn");
+    let shown: serde_json::Value = serde_json::from_str(&contour::capture(&mut show)?)?;
+    let agent_fingerprint = shown["fingerprint"]
+        .as_str()
+        .ok_or_else(|| {
+            anyhow::anyhow!("`cmdop-agent identity show --json` printed no fingerprint")
+        })?
+        .to_owned();
+    println!("  the agent's key fingerprint: {agent_fingerprint}");
+    contour::run_shown(&mut admin(&[
+        "sign",
+        &contour.machine,
+        "--fingerprint",
+        &agent_fingerprint,
+    ]))?;
+
+    contour::header("make the CLI's key a member: `cmdop status` shows the fingerprint to sign");
+    let mut status = contour.cli();
+    status.args(["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&contour::capture(&mut status)?)?;
+    let client_fingerprint = status["client_fingerprint"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("`cmdop status --json` printed no client fingerprint"))?
+        .to_owned();
+    println!("  this CLI's key fingerprint: {client_fingerprint}");
+    contour::run_shown(&mut admin(&[
+        "add-member",
+        &client_fingerprint,
+        "--role",
+        "admin",
+    ]))?;
+
+    contour::header("the fleet's lock, every document verified against the fleet key");
+    contour::run_shown(&mut admin(&["status"]))
 }
 
 /// Whether this build's CLI has `connect exec`: its help succeeds only once the subcommand exists.

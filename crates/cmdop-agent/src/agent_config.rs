@@ -44,6 +44,10 @@ pub(crate) struct AgentFile {
     pub(crate) session_buffer: Option<u64>,
     pub(crate) forward_deny: Option<Vec<String>>,
     pub(crate) forward_allow: Option<Vec<String>>,
+    pub(crate) fleet_key: Option<String>,
+    pub(crate) enrol_key_file: Option<PathBuf>,
+    /// `--label`, repeatable on the command line; a list here.
+    pub(crate) labels: Option<Vec<String>>,
 }
 
 /// The config file in force, if any.

@@ -1,19 +1,29 @@
 //! Copy streams on the agent: answer a client's file requests (`docs/protocol.md`, "Copy streams") against
 //! the agent user's file system.
 //!
-//! A file being received lives under a partial name (`.NAME.TAG.cmdop-part`, mode 0600) beside its target
-//! and gets the final name only after its whole-file SHA-256 matched and it was synced, so a target path
-//! never holds a partial file. A transfer that is cut leaves the partial file for the next attempt to resume.
+//! A file being received lives under a partial name (`.NAME.TAG-NONCE.cmdop-part`, mode 0600, the nonce this
+//! agent's own random number) beside its target and gets the final name only after its whole-file SHA-256
+//! matched and it was synced, so a target path never holds a partial file. A transfer that is cut leaves the
+//! partial file for the next attempt to resume.
+//!
+//! The paths a client names are resolved as given (symlinks in them followed, as for any program the agent
+//! user runs). What a copy creates is not: a directory it makes (and everything a recursive push puts below
+//! it) is reached through a handle of that directory and never through a symlink, partial files are created
+//! `O_EXCL | O_NOFOLLOW` under names nobody can predict, and modes are set through handles
+//! ([`cmdop_client::landing`]). So a local user who can write where a root agent receives a push, `/tmp`
+//! say, cannot plant a symlink that turns its writes or chmods onto another file.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use cmdop_client::landing::{Landing, LandingError, Partial, Standing};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_proto::e2e::CloseReason;
 use cmdop_proto::ops::MAX_CHUNK;
-use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, PART_SUFFIX, part_name};
+use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind};
 use sha2::{Digest as _, Sha256};
 
 use crate::exec;
@@ -24,7 +34,10 @@ enum PutError {
     /// The target path has no file name to put a partial file beside.
     #[error("{} is not a file name", .0.display())]
     NotAFileName(PathBuf),
-    /// The partial file could not be opened, read back, or written.
+    /// The partial file could not be opened, read back, written, or given its final name and mode.
+    #[error(transparent)]
+    Landing(#[from] LandingError),
+    /// The partial file could not be read back or written.
     #[error("cannot write {}: {source}", part.display())]
     Write {
         part: PathBuf,
@@ -44,27 +57,12 @@ enum PutError {
         .0.display()
     )]
     Corrupted(PathBuf),
+    /// Something other than a file (or a symlink, which is replaced) stands at the target.
+    #[error("{} is in the way: a directory or other non-file stands there; move it away", .0.display())]
+    Occupied(PathBuf),
     /// The partial file was never opened (an earlier error should have been reported instead).
     #[error("the partial file was not open")]
     NotOpen,
-    /// Setting the announced mode failed.
-    #[error("cannot set the mode of {}: {source}", target.display())]
-    SetMode {
-        target: PathBuf,
-        source: std::io::Error,
-    },
-    /// Syncing the file to disk failed.
-    #[error("cannot sync {}: {source}", target.display())]
-    Sync {
-        target: PathBuf,
-        source: std::io::Error,
-    },
-    /// Renaming the partial file to the target failed.
-    #[error("cannot rename the partial file to {}: {source}", target.display())]
-    Rename {
-        target: PathBuf,
-        source: std::io::Error,
-    },
     /// The blocking task that finishes the file panicked or was cancelled.
     #[error("the agent lost track of the file")]
     Lost,
@@ -76,6 +74,7 @@ pub async fn serve(
     mut receiver: SecureReceiver,
 ) -> Result<(), SecureStreamError> {
     let home = exec::account().home;
+    let mut made = MadeDirs::default();
     while let Some(request) = receiver.recv::<CopyRequest>().await? {
         match request {
             CopyRequest::Stat { path } => {
@@ -94,29 +93,32 @@ pub async fn serve(
                 tag,
             } => {
                 let target = resolve(&home, &path);
-                put(&mut sender, &mut receiver, &target, size, mode, tag).await?;
+                let announced = Announced { size, mode, tag };
+                put(&mut sender, &mut receiver, &made, &target, announced).await?;
             }
             CopyRequest::Get { path, offset } => {
                 get(&mut sender, &resolve(&home, &path), &path, offset).await?;
             }
             CopyRequest::Mkdir { path, mode } => {
-                let target = resolve(&home, &path);
-                let reply = match fs::create_dir_all(&target).and_then(|()| {
-                    fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))
-                }) {
+                let reply = match made.make(&resolve(&home, &path), mode) {
                     Ok(()) => CopyReply::Done,
-                    Err(err) => failed(format!("cannot create directory {path}: {err}")),
+                    Err(err) => failed(err.to_string()),
                 };
                 sender.send(&reply).await?;
             }
             CopyRequest::Symlink { path, target } => {
-                let link = resolve(&home, &path);
-                if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
-                    let _ = fs::remove_file(&link);
-                }
-                let reply = match std::os::unix::fs::symlink(&target, &link) {
+                let reply = match made.symlink(&resolve(&home, &path), &target) {
                     Ok(()) => CopyReply::Done,
                     Err(err) => failed(format!("cannot create symlink {path}: {err}")),
+                };
+                sender.send(&reply).await?;
+            }
+            CopyRequest::SetModified { path, modified_ns } => {
+                let reply = match set_modified(&resolve(&home, &path), modified_ns) {
+                    Ok(()) => CopyReply::Done,
+                    Err(err) => {
+                        failed(format!("cannot set the modification time of {path}: {err}"))
+                    }
                 };
                 sender.send(&reply).await?;
             }
@@ -131,6 +133,82 @@ pub async fn serve(
     sender.end(0).await
 }
 
+/// How many directories made by one stream keep a handle; a push of more top-level directories than this
+/// reopens the oldest by path.
+const MADE_DIRS_KEPT: usize = 64;
+
+/// The directories this copy stream made (with `Mkdir`), each with a handle: everything a recursive push puts
+/// below one is reached through that handle, never through a symlink someone planted since.
+#[derive(Debug, Default)]
+struct MadeDirs {
+    roots: Vec<(PathBuf, Landing)>,
+}
+
+impl MadeDirs {
+    /// `Mkdir`: below a directory this stream made, each missing directory is made through its handle;
+    /// elsewhere the parents are made as named and the last directory through its parent's handle. Either
+    /// way the last one is never a symlink, and gets `mode` through its own handle.
+    fn make(&mut self, target: &Path, mode: u32) -> Result<(), PutError> {
+        if let Some((root, relative)) = self.root_of(target) {
+            root.make_dirs(&relative, mode)?;
+            return Ok(());
+        }
+        let (parent, name) = split(target)?;
+        fs::create_dir_all(parent).map_err(|source| LandingError::Io {
+            action: "create the directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        let made = Landing::open_named(parent)?.make_dir(name, mode)?;
+        self.roots.retain(|(path, _)| path != target);
+        if self.roots.len() >= MADE_DIRS_KEPT {
+            self.roots.remove(0);
+        }
+        self.roots.push((target.to_path_buf(), made));
+        Ok(())
+    }
+
+    /// `Symlink`: made in its directory's handle, replacing only a symlink.
+    fn symlink(&self, link: &Path, target: &str) -> Result<(), PutError> {
+        let (dir, name) = self.place_of(link)?;
+        match dir.standing(&name)? {
+            Standing::Nothing | Standing::Symlink => Ok(dir.place_symlink(&name, target)?),
+            _ => Err(PutError::Occupied(link.to_path_buf())),
+        }
+    }
+
+    /// The directory `target` goes in (through the handle of a directory this stream made, when it is below
+    /// one) and its name there.
+    fn place_of(&self, target: &Path) -> Result<(Landing, OsString), PutError> {
+        let (parent, name) = split(target)?;
+        let dir = match self.root_of(parent) {
+            Some((root, relative)) => root.subdir(&relative)?,
+            None => Landing::open_named(parent)?,
+        };
+        Ok((dir, name.to_owned()))
+    }
+
+    /// The made directory `path` is in or below, and the rest of the path from there.
+    fn root_of(&self, path: &Path) -> Option<(&Landing, PathBuf)> {
+        self.roots.iter().rev().find_map(|(root, landing)| {
+            let relative = path.strip_prefix(root).ok()?;
+            Some((landing, relative.to_path_buf()))
+        })
+    }
+}
+
+/// A path's directory and its last component.
+fn split(target: &Path) -> Result<(&Path, &OsStr), PutError> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| PutError::NotAFileName(target.to_path_buf()))?;
+    let parent = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    Ok((parent, name))
+}
+
 /// Where a remote path points: absolute as given, `~/…` and relative paths under the agent user's home.
 pub fn resolve(home: &Path, path: &str) -> PathBuf {
     if path.starts_with('/') {
@@ -142,12 +220,6 @@ pub fn resolve(home: &Path, path: &str) -> PathBuf {
     } else {
         home.join(path)
     }
-}
-
-/// The partial file for `target` and a source version `tag`.
-pub fn part_path(target: &Path, tag: u64) -> Option<PathBuf> {
-    let name = target.file_name()?.to_str()?;
-    Some(target.with_file_name(part_name(name, tag)))
 }
 
 fn failed(message: String) -> CopyReply {
@@ -233,18 +305,34 @@ async fn list(
     sender.send(&CopyReply::ListEnd).await
 }
 
-async fn put(
-    sender: &mut SecureSender,
-    receiver: &mut SecureReceiver,
-    target: &Path,
+/// What a `Put` announced about the file that follows.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
     size: u64,
     mode: u32,
     tag: u64,
+}
+
+/// The partial file a put writes into, in the directory handle it will be renamed in.
+struct Receiving {
+    dir: Landing,
+    name: OsString,
+    partial: Partial,
+    part: PathBuf,
+}
+
+async fn put(
+    sender: &mut SecureSender,
+    receiver: &mut SecureReceiver,
+    made: &MadeDirs,
+    target: &Path,
+    announced: Announced,
 ) -> Result<(), SecureStreamError> {
-    let opened = open_part(target, size, tag);
-    let (mut file, part, mut hasher, offset, mut problem) = match opened {
-        Ok((file, part, hasher, offset)) => (Some(file), part, hasher, offset, None),
-        Err(err) => (None, PathBuf::new(), Sha256::new(), 0, Some(err)),
+    let size = announced.size;
+    let (mut receiving, mut hasher, offset, mut problem) = match open_part(made, target, announced)
+    {
+        Ok((receiving, hasher, offset)) => (Some(receiving), hasher, offset, None),
+        Err(err) => (None, Sha256::new(), 0, Some(err)),
     };
     sender.send(&CopyReply::Resume { offset }).await?;
     let mut written = offset;
@@ -259,11 +347,11 @@ async fn put(
                     problem = Some(PutError::TooLong { size });
                     continue;
                 }
-                if let Some(file) = file.as_mut()
-                    && let Err(err) = file.write_all(&bytes)
+                if let Some(receiving) = receiving.as_mut()
+                    && let Err(err) = receiving.partial.file().write_all(&bytes)
                 {
                     problem = Some(PutError::Write {
-                        part: part.clone(),
+                        part: receiving.part.clone(),
                         source: err,
                     });
                     continue;
@@ -280,19 +368,24 @@ async fn put(
             None => return Err(cmdop_proto::e2e::ChannelError::Truncated.into()),
         }
     };
-    let result = match problem {
-        Some(err) => Err(err),
-        None if written != size => Err(PutError::TooShort { written, size }),
-        None if <[u8; 32]>::from(hasher.finalize()) != digest => {
-            let _ = fs::remove_file(&part);
+    let result = match (problem, receiving) {
+        (Some(err), _) => Err(err),
+        (None, _) if written != size => Err(PutError::TooShort { written, size }),
+        (None, None) => Err(PutError::NotOpen),
+        (None, Some(receiving)) if <[u8; 32]>::from(hasher.finalize()) != digest => {
+            receiving.partial.discard(&receiving.dir);
             Err(PutError::Corrupted(target.to_path_buf()))
         }
-        None => {
-            let (part, target) = (part.clone(), target.to_path_buf());
-            let file = file.take();
-            tokio::task::spawn_blocking(move || finish(file, &part, &target, mode))
-                .await
-                .unwrap_or(Err(PutError::Lost))
+        (None, Some(receiving)) => {
+            let mode = announced.mode;
+            tokio::task::spawn_blocking(move || {
+                let Receiving {
+                    dir, name, partial, ..
+                } = receiving;
+                partial.finish(&dir, &name, mode).map_err(PutError::from)
+            })
+            .await
+            .unwrap_or(Err(PutError::Lost))
         }
     };
     let reply = match result {
@@ -302,29 +395,28 @@ async fn put(
     sender.send(&reply).await
 }
 
-/// Opens (or resumes) the partial file: returns it positioned at its end, its path, the hash of what it
-/// holds, and that length.
-fn open_part(target: &Path, size: u64, tag: u64) -> Result<(File, PathBuf, Sha256, u64), PutError> {
-    let part =
-        part_path(target, tag).ok_or_else(|| PutError::NotAFileName(target.to_path_buf()))?;
-    remove_stale_parts(target, &part);
+/// Opens (or resumes) the partial file for `target` in its directory's handle: returns it positioned at its
+/// end, the hash of what it holds, and that length.
+fn open_part(
+    made: &MadeDirs,
+    target: &Path,
+    announced: Announced,
+) -> Result<(Receiving, Sha256, u64), PutError> {
+    let (dir, name) = made.place_of(target)?;
+    if dir.standing(&name)? == Standing::Dir {
+        return Err(PutError::Occupied(target.to_path_buf()));
+    }
+    let text = name
+        .to_str()
+        .ok_or_else(|| PutError::NotAFileName(target.to_path_buf()))?;
+    let mut partial = dir.partial(text, announced.tag, announced.size)?;
+    let part = dir.shown().join(partial.name());
     let cannot = |source: std::io::Error| PutError::Write {
         part: part.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&part)
-        .map_err(cannot)?;
-    let mut length = file.metadata().map_err(cannot)?.len();
-    if length > size {
-        file.set_len(0).map_err(cannot)?;
-        length = 0;
-    }
+    let length = partial.length();
+    let file = partial.file();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     let mut left = length;
@@ -336,62 +428,25 @@ fn open_part(target: &Path, size: u64, tag: u64) -> Result<(File, PathBuf, Sha25
         left -= want as u64;
     }
     file.seek(SeekFrom::Start(length)).map_err(cannot)?;
-    Ok((file, part, hasher, length))
+    let receiving = Receiving {
+        dir,
+        name,
+        partial,
+        part,
+    };
+    Ok((receiving, hasher, length))
 }
 
-/// Partial files of other source versions of the same target can never be resumed: remove them.
-fn remove_stale_parts(target: &Path, keep: &Path) {
-    let (Some(dir), Some(name)) = (target.parent(), target.file_name().and_then(|n| n.to_str()))
-    else {
-        return;
-    };
-    let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    }) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        let middle = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(PART_SUFFIX));
-        if middle.is_some_and(|tag| tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
-            && entry.path() != keep
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Mode, fsync, rename, fsync of the directory: the target appears complete or not at all.
-fn finish(file: Option<File>, part: &Path, target: &Path, mode: u32) -> Result<(), PutError> {
-    let file = file.ok_or(PutError::NotOpen)?;
-    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|source| PutError::SetMode {
-            target: target.to_path_buf(),
-            source,
-        })?;
-    file.sync_all().map_err(|source| PutError::Sync {
-        target: target.to_path_buf(),
-        source,
-    })?;
-    drop(file);
-    fs::rename(part, target).map_err(|source| PutError::Rename {
-        target: target.to_path_buf(),
-        source,
-    })?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+/// `cp -p`: gives a file or directory the source's modification time, without following a final symlink (the
+/// access time is left alone).
+fn set_modified(target: &Path, modified_ns: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(modified_ns);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(target)?;
+    file.set_modified(when)
 }
 
 async fn get(
@@ -465,6 +520,8 @@ async fn get(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -515,25 +572,33 @@ mod tests {
                 "the partial file was not open".to_owned(),
             ),
             (
-                PutError::SetMode {
-                    target: PathBuf::from("/d/f"),
+                PutError::Landing(LandingError::Io {
+                    action: "set the mode of",
+                    path: PathBuf::from("/d/f"),
                     source: io(),
-                },
+                }),
                 format!("cannot set the mode of /d/f: {}", io()),
             ),
             (
-                PutError::Sync {
-                    target: PathBuf::from("/d/f"),
+                PutError::Landing(LandingError::Io {
+                    action: "sync",
+                    path: PathBuf::from("/d/f"),
                     source: io(),
-                },
+                }),
                 format!("cannot sync /d/f: {}", io()),
             ),
             (
-                PutError::Rename {
-                    target: PathBuf::from("/d/f"),
+                PutError::Landing(LandingError::Io {
+                    action: "rename the partial file to",
+                    path: PathBuf::from("/d/f"),
                     source: io(),
-                },
+                }),
                 format!("cannot rename the partial file to /d/f: {}", io()),
+            ),
+            (
+                PutError::Occupied(PathBuf::from("/d/f")),
+                "/d/f is in the way: a directory or other non-file stands there; move it away"
+                    .to_owned(),
             ),
             (PutError::Lost, "the agent lost track of the file".to_owned()),
         ];
@@ -542,16 +607,34 @@ mod tests {
         }
     }
 
+    fn announced(size: u64, tag: u64) -> Announced {
+        Announced {
+            size,
+            mode: 0o644,
+            tag,
+        }
+    }
+
+    /// Leaves a partial file of `target` for version `tag` holding `bytes`, as a cut transfer would.
+    fn leave_partial(target: &Path, tag: u64, bytes: &[u8]) -> PathBuf {
+        let (receiving, _, _) =
+            open_part(&MadeDirs::default(), target, announced(100, tag)).unwrap();
+        let Receiving {
+            mut partial, part, ..
+        } = receiving;
+        partial.file().write_all(bytes).unwrap();
+        part
+    }
+
     #[test]
     fn a_partial_file_resumes_and_stale_ones_go() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("f.bin");
-        let old = part_path(&target, 1).unwrap();
-        fs::write(&old, b"old").unwrap();
-        let current = part_path(&target, 2).unwrap();
-        fs::write(&current, b"hello").unwrap();
-        let (_, part, hasher, offset) = open_part(&target, 10, 2).unwrap();
-        assert_eq!(part, current);
+        let old = leave_partial(&target, 1, b"old");
+        let current = leave_partial(&target, 2, b"hello");
+        let made = MadeDirs::default();
+        let (receiving, hasher, offset) = open_part(&made, &target, announced(10, 2)).unwrap();
+        assert_eq!(receiving.part, current);
         assert_eq!(offset, 5);
         assert_eq!(
             hasher.finalize().as_slice(),
@@ -561,8 +644,51 @@ mod tests {
             !old.exists(),
             "a partial file of another version is removed"
         );
+        drop(receiving);
         // A partial file longer than the source starts over.
-        let (_, _, _, offset) = open_part(&target, 3, 2).unwrap();
+        let (_, _, offset) = open_part(&made, &target, announced(3, 2)).unwrap();
         assert_eq!(offset, 0);
+    }
+
+    #[test]
+    fn a_directory_is_never_made_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("d")).unwrap();
+        let mut made = MadeDirs::default();
+        let err = made.make(&dir.path().join("d"), 0o777).unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        let mode = fs::metadata(&elsewhere).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_made_directory_swapped_for_a_symlink_still_receives_through_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let pushed = dir.path().join("pushed");
+        let mut made = MadeDirs::default();
+        made.make(&pushed, 0o755).unwrap();
+        // Someone who can write beside it moves the new directory away and plants a symlink in its place.
+        fs::rename(&pushed, dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &pushed).unwrap();
+        made.make(&pushed.join("sub"), 0o755).unwrap();
+        made.symlink(&pushed.join("sub/link"), "/etc").unwrap();
+        let (receiving, _, _) = open_part(&made, &pushed.join("sub/f"), announced(2, 1)).unwrap();
+        let Receiving {
+            dir: landing,
+            name,
+            mut partial,
+            ..
+        } = receiving;
+        partial.file().write_all(b"hi").unwrap();
+        partial.finish(&landing, &name, 0o644).unwrap();
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(fs::read(dir.path().join("moved/sub/f")).unwrap(), b"hi");
+        assert!(fs::symlink_metadata(dir.path().join("moved/sub/link")).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 pub mod copy;
 pub mod destination_policy;
 pub mod exec;
+pub mod fleet_lock;
 pub mod forward;
 pub mod output_ring;
 pub mod presence;

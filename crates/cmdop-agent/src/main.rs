@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use cmdop_config::LogFormat;
 use cmdop_identity::store;
 use cmdop_keystore::{KekBackend, SeedStore};
@@ -29,7 +29,7 @@ use crate::service::{AgentInvocation, ServiceCommand};
     name = "cmdop-agent",
     version,
     about,
-    after_help = "Examples:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key\n  cmdop-agent run\n  cmdop-agent service install --user"
+    after_help = "Examples:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key\n  cmdop-agent run\n  cmdop-agent service install --user"
 )]
 struct Cli {
     /// Directory holding the agent's identity and settings [default: $XDG_CONFIG_HOME/cmdop, else ~/.config/cmdop].
@@ -67,12 +67,12 @@ enum Command {
     Identity(IdentityCommand),
     /// Register this machine with its relay and keep it online until stopped (SIGINT or SIGTERM).
     #[command(
-        after_help = "Examples:\n  cmdop-agent run\n  cmdop-agent run --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key\n  CMDOP_API_KEY=… cmdop-agent --log-format json run"
+        after_help = "Examples:\n  cmdop-agent run\n  cmdop-agent run --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key\n  CMDOP_API_KEY=… cmdop-agent --log-format json run"
     )]
     Run(run_command::RunArgs),
     /// Save the relay, fleet and API key so that a later `run` needs no flags.
     #[command(
-        after_help = "Example:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint sha256:… --workspace prod --api-key-file key"
+        after_help = "Example:\n  cmdop-agent enroll --relay relay.example:4433 --relay-fingerprint SHA256:… --workspace prod --api-key-file key"
     )]
     Enroll(run_command::RelayArgs),
     /// Run the agent as a systemd service (system-wide, or --user).
@@ -81,28 +81,64 @@ enum Command {
     /// Check the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(
+        after_help = "Examples:\n  cmdop-agent completions bash > /usr/share/bash-completion/completions/cmdop-agent\n  cmdop-agent completions fish > ~/.config/fish/completions/cmdop-agent.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (cmdop-agent.1 and one per subcommand) into a directory, or cmdop-agent.1 to stdout.
+    #[command(
+        after_help = "Examples:\n  cmdop-agent man --out-dir /usr/local/share/man/man1\n  cmdop-agent man | man -l -"
+    )]
+    Man {
+        /// Where to write the pages [default: print cmdop-agent.1 to stdout].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Validate the config file (--config, else agent.toml in the config directory) and print its settings.
+    /// Check what `run` would use, from its flags, the environment, the config file (--config, else
+    /// agent.toml in the config directory) and what `enroll` saved, and print it. Takes the flags of `run`.
     #[command(
-        after_help = "Example:\n  cmdop-agent config check --config /etc/cmdop/agent/agent.toml"
+        after_help = "Examples:\n  cmdop-agent config check --config /etc/cmdop/agent/agent.toml\n  CMDOP_RELAY=relay.example:4433 cmdop-agent config check --label role=web"
     )]
-    Check,
+    Check(run_command::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the flags alone: they must work before (and without) a config directory or file.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let generated =
+                cmdop_config::generated::print_completions(*shell, Cli::command(), "cmdop-agent");
+            return report(generated.map_err(anyhow::Error::from));
+        }
+        Command::Man { out_dir } => {
+            let written = cmdop_config::generated::man_pages(
+                Cli::command(),
+                "cmdop-agent",
+                out_dir.as_deref(),
+            );
+            return report(written.map_err(anyhow::Error::from).map(|written| {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+            }));
+        }
+        _ => {}
+    }
     let dir = match &cli.config_dir {
         Some(dir) => Ok(dir.clone()),
         None => store::default_config_dir().context(
             "cannot find a config directory (neither XDG_CONFIG_HOME nor HOME is set); pass --config-dir or set CMDOP_CONFIG_DIR",
         ),
     };
-    if let Command::Config(ConfigCommand::Check) = cli.command {
-        return report(config_check(cli.config.as_deref(), dir.ok().as_deref()));
-    }
     let loaded =
         dir.and_then(|dir| Ok((agent_config::load(cli.config.as_deref(), Some(&dir))?, dir)));
     let (loaded, dir) = match loaded {
@@ -136,8 +172,8 @@ fn run(cli: Cli, dir: PathBuf, loaded: &agent_config::Loaded) -> anyhow::Result<
     let store = SeedStore::new(dir.clone(), backend);
     match cli.command {
         Command::Identity(command) => identity_command::run(command, &store),
-        Command::Run(args) => run_command::run(args.with_file(&loaded.file), &store),
-        Command::Enroll(args) => run_command::enroll(args.with_file(&loaded.file), &store),
+        Command::Run(args) => run_command::run(args.with_file(loaded), &store),
+        Command::Enroll(args) => run_command::enroll(args.with_file(loaded), &store),
         Command::Service(command) => {
             let exe = std::env::current_exe().context("cannot find this binary's path")?;
             let dir = absolute(&dir)?;
@@ -151,65 +187,40 @@ fn run(cli: Cli, dir: PathBuf, loaded: &agent_config::Loaded) -> anyhow::Result<
                 },
             )
         }
-        Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref(), Some(&dir)),
+        Command::Config(ConfigCommand::Check(args)) => {
+            config_check(args.with_file(loaded), &dir, loaded)
+        }
+        Command::Completions { .. } | Command::Man { .. } => {
+            anyhow::bail!("completions and man pages are generated before the config is read")
+        }
     }
 }
 
-/// `config check`: parses the file (unknown keys and bad values are errors naming the line) and prints it.
-fn config_check(explicit: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
-    let loaded = agent_config::load(explicit, dir)?;
-    let Some(path) = loaded.path else {
-        anyhow::bail!(
-            "no config file to check: pass --config FILE (or set CMDOP_AGENT_CONFIG), or create {}",
-            dir.map_or_else(
-                || agent_config::CONFIG_FILE.to_owned(),
-                |d| d.join(agent_config::CONFIG_FILE).display().to_string()
-            )
-        );
-    };
-    let file = loaded.file;
-    if let Some(key_file) = &file.api_key_file {
-        cmdop_agent::settings::read_api_key(key_file)?.with_context(|| {
-            format!(
-                "{}: api_key_file {} does not exist",
-                path.display(),
-                key_file.display()
-            )
-        })?;
+/// `config check`: the config file has loaded (unknown keys and bad values are errors naming the line); now
+/// everything `run` would use is resolved and checked exactly as `run` does it, environment and `agent.json`
+/// included, and printed.
+fn config_check(
+    args: run_command::RunArgs,
+    dir: &Path,
+    loaded: &agent_config::Loaded,
+) -> anyhow::Result<()> {
+    let plan = run_command::RunPlan::resolve(args, dir)?;
+    match &loaded.path {
+        Some(path) => println!("{} is valid; `run` would use:", path.display()),
+        None => println!(
+            "no config file ({} does not exist); from flags, environment and {}, `run` would use:",
+            dir.join(agent_config::CONFIG_FILE).display(),
+            dir.join(cmdop_agent::settings::SETTINGS_FILE).display()
+        ),
     }
-    let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "(not set)".to_owned());
-    println!("{} is valid", path.display());
-    println!("  relay             = {}", show(&file.relay));
-    println!("  relay_fingerprint = {}", show(&file.relay_fingerprint));
-    println!("  workspace         = {}", show(&file.workspace));
-    println!(
-        "  api_key_file      = {}",
-        file.api_key_file
-            .as_deref()
-            .map_or_else(|| "(not set)".to_owned(), |p| p.display().to_string())
-    );
-    println!("  hostname          = {}", show(&file.hostname));
-    println!("  name              = {}", show(&file.name));
+    plan.print();
     println!(
         "  kek_backend       = {:?}",
-        file.kek_backend.unwrap_or(KekChoice::Auto)
+        loaded.file.kek_backend.unwrap_or(KekChoice::Auto)
     );
     println!(
         "  log_format        = {:?}",
-        file.log_format.unwrap_or_default()
-    );
-    let or_default = |value: Option<String>| value.unwrap_or_else(|| "(default)".to_owned());
-    println!(
-        "  max_sessions      = {}",
-        or_default(file.max_sessions.map(|n| n.to_string()))
-    );
-    println!(
-        "  session_idle_ttl  = {}",
-        or_default(file.session_idle_ttl.clone())
-    );
-    println!(
-        "  session_buffer    = {}",
-        or_default(file.session_buffer.map(|n| n.to_string()))
+        loaded.file.log_format.unwrap_or_default()
     );
     Ok(())
 }

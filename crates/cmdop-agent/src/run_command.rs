@@ -1,19 +1,23 @@
 //! `cmdop-agent run` and `cmdop-agent enroll`: connect this machine to its relay and keep it there.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use cmdop_agent::destination_policy::DestinationPolicy;
 use cmdop_agent::presence::{self, PresenceConfig, PresenceEvent};
-use cmdop_agent::settings::{self, Settings};
+use cmdop_agent::settings::{self, SETTINGS_FILE, Settings};
 use cmdop_agent::shell::SessionLimits;
 use cmdop_client::{AgentRegistration, RelayTarget};
+use cmdop_fleet::lock::EnrolmentSecret;
+use cmdop_fleet::{DisplayName, Hostname, MachineLabels};
+use cmdop_identity::Fingerprint;
 use cmdop_keystore::SeedStore;
 use cmdop_proto::RelayFingerprint;
 use zeroize::Zeroizing;
 
-use crate::agent_config::{AgentFile, SESSION_BUFFER_RANGE};
+use crate::agent_config::{Loaded, SESSION_BUFFER_RANGE};
 
 /// Where the relay is and which fleet to join; each flag falls back to what `enroll` saved.
 #[derive(Debug, Args)]
@@ -48,11 +52,97 @@ pub(crate) struct RelayArgs {
     /// open everything not denied); replaces the saved list.
     #[arg(long, value_name = "NET")]
     forward_allow: Vec<String>,
+    /// The fleet key (`SHA256:…`, from your fleet admin) to trust for a locked fleet; without it the first
+    /// lock the relay shows is pinned (trust on first use).
+    #[arg(long, env = "CMDOP_FLEET_KEY", value_name = "FP")]
+    fleet_key: Option<String>,
+    /// A file holding an enrolment key (`cmdop fleet lock enrol-key`): this machine certifies itself with it
+    /// in a locked fleet. The key also names the fleet key to trust.
+    #[arg(long, value_name = "FILE")]
+    enrol_key_file: Option<PathBuf>,
+    /// A label for this machine, `KEY=VALUE` (repeatable), to pick machines by with
+    /// `cmdop connect exec --label`; replaces the saved labels [config: labels].
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Where each setting came from, for messages about bad values.
+    #[arg(skip)]
+    origins: Origins,
+}
+
+/// Where each setting of [`RelayArgs`] came from: a flag, its environment variable or the config file; what
+/// is not recorded came from `agent.json`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origins(BTreeMap<&'static str, String>);
+
+impl Origins {
+    fn describe(&self, key: &str) -> String {
+        self.0
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| format!("{SETTINGS_FILE}, saved by `cmdop-agent enroll`"))
+    }
 }
 
 impl RelayArgs {
-    /// Fills what neither a flag nor the environment gave from the config file.
-    pub(crate) fn with_file(mut self, file: &AgentFile) -> Self {
+    /// Fills what neither a flag nor the environment gave from the config file, noting where each came from.
+    pub(crate) fn with_file(mut self, loaded: &Loaded) -> Self {
+        let file = &loaded.file;
+        let path = loaded
+            .path
+            .as_deref()
+            .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+        let mut note =
+            |key: &'static str, from_args: bool, in_file: bool, flag: &str, env: &str| {
+                let origin = match (from_args, in_file) {
+                    (true, _) if env.is_empty() => flag.to_owned(),
+                    (true, _) => cmdop_config::flag_or_env(flag, env),
+                    (false, true) => format!("{key} in {path}"),
+                    (false, false) => return,
+                };
+                self.origins.0.insert(key, origin);
+            };
+        note(
+            "relay",
+            self.relay.is_some(),
+            file.relay.is_some(),
+            "--relay",
+            "CMDOP_RELAY",
+        );
+        note(
+            "relay_fingerprint",
+            self.relay_fingerprint.is_some(),
+            file.relay_fingerprint.is_some(),
+            "--relay-fingerprint",
+            "CMDOP_RELAY_FINGERPRINT",
+        );
+        note(
+            "hostname",
+            self.hostname.is_some(),
+            file.hostname.is_some(),
+            "--hostname",
+            "",
+        );
+        note(
+            "name",
+            self.name.is_some(),
+            file.name.is_some(),
+            "--name",
+            "",
+        );
+        note(
+            "forward lists",
+            !(self.forward_deny.is_empty() && self.forward_allow.is_empty()),
+            file.forward_deny.is_some() || file.forward_allow.is_some(),
+            "--forward-deny/--forward-allow",
+            "",
+        );
+        note(
+            "labels",
+            !self.labels.is_empty(),
+            file.labels.is_some(),
+            "--label",
+            "",
+        );
         self.relay = self.relay.or_else(|| file.relay.clone());
         self.relay_fingerprint = self
             .relay_fingerprint
@@ -60,12 +150,17 @@ impl RelayArgs {
         self.workspace = self.workspace.or_else(|| file.workspace.clone());
         self.hostname = self.hostname.or_else(|| file.hostname.clone());
         self.name = self.name.or_else(|| file.name.clone());
+        self.fleet_key = self.fleet_key.or_else(|| file.fleet_key.clone());
+        self.enrol_key_file = self.enrol_key_file.or_else(|| file.enrol_key_file.clone());
         self.file_api_key_file = file.api_key_file.clone();
         if self.forward_deny.is_empty() {
             self.forward_deny = file.forward_deny.clone().unwrap_or_default();
         }
         if self.forward_allow.is_empty() {
             self.forward_allow = file.forward_allow.clone().unwrap_or_default();
+        }
+        if self.labels.is_empty() {
+            self.labels = file.labels.clone().unwrap_or_default();
         }
         self
     }
@@ -98,9 +193,10 @@ pub(crate) struct SessionArgs {
 
 impl RunArgs {
     /// Fills what neither a flag nor the environment gave from the config file.
-    pub(crate) fn with_file(self, file: &AgentFile) -> Self {
+    pub(crate) fn with_file(self, loaded: &Loaded) -> Self {
+        let file = &loaded.file;
         Self {
-            relay: self.relay.with_file(file),
+            relay: self.relay.with_file(loaded),
             sessions: SessionArgs {
                 max_sessions: self.sessions.max_sessions.or(file.max_sessions),
                 // The file's value was checked when it was loaded.
@@ -137,6 +233,11 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     let (settings, key) = merge(args, saved, dir)?;
     // Validate before saving: a typo in the fingerprint or the policy should not wait for the first `run`.
     DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)?;
+    fleet_key(settings.fleet_key.as_deref(), None)?;
+    MachineLabels::parse(&settings.labels)?;
+    if let Some(relay) = &settings.relay {
+        cmdop_client::check_relay_address(relay)?;
+    }
     settings
         .relay_fingerprint
         .as_deref()
@@ -161,51 +262,196 @@ pub(crate) fn enroll(args: RelayArgs, store: &SeedStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Everything `run` will use, resolved from flags, environment, the config file and `agent.json`, and checked:
+/// `run` runs it, `config check` prints it. A bad value is named with where it came from.
+pub(crate) struct RunPlan {
+    relay: String,
+    fingerprint: RelayFingerprint,
+    workspace: String,
+    hostname: String,
+    name: Option<String>,
+    api_key: Zeroizing<String>,
+    forward_deny: Vec<String>,
+    forward_allow: Vec<String>,
+    forward_policy: DestinationPolicy,
+    labels: MachineLabels,
+    session_limits: SessionLimits,
+    /// The fleet key to trust for a locked fleet (`--fleet-key`, or the enrolment key's).
+    fleet_key: Option<Fingerprint>,
+    /// The enrolment key this machine certifies itself with in a locked fleet.
+    enrolment: Option<EnrolmentSecret>,
+}
+
+impl RunPlan {
+    /// Resolves and checks `args` (already filled from the config file) against what `enroll` saved in `dir`.
+    pub(crate) fn resolve(args: RunArgs, dir: &Path) -> anyhow::Result<Self> {
+        let session_limits = args.sessions.limits();
+        let origins = args.relay.origins.clone();
+        let from = |key: &str| origins.describe(key);
+        let enrolment = args
+            .relay
+            .enrol_key_file
+            .as_deref()
+            .map(read_enrolment_key)
+            .transpose()?;
+        let (settings, api_key) = merge(args.relay, Settings::load(dir)?, dir)?;
+        let fleet_key = fleet_key(settings.fleet_key.as_deref(), enrolment.as_ref())?;
+        let relay = settings
+            .relay
+            .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
+        cmdop_client::check_relay_address(&relay)
+            .with_context(|| format!("relay (from {})", from("relay")))?;
+        let fingerprint: RelayFingerprint = settings
+            .relay_fingerprint
+            .context(
+                "no relay fingerprint given; pass --relay-fingerprint (from `cmdop-relay fingerprint`)",
+            )?
+            .parse()
+            .with_context(|| format!("relay_fingerprint (from {})", from("relay_fingerprint")))?;
+        let workspace = settings
+            .workspace
+            .context("no fleet given; pass --workspace FLEET")?;
+        let forward_policy =
+            DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)
+                .with_context(|| {
+                    format!(
+                        "forward_deny/forward_allow (from {})",
+                        from("forward lists")
+                    )
+                })?;
+        let labels = MachineLabels::parse(&settings.labels)
+            .with_context(|| format!("labels (from {})", from("labels")))?;
+        let (hostname, hostname_from) = match settings.hostname {
+            Some(hostname) => (hostname, from("hostname")),
+            None => (system_hostname()?, "this machine's hostname".to_owned()),
+        };
+        Hostname::parse(&hostname).map_err(|err| {
+            anyhow::anyhow!(
+                "invalid hostname {hostname:?} (from {hostname_from}): {err}; pass --hostname"
+            )
+        })?;
+        if let Some(name) = &settings.name {
+            DisplayName::parse(name).map_err(|err| {
+                anyhow::anyhow!("invalid name {name:?} (from {}): {err}", from("name"))
+            })?;
+        }
+        Ok(Self {
+            relay,
+            fingerprint,
+            workspace,
+            hostname,
+            name: settings.name,
+            api_key,
+            forward_deny: settings.forward_deny,
+            forward_allow: settings.forward_allow,
+            forward_policy,
+            labels,
+            session_limits,
+            fleet_key,
+            enrolment,
+        })
+    }
+
+    /// What `config check` prints: every setting `run` would use (the API key itself is not shown).
+    pub(crate) fn print(&self) {
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "(none)".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        println!("  relay             = {}", self.relay);
+        println!("  relay_fingerprint = {}", self.fingerprint);
+        println!("  workspace         = {}", self.workspace);
+        println!(
+            "  api key           = (found, {} characters)",
+            self.api_key.len()
+        );
+        println!("  hostname          = {}", self.hostname);
+        println!(
+            "  name              = {}",
+            self.name
+                .as_deref()
+                .unwrap_or("(the hostname, or the name set on the relay)")
+        );
+        println!(
+            "  labels            = {}",
+            if self.labels.is_empty() {
+                "(none)".to_owned()
+            } else {
+                self.labels.to_string()
+            }
+        );
+        println!("  forward_deny      = {}", list(&self.forward_deny));
+        println!("  forward_allow     = {}", list(&self.forward_allow));
+        println!("  max_sessions      = {}", self.session_limits.max_sessions);
+        println!(
+            "  session_idle_ttl  = {}",
+            humantime::format_duration(self.session_limits.idle_ttl)
+        );
+        println!("  session_buffer    = {}", self.session_limits.buffer);
+        println!(
+            "  fleet_key         = {}",
+            self.fleet_key
+                .as_ref()
+                .map_or_else(|| "(not set)".to_owned(), ToString::to_string)
+        );
+        println!(
+            "  enrol key         = {}",
+            if self.enrolment.is_some() {
+                "(found)"
+            } else {
+                "(not set)"
+            }
+        );
+    }
+}
+
 /// `run`: register and stay online until SIGINT or SIGTERM.
 pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     let dir = store.dir().to_path_buf();
-    let session_limits = args.sessions.limits();
-    let (settings, api_key) = merge(args.relay, Settings::load(&dir)?, &dir)?;
-    let relay = settings
-        .relay
-        .context("no relay given; pass --relay HOST:PORT or run `cmdop-agent enroll` first")?;
-    let fingerprint: RelayFingerprint = settings
-        .relay_fingerprint
-        .context(
-            "no relay fingerprint given; pass --relay-fingerprint (from `cmdop-relay fingerprint`)",
-        )?
-        .parse()?;
-    let workspace = settings
-        .workspace
-        .context("no fleet given; pass --workspace FLEET")?;
-    let forward_policy =
-        DestinationPolicy::from_lists(&settings.forward_deny, &settings.forward_allow)?;
-    let hostname = match settings.hostname {
-        Some(hostname) => hostname,
-        None => system_hostname()?,
-    };
+    let plan = RunPlan::resolve(args, &dir)?;
     let (identity, info, created) = store
         .load_or_create_with_os_rng()
         .context("cannot load or create the agent identity")?;
     tracing::info!(fingerprint = %identity.public_key().fingerprint(), kek = %info.kek_location, ?created, "agent identity");
     let identity = std::sync::Arc::new(identity);
+    let RunPlan {
+        relay,
+        fingerprint,
+        workspace,
+        hostname,
+        name,
+        api_key,
+        forward_policy,
+        labels,
+        session_limits,
+        fleet_key,
+        enrolment,
+        ..
+    } = plan;
     let config = PresenceConfig {
         relay: RelayTarget::new(relay.clone(), fingerprint),
         registration: AgentRegistration {
             api_key,
             workspace: workspace.clone(),
             hostname: hostname.clone(),
-            display_name: settings.name,
+            display_name: name,
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: labels.to_pairs(),
         },
         state_dir: dir,
         stream_limits: cmdop_agent::streams::StreamLimits::default(),
         session_limits,
         forward_policy,
+        dialer: None,
+        fleet_key,
+        enrolment: enrolment.map(std::sync::Arc::new),
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let fingerprint_short = identity.public_key().fingerprint().short();
     runtime.block_on(async {
         presence::run(std::sync::Arc::clone(&identity), &config, shutdown_signal(), |event| match event {
@@ -221,6 +467,47 @@ pub(crate) fn run(args: RunArgs, store: &SeedStore) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopped; the relay was told this machine is going offline");
     Ok(())
+}
+
+/// The agent's runtime: at most two worker threads whatever the machine. An idle agent needs one; two let a
+/// busy one move QUIC packets and run its streams at the same time; tokio's default of one per core would
+/// give a 64-core server 64 idle threads, each with its stack and its allocator arena.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(1, 2))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Reads an enrolment key file, refusing one that other users can read (it certifies machines).
+fn read_enrolment_key(path: &Path) -> anyhow::Result<EnrolmentSecret> {
+    let text = settings::read_api_key(path)?
+        .with_context(|| format!("enrolment key file {} does not exist", path.display()))?;
+    EnrolmentSecret::parse(&text)
+        .with_context(|| format!("{} holds no enrolment key", path.display()))
+}
+
+/// The fleet key to trust: `--fleet-key` (or the saved one) and the enrolment key's, which must agree.
+fn fleet_key(
+    given: Option<&str>,
+    enrolment: Option<&EnrolmentSecret>,
+) -> anyhow::Result<Option<Fingerprint>> {
+    let given = given
+        .map(|text| {
+            text.parse::<Fingerprint>().with_context(|| {
+                format!("--fleet-key {text:?} is not a fleet key fingerprint (SHA256:…)")
+            })
+        })
+        .transpose()?;
+    let from_enrolment = enrolment.map(|secret| secret.fleet_key().fingerprint());
+    match (given, from_enrolment) {
+        (Some(given), Some(enrolled)) if given != enrolled => bail!(
+            "--fleet-key {given} disagrees with the enrolment key's fleet key {enrolled}; check both with your fleet admin"
+        ),
+        (given, enrolled) => Ok(given.or(enrolled)),
+    }
 }
 
 /// Fills each missing flag from the saved settings and finds the API key: `--api-key-file`, then
@@ -263,6 +550,7 @@ fn merge(
         workspace: args.workspace.or(saved.workspace),
         hostname: args.hostname.or(saved.hostname),
         name: args.name.or(saved.name),
+        fleet_key: args.fleet_key.or(saved.fleet_key),
         forward_deny: if args.forward_deny.is_empty() {
             saved.forward_deny
         } else {
@@ -272,6 +560,11 @@ fn merge(
             saved.forward_allow
         } else {
             args.forward_allow
+        },
+        labels: if args.labels.is_empty() {
+            saved.labels
+        } else {
+            args.labels
         },
     };
     Ok((settings, key))

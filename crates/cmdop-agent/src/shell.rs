@@ -11,6 +11,7 @@ use cmdop_proto::ops::shell::{
 };
 use tokio::sync::mpsc;
 
+use crate::fleet_lock;
 use crate::pty_session::{Expiry, Next, Owner, PtySession, SpawnError};
 
 /// Limits on the sessions this agent keeps; documented in `docs/cli.md`.
@@ -164,15 +165,40 @@ impl Sessions {
     }
 }
 
-/// Serves one shell stream whose client proved `client_key`.
+/// What a viewer of a locked fleet is told when it asks for more than it may.
+const VIEW_ONLY: &str =
+    "a viewer may only list sessions and attach read-only (--read-only) to existing ones";
+
+/// Serves one shell stream whose client proved `client_key`, with what the fleet lock granted it (a viewer
+/// may only list sessions and attach read-only to existing ones).
 pub async fn serve(
     mut sender: SecureSender,
     mut receiver: SecureReceiver,
     sessions: &Sessions,
     client_key: String,
+    grant: fleet_lock::Grant,
 ) -> Result<(), SecureStreamError> {
-    let request = match receiver.recv::<ShellRequest>().await? {
-        Some(ShellRequest::Attach(request)) => request,
+    let first = receiver.recv::<ShellRequest>().await?;
+    let view_only = grant == fleet_lock::Grant::ViewOnly;
+    let allowed = match &first {
+        Some(ShellRequest::List) => true,
+        Some(ShellRequest::Attach(request)) => !view_only || request.read_only,
+        _ => !view_only,
+    };
+    if !allowed {
+        sender
+            .send(&ShellReply::Failed {
+                message: VIEW_ONLY.into(),
+            })
+            .await?;
+        return sender.end(0).await;
+    }
+    let request = match first {
+        // A viewer never starts a shell: only an existing session can be watched.
+        Some(ShellRequest::Attach(mut request)) => {
+            request.create &= !view_only;
+            request
+        }
         Some(ShellRequest::List) => {
             sender.send(&ShellReply::Sessions(sessions.list())).await?;
             return sender.end(0).await;

@@ -1,16 +1,22 @@
 //! Streams the relay routes to this agent: authenticate the client end to end, check its capability against
-//! the fleet trust key this agent pinned, then serve the operation.
+//! the fleet trust key this agent pinned and, in a locked fleet, its member certificate against the fleet's
+//! lock, then serve the operation.
 //!
 //! The relay's word is not enough: a stream is served only if the client proves its key inside the
-//! end-to-end channel and presents a capability for that key, this fleet and this operation, signed by the
-//! fleet's trust key. The capability is checked on every stream, so revocation and expiry bite at once.
+//! end-to-end channel and presents a capability for that key, this fleet, this machine, this stream and this
+//! operation, signed by the fleet's trust key; in a locked fleet also a member certificate for that key from
+//! a fleet admin, whose role allows the operation. Both are checked on every stream, before a byte of the
+//! request is read, so revocation and expiry bite at once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_client::{IncomingStream, StreamAcceptor};
-use cmdop_fleet::{CapabilityError, FleetId, Operation, SignedCapability, Timestamp};
+use cmdop_fleet::lock::{LockError, StreamCredentials};
+use cmdop_fleet::{
+    CapabilityError, Expected, FleetId, MachineId, Operation, SignedCapability, Timestamp,
+};
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::e2e::{CloseReason, Prologue, StreamKind};
 use cmdop_proto::ops::{AgentOp, ClientOp, ExitStatus, MAX_CHUNK};
@@ -18,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::destination_policy::DestinationPolicy;
 use crate::exec::{self, ExecInput, ExecOutcome, ExecOutput, ExecSpec};
+use crate::fleet_lock::{FleetLockKeeper, Grant, LockRefusal};
 use crate::forward::PendingConnections;
 use crate::shell::{self, Sessions};
 use crate::{copy, forward};
@@ -44,6 +51,10 @@ pub struct StreamContext {
     pub identity: Arc<Identity>,
     /// The fleet this agent is enrolled in.
     pub fleet_id: FleetId,
+    /// This machine's id, which capabilities must name.
+    pub machine_id: MachineId,
+    /// The fleet's lock as this agent holds it.
+    pub lock: Arc<FleetLockKeeper>,
     /// The fleet trust key this agent pinned; capabilities must carry its signature.
     pub trust_key: PublicKey,
     /// This machine's interactive sessions; they outlive any one relay connection.
@@ -91,13 +102,16 @@ async fn handle(
         kind,
     };
     let mut client_key = None;
+    let mut grant = Grant::Full;
+    let channel = incoming.channel_id();
     let (sender, receiver) = secure_stream::accept(
         incoming,
         prologue,
         &context.identity,
-        |client, capability| {
+        |client, credentials| {
             client_key = Some(*client);
-            authorize(context, client, capability, kind.operation())
+            grant = authorize(context, client, credentials, kind.operation(), channel)?;
+            Ok::<(), Refusal>(())
         },
     )
     .await?;
@@ -105,7 +119,14 @@ async fn handle(
         StreamKind::Exec => serve_exec(sender, receiver).await,
         StreamKind::Shell => match client_key {
             Some(client) => {
-                shell::serve(sender, receiver, &context.sessions, client.to_string()).await
+                shell::serve(
+                    sender,
+                    receiver,
+                    &context.sessions,
+                    client.to_string(),
+                    grant,
+                )
+                .await
             }
             None => Ok(()),
         },
@@ -133,36 +154,57 @@ async fn handle(
     }
 }
 
-/// Why a client's capability was not accepted; the message travels to the client in the refusal.
+/// Why a client was not accepted; the message travels to the client in the refusal.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
+    /// The bytes the client sent are not stream credentials.
+    #[error("no valid credentials: {0}")]
+    Credentials(LockError),
     /// The bytes the client sent are not a signed capability.
     #[error("no valid capability: {0}")]
     Unreadable(CapabilityError),
-    /// A well-formed capability that does not grant this client this operation in this fleet now.
+    /// A well-formed capability that does not grant this client this operation on this machine and stream
+    /// now.
     #[error("capability refused: {0}")]
     NotGranted(CapabilityError),
+    /// The fleet is locked and the client's member certificate does not allow this.
+    #[error(transparent)]
+    Lock(#[from] LockRefusal),
 }
 
-/// The capability check: signed by the pinned fleet trust key, for this client key, this fleet, this
-/// operation, and valid now.
+/// The checks of a stream, in order: the credentials decode; the capability is signed by the pinned fleet
+/// trust key for this client key, fleet, machine, channel and operation, and valid now; in a locked fleet,
+/// the member certificate verifies against the held lock and its role allows the operation.
 fn authorize(
     context: &StreamContext,
     client: &PublicKey,
-    capability: &[u8],
+    credentials: &[u8],
     operation: Operation,
-) -> Result<(), Refusal> {
-    let signed = SignedCapability::from_bytes(capability).map_err(Refusal::Unreadable)?;
+    channel: [u8; 16],
+) -> Result<Grant, Refusal> {
+    let credentials = StreamCredentials::from_bytes(credentials).map_err(Refusal::Credentials)?;
+    let signed =
+        SignedCapability::from_bytes(&credentials.capability).map_err(Refusal::Unreadable)?;
+    let now = now();
     signed
         .verify(
             &context.trust_key,
-            client,
-            context.fleet_id,
-            operation,
-            now(),
+            &Expected {
+                client_key: *client,
+                fleet: context.fleet_id,
+                machine: context.machine_id,
+                channel,
+                operation,
+                now,
+            },
         )
-        .map(|_| ())
-        .map_err(Refusal::NotGranted)
+        .map_err(Refusal::NotGranted)?;
+    Ok(context.lock.authorize(
+        client,
+        credentials.member_certificate.as_deref(),
+        operation,
+        now,
+    )?)
 }
 
 async fn serve_exec(
@@ -253,7 +295,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_read_as_they_always_have() {
+    fn refusals_name_what_was_refused() {
         let cause = || CapabilityError::Malformed;
         assert_eq!(
             Refusal::Unreadable(cause()).to_string(),

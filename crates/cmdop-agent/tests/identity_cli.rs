@@ -233,6 +233,49 @@ fn corrupt_seed_file_is_reported_and_left_unchanged() {
     );
 }
 
+/// Issue 13, hole 10: on the agent, deleting `agent_keypair.bin` while its `.key` remains created a new
+/// identity, and so a new machine to the relay. It is an error for `identity init` and for `run`, which write
+/// nothing.
+#[test]
+fn a_deleted_seed_file_with_its_key_file_left_is_an_error_not_a_new_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmdop");
+    let init = ["--kek-backend", "file", "identity", "init"];
+    assert!(run(agent(&dir).args(init)).status.success());
+    fs::remove_file(dir.join("agent_keypair.bin")).unwrap();
+    let key = fs::read(dir.join("agent_keypair.key")).unwrap();
+    let api_key = tmp.path().join("api-key");
+    fs::write(&api_key, "cmdop_ak_unused_unused\n").unwrap();
+    fs::set_permissions(&api_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let run_args = [
+        "--kek-backend",
+        "file",
+        "run",
+        "--relay",
+        "127.0.0.1:9",
+        "--relay-fingerprint",
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "--workspace",
+        "prod",
+        "--api-key-file",
+        api_key.to_str().unwrap(),
+    ];
+    for args in [&init[..], &run_args[..]] {
+        let output = run(agent(&dir).args(args));
+        let err = stderr(&output);
+        assert!(!output.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("agent_keypair.bin") && err.contains("agent_keypair.key"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !dir.join("agent_keypair.bin").exists(),
+            "{args:?}: a new identity"
+        );
+        assert_eq!(fs::read(dir.join("agent_keypair.key")).unwrap(), key);
+    }
+}
+
 #[test]
 fn umask_000_still_gives_owner_only_files() {
     let tmp = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
 use cmdop_client::{ClientConnection, Machine, reconnect_delay};
+use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::shell::{
     AttachRequest, SessionInfo, ShellReply, ShellRequest, valid_session_name,
@@ -55,6 +56,22 @@ pub(crate) struct AttachArgs {
     /// character, `none` to disable.
     #[arg(long, default_value = "~", value_name = "CHAR")]
     escape_char: EscapeChar,
+}
+
+impl AttachArgs {
+    /// A new session with `escape` as the escape character (what `cmdop rsh MACHINE` opens on a terminal).
+    pub(crate) fn with_escape(escape: EscapeChar) -> Self {
+        Self {
+            session: None,
+            read_only: false,
+            escape_char: escape,
+        }
+    }
+
+    /// Whether a named session was asked for (`--session`, `--read-only`), which only a terminal can use.
+    pub(crate) fn names_a_session(&self) -> bool {
+        self.session.is_some() || self.read_only
+    }
 }
 
 /// Flags of `cmdop connect sessions`.
@@ -121,7 +138,7 @@ fn interactive(
         };
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
-        let known = KnownMachines::in_dir(profile.dir());
+        let known = channel::known_machines(&profile, global);
         let channel = channel::open(
             &client,
             &session.identity,
@@ -396,7 +413,7 @@ impl Attachment {
                 self.save();
                 Ok(())
             }
-            Ok(Some(ShellReply::Failed { message })) => Err(End::Refused(message)),
+            Ok(Some(ShellReply::Failed { message })) => Err(End::Refused(escaped(&message))),
             Ok(Some(other)) => Err(End::Lost(format!("unexpected first reply {other:?}"))),
             Ok(None) => Err(End::Lost("the machine ended the stream".into())),
             Err(err) => Err(lost(err)),
@@ -422,7 +439,7 @@ impl Attachment {
                     }
                     Ok(Some(ShellReply::Exited(status))) => return End::Exited(status),
                     Ok(Some(ShellReply::Replaced)) => return End::Replaced,
-                    Ok(Some(ShellReply::Failed { message })) => return End::Refused(message),
+                    Ok(Some(ShellReply::Failed { message })) => return End::Refused(escaped(&message)),
                     Ok(Some(_)) => {}
                     Ok(None) => return End::Lost("the machine ended the stream".into()),
                     Err(err) => return lost(err),
@@ -728,9 +745,10 @@ pub(crate) fn kill(global: &GlobalArgs, workspace: Option<&str>, args: &KillArgs
 
 fn unexpected(machine: &Machine, reply: ShellReply) -> Failure {
     match reply {
-        ShellReply::Failed { message } => {
-            Failure::new(Kind::NotFound, format!("{}: {message}", machine.hostname))
-        }
+        ShellReply::Failed { message } => Failure::new(
+            Kind::NotFound,
+            format!("{}: {}", machine.hostname, escaped(&message)),
+        ),
         other => Failure::new(
             Kind::General,
             format!("{}: unexpected reply {other:?}", machine.hostname),
@@ -747,7 +765,7 @@ fn one_request(
 ) -> Result<(Machine, ShellReply), Failure> {
     let profile = Profile::open(global)?;
     let session = profile.session(global)?;
-    let known = KnownMachines::in_dir(profile.dir());
+    let known = channel::known_machines(&profile, global);
     runtime()?.block_on(async {
         let client =
             ClientConnection::login(&session.relay, &session.identity, &session.credential).await?;
@@ -782,11 +800,11 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
             .iter()
             .map(|s| {
                 json!({
-                    "name": s.name,
+                    "name": escaped(&s.name),
                     "created": rfc3339(s.created),
                     "last_attached": rfc3339(s.last_attached),
                     "attached": s.attached,
-                    "command": s.command,
+                    "command": escaped(&s.command),
                     "buffered_bytes": s.buffered,
                     "exit_code": s.exited.map(ExitStatus::shell_code),
                 })
@@ -809,13 +827,13 @@ fn print_sessions(machine: &Machine, sessions: &[SessionInfo], json: bool) -> Re
         .iter()
         .map(|s| {
             vec![
-                s.name.clone(),
+                escaped(&s.name),
                 rfc3339(s.created).unwrap_or_default(),
                 rfc3339(s.last_attached).unwrap_or_default(),
                 s.attached.to_string(),
                 match s.exited {
                     Some(status) => format!("(exited {})", status.shell_code()),
-                    None => s.command.clone(),
+                    None => escaped(&s.command),
                 },
                 s.buffered.to_string(),
             ]

@@ -1,13 +1,14 @@
 //! `cmdop connect`: open a shell on a machine, list the machines of a fleet, run a command on one (`exec`),
 //! and list or end a machine's sessions.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use cmdop_client::{ClientConnection, Machine};
 use serde_json::{Value, json};
 
-use crate::exit::Outcome;
+use crate::exit::{Outcome, usage};
 use crate::global_args::GlobalArgs;
 use crate::login::runtime;
 use crate::profile::Profile;
@@ -41,11 +42,16 @@ pub(crate) struct ConnectArgs {
 /// What to do on a machine.
 #[derive(Debug, Subcommand)]
 enum ConnectAction {
-    /// Run one command on a machine and exit with its exit code (the `--` is required).
+    /// Run one command on a machine, or on many at once, and exit with its exit code (the `--` is required).
     #[command(
-        after_help = "Examples:\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect exec web-1 --timeout 5m -- ./backup.sh\n  echo hi | cmdop connect exec web-1 -- cat"
+        after_help = "Examples:\n  cmdop connect exec web-1 -- uname -a\n  cmdop connect exec web-1 --timeout 5m -- ./backup.sh\n  echo hi | cmdop connect exec web-1 -- cat\n  cmdop connect exec --label role=web -- systemctl is-active nginx\n  cmdop connect exec --all --parallel 4 --json -- uptime"
     )]
     Exec(crate::exec::ExecArgs),
+    /// Join stdin and stdout to HOST:PORT as reached from the machine, like `ssh -W` (for ProxyCommand).
+    #[command(
+        after_help = "Examples:\n  ssh -o ProxyCommand='cmdop connect proxy %h localhost:22' me@web-1\n  cmdop connect proxy db-1 localhost:5432 < query.bin"
+    )]
+    Proxy(crate::proxy::ProxyArgs),
     /// List a machine's interactive sessions.
     #[command(
         after_help = "Examples:\n  cmdop connect sessions web-1\n  cmdop connect sessions web-1 --json"
@@ -83,9 +89,25 @@ pub(crate) fn run(global: &GlobalArgs, args: ConnectArgs) -> Outcome {
         Some(ConnectAction::Cp(cp)) => {
             return crate::cp::run(global, workspace, cp);
         }
+        Some(ConnectAction::Proxy(proxy)) => {
+            return crate::proxy::run(global, workspace, &proxy);
+        }
         None => {}
     }
     if !args.list {
+        if let Some(machine) = &args.machine
+            && !std::io::stdin().is_terminal()
+        {
+            // As ssh does without a terminal: no PTY, the login shell reading stdin, streams passed through.
+            if args.attach.names_a_session() {
+                return Err(usage(
+                    "--session and --read-only need a terminal, and stdin is not one; without a terminal cmdop connect runs the shell without a PTY, like ssh",
+                ));
+            }
+            return Ok(crate::rsh::shell_without_terminal(
+                global, workspace, machine,
+            ));
+        }
         return Ok(crate::attach::run(
             global,
             workspace,
@@ -132,6 +154,7 @@ fn machine_json(machine: &Machine) -> Value {
         "os": machine.os,
         "arch": machine.arch,
         "agent_version": machine.agent_version,
+        "labels": machine.labels.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<String, Value>>(),
     })
 }
 
@@ -140,7 +163,7 @@ fn print_table(machines: &[Machine]) {
         println!("no machines; enrol one with `cmdop-agent run --workspace FLEET …`");
         return;
     }
-    let rows: Vec<[String; 6]> = machines
+    let rows: Vec<[String; 7]> = machines
         .iter()
         .map(|m| {
             [
@@ -157,12 +180,34 @@ fn print_table(machines: &[Machine]) {
                 m.public_key
                     .map(|k| k.fingerprint().short())
                     .unwrap_or_else(|| "?".to_owned()),
+                labels(m),
                 m.id.to_string(),
             ]
         })
         .collect();
     print_columns(
-        &["NAME", "HOSTNAME", "STATUS", "LAST SEEN", "KEY", "ID"],
+        &[
+            "NAME",
+            "HOSTNAME",
+            "STATUS",
+            "LAST SEEN",
+            "KEY",
+            "LABELS",
+            "ID",
+        ],
         &rows,
     );
+}
+
+/// `role=web,env=prod`, or `-` for none.
+fn labels(machine: &Machine) -> String {
+    if machine.labels.is_empty() {
+        return "-".to_owned();
+    }
+    let pairs: Vec<String> = machine
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    pairs.join(",")
 }

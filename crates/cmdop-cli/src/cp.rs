@@ -6,9 +6,10 @@
 //! arrived. Names that come from the machine (a recursive copy's listing) are never trusted: absolute paths,
 //! `..`, control characters, and symlinks that would lead outside the destination are refused.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{IsTerminal as _, Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,10 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use cmdop_client::Channel;
+use cmdop_client::landing::{Landing, LandingError, Standing};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
-use cmdop_proto::ops::copy::{CopyReply, CopyRequest, Entry, EntryKind, part_name, version_tag};
+use cmdop_proto::ops::copy::{
+    CopyReply, CopyRequest, Entry, EntryKind, parse_part_name, version_tag,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -31,9 +35,12 @@ use crate::reach::{self, bulk_runtime};
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
 pub(crate) struct CpArgs {
-    /// Copy directories and everything in them.
-    #[arg(short = 'r', long)]
+    /// Copy directories and everything in them (`-R` too, as scp and cp take it).
+    #[arg(short = 'r', short_alias = 'R', long)]
     recursive: bool,
+    /// Keep each file's and directory's modification time as well as its mode (the mode is always kept).
+    #[arg(short = 'p', long)]
+    preserve: bool,
     /// Print one JSON summary (files, bytes, resumed_bytes, duration_ms, bytes_per_second) instead of a
     /// progress bar.
     #[arg(long)]
@@ -67,6 +74,10 @@ struct Transfer {
     totals: Totals,
     limit: Option<u64>,
     started: Instant,
+    /// The machine as the person named it, for messages.
+    machine: String,
+    /// `-p`: give every file and directory its source's modification time.
+    preserve: bool,
 }
 
 /// Runs `cmdop connect cp`.
@@ -80,7 +91,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let runtime = bulk_runtime()?;
     let totals = runtime.block_on(copy(global, workspace, &args, &plan, limit))?;
-    summarize(&totals, started.elapsed(), args.json)
+    summarize(&totals, started.elapsed(), args.json, plan.push)
 }
 
 /// What to copy where, from the command line.
@@ -97,7 +108,9 @@ impl Plan {
     /// Sources then the destination, exactly one side on one machine.
     fn from_paths(paths: &[String]) -> Result<Self, Failure> {
         let Some((destination, sources)) = paths.split_last() else {
-            return Err(usage("give at least one source and a destination"));
+            return Err(bad_command_line(
+                "give at least one source and a destination",
+            ));
         };
         let destination = Location::parse(destination);
         let sources: Vec<Location> = sources.iter().map(|s| Location::parse(s)).collect();
@@ -107,17 +120,17 @@ impl Plan {
                 let mut machines = sources.iter().filter_map(Location::machine);
                 let first = machines.next().unwrap_or_default().to_owned();
                 if machines.any(|m| m != first) || sources.iter().any(Location::is_local) {
-                    return Err(usage("all sources must be on the same machine"));
+                    return Err(bad_command_line("all sources must be on the same machine"));
                 }
                 (first, false)
             }
             (Location::Remote { .. }, false) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "copying between two machines is not supported; copy through this one",
                 ));
             }
             (Location::Local(_), true) => {
-                return Err(usage(
+                return Err(bad_command_line(
                     "one side must be MACHINE:PATH; for local copies use cp",
                 ));
             }
@@ -150,6 +163,8 @@ async fn copy(
         totals: Totals::default(),
         limit,
         started: Instant::now(),
+        machine: plan.machine.clone(),
+        preserve: args.preserve,
     };
     let result = if plan.push {
         let remote = plan.destination.path().to_owned();
@@ -170,7 +185,10 @@ async fn copy(
         .await
     };
     transfer.progress.finish_and_clear();
-    result?;
+    if let Err(failure) = result {
+        // A stream cut because the credential was revoked says so, rather than "connection lost".
+        return Err(reach::explain(&reach, failure).await);
+    }
     let Transfer { sender, totals, .. } = transfer;
     sender.end(0).await?;
     reach.close().await;
@@ -192,8 +210,17 @@ fn progress_bar(json: bool) -> Result<ProgressBar, Failure> {
     Ok(bar)
 }
 
-/// The JSON summary when asked for, and the exit: a failure if any remote name was refused.
-fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode, Failure> {
+/// The JSON summary when asked for (else one line on a terminal, where the progress bar was), and the exit: a
+/// failure if any remote name was refused.
+fn summarize(
+    totals: &Totals,
+    elapsed: Duration,
+    json: bool,
+    push: bool,
+) -> Result<ExitCode, Failure> {
+    if !json && std::io::stderr().is_terminal() {
+        eprintln!("{}", summary_line(totals, elapsed, push));
+    }
     if json {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         println!(
@@ -218,6 +245,42 @@ fn summarize(totals: &Totals, elapsed: Duration, json: bool) -> Result<ExitCode,
                 totals.refused.len()
             ),
         ))
+    }
+}
+
+/// What stays on the terminal once the progress bar has cleared: `copied 12 files (1.2 GiB) to web-1 in 3.4 s,
+/// 350 MiB/s; 200 MiB were already there`.
+fn summary_line(totals: &Totals, elapsed: Duration, push: bool) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let files = if totals.files == 1 { "file" } else { "files" };
+    let direction = if push { "sent" } else { "received" };
+    let mut line = format!(
+        "cmdop: {} {files} {direction}, {} in {seconds:.1} s ({}/s)",
+        totals.files,
+        binary_bytes(totals.bytes),
+        binary_bytes((totals.bytes as f64 / seconds) as u64),
+    );
+    if totals.resumed > 0 {
+        line.push_str(&format!(
+            "; {} were already there from an earlier run",
+            binary_bytes(totals.resumed)
+        ));
+    }
+    line
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn binary_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B")),
     }
 }
 
@@ -265,20 +328,23 @@ fn usage(why: &str) -> Failure {
     Failure::new(
         Kind::General,
         format!(
-            "{why}; usage: cmdop connect cp [-r] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
+            "{why}; usage: cmdop connect cp [-r] [-p] SRC… DST, e.g. cp ./a.txt web-1:backup/ or cp -r web-1:logs ./"
         ),
     )
+}
+
+/// The command line itself is wrong (exit 2, as for any usage error).
+fn bad_command_line(why: &str) -> Failure {
+    let general = usage(why);
+    crate::exit::usage(general.message())
 }
 
 /// `0`, `500K`, `10M`, `1G`, or bytes.
 fn parse_rate(text: &str) -> Result<Option<u64>, Failure> {
     let bad = || {
-        Failure::new(
-            Kind::General,
-            format!(
-                "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
-            ),
-        )
+        crate::exit::usage(format!(
+            "invalid --limit-rate {text:?}: use bytes per second with an optional K, M or G, e.g. 10M"
+        ))
     };
     let text = text.trim();
     let (number, multiplier) = match text.char_indices().last() {
@@ -404,33 +470,87 @@ async fn push_all(
     for (source, remote, metadata, entries) in plan {
         match entries {
             None => put_file(transfer, &source, &metadata, &remote).await?,
-            Some(entries) => {
-                mkdir(transfer, &remote, metadata.mode()).await?;
-                for (relative, metadata) in entries {
-                    let local = source.join(&relative);
-                    let remote = remote_join(&remote, &relative.to_string_lossy());
-                    if metadata.file_type().is_symlink() {
-                        let target = fs::read_link(&local)
-                            .with_context(|| format!("cannot read link {}", local.display()))?;
-                        let reply = request(
-                            transfer,
-                            &CopyRequest::Symlink {
-                                path: remote,
-                                target: target.to_string_lossy().into_owned(),
-                            },
-                        )
-                        .await?;
-                        expect_done(reply)?;
-                    } else if metadata.is_dir() {
-                        mkdir(transfer, &remote, metadata.mode()).await?;
-                    } else if metadata.is_file() {
-                        put_file(transfer, &local, &metadata, &remote).await?;
-                    }
-                }
-            }
+            Some(entries) => push_tree(transfer, &source, &remote, &metadata, entries).await?,
         }
     }
     Ok(())
+}
+
+/// A local directory and everything under it, to `remote`.
+async fn push_tree(
+    transfer: &mut Transfer,
+    source: &Path,
+    remote: &str,
+    metadata: &fs::Metadata,
+    entries: Vec<(PathBuf, fs::Metadata)>,
+) -> Result<(), Failure> {
+    mkdir(transfer, remote, metadata.mode()).await?;
+    let mut dirs = vec![(remote.to_owned(), modified_ns(metadata))];
+    for (relative, metadata) in entries {
+        let local = source.join(&relative);
+        let remote = remote_join(remote, &relative.to_string_lossy());
+        if metadata.file_type().is_symlink() {
+            let target = fs::read_link(&local)
+                .with_context(|| format!("cannot read link {}", local.display()))?;
+            let reply = request(
+                transfer,
+                &CopyRequest::Symlink {
+                    path: remote,
+                    target: target.to_string_lossy().into_owned(),
+                },
+            )
+            .await?;
+            expect_done(reply)?;
+        } else if metadata.is_dir() {
+            mkdir(transfer, &remote, metadata.mode()).await?;
+            dirs.push((remote, modified_ns(&metadata)));
+        } else if metadata.is_file() {
+            put_file(transfer, &local, &metadata, &remote).await?;
+        }
+    }
+    // After their contents, which change a directory's time as they arrive; deepest first.
+    if transfer.preserve {
+        for (dir, modified) in dirs.iter().rev() {
+            set_remote_modified(transfer, dir, *modified).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `-p`: gives a remote file or directory the source's modification time.
+async fn set_remote_modified(
+    transfer: &mut Transfer,
+    path: &str,
+    modified_ns: u64,
+) -> Result<(), Failure> {
+    let reply = request(
+        transfer,
+        &CopyRequest::SetModified {
+            path: path.to_owned(),
+            modified_ns,
+        },
+    )
+    .await?;
+    expect_done(reply)
+}
+
+/// A `Put` the machine refused, in the words of the person's command: the machine names its partial file
+/// (`.NAME.TAG-NONCE.cmdop-part`, the nonce its own), the person named the target.
+fn put_failed(transfer: &Transfer, local: &Path, remote: &str, tag: u64, message: &str) -> Failure {
+    let name = remote.rsplit('/').next().unwrap_or(remote);
+    let message = if name.is_empty() {
+        message.to_owned()
+    } else {
+        without_part_names(message, name, tag)
+    };
+    Failure::new(
+        Kind::General,
+        format!(
+            "cannot copy {} to {}:{remote}: {message}",
+            local.display(),
+            transfer.machine
+        ),
+    )
 }
 
 fn expect_done(reply: CopyReply) -> Result<(), Failure> {
@@ -508,7 +628,9 @@ async fn put_file(
     .await?;
     let offset = match reply {
         CopyReply::Resume { offset } if offset <= size => offset,
-        CopyReply::Failed { message } => return Err(remote_failure(message)),
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
         other => return Err(unexpected(&other)),
     };
     let mut hasher = Sha256::new();
@@ -536,7 +658,16 @@ async fn put_file(
         },
     )
     .await?;
-    expect_done(reply)?;
+    match reply {
+        CopyReply::Done => {}
+        CopyReply::Failed { message } => {
+            return Err(put_failed(transfer, local, remote, tag, &message));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    if transfer.preserve {
+        set_remote_modified(transfer, remote, modified_ns(metadata)).await?;
+    }
     transfer.totals.files += 1;
     Ok(())
 }
@@ -600,20 +731,29 @@ async fn pull_all(
     }
     for pull in pulls {
         match pull.tree {
-            None => get_file(transfer, &pull.source, &pull.entry, &pull.local).await?,
+            None => get_file_named(transfer, &pull.source, &pull.entry, &pull.local).await?,
             Some(entries) => {
-                pull_tree(
-                    transfer,
-                    &pull.source,
-                    pull.entry.mode,
-                    &pull.local,
-                    entries,
-                )
-                .await?;
+                pull_tree(transfer, &pull.source, &pull.entry, &pull.local, entries).await?;
             }
         }
     }
     Ok(())
+}
+
+/// `-p`: gives a local file or directory the source's modification time.
+fn set_local_modified(path: &Path, modified_ns: u64) -> Result<(), Failure> {
+    let when = std::time::UNIX_EPOCH + Duration::from_nanos(modified_ns);
+    File::open(path)
+        .and_then(|file| file.set_modified(when))
+        .map_err(|err| {
+            Failure::new(
+                Kind::General,
+                format!(
+                    "cannot set the modification time of {}: {err}",
+                    path.display()
+                ),
+            )
+        })
 }
 
 /// One source of a pull: a file, or a directory with everything under it.
@@ -635,10 +775,14 @@ impl Pull {
         into_dir: bool,
         recursive: bool,
     ) -> Result<Self, Failure> {
+        // A missing file is not a missing machine: exit 1, not 4 (docs/cli.md).
         let entry = stat(transfer, source).await?.ok_or_else(|| {
             Failure::new(
-                Kind::NotFound,
-                format!("{source}: no such file or directory on the machine"),
+                Kind::General,
+                format!(
+                    "{}:{source}: no such file or directory on the machine",
+                    transfer.machine
+                ),
             )
         })?;
         let name = remote_base_name(source)?;
@@ -676,15 +820,21 @@ impl Pull {
 }
 
 /// A directory and everything under it. Every name comes from the machine and is checked before anything is
-/// written; an unsafe one is refused (and reported), the rest is copied.
+/// written; an unsafe one is refused (and reported), the rest is copied. Everything below `local` is reached
+/// through a handle of it, never through a symlink; symlinks from the machine are made last, then each is
+/// followed through everything the copy made and removed if it leads outside.
 async fn pull_tree(
     transfer: &mut Transfer,
     source: &str,
-    mode: u32,
+    top: &Entry,
     local: &Path,
     entries: Vec<Entry>,
 ) -> Result<(), Failure> {
-    create_dir(local, mode)?;
+    create_dir(local, top.mode)?;
+    let root = Landing::open_named(local).map_err(landing_failure)?;
+    let mut links = Vec::new();
+    // For `-p`: each directory made, with the time to give it once its contents are in.
+    let mut dirs = Vec::new();
     for child in entries {
         let relative = match safe_relative(&child.path) {
             Ok(relative) => relative,
@@ -693,32 +843,162 @@ async fn pull_tree(
                 continue;
             }
         };
-        if let Err(why) = no_symlink_between(local, &relative) {
-            refuse(transfer, &child.path, why);
-            continue;
-        }
-        let target = local.join(&relative);
         let remote = remote_join(source, &child.path);
-        match &child.kind {
-            EntryKind::Dir => create_dir(&target, child.mode)?,
-            EntryKind::File => get_file(transfer, &remote, &child, &target).await?,
-            EntryKind::Symlink { target: link } => match symlink_stays_inside(&relative, link) {
-                Ok(()) => create_symlink(link, &target)?,
-                Err(why) => refuse(transfer, &child.path, why),
+        let outcome = match &child.kind {
+            EntryKind::Dir => {
+                let made = make_dir(&root, &relative, child.mode);
+                if made.is_ok() {
+                    dirs.push((relative.clone(), child.modified_ns));
+                }
+                made
+            }
+            EntryKind::File => match place_of(&root, &relative) {
+                Ok((dir, name)) => get_file(transfer, &remote, &child, &dir, &name).await,
+                Err(refusal) => Err(refusal),
             },
+            EntryKind::Symlink { target } => match symlink_stays_inside(&relative, target) {
+                Ok(()) => {
+                    links.push((child.path.clone(), relative, target.clone()));
+                    Ok(())
+                }
+                Err(why) => Err(Refusal::Unsafe(why.to_owned())),
+            },
+        };
+        settle(transfer, &child.path, outcome)?;
+    }
+    place_symlinks(transfer, &root, links)?;
+    // Directory times last, since their contents change them as they arrive; deepest first.
+    if transfer.preserve {
+        for (relative, modified_ns) in dirs.iter().rev() {
+            if let Ok((dir, name)) = place_of(&root, relative) {
+                dir.set_modified(&name, *modified_ns)
+                    .map_err(landing_failure)?;
+            }
         }
+        set_local_modified(local, top.modified_ns)?;
     }
     Ok(())
 }
 
-/// Creates the symlink `target` → `link`, replacing a symlink already there (a rerun's own).
-fn create_symlink(link: &str, target: &Path) -> Result<(), Failure> {
-    if fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
-        let _ = fs::remove_file(target);
+/// Why one name from the machine was not copied: refused and reported (the rest goes on), or a failure that
+/// ends the copy.
+enum Refusal {
+    Unsafe(String),
+    Fatal(Failure),
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Self::Fatal(failure)
     }
-    std::os::unix::fs::symlink(link, target)
-        .with_context(|| format!("cannot create symlink {}", target.display()))?;
+}
+
+impl From<LandingError> for Refusal {
+    fn from(err: LandingError) -> Self {
+        match err {
+            LandingError::Symlink { .. } => Self::Unsafe(
+                "a symlink on the way would lead the write outside the destination".into(),
+            ),
+            LandingError::NotADirectory { .. } | LandingError::NotPlain { .. } => {
+                Self::Unsafe(err.to_string())
+            }
+            LandingError::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Self::Unsafe("its directory is not in the listing".into())
+            }
+            err => Self::Fatal(landing_failure(err)),
+        }
+    }
+}
+
+fn landing_failure(err: LandingError) -> Failure {
+    Failure::new(Kind::General, err.to_string())
+}
+
+/// Reports a refused name and goes on, or ends the copy.
+fn settle(
+    transfer: &mut Transfer,
+    name: &str,
+    outcome: Result<(), Refusal>,
+) -> Result<(), Failure> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Refusal::Unsafe(why)) => {
+            refuse(transfer, name, &why);
+            Ok(())
+        }
+        Err(Refusal::Fatal(failure)) => Err(failure),
+    }
+}
+
+/// The directory an entry goes in (which must already be there, a real directory) and its name in it.
+fn place_of(root: &Landing, relative: &Path) -> Result<(Landing, OsString), Refusal> {
+    let name = relative
+        .file_name()
+        .ok_or_else(|| Refusal::Unsafe("not a plain relative path".into()))?;
+    let parent = relative.parent().unwrap_or(Path::new(""));
+    Ok((root.subdir(parent)?, name.to_owned()))
+}
+
+/// A directory from the machine, without its setuid and setgid bits.
+fn make_dir(root: &Landing, relative: &Path, mode: u32) -> Result<(), Refusal> {
+    let (dir, name) = place_of(root, relative)?;
+    dir.make_dir(&name, mode & MACHINE_MODE_BITS)?;
     Ok(())
+}
+
+/// Permission bits a copy from the machine keeps: setuid and setgid are dropped, since the machine is not
+/// trusted to hand this user (or root) programs that run as them.
+const MACHINE_MODE_BITS: u32 = 0o1777;
+
+/// Makes the machine's symlinks once everything else is there, then removes every one that, followed through
+/// all the others, leads outside the destination; removing one can change where others lead, so the check is
+/// repeated until none is removed.
+fn place_symlinks(
+    transfer: &mut Transfer,
+    root: &Landing,
+    links: Vec<(String, PathBuf, String)>,
+) -> Result<(), Failure> {
+    let mut placed = Vec::new();
+    for (name, relative, target) in links {
+        let outcome = place_symlink(root, &relative, &target);
+        let made = outcome.is_ok();
+        settle(transfer, &name, outcome)?;
+        if made {
+            placed.push((name, relative));
+        }
+    }
+    while let Some(at) = placed
+        .iter()
+        .position(|(_, relative)| root.symlink_leaves(relative))
+    {
+        let (name, relative) = placed.remove(at);
+        let (dir, file_name) = place_of(root, &relative).map_err(|_| {
+            landing_failure(LandingError::NotPlain {
+                name: relative.clone(),
+                below: root.shown().to_path_buf(),
+            })
+        })?;
+        dir.remove(&file_name).map_err(landing_failure)?;
+        refuse(
+            transfer,
+            &name,
+            "symlink that, followed through the other symlinks of the copy, leads outside the destination",
+        );
+    }
+    Ok(())
+}
+
+/// One symlink from the machine, replacing only a symlink of an earlier run.
+fn place_symlink(root: &Landing, relative: &Path, target: &str) -> Result<(), Refusal> {
+    let (dir, name) = place_of(root, relative)?;
+    match dir.standing(&name)? {
+        Standing::Nothing | Standing::Symlink => Ok(dir.place_symlink(&name, target)?),
+        _ => Err(Refusal::Unsafe(
+            "something other than a symlink already stands at that name".into(),
+        )),
+    }
 }
 
 fn refuse(transfer: &mut Transfer, name: &str, why: &str) {
@@ -728,9 +1008,13 @@ fn refuse(transfer: &mut Transfer, name: &str, why: &str) {
     transfer.totals.refused.push(name.to_owned());
 }
 
+/// The directory a person named (created if missing, symlinks in its path followed as given), with the
+/// machine's mode less setuid and setgid.
 fn create_dir(path: &Path, mode: u32) -> Result<(), Failure> {
     fs::create_dir_all(path)
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)))
+        .and_then(|()| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & MACHINE_MODE_BITS))
+        })
         .with_context(|| format!("cannot create directory {}", path.display()))?;
     Ok(())
 }
@@ -796,19 +1080,6 @@ fn safe_relative(name: &str) -> Result<PathBuf, &'static str> {
     Ok(path)
 }
 
-/// Refuses writing through a symlink: no existing component between `root` and `root/relative` (inclusive)
-/// may be one, whoever put it there.
-fn no_symlink_between(root: &Path, relative: &Path) -> Result<(), &'static str> {
-    let mut path = root.to_path_buf();
-    for component in relative.components() {
-        path.push(component);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err("a symlink on the way would lead the write outside the destination");
-        }
-    }
-    Ok(())
-}
-
 /// A symlink at `relative` pointing to `target` must be relative and resolve (lexically) inside the
 /// destination.
 fn symlink_stays_inside(relative: &Path, target: &str) -> Result<(), &'static str> {
@@ -833,22 +1104,58 @@ fn symlink_stays_inside(relative: &Path, target: &str) -> Result<(), &'static st
     Ok(())
 }
 
-async fn get_file(
+/// A single file the person named: it lands at `local`, in the directory named there.
+async fn get_file_named(
     transfer: &mut Transfer,
     remote: &str,
     entry: &Entry,
     local: &Path,
 ) -> Result<(), Failure> {
-    let (mut file, part) = open_partial(local, entry)?;
-    let cannot = |err: std::io::Error| cannot_write(&part, err);
-    let mut offset = file.metadata().map_err(cannot)?.len();
-    if offset > entry.size {
-        file.set_len(0).map_err(cannot)?;
-        offset = 0;
+    if local.is_dir() {
+        return Err(usage(&format!("{} is a directory", local.display())));
     }
+    let name = local
+        .file_name()
+        .ok_or_else(|| usage(&format!("{} is not a file name", local.display())))?;
+    let parent = match local.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let dir = Landing::open_named(parent).map_err(landing_failure)?;
+    match get_file(transfer, remote, entry, &dir, name).await {
+        Ok(()) => Ok(()),
+        Err(Refusal::Unsafe(why)) => Err(Failure::new(
+            Kind::General,
+            format!("cannot write {}: {why}", local.display()),
+        )),
+        Err(Refusal::Fatal(failure)) => Err(failure),
+    }
+}
+
+/// Downloads `remote` into `name` in `dir`: into a partial file (resumed if an earlier run left one), checked
+/// against the machine's whole-file SHA-256, then given its mode (less setuid and setgid) and its name.
+async fn get_file(
+    transfer: &mut Transfer,
+    remote: &str,
+    entry: &Entry,
+    dir: &Landing,
+    name: &OsStr,
+) -> Result<(), Refusal> {
+    refuse_unless_a_file_may_land(dir, name)?;
+    let text = name.to_str().ok_or_else(|| {
+        usage(&format!(
+            "{} is not UTF-8",
+            dir.shown().join(name).display()
+        ))
+    })?;
+    let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
+    let mut partial = dir.partial(text, tag, entry.size)?;
+    let target = dir.shown().join(name);
+    let cannot = |err: std::io::Error| cannot_write(&target, err);
+    let offset = partial.length();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; MAX_CHUNK];
-    hash_prefix(&mut file, offset, &mut hasher, &mut buffer).map_err(cannot)?;
+    hash_prefix(partial.file(), offset, &mut hasher, &mut buffer).map_err(cannot)?;
     transfer.totals.resumed += offset;
     transfer.progress.inc(offset);
     transfer
@@ -857,116 +1164,108 @@ async fn get_file(
             path: remote.to_owned(),
             offset,
         })
-        .await?;
+        .await
+        .map_err(Failure::from)?;
     let (digest, mode) = loop {
         match next_reply(transfer).await? {
             CopyReply::Chunk(bytes) => {
-                file.write_all(&bytes).map_err(cannot)?;
+                partial.file().write_all(&bytes).map_err(cannot)?;
                 hasher.update(&bytes);
                 account(transfer, bytes.len()).await;
             }
             CopyReply::GetEnd { sha256, mode } => break (sha256, mode),
-            CopyReply::Failed { message } => return Err(remote_failure(message)),
-            other => return Err(unexpected(&other)),
+            CopyReply::Failed { message } => {
+                return Err(Failure::new(
+                    Kind::General,
+                    format!(
+                        "cannot copy {}:{remote} to {}: the machine says: {message}",
+                        transfer.machine,
+                        dir.shown().join(name).display()
+                    ),
+                )
+                .into());
+            }
+            other => return Err(unexpected(&other).into()),
         }
     };
     if <[u8; 32]>::from(hasher.finalize()) != digest {
-        drop(file);
-        let _ = fs::remove_file(&part);
+        partial.discard(dir);
         return Err(Failure::new(
             Kind::General,
             format!(
                 "{remote} arrived corrupted (SHA-256 mismatch) and was discarded; run the copy again"
             ),
-        ));
+        )
+        .into());
     }
-    finish_file(&file, &part, local, mode)?;
+    if transfer.preserve {
+        partial
+            .set_modified(entry.modified_ns)
+            .map_err(|err| cannot_write(&target, err))?;
+    }
+    // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
+    partial
+        .finish(dir, name, mode & 0o777)
+        .map_err(landing_failure)?;
     transfer.totals.files += 1;
     Ok(())
 }
 
-/// Opens the partial file a download of `entry` to `local` writes into (keeping what an earlier run of the
-/// same version left there), after removing partial files of other versions.
-fn open_partial(local: &Path, entry: &Entry) -> Result<(File, PathBuf), Failure> {
-    let name = local
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| usage(&format!("{} is not a file name", local.display())))?;
-    if local.is_dir() {
-        return Err(usage(&format!("{} is a directory", local.display())));
+/// Refuses a name where a directory, device, FIFO or socket stands; a file or a symlink there is replaced by
+/// the final rename (never written through).
+fn refuse_unless_a_file_may_land(dir: &Landing, name: &OsStr) -> Result<(), Refusal> {
+    match dir.standing(name)? {
+        Standing::Dir => Err(Refusal::Unsafe("a directory stands at that name".into())),
+        Standing::Other => Err(Refusal::Unsafe(
+            "a device, FIFO or socket stands at that name".into(),
+        )),
+        Standing::Nothing | Standing::File | Standing::Symlink => Ok(()),
     }
-    let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
-    let part = local.with_file_name(part_name(name, tag));
-    remove_stale_parts(local, &part);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&part)
-        .map_err(|err| cannot_write(&part, err))?;
-    Ok((file, part))
 }
 
-fn cannot_write(part: &Path, err: std::io::Error) -> Failure {
+/// `message` with every partial-file name of version `tag` of `name` replaced by `name`.
+fn without_part_names(message: &str, name: &str, tag: u64) -> String {
+    message
+        .split_inclusive(|c: char| c == '/' || c.is_whitespace())
+        .map(|piece| {
+            let word = piece.trim_end_matches(|c: char| c == '/' || c.is_whitespace());
+            let rest = piece.get(word.len()..).unwrap_or_default();
+            let bare = word.trim_end_matches([':', ',', ';', ')']);
+            match parse_part_name(name, bare) {
+                Some((found, _)) if found == tag => {
+                    format!("{name}{}{rest}", word.get(bare.len()..).unwrap_or_default())
+                }
+                _ => piece.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Names the file the person asked for, not the partial file it is written through.
+fn cannot_write(local: &Path, err: std::io::Error) -> Failure {
     Failure::new(
         Kind::General,
-        format!("cannot write {}: {err}", part.display()),
+        format!("cannot write {}: {err}", local.display()),
     )
-}
-
-/// Gives a verified download its mode, makes it durable, and only then its final name.
-fn finish_file(file: &File, part: &Path, local: &Path, mode: u32) -> Result<(), Failure> {
-    let finish = || -> std::io::Result<()> {
-        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-        file.sync_all()?;
-        fs::rename(part, local)?;
-        if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    finish().map_err(|err| {
-        Failure::new(
-            Kind::General,
-            format!("cannot finish {}: {err}", local.display()),
-        )
-    })
-}
-
-/// Partial files of other versions of the same file can never be resumed: remove them.
-fn remove_stale_parts(target: &Path, keep: &Path) {
-    let (Some(name), dir) = (target.file_name().and_then(|n| n.to_str()), target.parent()) else {
-        return;
-    };
-    let dir = match dir {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        let tag = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(cmdop_proto::ops::copy::PART_SUFFIX));
-        if tag.is_some_and(|t| t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-            && entry.path() != keep
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_put_names_the_target_not_the_machines_partial_file() {
+        let tag = 0x0123_4567_89ab_cdef;
+        let part = cmdop_proto::ops::copy::part_name("file", tag, 42);
+        let message = format!("cannot create /nonexistent/dir/{part}: No such file or directory");
+        assert_eq!(
+            without_part_names(&message, "file", tag),
+            "cannot create /nonexistent/dir/file: No such file or directory"
+        );
+        // Another version's partial file, or another name, is left as it is.
+        assert_eq!(without_part_names(&message, "file", tag + 1), message);
+        assert_eq!(without_part_names(&message, "other", tag), message);
+    }
 
     #[test]
     fn locations_split_like_scp() {
@@ -1020,10 +1319,34 @@ mod tests {
     fn writes_never_go_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        fs::create_dir(&root).unwrap();
+        fs::create_dir_all(root.join("fine")).unwrap();
         std::os::unix::fs::symlink("/tmp", root.join("escape")).unwrap();
-        assert!(no_symlink_between(&root, Path::new("escape/x")).is_err());
-        assert!(no_symlink_between(&root, Path::new("fine/x")).is_ok());
+        let root = Landing::open_named(&root).unwrap();
+        assert!(matches!(
+            place_of(&root, Path::new("escape/x")),
+            Err(Refusal::Unsafe(_))
+        ));
+        assert!(matches!(
+            make_dir(&root, Path::new("escape"), 0o755),
+            Err(Refusal::Unsafe(_))
+        ));
+        assert!(place_of(&root, Path::new("fine/x")).is_ok());
+    }
+
+    #[test]
+    fn the_summary_line_says_what_moved() {
+        let totals = Totals {
+            files: 3,
+            bytes: 3 << 20,
+            resumed: 1 << 20,
+            refused: Vec::new(),
+        };
+        let line = summary_line(&totals, Duration::from_secs(2), true);
+        assert_eq!(
+            line,
+            "cmdop: 3 files sent, 3.0 MiB in 2.0 s (1.5 MiB/s); 1.0 MiB were already there from an earlier run"
+        );
+        assert_eq!(binary_bytes(512), "512 B");
     }
 
     #[test]

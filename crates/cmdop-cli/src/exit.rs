@@ -8,8 +8,11 @@ use cmdop_client::known_machines::KnownMachinesError;
 /// Why cmdop itself failed, as distinct from a remote command's own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// Anything else: local files, bad input.
+    /// Anything else: local files, a missing remote file, not logged in.
     General = 1,
+    /// The command line is wrong: an unknown flag, a missing argument, a value that does not parse. clap's own
+    /// errors exit with this code too.
+    Usage = 2,
     /// The relay refused the credential, or it does not cover what was asked.
     Auth = 3,
     /// A machine or fleet was not found, or the name was ambiguous.
@@ -52,6 +55,11 @@ impl Failure {
         self.kind == Kind::Unreachable
     }
 
+    /// What kind of failure this is (and so its exit code).
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// The message, without the `cmdop:` prefix.
     pub(crate) fn message(&self) -> &str {
         &self.message
@@ -67,6 +75,11 @@ impl Failure {
         self.print();
         ExitCode::from(self.kind as u8)
     }
+}
+
+/// A usage error: the command line is wrong (exit code 2, like clap's own errors).
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
+    Failure::new(Kind::Usage, message)
 }
 
 impl From<anyhow::Error> for Failure {
@@ -102,8 +115,15 @@ impl From<ClientError> for Failure {
             ClientError::SecureStream(err) => return Self::from(err),
             other => other,
         };
+        if let ClientError::FingerprintMismatch { got, .. } = &err {
+            return Self::new(
+                Kind::Fingerprint,
+                format!(
+                    "{err}; if the relay's certificate was rotated on purpose (compare `cmdop-relay fingerprint` on the relay), re-pin it with `cmdop login --repin --relay-fingerprint {got}`"
+                ),
+            );
+        }
         let kind = match &err {
-            ClientError::FingerprintMismatch { .. } => Kind::Fingerprint,
             ClientError::AuthenticationFailed(_)
             | ClientError::Forbidden(_)
             | ClientError::CredentialRevoked(_) => Kind::Auth,
@@ -112,6 +132,7 @@ impl From<ClientError> for Failure {
             | ClientError::MachineNotFound(_)
             | ClientError::Ambiguous { .. } => Kind::NotFound,
             ClientError::MachineOffline(_) => Kind::Unreachable,
+            ClientError::InvalidRelayAddress { .. } => Kind::Usage,
             ClientError::Resolve { .. }
             | ClientError::Unreachable { .. }
             | ClientError::Closed { .. }

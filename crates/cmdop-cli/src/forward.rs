@@ -8,22 +8,35 @@
 //! loopback; each connection there is announced on a control stream, and this side connects to `HOST:PORT`
 //! locally and claims the connection with a new stream of its own (the relay only ever routes streams a client
 //! opens).
+//!
+//! A forward outlives a relay restart, as autossh makes ssh's do: when the relay connection is lost the
+//! listeners stay, cmdop logs in again with backoff, new connections wait (up to [`CONNECT_WAIT`]) until the
+//! machine is reachable again, and remote forwards are set up again. Connections that were cut end. A refusal
+//! that retrying cannot fix (a revoked credential) stops it; `--exit-on-loss` stops at the first loss.
+//!
+//! ```text
+//!  ctrl-c ──────────────────────────────────────────────────▶ exit 0
+//!  connection lost ──(--exit-on-loss, or a refusal)──────────▶ exit 5 (3 for a refused credential)
+//!        └──▶ "reconnecting" ──backoff──▶ login ──▶ "reconnected"; remote forwards listen again
+//! ```
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
-use cmdop_client::{Channel, MachineConnection, tunnel};
+use cmdop_client::{Channel, MachineConnection, reconnect_delay, tunnel};
 use cmdop_proto::e2e::{CloseReason, StreamKind};
 use cmdop_proto::ops::forward::{TunnelReply, TunnelRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::exit::{Failure, Kind};
+use crate::exit::{Failure, Kind, usage};
 use crate::global_args::GlobalArgs;
 use crate::reach::{self, bulk_runtime};
+use cmdop_proto::display::escaped;
 
 /// Flags of `cmdop connect forward`.
 #[derive(Debug, Args)]
@@ -39,7 +52,15 @@ pub(crate) struct ForwardArgs {
     /// port) and connect each connection to HOST:PORT as reached from here. Repeatable.
     #[arg(long, value_name = "SPEC")]
     remote: Vec<String>,
+    /// Stop (exit 5) as soon as the relay connection is lost, instead of logging in again and going on.
+    #[arg(long)]
+    exit_on_loss: bool,
 }
+
+/// How long a connection accepted while the relay or the machine is away waits for them to come back.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long a remote forward waits to be set up again after a loss: as long as the forward runs.
+const REMOTE_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One parsed remote forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +99,15 @@ pub(crate) fn run(
         let reach = reach::login(global, workspace, &args.machine).await?;
         let (fatal_tx, fatal_rx) = mpsc::channel::<Failure>(1);
         for remote in remotes {
-            start_remote(&reach, remote, &args.machine, fatal_tx.clone()).await?;
+            let control = start_remote(&reach, &remote, &args.machine, None).await?;
+            tokio::spawn(remote_loop(
+                control,
+                remote,
+                args.machine.clone(),
+                Arc::clone(&reach),
+                fatal_tx.clone(),
+                args.exit_on_loss,
+            ));
         }
         let mut listeners = Vec::new();
         for spec in &specs {
@@ -88,22 +117,32 @@ pub(crate) fn run(
         for (listener, spec) in listeners {
             tokio::spawn(accept_loop(listener, spec, Arc::clone(&reach)));
         }
-        run_until_stopped(reach, fatal_rx).await
+        run_until_stopped(reach, fatal_rx, args.exit_on_loss).await
     })
 }
 
-/// Asks the machine to listen for a remote forward, says where it listens, and serves it on its own task.
+/// A remote forward's control stream: while it is open, the machine listens.
+type Control = (
+    cmdop_client::secure_stream::SecureSender,
+    cmdop_client::secure_stream::SecureReceiver,
+);
+
+/// Asks the machine to listen for a remote forward and says where it listens; with `wait`, waits that long
+/// for the relay and the machine to be reachable (setting it up again after a loss).
 async fn start_remote(
-    reach: &Arc<MachineConnection>,
-    remote: RemoteSpec,
+    reach: &MachineConnection,
+    remote: &RemoteSpec,
     machine: &str,
-    fatal: mpsc::Sender<Failure>,
-) -> Result<(), Failure> {
+    wait: Option<Duration>,
+) -> Result<Control, Failure> {
     let Channel {
         mut sender,
         mut receiver,
         ..
-    } = reach::open(reach, StreamKind::Tunnel).await?;
+    } = match wait {
+        Some(wait) => reach::open_waiting(reach, StreamKind::Tunnel, wait).await?,
+        None => reach::open(reach, StreamKind::Tunnel).await?,
+    };
     sender
         .send(&TunnelRequest::Listen {
             port: remote.listen_port,
@@ -112,7 +151,7 @@ async fn start_remote(
     let port = match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Listening { port }) => port,
         Some(TunnelReply::Refused { message }) => {
-            return Err(Failure::new(Kind::General, message));
+            return Err(Failure::new(Kind::General, escaped(&message)));
         }
         _ => {
             return Err(Failure::connection_lost(
@@ -125,14 +164,8 @@ async fn start_remote(
         display_host(&remote.host),
         remote.port
     );
-    tokio::spawn(remote_loop(
-        sender,
-        receiver,
-        remote,
-        Arc::clone(reach),
-        fatal,
-    ));
-    Ok(())
+    let _ = std::io::stdout().flush();
+    Ok((sender, receiver))
 }
 
 /// Listens for a local forward and says where.
@@ -156,28 +189,66 @@ async fn listen(spec: &Spec, machine: &str) -> Result<TcpListener, Failure> {
     Ok(listener)
 }
 
-/// Serves until Ctrl-C (success), the relay connection is lost, or a remote forward ends.
+/// Serves until Ctrl-C (success), a remote forward fails for good, or the relay connection is lost in a way
+/// that logging in again cannot fix (or at all, with `--exit-on-loss`); logs in again after every other loss.
 async fn run_until_stopped(
     reach: Arc<MachineConnection>,
     mut fatal: mpsc::Receiver<Failure>,
+    exit_on_loss: bool,
 ) -> Result<ExitCode, Failure> {
-    let failure = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        lost = reach.closed() => Some(Failure::from(lost)),
-        Some(failure) = fatal.recv() => return Err(failure),
-    };
-    match failure {
-        None => {
-            reach.close().await;
-            Ok(ExitCode::SUCCESS)
+    loop {
+        let lost = tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                reach.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            lost = reach.closed() => Failure::from(lost),
+            Some(failure) = fatal.recv() => return Err(failure),
+        };
+        if exit_on_loss || !lost.is_retryable() {
+            return Err(Failure::new(
+                lost.kind(),
+                format!(
+                    "the connection to the relay was lost, so the forwards stopped ({})",
+                    lost.message()
+                ),
+            ));
         }
-        Some(failure) => Err(Failure::new(
-            Kind::Unreachable,
-            format!(
-                "the connection to the relay was lost, so the forwards stopped ({}); run the command again",
-                failure.message()
-            ),
-        )),
+        eprintln!(
+            "cmdop: the connection to the relay was lost ({}); reconnecting, new connections wait up to {} s",
+            lost.message(),
+            CONNECT_WAIT.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            reconnected = reconnect(&reach) => reconnected?,
+        }
+        eprintln!("cmdop: reconnected to the relay; forwarding again");
+    }
+}
+
+/// Logs in again with backoff until it works or is refused in a way retrying cannot fix.
+async fn reconnect(reach: &MachineConnection) -> Result<(), Failure> {
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::time::sleep(reconnect_delay(attempt, &mut rand::rngs::OsRng)).await;
+        match reach.reconnect().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_retryable() => {
+                tracing::debug!(%err, attempt, "reconnecting to the relay failed; retrying");
+                attempt = attempt.saturating_add(1);
+            }
+            Err(err) => {
+                let failure = Failure::from(err);
+                return Err(Failure::new(
+                    failure.kind(),
+                    format!(
+                        "logging in again after the connection was lost failed: {}",
+                        failure.message()
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -202,7 +273,7 @@ async fn accept_loop(listener: TcpListener, spec: Spec, reach: Arc<MachineConnec
             Err(err) => {
                 // Out of file descriptors and the like: say so, and keep accepting after a breath.
                 eprintln!("cmdop: cannot accept on {}: {err}", spec.bind);
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -214,7 +285,7 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result
         mut sender,
         mut receiver,
         ..
-    } = reach::open(reach, StreamKind::Tunnel).await?;
+    } = reach::open_waiting(reach, StreamKind::Tunnel, CONNECT_WAIT).await?;
     sender
         .send(&TunnelRequest::Connect {
             host: spec.host.clone(),
@@ -226,7 +297,9 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result
             tunnel::pipe(tcp, sender, receiver).await?;
             Ok(())
         }
-        Some(TunnelReply::Refused { message }) => Err(Failure::new(Kind::General, message)),
+        Some(TunnelReply::Refused { message }) => {
+            Err(Failure::new(Kind::General, escaped(&message)))
+        }
         Some(other) => Err(Failure::new(
             Kind::General,
             format!("unexpected answer from the machine: {other:?}"),
@@ -237,21 +310,52 @@ async fn serve(tcp: TcpStream, spec: &Spec, reach: &MachineConnection) -> Result
     }
 }
 
-/// Keeps a remote forward's control stream open and claims each connection it announces.
+/// Keeps a remote forward's control stream open and claims each connection it announces; when the stream
+/// ends (the relay connection was lost, the agent restarted) sets the forward up again, unless `exit_on_loss`.
 async fn remote_loop(
-    sender: cmdop_client::secure_stream::SecureSender,
-    mut receiver: cmdop_client::secure_stream::SecureReceiver,
+    mut control: Control,
     spec: RemoteSpec,
+    machine: String,
     reach: Arc<MachineConnection>,
     fatal: mpsc::Sender<Failure>,
+    exit_on_loss: bool,
 ) {
+    let failure = loop {
+        let why = serve_remote(control, &spec, &reach).await;
+        let ended = Failure::new(
+            Kind::Unreachable,
+            format!(
+                "the remote forward to {}:{} ended: {why}",
+                display_host(&spec.host),
+                spec.port
+            ),
+        );
+        if exit_on_loss {
+            break ended;
+        }
+        // Waits as long as it takes for the relay and the machine; the main loop reports the reconnecting.
+        match start_remote(&reach, &spec, &machine, Some(REMOTE_WAIT)).await {
+            Ok(again) => control = again,
+            Err(failure) => break failure,
+        }
+    };
+    let _ = fatal.send(failure).await;
+}
+
+/// Claims each connection the control stream announces until it ends; returns why it ended.
+async fn serve_remote(
+    control: Control,
+    spec: &RemoteSpec,
+    reach: &Arc<MachineConnection>,
+) -> String {
     // Holding the sending half keeps the control stream, and so the machine's listener, alive.
-    let _control = sender;
-    let why = loop {
+    let (_sender, mut receiver) = control;
+    loop {
         match receiver.recv::<TunnelReply>().await {
             Ok(Some(TunnelReply::Accepted { id, peer })) => {
+                let peer = escaped(&peer);
                 let spec = spec.clone();
-                let reach = Arc::clone(&reach);
+                let reach = Arc::clone(reach);
                 tokio::spawn(async move {
                     if let Err(failure) = claim(id, &spec, &reach).await {
                         eprintln!(
@@ -264,20 +368,10 @@ async fn remote_loop(
                 });
             }
             Ok(Some(_)) => {}
-            Ok(None) => break "the machine stopped it".to_owned(),
-            Err(err) => break err.to_string(),
+            Ok(None) => return "the machine stopped it".to_owned(),
+            Err(err) => return err.to_string(),
         }
-    };
-    let _ = fatal
-        .send(Failure::new(
-            Kind::Unreachable,
-            format!(
-                "the remote forward to {}:{} ended: {why}; run the command again",
-                display_host(&spec.host),
-                spec.port
-            ),
-        ))
-        .await;
+    }
 }
 
 /// Connects to the local destination and claims connection `id` with a new stream.
@@ -287,11 +381,13 @@ async fn claim(id: u64, spec: &RemoteSpec, reach: &MachineConnection) -> Result<
         mut sender,
         mut receiver,
         ..
-    } = reach::open(reach, StreamKind::Tunnel).await?;
+    } = reach::open_waiting(reach, StreamKind::Tunnel, CONNECT_WAIT).await?;
     sender.send(&TunnelRequest::Attach { id }).await?;
     match receiver.recv::<TunnelReply>().await? {
         Some(TunnelReply::Connected { .. }) => {}
-        Some(TunnelReply::Refused { message }) => return Err(Failure::new(Kind::General, message)),
+        Some(TunnelReply::Refused { message }) => {
+            return Err(Failure::new(Kind::General, escaped(&message)));
+        }
         _ => {
             return Err(Failure::connection_lost(
                 "the machine ended the stream without an answer",
@@ -320,12 +416,9 @@ async fn claim(id: u64, spec: &RemoteSpec, reach: &MachineConnection) -> Result<
 /// Parses `REMOTE_PORT:HOST:PORT`.
 fn parse_remote(text: &str) -> Result<RemoteSpec, Failure> {
     let bad = |why: &str| {
-        Failure::new(
-            Kind::General,
-            format!(
-                "invalid --remote {text:?}: {why}; write REMOTE_PORT:HOST:PORT, e.g. 9000:localhost:3000"
-            ),
-        )
+        usage(format!(
+            "invalid --remote {text:?}: {why}; write REMOTE_PORT:HOST:PORT, e.g. 9000:localhost:3000"
+        ))
     };
     let fields = split_fields(text).ok_or_else(|| bad("unbalanced brackets"))?;
     let [listen, host, port] = fields.as_slice() else {
@@ -346,7 +439,7 @@ fn parse_remote(text: &str) -> Result<RemoteSpec, Failure> {
 
 /// The `HOST:PORT` ending of both kinds of spec: a non-empty host (brackets of an IPv6 address removed) and a
 /// port from 1 to 65535; the error says which part is wrong.
-fn destination(host: &str, port: &str) -> Result<(String, u16), &'static str> {
+pub(crate) fn destination(host: &str, port: &str) -> Result<(String, u16), &'static str> {
     let port: u16 = port
         .parse()
         .ok()
@@ -362,12 +455,9 @@ fn destination(host: &str, port: &str) -> Result<(String, u16), &'static str> {
 /// Parses `[BIND_ADDR:]LOCAL_PORT:HOST:PORT`, with IPv6 addresses in brackets.
 fn parse_spec(text: &str) -> Result<Spec, Failure> {
     let bad = |why: &str| {
-        Failure::new(
-            Kind::General,
-            format!(
-                "invalid forward {text:?}: {why}; write [BIND_ADDR:]LOCAL_PORT:HOST:PORT, e.g. 8080:localhost:80 or [::1]:5432:db:5432"
-            ),
-        )
+        usage(format!(
+            "invalid forward {text:?}: {why}; write [BIND_ADDR:]LOCAL_PORT:HOST:PORT, e.g. 8080:localhost:80 or [::1]:5432:db:5432"
+        ))
     };
     let fields = split_fields(text).ok_or_else(|| bad("unbalanced brackets"))?;
     let (bind, local, host, port) = match fields.as_slice() {
@@ -396,7 +486,7 @@ fn parse_spec(text: &str) -> Result<Spec, Failure> {
 }
 
 /// Splits at `:` outside brackets.
-fn split_fields(text: &str) -> Option<Vec<&str>> {
+pub(crate) fn split_fields(text: &str) -> Option<Vec<&str>> {
     let mut fields = Vec::new();
     let mut depth = 0u32;
     let mut start = 0;
@@ -418,7 +508,7 @@ fn split_fields(text: &str) -> Option<Vec<&str>> {
     Some(fields)
 }
 
-fn display_host(host: &str) -> String {
+pub(crate) fn display_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 /// Flags every subcommand understands.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub(crate) struct GlobalArgs {
     /// Directory holding this client's identity, login and known machines
     /// [default: $XDG_CONFIG_HOME/cmdop, else ~/.config/cmdop].
@@ -15,7 +15,8 @@ pub(crate) struct GlobalArgs {
     /// The relay, as HOST:PORT (overrides the one saved by `cmdop login`).
     #[arg(long, global = true, env = "CMDOP_RELAY", value_name = "HOST:PORT")]
     pub(crate) relay: Option<String>,
-    /// The relay's certificate fingerprint, `sha256:…` (overrides the saved one).
+    /// The relay's certificate fingerprint, `SHA256:…` as `cmdop-relay fingerprint` prints it (overrides the
+    /// saved one; the older `sha256:<hex>` works too).
     #[arg(
         long,
         global = true,
@@ -26,4 +27,9 @@ pub(crate) struct GlobalArgs {
     /// A file holding an API key to use instead of the saved login (the key may also come from CMDOP_API_KEY).
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) api_key_file: Option<PathBuf>,
+    /// Pin a machine met for the first time without asking, like ssh's StrictHostKeyChecking=accept-new
+    /// (for scripts; a changed key is still refused). Without it, a first contact is confirmed on a
+    /// terminal and refused elsewhere.
+    #[arg(long, global = true, env = "CMDOP_ACCEPT_NEW")]
+    pub(crate) accept_new: bool,
 }

@@ -192,9 +192,15 @@ impl Profile {
             .clone()
             .or_else(|| saved.map(|s| s.relay_fingerprint.clone()))
             .ok_or_else(|| Failure::new(Kind::General, "no relay fingerprint; pass --relay-fingerprint (from `cmdop-relay fingerprint`)"))?;
+        // A bad --relay-fingerprint is a usage error; a bad saved one is a broken file.
+        let kind = if global.relay_fingerprint.is_some() {
+            Kind::Usage
+        } else {
+            Kind::General
+        };
         let fingerprint: RelayFingerprint = fingerprint
             .parse()
-            .map_err(|err: FingerprintParseError| Failure::new(Kind::General, err.to_string()))?;
+            .map_err(|err: FingerprintParseError| Failure::new(kind, err.to_string()))?;
         Ok(RelayTarget::new(address, fingerprint))
     }
 
@@ -220,7 +226,12 @@ impl Profile {
         })
     }
 
-    fn unseal(&self, identity: &Identity, saved: &SavedLogin) -> anyhow::Result<Zeroizing<String>> {
+    /// The credential sealed in `saved`.
+    pub(crate) fn unseal(
+        &self,
+        identity: &Identity,
+        saved: &SavedLogin,
+    ) -> anyhow::Result<Zeroizing<String>> {
         let path = self.login_path();
         let broken = || {
             format!(

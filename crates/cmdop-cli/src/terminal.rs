@@ -3,7 +3,7 @@
 //! Raw mode is restored when the guard drops (normal return, error), from the panic hook (a panic), and by the
 //! session loop on SIGTERM, SIGHUP and SIGINT before exiting. Only SIGKILL can leave it raw, as with ssh.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::os::fd::{AsFd as _, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -88,7 +88,7 @@ impl Keys {
             Some(stdin) => Self::Polled(stdin, vec![0u8; 4096]),
             None => {
                 restore_stdin_flags();
-                Self::Thread(spawn_stdin_reader())
+                Self::Thread(crate::stdin_reader::spawn(4096))
             }
         }
     }
@@ -123,39 +123,6 @@ fn restore_stdin_flags() {
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)),
         );
     }
-}
-
-/// Reads stdin on its own thread (a blocking read cannot be cancelled) and hands the bytes over.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(64);
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(buf.get(..n).unwrap_or_default().to_vec())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    // stdin shares its open terminal with stdout, which TerminalWriter made non-blocking.
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        let stdin = std::io::stdin();
-                        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::NONE);
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    rx
 }
 
 /// Writes session output to stdout with exact accounting of what reached it.

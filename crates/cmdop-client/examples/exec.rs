@@ -3,12 +3,14 @@
 //!
 //! `exec RELAY_HOST:PORT RELAY_FINGERPRINT API_KEY_FILE MACHINE COMMAND…`
 //!
-//! Machine keys are pinned on first contact in `./known_machines`, as ssh pins host keys in `known_hosts`.
+//! Machine keys are pinned on first contact in `./known_machines`, as ssh pins host keys in `known_hosts`
+//! (accepted without asking here, like ssh's `StrictHostKeyChecking=accept-new`; in a locked fleet the
+//! machine must instead carry a certificate from the fleet key pinned in `./fleet_locks`).
 
 use std::io::Write as _;
 
 use cmdop_client::identity::Identity;
-use cmdop_client::known_machines::KnownMachines;
+use cmdop_client::known_machines::{FirstContact, KnownMachines};
 use cmdop_client::proto::e2e::StreamKind;
 use cmdop_client::proto::ops::{AgentOp, ClientOp, ExecRequest};
 use cmdop_client::{ClientConnection, RelayTarget};
@@ -29,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for m in client.list_machines(None).await? {
         println!("{} {} online={}", m.hostname, m.id, m.online);
     }
-    let known = KnownMachines::new("known_machines");
+    let known = KnownMachines::new("known_machines").with_first_contact(FirstContact::AcceptNew);
     let mut channel = client
         .open_channel(&identity, &known, None, machine, StreamKind::Exec)
         .await?;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::RelayFingerprint;
+use cmdop_proto::display::escaped;
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::login::{
     AgentLoginRequest, ClientCredential, LoginError, LoginOutcome, LoginRequest, LoginStep,
@@ -23,14 +24,16 @@ use cmdop_proto::login::{
 };
 use cmdop_proto::presence::{HeartbeatError, HeartbeatSchedule};
 use cmdop_proto::wire::{
-    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, ListMachines, OpenStream,
-    PeerMessage, RelayMessage,
+    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, FleetLockState, KeyBytes,
+    ListMachines, LockItem, LockQuery, LockSubmit, OpenStream, PeerMessage, RelayMessage,
+    RouteLock, Submission,
 };
 use rand_core::RngCore;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::control::{ControlStream, StreamError};
+use crate::fleet_lock::LockCheckError;
 use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
 use crate::secure_stream::SecureStreamError;
@@ -43,6 +46,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client's [`ClientConnection::close`] lets the endpoint drain: enough to put the close frame on
 /// the wire, not QUIC's full draining period.
 const CLIENT_DRAIN: Duration = Duration::from_millis(10);
+/// The most machines a listing may hold; a relay sending more is broken or hostile, and this bounds the memory
+/// it can make a client spend.
+pub(crate) const MAX_LISTED_MACHINES: usize = 1_000_000;
 /// First reconnect delay.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Largest reconnect delay.
@@ -71,6 +77,14 @@ pub enum ClientError {
         expected: RelayFingerprint,
         /// The fingerprint the relay presented.
         got: RelayFingerprint,
+    },
+    /// The relay address is not `HOST:PORT`, so it was not even looked up.
+    #[error("invalid relay address {address:?}: {reason}")]
+    InvalidRelayAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it and how to write it.
+        reason: String,
     },
     /// The relay address does not resolve.
     #[error("cannot resolve relay address {address:?}; check --relay (HOST:PORT)")]
@@ -158,12 +172,29 @@ pub enum ClientError {
     /// The machine's key is not the pinned one, or the pin store cannot be used; nothing was sent.
     #[error(transparent)]
     KnownMachines(#[from] KnownMachinesError),
+    /// The machine's fleet is locked and its key is not certified by the pinned fleet key (or the relay sent
+    /// a lock that does not verify); nothing was sent.
+    #[error(transparent)]
+    Lock(#[from] LockCheckError),
     /// The end-to-end channel failed: its handshake (refused, tampered with) or the stream under it (lost).
     #[error(transparent)]
     SecureStream(#[from] SecureStreamError),
 }
 
 impl ClientError {
+    /// When the relay asked this peer to come back, because it is stopping on purpose (a restart, an
+    /// upgrade); `None` for every other failure, which [`reconnect_delay`]'s backoff handles.
+    ///
+    /// This is where a relay's explicit go-away message, with its "come back after / within" fields, becomes
+    /// a [`ComeBack`]; until the wire has one, a relay's shutdown close (close code 7) means "now, spread over
+    /// [`ComeBack::SHUTDOWN`]'s window".
+    pub fn come_back(&self) -> Option<ComeBack> {
+        match self {
+            Self::Closed { code, .. } if *code == CloseCode::SHUTDOWN.0 => Some(ComeBack::SHUTDOWN),
+            _ => None,
+        }
+    }
+
     /// Whether retrying later can help (network trouble, relay restarts, relay busy) as opposed to a refusal
     /// that needs a human (bad credential, wrong fingerprint, scope). The caller decides what to do with either.
     pub fn is_retryable(&self) -> bool {
@@ -186,6 +217,52 @@ pub struct RelayTarget {
     pub fingerprint: RelayFingerprint,
 }
 
+/// Checks that `address` has the shape `HOST:PORT` (an IPv6 address in brackets) before anything looks it up:
+/// without this, a forgotten port (`--relay 127.0.0.1`) surfaced as a name that does not resolve.
+pub fn check_relay_address(address: &str) -> Result<(), ClientError> {
+    let bad = |reason: String| ClientError::InvalidRelayAddress {
+        address: address.chars().take(120).collect(),
+        reason,
+    };
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| {
+            bad("the `[` of an IPv6 address is not closed; write [ADDRESS]:PORT".into())
+        })?;
+        let port = after.strip_prefix(':').ok_or_else(|| {
+            bad(format!(
+                "the port is missing; write HOST:PORT, e.g. [{host}]:4433"
+            ))
+        })?;
+        (host, port)
+    } else {
+        match address.rsplit_once(':') {
+            None => {
+                return Err(bad(format!(
+                    "the port is missing; write HOST:PORT, e.g. {address}:4433"
+                )));
+            }
+            Some((host, _)) if host.contains(':') => {
+                return Err(bad(
+                    "an IPv6 address goes in brackets; write [ADDRESS]:PORT, e.g. [::1]:4433"
+                        .into(),
+                ));
+            }
+            Some(split) => split,
+        }
+    };
+    if host.is_empty() {
+        return Err(bad(
+            "the host is missing; write HOST:PORT, e.g. relay.example:4433".into(),
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(()),
+        _ => Err(bad(format!(
+            "the port {port:?} is not a number from 1 to 65535; write HOST:PORT, e.g. relay.example:4433"
+        ))),
+    }
+}
+
 impl RelayTarget {
     /// A target from an address (`HOST:PORT`) and a pinned fingerprint.
     pub fn new(address: impl Into<String>, fingerprint: RelayFingerprint) -> Self {
@@ -193,6 +270,44 @@ impl RelayTarget {
             address: address.into(),
             fingerprint,
         }
+    }
+}
+
+/// A QUIC endpoint (one UDP socket, one receive path) that many connections to relays leave from.
+///
+/// [`AgentConnection::register`] and [`ClientConnection::login`] give each connection an endpoint of its own,
+/// which is what one agent or one CLI wants. A process that holds thousands of connections at once (a load
+/// generator simulating a fleet, a gateway) shares one instead: a file descriptor and a UDP port in all,
+/// rather than one of each per connection. Cloning shares the endpoint; it closes when the last clone and
+/// the last connection from it are dropped.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+}
+
+impl Dialer {
+    /// An endpoint bound to `bind` (`0.0.0.0:0` for any IPv4 relay, `[::]:0` for IPv6). Must be called
+    /// within a tokio runtime.
+    pub fn bind(bind: SocketAddr) -> Result<Self, ClientError> {
+        let unusable = |reason: String| ClientError::Unreachable {
+            address: bind.to_string(),
+            reason: format!("cannot open a local QUIC endpoint: {reason}"),
+        };
+        // The same endpoint limits (UDP payload size, socket buffers, split offload batches) as a connection's
+        // own endpoint.
+        let endpoint =
+            client_endpoint(bind, &Limits::default()).map_err(|e| unusable(e.to_string()))?;
+        Ok(Self { endpoint })
+    }
+
+    /// The local address of the shared socket.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|err| ClientError::Unreachable {
+                address: "the local endpoint".to_owned(),
+                reason: err.to_string(),
+            })
     }
 }
 
@@ -213,6 +328,8 @@ pub struct AgentRegistration {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The machine's labels, (key, value): `--label role=web`.
+    pub labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AgentRegistration {
@@ -221,6 +338,7 @@ impl std::fmt::Debug for AgentRegistration {
             .field("workspace", &self.workspace)
             .field("hostname", &self.hostname)
             .field("display_name", &self.display_name)
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -233,11 +351,43 @@ pub struct AgentConnection {
     fleet_id: Uuid,
     heartbeat_interval: Duration,
     trust_key: PublicKey,
+    /// The fleet's lock as the relay sent it right after registering (`None` from a relay that predates the
+    /// fleet lock), and any newer one that arrived while waiting for another answer.
+    fleet_lock: Option<FleetLockState>,
+}
+
+/// What the relay answered an agent's enrolment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolmentReply {
+    /// The machine already holds a valid certificate: nothing to do.
+    AlreadyCertified,
+    /// The enrolment authorization of the key asked about; sign a certificate under it.
+    Authorization(Vec<u8>),
 }
 
 impl AgentConnection {
-    /// Connects, proves the agent's key and registers the machine.
+    /// Connects from an endpoint of its own, proves the agent's key and registers the machine.
     pub async fn register(
+        relay: &RelayTarget,
+        identity: &Identity,
+        registration: &AgentRegistration,
+    ) -> Result<Self, ClientError> {
+        Self::register_from(None, relay, identity, registration).await
+    }
+
+    /// As [`register`](Self::register), but the connection leaves from `dialer`'s endpoint, which other
+    /// connections share.
+    pub async fn register_via(
+        dialer: &Dialer,
+        relay: &RelayTarget,
+        identity: &Identity,
+        registration: &AgentRegistration,
+    ) -> Result<Self, ClientError> {
+        Self::register_from(Some(dialer), relay, identity, registration).await
+    }
+
+    async fn register_from(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
         identity: &Identity,
         registration: &AgentRegistration,
@@ -250,22 +400,47 @@ impl AgentConnection {
             os: registration.os.clone(),
             arch: registration.arch.clone(),
             agent_version: registration.agent_version.clone(),
+            labels: registration.labels.clone(),
         });
         let software = format!("cmdop-agent {}", registration.agent_version);
-        let (link, outcome) = Link::connect(relay, request, &software, identity).await?;
+        let (mut link, outcome) =
+            Link::connect(dialer, relay, request, &software, identity).await?;
         match outcome {
             LoginOutcome::Registered {
                 registered,
                 trust_key,
-            } => Ok(Self {
-                link,
-                machine_id: Uuid::from_bytes(registered.machine_id.0),
-                fleet_id: Uuid::from_bytes(registered.fleet_id.0),
-                heartbeat_interval: Duration::from_secs(
-                    registered.heartbeat_interval_secs.max(1).into(),
-                ),
-                trust_key,
-            }),
+            } => {
+                // The relay follows `Registered` with the fleet's lock (the agent advertised that it
+                // understands it), before it routes any stream here. A relay that predates the lock never
+                // sends one; the wait for it is bounded.
+                let fleet_lock =
+                    match tokio::time::timeout(REQUEST_TIMEOUT, link.stream.recv::<RelayMessage>())
+                        .await
+                    {
+                        Ok(Ok(Some(RelayMessage::FleetLock(lock)))) => Some(lock),
+                        Ok(Ok(Some(other))) => return Err(unexpected(&other)),
+                        Ok(Ok(None)) => {
+                            return Err(link.close_reason().unwrap_or_else(|| {
+                                ClientError::Closed {
+                                    code: CloseCode::NORMAL.0,
+                                    reason: "control stream ended".into(),
+                                }
+                            }));
+                        }
+                        Ok(Err(err)) => return Err(link.stream_error(err)),
+                        Err(_) => None,
+                    };
+                Ok(Self {
+                    link,
+                    machine_id: Uuid::from_bytes(registered.machine_id.0),
+                    fleet_id: Uuid::from_bytes(registered.fleet_id.0),
+                    heartbeat_interval: Duration::from_secs(
+                        registered.heartbeat_interval_secs.max(1).into(),
+                    ),
+                    trust_key,
+                    fleet_lock,
+                })
+            }
             LoginOutcome::Welcome(_) => Err(ClientError::Protocol(
                 "the relay welcomed an agent as a client".into(),
             )),
@@ -292,6 +467,48 @@ impl AgentConnection {
         self.trust_key
     }
 
+    /// The fleet's lock as the relay sent it after registering (empty authority: the fleet is not locked;
+    /// `None`: a relay that predates the fleet lock). The agent verifies it against the fleet key it pinned.
+    pub fn take_fleet_lock(&mut self) -> Option<FleetLockState> {
+        self.fleet_lock.take()
+    }
+
+    /// Asks the relay for the enrolment authorization of `enrolment_key` (the public half of the key derived
+    /// from the enrolment secret).
+    pub async fn request_enrolment(
+        &mut self,
+        enrolment_key: &PublicKey,
+    ) -> Result<EnrolmentReply, ClientError> {
+        let request = PeerMessage::Enrol(KeyBytes(enrolment_key.to_bytes()));
+        match self.agent_request(&request).await? {
+            RelayMessage::EnrolAuthorization(bytes) => Ok(EnrolmentReply::Authorization(bytes)),
+            RelayMessage::Enrolled => Ok(EnrolmentReply::AlreadyCertified),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends the machine certificate this agent signed with its enrolment key; `Ok` once the relay stored it.
+    pub async fn submit_enrolment(&mut self, certificate: Vec<u8>) -> Result<(), ClientError> {
+        match self
+            .agent_request(&PeerMessage::EnrolProof(certificate))
+            .await?
+        {
+            RelayMessage::Enrolled => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A request on the control stream; a fleet lock the relay pushes meanwhile is kept for
+    /// [`take_fleet_lock`](Self::take_fleet_lock), never mistaken for the answer.
+    async fn agent_request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
+        let mut reply = self.link.request(message).await?;
+        while let RelayMessage::FleetLock(lock) = reply {
+            self.fleet_lock = Some(lock);
+            reply = self.link.receive().await?;
+        }
+        Ok(reply)
+    }
+
     /// A handle that accepts the streams the relay routes to this agent; usable from another task while
     /// this connection heartbeats.
     pub fn acceptor(&self) -> StreamAcceptor {
@@ -312,6 +529,18 @@ impl AgentConnection {
     /// revoked the key). Cancel-safe: drop the future and call [`goodbye`](Self::goodbye). The schedule is
     /// cmdop-proto's [`HeartbeatSchedule`]; this loop only moves its messages and waits for its timer.
     pub async fn keep_alive(&mut self) -> ClientError {
+        self.keep_alive_with(|_| {}).await
+    }
+
+    /// [`keep_alive`](Self::keep_alive), handing every fleet lock the relay pushes (after an admin changed
+    /// it) to `on_lock`.
+    pub async fn keep_alive_with(
+        &mut self,
+        mut on_lock: impl FnMut(FleetLockState),
+    ) -> ClientError {
+        if let Some(lock) = self.fleet_lock.take() {
+            on_lock(lock);
+        }
         let mut schedule =
             HeartbeatSchedule::new(self.heartbeat_interval, REQUEST_TIMEOUT, Instant::now());
         // Watch the connection between heartbeats too: a revocation closes it at once, and waiting for the
@@ -342,6 +571,10 @@ impl AgentConnection {
                     if let RelayMessage::Error(_) = message {
                         return unexpected(&message);
                     }
+                    if let RelayMessage::FleetLock(lock) = message {
+                        on_lock(lock);
+                        continue;
+                    }
                     if let Err(err) = schedule.handle(&message) {
                         return ClientError::Protocol(err.to_string());
                     }
@@ -368,6 +601,7 @@ impl AgentConnection {
 #[derive(Debug)]
 pub struct ClientConnection {
     link: Link,
+    relay: RelayTarget,
     principal: String,
     fleets: Vec<String>,
 }
@@ -383,17 +617,24 @@ impl ClientConnection {
             credential: ClientCredential::new(credential),
         };
         let software = concat!("cmdop ", env!("CARGO_PKG_VERSION"));
-        let (link, outcome) = Link::connect(relay, request, software, identity).await?;
+        let (link, outcome) = Link::connect(None, relay, request, software, identity).await?;
         match outcome {
+            // The relay's words are shown to people: escaped at the door.
             LoginOutcome::Welcome(welcome) => Ok(Self {
                 link,
-                principal: welcome.principal,
-                fleets: welcome.fleets,
+                relay: relay.clone(),
+                principal: escaped(&welcome.principal),
+                fleets: welcome.fleets.iter().map(|f| escaped(f)).collect(),
             }),
             LoginOutcome::Registered { .. } => Err(ClientError::Protocol(
                 "the relay registered a client as an agent".into(),
             )),
         }
+    }
+
+    /// The relay this connection is logged in to (its pinned fingerprint keys this client's pins).
+    pub fn relay(&self) -> &RelayTarget {
+        &self.relay
     }
 
     /// Who the credential belongs to, e.g. `user alice`.
@@ -414,16 +655,88 @@ impl ClientConnection {
         let request = PeerMessage::ListMachines(ListMachines {
             workspace: workspace.map(str::to_owned),
         });
-        match self.link.request(&request).await? {
-            RelayMessage::Machines(machines) => {
-                Ok(machines.into_iter().map(Machine::from).collect())
+        let mut listed = Vec::new();
+        let mut reply = self.link.request(&request).await?;
+        // A large fleet's answer comes in parts, the last one a `Machines`.
+        loop {
+            match reply {
+                RelayMessage::MoreMachines(part) => {
+                    if listed.len() + part.len() > MAX_LISTED_MACHINES {
+                        return Err(ClientError::Protocol(format!(
+                            "the relay listed more than {MAX_LISTED_MACHINES} machines"
+                        )));
+                    }
+                    listed.extend(part.into_iter().map(Machine::from));
+                    reply = self.link.receive().await?;
+                }
+                RelayMessage::Machines(last) => {
+                    listed.extend(last.into_iter().map(Machine::from));
+                    return Ok(listed);
+                }
+                other => return Err(unexpected(&other)),
             }
+        }
+    }
+
+    /// A fleet's lock as the relay holds it (an empty authority: the fleet was never locked).
+    pub async fn fleet_lock(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<FleetLockState, ClientError> {
+        let request = PeerMessage::LockQuery(LockQuery {
+            workspace: workspace.map(str::to_owned),
+            items: false,
+        });
+        match self.link.request(&request).await? {
+            RelayMessage::FleetLock(lock) => Ok(lock),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A fleet's lock and everything the relay stores for it (certificates, enrolment keys, the client keys
+    /// and admin key candidates it has seen); needs an admin credential.
+    pub async fn fleet_lock_items(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<(FleetLockState, Vec<LockItem>), ClientError> {
+        let request = PeerMessage::LockQuery(LockQuery {
+            workspace: workspace.map(str::to_owned),
+            items: true,
+        });
+        let lock = match self.link.request(&request).await? {
+            RelayMessage::FleetLock(lock) => lock,
+            other => return Err(unexpected(&other)),
+        };
+        let mut items = Vec::new();
+        loop {
+            match self.link.receive().await? {
+                RelayMessage::LockItems(more) if more.is_empty() => return Ok((lock, items)),
+                RelayMessage::LockItems(more) => items.extend(more),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Submits a signed fleet-lock document; the relay checks and stores it and says what changed. Needs an
+    /// admin credential.
+    pub async fn submit_lock(
+        &mut self,
+        workspace: Option<&str>,
+        submission: Submission,
+    ) -> Result<String, ClientError> {
+        let request = PeerMessage::LockSubmit(LockSubmit {
+            workspace: workspace.map(str::to_owned),
+            submission,
+        });
+        match self.link.request(&request).await? {
+            RelayMessage::LockAccepted(detail) => Ok(escaped(&detail)),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Asks the relay for a stream to `machine` (resolved within the fleet) for `kind`. The answer names the
-    /// machine and carries the capability the agent will check; the caller runs the end-to-end channel over it.
+    /// machine and carries the capability the agent will check and the fleet's lock material; the caller
+    /// checks the machine and runs the end-to-end channel over it.
     pub async fn open_stream(
         &self,
         workspace: Option<&str>,
@@ -437,7 +750,7 @@ impl ClientConnection {
             .await
             .map_err(|err| self.link.map_close(err))?;
         let mut control = ControlStream::new(send, recv);
-        let request = PeerMessage::OpenStream(OpenStream {
+        let request = PeerMessage::OpenRoute(OpenStream {
             workspace: workspace.map(str::to_owned),
             machine: machine.to_owned(),
             kind: kind.to_byte(),
@@ -457,23 +770,26 @@ impl ClientConnection {
                 }
                 Ok(Err(err)) => return Err(self.link.stream_error(err)),
             };
-        let RelayMessage::StreamReady(ready) = reply else {
+        let RelayMessage::RouteReady(ready) = reply else {
             return Err(match reply {
                 RelayMessage::Error(error) if error.code == ErrorCode::AMBIGUOUS => {
                     ClientError::Ambiguous {
-                        message: error.message,
+                        message: escaped(&error.message),
                         candidates: candidates(&mut control).await,
                     }
                 }
                 other => unexpected(&other),
             });
         };
+        let ready = *ready;
         let (send, recv, leftover) = control.into_parts();
         Ok(RoutedStream {
+            raw_hostname: ready.machine.hostname.clone(),
             machine: Machine::from(ready.machine),
             fleet_id: Uuid::from_bytes(ready.fleet_id.0),
             channel_id: ready.channel_id,
             capability: ready.capability,
+            lock: ready.lock,
             streams: RawStream {
                 send,
                 recv,
@@ -485,6 +801,7 @@ impl ClientConnection {
     /// Closes the connection while other tasks may still hold it (a forward's streams): the relay learns at
     /// once instead of after its idle timeout, and every stream on it ends.
     pub async fn close_now(&self) {
+        // Waits for this connection's close frame only, never for a shared endpoint to go idle.
         close_and_send(&self.link.connection).await;
     }
 
@@ -520,6 +837,38 @@ async fn close_and_send(connection: &quinn::Connection) {
     }
 }
 
+/// A stopping relay's request to come back: not before `after`, at a uniformly random moment within the
+/// following `window`, so that a fleet it sends away returns spread out instead of all at once (iroh's relay
+/// does the same with its `Restarting` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComeBack {
+    /// The earliest moment to come back, from now.
+    pub after: Duration,
+    /// How long after `after` the moment may fall.
+    pub window: Duration,
+}
+
+impl ComeBack {
+    /// What a relay's shutdown close means without more: come back at once, spread over 10 s, which a relay
+    /// admits ~1,000 agents a second through comfortably (see docs/benchmarks.md).
+    pub const SHUTDOWN: Self = Self {
+        after: Duration::ZERO,
+        window: Duration::from_secs(10),
+    };
+
+    /// The delay before reconnecting: `after` plus a uniformly random part of `window`. A pure function of
+    /// the request and `rng`.
+    pub fn delay<R: RngCore + ?Sized>(&self, rng: &mut R) -> Duration {
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let spread = if window == 0 {
+            0
+        } else {
+            rng.next_u64() % window.saturating_add(1)
+        };
+        self.after.saturating_add(Duration::from_millis(spread))
+    }
+}
+
 /// The delay before reconnect attempt `attempt` (0-based): exponential from 0.5 s, doubling, capped at 30 s,
 /// with "equal jitter" (half fixed, half uniformly random) so a fleet reconnecting after a relay restart spreads
 /// out instead of arriving at once. A pure function of its inputs.
@@ -549,9 +898,13 @@ pub(crate) struct RawStream {
 /// ([`crate::secure_stream::connect`]).
 pub struct RoutedStream {
     machine: Machine,
+    /// The hostname exactly as the relay sent it (the machine's is escaped for display): what pins and
+    /// certificates are compared with.
+    raw_hostname: String,
     fleet_id: Uuid,
     channel_id: [u8; 16],
     capability: Vec<u8>,
+    lock: Option<RouteLock>,
     pub(crate) streams: RawStream,
 }
 
@@ -574,6 +927,17 @@ impl RoutedStream {
     /// The capability the relay issued for this client's key.
     pub fn capability(&self) -> &[u8] {
         &self.capability
+    }
+
+    /// The fleet's lock material, if the fleet has a lock.
+    pub fn lock(&self) -> Option<&RouteLock> {
+        self.lock.as_ref()
+    }
+
+    /// The machine's hostname exactly as the relay sent it (unescaped, possibly hostile): compare it, never
+    /// print it.
+    pub fn raw_hostname(&self) -> &str {
+        &self.raw_hostname
     }
 }
 
@@ -689,7 +1053,8 @@ fn login_error(err: LoginError) -> ClientError {
 }
 
 fn refusal(error: &ErrorMessage) -> ClientError {
-    let message = error.message.clone();
+    // The relay's words, shown to people: escaped at the door.
+    let message = escaped(&error.message);
     match error.code {
         ErrorCode::AUTHENTICATION_FAILED => ClientError::AuthenticationFailed(message),
         ErrorCode::FORBIDDEN => ClientError::Forbidden(message),
@@ -710,6 +1075,9 @@ fn refusal(error: &ErrorMessage) -> ClientError {
 #[derive(Debug)]
 struct Link {
     endpoint: quinn::Endpoint,
+    /// Whether `endpoint` is this connection's alone (then closing waits for it to drain) or a [`Dialer`]'s,
+    /// shared with other connections (whose traffic must not hold this one's close up).
+    own_endpoint: bool,
     connection: quinn::Connection,
     stream: ControlStream,
     address: String,
@@ -719,12 +1087,13 @@ impl Link {
     /// Connects with the pinned certificate, then runs cmdop-proto's [`PeerLogin`] over the control stream:
     /// `Hello`, the signed login message, the relay's verdict.
     async fn connect(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
         request: LoginRequest,
         software: &str,
         identity: &Identity,
     ) -> Result<(Self, LoginOutcome), ClientError> {
-        let (endpoint, connection) = Self::dial(relay).await?;
+        let (endpoint, connection) = Self::dial(dialer, relay).await?;
         let address = relay.address.clone();
         let unreachable = |reason: String| ClientError::Unreachable {
             address: address.clone(),
@@ -743,6 +1112,7 @@ impl Link {
             .map_err(|e| unreachable(e.to_string()))?;
         let mut link = Self {
             endpoint,
+            own_endpoint: dialer.is_none(),
             connection,
             stream: ControlStream::new(send, recv),
             address: address.clone(),
@@ -783,10 +1153,13 @@ impl Link {
         }
     }
 
-    /// Resolves the relay, then runs QUIC and TLS with the pinned certificate.
+    /// Resolves the relay, then runs QUIC and TLS with the pinned certificate, from `dialer`'s endpoint or
+    /// from a new one of this connection's own.
     async fn dial(
+        dialer: Option<&Dialer>,
         relay: &RelayTarget,
     ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+        check_relay_address(&relay.address)?;
         let address = relay.address.clone();
         let resolved: SocketAddr = tokio::net::lookup_host(&address)
             .await
@@ -811,11 +1184,13 @@ impl Link {
             address: address.clone(),
             reason,
         };
-        let mut endpoint =
-            client_endpoint(bind, &limits).map_err(|e| unreachable(e.to_string()))?;
-        endpoint.set_default_client_config(config);
+        let endpoint = match dialer {
+            Some(dialer) => dialer.endpoint.clone(),
+            None => client_endpoint(bind, &limits).map_err(|e| unreachable(e.to_string()))?,
+        };
+        // Per connection rather than the endpoint's default: a shared endpoint serves several pins.
         let connecting = endpoint
-            .connect(resolved, SERVER_NAME)
+            .connect_with(config, resolved, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(ClientError::Timeout(CONNECT_TIMEOUT)),
@@ -842,6 +1217,11 @@ impl Link {
 
     async fn request(&mut self, message: &PeerMessage) -> Result<RelayMessage, ClientError> {
         self.send(message).await?;
+        self.receive().await
+    }
+
+    /// The next message on the control stream, within [`REQUEST_TIMEOUT`].
+    async fn receive(&mut self) -> Result<RelayMessage, ClientError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.stream.recv::<RelayMessage>()).await {
             Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
             Ok(Ok(Some(reply))) => Ok(reply),
@@ -876,7 +1256,7 @@ impl Link {
         match reason {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
-                let text = String::from_utf8_lossy(&close.reason).into_owned();
+                let text = escaped(&String::from_utf8_lossy(&close.reason));
                 if code == CloseCode::CREDENTIAL_REVOKED.0 {
                     ClientError::CredentialRevoked(text)
                 } else {
@@ -904,7 +1284,11 @@ impl Link {
     async fn finish_with_drain(&mut self, drain: Duration) {
         self.stream.finish_and_flush(Duration::from_secs(1)).await;
         self.connection.close(CloseCode::NORMAL.0.into(), b"bye");
-        let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
+        // A shared endpoint keeps running (and sends the close frame) after this connection is gone; waiting
+        // for it to go idle would wait for every other connection on it.
+        if self.own_endpoint {
+            let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
+        }
     }
 }
 
@@ -913,6 +1297,31 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
+
+    #[test]
+    fn a_relay_address_needs_a_host_and_a_port() {
+        for good in [
+            "relay.example:4433",
+            "127.0.0.1:1",
+            "[::1]:4433",
+            "localhost:65535",
+        ] {
+            assert!(check_relay_address(good).is_ok(), "{good}");
+        }
+        for (bad, words) in [
+            ("127.0.0.1", "port is missing"),
+            ("relay.example", "e.g. relay.example:4433"),
+            ("[::1]", "port is missing"),
+            ("::1:4433", "in brackets"),
+            ("[::1:4433", "not closed"),
+            (":4433", "host is missing"),
+            ("relay:0", "1 to 65535"),
+            ("relay:http", "1 to 65535"),
+        ] {
+            let err = check_relay_address(bad).unwrap_err().to_string();
+            assert!(err.contains(words), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn backoff_grows_exponentially_and_is_capped() {
@@ -933,6 +1342,37 @@ mod tests {
         }
         assert!(reconnect_delay(0, &mut OsRng) <= Duration::from_millis(500));
         assert!(reconnect_delay(u32::MAX, &mut OsRng) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_shutdown_close_asks_to_come_back_within_a_window() {
+        let closed = ClientError::Closed {
+            code: CloseCode::SHUTDOWN.0,
+            reason: "relay shutting down".into(),
+        };
+        assert_eq!(closed.come_back(), Some(ComeBack::SHUTDOWN));
+        let other = ClientError::Closed {
+            code: CloseCode::NORMAL.0,
+            reason: "bye".into(),
+        };
+        assert_eq!(other.come_back(), None);
+        assert_eq!(ClientError::Timeout(REQUEST_TIMEOUT).come_back(), None);
+        let hint = ComeBack {
+            after: Duration::from_secs(2),
+            window: Duration::from_secs(8),
+        };
+        for _ in 0..100 {
+            let delay = hint.delay(&mut OsRng);
+            assert!(
+                delay >= hint.after && delay <= hint.after + hint.window,
+                "{delay:?}"
+            );
+        }
+        let none = ComeBack {
+            after: Duration::from_secs(1),
+            window: Duration::ZERO,
+        };
+        assert_eq!(none.delay(&mut OsRng), Duration::from_secs(1));
     }
 
     #[test]

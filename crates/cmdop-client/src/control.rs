@@ -1,11 +1,12 @@
 //! A framed QUIC stream: one bidirectional stream carrying length-prefixed wire messages. The control stream
 //! of every connection, and the header of every routed stream, on both the peers' and the relay's side.
 
+use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
 use cmdop_proto::wire::{self, FrameDecoder, WireError};
 
-/// Bytes read from QUIC per call; also the most the stream buffers beyond the current frame.
+/// Bytes taken from QUIC per read; also the most the stream holds beyond the current frame.
 const READ_CHUNK: usize = 4096;
 
 /// Why the control stream failed.
@@ -31,7 +32,10 @@ pub struct ControlStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
-    pending: Vec<u8>,
+    /// The chunk quinn handed over, not yet all decoded. quinn's own bytes rather than a copy, so a waiting
+    /// stream holds no read buffer: thousands of idle agents' control streams cost nothing here between
+    /// messages (a chunk is dropped as soon as it is consumed).
+    pending: Bytes,
     pos: usize,
 }
 
@@ -42,7 +46,7 @@ impl ControlStream {
             send,
             recv,
             decoder: FrameDecoder::new(),
-            pending: Vec::new(),
+            pending: Bytes::new(),
             pos: 0,
         }
     }
@@ -56,30 +60,34 @@ impl ControlStream {
 
     /// Receives one message; `Ok(None)` when the peer finished the stream cleanly.
     ///
-    /// Cancel-safe: the only await is quinn's `read`, which loses nothing when dropped, and the buffered state
-    /// changes only after it completed. Drivers race this against timers and other inputs in `select!`, and a
-    /// dropped call must not leave bytes it already decoded to be decoded again.
-    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, StreamError> {
+    /// Cancel-safe: the only await is quinn's `read_chunk`, which loses nothing when dropped, and the buffered
+    /// state changes only after it completed. Drivers race this against timers and other inputs in `select!`,
+    /// and a dropped call must not leave bytes it already decoded to be decoded again.
+    pub async fn recv<M: Serialize + DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<M>, StreamError> {
         loop {
             if let Some(rest) = self.pending.get(self.pos..) {
                 let mut input = rest;
                 let decoded = self.decoder.decode(&mut input)?;
                 self.pos = self.pending.len() - input.len();
+                if self.pos == self.pending.len() {
+                    // All consumed: let go of quinn's buffer now rather than at the next read.
+                    self.pending = Bytes::new();
+                    self.pos = 0;
+                }
                 if decoded.is_some() {
                     return Ok(decoded);
                 }
             }
-            // Everything pending went into the decoder; read the next chunk.
-            let mut chunk = [0u8; READ_CHUNK];
-            match self.recv.read(&mut chunk).await? {
-                Some(n) => {
-                    self.pending.clear();
-                    self.pending
-                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
+            // Everything pending went into the decoder; take the next chunk.
+            match self.recv.read_chunk(READ_CHUNK, true).await? {
+                Some(chunk) => {
+                    self.pending = chunk.bytes;
                     self.pos = 0;
                 }
                 None => {
-                    self.pending.clear();
+                    self.pending = Bytes::new();
                     self.pos = 0;
                     return if self.decoder.is_mid_frame() {
                         Err(StreamError::Truncated)
@@ -99,6 +107,7 @@ impl ControlStream {
             .get(self.pos..)
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
+
         (self.send, self.recv, leftover)
     }
 

@@ -27,7 +27,9 @@
 mod channel;
 mod connection;
 pub mod control;
+pub mod fleet_lock;
 pub mod known_machines;
+pub mod landing;
 mod machine;
 pub mod secure_stream;
 pub mod transport;
@@ -39,7 +41,8 @@ pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
     AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
-    ClientConnection, ClientError, IncomingStream, REQUEST_TIMEOUT, RelayTarget, RoutedStream,
-    StreamAcceptor, reconnect_delay,
+    ClientConnection, ClientError, ComeBack, Dialer, EnrolmentReply, IncomingStream,
+    REQUEST_TIMEOUT, RelayTarget, RoutedStream, StreamAcceptor, check_relay_address,
+    reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

@@ -4,10 +4,12 @@
 use std::fmt;
 
 use cmdop_identity::PublicKey;
+use cmdop_proto::display::escaped;
 use cmdop_proto::wire::{self, MachineInfo};
 use uuid::Uuid;
 
-/// A machine as listed by the relay.
+/// A machine as listed by the relay. Its strings come from the relay (and the agent) and are escaped for
+/// display ([`cmdop_proto::display`]): a hostile one cannot send a terminal escape through them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
     /// Server-issued id.
@@ -28,20 +30,34 @@ pub struct Machine {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The labels the agent reported, (key, value) in key order (as the relay checked them).
+    pub labels: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// Whether the machine carries every one of `wanted` with the same value.
+    pub fn has_labels(&self, wanted: &[(String, String)]) -> bool {
+        wanted.iter().all(|pair| self.labels.contains(pair))
+    }
 }
 
 impl From<MachineInfo> for Machine {
     fn from(info: MachineInfo) -> Self {
         Self {
             id: Uuid::from_bytes(info.id.0),
-            hostname: info.hostname,
-            name: info.name,
+            hostname: escaped(&info.hostname),
+            name: escaped(&info.name),
             public_key: PublicKey::from_bytes(&info.public_key.0).ok(),
             online: info.online,
             last_seen: info.last_seen,
-            os: info.os,
-            arch: info.arch,
-            agent_version: info.agent_version,
+            os: escaped(&info.os),
+            arch: escaped(&info.arch),
+            agent_version: escaped(&info.agent_version),
+            labels: info
+                .labels
+                .iter()
+                .map(|(key, value)| (escaped(key), escaped(value)))
+                .collect(),
         }
     }
 }
@@ -61,8 +77,8 @@ impl From<wire::Candidate> for Candidate {
     fn from(candidate: wire::Candidate) -> Self {
         Self {
             id: Uuid::from_bytes(candidate.id.0),
-            hostname: candidate.hostname,
-            name: candidate.name,
+            hostname: escaped(&candidate.hostname),
+            name: escaped(&candidate.name),
         }
     }
 }

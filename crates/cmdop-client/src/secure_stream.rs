@@ -297,7 +297,9 @@ impl SecureSender {
 impl SecureReceiver {
     /// The next operation message, or `None` after the peer's authenticated end frame. A stream that stops
     /// without that frame is an error ([`ChannelError::Truncated`]), never a clean end.
-    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, SecureStreamError> {
+    pub async fn recv<M: Serialize + DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<M>, SecureStreamError> {
         loop {
             if !self.plain.is_empty() {
                 let mut slice = self.raw.get(self.plain.clone()).unwrap_or_default();
@@ -371,7 +373,8 @@ impl SecureReceiver {
                         return Err(SecureStreamError::Closed {
                             side: self.side,
                             reason,
-                            message,
+                            // Authenticated, but the peer's own words: escaped before anyone shows them.
+                            message: cmdop_proto::display::escaped(&message),
                         });
                     }
                 }

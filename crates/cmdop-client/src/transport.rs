@@ -41,6 +41,11 @@ pub struct Limits {
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
     /// forwarded TCP connection is one), so it matches the agent's own limit on streams served at once.
     pub max_bidi_streams: u32,
+    /// Bidirectional streams the relay lets a peer open before it has logged in: its control stream. quinn
+    /// keeps state for every stream a peer may open, allocated up front, so the relay starts every connection
+    /// here and raises a client's limit to `max_bidi_streams` once it has logged in; an agent never opens
+    /// another stream (the relay opens the ones routed to it), so its connection stays at this.
+    pub login_bidi_streams: u32,
     /// Per-stream receive window, bytes.
     pub stream_receive_window: u32,
     /// Per-connection receive window, bytes.
@@ -61,18 +66,16 @@ pub struct Limits {
     /// parameter. The peer never sends a larger packet, so MTU discovery towards us stops here whatever
     /// [`Self::mtu_upper_bound`] says: quinn's default of 1,472 kept every packet on loopback at ~1.4 KB.
     pub max_udp_payload_size: u16,
-    /// Kernel send and receive buffer of the endpoint's UDP socket, bytes (capped by the kernel at
-    /// `net.core.rmem_max` / `wmem_max`). Linux's default of 208 KiB holds only three 64 KB datagrams.
-    pub socket_buffer: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 16_384,
             max_unauthenticated: 128,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
+            login_bidi_streams: 1,
             stream_receive_window: 1024 * 1024,
             connection_receive_window: 4 * 1024 * 1024,
             send_window: 4 * 1024 * 1024,
@@ -81,9 +84,31 @@ impl Default for Limits {
             max_frame_size: MAX_FRAME_SIZE,
             mtu_upper_bound: 65_000,
             max_udp_payload_size: 65_527,
-            socket_buffer: 4 * 1024 * 1024,
         }
     }
+}
+
+/// What an endpoint with many connections asks the kernel for, per direction, for its UDP socket's buffer.
+///
+/// A reconnect storm sends thousands of handshake packets (1,200 bytes or more each) at once; the kernel's
+/// default receive buffer (208 KiB on most systems) holds about 170 and drops the rest, each drop a
+/// retransmission a second later. Linux grants at most `net.core.rmem_max` / `wmem_max` (docs/relay.md says
+/// how to raise them); asking for more than that is not an error.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `bind` with [`SOCKET_BUFFER`]-sized buffers (as large as the kernel allows), for a
+/// quinn endpoint: the relay's, a shared `Dialer`'s, and each client's and agent's own.
+pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a kernel that grants less (or a sandbox that refuses) still leaves a working socket.
+    if let Err(err) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(err) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the UDP send buffer");
+    }
+    Ok(socket)
 }
 
 /// The quinn transport settings for `limits`: windows, stream caps, keep-alive, idle timeout, MTU discovery.
@@ -112,23 +137,9 @@ pub fn apply_endpoint_limits(config: &mut quinn::EndpointConfig, limits: &Limits
     let _ = config.max_udp_payload_size(limits.max_udp_payload_size);
 }
 
-/// Binds the UDP socket of an endpoint and sizes its kernel buffers for [`Limits::socket_buffer`].
-///
-/// A failure to resize is not fatal (the kernel default works, only slower), so only binding can fail.
-pub fn bind_socket(addr: SocketAddr, limits: &Limits) -> std::io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    if limits.socket_buffer > 0
-        && let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into())
-    {
-        let _ = state.set_recv_buffer_size((&socket).into(), limits.socket_buffer);
-        let _ = state.set_send_buffer_size((&socket).into(), limits.socket_buffer);
-    }
-    Ok(socket)
-}
-
 /// A client-only endpoint on `bind` with the endpoint-wide [`Limits`] applied.
 pub fn client_endpoint(bind: SocketAddr, limits: &Limits) -> std::io::Result<quinn::Endpoint> {
-    let socket = bind_socket(bind, limits)?;
+    let socket = udp_socket(bind)?;
     let mut config = quinn::EndpointConfig::default();
     apply_endpoint_limits(&mut config, limits);
     endpoint(config, None, socket)
@@ -372,7 +383,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_offload_batch_is_split_and_every_datagram_arrives() {
         let receiver = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let socket = bind_socket("127.0.0.1:0".parse().unwrap(), &Limits::default()).unwrap();
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let runtime = quinn::default_runtime().unwrap();
         let inner = runtime.wrap_udp_socket(socket).unwrap();
         let segments = inner.max_transmit_segments().min(10);
@@ -383,7 +394,9 @@ mod tests {
             .await
             .unwrap();
         let segment = 9_000;
-        let contents: Vec<u8> = (0..segment * segments).map(|i| (i / segment) as u8).collect();
+        let contents: Vec<u8> = (0..segment * segments)
+            .map(|i| (i / segment) as u8)
+            .collect();
         let destination = receiver.local_addr().unwrap();
         split
             .try_send(&quinn::udp::Transmit {
@@ -401,7 +414,10 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(n, segment);
-            assert!(buf[..n].iter().all(|&b| b == index as u8), "datagram {index}");
+            assert!(
+                buf[..n].iter().all(|&b| b == index as u8),
+                "datagram {index}"
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! TOML config files for the binaries: reading one into a typed struct, with errors that name the file, the
-//! line and the fix; and the log format every binary accepts.
+//! line and the fix; the log format every binary accepts; where a setting came from
+//! ([`flag_or_env`]); and completion scripts and man pages ([`generated`]).
 //!
 //! Precedence is the same everywhere: a flag beats its environment variable (clap handles those two), which
 //! beats the config file, which beats the built-in default. Unknown keys are errors
@@ -8,6 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+pub mod generated;
 
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,29 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
+/// Where a setting that clap merged from a flag and its environment variable came from, for messages:
+/// `--flag` when the command line carries it (as `--flag VALUE` or `--flag=VALUE`), else `env`. A setting
+/// that came from neither is the config file's, and the caller names the file instead.
+pub fn flag_or_env(flag: &str, env: &str) -> String {
+    flag_or_env_in(std::env::args_os().skip(1), flag, env)
+}
+
+fn flag_or_env_in(args: impl Iterator<Item = std::ffi::OsString>, flag: &str, env: &str) -> String {
+    let given = args.take_while(|arg| arg != "--").any(|arg| {
+        arg.to_str().is_some_and(|arg| {
+            arg == flag
+                || arg
+                    .strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
+    });
+    if given {
+        flag.to_owned()
+    } else {
+        env.to_owned()
+    }
+}
+
 /// Whether stderr gets colours: only on a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
 pub fn colour_stderr() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -119,6 +145,22 @@ mod tests {
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("listen_adress"), "{err}");
         assert!(err.contains("config check"), "{err}");
+    }
+
+    #[test]
+    fn a_setting_is_the_flag_s_when_the_command_line_carries_it() {
+        let args = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let origin = |list: &[&str]| flag_or_env_in(args(list), "--listen", "CMDOP_RELAY_LISTEN");
+        assert_eq!(origin(&["serve", "--listen", "x"]), "--listen");
+        assert_eq!(origin(&["serve", "--listen=x"]), "--listen");
+        assert_eq!(origin(&["serve", "--listener", "x"]), "CMDOP_RELAY_LISTEN");
+        assert_eq!(origin(&["serve"]), "CMDOP_RELAY_LISTEN");
+        assert_eq!(origin(&["exec", "--", "--listen"]), "CMDOP_RELAY_LISTEN");
     }
 
     #[test]

@@ -1,30 +1,35 @@
-//! Capabilities: what a fleet's trust key lets one client key do on that fleet's machines.
+//! Capabilities: what a fleet's trust key lets one client key do on one machine, on one stream.
 //!
 //! The agent accepts a client on an end-to-end stream only with a [`SignedCapability`] for the
-//! client's key, the agent's fleet and the stream's operation, valid now. The trust key signs
-//! the canonical bytes under [`Purpose::Capability`], so the signature can never be mistaken
-//! for any other signed message.
+//! client's key, the agent's fleet, the agent's own machine, the stream's channel id and the
+//! stream's operation, valid now. The trust key signs the canonical bytes under
+//! [`Purpose::Capability`], so the signature can never be mistaken for any other signed message,
+//! and a capability issued for one machine, client or channel is useless for any other.
 //!
 //! Encoding (postcard, all integers varint unless noted; specified in `docs/fleet.md`):
 //!
 //! ```text
-//! version: u8 = 1 | client_key: 32 raw bytes | fleet: 16 raw bytes | operations: u32 bits
-//! | not_before: u64 | not_after: u64                         ── the signed capability bytes
+//! version: u8 = 2 | client_key: 32 raw bytes | fleet: 16 raw bytes | machine: 16 raw bytes
+//! | channel: 16 raw bytes | operations: u32 bits | not_before: u64 | not_after: u64
+//!                                                            ── the signed capability bytes
 //! signature: 64 raw bytes                                    ── appended for SignedCapability
 //! ```
+//!
+//! Version 1 (without machine and channel) is no longer accepted: the relay, which issues
+//! capabilities, and the agent, which checks them, are upgraded together, and nothing stores one.
 
 use std::fmt;
 
 use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use serde::{Deserialize, Serialize};
 
-use crate::id::FleetId;
+use crate::id::{FleetId, MachineId};
 use crate::role::Permission;
 use crate::scope::{FleetAccess, ScopeError};
 use crate::time::Timestamp;
 
 /// The encoding version this code writes and accepts.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Length of the signature appended to the capability bytes.
 const SIGNATURE_LEN: usize = 64;
 
@@ -139,14 +144,18 @@ impl fmt::Debug for OperationSet {
     }
 }
 
-/// A grant from a fleet's trust key: `client_key` may open `operations` streams to machines
-/// of `fleet` from `not_before` (inclusive) until `not_after` (exclusive).
+/// A grant from a fleet's trust key: `client_key` may open `operations` streams to `machine` of
+/// `fleet` on the stream `channel`, from `not_before` (inclusive) until `not_after` (exclusive).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capability {
     /// The client identity the grant is for.
     pub client_key: PublicKey,
-    /// The fleet whose machines it reaches.
+    /// The fleet of the machine.
     pub fleet: FleetId,
+    /// The one machine it reaches.
+    pub machine: MachineId,
+    /// The relay's random id of the one stream it is for (bound into the end-to-end prologue too).
+    pub channel: [u8; 16],
     /// What kinds of stream it allows.
     pub operations: OperationSet,
     /// First second of validity.
@@ -161,6 +170,8 @@ struct Wire {
     version: u8,
     client_key: [u8; 32],
     fleet: [u8; 16],
+    machine: [u8; 16],
+    channel: [u8; 16],
     operations: u32,
     not_before: u64,
     not_after: u64,
@@ -173,6 +184,8 @@ impl Capability {
             version: VERSION,
             client_key: self.client_key.to_bytes(),
             fleet: self.fleet.to_bytes(),
+            machine: self.machine.to_bytes(),
+            channel: self.channel,
             operations: self.operations.bits(),
             not_before: self.not_before.as_unix_seconds(),
             not_after: self.not_after.as_unix_seconds(),
@@ -211,6 +224,8 @@ impl Capability {
         let capability = Self {
             client_key,
             fleet: FleetId::from_bytes(wire.fleet),
+            machine: MachineId::from_bytes(wire.machine),
+            channel: wire.channel,
             operations,
             not_before: Timestamp::from_unix_seconds(wire.not_before),
             not_after: Timestamp::from_unix_seconds(wire.not_after),
@@ -222,24 +237,26 @@ impl Capability {
         Ok((capability, rest))
     }
 
-    /// A capability for `client_key` in the fleet of `access`, which must allow
-    /// [`Permission::Reach`], valid from `now` for `lifetime_secs` seconds. Tying issuance to a
+    /// A capability for `client_key` on `target` in the fleet of `access`, which must allow
+    /// [`Permission::Reach`], valid from `valid.0` until `valid.1`. Tying issuance to a
     /// [`FleetAccess`] means a capability is only ever granted to a credential that covers the
     /// fleet.
     pub fn grant(
         access: &FleetAccess,
         client_key: PublicKey,
+        target: Target,
         operations: OperationSet,
-        now: Timestamp,
-        lifetime_secs: u64,
+        valid: (Timestamp, Timestamp),
     ) -> Result<Self, ScopeError> {
         access.require(Permission::Reach)?;
         Ok(Self {
             client_key,
             fleet: access.fleet_id(),
+            machine: target.machine,
+            channel: target.channel,
             operations,
-            not_before: now,
-            not_after: now.saturating_add_seconds(lifetime_secs),
+            not_before: valid.0,
+            not_after: valid.1,
         })
     }
 
@@ -256,6 +273,34 @@ impl Capability {
     pub fn is_valid_at(&self, now: Timestamp) -> bool {
         self.not_before <= now && now < self.not_after
     }
+}
+
+/// The one machine and stream a capability is issued for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The machine the stream goes to.
+    pub machine: MachineId,
+    /// The relay's random id of the stream.
+    pub channel: [u8; 16],
+}
+
+/// What the agent expects a capability to name: the client key that authenticated the
+/// end-to-end handshake, its own fleet and machine, the stream's channel id and operation, and
+/// the time now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The client key proven in the channel.
+    pub client_key: PublicKey,
+    /// The agent's fleet.
+    pub fleet: FleetId,
+    /// The agent's own machine id.
+    pub machine: MachineId,
+    /// The channel id of this stream.
+    pub channel: [u8; 16],
+    /// The stream's operation.
+    pub operation: Operation,
+    /// The time now.
+    pub now: Timestamp,
 }
 
 /// A [`Capability`] with the trust key's signature. Its contents are reachable only through
@@ -294,25 +339,36 @@ impl SignedCapability {
     }
 
     /// Checks, in this order, that the signature is the trust key's, that the capability is for
-    /// `client_key` and `fleet`, that `now` is inside its validity, and that it allows
-    /// `operation`. Only then is the capability handed out.
+    /// the expected client key, fleet, machine and channel, that `now` is inside its validity, and
+    /// that it allows the operation. Only then is the capability handed out.
     pub fn verify(
         &self,
         trust_key: &PublicKey,
-        client_key: &PublicKey,
-        fleet: FleetId,
-        operation: Operation,
-        now: Timestamp,
+        expected: &Expected,
     ) -> Result<&Capability, CapabilityError> {
         let capability = &self.capability;
+        let Expected {
+            client_key,
+            fleet,
+            machine,
+            channel,
+            operation,
+            now,
+        } = *expected;
         trust_key
             .verify(Purpose::Capability, &capability.to_bytes(), &self.signature)
             .map_err(|_| CapabilityError::BadSignature)?;
-        if capability.client_key != *client_key {
+        if capability.client_key != client_key {
             return Err(CapabilityError::WrongClient);
         }
         if capability.fleet != fleet {
             return Err(CapabilityError::WrongFleet);
+        }
+        if capability.machine != machine {
+            return Err(CapabilityError::WrongMachine);
+        }
+        if capability.channel != channel {
+            return Err(CapabilityError::WrongChannel);
         }
         if now < capability.not_before {
             return Err(CapabilityError::NotYetValid {
@@ -373,6 +429,15 @@ pub enum CapabilityError {
     /// The capability is for another fleet.
     #[error("the capability is for a different fleet")]
     WrongFleet,
+    /// The capability was issued for another machine: the relay replayed it, or routed the stream
+    /// to the wrong machine.
+    #[error(
+        "the capability was issued for a different machine; the relay misrouted or replayed it"
+    )]
+    WrongMachine,
+    /// The capability was issued for another stream: the relay replayed it.
+    #[error("the capability was issued for a different stream (channel id); the relay replayed it")]
+    WrongChannel,
     /// The capability is not valid yet.
     #[error("the capability is not valid before {}; check the clocks", .not_before.as_unix_seconds())]
     NotYetValid {

@@ -13,13 +13,18 @@
 //!                         resolve · list_machines · register · rename  ◀────────────────────┘
 //!
 //!  Capability ──sign(trust key)──▶ SignedCapability ──to_bytes/from_bytes──▶ agent: verify(now)
+//!
+//!  lock: admin keys ──sign──▶ FleetAuthority chain, machine and member certificates, revocation lists
+//!        (verified by agents and clients against the fleet key they pinned; `docs/fleet.md`)
 //! ```
 
 mod capability;
 mod credential;
 mod fleet;
 mod id;
+pub mod lock;
 mod machine;
+mod machine_label;
 mod name;
 mod resolve;
 mod role;
@@ -29,7 +34,9 @@ mod time;
 #[cfg(test)]
 mod tests;
 
-pub use capability::{Capability, CapabilityError, Operation, OperationSet, SignedCapability};
+pub use capability::{
+    Capability, CapabilityError, Expected, Operation, OperationSet, SignedCapability, Target,
+};
 pub use credential::{
     ApiKey, ApiKeySpec, CredentialHash, CredentialKind, CredentialParseError, CredentialRecord,
     CredentialSecret, IssueError, UserToken, UserTokenSpec,
@@ -37,9 +44,10 @@ pub use credential::{
 pub use fleet::{Fleet, User};
 pub use id::{CredentialId, FleetId, IdError, MachineId, UserId, is_uuid_shaped};
 pub use machine::{
-    AgentInfo, Enrolment, MISSED_HEARTBEATS_OFFLINE, Machine, Registration, RegistrationError,
-    list_machines, register, rename,
+    AgentInfo, Enrolment, MISSED_HEARTBEATS_OFFLINE, Machine, NameClash, Registration,
+    RegistrationError, RenameError, list_machines, register, rename,
 };
+pub use machine_label::{LabelError, MAX_LABELS, MachineLabels, parse_pair as parse_label};
 pub use name::{DisplayName, FleetName, Hostname, Label, NameError, UserName};
 pub use resolve::{Candidate, MIN_PREFIX_CHARS, ResolveError, resolve};
 pub use role::{Permission, Role, RoleParseError};

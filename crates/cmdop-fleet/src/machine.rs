@@ -8,6 +8,7 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{FleetId, MachineId};
+use crate::machine_label::MachineLabels;
 use crate::name::{DisplayName, Hostname, NameError};
 use crate::role::Permission;
 use crate::scope::{FleetAccess, ScopeError};
@@ -31,6 +32,9 @@ pub struct Machine {
     pub name: Option<DisplayName>,
     /// What the agent reported about itself.
     pub info: AgentInfo,
+    /// The labels the agent last reported (`--label role=web`).
+    #[serde(default)]
+    pub labels: MachineLabels,
     /// Whether the agent is connected (as the relay last saw it).
     pub online: bool,
     /// When the last heartbeat (or registration) arrived.
@@ -155,6 +159,8 @@ pub struct Enrolment {
     pub name: Option<DisplayName>,
     /// OS, architecture, version.
     pub info: AgentInfo,
+    /// Its labels; they replace the ones stored, so a label the agent no longer reports goes away.
+    pub labels: MachineLabels,
 }
 
 /// The outcome of a successful registration: the record to store.
@@ -183,16 +189,94 @@ pub enum RegistrationError {
         /// The machine that holds it.
         existing: MachineId,
     },
+    /// The hostname (or the display name asked for) is another machine's display name (or hostname): the
+    /// resolver would then send that machine's connections here.
+    #[error(transparent)]
+    NameClash(#[from] NameClash),
+}
+
+/// A name one machine would share with another across the two kinds of names: a hostname equal to another
+/// machine's display name, or a display name equal to another machine's hostname. The resolver prefers exact
+/// hostnames, so such a machine would take over connections meant for the other.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {kind} {name:?} is the {other_kind} of machine {existing} in this fleet; a machine may not take another's name, so pick another {kind} (or rename the other machine)"
+)]
+pub struct NameClash {
+    /// `hostname` or `display name`: the name being set.
+    pub kind: &'static str,
+    /// The name.
+    pub name: String,
+    /// The other machine's kind of name it equals.
+    pub other_kind: &'static str,
+    /// The machine that has it.
+    pub existing: MachineId,
+}
+
+/// Why a rename was refused.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    /// The access does not allow it, or the machine is not in the fleet.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    /// The new display name is another machine's hostname.
+    #[error(transparent)]
+    NameClash(#[from] NameClash),
+}
+
+/// Refuses a hostname that is another machine's display name, and a display name that is another machine's
+/// hostname (both compared ignoring case, as the resolver falls back to). `others` may hold `own` itself and
+/// machines of other fleets; only other machines of `fleet` count.
+fn check_names(
+    fleet: FleetId,
+    own: &PublicKey,
+    hostname: Option<&Hostname>,
+    display: Option<&DisplayName>,
+    others: &[Machine],
+) -> Result<(), NameClash> {
+    for other in others
+        .iter()
+        .filter(|m| m.fleet == fleet && m.public_key != *own)
+    {
+        if let (Some(hostname), Some(name)) = (hostname, other.name.as_ref())
+            && name.as_str().eq_ignore_ascii_case(hostname.as_str())
+        {
+            return Err(NameClash {
+                kind: "hostname",
+                name: hostname.to_string(),
+                other_kind: "display name",
+                existing: other.id,
+            });
+        }
+        if let Some(display) = display
+            && display
+                .as_str()
+                .eq_ignore_ascii_case(other.hostname.as_str())
+        {
+            return Err(NameClash {
+                kind: "display name",
+                name: display.to_string(),
+                other_kind: "hostname",
+                existing: other.id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Decides a registration in the fleet of `access` (which must allow [`Permission::Enrol`]).
 ///
 /// `machines` may hold machines of any fleet; only those of this fleet are considered.
-/// - The same public key gets the same id back, with hostname, info and (if given) display
-///   name updated.
+/// - The same public key gets the same id back, with hostname, info, labels and (if given)
+///   display name updated.
 /// - A hostname held by another key's machine is a [`RegistrationError::HostnameTaken`]
 ///   conflict: hostnames are unique within a fleet, and silently taking over a hostname would
 ///   let one agent shadow another in the resolver.
+/// - A hostname equal to another machine's display name, or a display name (asked for, or kept)
+///   equal to another machine's hostname, is a [`RegistrationError::NameClash`] for the same
+///   reason: the resolver prefers an exact hostname, so the newcomer would receive the other's
+///   connections.
 /// - A new key gets a fresh id from `rng`.
 pub fn register<R: CryptoRngCore + ?Sized>(
     access: &FleetAccess,
@@ -213,17 +297,35 @@ pub fn register<R: CryptoRngCore + ?Sized>(
             existing: holder.id,
         });
     }
+    // Only names that change are checked: a machine whose names clashed before this rule existed keeps
+    // registering as it always did (an admin can rename it), rather than being locked out by an upgrade.
+    let new_hostname = existing
+        .is_none_or(|m| m.hostname != enrolment.hostname)
+        .then_some(&enrolment.hostname);
+    let new_name = enrolment
+        .name
+        .as_ref()
+        .filter(|name| existing.is_none_or(|m| m.name.as_ref() != Some(*name)));
+    check_names(
+        fleet,
+        &enrolment.public_key,
+        new_hostname,
+        new_name,
+        machines,
+    )?;
     let Enrolment {
         public_key,
         hostname,
         name,
         info,
+        labels,
     } = enrolment;
     if let Some(previous) = existing {
         let machine = Machine {
             hostname,
             name: name.or_else(|| previous.name.clone()),
             info,
+            labels,
             online: true,
             last_heartbeat: Some(now),
             ..previous.clone()
@@ -233,22 +335,15 @@ pub fn register<R: CryptoRngCore + ?Sized>(
             is_new: false,
         });
     }
-    let id = loop {
-        // A collision of random 122-bit ids is practically impossible, but a duplicate id
-        // would merge two machines, so it costs nothing to make sure.
-        let id = MachineId::generate(rng);
-        if !machines.iter().any(|m| m.id == id) {
-            break id;
-        }
-    };
     Ok(Registration {
         machine: Machine {
-            id,
+            id: fresh_machine_id(machines, rng),
             fleet,
             public_key,
             hostname,
             name,
             info,
+            labels,
             online: true,
             last_heartbeat: Some(now),
             registered: now,
@@ -257,18 +352,40 @@ pub fn register<R: CryptoRngCore + ?Sized>(
     })
 }
 
+/// A new machine id that no machine in `machines` has. A collision of random 122-bit ids is
+/// practically impossible, but a duplicate id would merge two machines, so it costs nothing to make
+/// sure.
+fn fresh_machine_id<R: CryptoRngCore + ?Sized>(machines: &[Machine], rng: &mut R) -> MachineId {
+    loop {
+        let id = MachineId::generate(rng);
+        if !machines.iter().any(|m| m.id == id) {
+            return id;
+        }
+    }
+}
+
 /// Renames `machine` (`access` must allow [`Permission::Manage`] in the machine's fleet).
-/// Display names need not be unique; the resolver reports a clash as ambiguous.
+/// Display names need not be unique (the resolver reports a clash as ambiguous), but one may not
+/// be another machine's hostname: `others` are the fleet's machines (`machine` itself may be
+/// among them).
 pub fn rename(
     access: &FleetAccess,
     machine: &mut Machine,
     name: DisplayName,
-) -> Result<(), ScopeError> {
+    others: &[Machine],
+) -> Result<(), RenameError> {
     access.require(Permission::Manage)?;
     if machine.fleet != access.fleet_id() {
         // Same answer as for a machine that does not exist: other fleets are invisible.
-        return Err(ScopeError::NoSuchMachine { id: machine.id });
+        return Err(ScopeError::NoSuchMachine { id: machine.id }.into());
     }
+    check_names(
+        machine.fleet,
+        &machine.public_key,
+        None,
+        Some(&name),
+        others,
+    )?;
     machine.name = Some(name);
     Ok(())
 }

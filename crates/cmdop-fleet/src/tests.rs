@@ -68,6 +68,7 @@ fn machine(fleet: &Fleet, id: u128, hostname: &str, name: Option<&str>) -> Machi
         hostname: Hostname::parse(hostname).unwrap(),
         name: name.map(|n| DisplayName::parse(n).unwrap()),
         info: AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+        labels: MachineLabels::default(),
         online: true,
         last_heartbeat: Some(at(1_000)),
         registered: at(1_000),
@@ -392,6 +393,7 @@ mod registration {
             hostname: Hostname::parse(hostname).unwrap(),
             name: name.map(|n| DisplayName::parse(n).unwrap()),
             info: AgentInfo::new("linux", "aarch64", "0.2.0").unwrap(),
+            labels: MachineLabels::parse(&["role=web"]).unwrap(),
         }
     }
 
@@ -435,19 +437,43 @@ mod registration {
         assert_eq!(restart.machine.id, first.machine.id);
         assert_eq!(restart.machine.registered, at(10));
         assert_eq!(restart.machine.last_heartbeat, Some(at(20)));
+        assert_eq!(restart.machine.labels.to_string(), "role=web");
+        // The labels are what the agent reports now: dropping one removes it.
+        let relabelled = register(
+            &access,
+            &stored,
+            Enrolment {
+                labels: MachineLabels::parse(&["env=prod"]).unwrap(),
+                ..enrolment(key, "web-1", None)
+            },
+            at(21),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(relabelled.machine.labels.to_string(), "env=prod");
 
         // An admin renames it; a restart without --name keeps the new name.
         let (record, secret) = api_key(&mut rng, &prod, Role::Admin, None);
         let admin = auth(&record, &secret)
             .fleet_access(&prod, Permission::Manage)
             .unwrap();
+        let others = stored.clone();
         rename(
             &admin,
             &mut stored[0],
             DisplayName::parse("Frontend").unwrap(),
+            &others,
         )
         .unwrap();
-        assert!(rename(&access, &mut stored[0], DisplayName::parse("x").unwrap()).is_err());
+        assert!(
+            rename(
+                &access,
+                &mut stored[0],
+                DisplayName::parse("x").unwrap(),
+                &others
+            )
+            .is_err()
+        );
         let renamed_host = register(
             &access,
             &stored,
@@ -612,6 +638,110 @@ mod registration {
         assert!(
             serde_json::from_str::<AgentInfo>(r#"{"os":"","arch":"x","version":"1"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn a_machine_may_not_take_another_machines_name_of_the_other_kind() {
+        let mut rng = rng();
+        let prod = fleet(&mut rng, "prod");
+        let access = agent_access(&mut rng, &prod);
+        let db = register(
+            &access,
+            &[],
+            enrolment(key_of(1), "db-7", Some("prod-db")),
+            at(10),
+            &mut rng,
+        )
+        .unwrap()
+        .machine;
+        let stored = vec![db.clone()];
+        // A newcomer whose hostname is the other machine's display name would win the resolver's exact
+        // hostname rule and receive `cmdop connect prod-db`.
+        let err = register(
+            &access,
+            &stored,
+            enrolment(key_of(2), "PROD-DB", None),
+            at(20),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            RegistrationError::NameClash(NameClash {
+                kind: "hostname",
+                name: "prod-db".into(),
+                other_kind: "display name",
+                existing: db.id,
+            })
+        );
+        assert!(
+            err.to_string().contains("may not take another's name"),
+            "{err}"
+        );
+        // The reverse: a display name that is another machine's hostname.
+        let err = register(
+            &access,
+            &stored,
+            enrolment(key_of(2), "web-1", Some("DB-7")),
+            at(20),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, RegistrationError::NameClash(c) if c.kind == "display name" && c.existing == db.id),
+            "{err:?}"
+        );
+        // The machine itself may keep both, and a name in another fleet is no clash.
+        register(
+            &access,
+            &stored,
+            enrolment(key_of(1), "db-7", Some("prod-db")),
+            at(30),
+            &mut rng,
+        )
+        .unwrap();
+        let staging = fleet(&mut rng, "staging");
+        let staging_access = agent_access(&mut rng, &staging);
+        register(
+            &staging_access,
+            &stored,
+            enrolment(key_of(2), "prod-db", None),
+            at(30),
+            &mut rng,
+        )
+        .unwrap();
+        // An admin cannot rename a machine to another machine's hostname either.
+        let web = register(
+            &access,
+            &stored,
+            enrolment(key_of(3), "web-1", None),
+            at(40),
+            &mut rng,
+        )
+        .unwrap()
+        .machine;
+        let all = vec![db, web.clone()];
+        let (record, secret) = api_key(&mut rng, &prod, Role::Admin, None);
+        let admin = auth(&record, &secret)
+            .fleet_access(&prod, Permission::Manage)
+            .unwrap();
+        let mut renamed = web;
+        assert!(matches!(
+            rename(
+                &admin,
+                &mut renamed,
+                DisplayName::parse("db-7").unwrap(),
+                &all
+            ),
+            Err(RenameError::NameClash(_))
+        ));
+        rename(
+            &admin,
+            &mut renamed,
+            DisplayName::parse("frontend").unwrap(),
+            &all,
+        )
+        .unwrap();
     }
 }
 
@@ -920,7 +1050,22 @@ mod capabilities {
         trust: Identity,
         client: PublicKey,
         fleet: FleetId,
+        machine: MachineId,
+        channel: [u8; 16],
         signed: SignedCapability,
+    }
+
+    impl Setup {
+        fn expect(&self, operation: Operation, now: u64) -> Expected {
+            Expected {
+                client_key: self.client,
+                fleet: self.fleet,
+                machine: self.machine,
+                channel: self.channel,
+                operation,
+                now: at(now),
+            }
+        }
     }
 
     fn setup() -> Setup {
@@ -928,9 +1073,13 @@ mod capabilities {
         let trust = Identity::generate(&mut rng);
         let client = Identity::generate(&mut rng).public_key();
         let fleet = FleetId::generate(&mut rng);
+        let machine = MachineId::generate(&mut rng);
+        let channel = [0x5c; 16];
         let capability = Capability {
             client_key: client,
             fleet,
+            machine,
+            channel,
             operations: [Operation::Exec, Operation::Copy].into_iter().collect(),
             not_before: at(1_000),
             not_after: at(2_000),
@@ -940,6 +1089,8 @@ mod capabilities {
             trust,
             client,
             fleet,
+            machine,
+            channel,
             signed,
         }
     }
@@ -951,18 +1102,23 @@ mod capabilities {
         let client = Identity::generate(&mut rng).public_key();
         let access = member_access(&mut rng, &prod);
         let ops = OperationSet::EMPTY.with(Operation::Exec);
-        let cap = Capability::grant(&access, client, ops, at(100), 60).unwrap();
+        let target = Target {
+            machine: MachineId::from_bytes([3; 16]),
+            channel: [4; 16],
+        };
+        let cap = Capability::grant(&access, client, target, ops, (at(100), at(160))).unwrap();
         assert_eq!(
             (cap.fleet, cap.client_key, cap.operations),
             (prod.id, client, ops)
         );
+        assert_eq!((cap.machine, cap.channel), (target.machine, target.channel));
         assert_eq!((cap.not_before, cap.not_after), (at(100), at(160)));
         let (record, secret) = api_key(&mut rng, &prod, Role::Agent, None);
         let agent = auth(&record, &secret)
             .fleet_access(&prod, Permission::Enrol)
             .unwrap();
         assert_eq!(
-            Capability::grant(&agent, client, ops, at(100), 60).unwrap_err(),
+            Capability::grant(&agent, client, target, ops, (at(100), at(160))).unwrap_err(),
             ScopeError::NotPermitted {
                 role: Role::Agent,
                 need: Permission::Reach
@@ -976,14 +1132,14 @@ mod capabilities {
         let trust = s.trust.public_key();
         let cap = s
             .signed
-            .verify(&trust, &s.client, s.fleet, Operation::Exec, at(1_000))
+            .verify(&trust, &s.expect(Operation::Exec, 1_000))
             .unwrap();
         assert_eq!(cap.fleet, s.fleet);
         let bytes = s.signed.to_bytes();
         let back = SignedCapability::from_bytes(&bytes).unwrap();
         assert_eq!(back, s.signed);
         assert!(
-            back.verify(&trust, &s.client, s.fleet, Operation::Copy, at(1_999))
+            back.verify(&trust, &s.expect(Operation::Copy, 1_999))
                 .is_ok()
         );
         let unsigned = s.signed.unverified_capability().to_bytes();
@@ -999,6 +1155,8 @@ mod capabilities {
         let capability = Capability {
             client_key: key_of(7),
             fleet: FleetId::from_bytes([0xab; 16]),
+            machine: MachineId::from_bytes([0xcd; 16]),
+            channel: [0xef; 16],
             operations: OperationSet::EMPTY
                 .with(Operation::Exec)
                 .with(Operation::Shell),
@@ -1006,9 +1164,11 @@ mod capabilities {
             not_after: at(300),
         };
         let bytes = capability.to_bytes();
-        let mut expected = vec![1u8];
+        let mut expected = vec![2u8];
         expected.extend_from_slice(key_of(7).as_bytes());
         expected.extend_from_slice(&[0xab; 16]);
+        expected.extend_from_slice(&[0xcd; 16]);
+        expected.extend_from_slice(&[0xef; 16]);
         expected.extend_from_slice(&[0x03, 0x01, 0xac, 0x02]);
         assert_eq!(bytes, expected);
     }
@@ -1016,16 +1176,20 @@ mod capabilities {
     #[test]
     fn signed_encoding_matches_an_independent_implementation() {
         // Computed with Python's `cryptography` (Ed25519 over 0x13 | "cmdop capability v1" |
-        // capability bytes): trust seed [1; 32], client seed [2; 32], fleet 0xab x 16,
-        // exec + copy, valid 1_700_000_000 .. 1_700_003_600.
-        const GOLDEN: &str = "018139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394abababababababababababababababab0980e2cfaa0690fecfaa067411e973ad1ef11286d7a522af3b988bebeee6f951a5c560f1c659a2bd91b35c3e634c35200eac80319e5315c506766d0026c7e190c15419954082f473fd4105";
+        // capability bytes): trust seed [1; 32], client seed [2; 32], fleet 0xab x 16, machine
+        // 0xcd x 16, channel 0xef x 16, exec + copy, valid 1_700_000_000 .. 1_700_003_600.
+        const GOLDEN: &str = "028139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394ababababababababababababababababcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdefefefefefefefefefefefefefefefef0980e2cfaa0690fecfaa06165644442d40cc29f0b8085c0159266130fe14de43345f12d1f9672b45d6ecd73ef23cd15919aa57699a3d71e53fb50e41e40cd7cc22c76e1975f795eb97a607";
         let seed = |b| cmdop_identity::Seed::from_bytes([b; 32]);
         let trust = Identity::from_seed(&seed(1));
         let client = Identity::from_seed(&seed(2)).public_key();
         let fleet = FleetId::from_bytes([0xab; 16]);
+        let machine = MachineId::from_bytes([0xcd; 16]);
+        let channel = [0xef; 16];
         let signed = Capability {
             client_key: client,
             fleet,
+            machine,
+            channel,
             operations: [Operation::Exec, Operation::Copy].into_iter().collect(),
             not_before: at(1_700_000_000),
             not_after: at(1_700_003_600),
@@ -1042,17 +1206,15 @@ mod capabilities {
             .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
             .collect();
         let decoded = SignedCapability::from_bytes(&bytes).unwrap();
-        assert!(
-            decoded
-                .verify(
-                    &trust.public_key(),
-                    &client,
-                    fleet,
-                    Operation::Copy,
-                    at(1_700_000_000)
-                )
-                .is_ok()
-        );
+        let expected = Expected {
+            client_key: client,
+            fleet,
+            machine,
+            channel,
+            operation: Operation::Copy,
+            now: at(1_700_000_000),
+        };
+        assert!(decoded.verify(&trust.public_key(), &expected).is_ok());
     }
 
     #[test]
@@ -1061,44 +1223,65 @@ mod capabilities {
         let trust = s.trust.public_key();
         let mut rng = StdRng::seed_from_u64(9);
         let stranger = Identity::generate(&mut rng).public_key();
-        let verify = |trust: &PublicKey, client: &PublicKey, fleet, op, now| {
-            s.signed
-                .verify(trust, client, fleet, op, at(now))
-                .map(|_| ())
-                .unwrap_err()
+        let refuse = |trust: &PublicKey, expected: Expected| {
+            s.signed.verify(trust, &expected).map(|_| ()).unwrap_err()
         };
+        let base = s.expect(Operation::Exec, 1_500);
+        assert_eq!(refuse(&stranger, base), CapabilityError::BadSignature);
         assert_eq!(
-            verify(&stranger, &s.client, s.fleet, Operation::Exec, 1_500),
-            CapabilityError::BadSignature
-        );
-        assert_eq!(
-            verify(&trust, &stranger, s.fleet, Operation::Exec, 1_500),
+            refuse(
+                &trust,
+                Expected {
+                    client_key: stranger,
+                    ..base
+                }
+            ),
             CapabilityError::WrongClient
         );
         assert_eq!(
-            verify(
+            refuse(
                 &trust,
-                &s.client,
-                FleetId::generate(&mut rng),
-                Operation::Exec,
-                1_500
+                Expected {
+                    fleet: FleetId::generate(&mut rng),
+                    ..base
+                }
             ),
             CapabilityError::WrongFleet
         );
         assert_eq!(
-            verify(&trust, &s.client, s.fleet, Operation::Exec, 2_000),
+            refuse(
+                &trust,
+                Expected {
+                    machine: MachineId::generate(&mut rng),
+                    ..base
+                }
+            ),
+            CapabilityError::WrongMachine
+        );
+        assert_eq!(
+            refuse(
+                &trust,
+                Expected {
+                    channel: [0x5d; 16],
+                    ..base
+                }
+            ),
+            CapabilityError::WrongChannel
+        );
+        assert_eq!(
+            refuse(&trust, s.expect(Operation::Exec, 2_000)),
             CapabilityError::Expired {
                 not_after: at(2_000)
             }
         );
         assert_eq!(
-            verify(&trust, &s.client, s.fleet, Operation::Exec, 999),
+            refuse(&trust, s.expect(Operation::Exec, 999)),
             CapabilityError::NotYetValid {
                 not_before: at(1_000)
             }
         );
         assert_eq!(
-            verify(&trust, &s.client, s.fleet, Operation::Shell, 1_500),
+            refuse(&trust, s.expect(Operation::Shell, 1_500)),
             CapabilityError::OperationNotAllowed {
                 operation: Operation::Shell
             }
@@ -1115,10 +1298,10 @@ mod capabilities {
             self_signed
                 .verify(
                     &trust,
-                    &client.public_key(),
-                    s.fleet,
-                    Operation::Exec,
-                    at(1_500)
+                    &Expected {
+                        client_key: client.public_key(),
+                        ..base
+                    }
                 )
                 .unwrap_err(),
             CapabilityError::BadSignature
@@ -1152,23 +1335,24 @@ mod capabilities {
             SignedCapability::from_bytes(&[]).unwrap_err(),
             CapabilityError::Malformed
         );
-        let mut v2 = unsigned.clone();
-        v2[0] = 2;
+        // Version 1 (no machine, no channel) is not accepted any more.
+        let mut v1 = unsigned.clone();
+        v1[0] = 1;
         assert_eq!(
-            Capability::from_bytes(&v2).unwrap_err(),
-            CapabilityError::UnsupportedVersion { version: 2 }
+            Capability::from_bytes(&v1).unwrap_err(),
+            CapabilityError::UnsupportedVersion { version: 1 }
         );
         let mut unknown_op = unsigned.clone();
-        unknown_op[49] = 0x10;
+        unknown_op[81] = 0x10;
         assert_eq!(
             Capability::from_bytes(&unknown_op).unwrap_err(),
             CapabilityError::UnknownOperations { bits: 0x10 }
         );
         // An overlong varint for the operations (0x09 as 0x89 0x00) decodes to the same value
         // but is not the canonical form the signature covers.
-        let mut overlong = unsigned[..49].to_vec();
+        let mut overlong = unsigned[..81].to_vec();
         overlong.extend_from_slice(&[0x89, 0x00]);
-        overlong.extend_from_slice(&unsigned[50..]);
+        overlong.extend_from_slice(&unsigned[82..]);
         assert_eq!(
             Capability::from_bytes(&overlong).unwrap_err(),
             CapabilityError::Malformed
@@ -1183,7 +1367,7 @@ mod capabilities {
             let i = index.index(bytes.len());
             bytes[i] ^= flip;
             if let Ok(tampered) = SignedCapability::from_bytes(&bytes) {
-                let result = tampered.verify(&s.trust.public_key(), &s.client, s.fleet, Operation::Exec, at(1_500));
+                let result = tampered.verify(&s.trust.public_key(), &s.expect(Operation::Exec, 1_500));
                 prop_assert!(result.is_err());
             }
         }

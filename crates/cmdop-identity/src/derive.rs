@@ -1,12 +1,15 @@
-//! Symmetric keys derived from an identity's seed, one per registered purpose, for local encryption at rest
-//! (the CLI seals its saved credential with one). Derived keys are independent of each other and of the
-//! signing key: HKDF-SHA256 with the seed as input keying material and a versioned label as `info`.
+//! Keys derived with HKDF-SHA256, one per registered purpose: symmetric keys from an identity's seed, for local
+//! encryption at rest (the CLI seals its saved credential with one), and signing seeds from a shared secret (an
+//! enrolment secret becomes the Ed25519 key that proves holding it). Derived keys are independent of each other
+//! and of their input: HKDF-SHA256 with the seed or secret as input keying material and a versioned label as
+//! `info`.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::keys::Identity;
+use crate::seed::Seed;
 
 /// What a derived key is for. Each purpose has its own label, registered in `docs/security.md`.
 #[non_exhaustive]
@@ -14,6 +17,10 @@ use crate::keys::Identity;
 pub enum KeyPurpose {
     /// AES-256-GCM key that seals the credential `cmdop login` saves.
     ClientLoginStore,
+    /// The Ed25519 seed of a fleet's enrolment key, derived from the enrolment secret an admin hands out: whoever
+    /// holds the secret can sign with the key, and the relay, which sees only the public half and signatures,
+    /// learns nothing that would let it sign.
+    EnrolmentKey,
 }
 
 impl KeyPurpose {
@@ -21,7 +28,30 @@ impl KeyPurpose {
     pub fn label(self) -> &'static str {
         match self {
             Self::ClientLoginStore => "cmdop client-login-store v1",
+            Self::EnrolmentKey => "cmdop enrolment-key v1",
         }
+    }
+}
+
+/// HKDF-SHA256 (no salt) of `ikm`, expanded to 32 bytes with `purpose`'s label as `info`.
+fn expand(ikm: &[u8], purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
+    let hkdf = Hkdf::<Sha256>::new(None, ikm);
+    let mut key = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+    if hkdf
+        .expand(purpose.label().as_bytes(), key.as_mut_slice())
+        .is_err()
+    {
+        unreachable!("HKDF-SHA256 can always expand 32 bytes");
+    }
+    key
+}
+
+impl Seed {
+    /// The signing seed for `purpose` derived from a 32-byte `secret` (for [`KeyPurpose::EnrolmentKey`]: the
+    /// enrolment secret). Everyone holding the secret derives the same key; nobody without it can.
+    pub fn derive_from_secret(secret: &[u8; 32], purpose: KeyPurpose) -> Self {
+        Self::from_bytes(*expand(secret, purpose))
     }
 }
 
@@ -29,17 +59,7 @@ impl Identity {
     /// A 32-byte key for `purpose`, derived from this identity's seed. Never equal to the seed or the signing
     /// key, and never equal across purposes.
     pub fn derive_key(&self, purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
-        let seed = self.seed_bytes();
-        let hkdf = Hkdf::<Sha256>::new(None, seed.as_slice());
-        let mut key = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
-        if hkdf
-            .expand(purpose.label().as_bytes(), key.as_mut_slice())
-            .is_err()
-        {
-            unreachable!("HKDF-SHA256 can always expand 32 bytes");
-        }
-        key
+        expand(self.seed_bytes().as_slice(), purpose)
     }
 }
 
@@ -60,6 +80,20 @@ mod tests {
             *key,
             hkdf_reference(&[7u8; 32], KeyPurpose::ClientLoginStore.label().as_bytes())
         );
+    }
+
+    #[test]
+    fn enrolment_seed_is_hkdf_of_the_secret_and_differs_from_other_purposes() {
+        use hmac_check::hkdf_reference;
+        let secret = [9u8; 32];
+        let seed = Seed::derive_from_secret(&secret, KeyPurpose::EnrolmentKey);
+        let expected = hkdf_reference(&secret, KeyPurpose::EnrolmentKey.label().as_bytes());
+        assert_eq!(seed, Seed::from_bytes(expected));
+        assert_ne!(
+            seed,
+            Seed::derive_from_secret(&secret, KeyPurpose::ClientLoginStore)
+        );
+        assert_ne!(seed, Seed::from_bytes(secret));
     }
 
     mod hmac_check {

@@ -17,15 +17,33 @@ pub enum Purpose {
     E2eClientAuth,
     /// A fleet trust key signs a client capability.
     Capability,
+    /// A fleet admin key signs a state of the fleet's lock: the set of admin keys, and whether it is locked.
+    FleetAuthority,
+    /// A fleet admin key certifies a machine: its id, agent key, fleet and hostname.
+    MachineCertificate,
+    /// A fleet admin key authorizes an enrolment key to certify machines for a while.
+    EnrolmentAuthorization,
+    /// An enrolment key (derived from an enrolment secret) certifies a machine, under an authorization.
+    EnrolmentProof,
+    /// A fleet admin key certifies a client key as a member of the fleet, with a role.
+    MemberCertificate,
+    /// A fleet admin key signs the fleet's revocation list.
+    RevocationList,
 }
 
 impl Purpose {
     /// Every purpose, for registries and tests.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 10] = [
         Self::RelayLogin,
         Self::E2eAgentAuth,
         Self::E2eClientAuth,
         Self::Capability,
+        Self::FleetAuthority,
+        Self::MachineCertificate,
+        Self::EnrolmentAuthorization,
+        Self::EnrolmentProof,
+        Self::MemberCertificate,
+        Self::RevocationList,
     ];
 
     /// The label signed in front of the message, for example `"cmdop relay-login v1"`.
@@ -35,6 +53,12 @@ impl Purpose {
             Self::E2eAgentAuth => "cmdop e2e-agent-auth v1",
             Self::E2eClientAuth => "cmdop e2e-client-auth v1",
             Self::Capability => "cmdop capability v1",
+            Self::FleetAuthority => "cmdop fleet-authority v1",
+            Self::MachineCertificate => "cmdop machine-certificate v1",
+            Self::EnrolmentAuthorization => "cmdop enrolment-authorization v1",
+            Self::EnrolmentProof => "cmdop enrolment-proof v1",
+            Self::MemberCertificate => "cmdop member-certificate v1",
+            Self::RevocationList => "cmdop revocation-list v1",
         }
     }
 }

@@ -37,6 +37,6 @@ mod rfc8032_tests;
 pub use derive::KeyPurpose;
 pub use domain::Purpose;
 pub use error::IdentityError;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, parse_sha256_text, sha256_text};
 pub use keys::{Identity, PublicKey, Signature, SignatureError};
 pub use seed::Seed;

@@ -120,6 +120,58 @@ fn fingerprint_text_errors_name_the_problem() {
 }
 
 #[test]
+fn every_digest_a_person_compares_has_one_text_and_the_old_ones_still_read() {
+    let digest: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 7).unwrap());
+    let canonical = cmdop_identity::sha256_text(&digest);
+    assert!(
+        canonical.starts_with("SHA256:") && canonical.len() == 7 + 43,
+        "{canonical}"
+    );
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let colons: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    for form in [
+        canonical.clone(),
+        format!("sha256:{}", &canonical[7..]),
+        format!("{canonical}="),
+        format!("  {canonical}\n"),
+        format!("sha256:{hex}"),
+        format!("SHA256:{}", hex.to_uppercase()),
+        hex.clone(),
+        colons.join(":"),
+    ] {
+        assert_eq!(
+            cmdop_identity::parse_sha256_text(&form),
+            Some(digest),
+            "{form:?}"
+        );
+    }
+    for bad in [
+        "",
+        "SHA256:",
+        "sha256:abcd",
+        "md5:00",
+        &hex[..62],
+        &canonical[..40],
+    ] {
+        assert_eq!(cmdop_identity::parse_sha256_text(bad), None, "{bad:?}");
+    }
+    // A key's fingerprint is that text too, and a public key reads as its fingerprint.
+    let key = identity(3).public_key();
+    assert_eq!(
+        cmdop_identity::sha256_text(key.fingerprint().as_bytes()),
+        key.fingerprint().to_string()
+    );
+    assert_eq!(
+        key.to_string().parse::<Fingerprint>().unwrap(),
+        key.fingerprint()
+    );
+    assert_eq!(
+        key.fingerprint().with_short(),
+        format!("{} ({})", key.fingerprint(), key.fingerprint().short())
+    );
+}
+
+#[test]
 fn short_fingerprint_is_readable() {
     let short = identity(9).public_key().fingerprint().short();
     assert_eq!(short.len(), 11);

@@ -125,7 +125,11 @@ fn purpose_labels_are_distinct_short_versioned_and_registered() {
         );
     }
     // Hash and KDF labels share the namespace: none may equal a signature label, and each is registered.
-    for label in ["cmdop fingerprint v1", KeyPurpose::ClientLoginStore.label()] {
+    for label in [
+        "cmdop fingerprint v1",
+        KeyPurpose::ClientLoginStore.label(),
+        KeyPurpose::EnrolmentKey.label(),
+    ] {
         assert!(seen.insert(label), "{label} used twice");
         assert!(
             registry.contains(&format!("`{label}`")),

@@ -13,8 +13,10 @@
 //! checks that no library below them has `keyring`, `zbus` or `async-io` in its dependency graph.
 //!
 //! Invariants: a seed file that exists is never overwritten or replaced, whatever is wrong with it; loading
-//! never creates anything; creation is create-if-absent, so racing first starts agree on one identity; the
-//! KEK location is recorded in the seed file, so a later start looks in the right place or fails loudly.
+//! never creates anything; creation is create-if-absent under an exclusive lock of the directory, so racing
+//! first starts agree on one identity; a key file without its seed file is an error, never the start of a new
+//! identity (the seed was deleted or lost, and a new identity would be a new machine or client); the KEK
+//! location is recorded in the seed file, so a later start looks in the right place or fails loudly.
 
 mod os_keyring;
 
@@ -224,6 +226,28 @@ pub enum StoreError {
         /// What the keyring said (shown in the message, so not also a `source`).
         reason: KeyringError,
     },
+    /// The key file is there but its seed file is not: the identity was deleted or lost, not never made.
+    #[error(
+        "{} is missing while its key-encryption key {} is still there, so this identity was deleted or lost rather than never created; restore {} from a backup. Only to give this machine or client a new identity on purpose (the relay then sees a new machine, and every pin of the old key must be redone), remove {} as well",
+        seed_path.display(),
+        key_path.display(),
+        seed_path.display(),
+        key_path.display()
+    )]
+    SeedMissing {
+        /// The missing seed file.
+        seed_path: PathBuf,
+        /// The key file that remains.
+        key_path: PathBuf,
+    },
+    /// The config directory could not be locked for creating an identity.
+    #[error("cannot lock {} to create an identity: {source}", path.display())]
+    Lock {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The seed file disappeared between losing the creation race and loading the winner's file.
     #[error("{} vanished while it was being created by another process; try again", path.display())]
     Vanished {
@@ -334,6 +358,18 @@ impl SeedStore {
             path: self.dir.clone(),
             source,
         })?;
+        // Held until the new identity is complete, so that a racing start waits and then loads it, and a key
+        // file seen here without its seed is never one a racing start is still writing.
+        let _creating = self.lock_dir()?;
+        if let Some((identity, info)) = self.load()? {
+            return Ok((identity, info, Created::Existing));
+        }
+        if std::fs::symlink_metadata(self.key_path()).is_ok() {
+            return Err(StoreError::SeedMissing {
+                seed_path: self.seed_path(),
+                key_path: self.key_path(),
+            });
+        }
 
         let (slot, key_id, kek) = self.provision_kek(rng)?;
         let seed = Seed::generate(rng);
@@ -385,6 +421,17 @@ impl SeedStore {
         self.load_or_create(&mut rand_core::OsRng)
     }
 
+    /// An exclusive `flock` of the config directory, released when the returned handle is dropped.
+    fn lock_dir(&self) -> Result<std::fs::File, StoreError> {
+        let lock = |source| StoreError::Lock {
+            path: self.dir.clone(),
+            source,
+        };
+        let dir = std::fs::File::open(&self.dir).map_err(lock)?;
+        dir.lock().map_err(lock)?;
+        Ok(dir)
+    }
+
     /// Picks where the new identity's KEK lives and puts it there.
     fn provision_kek<R: CryptoRngCore + ?Sized>(
         &self,
@@ -396,9 +443,6 @@ impl SeedStore {
 
         let keyring_error = match self.backend {
             KekBackend::FileOnly => None,
-            // A key file already present means an earlier or concurrent start chose the file; stay with it so
-            // that racing starts agree on one KEK.
-            KekBackend::Auto if self.key_path().exists() => None,
             KekBackend::Auto | KekBackend::KeyringOnly => {
                 match os_keyring::store(&key_id, &kek, self.keyring_timeout) {
                     Ok(()) => {
@@ -425,7 +469,8 @@ impl SeedStore {
         let (key_id, kek) = if created {
             (key_id, kek)
         } else {
-            // Someone else's key file won; use its key so both of us encrypt under the same KEK.
+            // A process that does not take the directory lock (an older cmdop) wrote a key file just now; use
+            // its key so both of us encrypt under the same KEK.
             let existing = self.read_key_file_with_id()?;
             (existing.0, existing.1)
         };

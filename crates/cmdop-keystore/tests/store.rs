@@ -285,20 +285,30 @@ fn seed_path_that_is_a_directory_is_refused() {
     assert!(err.to_string().contains("is not a regular file"), "{err}");
 }
 
+/// Issue 13, hole 10: deleting the seed file while its key file stays used to create a new identity silently
+/// (encrypted under the old key), and so a new machine or client. An identity whose key-encryption key still
+/// exists but whose seed is missing is an error, and nothing is written.
 #[test]
-fn leftover_key_file_is_reused_not_replaced() {
+fn a_key_file_without_its_seed_is_an_error_not_a_new_identity() {
     let (_tmp, store) = created();
     let key_before = fs::read(store.key_path()).unwrap();
-    let (old, _) = store.load().unwrap().unwrap();
     fs::remove_file(store.seed_path()).unwrap();
-    let (new, _, created) = store.load_or_create(&mut OsRng).unwrap();
+    for _ in 0..2 {
+        let err = store.load_or_create(&mut OsRng).unwrap_err().to_string();
+        assert!(
+            err.contains(&store.seed_path().display().to_string())
+                && err.contains(&store.key_path().display().to_string())
+                && err.contains("restore"),
+            "{err}"
+        );
+        assert!(!store.seed_path().exists(), "a new seed file was written");
+        assert_eq!(fs::read(store.key_path()).unwrap(), key_before);
+    }
+    assert!(store.load().unwrap().is_none());
+    // Removing the key file as well is how a person asks for a new identity on purpose.
+    fs::remove_file(store.key_path()).unwrap();
+    let (_, _, created) = store.load_or_create(&mut OsRng).unwrap();
     assert_eq!(created, Created::New);
-    assert_ne!(new.public_key(), old.public_key());
-    assert_eq!(fs::read(store.key_path()).unwrap(), key_before);
-    assert_eq!(
-        store.load().unwrap().unwrap().0.public_key(),
-        new.public_key()
-    );
 }
 
 #[test]
@@ -473,6 +483,75 @@ fn auto_falls_back_to_the_key_file_quickly_when_no_keyring_answers() {
     );
 }
 
+/// Catalog K2, first case: no session bus at all (`DBUS_SESSION_BUS_ADDRESS` and `XDG_RUNTIME_DIR` unset, as
+/// under a service manager). The key file is used, the fallback is logged with its reason, nothing panics, and
+/// no in-memory stand-in keyring (keyring's mock) pretends to keep the key.
+#[test]
+fn auto_without_any_session_bus_uses_the_key_file_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cmdop");
+    let mut command = child(&dir, "auto", &[("CMDOP_STORE_TEST_LOG", "1")], None);
+    command
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DISPLAY");
+    let output = command.output().unwrap();
+    let result = child_result(&output);
+    assert!(
+        result.starts_with("RESULT New ") && result.ends_with(" key_file"),
+        "{result}"
+    );
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains(
+            "the os keyring is not reachable; keeping the key-encryption key in a key file instead"
+        ),
+        "{log}"
+    );
+    assert!(dir.join(KEY_FILE_NAME).is_file());
+    // A second start finds the key where the seed file says it is, again without a keyring.
+    let result = child_result(&command.output().unwrap());
+    assert!(
+        result.starts_with("RESULT Existing ") && result.ends_with(" key_file"),
+        "{result}"
+    );
+}
+
+/// Catalog K1, "no torn writes": readers racing a creation see no identity or the whole one, never a part.
+#[test]
+fn readers_racing_a_creation_never_see_a_torn_file() {
+    for _ in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cmdop");
+        fs::create_dir(&dir).unwrap();
+        let barrier = Arc::new(Barrier::new(5));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (dir, barrier) = (dir.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut seen = None;
+                    for _ in 0..200 {
+                        match file_store(&dir).load() {
+                            Ok(None) => {}
+                            Ok(Some((identity, _))) => seen = Some(identity.public_key()),
+                            Err(err) => panic!("a reader saw a torn identity: {err}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        barrier.wait();
+        let (created, _, _) = file_store(&dir).load_or_create(&mut OsRng).unwrap();
+        for reader in readers {
+            if let Some(seen) = reader.join().unwrap() {
+                assert_eq!(seen, created.public_key());
+            }
+        }
+    }
+}
+
 #[test]
 fn a_silent_keyring_cannot_hang_creation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -566,6 +645,13 @@ fn child_process_entry() {
         Ok("keyring") => KekBackend::KeyringOnly,
         _ => KekBackend::Auto,
     };
+    if std::env::var_os("CMDOP_STORE_TEST_LOG").is_some() {
+        // Logs to stdout, which the parent reads (libtest captures nothing under --nocapture).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stdout)
+            .with_ansi(false)
+            .try_init();
+    }
     let mut store = SeedStore::new(&dir, backend);
     if let Ok(ms) = std::env::var("CMDOP_STORE_TEST_TIMEOUT_MS") {
         store = store.with_keyring_timeout(Duration::from_millis(ms.parse().unwrap()));

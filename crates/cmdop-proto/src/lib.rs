@@ -15,9 +15,12 @@
 //! pin). The IO shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the
 //! server).
 
+pub mod display;
 pub mod e2e;
+pub mod lock;
 pub mod login;
 pub mod ops;
+pub mod pins;
 pub mod presence;
 pub mod relay_fingerprint;
 pub mod routing;

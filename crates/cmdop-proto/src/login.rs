@@ -25,17 +25,18 @@ use std::time::{Duration, Instant};
 use cmdop_fleet::{
     AgentInfo, AuthError, Authenticated, CredentialId, CredentialKind, CredentialRecord,
     CredentialSecret, DisplayName, Enrolment, Fleet, FleetAccess, FleetId, FleetName, Hostname,
-    Machine, NameError, Permission, Registration, RegistrationError, ScopeError, Timestamp,
-    UserName, register,
+    LabelError, Machine, MachineLabels, NameError, Permission, Registration, RegistrationError,
+    ScopeError, Timestamp, UserName, register,
 };
 use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
 use crate::wire::{
-    AUTH_CAPABILITY_ED25519, AgentLogin, Challenge, ClientLogin, CloseCode, EXPORTER_LEN,
-    ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage,
-    Registered, RelayMessage, Role, SignatureBytes, Welcome, login_transcript,
+    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AgentLogin, Challenge, ClientLogin,
+    CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo,
+    PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role, SignatureBytes, Welcome,
+    login_transcript,
 };
 
 /// A point in time as both clocks see it: the monotonic one for deadlines and timers, the wall clock for
@@ -134,10 +135,27 @@ pub struct CredentialLookup {
 /// What the relay's store says about the fleet an agent enrols into, answering [`LoginAction::LookUpFleet`].
 #[derive(Debug, Clone)]
 pub struct FleetLookup {
-    /// The fleet's machines (others are ignored).
+    /// The fleet's machines that [`FleetQuery`] selects (a handful at most). More machines of the fleet, up to
+    /// all of them, give the same answer; machines of other fleets are ignored. A relay with thousands of
+    /// machines per fleet reads these few by index instead of the whole fleet on every agent login.
     pub machines: Vec<Machine>,
     /// The fleet's trust key, which the agent pins: capabilities must carry its signature.
     pub trust_key: PublicKey,
+}
+
+/// The machines an agent's registration depends on: those of its fleet with its key (the same machine,
+/// coming back), or with a hostname or display name equal, ignoring ASCII case, to the hostname or display
+/// name it asks for (another key may hold the hostname, and no name may shadow another machine's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetQuery {
+    /// The fleet enrolled into.
+    pub fleet: FleetId,
+    /// The agent's proven key.
+    pub public_key: PublicKey,
+    /// The hostname it asks for.
+    pub hostname: Hostname,
+    /// The display name it asks for, if any.
+    pub name: Option<DisplayName>,
 }
 
 /// Why storing a registration failed in a way the peer should hear about.
@@ -179,6 +197,9 @@ pub struct AgentSession {
     pub machine: Machine,
     /// Whether the machine was registered for the first time.
     pub is_new: bool,
+    /// Whether the agent understands the fleet lock ([`AUTH_CAPABILITY_FLEET_LOCK`]): it gets the fleet's lock
+    /// after `Registered` and whenever it changes.
+    pub fleet_lock: bool,
 }
 
 /// A logged-in client.
@@ -220,8 +241,9 @@ pub enum LoginAction {
     Send(RelayMessage),
     /// Look up the credential with this id and answer with [`LoginInput::Credential`].
     LookUpCredential(CredentialId),
-    /// Look up the fleet's machines and trust key and answer with [`LoginInput::Fleet`].
-    LookUpFleet(FleetId),
+    /// Look up the fleet's machines with the enrolling key or hostname, and its trust key, and answer with
+    /// [`LoginInput::Fleet`].
+    LookUpFleet(FleetQuery),
     /// Store this registration and answer with [`LoginInput::Stored`].
     Register(Registration),
     /// Record a successful use of the credential.
@@ -279,12 +301,14 @@ enum RelayState {
         authenticated: Authenticated,
         access: FleetAccess,
         enrolment: Enrolment,
+        fleet_lock: bool,
     },
     Stored {
         authenticated: Authenticated,
         access: FleetAccess,
         registration: Registration,
         trust_key: PublicKey,
+        fleet_lock: bool,
     },
     Done,
 }
@@ -425,18 +449,29 @@ impl RelayLogin {
                     authenticated,
                     access,
                     enrolment,
+                    fleet_lock,
                 },
                 LoginInput::Fleet(lookup),
-            ) => self.on_fleet(authenticated, access, enrolment, lookup, now, rng),
+            ) => self.on_fleet(
+                (authenticated, access, enrolment, fleet_lock),
+                lookup,
+                now,
+                rng,
+            ),
             (
                 RelayState::Stored {
                     authenticated,
                     access,
                     registration,
                     trust_key,
+                    fleet_lock,
                 },
                 LoginInput::Stored(stored),
-            ) => self.on_stored(authenticated, access, registration, trust_key, stored),
+            ) => self.on_stored(
+                (authenticated, access, registration, fleet_lock),
+                trust_key,
+                stored,
+            ),
             // A message while a lookup is pending, or an answer nobody asked for: the peer sent more than one
             // message before its answer, which the protocol does not allow.
             (_, LoginInput::Message(_)) => Err(Refusal::protocol(
@@ -595,18 +630,23 @@ impl RelayLogin {
                 LoginFailure::InvalidRegistration,
             )
         })?;
-        let detail = format!(
-            "agent key {} from {}",
-            hex::encode(key.to_bytes()),
-            self.config.peer
-        );
+        let detail = format!("agent key {} from {}", key.fingerprint(), self.config.peer);
         self.audit(Some(access.fleet_id()), &actor, "auth", "accepted", detail);
-        self.actions
-            .push_back(LoginAction::LookUpFleet(access.fleet_id()));
+        self.actions.push_back(LoginAction::LookUpFleet(FleetQuery {
+            fleet: access.fleet_id(),
+            public_key: enrolment.public_key,
+            hostname: enrolment.hostname.clone(),
+            name: enrolment.name.clone(),
+        }));
+        let fleet_lock = login
+            .auth_capabilities
+            .iter()
+            .any(|c| c == AUTH_CAPABILITY_FLEET_LOCK);
         Ok(RelayState::Fleet {
             authenticated,
             access,
             enrolment,
+            fleet_lock,
         })
     }
 
@@ -647,7 +687,7 @@ impl RelayLogin {
             "accepted",
             format!(
                 "client key {} from {} ({description})",
-                hex::encode(client_key.to_bytes()),
+                client_key.fingerprint(),
                 self.config.peer
             ),
         );
@@ -670,9 +710,12 @@ impl RelayLogin {
 
     fn on_fleet<R: CryptoRngCore + ?Sized>(
         &mut self,
-        authenticated: Authenticated,
-        access: FleetAccess,
-        enrolment: Enrolment,
+        (authenticated, access, enrolment, fleet_lock): (
+            Authenticated,
+            FleetAccess,
+            Enrolment,
+            bool,
+        ),
         lookup: FleetLookup,
         now: Time,
         rng: &mut R,
@@ -686,10 +729,27 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key: lookup.trust_key,
+                    fleet_lock,
                 })
             }
             Err(RegistrationError::HostnameTaken { hostname, .. }) => {
                 Err(self.hostname_taken(&authenticated, &access, hostname.as_str()))
+            }
+            Err(RegistrationError::NameClash(clash)) => {
+                let message = clash.to_string();
+                self.audit(
+                    Some(access.fleet_id()),
+                    &actor(&authenticated),
+                    "register",
+                    "refused",
+                    message.clone(),
+                );
+                Err(Refusal::new(
+                    ErrorCode::HOSTNAME_TAKEN,
+                    message,
+                    CloseCode::LOGIN_REFUSED,
+                    LoginFailure::HostnameTaken,
+                ))
             }
             Err(err) => {
                 self.audit(
@@ -711,9 +771,12 @@ impl RelayLogin {
 
     fn on_stored(
         &mut self,
-        authenticated: Authenticated,
-        access: FleetAccess,
-        registration: Registration,
+        (authenticated, access, registration, fleet_lock): (
+            Authenticated,
+            FleetAccess,
+            Registration,
+            bool,
+        ),
         trust_key: PublicKey,
         stored: Result<(), StoreRefusal>,
     ) -> Result<RelayState, Refusal> {
@@ -738,7 +801,7 @@ impl RelayLogin {
                 "machine {} hostname {:?} key {}",
                 machine.id,
                 machine.hostname.as_str(),
-                hex::encode(machine.public_key.to_bytes())
+                machine.public_key.fingerprint()
             ),
         );
         self.send(RelayMessage::Registered(Registered {
@@ -753,6 +816,7 @@ impl RelayLogin {
             access,
             machine: registration.machine,
             is_new: registration.is_new,
+            fleet_lock,
         };
         self.actions
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Agent(Box::new(
@@ -977,6 +1041,9 @@ pub enum InvalidRegistration {
     /// The OS, architecture or version is empty, too long or holds control characters.
     #[error("invalid agent description: {0}; upgrade cmdop-agent")]
     Description(NameError),
+    /// A label breaks the label rules.
+    #[error("invalid label: {0}; fix the agent's --label")]
+    Label(LabelError),
 }
 
 /// What an agent's login asks to register, validated: names are checked once, here.
@@ -994,11 +1061,14 @@ fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, Inv
         .map_err(InvalidRegistration::DisplayName)?;
     let info = AgentInfo::new(&login.os, &login.arch, &login.agent_version)
         .map_err(InvalidRegistration::Description)?;
+    let labels =
+        MachineLabels::new(login.labels.iter().cloned()).map_err(InvalidRegistration::Label)?;
     Ok(Enrolment {
         public_key,
         hostname,
         name,
         info,
+        labels,
     })
 }
 
@@ -1019,6 +1089,7 @@ pub fn machine_info(machine: &Machine) -> MachineInfo {
         os: machine.info.os().to_owned(),
         arch: machine.info.arch().to_owned(),
         agent_version: machine.info.version().to_owned(),
+        labels: machine.labels.to_pairs(),
     }
 }
 
@@ -1061,6 +1132,8 @@ pub struct AgentLoginRequest {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The machine's labels, (key, value); the relay checks them ([`MachineLabels`]).
+    pub labels: Vec<(String, String)>,
 }
 
 impl fmt::Debug for AgentLoginRequest {
@@ -1069,6 +1142,7 @@ impl fmt::Debug for AgentLoginRequest {
             .field("workspace", &self.workspace)
             .field("hostname", &self.hostname)
             .field("display_name", &self.display_name)
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }
@@ -1271,7 +1345,11 @@ impl PeerLogin {
                 os: agent.os.clone(),
                 arch: agent.arch.clone(),
                 agent_version: agent.agent_version.clone(),
-                auth_capabilities: vec![AUTH_CAPABILITY_ED25519.to_owned()],
+                auth_capabilities: vec![
+                    AUTH_CAPABILITY_ED25519.to_owned(),
+                    AUTH_CAPABILITY_FLEET_LOCK.to_owned(),
+                ],
+                labels: agent.labels.clone(),
             }),
             LoginRequest::Client { credential } => PeerMessage::ClientLogin(ClientLogin {
                 credential: credential.0.to_string(),
@@ -1303,5 +1381,12 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::StreamReady(_) => "StreamReady",
         RelayMessage::IncomingStream(_) => "IncomingStream",
         RelayMessage::Candidates(_) => "Candidates",
+        RelayMessage::RouteReady(_) => "RouteReady",
+        RelayMessage::FleetLock(_) => "FleetLock",
+        RelayMessage::LockItems(_) => "LockItems",
+        RelayMessage::LockAccepted(_) => "LockAccepted",
+        RelayMessage::EnrolAuthorization(_) => "EnrolAuthorization",
+        RelayMessage::Enrolled => "Enrolled",
+        RelayMessage::MoreMachines(_) => "MoreMachines",
     }
 }

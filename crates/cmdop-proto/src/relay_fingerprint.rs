@@ -1,7 +1,9 @@
 //! The relay's certificate fingerprint: what agents and clients pin instead of trusting the web PKI.
 //!
-//! SHA-256 of the relay's leaf certificate (DER), written `sha256:<64 lowercase hex digits>`. The check itself
-//! runs inside the TLS handshake (in `cmdop-client`); this module is the value and its text form.
+//! SHA-256 of the relay's leaf certificate (DER), written like every fingerprint a person compares:
+//! `SHA256:<43 characters of base64>` ([`cmdop_identity::sha256_text`]). The older `sha256:<64 hex digits>`
+//! (and bare or colon-separated hex) still parse, so saved logins and config files keep working. The check
+//! itself runs inside the TLS handshake (in `cmdop-client`); this module is the value and its text form.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,14 +11,14 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// SHA-256 of the relay's leaf certificate (DER). Text form: `sha256:<64 lowercase hex digits>`.
+/// SHA-256 of the relay's leaf certificate (DER). Text form: `SHA256:<base64>`, see the module docs.
 #[derive(Clone, Copy, Eq)]
 pub struct RelayFingerprint([u8; 32]);
 
 /// Text that is not a relay fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid relay fingerprint {0:?}: expected sha256:<64 hex digits> as printed by `cmdop-relay fingerprint`"
+    "invalid relay fingerprint {0:?}: expected SHA256: and 43 characters as printed by `cmdop-relay fingerprint` (the older sha256:<64 hex digits> works too)"
 )]
 pub struct FingerprintParseError(pub String);
 
@@ -53,7 +55,7 @@ impl std::hash::Hash for RelayFingerprint {
 
 impl fmt::Display for RelayFingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
+        f.write_str(&cmdop_identity::sha256_text(&self.0))
     }
 }
 
@@ -66,20 +68,12 @@ impl fmt::Debug for RelayFingerprint {
 impl FromStr for RelayFingerprint {
     type Err = FingerprintParseError;
 
-    /// Accepts `sha256:<hex>` (prefix case-insensitive), upper- or lowercase hex, with optional `:` separators.
+    /// Accepts every form [`cmdop_identity::parse_sha256_text`] reads: `SHA256:<base64>`, and the older
+    /// `sha256:<hex>`, bare hex and colon-separated hex.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || FingerprintParseError(text.chars().take(120).collect());
-        let trimmed = text.trim();
-        let hex_part = match trimmed.get(..7) {
-            Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => {
-                trimmed.get(7..).unwrap_or_default()
-            }
-            _ => trimmed,
-        };
-        let compact: String = hex_part.chars().filter(|c| *c != ':').collect();
-        let bytes = hex::decode(compact.to_ascii_lowercase()).map_err(|_| bad())?;
-        let digest: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-        Ok(Self(digest))
+        cmdop_identity::parse_sha256_text(text)
+            .map(Self)
+            .ok_or_else(|| FingerprintParseError(text.chars().take(120).collect()))
     }
 }
 
@@ -91,16 +85,23 @@ mod tests {
     fn fingerprint_text_round_trip() {
         let fp = RelayFingerprint::of_cert(b"cert");
         let text = fp.to_string();
-        assert!(text.starts_with("sha256:") && text.len() == 7 + 64);
+        assert!(
+            text.starts_with("SHA256:") && text.len() == 7 + 43,
+            "{text}"
+        );
         assert_eq!(text.parse::<RelayFingerprint>().unwrap(), fp);
-        assert_eq!(text.to_uppercase().parse::<RelayFingerprint>().unwrap(), fp);
+        // The form every earlier relay printed, and what saved logins and config files hold, still reads.
+        let old = format!("sha256:{}", hex::encode(fp.as_bytes()));
+        assert_eq!(old.parse::<RelayFingerprint>().unwrap(), fp);
+        assert_eq!(old.to_uppercase().parse::<RelayFingerprint>().unwrap(), fp);
         assert_eq!(
-            text.trim_start_matches("sha256:")
+            old.trim_start_matches("sha256:")
                 .parse::<RelayFingerprint>()
                 .unwrap(),
             fp
         );
-        assert!("sha256:abcd".parse::<RelayFingerprint>().is_err());
+        let err = "sha256:abcd".parse::<RelayFingerprint>().unwrap_err();
+        assert!(err.to_string().contains("SHA256:"), "{err}");
         assert!("".parse::<RelayFingerprint>().is_err());
     }
 }

@@ -7,12 +7,16 @@
 
 use crate::support::*;
 use cmdop_fleet::{
-    Capability, CapabilityError, FleetId, Operation, OperationSet, SignedCapability, Timestamp,
+    Capability, CapabilityError, Expected, FleetId, MachineId, Operation, OperationSet,
+    SignedCapability, Timestamp,
 };
 use cmdop_identity::{Identity, PublicKey};
 use cmdop_proto::e2e::{CloseReason, Incoming, PendingClient};
 
 const NOW: u64 = 1_800_000_000;
+
+/// The agent's machine id in these tests; the channel id is the pair harness's [`CHANNEL`].
+const MACHINE: [u8; 16] = [0x4d; 16];
 
 fn trust_key() -> Identity {
     identity(0x7E)
@@ -27,6 +31,8 @@ fn capability(
     Capability {
         client_key,
         fleet: FleetId::from_bytes(fleet),
+        machine: MachineId::from_bytes(MACHINE),
+        channel: CHANNEL,
         operations: OperationSet::EMPTY.with(operation),
         not_before: Timestamp::from_unix_seconds(valid.start),
         not_after: Timestamp::from_unix_seconds(valid.end),
@@ -40,10 +46,14 @@ fn authorize(pending: &PendingClient) -> Result<(), CapabilityError> {
     let signed = SignedCapability::from_bytes(pending.capability())?;
     signed.verify(
         &trust_key().public_key(),
-        &pending.client_key(),
-        FleetId::from_bytes(FLEET),
-        Operation::Exec,
-        Timestamp::from_unix_seconds(NOW),
+        &Expected {
+            client_key: pending.client_key(),
+            fleet: FleetId::from_bytes(FLEET),
+            machine: MachineId::from_bytes(MACHINE),
+            channel: CHANNEL,
+            operation: Operation::Exec,
+            now: Timestamp::from_unix_seconds(NOW),
+        },
     )?;
     Ok(())
 }
@@ -133,6 +143,8 @@ fn a_client_without_a_valid_capability_is_refused() {
     let self_signed = Capability {
         client_key: key,
         fleet: FleetId::from_bytes(FLEET),
+        machine: MachineId::from_bytes(MACHINE),
+        channel: CHANNEL,
         operations: OperationSet::all(),
         not_before: Timestamp::from_unix_seconds(NOW - 60),
         not_after: Timestamp::from_unix_seconds(NOW + 60),
@@ -140,4 +152,20 @@ fn a_client_without_a_valid_capability_is_refused() {
     .sign(&me)
     .to_bytes();
     assert_denied(37, &me, &self_signed, "self-signed");
+    // Issued for another machine, or another stream: a relay replaying a capability it saw.
+    let elsewhere = |machine: [u8; 16], channel: [u8; 16]| {
+        Capability {
+            client_key: key,
+            fleet: FleetId::from_bytes(FLEET),
+            machine: MachineId::from_bytes(machine),
+            channel,
+            operations: OperationSet::all(),
+            not_before: Timestamp::from_unix_seconds(NOW - 60),
+            not_after: Timestamp::from_unix_seconds(NOW + 60),
+        }
+        .sign(&trust_key())
+        .to_bytes()
+    };
+    assert_denied(38, &me, &elsewhere([0x4e; 16], CHANNEL), "another machine");
+    assert_denied(39, &me, &elsewhere(MACHINE, [0x23; 16]), "another channel");
 }

@@ -5,6 +5,7 @@
 mod capability;
 mod channel;
 mod golden;
+mod lock_routing;
 mod noise_vectors;
 mod pair;
 mod properties;

@@ -1,6 +1,6 @@
 //! The login, presence and routing state machines driven as a pair, in memory, with a simulated clock: a peer
-//! ([`PeerLogin`], [`HeartbeatSchedule`]) and the relay ([`RelayLogin`], [`RelaySession`], routing) over real
-//! wire frames, with an in-memory store of cmdop-fleet records. Time only moves when a test moves it: there is
+//! ([`PeerLogin`], [`HeartbeatSchedule`]) and the relay ([`RelayLogin`], [`RelaySession`], [`PresenceBook`],
+//! routing) over real wire frames, with an in-memory store of cmdop-fleet records. Time only moves when a test moves it: there is
 //! no `sleep` here, and a test that waits three heartbeat intervals takes microseconds.
 #![allow(clippy::unwrap_used)]
 
@@ -8,21 +8,22 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cmdop_fleet::{
-    ApiKey, ApiKeySpec, CredentialId, CredentialRecord, CredentialSecret, Fleet, FleetId,
+    ApiKey, ApiKeySpec, CredentialId, CredentialRecord, CredentialSecret, Expected, Fleet, FleetId,
     FleetName, Machine, Operation, Role, SignedCapability, Timestamp, User, UserId, UserName,
     UserToken, UserTokenSpec,
 };
 use cmdop_identity::{Identity, Seed};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::login::{
-    AgentLoginRequest, AuditEvent, ClientCredential, CredentialLookup, FleetLookup, LoggedIn,
-    LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome, LoginRequest, LoginStep,
-    PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
+    AgentLoginRequest, AuditEvent, ClientCredential, CredentialLookup, FleetLookup, FleetQuery,
+    LoggedIn, LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome, LoginRequest,
+    LoginStep, PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
 };
 use cmdop_proto::presence::{
-    HeartbeatError, HeartbeatSchedule, MISSED_HEARTBEATS, RelaySession, SessionAction, SessionInput,
+    HeartbeatError, HeartbeatSchedule, LAST_SEEN_EVERY, MISSED_HEARTBEATS, PRESENCE_FLUSH,
+    PresenceBook, PresenceWrite, RelaySession, SessionAction, SessionInput,
 };
-use cmdop_proto::routing::{RouteContext, resolve_route, scope};
+use cmdop_proto::routing::{LockMaterial, RouteContext, resolve_route, scope};
 use cmdop_proto::wire::{
     CloseCode, ErrorCode, FrameDecoder, ListMachines, OpenStream, PeerMessage, RelayMessage, encode,
 };
@@ -77,6 +78,9 @@ struct Store {
     used: Vec<CredentialId>,
     audit: Vec<AuditEvent>,
     heard: Vec<(cmdop_fleet::MachineId, Timestamp)>,
+    /// The relay's presence in memory, and every batch of it written to `machines`.
+    presence: PresenceBook,
+    presence_writes: Vec<Vec<PresenceWrite>>,
 }
 
 impl Store {
@@ -158,6 +162,39 @@ impl Store {
             .collect()
     }
 
+    /// What the relay reads on an agent's login: the fleet's machines with its key or hostname.
+    fn machines_for_registration(&self, query: &FleetQuery) -> Vec<Machine> {
+        self.machines_of(query.fleet)
+            .into_iter()
+            .filter(|m| m.public_key == query.public_key || m.hostname == query.hostname)
+            .collect()
+    }
+
+    /// The relay's periodic presence flush: what the book says is due, written in one batch.
+    fn flush_presence(&mut self) {
+        let writes = self.presence.due();
+        self.write_presence(writes);
+    }
+
+    /// What the relay writes as soon as a machine comes online or goes offline.
+    fn write_presence_changes(&mut self) {
+        let writes = self.presence.changes();
+        self.write_presence(writes);
+    }
+
+    fn write_presence(&mut self, writes: Vec<PresenceWrite>) {
+        for write in &writes {
+            let machine = self.machines.iter_mut().find(|m| m.id == write.machine);
+            let machine = machine.unwrap();
+            machine.online = write.online;
+            machine.last_heartbeat = Some(write.last_seen);
+        }
+        self.presence.written(&writes);
+        if !writes.is_empty() {
+            self.presence_writes.push(writes);
+        }
+    }
+
     fn store(&mut self, registration: &cmdop_fleet::Registration) -> Result<(), StoreRefusal> {
         let machine = &registration.machine;
         if self.machines.iter().any(|m| {
@@ -180,6 +217,8 @@ struct Closed {
 
 /// The relay's end of one connection: the login, then the session, over real frames.
 struct RelayEnd {
+    /// The relay's number for this connection, as its presence book knows it.
+    connection: u64,
     login: RelayLogin,
     session: Option<RelaySession>,
     logged_in: Option<LoggedIn>,
@@ -190,8 +229,9 @@ struct RelayEnd {
 }
 
 impl RelayEnd {
-    fn new(now: Time) -> Self {
+    fn new(connection: u64, now: Time) -> Self {
         Self {
+            connection,
             login: RelayLogin::new(RelayLoginConfig {
                 nonce: [0xab; 32],
                 exporter: EXPORTER,
@@ -237,10 +277,10 @@ impl RelayEnd {
                     now,
                     rng,
                 ),
-                LoginAction::LookUpFleet(fleet) => {
+                LoginAction::LookUpFleet(query) => {
                     let lookup = FleetLookup {
-                        machines: store.machines_of(fleet),
-                        trust_key: store.trust[&fleet].public_key(),
+                        machines: store.machines_for_registration(&query),
+                        trust_key: store.trust[&query.fleet].public_key(),
                     };
                     self.login.handle(LoginInput::Fleet(lookup), now, rng);
                 }
@@ -259,6 +299,12 @@ impl RelayEnd {
                     self.failure = Some(failure);
                 }
                 LoginAction::LoggedIn(peer) => {
+                    if let LoggedIn::Agent(agent) = peer.as_ref() {
+                        store
+                            .presence
+                            .online(agent.machine.id, self.connection, now.unix);
+                        store.write_presence_changes();
+                    }
                     self.logged_in = Some((*peer).clone());
                     self.session = Some(RelaySession::new(
                         *peer,
@@ -279,7 +325,10 @@ impl RelayEnd {
         while let Some(action) = session.poll_action() {
             match action {
                 SessionAction::Send(message) => self.to_peer.extend(encode(&message).unwrap()),
-                SessionAction::Presence { machine, at } => store.heard.push((machine, at)),
+                SessionAction::Presence { machine, at } => {
+                    store.heard.push((machine, at));
+                    store.presence.heard(machine, self.connection, at);
+                }
                 SessionAction::LookUpMachines(access) => {
                     let machines = store.machines_of(access.fleet_id());
                     session.handle(SessionInput::Machines(machines), now);
@@ -291,6 +340,20 @@ impl RelayEnd {
                 other => panic!("unexpected session action {other:?}"),
             }
         }
+    }
+
+    /// The connection is gone (the relay closed it, or the peer did): the relay's book hears of it.
+    fn end(&mut self, store: &mut Store, now: Time) -> bool {
+        let current = match &self.logged_in {
+            Some(LoggedIn::Agent(agent)) => {
+                store
+                    .presence
+                    .offline(agent.machine.id, self.connection, now.unix)
+            }
+            _ => false,
+        };
+        store.write_presence_changes();
+        current
     }
 
     /// The time of the relay's next timer, if any.
@@ -337,25 +400,31 @@ struct Pair {
     rng: StdRng,
     relay: RelayEnd,
     peer_decoder: FrameDecoder,
+    connections: u64,
 }
 
 impl Pair {
     fn new() -> Self {
         let clock = Clock::new();
-        let relay = RelayEnd::new(clock.now());
+        let relay = RelayEnd::new(1, clock.now());
         Self {
             store: Store::default(),
             clock,
             rng: StdRng::seed_from_u64(7),
             relay,
             peer_decoder: FrameDecoder::new(),
+            connections: 1,
         }
     }
 
-    /// A new connection on the same store and clock.
-    fn reconnect(&mut self) {
-        self.relay = RelayEnd::new(self.clock.now());
+    /// A new connection on the same store and clock (the old one stays open until it is ended).
+    fn reconnect(&mut self) -> RelayEnd {
+        self.connections += 1;
         self.peer_decoder = FrameDecoder::new();
+        std::mem::replace(
+            &mut self.relay,
+            RelayEnd::new(self.connections, self.clock.now()),
+        )
     }
 
     /// Delivers `message` to the relay and returns what it answered.
@@ -420,6 +489,7 @@ fn agent_request(key: &CredentialSecret, workspace: &str, hostname: &str) -> Log
         os: "linux".to_owned(),
         arch: "x86_64".to_owned(),
         agent_version: "0.1.0".to_owned(),
+        labels: vec![("role".to_owned(), "web".to_owned())],
     })
 }
 
@@ -705,6 +775,14 @@ fn roles_decide_who_may_enrol_and_who_may_log_in_as_a_client() {
         &EXPORTER,
     );
     assert_eq!(refused_code(&bad_hostname), ErrorCode::INVALID_REGISTRATION);
+    pair.reconnect();
+    let mut bad_label = agent_request(&agent_key, "prod", "l");
+    if let LoginRequest::Agent(request) = &mut bad_label {
+        request.labels = vec![("Role".to_owned(), "web".to_owned())];
+    }
+    let refused = pair.login(bad_label, &identity(5), &EXPORTER);
+    assert_eq!(refused_code(&refused), ErrorCode::INVALID_REGISTRATION);
+    assert!(format!("{refused:?}").contains("label key"), "{refused:?}");
 }
 
 #[test]
@@ -809,6 +887,7 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
     };
     let scoped = scope(&session, &request).unwrap();
     let now = pair.clock.now().unix;
+    let unlocked = LockMaterial::default();
     let route = resolve_route(
         &scoped,
         &request,
@@ -818,32 +897,44 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
             trust_key: &pair.store.trust[&alpha],
             channel_id: [0x42; 16],
             now,
+            lock: &unlocked,
         },
     )
     .unwrap();
     assert_eq!(route.machine.hostname.as_str(), "a-1");
     assert_eq!(route.header.channel_id, route.ready.channel_id);
+    assert!(route.ready.lock.is_none());
+    assert_eq!(
+        route.stream_ready().unwrap().capability,
+        route.ready.capability
+    );
     let capability = SignedCapability::from_bytes(&route.ready.capability).unwrap();
     let trust = pair.store.trust[&alpha].public_key();
-    capability
-        .verify(&trust, &client.public_key(), alpha, Operation::Exec, now)
-        .unwrap();
-    assert!(
-        capability
-            .verify(&trust, &client.public_key(), alpha, Operation::Shell, now)
-            .is_err()
-    );
-    assert!(
-        capability
-            .verify(
-                &trust,
-                &identity(8).public_key(),
-                alpha,
-                Operation::Exec,
-                now
-            )
-            .is_err()
-    );
+    let expected = Expected {
+        client_key: client.public_key(),
+        fleet: alpha,
+        machine: route.machine.id,
+        channel: [0x42; 16],
+        operation: Operation::Exec,
+        now,
+    };
+    capability.verify(&trust, &expected).unwrap();
+    for wrong in [
+        Expected {
+            operation: Operation::Shell,
+            ..expected
+        },
+        Expected {
+            client_key: identity(8).public_key(),
+            ..expected
+        },
+        Expected {
+            channel: [0x43; 16],
+            ..expected
+        },
+    ] {
+        assert!(capability.verify(&trust, &wrong).is_err(), "{wrong:?}");
+    }
     // A machine of the other fleet is not found, whatever its name.
     let other = OpenStream {
         machine: "b-1".to_owned(),
@@ -858,6 +949,7 @@ fn a_client_lists_the_machines_of_its_fleets_only_and_routes_with_a_bound_capabi
             trust_key: &pair.store.trust[&alpha],
             channel_id: [0x43; 16],
             now,
+            lock: &unlocked,
         },
     )
     .unwrap_err();
@@ -884,4 +976,108 @@ fn messages_out_of_order_are_protocol_errors() {
         matches!(old.as_slice(), [RelayMessage::Error(e)] if e.code == ErrorCode::UNSUPPORTED_VERSION),
         "{old:?}"
     );
+}
+
+/// Heartbeats only touch the relay's memory; the store gets the online state at the next flush and the
+/// `last_seen` of an online machine about once a minute, never staler than the documented bound.
+#[test]
+fn heartbeats_reach_the_store_in_batches_within_the_staleness_bound() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let key = pair.store.api_key(prod, Role::Agent, None, &mut pair.rng);
+    pair.login(
+        agent_request(&key, "prod", "web-1"),
+        &identity(1),
+        &EXPORTER,
+    )
+    .unwrap();
+    let logged_in = pair.clock.now().unix;
+    let machine = pair.store.machines[0].id;
+    assert!(
+        pair.store.machines[0].online,
+        "coming online is written at once"
+    );
+
+    let mut schedule = HeartbeatSchedule::new(HEARTBEAT, ANSWER_WITHIN, pair.clock.now().instant);
+    let bound = (LAST_SEEN_EVERY + PRESENCE_FLUSH).as_secs();
+    let hour = Duration::from_secs(3600);
+    while pair.clock.elapsed < hour {
+        // The relay flushes every PRESENCE_FLUSH; heartbeats come when the agent's schedule says.
+        pair.clock.advance(PRESENCE_FLUSH);
+        if pair.clock.now().instant >= schedule.poll_timeout()
+            && let Some(heartbeat) = schedule.handle_timeout(pair.clock.now().instant).unwrap()
+        {
+            let answers = pair.exchange(&heartbeat);
+            schedule.handle(&answers[0]).unwrap();
+        }
+        pair.store.flush_presence();
+        // Before the first heartbeat, the login is the last time the machine was heard from.
+        let heard = pair.store.heard.last().map_or(logged_in, |(_, at)| *at);
+        let stored = pair.store.machines[0].last_heartbeat.unwrap();
+        assert!(
+            heard.seconds_since(stored) <= bound,
+            "stored last_seen {stored:?} is more than {bound} s behind the last heartbeat {heard:?}"
+        );
+    }
+    let heartbeats = pair.store.heard.len();
+    let writes: usize = pair.store.presence_writes.iter().map(Vec::len).sum();
+    assert_eq!(heartbeats, 120);
+    assert!(
+        writes <= 1 + 3600 / LAST_SEEN_EVERY.as_secs() as usize,
+        "{writes} presence writes for {heartbeats} heartbeats"
+    );
+    assert!(writes >= 3600 / (LAST_SEEN_EVERY + PRESENCE_FLUSH).as_secs() as usize);
+    assert!(
+        pair.store
+            .presence_writes
+            .iter()
+            .all(|batch| batch.iter().all(|w| w.machine == machine && w.online))
+    );
+}
+
+/// Only the newest connection of a machine decides its presence; when it ends, the store hears of it at once,
+/// with the exact time, and the book forgets the machine.
+#[test]
+fn going_offline_is_written_at_once_and_a_replaced_connection_does_not_count() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let key = pair.store.api_key(prod, Role::Agent, None, &mut pair.rng);
+    let agent = identity(1);
+    pair.login(agent_request(&key, "prod", "web-1"), &agent, &EXPORTER)
+        .unwrap();
+    pair.clock.advance(Duration::from_secs(5));
+    let mut first = pair.reconnect();
+    pair.login(agent_request(&key, "prod", "web-1"), &agent, &EXPORTER)
+        .unwrap();
+    let machine = pair.store.machines[0].id;
+    assert_eq!(pair.store.presence.connection(machine), Some(2));
+
+    // The replaced connection ends: the machine stays online.
+    pair.clock.advance(Duration::from_secs(5));
+    let now = pair.clock.now();
+    assert!(!first.end(&mut pair.store, now));
+    pair.store.flush_presence();
+    assert!(pair.store.machines[0].online);
+
+    // The current one ends: offline, at that time, written at once; then the book is empty.
+    pair.clock.advance(Duration::from_secs(7));
+    let now = pair.clock.now();
+    assert!(pair.relay.end(&mut pair.store, now));
+    assert!(!pair.store.machines[0].online);
+    assert_eq!(pair.store.machines[0].last_heartbeat, Some(now.unix));
+    assert_eq!(pair.store.presence.online_count(), 0);
+    assert!(pair.store.presence.due().is_empty());
+    let mut listed = pair.store.machines[0].clone();
+    pair.store.presence.apply(&mut listed);
+    assert!(!listed.online);
+}
+
+/// A relay stopping on purpose spreads its agents' return so that they arrive at the rate it can admit.
+#[test]
+fn a_stopping_relay_spreads_its_agents_over_a_window_it_can_admit() {
+    use cmdop_proto::presence::come_back_window;
+    assert_eq!(come_back_window(10_000, 500), Duration::from_secs(20));
+    assert_eq!(come_back_window(3, 500), Duration::from_secs(1));
+    assert_eq!(come_back_window(1_000_000, 100), Duration::from_secs(300));
+    assert_eq!(come_back_window(10, 0), Duration::from_secs(10));
 }

@@ -177,23 +177,25 @@ pub fn machine_json(fleet: &Fleet, machine: &Machine) -> Value {
         "hostname": machine.hostname.as_str(),
         "name": machine.display_name(),
         "fingerprint": machine_fingerprint(machine),
-        "public_key": hex::encode(machine.public_key.to_bytes()),
+        "public_key": machine.public_key.to_string(),
         "online": machine.online,
         "last_seen": machine.last_heartbeat.map(Timestamp::as_unix_seconds),
         "os": machine.info.os(),
         "arch": machine.info.arch(),
         "agent_version": machine.info.version(),
+        "labels": machine.labels,
     })
 }
 
 /// Text table of machines.
 pub fn machines_table(machines: &[(Fleet, Machine)]) -> String {
-    let mut out =
-        String::from("ID\tFLEET\tHOSTNAME\tNAME\tSTATUS\tLAST SEEN\tOS/ARCH\tFINGERPRINT\n");
+    let mut out = String::from(
+        "ID\tFLEET\tHOSTNAME\tNAME\tSTATUS\tLAST SEEN\tOS/ARCH\tFINGERPRINT\tLABELS\n",
+    );
     for (fleet, m) in machines {
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}/{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}/{}\t{}\t{}",
             m.id,
             fleet.name,
             m.hostname,
@@ -203,6 +205,11 @@ pub fn machines_table(machines: &[(Fleet, Machine)]) -> String {
             m.info.os(),
             m.info.arch(),
             machine_fingerprint(m),
+            if m.labels.is_empty() {
+                "-".to_owned()
+            } else {
+                m.labels.to_string()
+            },
         );
     }
     out

@@ -38,16 +38,9 @@ pub(crate) fn run(command: Command, loaded: &Loaded) -> Result<()> {
     let open =
         |data: DataDir| -> Result<Store> { Ok(Store::open(&loaded.data_dir(data.data_dir)?)?) };
     match command {
-        Command::Serve(args) => serve_command::serve(loaded.serve(ServeFlags {
-            data_dir: args.data.data_dir,
-            listen: args.listen,
-            cert: args.cert,
-            key: args.key,
-            metrics: args.metrics,
-            drain_timeout: args.drain_timeout,
-        })?),
-        Command::Config(ConfigCommand::Check) => {
-            serve_command::config_check(loaded.path.as_deref())
+        Command::Serve(args) => serve_command::serve(loaded.serve(ServeFlags::from(args))?),
+        Command::Config(ConfigCommand::Check(args)) => {
+            serve_command::config_check(loaded, ServeFlags::from(args))
         }
         Command::Status { data, json } => status_command::run(
             &loaded.data_dir(data.data_dir)?,
@@ -97,6 +90,9 @@ pub(crate) fn run(command: Command, loaded: &Loaded) -> Result<()> {
                 machine.display_name()
             );
             Ok(())
+        }
+        Command::Completions { .. } | Command::Man { .. } => {
+            anyhow::bail!("completions and man pages are generated before the config is read")
         }
         Command::Audit { data, fleet, json } => {
             let records = open(data)?.audit(fleet.as_deref())?;

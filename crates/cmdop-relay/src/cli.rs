@@ -1,7 +1,6 @@
 //! The `cmdop-relay` command line: every verb, flag and example, as clap definitions. What each verb does
 //! lives in `serve_command`, `admin_verbs` and `status_command`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -90,6 +89,23 @@ pub(crate) enum Command {
     /// Change a machine.
     #[command(subcommand)]
     Machine(MachineCommand),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(
+        after_help = "Examples:\n  cmdop-relay completions bash > /usr/share/bash-completion/completions/cmdop-relay\n  cmdop-relay completions zsh > ~/.zfunc/_cmdop-relay"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (cmdop-relay.1 and one per subcommand) into a directory, or cmdop-relay.1 to stdout.
+    #[command(
+        after_help = "Examples:\n  cmdop-relay man --out-dir /usr/local/share/man/man1\n  cmdop-relay man | man -l -"
+    )]
+    Man {
+        /// Where to write the pages [default: print cmdop-relay.1 to stdout].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Show the audit log.
     #[command(after_help = "Example:\n  cmdop-relay audit --fleet prod --json")]
     Audit {
@@ -111,7 +127,7 @@ pub(crate) struct ServeArgs {
     pub(crate) data: DataDir,
     /// UDP address to listen on [config: listen] [default: 0.0.0.0:4433].
     #[arg(long, env = "CMDOP_RELAY_LISTEN", value_name = "ADDR")]
-    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) listen: Option<String>,
     /// PEM certificate chain to serve instead of the generated self-signed one (needs --key) [config: cert].
     #[arg(long, env = "CMDOP_RELAY_CERT", value_name = "FILE")]
     pub(crate) cert: Option<PathBuf>,
@@ -120,17 +136,24 @@ pub(crate) struct ServeArgs {
     pub(crate) key: Option<PathBuf>,
     /// Serve Prometheus metrics on http://ADDR/metrics (TCP) [config: metrics]; keep it on a private address.
     #[arg(long, env = "CMDOP_RELAY_METRICS", value_name = "ADDR")]
-    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<String>,
     /// On SIGTERM, how long running streams get to finish, e.g. 10s, 2m [config: drain_timeout] [default: 10s].
     #[arg(long, env = "CMDOP_RELAY_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub(crate) drain_timeout: Option<String>,
+    /// Connections served at once, agents and clients together; more are refused [config: max_connections]
+    /// [default: 16384].
+    #[arg(long, env = "CMDOP_RELAY_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
-    /// Validate the config file (--config, else /etc/cmdop/relay.toml) and print the settings it yields.
-    #[command(after_help = "Example:\n  cmdop-relay config check --config /etc/cmdop/relay.toml")]
-    Check,
+    /// Check what `serve` would use, from its flags, the environment and the config file (--config, else
+    /// /etc/cmdop/relay.toml), and print it. Takes the flags of `serve`.
+    #[command(
+        after_help = "Examples:\n  cmdop-relay config check --config /etc/cmdop/relay.toml\n  CMDOP_RELAY_LISTEN=0.0.0.0:4433 cmdop-relay config check --data-dir /var/lib/cmdop-relay"
+    )]
+    Check(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]

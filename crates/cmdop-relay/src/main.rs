@@ -12,15 +12,32 @@ mod status_command;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `config check` reports a broken file itself; every other command needs it to load.
-    if let Command::Config(ConfigCommand::Check) = cli.command {
-        return report(serve_command::config_check(cli.config.as_deref()));
+    // Generated from the flags alone: they must work before (and without) any config file.
+    match cli.command {
+        Command::Completions { shell } => {
+            let generated =
+                cmdop_config::generated::print_completions(shell, Cli::command(), "cmdop-relay");
+            return report(generated.map_err(anyhow::Error::from));
+        }
+        Command::Man { out_dir } => {
+            let written = cmdop_config::generated::man_pages(
+                Cli::command(),
+                "cmdop-relay",
+                out_dir.as_deref(),
+            );
+            return report(written.map_err(anyhow::Error::from).map(|written| {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+            }));
+        }
+        _ => {}
     }
     let loaded = match relay_settings::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,

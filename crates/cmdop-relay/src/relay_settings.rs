@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use cmdop_client::transport::Limits;
 use cmdop_config::LogFormat;
 use cmdop_relay::admin;
 use cmdop_relay::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN};
 use serde::Deserialize;
+
+use crate::cli::ServeArgs;
 
 /// Where the relay looks for its config file when none is named.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/cmdop/relay.toml";
@@ -27,6 +30,7 @@ pub(crate) struct RelayFile {
     pub(crate) key: Option<PathBuf>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) drain_timeout: Option<String>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_format: Option<LogFormat>,
 }
 
@@ -45,17 +49,45 @@ pub(crate) struct ServeSettings {
     pub(crate) cert: Option<(PathBuf, PathBuf)>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
-/// The flag/environment values of `serve`, before the file and defaults fill the gaps.
+/// The flag/environment values of `serve`, before the file and defaults fill the gaps. Addresses stay text
+/// until [`Loaded::serve`], so that a bad one is named with where it came from (a flag, or a variable the
+/// person may not know is set) rather than as a flag they never passed.
 #[derive(Debug, Default)]
 pub(crate) struct ServeFlags {
     pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) listen: Option<String>,
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
-    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<String>,
     pub(crate) drain_timeout: Option<String>,
+    pub(crate) max_connections: Option<usize>,
+}
+
+impl From<ServeArgs> for ServeFlags {
+    fn from(args: ServeArgs) -> Self {
+        Self {
+            data_dir: args.data.data_dir,
+            listen: args.listen,
+            cert: args.cert,
+            key: args.key,
+            metrics: args.metrics,
+            drain_timeout: args.drain_timeout,
+            max_connections: args.max_connections,
+        }
+    }
+}
+
+/// A socket address given as a flag or in the environment; the error names which, and how to write it.
+fn address(text: &str, flag: &str, env: &str) -> Result<SocketAddr> {
+    text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid address {text:?} from {}: write IP:PORT, e.g. 0.0.0.0:4433 or [::]:4433",
+            cmdop_config::flag_or_env(flag, env)
+        )
+    })
 }
 
 /// Loads the named config file (which must exist), else the default one if it exists, else nothing.
@@ -84,11 +116,16 @@ impl Loaded {
     pub(crate) fn serve(&self, flags: ServeFlags) -> Result<ServeSettings> {
         let file = &self.file;
         let data_dir = self.data_dir(flags.data_dir)?;
-        let listen = match flags.listen.or(file.listen) {
-            Some(listen) => listen,
-            None => DEFAULT_LISTEN
+        let listen = match (flags.listen, file.listen) {
+            (Some(text), _) => address(&text, "--listen", "CMDOP_RELAY_LISTEN")?,
+            (None, Some(listen)) => listen,
+            (None, None) => DEFAULT_LISTEN
                 .parse()
                 .context("the built-in listen address does not parse")?,
+        };
+        let metrics = match flags.metrics {
+            Some(text) => Some(address(&text, "--metrics", "CMDOP_RELAY_METRICS")?),
+            None => file.metrics,
         };
         let cert = match (
             flags.cert.or_else(|| file.cert.clone()),
@@ -104,19 +141,30 @@ impl Loaded {
             }
         };
         let drain_timeout = match (flags.drain_timeout, &file.drain_timeout) {
-            (Some(text), _) => {
-                admin::parse_duration(&text).with_context(|| format!("--drain-timeout {text:?}"))?
-            }
+            (Some(text), _) => admin::parse_duration(&text).with_context(|| {
+                format!(
+                    "{} {text:?}",
+                    cmdop_config::flag_or_env("--drain-timeout", "CMDOP_RELAY_DRAIN_TIMEOUT")
+                )
+            })?,
             (None, Some(text)) => admin::parse_duration(text)
                 .with_context(|| format!("drain_timeout = {text:?} in {}", self.describe()))?,
             (None, None) => DEFAULT_DRAIN_TIMEOUT,
         };
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(Limits::default().max_connections);
+        if max_connections == 0 {
+            bail!("max_connections (--max-connections) must be at least 1");
+        }
         Ok(ServeSettings {
             data_dir,
             listen,
             cert,
-            metrics: flags.metrics.or(file.metrics),
+            metrics,
             drain_timeout,
+            max_connections,
         })
     }
 
@@ -146,7 +194,7 @@ mod tests {
         );
         let serve = file
             .serve(ServeFlags {
-                listen: Some("127.0.0.1:6000".parse().unwrap()),
+                listen: Some("127.0.0.1:6000".into()),
                 ..ServeFlags::default()
             })
             .unwrap();
@@ -154,6 +202,7 @@ mod tests {
         assert_eq!(serve.listen, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(serve.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(serve.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(serve.max_connections, Limits::default().max_connections);
         let defaults = loaded("").serve(ServeFlags {
             data_dir: Some("/d".into()),
             ..ServeFlags::default()
@@ -176,7 +225,26 @@ mod tests {
             err.contains("drain_timeout") && err.contains("relay.toml"),
             "{err}"
         );
+        let err = loaded("data_dir = \"/d\"\nmax_connections = 0\n")
+            .serve(ServeFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
         let err = loaded("").data_dir(None).unwrap_err().to_string();
         assert!(err.contains("--data-dir"), "{err}");
+        // A bad address from the flags or the environment is named as such, never as a bare flag error.
+        let err = loaded("data_dir = \"/d\"\n")
+            .serve(ServeFlags {
+                listen: Some("garbage".into()),
+                ..ServeFlags::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"garbage\"")
+                && err.contains("CMDOP_RELAY_LISTEN")
+                && err.contains("IP:PORT"),
+            "{err}"
+        );
     }
 }

@@ -1,15 +1,13 @@
 //! `cmdop-relay serve` and `cmdop-relay config check`: the settings become a running server, with metrics,
 //! `serve.json` and a graceful stop on SIGTERM or Ctrl-C.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result};
 use cmdop_relay::metrics;
 use cmdop_relay::server::{Server, ServerConfig};
 use cmdop_relay::tls::TlsIdentity;
 
 use crate::admin_verbs::now;
-use crate::relay_settings::{self, ServeFlags, ServeSettings};
+use crate::relay_settings::{self, Loaded, ServeFlags, ServeSettings};
 use crate::status_command::RunState;
 
 /// Runs the relay with `settings` until SIGTERM or Ctrl-C, then drains and stops.
@@ -20,6 +18,7 @@ pub(crate) fn serve(settings: ServeSettings) -> Result<()> {
         cert,
         metrics,
         drain_timeout,
+        max_connections,
     } = settings;
     let tls = match cert {
         Some((cert, key)) => TlsIdentity::from_pem_files(&cert, &key)?,
@@ -36,6 +35,7 @@ pub(crate) fn serve(settings: ServeSettings) -> Result<()> {
     runtime.block_on(async move {
         let mut config = ServerConfig::new(data_dir.clone(), listen, tls);
         config.drain_timeout = drain_timeout;
+        config.limits.max_connections = max_connections;
         let server = Server::bind(config)?;
         let addr = server.local_addr()?;
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -78,38 +78,41 @@ pub(crate) fn serve(settings: ServeSettings) -> Result<()> {
     Ok(())
 }
 
-/// `config check`: parses the file, fills in the defaults, checks that certificate files load, and prints
-/// the settings `serve` would use.
-pub(crate) fn config_check(explicit: Option<&Path>) -> Result<()> {
-    let loaded = relay_settings::load(explicit)?;
-    let Some(path) = loaded.path.clone() else {
-        anyhow::bail!(
-            "no config file to check: pass --config FILE (or set CMDOP_RELAY_CONFIG); {} does not exist",
-            relay_settings::DEFAULT_CONFIG
-        );
-    };
-    // Check the values the file sets on their own, without flags or the environment mixing in.
-    let data_dir = loaded.file.data_dir.clone();
-    let serve = loaded.serve(ServeFlags {
-        // A file without data_dir is fine (the flag may give it); check the rest regardless.
-        data_dir: Some(
-            data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("<--data-dir>")),
-        ),
-        ..ServeFlags::default()
-    })?;
+/// `config check`: the config file has loaded (unknown keys and bad values are errors naming the line); now
+/// the settings `serve` would use are resolved exactly as `serve` resolves them (flags, environment, file,
+/// defaults), the certificate is loaded and the data directory looked at, and everything is printed.
+pub(crate) fn config_check(loaded: &Loaded, flags: ServeFlags) -> Result<()> {
+    let serve = loaded.serve(flags)?;
     if let Some((cert, key)) = &serve.cert {
-        TlsIdentity::from_pem_files(cert, key)
-            .with_context(|| format!("{}: cert/key do not load", path.display()))?;
+        TlsIdentity::from_pem_files(cert, key).with_context(|| {
+            format!(
+                "the certificate {} and key {} do not load",
+                cert.display(),
+                key.display()
+            )
+        })?;
     }
-    println!("{} is valid", path.display());
+    if serve.data_dir.exists() && !serve.data_dir.is_dir() {
+        anyhow::bail!(
+            "data directory {} exists but is not a directory; point --data-dir (or data_dir) elsewhere",
+            serve.data_dir.display()
+        );
+    }
+    match &loaded.path {
+        Some(path) => println!("{} is valid; `serve` would use:", path.display()),
+        None => println!(
+            "no config file ({} does not exist); from flags and environment, `serve` would use:",
+            relay_settings::DEFAULT_CONFIG
+        ),
+    }
     println!(
-        "  data_dir      = {}",
-        data_dir.map_or_else(
-            || "(not set; pass --data-dir)".to_owned(),
-            |d| d.display().to_string()
-        )
+        "  data_dir      = {}{}",
+        serve.data_dir.display(),
+        if serve.data_dir.is_dir() {
+            ""
+        } else {
+            " (created at start)"
+        }
     );
     println!("  listen        = {}", serve.listen);
     match &serve.cert {
@@ -123,6 +126,7 @@ pub(crate) fn config_check(explicit: Option<&Path>) -> Result<()> {
             .map_or_else(|| "off".to_owned(), |m| m.to_string())
     );
     println!("  drain_timeout = {:?}", serve.drain_timeout);
+    println!("  max_connections = {}", serve.max_connections);
     println!(
         "  log_format    = {:?}",
         loaded.file.log_format.unwrap_or_default()

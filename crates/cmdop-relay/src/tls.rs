@@ -33,6 +33,18 @@ pub enum TlsError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The private key file can be accessed by group or others.
+    #[error(
+        "{} is accessible by group or others (mode {mode:04o}) and is refused, since it holds the relay's private key; run `chmod 600 {}` (readable by the relay's user only), and replace the key if someone else may have read it",
+        path.display(),
+        path.display()
+    )]
+    KeyTooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PEM file holds no usable certificate or key.
     #[error(
         "{path} holds no usable PEM {what}; pass a PEM certificate chain to --cert and its private key to --key"
@@ -68,10 +80,7 @@ impl TlsIdentity {
             path: cert.into(),
             source,
         })?;
-        let key_pem = std::fs::read(key).map_err(|source| TlsError::File {
-            path: key.into(),
-            source,
-        })?;
+        let key_pem = read_key_file(key)?;
         Self::from_pem(&cert_pem, &key_pem, cert, key)
     }
 
@@ -144,6 +153,30 @@ pub fn leaf_fingerprint_from_pem(pem: &[u8]) -> Option<RelayFingerprint> {
         .map(|leaf| RelayFingerprint::of_cert(&leaf))
 }
 
+/// Reads a private key file, refusing one that group or others can access (checked on the open handle).
+fn read_key_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let cannot = |source| TlsError::File {
+        path: path.into(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file.metadata().map_err(cannot)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TlsError::KeyTooOpen {
+                path: path.into(),
+                mode,
+            });
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(cannot)?;
+    Ok(bytes)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     create_private_file(path)?;
     std::fs::write(path, bytes).map_err(|source| TlsError::File {
@@ -162,10 +195,17 @@ pub(crate) fn server_config(
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Peers never resume a session (each connection builds a fresh client configuration), so tickets would
+    // be a signature, an encryption and a cache entry per handshake for nothing; a reconnect storm of
+    // thousands of agents is all handshakes.
+    tls.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Tls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(limits)));
+    let mut transport = transport_config(limits);
+    // Only the control stream until login; `server::session` raises a client's limit once it is logged in.
+    transport.max_concurrent_bidi_streams(limits.login_bidi_streams.into());
+    config.transport_config(Arc::new(transport));
     // Each connection beyond this is refused at the QUIC layer before any TLS work.
     config.max_incoming(
         limits
@@ -176,6 +216,9 @@ pub(crate) fn server_config(
     config.incoming_buffer_size_total(8 * 1024 * 1024);
     Ok(config)
 }
+
+/// The least time between two stateless resets the relay sends (see `endpoint_config`).
+pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The relay endpoint's configuration, with a stateless-reset key derived from the TLS private key.
 ///
@@ -200,6 +243,12 @@ pub(crate) fn endpoint_config(identity: &TlsIdentity, limits: &Limits) -> quinn:
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     apply_endpoint_limits(&mut config, limits);
+    // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000 agents would need
+    // 200 s to all hear theirs, and most would sit out the 30 s idle timeout instead. One per millisecond
+    // lets a fleet of 10,000 learn within about 10 s, arriving about as fast as a relay admits logins. A reset
+    // is always smaller than the packet that caused it (no amplification), and the keyed connection-id check
+    // above drops stray packets before any reset is considered, which is what quinn asks of a small interval.
+    config.min_reset_interval(RESET_INTERVAL);
     config
 }
 
@@ -225,5 +274,41 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    /// Issue 13, hole 10: a relay-key.pem at mode 0644 was used silently. Key files that group or others can
+    /// access are refused, the generated one and one given with `--key` alike, and left as they are.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        TlsIdentity::load_or_generate(dir.path()).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        let cert = dir.path().join(CERT_FILE);
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            for err in [
+                TlsIdentity::load_or_generate(dir.path())
+                    .map(|_| ())
+                    .unwrap_err(),
+                TlsIdentity::from_pem_files(&cert, &key)
+                    .map(|_| ())
+                    .unwrap_err(),
+                stored_fingerprint(dir.path()).map(|_| ()).unwrap_err(),
+            ] {
+                let err = err.to_string();
+                assert!(
+                    err.contains(&key.display().to_string()) && err.contains("chmod 600"),
+                    "{mode:o}: {err}"
+                );
+            }
+            let now = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, mode, "the key's mode was changed");
+        }
+        // The certificate is public: its mode does not matter.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(TlsIdentity::load_or_generate(dir.path()).is_ok());
     }
 }

@@ -6,6 +6,8 @@
 //!   the end-to-end channel) and through `ssh -N -L` to the bench's own sshd. Once over one connection, then
 //!   over eight at once through the same forward (with how evenly the eight were served).
 //! - `cp`: one file of N MiB, then a tree of many small files, with `cmdop connect cp` and `scp`.
+//! - `rsync`: `rsync -a` of a tree of N MiB in files of mixed sizes, with `-e 'cmdop rsh'` and with
+//!   `-e ssh` to the bench's sshd.
 //!
 //! Both report wall-time throughput, CPU seconds of every process involved on each side (client, relay and
 //! agent; ssh or scp and sshd) from `/proc`, the load average around the run, the relay's count of UDP
@@ -29,6 +31,7 @@ use crate::contour::{self, Contour};
 
 pub(super) const USAGE: &str = "usage: cargo xtask bench tunnel [--mib N] [--runs N] [--streams N] [--perf] [--no-build]
        cargo xtask bench cp [--mib N] [--files N] [--case file|tree] [--runs N] [--perf] [--no-build]
+       cargo xtask bench rsync [--mib N] [--runs N] [--no-build]
 
   --mib N       bytes moved per run, in MiB (default 1024)
   --runs N      timed rounds, one cmdop and one ssh transfer each (default 3), after one small warm-up round
@@ -42,6 +45,7 @@ const TUNNEL_SECTION: &str = "## tunnel: cmdop connect forward vs ssh -L";
 const STREAMS_SECTION: &str = "## tunnel, concurrent streams: cmdop connect forward vs ssh -L";
 const CP_SECTION: &str = "## cp: cmdop connect cp vs scp";
 const TREE_SECTION: &str = "## cp, a tree of small files: cmdop connect cp -r vs scp -r";
+const RSYNC_SECTION: &str = "## rsync: rsync -e 'cmdop rsh' vs rsync over ssh";
 const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
@@ -687,6 +691,200 @@ fn copy_method(expect: &Expect) -> String {
          relay and agent (or sshd and its session children). Release build; scp with its default cipher and \
          protocol (SFTP)."
     )
+}
+
+/// Writes a tree of about `mib` MiB of incompressible bytes under `root`, in files of mixed sizes as a real tree
+/// has them: half the bytes in a few large files, a quarter in 4 MiB files, an eighth each in 128 KiB and
+/// 8 KiB files, spread over 64 directories. Returns the number of files.
+fn write_mixed_tree(root: &Path, mib: u64) -> Result<u64> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let total = mib * MIB;
+    let classes = [
+        (total / 2, 128 * MIB),
+        (total / 4, 4 * MIB),
+        (total / 8, 128 * 1024),
+        (total / 8, 8 * 1024),
+    ];
+    let mut files = 0u64;
+    let mut buffer = Vec::new();
+    for (class, (bytes, size)) in classes.into_iter().enumerate() {
+        let size = size.min(bytes.max(1));
+        for index in 0..bytes.div_ceil(size) {
+            let dir = root.join(format!("d{:02}", files % 64));
+            fs::create_dir_all(&dir)?;
+            buffer.resize(usize::try_from(size)?, 0);
+            for chunk in buffer.chunks_mut(8) {
+                let word = next().to_le_bytes();
+                chunk.copy_from_slice(&word[..chunk.len()]);
+            }
+            fs::write(dir.join(format!("c{class}-{index:05}.bin")), &buffer)?;
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+/// Runs `cargo xtask bench rsync`.
+pub(super) fn rsync(root: &Path, args: &[String]) -> Result<()> {
+    let options = parse(args, "rsync")?;
+    if !Path::new("/usr/bin/rsync").exists() {
+        bail!("rsync is not installed; `apt-get install rsync` (cargo xtask ci installs it)");
+    }
+    let (scratch, sshd, contour) = setup(root, options.build)?;
+    contour::header(&format!(
+        "a tree of {} MiB of incompressible bytes in files of mixed sizes",
+        options.mib
+    ));
+    let source = scratch.path().join("tree");
+    let files = write_mixed_tree(&source, options.mib)?;
+    println!(
+        "  {files} files in 64 directories under {}",
+        source.display()
+    );
+    let cmdop_dst = scratch.path().join("cmdop-dst");
+    let ssh_dst = scratch.path().join("ssh-dst");
+
+    // rsync splits -e at spaces: every word here is a path or a flag without one.
+    let words = |command: &Command| -> Result<String> {
+        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+        words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
+        if let Some(word) = words.iter().find(|w| w.contains(' ')) {
+            bail!("{word:?} has a space, which rsync -e would split");
+        }
+        Ok(words.join(" "))
+    };
+    let mut cmdop_rsh = contour.cli();
+    cmdop_rsh.arg("rsh");
+    let mut ssh_rsh = sshd.base("ssh");
+    ssh_rsh.args(["-p", &sshd.port.to_string()]);
+    let mut cmdop_rsync = Command::new("rsync");
+    cmdop_rsync
+        .args(["-a", "-e", &words(&cmdop_rsh)?])
+        .arg(format!("{}/", source.display()))
+        .arg(format!("{}:{}/", contour.machine, cmdop_dst.display()));
+    let mut ssh_rsync = Command::new("rsync");
+    ssh_rsync
+        .args(["-a", "-e", &words(&ssh_rsh)?])
+        .arg(format!("{}/", source.display()))
+        .arg(format!("127.0.0.1:{}/", ssh_dst.display()));
+    contour::header("what is measured");
+    println!("{}", contour::shell_line(&cmdop_rsync));
+    println!("{}", contour::shell_line(&ssh_rsync));
+    let pids = contour.daemon_pids();
+    let mut sides = [
+        Side::new(
+            "`rsync -a -e 'cmdop rsh' TREE/ MACHINE:DIR/`",
+            Processes::new(vec![
+                ("rsync + cmdop", Vec::new()),
+                ("relay", vec![pids.relay]),
+                ("agent (+ remote rsync)", vec![pids.agent]),
+            ]),
+        ),
+        Side::new(
+            "`rsync -a -e ssh TREE/ 127.0.0.1:DIR/`",
+            Processes::new(vec![
+                ("rsync + ssh", Vec::new()),
+                ("sshd (+ remote rsync)", vec![sshd.child.id()]),
+            ]),
+        ),
+    ];
+
+    contour::header(&format!(
+        "{} rounds (cmdop, then ssh), each a full copy into an empty directory, then a re-run with nothing to do",
+        options.runs
+    ));
+    let load_before = measure::load_average();
+    let (mut cmdop_again, mut ssh_again) = (Vec::new(), Vec::new());
+    // Start the running total of reaped children's CPU here: the build and key generation are not measured.
+    let _ = children_cpu();
+    for round in 1..=options.runs {
+        let [cmdop_side, ssh_side] = &mut sides;
+        for (side, again, command, dir) in [
+            (cmdop_side, &mut cmdop_again, &mut cmdop_rsync, &cmdop_dst),
+            (ssh_side, &mut ssh_again, &mut ssh_rsync, &ssh_dst),
+        ] {
+            let _ = fs::remove_dir_all(dir);
+            let before = side.processes.cpu();
+            let (wall, own_cpu) = timed_with_cpu(command)?;
+            let after = side.processes.cpu();
+            let mut cpu: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            // The local rsync (and the cmdop or ssh it ran) is the first group; it has exited and was reaped.
+            if let Some(first) = cpu.first_mut() {
+                *first = own_cpu;
+            }
+            side.seconds.push(wall.as_secs_f64());
+            side.cpu.push(cpu);
+            let (unchanged, _) = timed_with_cpu(command)?;
+            again.push(unchanged.as_secs_f64());
+            let copied = dir_bytes(dir)?;
+            if copied != dir_bytes(&source)? {
+                bail!(
+                    "the copy in {} has {copied} bytes, not the tree's",
+                    dir.display()
+                );
+            }
+            // Disk is shared: keep one copy at a time.
+            fs::remove_dir_all(dir)?;
+        }
+        println!(
+            "  round {round}: cmdop {:.0} MiB/s, ssh {:.0} MiB/s; re-run with nothing to do: cmdop {:.2} s, ssh {:.2} s (load {:.1})",
+            options.mib as f64 / sides[0].seconds[round - 1],
+            options.mib as f64 / sides[1].seconds[round - 1],
+            cmdop_again[round - 1],
+            ssh_again[round - 1],
+            measure::load_average()
+        );
+    }
+    let load_after = measure::load_average();
+    let traffic = measure::last_traffic(&contour.log_path("relay"));
+    drop(contour);
+    drop(sshd);
+    let method = format!(
+        "Method: `rsync -a` of a {mib} MiB tree of incompressible bytes ({files} files in 64 directories: half \
+         the bytes in 128 MiB files, a quarter in 4 MiB files, an eighth each in 128 KiB and 8 KiB files) into an \
+         empty directory on this machine, the whole rsync timed; then the same command again with nothing to do \
+         (median re-run: cmdop {:.2} s, ssh {:.2} s). Rounds alternate cmdop and ssh. CPU is user + system time \
+         of rsync and its children plus the relay and agent (or sshd and its session children), per GiB. \
+         Release build; ssh with its default cipher.",
+        median(&cmdop_again),
+        median(&ssh_again),
+        mib = options.mib
+    );
+    let report = Report {
+        heading: RSYNC_SECTION,
+        command: options.command("rsync"),
+        method,
+        unit: "MiB/s",
+        amount: options.mib as f64,
+        per: options.mib as f64 / 1024.0,
+        per_unit: "GiB",
+        loads: (load_before, load_after),
+        traffic,
+        build: options.build,
+        streams: 1,
+    };
+    publish(root, RSYNC_SECTION, &report.markdown(&sides)?)
+}
+
+/// The bytes of the regular files under `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Runs a command to completion (output discarded) and returns its wall time and CPU seconds (its own and

@@ -3,7 +3,8 @@
 //!
 //! Remote paths are the agent user's: absolute, or relative to its home directory. Every transfer carries a
 //! whole-file SHA-256 checked by the receiver before the file gets its final name, and resumes from a partial
-//! file (`.NAME.TAG.cmdop-part`, where `TAG` names the source version) instead of starting over. Specified in
+//! file (`.NAME.TAG-NONCE.cmdop-part`, where `TAG` names the source version and `NONCE` is the receiver's own
+//! random number) instead of starting over. Specified in
 //! `docs/protocol.md` ("Copy streams").
 //!
 //! ```text
@@ -14,6 +15,7 @@
 //!  Chunk… (from offset) then PutEnd{sha256}    ──▶  ◀── Done | Failed      (verified, fsynced, renamed)
 //!  Get{path, offset}                           ──▶  ◀── Chunk… then GetEnd{sha256 of the whole file} | Failed
 //!  Mkdir{path, mode} / Symlink{path, target}   ──▶  ◀── Done | Failed
+//!  SetModified{path, modified_ns}  (cp -p)     ──▶  ◀── Done | Failed
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,14 @@ pub enum CopyRequest {
         path: String,
         /// What it points to, verbatim.
         target: String,
+    },
+    /// Set the modification time of a file or directory (not following a final symlink); its access time is
+    /// left alone. Sent by `cp -p` after the file is complete (and after a directory's contents).
+    SetModified {
+        /// The remote path.
+        path: String,
+        /// Nanoseconds since the Unix epoch.
+        modified_ns: u64,
     },
 }
 
@@ -138,10 +148,32 @@ pub enum CopyReply {
 /// Suffix of partial files.
 pub const PART_SUFFIX: &str = ".cmdop-part";
 
-/// The name of the partial file for a target named `file_name` and a source version `tag`, in the target's
-/// directory: hidden, and naming the version so that only the same version resumes from it.
-pub fn part_name(file_name: &str, tag: u64) -> String {
-    format!(".{file_name}.{tag:016x}{PART_SUFFIX}")
+/// The name of a partial file for a target named `file_name`, a source version `tag` and a random `nonce`, in
+/// the target's directory: hidden, naming the version so that only the same version resumes from it, and
+/// carrying a nonce the receiver draws from its own random source, so that the peer (which knows the file
+/// name and the tag) cannot predict the name and put something there first.
+pub fn part_name(file_name: &str, tag: u64, nonce: u64) -> String {
+    format!(".{file_name}.{tag:016x}-{nonce:016x}{PART_SUFFIX}")
+}
+
+/// What [`part_name`] put into `candidate` for a target named `file_name`: `Some((tag, nonce))`, or `None` if
+/// `candidate` is not a partial file of that target. A name in the older form without a nonce
+/// (`.NAME.TAG.cmdop-part`) reads as `Some((tag, None))`: such a file is never resumed, only removed.
+pub fn parse_part_name(file_name: &str, candidate: &str) -> Option<(u64, Option<u64>)> {
+    let middle = candidate
+        .strip_prefix('.')?
+        .strip_prefix(file_name)?
+        .strip_prefix('.')?
+        .strip_suffix(PART_SUFFIX)?;
+    let hex = |text: &str| {
+        (text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(text, 16).ok())
+            .flatten()
+    };
+    match middle.split_once('-') {
+        Some((tag, nonce)) => Some((hex(tag)?, Some(hex(nonce)?))),
+        None => Some((hex(middle)?, None)),
+    }
 }
 
 /// The resume tag of a source version: the first 8 bytes of SHA-256 over size, modification time and mode.
@@ -219,6 +251,13 @@ mod tests {
             }),
             "0000000507016c0174"
         );
+        assert_eq!(
+            hex(&CopyRequest::SetModified {
+                path: "f".into(),
+                modified_ns: 300,
+            }),
+            "0000000508016 6ac02".replace(' ', "")
+        );
         let entry = Entry {
             path: "x".into(),
             kind: EntryKind::Symlink { target: "y".into() },
@@ -257,6 +296,33 @@ mod tests {
     }
 
     #[test]
+    fn part_names_parse_back_and_nothing_else_does() {
+        let name = part_name("f.txt", 0x0123_4567_89ab_cdef, 7);
+        assert_eq!(name, ".f.txt.0123456789abcdef-0000000000000007.cmdop-part");
+        assert_eq!(
+            parse_part_name("f.txt", &name),
+            Some((0x0123_4567_89ab_cdef, Some(7)))
+        );
+        assert_eq!(
+            parse_part_name("f.txt", ".f.txt.0123456789abcdef.cmdop-part"),
+            Some((0x0123_4567_89ab_cdef, None))
+        );
+        for other in [
+            "f.txt",
+            ".f.txt.cmdop-part",
+            ".f.txt.0123-0000000000000007.cmdop-part",
+            ".f.txt.0123456789abcdef-7.cmdop-part",
+            ".f.0123456789abcdef-0000000000000007.cmdop-part",
+            ".g.f.txt.0123456789abcdef-0000000000000007.cmdop-part",
+            ".f.txt.0123456789abcdeg-0000000000000007.cmdop-part",
+        ] {
+            assert_eq!(parse_part_name("f.txt", other), None, "{other}");
+        }
+        // A file named like another's partial file is not mistaken for it.
+        assert_eq!(parse_part_name("f", &part_name("f.txt", 1, 2)), None);
+    }
+
+    #[test]
     fn tags_change_with_the_version() {
         let tag = version_tag(10, 20, 0o644);
         assert_eq!(tag, version_tag(10, 20, 0o644));
@@ -282,6 +348,8 @@ mod tests {
             (".{0,20}", any::<u64>()).prop_map(|(path, offset)| CopyRequest::Get { path, offset }),
             (".{0,20}", any::<u32>()).prop_map(|(path, mode)| CopyRequest::Mkdir { path, mode }),
             (".{0,20}", ".{0,20}").prop_map(|(path, target)| CopyRequest::Symlink { path, target }),
+            (".{0,20}", any::<u64>())
+                .prop_map(|(path, modified_ns)| CopyRequest::SetModified { path, modified_ns }),
         ]
     }
 

@@ -103,7 +103,7 @@ pub(crate) mod testing {
     }
 
     /// Every message the frame decoder yields from `bytes`; panics on a decoding error.
-    pub(crate) fn decode_all<M: DeserializeOwned>(bytes: &[u8]) -> Vec<M> {
+    pub(crate) fn decode_all<M: Serialize + DeserializeOwned>(bytes: &[u8]) -> Vec<M> {
         let mut decoder = FrameDecoder::new();
         let mut input = bytes;
         let mut decoded = Vec::new();
@@ -114,7 +114,7 @@ pub(crate) mod testing {
     }
 
     /// Feeds arbitrary bytes to the frame decoder as `M` until it stops; the point is that it never panics.
-    pub(crate) fn decode_garbage<M: DeserializeOwned>(bytes: &[u8]) {
+    pub(crate) fn decode_garbage<M: Serialize + DeserializeOwned>(bytes: &[u8]) {
         let mut decoder = FrameDecoder::new();
         let mut input = bytes;
         while let Ok(Some(_)) = decoder.decode::<M>(&mut input) {}

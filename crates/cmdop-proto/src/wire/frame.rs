@@ -59,11 +59,21 @@ pub fn encoded_len<M: Serialize>(message: &M) -> Result<usize, WireError> {
     Ok(LENGTH_PREFIX_LEN + body_len)
 }
 
-/// Decodes one complete frame body; bytes left over after the message are an error, not ignored.
-pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, WireError> {
+/// Decodes one complete frame body; bytes left over after the message are an error, not ignored, and so is an
+/// encoding longer than the canonical one.
+///
+/// postcard accepts overlong varints (`83 00` for 3), so one message could have many wire forms. The only
+/// non-canonical postcard encodings are longer than the canonical one, so comparing the body's length with
+/// the message's encoded size (computed without encoding) is enough to refuse them, at no copy.
+pub fn decode_body<M: Serialize + DeserializeOwned>(body: &[u8]) -> Result<M, WireError> {
     let (message, rest) = postcard::take_from_bytes::<M>(body).map_err(|_| WireError::Malformed)?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes { len: rest.len() });
+    }
+    let canonical =
+        postcard::experimental::serialized_size(&message).map_err(|_| WireError::Malformed)?;
+    if canonical != body.len() {
+        return Err(WireError::NonCanonical);
     }
     Ok(message)
 }
@@ -90,7 +100,7 @@ impl FrameDecoder {
     ///
     /// Returns `Ok(None)` when `input` ran out first (feed more later), `Ok(Some(message))` when a frame completed
     /// (unconsumed bytes stay in `input`). An error means the stream is unusable: the caller must close it.
-    pub fn decode<M: DeserializeOwned>(
+    pub fn decode<M: Serialize + DeserializeOwned>(
         &mut self,
         input: &mut &[u8],
     ) -> Result<Option<M>, WireError> {

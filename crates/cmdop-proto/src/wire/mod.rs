@@ -18,8 +18,9 @@ pub use frame::{
     FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_SIZE, decode_body, encode, encode_into, encoded_len,
 };
 
-/// The protocol version carried in [`Hello`]; the relay refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version carried in [`Hello`]; the relay refuses any other. Version 2 appended `labels` to
+/// [`AgentLogin`] and [`MachineInfo`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The QUIC ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"cmdop/1";
@@ -35,6 +36,11 @@ pub const LOGIN_TRANSCRIPT_LABEL: &[u8] = b"cmdop relay-login transcript v1";
 
 /// The auth capability an agent must advertise: it proves its key with an Ed25519 signature.
 pub const AUTH_CAPABILITY_ED25519: &str = "ed25519";
+
+/// The capability an agent advertises when it understands the fleet lock: the relay then sends it a
+/// [`RelayMessage::FleetLock`] right after [`RelayMessage::Registered`] and whenever the lock changes, and
+/// answers [`PeerMessage::Enrol`].
+pub const AUTH_CAPABILITY_FLEET_LOCK: &str = "fleet-lock-v1";
 
 /// Errors of the wire layer.
 #[non_exhaustive]
@@ -53,6 +59,12 @@ pub enum WireError {
         "malformed frame: the body is not a valid cmdop/1 message; check that both sides run compatible versions"
     )]
     Malformed,
+    /// The message used a longer encoding than the canonical one (an overlong varint), so the same message
+    /// would have more than one wire form.
+    #[error(
+        "malformed frame: the message is not in its canonical encoding; the peer's encoder is broken"
+    )]
+    NonCanonical,
     /// A complete message was followed by unexpected bytes inside the same frame.
     #[error(
         "malformed frame: {len} bytes left over after the message; the peer's encoder is broken"
@@ -128,6 +140,8 @@ pub struct AgentLogin {
     pub agent_version: String,
     /// Proof methods the agent supports; must contain [`AUTH_CAPABILITY_ED25519`].
     pub auth_capabilities: Vec<String>,
+    /// The machine's labels as (key, value) pairs (`cmdop-agent run --label role=web`); since version 2.
+    pub labels: Vec<(String, String)>,
 }
 
 /// A person's or script's login.
@@ -177,6 +191,109 @@ pub struct StreamHeader {
     pub kind: u8,
     /// The client's key as the relay authenticated it (informational: the agent trusts only the channel).
     pub client_key: KeyBytes,
+}
+
+/// The relay's answer to [`PeerMessage::OpenRoute`]: [`StreamReady`] plus the fleet's lock material, which the
+/// client checks before it trusts the machine key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReady {
+    /// Fresh random id of this stream, bound into the end-to-end prologue by both ends.
+    pub channel_id: [u8; 16],
+    /// The fleet the machine belongs to.
+    pub fleet_id: IdBytes,
+    /// The machine the name resolved to.
+    pub machine: MachineInfo,
+    /// A capability for the client's key, this machine and this stream, signed by the fleet trust key.
+    pub capability: Vec<u8>,
+    /// The fleet's lock, if it has one (locked, or disabled by a signed state).
+    pub lock: Option<RouteLock>,
+}
+
+/// The signed fleet-lock documents a client needs to reach one machine of a locked fleet (`docs/fleet.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteLock {
+    /// The fleet authority chain, every state from serial 1 on.
+    pub authority: Vec<Vec<u8>>,
+    /// The fleet's latest revocation list.
+    pub revocations: Option<Vec<u8>>,
+    /// The machine's certificate.
+    pub machine_certificate: Option<Vec<u8>>,
+    /// The member certificate of the client's key, which the client passes to the agent.
+    pub member_certificate: Option<Vec<u8>>,
+}
+
+/// A fleet's lock as the relay holds it: sent to agents after registration and when it changes, and to
+/// clients that ask with [`PeerMessage::LockQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetLockState {
+    /// The fleet.
+    pub fleet_id: IdBytes,
+    /// The fleet authority chain, every state from serial 1 on; empty if the fleet was never locked.
+    pub authority: Vec<Vec<u8>>,
+    /// The fleet's latest revocation list.
+    pub revocations: Option<Vec<u8>>,
+}
+
+/// A client's request for a fleet's lock; with `items`, also everything the relay stores for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockQuery {
+    /// The fleet; may be omitted when exactly one fleet is in scope.
+    pub workspace: Option<String>,
+    /// Whether to follow the [`FleetLockState`] with [`RelayMessage::LockItems`] frames, the last one empty.
+    pub items: bool,
+}
+
+/// A signed fleet-lock document (or an admin's offered key) for the relay to check and store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSubmit {
+    /// The fleet; may be omitted when exactly one fleet is in scope.
+    pub workspace: Option<String>,
+    /// What is submitted.
+    pub submission: Submission,
+}
+
+/// What an admin's CLI submits. Each document is signed by an admin key; the relay checks it against the
+/// fleet's chain before storing it, but holds no key that could make one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Submission {
+    /// The next fleet authority state (or the first, which creates the lock).
+    Authority(Vec<u8>),
+    /// A machine certificate.
+    MachineCertificate(Vec<u8>),
+    /// A member certificate.
+    MemberCertificate(Vec<u8>),
+    /// An enrolment authorization.
+    EnrolmentAuthorization(Vec<u8>),
+    /// A new revocation list.
+    RevocationList(Vec<u8>),
+    /// A key someone offers as a new admin key (not signed: `lock add-admin FP` signs it in after the
+    /// fingerprint was compared out of band).
+    AdminCandidate(KeyBytes),
+}
+
+/// One of the things the relay stores for a locked fleet, listed by [`RelayMessage::LockItems`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockItem {
+    /// A stored machine certificate.
+    MachineCertificate(Vec<u8>),
+    /// A stored member certificate.
+    MemberCertificate(Vec<u8>),
+    /// An enrolment authorization and how many machines used it so far.
+    EnrolmentKey {
+        /// The signed authorization.
+        authorization: Vec<u8>,
+        /// How many machines enrolled with it.
+        used: u32,
+    },
+    /// A client key that logged in with a credential covering the fleet (what `add-member FP` looks up).
+    ClientKey {
+        /// The key.
+        public_key: KeyBytes,
+        /// Who the credential belongs to, as the relay describes it.
+        principal: String,
+    },
+    /// A key offered as a new admin key.
+    AdminCandidate(KeyBytes),
 }
 
 /// A client's request for the machines of one fleet.
@@ -229,6 +346,8 @@ pub struct MachineInfo {
     pub arch: String,
     /// Agent version.
     pub agent_version: String,
+    /// The labels the agent reported, as (key, value) pairs in key order; since version 2.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The most machines a [`RelayMessage::Candidates`] answer lists: this many of the largest (a 253-byte hostname
@@ -292,6 +411,14 @@ impl ErrorCode {
     pub const MACHINE_OFFLINE: Self = Self(15);
     /// The agent's registration names an invalid hostname, display name or system description.
     pub const INVALID_REGISTRATION: Self = Self(16);
+    /// A fleet-lock document, or an enrolment, was refused (bad signature, stale serial, unknown or used-up
+    /// enrolment key); the message says which. The connection stays open.
+    pub const LOCK_REFUSED: Self = Self(17);
+    /// The machine is in a locked fleet and has no valid machine certificate yet.
+    pub const NOT_CERTIFIED: Self = Self(18);
+    /// The fleet is locked and the client asked with [`PeerMessage::OpenStream`], whose answer cannot carry the
+    /// certificates a client needs: the client is too old.
+    pub const FLEET_LOCKED: Self = Self(19);
 }
 
 /// A QUIC application close code the relay uses when it ends a connection.
@@ -334,9 +461,27 @@ pub enum PeerMessage {
     Goodbye,
     /// Client request to route this (new) stream to a machine.
     OpenStream(OpenStream),
+    /// Like [`OpenStream`](Self::OpenStream), from a client that understands the fleet lock: answered with
+    /// [`RelayMessage::RouteReady`] instead of `StreamReady`.
+    OpenRoute(OpenStream),
+    /// A request for a fleet's lock (and, for admins, what the relay stores for it).
+    LockQuery(LockQuery),
+    /// A signed fleet-lock document for the relay to store; answered with [`RelayMessage::LockAccepted`] or an
+    /// `Error` with code [`ErrorCode::LOCK_REFUSED`] (the connection stays open). Needs the admin role.
+    LockSubmit(LockSubmit),
+    /// An agent asks for the enrolment authorization of its enrolment key (the public half); answered with
+    /// [`RelayMessage::EnrolAuthorization`], [`RelayMessage::Enrolled`] if the machine is already certified, or
+    /// an `Error`.
+    Enrol(KeyBytes),
+    /// An agent's machine certificate, signed with its enrolment key; answered with
+    /// [`RelayMessage::Enrolled`] or an `Error`.
+    EnrolProof(Vec<u8>),
 }
 
 /// Messages sent by the relay to agents and clients.
+// `StreamReady` (with its machine's labels) is the large one; it is made once per routed stream and moved
+// once, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayMessage {
     /// Answer to [`Hello`].
@@ -359,6 +504,46 @@ pub enum RelayMessage {
     /// sent on a routed stream right after the [`Error`](Self::Error) with code [`ErrorCode::AMBIGUOUS`], before
     /// the relay finishes the stream. A client that reads only the error (an older one) misses nothing else.
     Candidates(Vec<Candidate>),
+    /// Answer to [`PeerMessage::OpenRoute`]: the stream is routed, with the fleet's lock material.
+    RouteReady(Box<RouteReady>),
+    /// A fleet's lock: to an agent after `Registered` and whenever it changes; to a client answering
+    /// [`PeerMessage::LockQuery`].
+    FleetLock(FleetLockState),
+    /// Part of what the relay stores for a locked fleet, after a `FleetLock` that answered a
+    /// [`LockQuery`] with `items`; an empty list ends it.
+    LockItems(Vec<LockItem>),
+    /// A [`PeerMessage::LockSubmit`] was checked and stored; the text says what changed.
+    LockAccepted(String),
+    /// The signed enrolment authorization of the key an agent asked about.
+    EnrolAuthorization(Vec<u8>),
+    /// The agent's machine is certified.
+    Enrolled,
+    /// Part of the answer to [`ListMachines`] when it does not fit one frame (a fleet of more than a few
+    /// hundred machines): more follows, and the last part is a [`Machines`](Self::Machines). Built by
+    /// [`machines_answer`]; an answer that fits one frame is a lone `Machines`, as before this message existed.
+    MoreMachines(Vec<MachineInfo>),
+}
+
+/// The answer to [`ListMachines`] as frames: [`RelayMessage::MoreMachines`] parts, each as full as a frame
+/// allows, then one [`RelayMessage::Machines`] with the rest (the only message when everything fits).
+pub fn machines_answer(machines: Vec<MachineInfo>) -> Vec<RelayMessage> {
+    // A body is the message's tag (1 byte), the list's length (a varint, at most 5 bytes) and the items.
+    const BUDGET: usize = MAX_FRAME_SIZE - 1 - 5;
+    let mut answer = Vec::new();
+    let mut part = Vec::new();
+    let mut size = 0;
+    for machine in machines {
+        // Every field is bounded by cmdop-fleet's validation, so one machine is far below a frame.
+        let len = encoded_len(&machine).map_or(BUDGET, |len| len - LENGTH_PREFIX_LEN);
+        if size + len > BUDGET && !part.is_empty() {
+            answer.push(RelayMessage::MoreMachines(std::mem::take(&mut part)));
+            size = 0;
+        }
+        size += len;
+        part.push(machine);
+    }
+    answer.push(RelayMessage::Machines(part));
+    answer
 }
 
 /// The bytes a peer signs (purpose `RelayLogin`) to log in: label ‖ challenge ‖ TLS exporter ‖ public key.

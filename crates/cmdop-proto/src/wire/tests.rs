@@ -16,6 +16,7 @@ fn sample_agent_login() -> AgentLogin {
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
         auth_capabilities: vec!["ed25519".into()],
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
@@ -30,6 +31,7 @@ fn sample_machine() -> MachineInfo {
         os: "linux".into(),
         arch: "arm64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("env".into(), "prod".into())],
     }
 }
 
@@ -41,7 +43,7 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Agent,
                 client_software: "a".into(),
             }),
-            "00000005 00 01 00 01 61",
+            "00000005 00 02 00 01 61",
         ),
         (
             PeerMessage::Hello(Hello {
@@ -49,15 +51,16 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
                 role: Role::Client,
                 client_software: "".into(),
             }),
-            "00000004 00 01 01 00",
+            "00000004 00 02 01 00",
         ),
         (
             PeerMessage::AgentLogin(sample_agent_login()),
             concat!(
-                "00000087 01 02 616b 01 66",
+                "00000091 01 02 616b 01 66",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
                 " 22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
                 " 01 68 01 01 6e 05 6c696e7578 06 7838365f3634 05 302e312e30 01 07 65643235353139",
+                " 01 04 726f6c65 03 776562",
             ),
         ),
         (
@@ -92,6 +95,43 @@ fn peer_samples() -> Vec<(PeerMessage, &'static str)> {
             }),
             "0000000c 06 01 04 70726f64 03 776562 02",
         ),
+        (
+            PeerMessage::OpenRoute(OpenStream {
+                workspace: None,
+                machine: "web".into(),
+                kind: 1,
+            }),
+            "00000007 07 00 03 776562 01",
+        ),
+        (
+            PeerMessage::LockQuery(LockQuery {
+                workspace: Some("prod".into()),
+                items: true,
+            }),
+            "00000008 08 01 04 70726f64 01",
+        ),
+        (
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace: None,
+                submission: Submission::MemberCertificate(vec![0xbe, 0xef]),
+            }),
+            "00000006 09 00 02 02 beef",
+        ),
+        (
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace: None,
+                submission: Submission::AdminCandidate(KeyBytes([0x11; 32])),
+            }),
+            "00000023 09 00 05 1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        (
+            PeerMessage::Enrol(KeyBytes([0x11; 32])),
+            "00000021 0a 1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        (
+            PeerMessage::EnrolProof(vec![0xca, 0xfe]),
+            "00000004 0b 02 cafe",
+        ),
     ]
 }
 
@@ -122,9 +162,9 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
         (
             RelayMessage::Machines(vec![sample_machine()]),
             concat!(
-                "0000004f 04 01 33333333333333333333333333333333 01 68 01 6e",
+                "00000059 04 01 33333333333333333333333333333333 01 68 01 6e",
                 " 1111111111111111111111111111111111111111111111111111111111111111",
-                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30 01 03 656e76 04 70726f64",
             ),
         ),
         (
@@ -148,10 +188,11 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
                     os: "l".into(),
                     arch: "a".into(),
                     agent_version: "1".into(),
+                    labels: vec![],
                 },
                 capability: vec![0xca, 0xfe],
             }),
-            "00000060 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 02 cafe",
+            "00000061 06 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 00 02 cafe",
         ),
         (
             RelayMessage::IncomingStream(StreamHeader {
@@ -171,6 +212,71 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             "0000001a 08 01 33333333333333333333333333333333 05 7765622d31 01 77",
         ),
         (RelayMessage::Candidates(vec![]), "00000002 08 00"),
+        (
+            RelayMessage::RouteReady(Box::new(RouteReady {
+                channel_id: [0x11; 16],
+                fleet_id: IdBytes([0x22; 16]),
+                machine: MachineInfo {
+                    id: IdBytes([0x33; 16]),
+                    hostname: "w".into(),
+                    name: "w".into(),
+                    public_key: KeyBytes([0x44; 32]),
+                    online: true,
+                    last_seen: None,
+                    os: "l".into(),
+                    arch: "a".into(),
+                    agent_version: "1".into(),
+                    labels: vec![],
+                },
+                capability: vec![0xca, 0xfe],
+                lock: Some(RouteLock {
+                    authority: vec![vec![0x01]],
+                    revocations: None,
+                    machine_certificate: Some(vec![0x02]),
+                    member_certificate: None,
+                }),
+            })),
+            "0000006a 09 11111111111111111111111111111111 22222222222222222222222222222222 33333333333333333333333333333333 01 77 01 77 4444444444444444444444444444444444444444444444444444444444444444 01 00 01 6c 01 61 01 31 00 02 cafe 01 01 01 01 00 01 01 02 00",
+        ),
+        (
+            RelayMessage::FleetLock(FleetLockState {
+                fleet_id: IdBytes([0x22; 16]),
+                authority: vec![],
+                revocations: Some(vec![0x05]),
+            }),
+            "00000015 0a 22222222222222222222222222222222 00 01 01 05",
+        ),
+        (
+            RelayMessage::LockItems(vec![
+                LockItem::EnrolmentKey {
+                    authorization: vec![0x07],
+                    used: 2,
+                },
+                LockItem::ClientKey {
+                    public_key: KeyBytes([0x11; 32]),
+                    principal: "u".into(),
+                },
+            ]),
+            "00000029 0b 02 02 01 07 02 03 1111111111111111111111111111111111111111111111111111111111111111 01 75",
+        ),
+        (
+            RelayMessage::LockAccepted("ok".into()),
+            "00000004 0c 02 6f6b",
+        ),
+        (
+            RelayMessage::EnrolAuthorization(vec![0x09]),
+            "00000003 0d 01 09",
+        ),
+        (RelayMessage::Enrolled, "00000001 0e"),
+        (
+            RelayMessage::MoreMachines(vec![sample_machine()]),
+            concat!(
+                "00000059 0f 01 33333333333333333333333333333333 01 68 01 6e",
+                " 1111111111111111111111111111111111111111111111111111111111111111",
+                " 01 01 80e2cfaa06 05 6c696e7578 05 61726d3634 05 302e312e30 01 03 656e76 04 70726f64",
+            ),
+        ),
+        (RelayMessage::MoreMachines(vec![]), "00000002 0f 00"),
     ]
 }
 
@@ -240,6 +346,42 @@ fn trailing_bytes_inside_a_frame_are_refused() {
 }
 
 #[test]
+fn overlong_varints_are_refused_so_every_message_has_one_encoding() {
+    // Found by the peer_message and relay_message fuzz targets: `Heartbeat` (variant 3) with its tag written
+    // as the two-byte varint 83 00. A message must decode only from the bytes `encode` produces.
+    for frame in [
+        vec![0, 0, 0, 2, 0x83, 0x00],
+        // Hello { version: 1 (as 81 00), role: Agent, client_software: "" }.
+        vec![0, 0, 0, 5, 0, 0x81, 0x00, 0, 0],
+    ] {
+        let peer = FrameDecoder::new().decode::<PeerMessage>(&mut frame.as_slice());
+        assert_eq!(peer, Err(WireError::NonCanonical), "{frame:02x?}");
+        let relay = FrameDecoder::new().decode::<RelayMessage>(&mut frame.as_slice());
+        assert!(relay.is_err(), "{frame:02x?}");
+    }
+    // The canonical forms still decode.
+    let heartbeat = [0, 0, 0, 1, 3];
+    assert_eq!(
+        FrameDecoder::new().decode::<PeerMessage>(&mut heartbeat.as_slice()),
+        Ok(Some(PeerMessage::Heartbeat))
+    );
+}
+
+proptest! {
+    #[test]
+    fn whatever_decodes_re_encodes_to_the_same_bytes(body in proptest::collection::vec(any::<u8>(), 1..64)) {
+        if let Ok(message) = decode_body::<PeerMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+        if let Ok(message) = decode_body::<RelayMessage>(&body) {
+            let frame = encode(&message).unwrap();
+            prop_assert_eq!(&frame[LENGTH_PREFIX_LEN..], &body[..]);
+        }
+    }
+}
+
+#[test]
 fn empty_frames_and_unknown_variants_are_malformed() {
     let empty = [0, 0, 0, 0];
     assert_eq!(
@@ -278,6 +420,62 @@ fn the_most_candidates_of_the_largest_size_fit_one_frame() {
     // `encode` refuses a body over MAX_FRAME_SIZE.
     let frame = encode(&message).unwrap();
     assert!(frame.len() <= LENGTH_PREFIX_LEN + MAX_FRAME_SIZE);
+}
+
+#[test]
+fn a_fleet_too_large_for_one_frame_is_listed_in_parts_that_each_fit() {
+    let largest = MachineInfo {
+        id: IdBytes([0xff; 16]),
+        hostname: "h".repeat(253),
+        // 64 characters of 4 bytes each: the longest display name, OS, architecture and version accepted.
+        name: "\u{1F600}".repeat(64),
+        public_key: KeyBytes([0xee; 32]),
+        online: true,
+        last_seen: Some(u64::MAX),
+        os: "\u{1F600}".repeat(64),
+        arch: "\u{1F600}".repeat(64),
+        agent_version: "\u{1F600}".repeat(64),
+        // The most labels cmdop-fleet accepts, each with the longest key and value.
+        labels: (0..16)
+            .map(|i| (format!("{i:02}{}", "k".repeat(61)), "v".repeat(63)))
+            .collect(),
+    };
+    for (machines, template) in [
+        (10_000, sample_machine()),
+        (500, largest),
+        (1, sample_machine()),
+        (0, sample_machine()),
+    ] {
+        let answer = machines_answer(vec![template.clone(); machines]);
+        let (last, parts) = answer.split_last().unwrap();
+        let mut listed = 0;
+        for part in parts {
+            let RelayMessage::MoreMachines(part) = part else {
+                panic!("{part:?}");
+            };
+            assert!(!part.is_empty());
+            listed += part.len();
+        }
+        let RelayMessage::Machines(rest) = last else {
+            panic!("{last:?}");
+        };
+        listed += rest.len();
+        assert_eq!(listed, machines);
+        for message in &answer {
+            // `encode` refuses a body over MAX_FRAME_SIZE.
+            let frame = encode(message).unwrap();
+            assert!(frame.len() <= LENGTH_PREFIX_LEN + MAX_FRAME_SIZE);
+        }
+        if machines == 10_000 {
+            // Parts are full: no more frames than the bytes need, plus one.
+            let bytes: usize = answer.iter().map(|m| encoded_len(m).unwrap()).sum();
+            assert!(
+                answer.len() <= bytes / MAX_FRAME_SIZE + 2,
+                "{} parts",
+                answer.len()
+            );
+        }
+    }
 }
 
 #[test]
@@ -349,6 +547,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                         arch: "x86_64".into(),
                         agent_version: "1".into(),
                         auth_capabilities,
+                        labels: vec![("role".into(), "web".into())],
                     })
                 }
             ),
@@ -372,6 +571,76 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                 })
             }
         ),
+        (proptest::option::of(text()), text(), any::<u8>()).prop_map(
+            |(workspace, machine, kind)| {
+                PeerMessage::OpenRoute(OpenStream {
+                    workspace,
+                    machine,
+                    kind,
+                })
+            }
+        ),
+        (proptest::option::of(text()), any::<bool>())
+            .prop_map(|(workspace, items)| PeerMessage::LockQuery(LockQuery { workspace, items })),
+        (proptest::option::of(text()), bytes(), 0u8..6).prop_map(|(workspace, doc, which)| {
+            let submission = match which {
+                0 => Submission::Authority(doc),
+                1 => Submission::MachineCertificate(doc),
+                2 => Submission::MemberCertificate(doc),
+                3 => Submission::EnrolmentAuthorization(doc),
+                4 => Submission::RevocationList(doc),
+                _ => Submission::AdminCandidate(KeyBytes([doc.len() as u8; 32])),
+            };
+            PeerMessage::LockSubmit(LockSubmit {
+                workspace,
+                submission,
+            })
+        }),
+        any::<[u8; 32]>().prop_map(|key| PeerMessage::Enrol(KeyBytes(key))),
+        bytes().prop_map(PeerMessage::EnrolProof),
+    ]
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..80)
+}
+
+fn arb_lock_relay() -> impl Strategy<Value = RelayMessage> {
+    prop_oneof![
+        (
+            any::<[u8; 16]>(),
+            proptest::collection::vec(bytes(), 0..3),
+            proptest::option::of(bytes())
+        )
+            .prop_map(|(fleet, authority, revocations)| {
+                RelayMessage::FleetLock(FleetLockState {
+                    fleet_id: IdBytes(fleet),
+                    authority,
+                    revocations,
+                })
+            }),
+        proptest::collection::vec(
+            prop_oneof![
+                bytes().prop_map(LockItem::MachineCertificate),
+                bytes().prop_map(LockItem::MemberCertificate),
+                (bytes(), any::<u32>()).prop_map(|(authorization, used)| {
+                    LockItem::EnrolmentKey {
+                        authorization,
+                        used,
+                    }
+                }),
+                (any::<[u8; 32]>(), text()).prop_map(|(key, principal)| LockItem::ClientKey {
+                    public_key: KeyBytes(key),
+                    principal
+                }),
+                any::<[u8; 32]>().prop_map(|key| LockItem::AdminCandidate(KeyBytes(key))),
+            ],
+            0..4
+        )
+        .prop_map(RelayMessage::LockItems),
+        text().prop_map(RelayMessage::LockAccepted),
+        bytes().prop_map(RelayMessage::EnrolAuthorization),
+        Just(RelayMessage::Enrolled),
     ]
 }
 
@@ -394,6 +663,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                 os: "linux".into(),
                 arch: "arm64".into(),
                 agent_version: "1".into(),
+                labels: vec![(format!("k{}", id[1]), "x".into())],
             })
     };
     prop_oneof![
@@ -457,6 +727,37 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             0..4
         )
         .prop_map(RelayMessage::Candidates),
+        (
+            any::<[u8; 16]>(),
+            machine(),
+            bytes(),
+            proptest::option::of((
+                proptest::collection::vec(bytes(), 0..3),
+                proptest::option::of(bytes()),
+                proptest::option::of(bytes()),
+                proptest::option::of(bytes())
+            ))
+        )
+            .prop_map(|(channel_id, machine, capability, lock)| {
+                RelayMessage::RouteReady(Box::new(RouteReady {
+                    channel_id,
+                    fleet_id: IdBytes(channel_id),
+                    machine,
+                    capability,
+                    lock: lock.map(
+                        |(authority, revocations, machine_certificate, member_certificate)| {
+                            RouteLock {
+                                authority,
+                                revocations,
+                                machine_certificate,
+                                member_certificate,
+                            }
+                        },
+                    ),
+                }))
+            }),
+        arb_lock_relay(),
+        proptest::collection::vec(machine(), 0..4).prop_map(RelayMessage::MoreMachines),
     ]
 }
 

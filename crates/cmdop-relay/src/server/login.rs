@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use cmdop_client::control::ControlStream;
 use cmdop_proto::login::{
-    FleetLookup, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig, StoreRefusal,
+    FleetLookup, FleetQuery, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig,
+    StoreRefusal,
 };
 use cmdop_proto::wire::{EXPORTER_LABEL, EXPORTER_LEN, PeerMessage};
 use rand_core::{OsRng, RngCore};
@@ -89,7 +90,10 @@ async fn run_actions(
     let mut sent_error = false;
     while let Some(action) = login.poll_action() {
         match action {
-            LoginAction::Send(message) => {
+            LoginAction::Send(mut message) => {
+                if let Some(meddler) = &shared.meddler {
+                    meddler.control(super::PeerKind::Unknown, &mut message);
+                }
                 sent_error |= matches!(message, cmdop_proto::wire::RelayMessage::Error(_));
                 let sent = match stream.as_deref_mut() {
                     Some(stream) => stream.send(&message).await.is_ok(),
@@ -107,8 +111,8 @@ async fn run_actions(
                 };
                 login.handle(input, now(), &mut OsRng);
             }
-            LoginAction::LookUpFleet(fleet) => {
-                let input = fleet_lookup(shared, fleet);
+            LoginAction::LookUpFleet(query) => {
+                let input = fleet_lookup(shared, &query);
                 login.handle(input, now(), &mut OsRng);
             }
             LoginAction::Register(registration) => {
@@ -149,10 +153,10 @@ async fn run_actions(
     None
 }
 
-fn fleet_lookup(shared: &Shared, fleet: cmdop_fleet::FleetId) -> LoginInput {
+fn fleet_lookup(shared: &Shared, query: &FleetQuery) -> LoginInput {
     let store = shared.lock_store();
-    let looked_up = store.machines_of(fleet).and_then(|machines| {
-        store.fleet_trust_key(fleet).map(|trust| FleetLookup {
+    let looked_up = store.machines_for_registration(query).and_then(|machines| {
+        store.fleet_trust_key(query.fleet).map(|trust| FleetLookup {
             machines,
             trust_key: trust.public_key(),
         })

@@ -2,13 +2,15 @@
 //! (login, then the logged-in session and the routing of its streams) against the store.
 //!
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
-//! [`Limits::login_deadline`] ([`login`]); after login the permit is released, the connection is tracked in
-//! the session table, and [`session`] serves its control stream while [`routing`] serves the streams it
-//! opens. A watcher ([`revocation`]) re-checks the credentials of live connections against the store every
+//! [`Limits::login_deadline`] (`login`); after login the permit is released, the connection is tracked in
+//! the session table, and `session` serves its control stream (and `lock` its fleet-lock requests) while
+//! `routing` serves the streams it opens. A watcher (`revocation`) re-checks the credentials of live connections against the store every
 //! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
 //! process) cuts its connections within a second.
 
+mod lock;
 mod login;
+mod presence;
 mod revocation;
 mod routing;
 mod session;
@@ -22,13 +24,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
-use cmdop_client::transport::{Limits, Traffic, bind_socket, endpoint};
-use cmdop_fleet::{CredentialId, MachineId, Timestamp};
+use cmdop_client::transport::{Limits, Traffic, endpoint, udp_socket};
+use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::login::{AuditEvent, Time};
-use cmdop_proto::presence::SessionInput;
-use cmdop_proto::wire::{CloseCode, ErrorCode, ErrorMessage, RelayMessage, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use cmdop_proto::presence::PresenceBook;
+use cmdop_proto::wire::{
+    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
@@ -61,6 +65,51 @@ impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tap(..)")
     }
+}
+
+/// A testing hook that makes the relay behave as a compromised one would: it sees (and may change) every
+/// message the relay sends on control streams and every route before the stream is opened. The hostile-relay
+/// tests use it to prove that agents and clients refuse what a relay could forge; the `cmdop-relay` binary
+/// never sets one. Every method defaults to leaving things alone.
+pub trait Meddler: Send + Sync + 'static {
+    /// A message about to be sent to `to` on a control stream or as a routed stream's refusal (`Welcome`,
+    /// `Machines`, `FleetLock`, `Error`, …).
+    fn control(&self, _to: PeerKind, _message: &mut RelayMessage) {}
+
+    /// A route about to be answered: what the client is told, what the agent is told, and which machine's
+    /// agent gets the stream.
+    fn route(&self, _route: &mut MeddledRoute) {}
+}
+
+/// Whom a relay message goes to, as a [`Meddler`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A logged-in agent.
+    Agent,
+    /// A logged-in client.
+    Client,
+    /// A peer that has not logged in yet.
+    Unknown,
+}
+
+impl PeerKind {
+    fn of(peer: &cmdop_proto::login::LoggedIn) -> Self {
+        match peer {
+            cmdop_proto::login::LoggedIn::Agent(_) => Self::Agent,
+            cmdop_proto::login::LoggedIn::Client(_) => Self::Client,
+        }
+    }
+}
+
+/// A route as a [`Meddler`] may change it.
+#[derive(Debug, Clone)]
+pub struct MeddledRoute {
+    /// The answer for the client (sent as `StreamReady`, without the lock, to an old client).
+    pub ready: RouteReady,
+    /// The header for the agent.
+    pub header: StreamHeader,
+    /// The machine whose agent gets the stream.
+    pub agent: MachineId,
 }
 
 /// Errors of the server.
@@ -104,6 +153,14 @@ pub struct ServerConfig {
     pub metrics: Arc<RelayMetrics>,
     /// On shutdown, how long routed streams still running get to finish before the relay closes them.
     pub drain_timeout: Duration,
+    /// Makes the relay hostile (tests only; `None` in the binary).
+    pub meddler: Option<Arc<dyn Meddler>>,
+}
+
+impl std::fmt::Debug for dyn Meddler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meddler(..)")
+    }
 }
 
 impl ServerConfig {
@@ -119,6 +176,7 @@ impl ServerConfig {
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            meddler: None,
         }
     }
 }
@@ -143,11 +201,13 @@ struct Shared {
     unauthenticated: Arc<Semaphore>,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
-    /// The connection that decides each online machine's presence: the newest one.
-    online: Mutex<HashMap<MachineId, u64>>,
+    /// Every machine's presence, with the connection that decides it (the newest one); written to the store
+    /// in batches by [`presence`].
+    presence: Mutex<PresenceBook>,
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
+    meddler: Option<Arc<dyn Meddler>>,
 }
 
 /// A logged-in connection, as the revocation watcher and routing see it.
@@ -155,9 +215,20 @@ struct Shared {
 struct LiveConnection {
     credential: CredentialId,
     connection: quinn::Connection,
-    /// Where the watcher sends the credential's standing; the session's task feeds it to its state machine.
-    standing: mpsc::UnboundedSender<SessionInput>,
+    /// Where the watcher puts the credential's latest standing; the session's task feeds it to its state
+    /// machine. A watch rather than a queue: only the latest standing matters, and it costs one small
+    /// allocation per connection where a queue's first block of slots would cost kilobytes.
+    standing: watch::Sender<Standing>,
+    /// For an agent that understands the fleet lock: its fleet, and where the relay puts the fleet's lock
+    /// when an admin changes it (a watch too: only the latest lock matters).
+    lock: Option<(FleetId, watch::Sender<LockPush>)>,
 }
+
+/// A credential's standing as the revocation watcher last read it (`None`: not read yet).
+type Standing = Option<Result<(), cmdop_fleet::AuthError>>;
+
+/// The fleet's lock as the relay last pushed it to an agent (`None`: nothing pushed since it connected).
+type LockPush = Option<Arc<RelayMessage>>;
 
 impl Server {
     /// Opens the store, marks every machine offline (no connection survives a restart) and binds the endpoint.
@@ -170,7 +241,8 @@ impl Server {
             addr: config.listen,
             source,
         };
-        let socket = bind_socket(config.listen, &config.limits).map_err(bind_error)?;
+        // Buffers sized for a reconnect storm: thousands of handshakes arriving at once.
+        let socket = udp_socket(config.listen).map_err(bind_error)?;
         let endpoint = endpoint(
             endpoint_config(&config.tls, &config.limits),
             Some(quic),
@@ -184,10 +256,11 @@ impl Server {
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
-            online: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceBook::default()),
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
+            meddler: config.meddler,
         });
         Ok(Self {
             endpoint,
@@ -218,6 +291,10 @@ impl Server {
     /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let watcher = tokio::spawn(revocation::watch(self.shared.clone(), self.revocation_poll));
+        let flusher = tokio::spawn(presence::flush_every(
+            self.shared.clone(),
+            presence::PRESENCE_FLUSH,
+        ));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -232,6 +309,9 @@ impl Server {
         self.endpoint
             .close(CloseCode::SHUTDOWN.0.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        flusher.abort();
+        // The last `last_seen` of every machine, then all offline: no connection survives a stop.
+        presence::flush(&self.shared);
         self.shared.lock_store().mark_all_offline()?;
         Ok(())
     }
@@ -255,10 +335,11 @@ impl Server {
             return;
         };
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task = async move {
             handle_incoming(shared, incoming, login_permit).await;
             drop(connection_permit);
-        });
+        };
+        tokio::spawn(task);
     }
 
     /// Refuses new connections at once and lets running streams (an exec, a copy) finish, up to the drain
@@ -314,10 +395,48 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn online(&self) -> MutexGuard<'_, HashMap<MachineId, u64>> {
-        self.online
+    fn presence(&self) -> MutexGuard<'_, PresenceBook> {
+        self.presence
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fleet's lock as agents receive it, after a test's [`Meddler`] had its say.
+    fn fleet_lock_message(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let mut message = self.plain_fleet_lock(fleet)?;
+        if let Some(meddler) = &self.meddler {
+            meddler.control(PeerKind::Agent, &mut message);
+        }
+        Ok(message)
+    }
+
+    fn plain_fleet_lock(&self, fleet: FleetId) -> Result<RelayMessage, StoreError> {
+        let stored = self.lock_store().stored_lock(fleet)?;
+        Ok(RelayMessage::FleetLock(cmdop_proto::wire::FleetLockState {
+            fleet_id: IdBytes(fleet.to_bytes()),
+            authority: stored.authority,
+            revocations: stored.revocations,
+        }))
+    }
+
+    /// Sends the fleet's current lock to every live agent of `fleet` that understands it (after an admin
+    /// changed it), so revocations reach machines at once.
+    fn push_lock(&self, fleet: FleetId) {
+        let message = match self.fleet_lock_message(fleet) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the fleet lock to push it to agents");
+                return;
+            }
+        };
+        let message = Arc::new(message);
+        for live in self.sessions().values() {
+            if let Some((agent_fleet, push)) = &live.lock
+                && *agent_fleet == fleet
+            {
+                push.send_replace(Some(Arc::clone(&message)));
+            }
+        }
     }
 
     /// Counts a login failure the state machine reported.
@@ -413,8 +532,15 @@ async fn handle_incoming(
         shared.metrics.handshake_failed(FailureReason::Tls);
         return;
     };
-    let Some((stream, logged_in)) =
-        login::log_in(&shared, &connection, remote, deadline.into_std()).await
+    // Boxed: the login's state is large and short-lived, and inline it would size this task's future, which
+    // every idle agent's connection keeps for as long as it lives.
+    let Some((stream, logged_in)) = Box::pin(login::log_in(
+        &shared,
+        &connection,
+        remote,
+        deadline.into_std(),
+    ))
+    .await
     else {
         return;
     };

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmdop_fleet::CredentialId;
-use cmdop_proto::presence::SessionInput;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
-use super::{Shared, now};
+use super::{Shared, Standing, now};
 
 /// Polls the store's change counter every `poll`; after a change (an admin verb in another process, say),
 /// sends every live session the current standing of its credential.
@@ -24,7 +23,7 @@ pub(super) async fn watch(shared: Arc<Shared>, poll: Duration) {
             continue;
         }
         last_version = version;
-        let live: Vec<(CredentialId, mpsc::UnboundedSender<SessionInput>)> = shared
+        let live: Vec<(CredentialId, watch::Sender<Standing>)> = shared
             .sessions()
             .values()
             .map(|s| (s.credential, s.standing.clone()))
@@ -33,13 +32,9 @@ pub(super) async fn watch(shared: Arc<Shared>, poll: Duration) {
         for (credential, standing) in live {
             let record = shared.lock_store().credential(credential);
             let input = match record {
-                Ok(Some(record)) => SessionInput::Standing(record.standing(at)),
+                Ok(Some(record)) => record.standing(at),
                 // A credential deleted from under a live connection no longer stands.
-                Ok(None) => {
-                    SessionInput::Standing(Err(cmdop_fleet::AuthError::UnknownCredential {
-                        id: credential,
-                    }))
-                }
+                Ok(None) => Err(cmdop_fleet::AuthError::UnknownCredential { id: credential }),
                 // The store could not say: the session keeps running until the next change is seen.
                 Err(err) => {
                     tracing::error!(%err, "cannot re-check a live credential");
@@ -47,7 +42,7 @@ pub(super) async fn watch(shared: Arc<Shared>, poll: Duration) {
                 }
             };
             // A session that has just ended has dropped its receiver; nothing to tell it.
-            let _ = standing.send(input);
+            let _ = standing.send(Some(input));
         }
     }
 }

@@ -14,13 +14,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cmdop_client::control::ControlStream;
+use cmdop_fleet::FleetId;
 use cmdop_proto::login::{AuditEvent, ClientSession, actor};
-use cmdop_proto::routing::{Route, RouteContext, RouteRefusal, offline, resolve_route, scope};
+use cmdop_proto::routing::{
+    LockMaterial, Route, RouteContext, RouteRefusal, offline, resolve_route, scope,
+};
 use cmdop_proto::wire::{ErrorCode, ErrorMessage, OpenStream, PeerMessage, RelayMessage};
 use quinn::{RecvStream, SendStream};
 use rand_core::{OsRng, RngCore};
 
-use super::{Shared, now};
+use super::{MeddledRoute, Shared, now};
 
 /// How long a client has to send its [`OpenStream`] header on a new stream.
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
@@ -49,17 +52,28 @@ pub(super) async fn accept_routes(
 
 async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &ClientSession) {
     let mut control = ControlStream::new(send, recv);
-    let Ok(Ok(Some(PeerMessage::OpenStream(request)))) =
-        tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await
-    else {
-        let refusal = RouteRefusal::new(
-            ErrorCode::UNEXPECTED_MESSAGE,
-            "expected OpenStream as the first message of a stream",
-        );
-        let _ = refuse(&mut control, refusal).await;
-        return;
-    };
-    let (route, agent) = match prepare(shared, client, &request) {
+    let (request, with_lock) =
+        match tokio::time::timeout(HEADER_DEADLINE, control.recv::<PeerMessage>()).await {
+            Ok(Ok(Some(PeerMessage::OpenStream(request)))) => (request, false),
+            Ok(Ok(Some(PeerMessage::OpenRoute(request)))) => (request, true),
+            _ => {
+                let refusal = RouteRefusal::new(
+                    ErrorCode::UNEXPECTED_MESSAGE,
+                    "expected OpenStream or OpenRoute as the first message of a stream",
+                );
+                let _ = refuse(shared, &mut control, refusal).await;
+                return;
+            }
+        };
+    let prepared = prepare(shared, client, &request).and_then(|(route, agent)| {
+        let answer = if with_lock {
+            RelayMessage::RouteReady(Box::new(route.ready.clone()))
+        } else {
+            RelayMessage::StreamReady(route.stream_ready()?)
+        };
+        Ok((route, agent, answer))
+    });
+    let (route, agent, answer) = match prepared {
         Ok(prepared) => prepared,
         Err(refusal) => {
             shared.audit(&AuditEvent {
@@ -72,7 +86,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
                     request.machine, request.kind, refusal.message
                 ),
             });
-            let _ = refuse(&mut control, refusal).await;
+            let _ = refuse(shared, &mut control, refusal).await;
             return;
         }
     };
@@ -84,15 +98,11 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
                 route.machine.hostname
             );
             let refusal = RouteRefusal::new(ErrorCode::MACHINE_OFFLINE, message);
-            let _ = refuse(&mut control, refusal).await;
+            let _ = refuse(shared, &mut control, refusal).await;
             return;
         }
     };
-    if control
-        .send(&RelayMessage::StreamReady(route.ready.clone()))
-        .await
-        .is_err()
-    {
+    if control.send(&answer).await.is_err() {
         return;
     }
     let (client_send, client_recv, leftover) = control.into_parts();
@@ -144,7 +154,8 @@ fn audit_spliced(
 }
 
 /// Scope, resolution, presence and the capability (cmdop-proto's routing decisions, with the store's
-/// machines and trust key), all before a byte reaches the agent.
+/// machines, trust key and lock material), all before a byte reaches the agent. A test's [`super::Meddler`]
+/// may then change the answer and the agent, as a compromised relay could.
 fn prepare(
     shared: &Shared,
     client: &ClientSession,
@@ -156,14 +167,17 @@ fn prepare(
         tracing::error!(%err, "store failure while routing a stream");
         RouteRefusal::new(ErrorCode::INTERNAL, "the relay's store failed; try again")
     };
-    let (machines, trust_key) = {
+    let (mut machines, trust_key, lock) = {
         let store = shared.lock_store();
         let machines = store.machines_of(fleet).map_err(internal)?;
-        (machines, store.fleet_trust_key(fleet).map_err(internal)?)
+        let trust_key = store.fleet_trust_key(fleet).map_err(internal)?;
+        let lock = lock_material(&store, fleet, client).map_err(internal)?;
+        (machines, trust_key, lock)
     };
+    super::presence::apply(&shared.presence(), &mut machines);
     let mut channel_id = [0u8; 16];
     OsRng.fill_bytes(&mut channel_id);
-    let route = resolve_route(
+    let mut route = resolve_route(
         &scoped,
         request,
         &machines,
@@ -172,14 +186,50 @@ fn prepare(
             trust_key: &trust_key,
             channel_id,
             now: now().unix,
+            lock: &lock,
         },
     )?;
-    let agent = shared
-        .online()
-        .get(&route.machine.id)
-        .and_then(|session| shared.sessions().get(session).map(|s| s.connection.clone()))
+    let mut target = route.machine.id;
+    if let Some(meddler) = &shared.meddler {
+        let mut meddled = MeddledRoute {
+            ready: route.ready.clone(),
+            header: route.header.clone(),
+            agent: target,
+        };
+        meddler.route(&mut meddled);
+        route.ready = meddled.ready;
+        route.header = meddled.header;
+        target = meddled.agent;
+    }
+    let current = shared.presence().connection(target);
+    let agent = current
+        .and_then(|session| {
+            shared
+                .sessions()
+                .get(&session)
+                .map(|s| s.connection.clone())
+        })
         .ok_or_else(|| offline(&route.machine))?;
     Ok((route, agent))
+}
+
+/// The fleet's lock as routing needs it: nothing for a fleet that was never locked; else the chain, the
+/// list, the machine certificates and the client's own member certificate.
+fn lock_material(
+    store: &crate::store::Store,
+    fleet: FleetId,
+    client: &ClientSession,
+) -> Result<LockMaterial, crate::store::StoreError> {
+    let stored = store.stored_lock(fleet)?;
+    if stored.authority.is_empty() {
+        return Ok(LockMaterial::default());
+    }
+    Ok(LockMaterial {
+        authority: stored.authority,
+        revocations: stored.revocations,
+        machine_certificates: store.machine_certificates(fleet)?,
+        member_certificate: store.member_certificate(fleet, &client.client_key)?,
+    })
 }
 
 /// Why the relay could not open a stream to an online agent.
@@ -208,14 +258,19 @@ async fn open_to_agent(
 
 /// Sends the refusal (its candidates right after the error, for an ambiguous name) and finishes the stream.
 /// Older clients stop reading at the error; newer ones read the candidates as data.
-async fn refuse(control: &mut ControlStream, refusal: RouteRefusal) -> Result<(), ()> {
-    control
-        .send(&RelayMessage::Error(ErrorMessage {
-            code: refusal.code,
-            message: refusal.message,
-        }))
-        .await
-        .map_err(|_| ())?;
+async fn refuse(
+    shared: &Shared,
+    control: &mut ControlStream,
+    refusal: RouteRefusal,
+) -> Result<(), ()> {
+    let mut error = RelayMessage::Error(ErrorMessage {
+        code: refusal.code,
+        message: refusal.message,
+    });
+    if let Some(meddler) = &shared.meddler {
+        meddler.control(super::PeerKind::Client, &mut error);
+    }
+    control.send(&error).await.map_err(|_| ())?;
     if !refusal.candidates.is_empty() {
         control
             .send(&RelayMessage::Candidates(refusal.candidates))

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cmdop_client::control::ControlStream;
-use cmdop_fleet::MachineId;
+use cmdop_fleet::{FleetId, MachineId};
 use cmdop_proto::login::LoggedIn;
 use cmdop_proto::presence::{RelaySession, SessionAction, SessionInput};
-use cmdop_proto::wire::{CloseCode, PeerMessage};
-use tokio::sync::mpsc;
+use cmdop_proto::wire::{CloseCode, PeerMessage, RelayMessage};
+use tokio::sync::watch;
 
-use super::{LiveConnection, Shared, close_with, now, peer_gone, refuse_stream, routing};
+use super::{
+    LiveConnection, LockPush, Shared, Standing, close_with, now, peer_gone, presence,
+    refuse_stream, routing,
+};
 
 /// Serves a logged-in peer until its session ends, then forgets it (and, for the newest connection of a
 /// machine, marks the machine offline).
@@ -23,10 +26,75 @@ pub(super) async fn serve(
     logged_in: LoggedIn,
     remote: SocketAddr,
 ) {
-    let (standing, standing_rx) = mpsc::unbounded_channel();
-    let credential = match &logged_in {
+    let (id, inputs, lock_fleet) = enter(&shared, &logged_in, &connection);
+    // The session owns the peer; what the driver needs besides is read back from it, not kept in a second copy
+    // for every one of thousands of idle agents.
+    if let LoggedIn::Client(client) = &logged_in {
+        record_client_key(&shared, client);
+    }
+    let mut session = RelaySession::new(
+        logged_in,
+        remote.to_string(),
+        shared.heartbeat_interval,
+        now(),
+    );
+    if let Some(fleet) = lock_fleet {
+        // The agent learns its fleet's lock (or that there is none) before it serves any stream.
+        match shared.fleet_lock_message(fleet) {
+            Ok(message) => session.handle(SessionInput::Push(message), now()),
+            Err(err) => tracing::error!(%err, "cannot read the fleet lock for a new agent"),
+        }
+    }
+    match session.peer() {
+        LoggedIn::Agent(agent) => {
+            let machine = agent.machine.id;
+            let _connected = shared
+                .metrics
+                .agent_connected(agent.access.fleet().name.as_str(), machine);
+            went_online(&shared, id, machine);
+            run(&shared, id, &connection, &mut stream, session, inputs).await;
+            went_offline(&shared, id, machine);
+        }
+        LoggedIn::Client(client) => {
+            // A client opens one stream per channel: from now on it may have the full number open.
+            connection.set_max_concurrent_bi_streams(shared.limits.max_bidi_streams.into());
+            let _connected = shared.metrics.client_connected(client.fleet_names());
+            // Routed streams arrive as further bidirectional streams beside the control stream.
+            let routes = tokio::spawn(routing::accept_routes(
+                shared.clone(),
+                connection.clone(),
+                client.clone(),
+            ));
+            run(&shared, id, &connection, &mut stream, session, inputs).await;
+            routes.abort();
+        }
+    }
+    shared.sessions().remove(&id);
+}
+
+/// Makes the connection known to the relay: its credential for the revocation watcher, and for an agent that
+/// understands the fleet lock, its fleet for lock pushes. Returns the session's id, what will feed it, and
+/// that fleet.
+fn enter(
+    shared: &Shared,
+    logged_in: &LoggedIn,
+    connection: &quinn::Connection,
+) -> (u64, Inputs, Option<FleetId>) {
+    let (standing, standing_rx) = watch::channel(None);
+    let credential = match logged_in {
         LoggedIn::Agent(agent) => agent.authenticated.credential_id(),
         LoggedIn::Client(client) => client.authenticated.credential_id(),
+    };
+    let lock_fleet = match logged_in {
+        LoggedIn::Agent(agent) if agent.fleet_lock => Some(agent.access.fleet_id()),
+        _ => None,
+    };
+    let (lock, lock_rx) = match lock_fleet {
+        Some(fleet) => {
+            let (push, pushed) = watch::channel(None);
+            (Some((fleet, push)), Some(pushed))
+        }
+        None => (None, None),
     };
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     shared.sessions().insert(
@@ -35,43 +103,35 @@ pub(super) async fn serve(
             credential,
             connection: connection.clone(),
             standing,
+            lock,
         },
     );
-    let session = RelaySession::new(
-        logged_in.clone(),
-        remote.to_string(),
-        shared.heartbeat_interval,
-        now(),
-    );
-    match logged_in {
-        LoggedIn::Agent(agent) => {
-            let machine = agent.machine.id;
-            let _connected = shared
-                .metrics
-                .agent_connected(agent.access.fleet().name.as_str(), machine);
-            went_online(&shared, id, machine);
-            run(&shared, &connection, &mut stream, session, standing_rx).await;
-            went_offline(&shared, id, machine);
-        }
-        LoggedIn::Client(client) => {
-            let _connected = shared.metrics.client_connected(client.fleet_names());
-            // Routed streams arrive as further bidirectional streams beside the control stream.
-            let routes = tokio::spawn(routing::accept_routes(
-                shared.clone(),
-                connection.clone(),
-                client,
-            ));
-            run(&shared, &connection, &mut stream, session, standing_rx).await;
-            routes.abort();
+    let inputs = Inputs {
+        standing: standing_rx,
+        lock: lock_rx,
+    };
+    (id, inputs, lock_fleet)
+}
+
+/// Remembers the client's key for each fleet it reaches, so a fleet admin can find it by fingerprint
+/// (`cmdop fleet lock add-member FP`).
+fn record_client_key(shared: &Shared, client: &cmdop_proto::login::ClientSession) {
+    let at = now().unix;
+    let store = shared.lock_store();
+    for fleet in client.authenticated.fleet_ids() {
+        if let Err(err) =
+            store.record_client_key(fleet, &client.client_key, &client.description, at)
+        {
+            tracing::warn!(%err, "cannot record a client key");
         }
     }
-    shared.sessions().remove(&id);
 }
 
 /// Marks `machine` online with this connection as the one deciding its presence; an older connection of
 /// the same machine is closed.
 fn went_online(shared: &Shared, id: u64, machine: MachineId) {
-    let previous = shared.online().insert(machine, id);
+    let previous = shared.presence().online(machine, id, now().unix);
+    presence::write_changes(shared);
     if let Some(previous) = previous
         && let Some(old) = shared.sessions().get(&previous)
     {
@@ -80,41 +140,52 @@ fn went_online(shared: &Shared, id: u64, machine: MachineId) {
             b"the same machine connected again",
         );
     }
-    if let Err(err) = shared.lock_store().set_presence(machine, true, now().unix) {
-        tracing::error!(%err, "cannot record presence");
-    }
     tracing::info!(%machine, "agent online");
 }
 
 /// Marks `machine` offline, if this connection is still the one deciding its presence.
 fn went_offline(shared: &Shared, id: u64, machine: MachineId) {
-    let current = {
-        let mut online = shared.online();
-        if online.get(&machine) == Some(&id) {
-            online.remove(&machine);
-            true
-        } else {
-            false
-        }
-    };
-    if current {
-        if let Err(err) = shared.lock_store().set_presence(machine, false, now().unix) {
-            tracing::error!(%err, "cannot record presence");
-        }
+    if shared.presence().offline(machine, id, now().unix) {
+        presence::write_changes(shared);
         tracing::info!(%machine, "agent offline");
     }
 }
 
-/// The session's loop: messages, standing checks and timers in, actions out, until it closes.
+/// What reaches a session besides its peer's messages and its timers.
+struct Inputs {
+    /// The credential's standing, from the revocation watcher.
+    standing: watch::Receiver<Standing>,
+    /// For an agent that understands the fleet lock: the lock, whenever an admin changes it.
+    lock: Option<watch::Receiver<LockPush>>,
+}
+
+/// The latest fleet lock pushed to this agent; never resolves for a session that gets none.
+async fn lock_pushed(lock: &mut Option<watch::Receiver<LockPush>>) -> Option<RelayMessage> {
+    let Some(receiver) = lock else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        // The relay forgot this session; it is closing.
+        return std::future::pending().await;
+    }
+    receiver.borrow_and_update().as_deref().cloned()
+}
+
+/// The session's loop: messages, standing checks, lock pushes and timers in, actions out, until it closes.
 async fn run(
     shared: &Shared,
+    id: u64,
     connection: &quinn::Connection,
     stream: &mut ControlStream,
     mut session: RelaySession,
-    mut standing: mpsc::UnboundedReceiver<SessionInput>,
+    inputs: Inputs,
 ) {
+    let Inputs {
+        mut standing,
+        mut lock,
+    } = inputs;
     loop {
-        if run_actions(shared, connection, stream, &mut session).await {
+        if run_actions(shared, id, connection, stream, &mut session).await {
             return;
         }
         let timer = session.poll_timeout().map(tokio::time::Instant::from_std);
@@ -126,12 +197,27 @@ async fn run(
         };
         tokio::select! {
             received = stream.recv::<PeerMessage>() => match received {
-                Ok(Some(message)) => session.handle(SessionInput::Message(message), now()),
+                Ok(Some(message)) => {
+                    let peer = session.peer().clone();
+                    match super::lock::handle(shared, &peer, stream, message).await {
+                        Ok(Some(message)) => session.handle(SessionInput::Message(message), now()),
+                        Ok(None) => {}
+                        Err(()) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
+                    }
+                }
                 Ok(None) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
                 Err(err) if peer_gone(&err) => return connection.close(CloseCode::NORMAL.0.into(), b"bye"),
                 Err(err) => return refuse_stream(connection, stream, &err).await,
             },
-            Some(input) = standing.recv() => session.handle(input, now()),
+            Ok(()) = standing.changed() => {
+                let latest = standing.borrow_and_update().clone();
+                if let Some(latest) = latest {
+                    session.handle(SessionInput::Standing(latest), now());
+                }
+            }
+            Some(message) = lock_pushed(&mut lock) => {
+                session.handle(SessionInput::Push(message), now());
+            }
             () = sleep => session.handle_timeout(now()),
         }
     }
@@ -140,27 +226,31 @@ async fn run(
 /// Carries out what the session asks; `true` once it has closed the connection.
 async fn run_actions(
     shared: &Shared,
+    id: u64,
     connection: &quinn::Connection,
     stream: &mut ControlStream,
     session: &mut RelaySession,
 ) -> bool {
     while let Some(action) = session.poll_action() {
         match action {
-            SessionAction::Send(message) => {
+            SessionAction::Send(mut message) => {
+                if let Some(meddler) = &shared.meddler {
+                    meddler.control(super::PeerKind::of(session.peer()), &mut message);
+                }
                 if stream.send(&message).await.is_err() {
                     connection.close(CloseCode::NORMAL.0.into(), b"bye");
                     return true;
                 }
             }
-            SessionAction::Presence { machine, at } => {
-                if let Err(err) = shared.lock_store().set_presence(machine, true, at) {
-                    tracing::error!(%err, "cannot record presence");
-                }
-            }
+            // A heartbeat touches memory only; the store follows in the next presence flush.
+            SessionAction::Presence { machine, at } => shared.presence().heard(machine, id, at),
             SessionAction::LookUpMachines(access) => {
                 let machines = shared.lock_store().machines_of(access.fleet_id());
                 let input = match machines {
-                    Ok(machines) => SessionInput::Machines(machines),
+                    Ok(mut machines) => {
+                        presence::apply(&shared.presence(), &mut machines);
+                        SessionInput::Machines(machines)
+                    }
                     Err(err) => {
                         tracing::error!(%err, "store failure while listing machines");
                         SessionInput::StoreFailed

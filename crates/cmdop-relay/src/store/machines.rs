@@ -1,8 +1,11 @@
 //! Machines in the store: what cmdop-fleet's `register` and `rename` decided, written down; presence; listings.
 
 use cmdop_fleet::{
-    DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, Timestamp, rename,
+    DisplayName, Fleet, FleetAccess, FleetId, Machine, MachineId, Registration, RenameError,
+    Timestamp, rename,
 };
+use cmdop_proto::login::FleetQuery;
+use cmdop_proto::presence::PresenceWrite;
 use rusqlite::{OptionalExtension, params};
 
 use super::rows::{MACHINE_COLUMNS, machine_from_row, sql_time};
@@ -17,7 +20,7 @@ impl Store {
         let written = if registration.is_new {
             self.conn.execute(
                 "INSERT INTO machines (id, fleet_id, public_key, hostname, display_name, os, arch, agent_version,
-                 online, last_seen, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10)",
+                 online, last_seen, created_at, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11)",
                 params![
                     m.id.to_string(),
                     m.fleet.to_string(),
@@ -28,13 +31,14 @@ impl Store {
                     m.info.arch(),
                     m.info.version(),
                     m.last_heartbeat.map(sql_time),
-                    sql_time(m.registered)
+                    sql_time(m.registered),
+                    m.labels.to_string()
                 ],
             )
         } else {
             self.conn.execute(
                 "UPDATE machines SET hostname = ?2, display_name = ?3, os = ?4, arch = ?5, agent_version = ?6,
-                 last_seen = ?7 WHERE id = ?1",
+                 last_seen = ?7, labels = ?8 WHERE id = ?1",
                 params![
                     m.id.to_string(),
                     m.hostname.as_str(),
@@ -42,7 +46,8 @@ impl Store {
                     m.info.os(),
                     m.info.arch(),
                     m.info.version(),
-                    m.last_heartbeat.map(sql_time)
+                    m.last_heartbeat.map(sql_time),
+                    m.labels.to_string()
                 ],
             )
         };
@@ -64,10 +69,29 @@ impl Store {
         online: bool,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1",
-            params![machine.to_string(), online, sql_time(now)],
-        )?;
+        self.store_presence(&[PresenceWrite {
+            machine,
+            online,
+            last_seen: now,
+        }])
+    }
+
+    /// Writes a batch of presence changes (a relay's [`cmdop_proto::presence::PresenceBook`]) in one
+    /// transaction: one commit for the whole batch instead of one per heartbeat.
+    pub fn store_presence(&self, writes: &[PresenceWrite]) -> Result<(), StoreError> {
+        let transaction = self.conn.unchecked_transaction()?;
+        {
+            let mut update = transaction
+                .prepare_cached("UPDATE machines SET online = ?2, last_seen = ?3 WHERE id = ?1")?;
+            for write in writes {
+                update.execute(params![
+                    write.machine.to_string(),
+                    write.online,
+                    sql_time(write.last_seen)
+                ])?;
+            }
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -91,6 +115,27 @@ impl Store {
             )
             .optional()?
             .transpose()
+    }
+
+    /// The machines of a fleet an agent's registration depends on ([`FleetQuery`]): the one with its key and
+    /// those whose names its hostname or display name could clash with, each found by index whatever the
+    /// fleet's size.
+    pub fn machines_for_registration(
+        &self,
+        query: &FleetQuery,
+    ) -> Result<Vec<Machine>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&registration_query())?;
+        let name = query.name.as_ref().map(|name| name.as_str());
+        let rows = stmt.query_map(
+            params![
+                query.fleet.to_string(),
+                query.public_key.to_bytes().as_slice(),
+                query.hostname.as_str(),
+                name
+            ],
+            |r| Ok(machine_from_row(r)),
+        )?;
+        rows.map(|row| row?).collect()
     }
 
     /// The machines of one fleet, by hostname.
@@ -140,11 +185,19 @@ impl Store {
             .find(|f| f.id == machine.fleet)
             .ok_or_else(|| StoreError::UnknownMachine(id.to_owned()))?;
         let before = machine.display_name().to_owned();
-        rename(&FleetAccess::relay_operator(&fleet), &mut machine, display).map_err(|err| {
-            StoreError::Corrupt {
+        let others = self.machines_of(fleet.id)?;
+        rename(
+            &FleetAccess::relay_operator(&fleet),
+            &mut machine,
+            display,
+            &others,
+        )
+        .map_err(|err| match err {
+            RenameError::NameClash(clash) => StoreError::NameClash(clash),
+            other => StoreError::Corrupt {
                 what: "machine's fleet",
-                reason: err.to_string(),
-            }
+                reason: other.to_string(),
+            },
         })?;
         self.conn.execute(
             "UPDATE machines SET display_name = ?2 WHERE id = ?1",
@@ -164,4 +217,22 @@ impl Store {
         })?;
         Ok(machine)
     }
+}
+
+/// The query behind [`Store::machines_for_registration`]: one indexed lookup per name it may clash with
+/// (migration 4 for the case-folded ones), joined with `UNION`. Written as one `WHERE … OR …`, SQLite scanned
+/// the whole fleet instead (5.9 ms a login at 10,000 machines, against 0.02 ms). SQLite's `lower()` folds
+/// ASCII only, as cmdop-fleet's name checks do. `?1` fleet, `?2` key, `?3` hostname, `?4` display name.
+pub(super) fn registration_query() -> String {
+    [
+        "m.public_key = ?2",
+        "lower(m.hostname) = lower(?3)",
+        "lower(m.display_name) = lower(?3)",
+        "lower(m.hostname) = lower(?4)",
+        "lower(m.display_name) = lower(?4)",
+    ]
+    .map(|term| {
+        format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.fleet_id = ?1 AND {term}")
+    })
+    .join(" UNION ")
 }

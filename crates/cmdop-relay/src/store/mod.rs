@@ -1,12 +1,14 @@
 //! The relay's embedded store: one SQLite file, `<data-dir>/relay.db`, shared by the server and the admin verbs.
 //!
 //! It persists cmdop-fleet's model and nothing else: [`Fleet`]s (with their trust-key seed), [`User`]s,
-//! [`CredentialRecord`]s (hashes only), [`Machine`]s, plus the append-only audit log. Decisions about those
+//! [`CredentialRecord`]s (hashes only), [`Machine`](cmdop_fleet::Machine)s, the fleet lock's signed documents
+//! (which it stores, never makes), plus the append-only audit log. Decisions about those
 //! records (authentication, scope, registration, renaming) are cmdop-fleet's functions; the store only maps
 //! rows to and from its types. All times are passed in by the caller, so tests control time. The admin verbs
 //! run in another process than the server; SQLite's WAL mode and `busy_timeout` let both write safely, and
 //! [`Store::data_version`] lets the server notice their changes cheaply.
 
+mod lock;
 mod machines;
 mod rows;
 mod schema;
@@ -46,6 +48,18 @@ pub enum StoreError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A file holding secrets (relay.db holds every fleet's trust seed) can be accessed by group or others.
+    #[error(
+        "{} is accessible by group or others (mode {mode:04o}) and is refused, since it holds secrets; run `chmod 600 {}`, and rotate what it holds if someone else may have read it",
+        path.display(),
+        path.display()
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// SQLite failed.
     #[error("relay database error: {0}; check disk space and that relay.db is not corrupted")]
@@ -106,6 +120,9 @@ pub enum StoreError {
     /// A credential could not be issued.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// A new display name is another machine's hostname.
+    #[error(transparent)]
+    NameClash(#[from] cmdop_fleet::NameClash),
 }
 
 /// A fleet with the time it was created (for the admin's listing).
@@ -160,12 +177,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `<data_dir>/relay.db`: data dir 0700, file 0600, WAL, foreign keys on,
-    /// migrations applied.
+    /// Opens (creating if needed) `<data_dir>/relay.db`: data dir 0700, file 0600 (an existing one that group
+    /// or others can access is refused), WAL, foreign keys on, migrations applied.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         prepare_private_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         create_private_file(&path)?;
+        // SQLite's write-ahead log and index hold the same data and take the database file's mode.
+        for sidecar in ["-wal", "-shm"] {
+            refuse_if_open(&data_dir.join(format!("{DB_FILE}{sidecar}")))?;
+        }
         let conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
@@ -670,24 +691,57 @@ pub fn prepare_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates `path` if missing with mode 0600 and tightens it to 0600 if it exists.
+/// Creates `path` if missing with mode 0600 (whatever the umask); an existing file that group or others can
+/// access is refused and left as it is. A secret file found open may already have been read, which its owner
+/// must know about; quietly tightening it would hide that.
 pub fn create_private_file(path: &Path) -> Result<(), StoreError> {
     let err = |source| StoreError::DataDir {
         path: path.to_owned(),
         source,
     };
     let mut options = fs::OpenOptions::new();
-    options.create(true).append(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path).map_err(err)?;
+    match options.open(path) {
+        #[cfg(unix)]
+        Ok(file) => {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(err)
+        }
+        #[cfg(not(unix))]
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => refuse_if_open(path),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Refuses `path` if it exists and group or others have any access to it.
+pub fn refuse_if_open(path: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let metadata = match fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(StoreError::DataDir {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::TooOpen {
+                path: path.to_owned(),
+                mode,
+            });
+        }
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use cmdop_fleet::{
     AgentInfo, ApiKey, CredentialHash, CredentialId, DisplayName, Fleet, FleetId, FleetName,
-    Hostname, Label, Machine, MachineId, Role, Timestamp, User, UserId, UserName, UserToken,
+    Hostname, Label, Machine, MachineId, MachineLabels, Role, Timestamp, User, UserId, UserName,
+    UserToken,
 };
 use cmdop_identity::PublicKey;
 
@@ -126,7 +127,7 @@ pub(super) fn token_from_row(row: &rusqlite::Row<'_>) -> Result<UserToken, Store
 
 /// The columns [`machine_from_row`] reads, in order.
 pub(super) const MACHINE_COLUMNS: &str = "m.id, m.fleet_id, m.public_key, m.hostname, m.display_name, m.os, m.arch, \
-     m.agent_version, m.online, m.last_seen, m.created_at";
+     m.agent_version, m.online, m.last_seen, m.created_at, m.labels";
 
 /// A `machines` row as cmdop-fleet's [`Machine`]. The stored display name equals the hostname when none was
 /// set (the column is never empty), which reads back as no display name.
@@ -149,6 +150,7 @@ pub(super) fn machine_from_row(row: &rusqlite::Row<'_>) -> Result<Machine, Store
     let os: String = row.get(5)?;
     let arch: String = row.get(6)?;
     let version: String = row.get(7)?;
+    let labels: String = row.get(11)?;
     Ok(Machine {
         id: parse_id::<MachineId>("machine id", &id)?,
         fleet: parse_id::<FleetId>("fleet id", &fleet)?,
@@ -157,6 +159,7 @@ pub(super) fn machine_from_row(row: &rusqlite::Row<'_>) -> Result<Machine, Store
         name,
         info: AgentInfo::new(&os, &arch, &version)
             .map_err(|err| corrupt("agent description", err))?,
+        labels: parse_name::<MachineLabels>("machine labels", &labels)?,
         online: row.get(8)?,
         last_heartbeat: optional_time(row, 9)?,
         registered: timestamp(row.get(10)?),

@@ -201,6 +201,7 @@ async fn verbs_take_effect_on_a_running_server() {
         os: "linux".into(),
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![],
     };
     let agent = AgentConnection::register(&target, &Identity::generate(&mut OsRng), &registration)
         .await

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp::from_unix_seconds(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -37,15 +37,15 @@ fn now_plus(secs: i64) -> Timestamp {
     Timestamp::from_unix_seconds(now().as_unix_seconds().saturating_add_signed(secs))
 }
 
-struct Relay {
-    target: RelayTarget,
+pub(crate) struct Relay {
+    pub(crate) target: RelayTarget,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Relay {
-    async fn start(data_dir: &Path, listen: SocketAddr, heartbeat: Duration) -> Self {
+    pub(crate) async fn start(data_dir: &Path, listen: SocketAddr, heartbeat: Duration) -> Self {
         let (tls, _) = TlsIdentity::load_or_generate(data_dir).unwrap();
         // Rebinding the port of a relay that just stopped can race the release of its socket; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -84,7 +84,7 @@ impl Relay {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -95,14 +95,14 @@ impl Relay {
     }
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    data: PathBuf,
-    admin: Store,
+    pub(crate) data: PathBuf,
+    pub(crate) admin: Store,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("relay");
         let admin = Store::open(&data).unwrap();
@@ -113,11 +113,11 @@ impl Fixture {
         }
     }
 
-    fn fleet(&self, name: &str) {
+    pub(crate) fn fleet(&self, name: &str) {
         self.admin.create_fleet(name, now()).unwrap();
     }
 
-    fn key(&self, fleet: &str, role: KeyRole) -> (String, String) {
+    pub(crate) fn key(&self, fleet: &str, role: KeyRole) -> (String, String) {
         let (record, secret) = self
             .admin
             .create_api_key(fleet, role, None, None, now())
@@ -126,7 +126,7 @@ impl Fixture {
     }
 }
 
-fn registration(api_key: &str, workspace: &str, hostname: &str) -> AgentRegistration {
+pub(crate) fn registration(api_key: &str, workspace: &str, hostname: &str) -> AgentRegistration {
     AgentRegistration {
         api_key: Zeroizing::new(api_key.to_owned()),
         workspace: workspace.into(),
@@ -135,10 +135,11 @@ fn registration(api_key: &str, workspace: &str, hostname: &str) -> AgentRegistra
         os: "linux".into(),
         arch: "x86_64".into(),
         agent_version: "0.1.0".into(),
+        labels: vec![("role".into(), "web".into())],
     }
 }
 
-const HEARTBEAT: Duration = Duration::from_secs(30);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn agent_registers_and_a_member_sees_it_online() {
@@ -174,6 +175,7 @@ async fn agent_registers_and_a_member_sees_it_online() {
     );
     assert!(machine.online);
     assert_eq!(machine.public_key, Some(agent_identity.public_key()));
+    assert_eq!(machine.labels, [("role".to_owned(), "web".to_owned())]);
 
     let audit = fx.admin.audit(Some("prod")).unwrap();
     assert!(
@@ -719,6 +721,11 @@ async fn a_ca_issued_certificate_is_served_and_pinned_by_its_leaf() {
     let key_path = fx.data.join("leaf-key.pem");
     std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
     std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    // A key others can read is refused (`tls::tests::a_key_file_others_can_read_is_refused`).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     let tls = TlsIdentity::from_pem_files(&cert_path, &key_path).unwrap();
     let expected = RelayFingerprint::of_cert(leaf.der());
@@ -842,4 +849,48 @@ fn last_used(record: &cmdop_fleet::CredentialRecord) -> Option<Timestamp> {
         cmdop_fleet::CredentialRecord::ApiKey(key) => key.last_used,
         cmdop_fleet::CredentialRecord::UserToken(token) => token.last_used,
     }
+}
+
+/// A fleet larger than one frame holds (about 650 machines like these) is listed in full: the relay sends it
+/// in parts and the client puts them together. Machines are enrolled straight into the store, as cmdop-fleet
+/// decides them, so that the test needs no thousand logins.
+#[tokio::test]
+async fn a_fleet_larger_than_a_frame_is_listed_in_full() {
+    const MACHINES: usize = 1_500;
+    let fx = Fixture::new();
+    fx.fleet("big");
+    let (_, member_key) = fx.key("big", KeyRole::Member);
+    let fleet = fx.admin.fleet_by_name("big").unwrap().unwrap().fleet;
+    let access = cmdop_fleet::FleetAccess::relay_operator(&fleet);
+    for n in 0..MACHINES {
+        let enrolment = cmdop_fleet::Enrolment {
+            public_key: Identity::generate(&mut OsRng).public_key(),
+            hostname: cmdop_fleet::Hostname::parse(&format!("host-{n:05}")).unwrap(),
+            name: None,
+            info: cmdop_fleet::AgentInfo::new("linux", "x86_64", "0.1.0").unwrap(),
+            labels: cmdop_fleet::MachineLabels::default(),
+        };
+        let registration =
+            cmdop_fleet::register(&access, &[], enrolment, now(), &mut OsRng).unwrap();
+        fx.admin.save_registration(&registration).unwrap();
+    }
+    let relay = Relay::start(&fx.data, "127.0.0.1:0".parse().unwrap(), HEARTBEAT).await;
+    let mut client =
+        ClientConnection::login(&relay.target, &Identity::generate(&mut OsRng), &member_key)
+            .await
+            .unwrap();
+    let listed = client.list_machines(None).await.unwrap();
+    assert_eq!(listed.len(), MACHINES);
+    let mut hostnames: Vec<&str> = listed.iter().map(|m| m.hostname.as_str()).collect();
+    hostnames.sort_unstable();
+    hostnames.dedup();
+    assert_eq!(hostnames.len(), MACHINES);
+    assert!(listed.iter().all(|m| !m.online));
+    // The connection is still good for the next request.
+    assert_eq!(
+        client.list_machines(Some("big")).await.unwrap().len(),
+        MACHINES
+    );
+    client.close().await;
+    relay.stop().await;
 }
