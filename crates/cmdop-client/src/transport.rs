@@ -146,7 +146,7 @@ pub fn client_endpoint(bind: SocketAddr, limits: &Limits) -> std::io::Result<qui
 }
 
 /// A quinn endpoint on `socket`, on the current tokio runtime, whose sends never exceed what one UDP send can
-/// carry (see [`SplitBatches`]).
+/// carry (see `SplitBatches`).
 pub fn endpoint(
     config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
