@@ -185,3 +185,37 @@ fn disabling_the_lock_needs_an_admin_key_and_restores_plain_access() {
     let (out, ran) = touch(&c, "alice", &member, "web-1", "relocked");
     assert_refused(&out, ran, "no valid certificate");
 }
+
+/// Catalog V2, an offline agent learns of a revocation before it serves anything: alice is revoked while
+/// web-1's agent is down; when it comes back (same identity, same pinned lock), the relay hands it the new list
+/// with its registration, and alice's very first stream is refused, while another member still gets through.
+#[test]
+fn an_agent_that_was_offline_during_a_revocation_refuses_the_revoked_key_from_its_first_stream() {
+    let mut c = Contour::builder()
+        .fleet("prod")
+        .agent("web-1", "prod")
+        .start();
+    let member = c.member_key("prod");
+    let fleet_key = c.lock_fleet("prod", "admin");
+    c.trust_fleet("alice", &member, "prod", &fleet_key);
+    c.trust_fleet("carol", &member, "prod", &fleet_key);
+    c.certify("admin", "prod", "web-1");
+    c.add_member("admin", "prod", "alice", &member, "member", &fleet_key);
+    c.add_member("admin", "prod", "carol", &member, "member", &fleet_key);
+    assert!(touch(&c, "alice", &member, "web-1", "before").1);
+
+    c.machine_mut("web-1").agent.kill();
+    let alice = c.client_fingerprint("alice", &member);
+    c.lock_admin_ok("admin", "prod", &["revoke", &alice]);
+    c.add_machine("web-1", "prod", &[]);
+
+    let (out, ran) = touch(&c, "alice", &member, "web-1", "after");
+    // The machine's own refusal, inside the channel: the agent applied the list before serving.
+    assert_refused(
+        &out,
+        ran,
+        "the machine closed the stream (Denied): member certificate refused: the member certificate relies on the revoked key",
+    );
+    let (out, ran) = touch(&c, "carol", &member, "web-1", "carol");
+    assert!(ran, "{}", text(&out.stderr));
+}

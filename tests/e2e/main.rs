@@ -8,6 +8,8 @@ mod client_library;
 mod copy;
 /// `cmdop connect exec`: output, exit codes, signals, timeout, stdin, large output, concurrency, pinning.
 mod exec;
+/// Hostile peers with credentials: silent streams that hold an agent's slots.
+mod floods;
 /// `cmdop connect forward`: bulk and parallel connections, half-close, per-connection errors, destination policy.
 mod forward;
 /// A compromised relay (in-process, made hostile by a `Meddler`) against the real agent and CLI: every forgery,

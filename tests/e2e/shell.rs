@@ -1,7 +1,7 @@
 //! `cmdop connect MACHINE` driven through a real pseudo-terminal, as a person would use it.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cmdop_tests::terminal::Terminal;
 use cmdop_tests::{Contour, run};
@@ -240,6 +240,82 @@ fn a_relay_restart_costs_no_output() {
     }
     assert!(text.contains("[cmdop] connection lost"), "{text}");
     type_and_expect(&mut t, "echo after-$((6+1))", "after-7");
+    t.send(b"exit 0\r");
+    assert_eq!(t.wait(WAIT), 0);
+}
+
+/// Issue 13 item 11: a relay stopped on purpose (SIGTERM: `systemctl restart`, an upgrade) must cost an attached
+/// shell no more than one killed outright. It used to drain for its full 10 s holding the shell's stream,
+/// then cut it. Now it tells its peers to go away and stops at once when only interactive streams are open.
+/// Through a SIGTERM restart, a SIGKILL restart and an upgrade-style restart (a new binary at another path,
+/// the old one stopped with SIGTERM), output keeps flowing with every line exactly once and typed input
+/// reaches the shell again. The timings are printed.
+#[test]
+fn an_attached_shell_resumes_alike_after_sigterm_sigkill_and_an_upgrade() {
+    let mut c = Contour::with_machine();
+    let mut t = attach(&c, "alice", &["--session", "steady"]);
+    type_and_expect(&mut t, "echo ready-$((1+1))", "ready-2");
+    for (round, how) in ["sigterm", "sigkill", "upgrade"].into_iter().enumerate() {
+        let mark = t.mark();
+        t.send(
+            format!("for i in $(seq 1 40); do echo {how}-$i; sleep 0.2; done; echo end-{how}-$((1+{round}))\r")
+                .as_bytes(),
+        );
+        t.expect_after(mark, &format!("\n{how}-5\r"), WAIT);
+        let restarted = Instant::now();
+        let stopped_in = match how {
+            "sigterm" => c.restart_relay_gracefully(),
+            "sigkill" => {
+                c.restart_relay();
+                Duration::ZERO
+            }
+            _ => c.upgrade_relay(),
+        };
+        // Nothing but the shell was running: a graceful stop has nothing to wait for.
+        assert!(
+            stopped_in < Duration::from_secs(3),
+            "{how}: the relay took {stopped_in:?} to stop with only a shell open"
+        );
+        t.expect_after(
+            mark,
+            &format!("end-{how}-{}", round + 1),
+            Duration::from_secs(60),
+        );
+        let output_back = restarted.elapsed();
+        // As a person would: type until the shell answers.
+        let typed = Instant::now();
+        let answered = format!("typed-after-{how}-7");
+        let typing = t.mark();
+        while !String::from_utf8_lossy(&t.output()[typing..]).contains(&answered) {
+            assert!(
+                typed.elapsed() < Duration::from_secs(30),
+                "{how}: typed input never reached the shell:\n{}",
+                t.text().escape_debug()
+            );
+            t.send(format!("echo typed-after-{how}-$((3+4))\r").as_bytes());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let answered_in = typed.elapsed();
+        eprintln!(
+            "{how}: old relay stopped in {stopped_in:?}; the loop's output complete {output_back:?} after the restart began; typed input answered {answered_in:?} after the new relay listened"
+        );
+        // Alike: once the new relay listens, the shell takes input again within seconds whichever way the old
+        // one stopped (a SIGKILL restart takes well under one here).
+        assert!(
+            answered_in < Duration::from_secs(5),
+            "{how}: typed input was answered only {answered_in:?} after the new relay listened"
+        );
+        let text = String::from_utf8_lossy(&t.output()[mark..]).replace("\u{1b}[?2004l\r", "");
+        for i in 1..=40 {
+            let line = format!("\n{how}-{i}\r\n");
+            assert_eq!(
+                text.matches(&line).count(),
+                1,
+                "{how}-{i} must appear exactly once:\n{}",
+                text.escape_debug()
+            );
+        }
+    }
     t.send(b"exit 0\r");
     assert_eq!(t.wait(WAIT), 0);
 }

@@ -77,6 +77,8 @@ struct ServeOptions {
     metrics: bool,
     json_logs: bool,
     env: Vec<(String, String)>,
+    /// The relay binary to run, if not the workspace's (an upgrade runs a copy).
+    program: Option<PathBuf>,
 }
 
 impl ContourBuilder<'_> {
@@ -203,7 +205,12 @@ impl ContourBuilder<'_> {
 /// Starts `cmdop-relay serve` for the contour in `root` and waits until it listens; on `listen` if given.
 fn serve(root: &Path, options: &ServeOptions, listen: Option<&str>) -> Served {
     let data_dir = root.join("relay");
-    let mut command = command("cmdop-relay");
+    let program = options
+        .program
+        .as_ref()
+        .map_or_else(|| "cmdop-relay".to_owned(), |p| p.display().to_string());
+    // An absolute path replaces the binaries' directory.
+    let mut command = command(&program);
     if options.config_file {
         let mut settings = format!(
             "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n",
@@ -303,6 +310,43 @@ impl Contour {
     /// Kills the relay (SIGKILL) and starts it again the same way, on the same address with the same data.
     pub fn restart_relay(&mut self) {
         self.kill_relay();
+        self.start_relay_again();
+    }
+
+    /// Stops the relay as `systemctl stop` does (SIGTERM) and waits for it to exit; returns how long the
+    /// stop (its drain) took.
+    pub fn stop_relay_gracefully(&mut self) -> Duration {
+        self.relay
+            .as_mut()
+            .expect("an in-process relay cannot be stopped by the harness")
+            .terminate(Duration::from_secs(60))
+    }
+
+    /// `systemctl restart`: SIGTERM, wait for the exit, start again the same way on the same address. Returns
+    /// how long the old relay took to stop.
+    pub fn restart_relay_gracefully(&mut self) -> Duration {
+        let stopped_in = self.stop_relay_gracefully();
+        self.start_relay_again();
+        stopped_in
+    }
+
+    /// An upgrade: a new binary (a copy of this one, at another path) replaces the running relay, which is
+    /// stopped with SIGTERM; the new one starts on the same address and data. Returns how long the old one
+    /// took to stop.
+    pub fn upgrade_relay(&mut self) -> Duration {
+        let upgraded = self.root.path().join("upgrade").join("cmdop-relay");
+        std::fs::create_dir_all(upgraded.parent().unwrap()).unwrap();
+        std::fs::copy(crate::bin_dir().join("cmdop-relay"), &upgraded).unwrap();
+        let stopped_in = self.stop_relay_gracefully();
+        self.serve
+            .as_mut()
+            .expect("an in-process relay cannot be upgraded by the harness")
+            .program = Some(upgraded);
+        self.start_relay_again();
+        stopped_in
+    }
+
+    fn start_relay_again(&mut self) {
         let options = self
             .serve
             .clone()

@@ -229,6 +229,34 @@ impl Daemon {
         self.seen.join("\n")
     }
 
+    /// Asks the process to stop (SIGTERM, as `systemctl stop` does) and waits up to `timeout` for it to exit;
+    /// returns how long it took. Panics, with its output, if it did not exit in time.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        loop {
+            if self
+                .child
+                .try_wait()
+                .expect("wait for the daemon")
+                .is_some()
+            {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "did not exit within {timeout:?} of SIGTERM; output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

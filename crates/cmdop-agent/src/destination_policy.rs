@@ -5,7 +5,8 @@
 //! 1. the configured deny list (`forward_deny`);
 //! 2. the configured allow list (`forward_allow`), which can open up anything the built-in rules refuse;
 //! 3. built-in refusals: link-local (169.254.0.0/16, fe80::/10, which hold the cloud metadata services),
-//!    known metadata addresses elsewhere (fd00:ec2::254, 100.100.100.200), multicast and broadcast;
+//!    cloud link services elsewhere (all of AWS's fd00:ec2::/32: metadata at ::254, DNS at ::253, NTP at ::123;
+//!    Alibaba's 100.100.100.200), multicast and broadcast;
 //! 4. built-in allowances: loopback (127.0.0.0/8, ::1) and private networks (10/8, 172.16/12, 192.168/16,
 //!    fc00::/7, 100.64.0.0/10);
 //! 5. anything else (the public internet) is refused.
@@ -113,7 +114,8 @@ const BUILT_IN_DENY: [Network; 7] = [
     Network::v4(224, 0, 0, 0, 4),
     Network::v4(255, 255, 255, 255, 32),
     Network::v6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
-    Network::v6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), 128),
+    // The whole /32, inside fc00::/7 which is otherwise allowed: AWS puts every link service there.
+    Network::v6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0), 32),
     Network::v6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
 ];
 
@@ -241,6 +243,13 @@ mod tests {
             "fe80::1",
             "febf::1",
             "fd00:ec2::254",
+            // All of AWS's link services live in fd00:ec2::/32, not just the metadata address: the DNS
+            // resolver (::253), NTP (::123) and whatever comes next.
+            "fd00:ec2::253",
+            "fd00:ec2::123",
+            "fd00:ec2::1",
+            "fd00:ec2:ffff:ffff::ffff",
+            "::ffff:169.254.170.2",
             "100.100.100.200",
             "224.0.0.1",
             "ff02::1",

@@ -274,6 +274,174 @@ async fn listen(
 mod tests {
     use super::*;
 
+    /// Set in the child process that runs inside its own network and mount namespaces.
+    const IN_NAMESPACE: &str = "CMDOP_TEST_IN_NETNS";
+    /// A "public" address (TEST-NET-3) the operator allowed, and a private one they denied; both live on the
+    /// namespace's loopback so that connections to them are real and stay inside the namespace.
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+    /// DNS rebinding (catalog item N1): `rebind.test` resolves to an allowed public address on the first
+    /// query and to a denied private one on every later query (TTL 0). A resolver that checked one answer
+    /// and connected to another would reach the private address. The agent's resolver is the system's
+    /// (glibc, /etc/resolv.conf), pointed at a responder on the namespace's loopback: real lookups, real
+    /// connections, nothing leaves the namespace.
+    #[test]
+    fn a_name_rebinding_from_public_to_private_never_reaches_the_private_address() {
+        if std::env::var_os(IN_NAMESPACE).is_some() {
+            inside_namespace();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let output = std::process::Command::new("unshare")
+            .args(["--net", "--mount", "--"])
+            .arg(exe)
+            .args([
+                "forward::tests::a_name_rebinding_from_public_to_private_never_reaches_the_private_address",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(IN_NAMESPACE, "1")
+            .output()
+            .expect("run unshare (util-linux) to get a private network namespace; this test needs root");
+        assert!(
+            output.status.success(),
+            "the test inside its namespace failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+            "the namespaced run did not run the test: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+
+    fn sh(program: &str, args: &[&str]) {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{program} {args:?} failed");
+    }
+
+    fn inside_namespace() {
+        sh("ip", &["link", "set", "lo", "up"]);
+        for address in [PUBLIC, PRIVATE] {
+            sh(
+                "ip",
+                &["addr", "add", &format!("{address}/32"), "dev", "lo"],
+            );
+        }
+        // The mount namespace is private: this bind mount is seen by this process alone.
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "nameserver 127.0.0.1\noptions attempts:1 timeout:2\n",
+        )
+        .unwrap();
+        sh(
+            "mount",
+            &["--bind", resolv.to_str().unwrap(), "/etc/resolv.conf"],
+        );
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(rebinding());
+    }
+
+    async fn rebinding() {
+        let dns = tokio::net::UdpSocket::bind("127.0.0.1:53").await.unwrap();
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(answer_queries(dns, Arc::clone(&answered)));
+        let public = TcpListener::bind((PUBLIC, 0)).await.unwrap();
+        let port = public.local_addr().unwrap().port();
+        let private = TcpListener::bind((PRIVATE, port)).await.unwrap();
+        let policy =
+            DestinationPolicy::from_lists(&["10.0.0.0/8".to_owned()], &[format!("{PUBLIC}/32")])
+                .unwrap();
+
+        // First forward: the name is public, allowed, and the connection goes exactly there.
+        let (tcp, address) = connect("rebind.test", port, &policy).await.unwrap();
+        assert_eq!(address, SocketAddr::from((PUBLIC, port)));
+        assert_eq!(tcp.peer_addr().unwrap(), address);
+        let (_accepted, from) = public.accept().await.unwrap();
+        assert_eq!(from, tcp.local_addr().unwrap());
+
+        // Second forward: the name now points at the denied private address, and is refused naming it.
+        let refused = connect("rebind.test", port, &policy).await.unwrap_err();
+        assert!(
+            matches!(refused, ConnectError::NotAllowed { address, .. } if address == IpAddr::V4(PRIVATE)),
+            "{refused}"
+        );
+
+        // The private address was never connected to, and each forward resolved the name once: the
+        // responder handed out the public answer exactly once.
+        let reached = tokio::time::timeout(Duration::from_millis(300), private.accept()).await;
+        assert!(
+            reached.is_err(),
+            "the private address was reached: {reached:?}"
+        );
+        let answers = answered.lock().unwrap().clone();
+        assert_eq!(
+            answers.iter().filter(|a| **a == PUBLIC).count(),
+            1,
+            "{answers:?}"
+        );
+        assert!(answers.contains(&PRIVATE), "{answers:?}");
+    }
+
+    /// A DNS responder for `rebind.test`: A queries get [`PUBLIC`] the first time and [`PRIVATE`] after,
+    /// with TTL 0; AAAA queries get no records. Every A answer given is recorded.
+    async fn answer_queries(socket: tokio::net::UdpSocket, answered: Arc<Mutex<Vec<Ipv4Addr>>>) {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Some(query) = buf.get(..n) else { continue };
+            let Some((question_end, qtype)) = question(query) else {
+                continue;
+            };
+            let mut reply = Vec::with_capacity(64);
+            reply.extend_from_slice(&query[..2]); // id
+            reply.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available, no error
+            reply.extend_from_slice(&[0, 1]); // one question
+            let address = (qtype == 1).then(|| {
+                let mut answered = answered.lock().unwrap();
+                let address = if answered.is_empty() { PUBLIC } else { PRIVATE };
+                answered.push(address);
+                address
+            });
+            reply.extend_from_slice(&[0, u8::from(address.is_some()), 0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..question_end]);
+            if let Some(address) = address {
+                // Name by pointer to the question, type A, class IN, TTL 0, four bytes of address.
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                reply.extend_from_slice(&address.octets());
+            }
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }
+
+    /// The end of the question section of a query and its type.
+    fn question(query: &[u8]) -> Option<(usize, u16)> {
+        let mut at = 12;
+        loop {
+            let len = usize::from(*query.get(at)?);
+            at += 1;
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+        let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+        Some((at + 4, qtype))
+    }
+
     #[test]
     fn refusals_read_as_they_always_have() {
         let io = || std::io::Error::from_raw_os_error(111);

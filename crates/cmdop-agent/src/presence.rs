@@ -132,6 +132,17 @@ pub async fn run(
                     }
                     err = connection.keep_alive_with(|offered| take_lock(&lock, &offered)) => err,
                 };
+                if matches!(failure, ClientError::GoingAway(_)) {
+                    // The relay stops on purpose and lets commands and copies finish first: serve the
+                    // streams on this connection until it closes it, then come back as it asked.
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            serving.abort();
+                            return Ok(());
+                        }
+                        _ = tokio::time::timeout(LINGER, connection.closed()) => {}
+                    }
+                }
                 serving.abort();
                 failure
             }
@@ -151,6 +162,10 @@ pub async fn run(
         }
     }
 }
+
+/// The longest a connection whose relay asked it to go away is kept for the streams still running on it; the
+/// relay closes it sooner, once its drain is over.
+const LINGER: Duration = Duration::from_secs(120);
 
 /// How long to wait before the next registration attempt after `failure`. A relay stopping on purpose says
 /// when to come back ([`ClientError::come_back`]): that moment, and the backoff starts over, since the relay

@@ -7,8 +7,13 @@
 //! operation, signed by the fleet's trust key; in a locked fleet also a member certificate for that key from
 //! a fleet admin, whose role allows the operation. Both are checked on every stream, before a byte of the
 //! request is read, so revocation and expiry bite at once.
+//!
+//! Before that, a stream costs little and not for long: its handshake must finish within
+//! [`secure_stream::HANDSHAKE_DEADLINE`], one client may have only a few handshakes pending, and a stream takes
+//! one of the machine's slots, and one of its client's share, only once the client is authenticated.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::secure_stream::{self, SecureReceiver, SecureSender, SecureStreamError};
@@ -32,14 +37,25 @@ use crate::{copy, forward};
 /// Limits on what clients may make this agent do at once.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamLimits {
-    /// Streams served at once; more wait for a slot.
+    /// Streams served at once, counted from the client's authentication on; more wait for a slot.
     pub max_concurrent: usize,
+    /// Streams one client key may have served at once; more are refused inside the channel, so that one
+    /// member cannot starve the others.
+    pub max_per_client: usize,
+    /// End-to-end handshakes one client (by the key the relay names) may have pending at once; more streams
+    /// are reset at once. Together with the handshake deadline this bounds what a client that opens streams
+    /// and never speaks can hold.
+    pub max_pending_per_client: usize,
 }
 
 impl Default for StreamLimits {
     fn default() -> Self {
         Self {
             max_concurrent: 256,
+            max_per_client: 128,
+            // As many as one client may have served: a script running 50 commands at once with one
+            // identity has 50 handshakes in flight, and a silent client still leaves half the streams.
+            max_pending_per_client: 128,
         }
     }
 }
@@ -65,9 +81,15 @@ pub struct StreamContext {
     pub remote_pending: Arc<PendingConnections>,
 }
 
-/// Accepts and serves routed streams until the connection ends.
+/// Accepts and serves routed streams until the connection ends. Each stream's end-to-end handshake runs on
+/// its own task within [`secure_stream::HANDSHAKE_DEADLINE`]; only then does it count against the limits of
+/// authenticated streams ([`StreamLimits`]).
 pub async fn serve(acceptor: StreamAcceptor, context: Arc<StreamContext>, limits: StreamLimits) {
-    let slots = Arc::new(Semaphore::new(limits.max_concurrent));
+    let admission = Arc::new(Admission {
+        slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+        clients: Mutex::new(HashMap::new()),
+        limits,
+    });
     loop {
         let incoming = match acceptor.accept().await {
             Ok(incoming) => incoming,
@@ -76,23 +98,99 @@ pub async fn serve(acceptor: StreamAcceptor, context: Arc<StreamContext>, limits
                 return;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+        let Some(pending) = Tally::take(&admission, incoming.claimed_client_key(), Count::Pending)
+        else {
+            tracing::debug!(
+                "a client has {} handshakes pending already; resetting its new stream",
+                limits.max_pending_per_client
+            );
+            incoming.refuse();
+            continue;
         };
         let context = Arc::clone(&context);
+        let admission = Arc::clone(&admission);
         tokio::spawn(async move {
-            let _slot = slot;
             let channel = hex_id(&incoming.channel_id());
-            if let Err(err) = handle(incoming, &context).await {
+            if let Err(err) = handle(incoming, &context, &admission, pending).await {
                 tracing::info!(%channel, error = %err, "stream ended with an error");
             }
         });
     }
 }
 
+/// The stream slots of one relay connection, and what each client holds of them.
+#[derive(Debug)]
+struct Admission {
+    /// Authenticated streams served at once.
+    slots: Arc<Semaphore>,
+    /// Per client key: (handshakes pending, streams served).
+    clients: Mutex<HashMap<[u8; 32], (usize, usize)>>,
+    limits: StreamLimits,
+}
+
+/// Which count of a client a [`Tally`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Pending,
+    Serving,
+}
+
+/// One pending handshake or one served stream of a client, given back when dropped.
+#[derive(Debug)]
+struct Tally {
+    admission: Arc<Admission>,
+    client: [u8; 32],
+    count: Count,
+}
+
+impl Tally {
+    /// Counts one more for `client`, unless it is at its limit.
+    fn take(admission: &Arc<Admission>, client: [u8; 32], count: Count) -> Option<Self> {
+        let mut clients = admission
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (pending, serving) = clients.entry(client).or_insert((0, 0));
+        let (held, limit) = match count {
+            Count::Pending => (pending, admission.limits.max_pending_per_client),
+            Count::Serving => (serving, admission.limits.max_per_client),
+        };
+        if *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            admission: Arc::clone(admission),
+            client,
+            count,
+        })
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let mut clients = self
+            .admission
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((pending, serving)) = clients.get_mut(&self.client) {
+            match self.count {
+                Count::Pending => *pending = pending.saturating_sub(1),
+                Count::Serving => *serving = serving.saturating_sub(1),
+            }
+            if (*pending, *serving) == (0, 0) {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
 async fn handle(
     incoming: IncomingStream,
     context: &StreamContext,
+    admission: &Arc<Admission>,
+    pending: Tally,
 ) -> Result<(), SecureStreamError> {
     let kind = incoming.kind();
     let prologue = Prologue {
@@ -115,34 +213,44 @@ async fn handle(
         },
     )
     .await?;
+    drop(pending);
+    // Authenticated: from here the stream counts against its client's share and the machine's slots.
+    let Some(client) = client_key else {
+        return Ok(());
+    };
+    let Some(_serving) = Tally::take(admission, client.to_bytes(), Count::Serving) else {
+        let message = format!(
+            "this client already has {} streams served by this machine, the most one client may; close some and retry",
+            admission.limits.max_per_client
+        );
+        sender.close(CloseReason::Denied, &message).await;
+        return Ok(());
+    };
+    let Ok(_slot) = Arc::clone(&admission.slots).acquire_owned().await else {
+        return Ok(());
+    };
     match kind {
         StreamKind::Exec => serve_exec(sender, receiver).await,
-        StreamKind::Shell => match client_key {
-            Some(client) => {
-                shell::serve(
-                    sender,
-                    receiver,
-                    &context.sessions,
-                    client.to_string(),
-                    grant,
-                )
-                .await
-            }
-            None => Ok(()),
-        },
-        StreamKind::Tunnel => match client_key {
-            Some(client) => {
-                forward::serve(
-                    sender,
-                    receiver,
-                    &context.forward_policy,
-                    &context.remote_pending,
-                    client,
-                )
-                .await
-            }
-            None => Ok(()),
-        },
+        StreamKind::Shell => {
+            shell::serve(
+                sender,
+                receiver,
+                &context.sessions,
+                client.to_string(),
+                grant,
+            )
+            .await
+        }
+        StreamKind::Tunnel => {
+            forward::serve(
+                sender,
+                receiver,
+                &context.forward_policy,
+                &context.remote_pending,
+                client,
+            )
+            .await
+        }
         StreamKind::Copy => copy::serve(sender, receiver).await,
         // StreamKind is non-exhaustive: a kind added to the protocol is authorized like any other (its
         // operation comes from `StreamKind::operation`), then refused here until the agent serves it.
@@ -293,6 +401,35 @@ fn hex_id(bytes: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_client_gets_its_share_and_gives_it_back() {
+        let admission = Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(8)),
+            clients: Mutex::new(HashMap::new()),
+            limits: StreamLimits {
+                max_concurrent: 8,
+                max_per_client: 3,
+                max_pending_per_client: 2,
+            },
+        });
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        let pending: Vec<Tally> = (0..2)
+            .map(|_| Tally::take(&admission, alice, Count::Pending).unwrap())
+            .collect();
+        assert!(Tally::take(&admission, alice, Count::Pending).is_none());
+        assert!(Tally::take(&admission, bob, Count::Pending).is_some());
+        let serving: Vec<Tally> = (0..3)
+            .map(|_| Tally::take(&admission, alice, Count::Serving).unwrap())
+            .collect();
+        assert!(Tally::take(&admission, alice, Count::Serving).is_none());
+        drop(pending);
+        assert!(Tally::take(&admission, alice, Count::Pending).is_some());
+        drop(serving);
+        assert!(Tally::take(&admission, alice, Count::Serving).is_some());
+        // Nothing is left behind once a client holds nothing.
+        assert!(admission.clients.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn refusals_name_what_was_refused() {

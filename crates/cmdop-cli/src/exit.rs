@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use cmdop_client::ClientError;
 use cmdop_client::known_machines::KnownMachinesError;
+use cmdop_proto::wire::ErrorCode;
 
 /// Why cmdop itself failed, as distinct from a remote command's own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +138,30 @@ impl From<ClientError> for Failure {
             | ClientError::Unreachable { .. }
             | ClientError::Closed { .. }
             | ClientError::Timeout(_) => Kind::Unreachable,
+            // A relay limit (the connections one credential may hold): try again later, like a lost relay.
+            ClientError::Refused { code, .. } if *code == ErrorCode::BUSY => Kind::Unreachable,
             _ => Kind::General,
         };
         Self::new(kind, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_relay_exits_5_like_an_unreachable_one_and_says_why() {
+        let failure = Failure::from(ClientError::Refused {
+            code: ErrorCode::BUSY,
+            message: "this credential already has 64 connections to the relay".into(),
+        });
+        assert_eq!(failure.kind, Kind::Unreachable);
+        assert!(failure.is_retryable());
+        assert!(
+            failure.message().contains("64 connections"),
+            "{}",
+            failure.message()
+        );
     }
 }

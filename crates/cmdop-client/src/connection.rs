@@ -24,8 +24,8 @@ use cmdop_proto::login::{
 };
 use cmdop_proto::presence::{HeartbeatError, HeartbeatSchedule};
 use cmdop_proto::wire::{
-    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, FleetLockState, KeyBytes,
-    ListMachines, LockItem, LockQuery, LockSubmit, OpenStream, PeerMessage, RelayMessage,
+    CloseCode, EXPORTER_LABEL, EXPORTER_LEN, ErrorCode, ErrorMessage, FleetLockState, GoAway,
+    KeyBytes, ListMachines, LockItem, LockQuery, LockSubmit, OpenStream, PeerMessage, RelayMessage,
     RouteLock, Submission,
 };
 use rand_core::RngCore;
@@ -64,7 +64,7 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// | ambiguous | [`Ambiguous`](Self::Ambiguous), with the candidates as data |
 /// | offline | [`MachineOffline`](Self::MachineOffline) |
 /// | refused | [`AuthenticationFailed`](Self::AuthenticationFailed), [`Forbidden`](Self::Forbidden), [`CredentialRevoked`](Self::CredentialRevoked), [`Refused`](Self::Refused), [`FingerprintMismatch`](Self::FingerprintMismatch), [`KnownMachines`](Self::KnownMachines) (a changed machine key), [`SecureStream`](Self::SecureStream) (the agent refused) |
-/// | connection lost | [`Unreachable`](Self::Unreachable), [`Closed`](Self::Closed), [`Timeout`](Self::Timeout), [`SecureStream`](Self::SecureStream) with [`SecureStreamError::Io`]; [`is_retryable`](Self::is_retryable) says yes to these |
+/// | connection lost | [`Unreachable`](Self::Unreachable), [`Closed`](Self::Closed), [`GoingAway`](Self::GoingAway) (the relay stops on purpose), [`Timeout`](Self::Timeout), [`SecureStream`](Self::SecureStream) with [`SecureStreamError::Io`]; [`is_retryable`](Self::is_retryable) says yes to these |
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -143,6 +143,15 @@ pub enum ClientError {
         /// The relay's explanation.
         message: String,
     },
+    /// The relay is stopping on purpose (a restart, an upgrade) and asked this agent to come back later
+    /// ([`RelayMessage::GoAway`]); [`come_back`](Self::come_back) says when. The connection stays usable for
+    /// the streams running on it until the relay closes it.
+    #[error(
+        "the relay is restarting; it asked to reconnect {} ms after it closes, spread over {} ms",
+        .0.reconnect_after_ms,
+        .0.spread_ms
+    )]
+    GoingAway(GoAway),
     /// The relay closed the connection because its credential was revoked or expired.
     #[error("the relay closed the connection: {0}; ask the relay admin for a new credential")]
     CredentialRevoked(String),
@@ -185,11 +194,12 @@ impl ClientError {
     /// When the relay asked this peer to come back, because it is stopping on purpose (a restart, an
     /// upgrade); `None` for every other failure, which [`reconnect_delay`]'s backoff handles.
     ///
-    /// This is where a relay's explicit go-away message, with its "come back after / within" fields, becomes
-    /// a [`ComeBack`]; until the wire has one, a relay's shutdown close (close code 7) means "now, spread over
-    /// [`ComeBack::SHUTDOWN`]'s window".
+    /// A relay's go-away message ([`GoingAway`](Self::GoingAway)) carries its "come back after / within"
+    /// fields; a shutdown close without one (close code 7, from a relay older than the message or to a peer
+    /// that did not announce it understands it) means "now, spread over [`ComeBack::SHUTDOWN`]'s window".
     pub fn come_back(&self) -> Option<ComeBack> {
         match self {
+            Self::GoingAway(go_away) => Some(ComeBack::from(*go_away)),
             Self::Closed { code, .. } if *code == CloseCode::SHUTDOWN.0 => Some(ComeBack::SHUTDOWN),
             _ => None,
         }
@@ -202,6 +212,7 @@ impl ClientError {
             self,
             Self::Unreachable { .. }
                 | Self::Closed { .. }
+                | Self::GoingAway(_)
                 | Self::Timeout(_)
                 | Self::SecureStream(SecureStreamError::Io(_))
         ) || matches!(self, Self::Refused { code, .. } if *code == ErrorCode::BUSY || *code == ErrorCode::INTERNAL)
@@ -571,6 +582,9 @@ impl AgentConnection {
                     if let RelayMessage::Error(_) = message {
                         return unexpected(&message);
                     }
+                    if let RelayMessage::GoAway(go_away) = message {
+                        return ClientError::GoingAway(go_away);
+                    }
                     if let RelayMessage::FleetLock(lock) = message {
                         on_lock(lock);
                         continue;
@@ -848,6 +862,16 @@ pub struct ComeBack {
     pub window: Duration,
 }
 
+impl From<GoAway> for ComeBack {
+    /// A relay's go-away message, counted from the close that follows it.
+    fn from(go_away: GoAway) -> Self {
+        Self {
+            after: Duration::from_millis(u64::from(go_away.reconnect_after_ms)),
+            window: Duration::from_millis(u64::from(go_away.spread_ms)),
+        }
+    }
+}
+
 impl ComeBack {
     /// What a relay's shutdown close means without more: come back at once, spread over 10 s, which a relay
     /// admits ~1,000 agents a second through comfortably (see docs/benchmarks.md).
@@ -981,6 +1005,7 @@ impl StreamAcceptor {
             return Ok(IncomingStream {
                 channel_id: header.channel_id,
                 fleet_id: Uuid::from_bytes(header.fleet_id.0),
+                claimed_client_key: header.client_key.0,
                 kind,
                 streams: RawStream {
                     send,
@@ -996,6 +1021,7 @@ impl StreamAcceptor {
 pub struct IncomingStream {
     channel_id: [u8; 16],
     fleet_id: Uuid,
+    claimed_client_key: [u8; 32],
     kind: StreamKind,
     pub(crate) streams: RawStream,
 }
@@ -1014,6 +1040,22 @@ impl IncomingStream {
     /// What the stream is for.
     pub fn kind(&self) -> StreamKind {
         self.kind
+    }
+
+    /// The client key the relay says opened this stream. Only a claim until the end-to-end handshake proves a
+    /// key; good for accounting before that (how many handshakes one client has pending), never for trust.
+    pub fn claimed_client_key(&self) -> [u8; 32] {
+        self.claimed_client_key
+    }
+
+    /// Refuses the stream before its handshake: both directions are reset at once, so the relay and the
+    /// client learn immediately and the stream's flow-control credit is freed.
+    pub fn refuse(self) {
+        let RawStream {
+            mut send, mut recv, ..
+        } = self.streams;
+        let _ = send.reset(0u32.into());
+        let _ = recv.stop(0u32.into());
     }
 }
 
@@ -1345,7 +1387,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shutdown_close_asks_to_come_back_within_a_window() {
+    fn a_shutdown_close_or_a_go_away_asks_to_come_back_within_a_window() {
         let closed = ClientError::Closed {
             code: CloseCode::SHUTDOWN.0,
             reason: "relay shutting down".into(),
@@ -1357,6 +1399,18 @@ mod tests {
         };
         assert_eq!(other.come_back(), None);
         assert_eq!(ClientError::Timeout(REQUEST_TIMEOUT).come_back(), None);
+        let go_away = ClientError::GoingAway(GoAway {
+            reconnect_after_ms: 250,
+            spread_ms: 1_500,
+        });
+        assert!(go_away.is_retryable());
+        assert_eq!(
+            go_away.come_back(),
+            Some(ComeBack {
+                after: Duration::from_millis(250),
+                window: Duration::from_millis(1_500),
+            })
+        );
         let hint = ComeBack {
             after: Duration::from_secs(2),
             window: Duration::from_secs(8),

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cmdop_identity::{Identity, PublicKey};
@@ -57,7 +57,18 @@ pub enum SecureStreamError {
     /// The caller's authorization hook refused the client.
     #[error("refused the client: {0}")]
     Refused(String),
+    /// The client did not complete its end-to-end handshake within [`HANDSHAKE_DEADLINE`].
+    #[error(
+        "the client did not complete the end-to-end handshake within {} s; the stream was closed",
+        HANDSHAKE_DEADLINE.as_secs()
+    )]
+    HandshakeTimeout,
 }
+
+/// How long the agent waits for a client's end-to-end handshake (its first message and its authentication)
+/// on a routed stream. A loopback handshake takes milliseconds and one across the world a few round trips; a
+/// stream silent for longer is a client gone or one holding the stream on purpose.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The sending half.
 pub struct SecureSender {
@@ -147,18 +158,30 @@ pub async fn accept<E: std::fmt::Display>(
     } = incoming.streams;
     let mut messages = MessageDecoder::new();
     let mut buffer = leftover;
-    let first = next_message(&mut recv, &mut messages, &mut buffer).await?;
     let mut out = Vec::new();
-    let awaiting = AgentHandshake::new(prologue, RekeyPolicy::default()).respond(
-        &first,
-        identity,
-        Ephemeral::generate(&mut OsRng),
-        Instant::now(),
-        &mut out,
-    )?;
-    write(&mut send, &out).await?;
-    let auth = next_message(&mut recv, &mut messages, &mut buffer).await?;
-    let pending = awaiting.read_client_auth(&auth)?;
+    // The whole handshake, up to the client's authentication, within one deadline; on expiry the stream is
+    // reset so that a silent client holds nothing.
+    let handshake = async {
+        let first = next_message(&mut recv, &mut messages, &mut buffer).await?;
+        let awaiting = AgentHandshake::new(prologue, RekeyPolicy::default()).respond(
+            &first,
+            identity,
+            Ephemeral::generate(&mut OsRng),
+            Instant::now(),
+            &mut out,
+        )?;
+        write(&mut send, &out).await?;
+        let auth = next_message(&mut recv, &mut messages, &mut buffer).await?;
+        Ok::<_, SecureStreamError>(awaiting.read_client_auth(&auth)?)
+    };
+    let pending = match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake).await {
+        Ok(pending) => pending?,
+        Err(_) => {
+            let _ = send.reset(0u32.into());
+            let _ = recv.stop(0u32.into());
+            return Err(SecureStreamError::HandshakeTimeout);
+        }
+    };
     if let Err(refusal) = authorize(&pending.client_key(), pending.capability()) {
         let reason = refusal.to_string();
         out.clear();

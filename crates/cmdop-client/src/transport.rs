@@ -34,8 +34,21 @@ pub enum TransportError {
 pub struct Limits {
     /// Connections (authenticated or not) served at once; more are refused.
     pub max_connections: usize,
-    /// Connections still logging in at once; more are refused.
+    /// Connections still logging in at once; when full, a new attempt takes the slot of the oldest attempt of
+    /// the source holding the most (see `cmdop_proto::admission`).
     pub max_unauthenticated: usize,
+    /// Connections still logging in at once from one source (an IPv4 address or an IPv6 /64): half the slots,
+    /// so that a script running 50 commands at once, or a NAT in front of many machines, is not refused, while
+    /// the fair share (a full table gives the heaviest source's oldest slot to a newcomer) keeps the other
+    /// half open to everyone else.
+    pub max_unauthenticated_per_source: usize,
+    /// From this many connections logging in, an attempt from an address not yet validated is answered with a
+    /// QUIC Retry first (one extra round trip, and spoofed addresses never take a slot); below it, none is.
+    pub retry_from: usize,
+    /// Connections one client credential (a member or admin API key, a user token) may hold at once; a login
+    /// beyond is refused with `BUSY`. Agent logins are not counted: one agent key is shared by a fleet's
+    /// machines, and each machine holds one connection (a newer one replaces the older).
+    pub max_connections_per_credential: usize,
     /// Time a connection has to finish its login.
     pub login_deadline: Duration,
     /// Bidirectional streams a peer may have open at once: the control stream plus one per routed stream (every
@@ -73,6 +86,9 @@ impl Default for Limits {
         Self {
             max_connections: 16_384,
             max_unauthenticated: 128,
+            max_unauthenticated_per_source: 64,
+            retry_from: 32,
+            max_connections_per_credential: 64,
             login_deadline: Duration::from_secs(10),
             max_bidi_streams: 256,
             login_bidi_streams: 1,

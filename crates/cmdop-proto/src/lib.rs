@@ -12,9 +12,13 @@
 //! Modules: [`wire`] (framing and the relay's messages, `docs/protocol.md`), [`login`], [`presence`] and
 //! [`routing`] (the relay's and the peers' state machines around those messages), [`e2e`] (the end-to-end
 //! channel, `docs/e2e-channel.md`), [`ops`] (the operations inside it), [`relay_fingerprint`] (what peers
-//! pin). The IO shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the
-//! server).
+//! pin), [`display`] (what a peer sent, escaped before a terminal or a log sees it, and bounded for the
+//! audit log), [`audit_budget`] (how many
+//! audit entries refusals may write), [`admission`] (which connection attempts may start logging in). The IO
+//! shells around them are `cmdop-client` (agents, the CLI, other tools) and `cmdop-relay` (the server).
 
+pub mod admission;
+pub mod audit_budget;
 pub mod display;
 pub mod e2e;
 pub mod lock;

@@ -32,11 +32,12 @@ use cmdop_identity::{Identity, PublicKey, Purpose, Signature};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
+use crate::display;
 use crate::wire::{
-    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AgentLogin, Challenge, ClientLogin,
-    CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes, KeyBytes, MachineInfo,
-    PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role, SignatureBytes, Welcome,
-    login_transcript,
+    AUTH_CAPABILITY_ED25519, AUTH_CAPABILITY_FLEET_LOCK, AUTH_CAPABILITY_GO_AWAY, AgentLogin,
+    Challenge, ClientLogin, CloseCode, EXPORTER_LEN, ErrorCode, ErrorMessage, Hello, IdBytes,
+    KeyBytes, MachineInfo, PROTOCOL_VERSION, PeerMessage, Registered, RelayMessage, Role,
+    SignatureBytes, Welcome, login_transcript,
 };
 
 /// A point in time as both clocks see it: the monotonic one for deadlines and timers, the wall clock for
@@ -88,6 +89,8 @@ pub enum LoginFailure {
     InvalidRegistration,
     /// The relay's store failed.
     Internal,
+    /// The credential already holds as many connections as one credential may.
+    CredentialBusy,
 }
 
 impl LoginFailure {
@@ -143,6 +146,14 @@ pub struct FleetLookup {
     pub trust_key: PublicKey,
 }
 
+/// The credential already holds as many connections as one credential may: the answer to
+/// [`LoginAction::ReserveConnection`] when the driver has no slot left for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialBusy {
+    /// The most connections one credential may hold.
+    pub limit: usize,
+}
+
 /// The machines an agent's registration depends on: those of its fleet with its key (the same machine,
 /// coming back), or with a hostname or display name equal, ignoring ASCII case, to the hostname or display
 /// name it asks for (another key may hold the hostname, and no name may shadow another machine's).
@@ -182,6 +193,8 @@ pub enum LoginInput {
     Fleet(FleetLookup),
     /// The answer to [`LoginAction::Register`].
     Stored(Result<(), StoreRefusal>),
+    /// The answer to [`LoginAction::ReserveConnection`].
+    Reserved(Result<(), CredentialBusy>),
     /// The store could not answer a lookup.
     StoreFailed,
 }
@@ -200,6 +213,28 @@ pub struct AgentSession {
     /// Whether the agent understands the fleet lock ([`AUTH_CAPABILITY_FLEET_LOCK`]): it gets the fleet's lock
     /// after `Registered` and whenever it changes.
     pub fleet_lock: bool,
+    /// Whether the agent understands [`RelayMessage::GoAway`] ([`AUTH_CAPABILITY_GO_AWAY`]): a relay stopping on
+    /// purpose tells it when to come back.
+    pub go_away: bool,
+}
+
+/// What an agent said it understands, from its `auth_capabilities`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct AgentFeatures {
+    /// [`AUTH_CAPABILITY_FLEET_LOCK`].
+    fleet_lock: bool,
+    /// [`AUTH_CAPABILITY_GO_AWAY`].
+    go_away: bool,
+}
+
+impl AgentFeatures {
+    fn of(login: &AgentLogin) -> Self {
+        let has = |wanted: &str| login.auth_capabilities.iter().any(|c| c == wanted);
+        Self {
+            fleet_lock: has(AUTH_CAPABILITY_FLEET_LOCK),
+            go_away: has(AUTH_CAPABILITY_GO_AWAY),
+        }
+    }
 }
 
 /// A logged-in client.
@@ -248,6 +283,9 @@ pub enum LoginAction {
     Register(Registration),
     /// Record a successful use of the credential.
     MarkUsed(CredentialId),
+    /// Reserve one of the connections this (authenticated) client credential may hold, and answer with
+    /// [`LoginInput::Reserved`]. The driver keeps the reservation for the life of the connection.
+    ReserveConnection(CredentialId),
     /// Append this to the audit log.
     Audit(AuditEvent),
     /// The login is refused: flush what was sent, then close the connection with this code.
@@ -301,14 +339,18 @@ enum RelayState {
         authenticated: Authenticated,
         access: FleetAccess,
         enrolment: Enrolment,
-        fleet_lock: bool,
+        features: AgentFeatures,
     },
     Stored {
         authenticated: Authenticated,
         access: FleetAccess,
         registration: Registration,
         trust_key: PublicKey,
-        fleet_lock: bool,
+        features: AgentFeatures,
+    },
+    Reserving {
+        session: ClientSession,
+        single_fleet: Option<FleetId>,
     },
     Done,
 }
@@ -449,11 +491,11 @@ impl RelayLogin {
                     authenticated,
                     access,
                     enrolment,
-                    fleet_lock,
+                    features,
                 },
                 LoginInput::Fleet(lookup),
             ) => self.on_fleet(
-                (authenticated, access, enrolment, fleet_lock),
+                (authenticated, access, enrolment, features),
                 lookup,
                 now,
                 rng,
@@ -464,14 +506,21 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key,
-                    fleet_lock,
+                    features,
                 },
                 LoginInput::Stored(stored),
             ) => self.on_stored(
-                (authenticated, access, registration, fleet_lock),
+                (authenticated, access, registration, features),
                 trust_key,
                 stored,
             ),
+            (
+                RelayState::Reserving {
+                    session,
+                    single_fleet,
+                },
+                LoginInput::Reserved(reserved),
+            ) => self.on_reserved(session, single_fleet, reserved),
             // A message while a lookup is pending, or an answer nobody asked for: the peer sent more than one
             // message before its answer, which the protocol does not allow.
             (_, LoginInput::Message(_)) => Err(Refusal::protocol(
@@ -511,11 +560,11 @@ impl RelayLogin {
     fn on_login(&mut self, hello: Hello, message: PeerMessage) -> Result<RelayState, Refusal> {
         let (login, credential) = match (message, hello.role) {
             (PeerMessage::AgentLogin(login), Role::Agent) => {
-                let credential = CredentialSecret::parse(&login.credential);
+                let credential = CredentialSecret::parse(login.credential.expose());
                 (LoginMessage::Agent(login), credential)
             }
             (PeerMessage::ClientLogin(login), Role::Client) => {
-                let credential = CredentialSecret::parse(&login.credential);
+                let credential = CredentialSecret::parse(login.credential.expose());
                 (LoginMessage::Client(login), credential)
             }
             _ => {
@@ -581,10 +630,7 @@ impl RelayLogin {
             LoginMessage::Agent(login) => {
                 self.on_agent_credential(authenticated, &lookup.fleets, login, key, single_fleet)
             }
-            LoginMessage::Client(_) => {
-                self.welcome(authenticated, lookup, key, single_fleet)?;
-                Ok(RelayState::Done)
-            }
+            LoginMessage::Client(_) => self.welcome(authenticated, lookup, key, single_fleet),
         }
     }
 
@@ -638,15 +684,11 @@ impl RelayLogin {
             hostname: enrolment.hostname.clone(),
             name: enrolment.name.clone(),
         }));
-        let fleet_lock = login
-            .auth_capabilities
-            .iter()
-            .any(|c| c == AUTH_CAPABILITY_FLEET_LOCK);
         Ok(RelayState::Fleet {
             authenticated,
             access,
             enrolment,
-            fleet_lock,
+            features: AgentFeatures::of(&login),
         })
     }
 
@@ -656,7 +698,7 @@ impl RelayLogin {
         lookup: CredentialLookup,
         client_key: PublicKey,
         single_fleet: Option<FleetId>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<RelayState, Refusal> {
         let actor = actor(&authenticated);
         // An agent key only enrols; anything that may list or reach machines may log in as a client.
         let may_use = authenticated.fleet_ids().into_iter().any(|fleet| {
@@ -680,23 +722,61 @@ impl RelayLogin {
             ));
         }
         let description = describe(&authenticated, lookup.user.as_ref(), &lookup.fleets);
-        self.audit(
-            single_fleet,
-            &actor,
-            "auth",
-            "accepted",
-            format!(
-                "client key {} from {} ({description})",
-                client_key.fingerprint(),
-                self.config.peer
-            ),
-        );
         let session = ClientSession {
             authenticated,
             fleets: lookup.fleets,
             client_key,
             description,
         };
+        self.actions.push_back(LoginAction::ReserveConnection(
+            session.authenticated.credential_id(),
+        ));
+        Ok(RelayState::Reserving {
+            session,
+            single_fleet,
+        })
+    }
+
+    /// A client whose credential got a connection slot is welcomed; one at its limit is refused with BUSY.
+    fn on_reserved(
+        &mut self,
+        session: ClientSession,
+        single_fleet: Option<FleetId>,
+        reserved: Result<(), CredentialBusy>,
+    ) -> Result<RelayState, Refusal> {
+        let actor = actor(&session.authenticated);
+        if let Err(CredentialBusy { limit }) = reserved {
+            self.audit(
+                single_fleet,
+                &actor,
+                "auth",
+                "refused",
+                format!(
+                    "connection limit of the credential reached ({limit} connections) (from {})",
+                    self.config.peer
+                ),
+            );
+            return Err(Refusal::new(
+                ErrorCode::BUSY,
+                format!(
+                    "this credential already has {limit} connections to the relay, the most one credential may hold; close some (other cmdop commands, sessions or forwards using it) or use another credential, then retry"
+                ),
+                CloseCode::LOGIN_REFUSED,
+                LoginFailure::CredentialBusy,
+            ));
+        }
+        self.audit(
+            single_fleet,
+            &actor,
+            "auth",
+            "accepted",
+            format!(
+                "client key {} from {} ({})",
+                session.client_key.fingerprint(),
+                self.config.peer,
+                session.description
+            ),
+        );
         self.send(RelayMessage::Welcome(Welcome {
             principal: session.description.clone(),
             fleets: session.fleet_names(),
@@ -705,16 +785,16 @@ impl RelayLogin {
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Client(Box::new(
                 session,
             )))));
-        Ok(())
+        Ok(RelayState::Done)
     }
 
     fn on_fleet<R: CryptoRngCore + ?Sized>(
         &mut self,
-        (authenticated, access, enrolment, fleet_lock): (
+        (authenticated, access, enrolment, features): (
             Authenticated,
             FleetAccess,
             Enrolment,
-            bool,
+            AgentFeatures,
         ),
         lookup: FleetLookup,
         now: Time,
@@ -729,7 +809,7 @@ impl RelayLogin {
                     access,
                     registration,
                     trust_key: lookup.trust_key,
-                    fleet_lock,
+                    features,
                 })
             }
             Err(RegistrationError::HostnameTaken { hostname, .. }) => {
@@ -771,11 +851,11 @@ impl RelayLogin {
 
     fn on_stored(
         &mut self,
-        (authenticated, access, registration, fleet_lock): (
+        (authenticated, access, registration, features): (
             Authenticated,
             FleetAccess,
             Registration,
-            bool,
+            AgentFeatures,
         ),
         trust_key: PublicKey,
         stored: Result<(), StoreRefusal>,
@@ -816,7 +896,8 @@ impl RelayLogin {
             access,
             machine: registration.machine,
             is_new: registration.is_new,
-            fleet_lock,
+            fleet_lock: features.fleet_lock,
+            go_away: features.go_away,
         };
         self.actions
             .push_back(LoginAction::LoggedIn(Box::new(LoggedIn::Agent(Box::new(
@@ -868,7 +949,9 @@ impl RelayLogin {
     fn audit_peer_refusal(&mut self, hello: &Hello, reason: &str) {
         let detail = format!(
             "{reason} ({:?} from {}, {})",
-            hello.role, self.config.peer, hello.client_software
+            hello.role,
+            self.config.peer,
+            display::for_terminal(&hello.client_software, display::AUDIT_FIELD_CHARS)
         );
         let actor = format!("peer:{}", self.config.peer);
         self.audit(None, &actor, "auth", "refused", detail);
@@ -917,6 +1000,7 @@ impl fmt::Debug for RelayLogin {
             RelayState::Credential { .. } => "credential",
             RelayState::Fleet { .. } => "fleet",
             RelayState::Stored { .. } => "stored",
+            RelayState::Reserving { .. } => "reserving",
             RelayState::Done => "done",
         };
         f.debug_struct("RelayLogin")
@@ -1072,9 +1156,9 @@ fn enrolment(login: &AgentLogin, public_key: PublicKey) -> Result<Enrolment, Inv
     })
 }
 
-/// Peer-supplied text in messages stays bounded.
+/// Peer-supplied text in messages and audit entries stays bounded and shows no terminal controls.
 fn shorten(text: &str) -> String {
-    text.chars().take(80).collect()
+    display::for_terminal(text, 80)
 }
 
 /// How a machine travels in [`RelayMessage::Machines`] and [`crate::wire::StreamReady`].
@@ -1336,7 +1420,7 @@ impl PeerLogin {
         let signature = SignatureBytes(identity.sign(Purpose::RelayLogin, &transcript).to_bytes());
         match &self.request {
             LoginRequest::Agent(agent) => PeerMessage::AgentLogin(AgentLogin {
-                credential: agent.api_key.to_string(),
+                credential: agent.api_key.as_str().into(),
                 workspace: agent.workspace.clone(),
                 public_key,
                 signature,
@@ -1348,11 +1432,12 @@ impl PeerLogin {
                 auth_capabilities: vec![
                     AUTH_CAPABILITY_ED25519.to_owned(),
                     AUTH_CAPABILITY_FLEET_LOCK.to_owned(),
+                    AUTH_CAPABILITY_GO_AWAY.to_owned(),
                 ],
                 labels: agent.labels.clone(),
             }),
             LoginRequest::Client { credential } => PeerMessage::ClientLogin(ClientLogin {
-                credential: credential.0.to_string(),
+                credential: credential.0.as_str().into(),
                 public_key,
                 signature,
             }),
@@ -1388,5 +1473,6 @@ pub fn message_name(message: &RelayMessage) -> &'static str {
         RelayMessage::EnrolAuthorization(_) => "EnrolAuthorization",
         RelayMessage::Enrolled => "Enrolled",
         RelayMessage::MoreMachines(_) => "MoreMachines",
+        RelayMessage::GoAway(_) => "GoAway",
     }
 }

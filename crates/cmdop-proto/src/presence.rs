@@ -9,6 +9,9 @@
 //!  handle_ack(now)     ◀─ HeartbeatAck ─────┘
 //!                                             silent for 3 intervals ─▶ Close(HEARTBEAT_TIMEOUT)
 //!                                             Standing(Err(revoked)) or expiry ─▶ Close(CREDENTIAL_REVOKED)
+//!                                             StandingUnknown (store failed) ─▶ Close(CREDENTIAL_UNCHECKED)
+//!  finish streams, reconnect after   ◀─ GoAway ─┘ Stopping (relay stops on purpose) ─▶ Send(GoAway), once,
+//!  the close (ComeBack)                          to a go-away-v1 agent; the driver then closes (code 7)
 //! ```
 //!
 //! The relay keeps one `RelaySession` per connection; the driver feeds it messages, the answers of the store
@@ -27,7 +30,8 @@ use crate::login::{
     AuditEvent, ClientSession, LoggedIn, Time, actor, machine_info, no_such_fleet, scope_refusal,
 };
 use crate::wire::{
-    CloseCode, ErrorCode, ErrorMessage, ListMachines, PeerMessage, RelayMessage, machines_answer,
+    CloseCode, ErrorCode, ErrorMessage, GoAway, ListMachines, PeerMessage, RelayMessage,
+    machines_answer,
 };
 
 /// A machine is offline after this many heartbeat intervals without one.
@@ -45,11 +49,18 @@ pub enum SessionInput {
     Machines(Vec<Machine>),
     /// The credential's standing as the store has it now (re-checked periodically, and when it changes).
     Standing(Result<(), AuthError>),
+    /// The store could not say whether the credential still stands (a re-check failed). The session ends:
+    /// serving on while revocations cannot be seen would fail open.
+    StandingUnknown,
     /// The store could not answer.
     StoreFailed,
     /// A message the relay sends the peer on its own initiative (the fleet's lock to an agent, when it
     /// changes).
     Push(RelayMessage),
+    /// The relay is stopping on purpose (a restart, an upgrade): an agent that understands it is told, once,
+    /// when to come back. A client is not told anything: the close that follows (code 7) is its signal to
+    /// reconnect at once, which it already does. The session goes on until the driver closes the connection.
+    Stopping(GoAway),
 }
 
 /// What a logged-in connection's state machine asks its driver to do.
@@ -91,6 +102,8 @@ pub struct RelaySession {
     /// A `ListMachines` waiting for its lookup.
     listing: Option<FleetAccess>,
     closed: bool,
+    /// Whether the peer was told to go away (the relay is stopping).
+    told_to_go: bool,
     actions: VecDeque<SessionAction>,
 }
 
@@ -112,6 +125,7 @@ impl RelaySession {
             expires,
             listing: None,
             closed: false,
+            told_to_go: false,
             actions: VecDeque::new(),
         }
     }
@@ -189,7 +203,12 @@ impl RelaySession {
                 self.cut("credential expired")
             }
             SessionInput::Standing(Err(_)) => self.cut("credential revoked"),
+            SessionInput::StandingUnknown => self.cut_with(
+                CloseCode::CREDENTIAL_UNCHECKED,
+                "the relay could not re-check the credential; reconnect later",
+            ),
             SessionInput::Push(message) => self.send(message),
+            SessionInput::Stopping(go_away) => self.go_away(go_away),
             SessionInput::StoreFailed => {
                 self.listing = None;
                 self.send(RelayMessage::Error(ErrorMessage {
@@ -197,6 +216,14 @@ impl RelaySession {
                     message: "relay internal error; retry later".to_owned(),
                 }));
             }
+        }
+    }
+
+    /// Tells an agent that understands it to come back as `go_away` says, once.
+    fn go_away(&mut self, go_away: GoAway) {
+        let understands = matches!(&self.peer, LoggedIn::Agent(agent) if agent.go_away);
+        if understands && !std::mem::replace(&mut self.told_to_go, true) {
+            self.send(RelayMessage::GoAway(go_away));
         }
     }
 
@@ -265,6 +292,11 @@ impl RelaySession {
 
     /// Ends the session because its credential no longer stands, and says so in the audit log.
     fn cut(&mut self, reason: &str) {
+        self.cut_with(CloseCode::CREDENTIAL_REVOKED, reason);
+    }
+
+    /// Ends the session over its credential with `code`, and says so in the audit log.
+    fn cut_with(&mut self, code: CloseCode, reason: &str) {
         let authenticated = self.authenticated();
         let fleet = match &self.peer {
             LoggedIn::Agent(agent) => Some(agent.access.fleet_id()),
@@ -278,7 +310,7 @@ impl RelaySession {
             detail: format!("{reason}: live connection from {} closed", self.address),
         };
         self.actions.push_back(SessionAction::Audit(event));
-        self.close(CloseCode::CREDENTIAL_REVOKED, reason);
+        self.close(code, reason);
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {

@@ -379,3 +379,13 @@ pub fn offline(machine: &Machine) -> RouteRefusal {
         ),
     )
 }
+
+/// Whether a stopping relay waits for a stream of `kind` to end before closing its connections. A command and a
+/// copy end on their own and lose their work if cut, so they get the drain timeout to finish. An interactive
+/// shell never ends on its own and resumes through a restart without losing output; a tunnel carries a
+/// connection of unknown length (an ssh session through `cmdop proxy` as often as a download). Neither holds a
+/// stopping relay up: waiting for them would only delay the restart, strand every attached person meanwhile,
+/// and then cut them anyway.
+pub fn drain_waits_for(kind: StreamKind) -> bool {
+    matches!(kind, StreamKind::Exec | StreamKind::Copy)
+}

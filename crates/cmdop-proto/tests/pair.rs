@@ -15,9 +15,9 @@ use cmdop_fleet::{
 use cmdop_identity::{Identity, Seed};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::login::{
-    AgentLoginRequest, AuditEvent, ClientCredential, CredentialLookup, FleetLookup, FleetQuery,
-    LoggedIn, LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome, LoginRequest,
-    LoginStep, PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
+    AgentLoginRequest, AuditEvent, ClientCredential, CredentialBusy, CredentialLookup, FleetLookup,
+    FleetQuery, LoggedIn, LoginAction, LoginError, LoginFailure, LoginInput, LoginOutcome,
+    LoginRequest, LoginStep, PeerLogin, RelayLogin, RelayLoginConfig, StoreRefusal, Time,
 };
 use cmdop_proto::presence::{
     HeartbeatError, HeartbeatSchedule, LAST_SEEN_EVERY, MISSED_HEARTBEATS, PRESENCE_FLUSH,
@@ -25,7 +25,8 @@ use cmdop_proto::presence::{
 };
 use cmdop_proto::routing::{LockMaterial, RouteContext, resolve_route, scope};
 use cmdop_proto::wire::{
-    CloseCode, ErrorCode, FrameDecoder, ListMachines, OpenStream, PeerMessage, RelayMessage, encode,
+    AUTH_CAPABILITY_GO_AWAY, CloseCode, ErrorCode, FrameDecoder, GoAway, ListMachines, OpenStream,
+    PeerMessage, RelayMessage, encode,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -226,6 +227,9 @@ struct RelayEnd {
     to_peer: Vec<u8>,
     closed: Option<Closed>,
     failure: Option<LoginFailure>,
+    /// What the driver answers a connection reservation with: `None` grants it, `Some(limit)` says the
+    /// credential already holds `limit` connections.
+    credential_full: Option<usize>,
 }
 
 impl RelayEnd {
@@ -245,6 +249,7 @@ impl RelayEnd {
             to_peer: Vec::new(),
             closed: None,
             failure: None,
+            credential_full: None,
         }
     }
 
@@ -289,6 +294,13 @@ impl RelayEnd {
                     self.login.handle(LoginInput::Stored(stored), now, rng);
                 }
                 LoginAction::MarkUsed(id) => store.used.push(id),
+                LoginAction::ReserveConnection(_) => {
+                    let reserved = match self.credential_full {
+                        None => Ok(()),
+                        Some(limit) => Err(CredentialBusy { limit }),
+                    };
+                    self.login.handle(LoginInput::Reserved(reserved), now, rng);
+                }
                 LoginAction::Audit(event) => store.audit.push(event),
                 LoginAction::Close {
                     code,
@@ -465,6 +477,53 @@ impl Pair {
                 LoginStep::Done(outcome) => return Ok(outcome),
             }
         }
+    }
+
+    /// Like [`login`](Self::login), with the peer's login message changed by `edit` before it is sent (an
+    /// older peer's, say).
+    fn login_edited(
+        &mut self,
+        request: LoginRequest,
+        identity: &Identity,
+        edit: impl Fn(&mut PeerMessage),
+    ) -> Result<LoginOutcome, LoginError> {
+        let mut peer = PeerLogin::new(request, "cmdop-test 1", ANSWER_WITHIN);
+        let mut outgoing = peer.hello(self.clock.now().instant);
+        loop {
+            edit(&mut outgoing);
+            let answers = self.exchange(&outgoing);
+            let [answer] = answers.as_slice() else {
+                panic!("expected one answer, got {answers:?}");
+            };
+            match peer.handle(
+                answer.clone(),
+                identity,
+                &EXPORTER,
+                self.clock.now().instant,
+            )? {
+                LoginStep::Send(next) => outgoing = next,
+                LoginStep::Done(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Feeds the logged-in session one input from the relay itself; returns what it sent the peer.
+    fn session_input(&mut self, input: SessionInput) -> Vec<RelayMessage> {
+        let now = self.clock.now();
+        let session = self.relay.session.as_mut().unwrap();
+        session.handle(input, now);
+        self.relay.drain_session(&mut self.store, now);
+        let answer = self.relay.take_to_peer();
+        let mut bytes = answer.as_slice();
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .peer_decoder
+            .decode::<RelayMessage>(&mut bytes)
+            .unwrap()
+        {
+            messages.push(message);
+        }
+        messages
     }
 
     /// Moves the clock to the relay's next timer and fires it.
@@ -662,6 +721,125 @@ fn a_revoked_credential_cuts_a_live_session_at_the_next_check() {
 }
 
 #[test]
+fn a_credential_the_store_cannot_recheck_is_cut_and_told_to_come_back_later() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.login(client_request(&member), &identity(2), &EXPORTER)
+        .unwrap();
+    let now = pair.clock.now();
+    let session = pair.relay.session.as_mut().unwrap();
+    session.handle(SessionInput::StandingUnknown, now);
+    pair.relay.drain_session(&mut pair.store, now);
+    // Fail closed: the session ends. The code is not "revoked": the credential may be fine, and a peer that
+    // reconnects is checked afresh at login.
+    assert_eq!(
+        pair.relay.closed,
+        Some(Closed {
+            code: CloseCode::CREDENTIAL_UNCHECKED,
+            reason: "the relay could not re-check the credential; reconnect later".to_owned()
+        })
+    );
+    let cut = pair.store.audit.last().unwrap();
+    assert_eq!((cut.action, cut.outcome), ("disconnect", "done"));
+    assert!(cut.detail.contains("could not re-check"), "{cut:?}");
+}
+
+/// One member key cannot take every connection of the relay: past its per-credential limit a client login
+/// is refused with BUSY (retry later), the limit named, and the refusal audited; nothing is welcomed.
+/// A relay stopping on purpose tells an agent that understands it to come back, once, and goes on serving it
+/// (heartbeats are still answered) until the relay closes the connection. A client, and an agent from before
+/// the message, are told nothing: the close that follows is their signal, and an unknown message would read
+/// to an older agent as a protocol error that stops it for good.
+#[test]
+fn a_stopping_relay_tells_agents_that_understand_it_when_to_come_back_and_nobody_else() {
+    let go_away = GoAway {
+        reconnect_after_ms: 250,
+        spread_ms: 1_000,
+    };
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let agent_key = pair.store.api_key(prod, Role::Agent, None, &mut pair.rng);
+    pair.login(
+        agent_request(&agent_key, "prod", "web-1"),
+        &identity(1),
+        &EXPORTER,
+    )
+    .unwrap();
+    assert_eq!(
+        pair.session_input(SessionInput::Stopping(go_away)),
+        vec![RelayMessage::GoAway(go_away)]
+    );
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty(),
+        "told twice"
+    );
+    assert_eq!(
+        pair.exchange(&PeerMessage::Heartbeat),
+        vec![RelayMessage::HeartbeatAck]
+    );
+    assert!(pair.relay.closed.is_none());
+
+    pair.reconnect();
+    pair.login_edited(
+        agent_request(&agent_key, "prod", "web-2"),
+        &identity(2),
+        |message| {
+            if let PeerMessage::AgentLogin(login) = message {
+                login
+                    .auth_capabilities
+                    .retain(|c| c != AUTH_CAPABILITY_GO_AWAY);
+            }
+        },
+    )
+    .unwrap();
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty()
+    );
+
+    pair.reconnect();
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.login(client_request(&member), &identity(3), &EXPORTER)
+        .unwrap();
+    assert!(
+        pair.session_input(SessionInput::Stopping(go_away))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_credential_at_its_connection_limit_is_refused_busy_and_nothing_is_welcomed() {
+    let mut pair = Pair::new();
+    let prod = pair.store.fleet("prod", &mut pair.rng);
+    let member = pair.store.api_key(prod, Role::Member, None, &mut pair.rng);
+    pair.relay.credential_full = Some(64);
+    let refused = pair.login(client_request(&member), &identity(2), &EXPORTER);
+    let Err(LoginError::Refused(error)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(error.code, ErrorCode::BUSY);
+    assert!(
+        error.message.contains("64 connections") && error.message.contains("close some"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        pair.relay.closed.as_ref().map(|c| c.code),
+        Some(CloseCode::LOGIN_REFUSED)
+    );
+    assert!(pair.relay.logged_in.is_none());
+    let entry = pair.store.audit.last().unwrap();
+    assert_eq!((entry.action, entry.outcome), ("auth", "refused"));
+    assert!(entry.detail.contains("connection limit"), "{entry:?}");
+    // Below the limit the same credential logs in.
+    pair.reconnect();
+    pair.login(client_request(&member), &identity(2), &EXPORTER)
+        .unwrap();
+}
+
+#[test]
 fn an_expiring_credential_ends_its_session_at_expiry_without_a_store_check() {
     let mut pair = Pair::new();
     let prod = pair.store.fleet("prod", &mut pair.rng);
@@ -706,6 +884,41 @@ fn a_peer_that_never_finishes_is_cut_at_the_login_deadline() {
         peer.handle_timeout(pair.clock.now().instant),
         Err(LoginError::Timeout(ANSWER_WITHIN))
     );
+}
+
+/// A peer's software string goes into the audit entry of its refusal. A hostile one (64 KiB, with terminal
+/// escapes and a bidi override) must arrive there bounded and written out, never raw.
+#[test]
+fn a_hostile_software_string_reaches_the_audit_log_capped_and_escaped() {
+    let mut pair = Pair::new();
+    let hostile = format!(
+        "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\n\u{202e}{}",
+        "A".repeat(65_000)
+    );
+    let answers = pair.exchange(&PeerMessage::Hello(cmdop_proto::wire::Hello {
+        version: cmdop_proto::wire::PROTOCOL_VERSION,
+        role: cmdop_proto::wire::Role::Client,
+        client_software: hostile,
+    }));
+    assert!(matches!(answers.as_slice(), [RelayMessage::Challenge(_)]));
+    pair.exchange(&PeerMessage::ClientLogin(cmdop_proto::wire::ClientLogin {
+        credential: "cmdop_ak_garbage".into(),
+        public_key: cmdop_proto::wire::KeyBytes([0x11; 32]),
+        signature: cmdop_proto::wire::SignatureBytes([0x22; 64]),
+    }));
+    let entry = pair.store.audit.last().unwrap();
+    assert_eq!((entry.action, entry.outcome), ("auth", "refused"));
+    assert!(entry.detail.contains("malformed credential"), "{entry:?}");
+    assert!(entry.detail.contains("evil"), "{entry:?}");
+    assert!(
+        entry.detail.chars().count() <= 400,
+        "{} characters",
+        entry.detail.chars().count()
+    );
+    for forbidden in ['\u{1b}', '\u{7}', '\r', '\n', '\u{202e}'] {
+        assert!(!entry.detail.contains(forbidden), "{:?}", entry.detail);
+    }
+    assert!(entry.detail.contains("\\e"), "{:?}", entry.detail);
 }
 
 #[test]

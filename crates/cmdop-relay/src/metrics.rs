@@ -42,8 +42,12 @@ pub enum FailureReason {
     Protocol,
     /// The connection limit was reached.
     ConnectionLimit,
-    /// The limit on connections still logging in was reached.
+    /// The limit on connections still logging in was reached (by sources holding no more than this one).
     UnauthenticatedLimit,
+    /// The source already had as many connections logging in as one source may.
+    SourceLimit,
+    /// Still logging in when the table was full: its slot went to a source holding fewer.
+    Evicted,
     /// The credential is malformed, unknown or has the wrong secret.
     Credential,
     /// The credential was revoked.
@@ -62,6 +66,8 @@ pub enum FailureReason {
     HostnameTaken,
     /// The agent's hostname, display name or description is not valid.
     InvalidRegistration,
+    /// The credential already held as many connections as one credential may.
+    CredentialLimit,
 }
 
 impl FailureReason {
@@ -81,6 +87,7 @@ impl FailureReason {
             LoginFailure::Capability => Self::Capability,
             LoginFailure::HostnameTaken => Self::HostnameTaken,
             LoginFailure::InvalidRegistration => Self::InvalidRegistration,
+            LoginFailure::CredentialBusy => Self::CredentialLimit,
             _ => return None,
         })
     }
@@ -95,6 +102,8 @@ impl FailureReason {
             Self::Protocol => "protocol",
             Self::ConnectionLimit => "connection_limit",
             Self::UnauthenticatedLimit => "unauthenticated_limit",
+            Self::SourceLimit => "source_limit",
+            Self::Evicted => "evicted",
             Self::Credential => "credential",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
@@ -104,6 +113,7 @@ impl FailureReason {
             Self::Capability => "capability",
             Self::HostnameTaken => "hostname_taken",
             Self::InvalidRegistration => "invalid_registration",
+            Self::CredentialLimit => "credential_limit",
         }
     }
 }
@@ -145,6 +155,7 @@ pub struct RelayMetrics {
     handshake_failures: Family<ReasonLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
     reconnects: Counter,
+    retries: Counter,
     memory: Gauge,
     /// Machines that registered since the relay started: a second registration is a reconnect.
     seen: Mutex<HashSet<cmdop_fleet::MachineId>>,
@@ -166,6 +177,7 @@ impl Default for RelayMetrics {
 
 impl RelayMetrics {
     /// A registry with every relay metric at zero.
+    // long-function: one registration per metric, listed once in the order docs/self-hosting.md shows them.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cmdop_relay");
         let agents = Family::<FleetLabel, Gauge>::default();
@@ -177,6 +189,7 @@ impl RelayMetrics {
         let handshake_failures = Family::<ReasonLabel, Counter>::default();
         let auth_failures = Family::<ReasonLabel, Counter>::default();
         let reconnects = Counter::default();
+        let retries = Counter::default();
         let memory = Gauge::default();
         registry.register(
             "agents_connected",
@@ -224,6 +237,11 @@ impl RelayMetrics {
             reconnects.clone(),
         );
         registry.register(
+            "address_validation_retries",
+            "QUIC Retry packets sent to connection attempts from unproven addresses while the relay was loaded",
+            retries.clone(),
+        );
+        registry.register(
             "resident_memory_bytes",
             "Resident memory of the relay process",
             memory.clone(),
@@ -239,6 +257,7 @@ impl RelayMetrics {
             handshake_failures,
             auth_failures,
             reconnects,
+            retries,
             memory,
             seen: Mutex::new(HashSet::new()),
             active_streams: AtomicU64::new(0),
@@ -316,6 +335,11 @@ impl RelayMetrics {
                 })
                 .inc_by(bytes);
         }
+    }
+
+    /// Counts a QUIC Retry sent to validate an address.
+    pub(crate) fn retry_sent(&self) {
+        self.retries.inc();
     }
 
     /// Counts a connection that failed before it logged in.

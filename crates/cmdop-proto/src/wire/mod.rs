@@ -42,6 +42,11 @@ pub const AUTH_CAPABILITY_ED25519: &str = "ed25519";
 /// answers [`PeerMessage::Enrol`].
 pub const AUTH_CAPABILITY_FLEET_LOCK: &str = "fleet-lock-v1";
 
+/// The capability an agent advertises when it understands [`RelayMessage::GoAway`]: a relay stopping on
+/// purpose then tells it when to come back. An agent without it is only closed (close code 7), since a
+/// message it cannot decode would read to it as a protocol error.
+pub const AUTH_CAPABILITY_GO_AWAY: &str = "go-away-v1";
+
 /// Errors of the wire layer.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,11 +122,78 @@ pub struct Challenge {
     pub nonce: [u8; 32],
 }
 
+/// A credential's text as it travels in a login message (`cmdop_ak_…` or `cmdop_ut_…`): on the wire a plain
+/// postcard string, in memory zeroized on drop, redacted in `Debug` (only the non-secret id part shows) and
+/// compared in constant time.
+#[derive(Clone, Default)]
+pub struct CredentialText(zeroize::Zeroizing<String>);
+
+impl CredentialText {
+    /// Wraps the text.
+    pub fn new(text: String) -> Self {
+        Self(zeroize::Zeroizing::new(text))
+    }
+
+    /// The text, for the one place that parses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for CredentialText {
+    fn from(text: &str) -> Self {
+        Self::new(text.to_owned())
+    }
+}
+
+impl From<String> for CredentialText {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl fmt::Debug for CredentialText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `cmdop_ak_<id>_<secret>`: the id is logged on purpose elsewhere; everything after it is not shown.
+        // Anything else (a malformed text) is shown only by its length.
+        let parts: Vec<&str> = self.0.splitn(4, '_').collect();
+        match parts.as_slice() {
+            ["cmdop", kind, id, _]
+                if id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                write!(f, "CredentialText(cmdop_{kind}_{id}_…)")
+            }
+            _ => write!(f, "CredentialText({} bytes, redacted)", self.0.len()),
+        }
+    }
+}
+
+impl PartialEq for CredentialText {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for CredentialText {}
+
+impl Serialize for CredentialText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
 /// An agent's login and registration request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentLogin {
     /// The API key text (`cmdop_ak_<id>_<secret>`, role `agent`).
-    pub credential: String,
+    pub credential: CredentialText,
     /// The fleet name the agent enrols into; must be the key's fleet.
     pub workspace: String,
     /// The agent's Ed25519 public key.
@@ -148,7 +220,7 @@ pub struct AgentLogin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLogin {
     /// An API key (`cmdop_ak_…`, role member or admin) or a user token (`cmdop_ut_…`).
-    pub credential: String,
+    pub credential: CredentialText,
     /// The client's Ed25519 public key.
     pub public_key: KeyBytes,
     /// Signature with purpose `RelayLogin` over [`login_transcript`].
@@ -365,6 +437,21 @@ pub struct Candidate {
     pub name: String,
 }
 
+/// The relay is stopping on purpose (a restart, an upgrade). The agent keeps serving the streams still running
+/// on this connection until the relay closes it (close code 7, once its commands and copies have finished or
+/// its drain timeout passed), then reconnects, to this relay's next run or its replacement, no sooner than
+/// `reconnect_after_ms` after the close, at a moment picked uniformly at random within the `spread_ms` after
+/// that: a fleet told to come back spreads itself over the window instead of arriving at once (iroh's relay
+/// does the same with its `Restarting` frame). Sent only to agents that advertised
+/// [`AUTH_CAPABILITY_GO_AWAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoAway {
+    /// Wait at least this long (milliseconds) after the close before reconnecting.
+    pub reconnect_after_ms: u32,
+    /// Then spread the reconnect over this window (milliseconds); 0 for at once.
+    pub spread_ms: u32,
+}
+
 /// A refusal or failure, followed by the relay closing the stream unless stated otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
@@ -442,6 +529,9 @@ impl CloseCode {
     pub const REPLACED: Self = Self(6);
     /// The relay is shutting down.
     pub const SHUTDOWN: Self = Self(7);
+    /// The relay could not re-check the connection's credential (its store failed), so it closed the
+    /// connection rather than keep serving a credential that may have been revoked; reconnect later.
+    pub const CREDENTIAL_UNCHECKED: Self = Self(8);
 }
 
 /// Messages sent by agents and clients to the relay.
@@ -522,6 +612,9 @@ pub enum RelayMessage {
     /// hundred machines): more follows, and the last part is a [`Machines`](Self::Machines). Built by
     /// [`machines_answer`]; an answer that fits one frame is a lone `Machines`, as before this message existed.
     MoreMachines(Vec<MachineInfo>),
+    /// On an agent's control stream: the relay is stopping on purpose; finish what runs, then come back as
+    /// [`GoAway`] says.
+    GoAway(GoAway),
 }
 
 /// The answer to [`ListMachines`] as frames: [`RelayMessage::MoreMachines`] parts, each as full as a frame

@@ -277,6 +277,20 @@ fn relay_samples() -> Vec<(RelayMessage, &'static str)> {
             ),
         ),
         (RelayMessage::MoreMachines(vec![]), "00000002 0f 00"),
+        (
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms: 1_000,
+                spread_ms: 0,
+            }),
+            "00000004 10 e807 00",
+        ),
+        (
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms: 500,
+                spread_ms: 30_000,
+            }),
+            "00000006 10 f403 b0ea01",
+        ),
     ]
 }
 
@@ -319,6 +333,78 @@ fn golden_relay_messages() {
             .unwrap();
         assert_eq!(decoded, message);
     }
+}
+
+/// A credential text as the CLI and agents send it; its secret part must never show in `Debug` output.
+const SECRET_CREDENTIAL: &str =
+    "cmdop_ak_aaaaaaaaaaaaaaaaaaaaaaaaaa_s3cr3ts3cr3ts3cr3ts3cr3ts3cr3ts3cr3t";
+
+/// Every peer message, one of each variant, carrying [`SECRET_CREDENTIAL`] wherever a credential travels. The
+/// match makes this fail to compile when a variant is added, so the new one is covered too.
+fn every_peer_message_with_a_secret() -> Vec<PeerMessage> {
+    let messages: Vec<PeerMessage> = peer_samples()
+        .into_iter()
+        .map(|(message, _)| match message {
+            PeerMessage::AgentLogin(mut login) => {
+                login.credential = SECRET_CREDENTIAL.into();
+                PeerMessage::AgentLogin(login)
+            }
+            PeerMessage::ClientLogin(mut login) => {
+                login.credential = SECRET_CREDENTIAL.into();
+                PeerMessage::ClientLogin(login)
+            }
+            other => other,
+        })
+        .collect();
+    for message in &messages {
+        match message {
+            PeerMessage::Hello(_)
+            | PeerMessage::AgentLogin(_)
+            | PeerMessage::ClientLogin(_)
+            | PeerMessage::Heartbeat
+            | PeerMessage::ListMachines(_)
+            | PeerMessage::Goodbye
+            | PeerMessage::OpenStream(_)
+            | PeerMessage::OpenRoute(_)
+            | PeerMessage::LockQuery(_)
+            | PeerMessage::LockSubmit(_)
+            | PeerMessage::Enrol(_)
+            | PeerMessage::EnrolProof(_) => {}
+        }
+    }
+    messages
+}
+
+#[test]
+fn debug_output_of_every_wire_message_holds_no_secret() {
+    let secret_part = SECRET_CREDENTIAL.rsplit('_').next().unwrap();
+    let mut shown = Vec::new();
+    for message in every_peer_message_with_a_secret() {
+        shown.push(format!("{message:?}"));
+        shown.push(format!("{message:#?}"));
+        // The login message types on their own, as a log line of a driver would print them.
+        match &message {
+            PeerMessage::AgentLogin(login) => {
+                shown.push(format!("{login:?} {:?}", login.credential))
+            }
+            PeerMessage::ClientLogin(login) => {
+                shown.push(format!("{login:?} {:?}", login.credential))
+            }
+            _ => {}
+        }
+    }
+    // Relay messages carry no credential, but they are formatted in the same logs: all of them, for the record.
+    for (message, _) in relay_samples() {
+        shown.push(format!("{message:?}"));
+    }
+    for text in &shown {
+        assert!(
+            !text.contains(secret_part),
+            "a credential's secret shows in Debug output: {text}"
+        );
+    }
+    // Redacted, not dropped: the field is still there to say a credential was sent.
+    assert!(shown.iter().any(|text| text.contains("credential")));
 }
 
 #[test]
@@ -537,7 +623,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
                     signature[..32].copy_from_slice(&half);
                     signature[32..].copy_from_slice(&key);
                     PeerMessage::AgentLogin(AgentLogin {
-                        credential,
+                        credential: credential.into(),
                         workspace,
                         public_key: KeyBytes(key),
                         signature: SignatureBytes(signature),
@@ -553,7 +639,7 @@ fn arb_peer() -> impl Strategy<Value = PeerMessage> {
             ),
         (text(), any::<[u8; 32]>()).prop_map(|(credential, key)| PeerMessage::ClientLogin(
             ClientLogin {
-                credential,
+                credential: credential.into(),
                 public_key: KeyBytes(key),
                 signature: SignatureBytes([key[0]; 64]),
             }
@@ -758,6 +844,12 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             }),
         arb_lock_relay(),
         proptest::collection::vec(machine(), 0..4).prop_map(RelayMessage::MoreMachines),
+        (any::<u32>(), any::<u32>()).prop_map(|(reconnect_after_ms, spread_ms)| {
+            RelayMessage::GoAway(GoAway {
+                reconnect_after_ms,
+                spread_ms,
+            })
+        }),
     ]
 }
 

@@ -241,13 +241,17 @@ fn audit(
     outcome: &'static str,
     detail: String,
 ) {
-    shared.audit(&AuditEvent {
-        fleet: Some(fleet),
-        actor: actor(&client.authenticated),
-        action: "lock",
-        outcome,
-        detail,
-    });
+    let actor = actor(&client.authenticated);
+    shared.audit(
+        &actor.clone(),
+        AuditEvent {
+            fleet: Some(fleet),
+            actor,
+            action: "lock",
+            outcome,
+            detail,
+        },
+    );
 }
 
 /// An agent's enrolment request: already certified, or the authorization of its enrolment key.
@@ -312,18 +316,22 @@ fn enrol_proof(shared: &Shared, agent: &AgentSession, certificate: &[u8]) -> Rel
     match store.enrol_machine(fleet, agent.machine.id, key, &certificate.to_bytes(), at) {
         Ok(true) => {
             drop(store);
-            shared.audit(&AuditEvent {
-                fleet: Some(fleet),
-                actor: actor(&agent.authenticated),
-                action: "lock",
-                outcome: "done",
-                detail: format!(
-                    "machine {} ({}) certified by enrolment key {}",
-                    agent.machine.hostname,
-                    agent.machine.id,
-                    key.fingerprint()
-                ),
-            });
+            let actor = actor(&agent.authenticated);
+            shared.audit(
+                &actor.clone(),
+                AuditEvent {
+                    fleet: Some(fleet),
+                    actor,
+                    action: "lock",
+                    outcome: "done",
+                    detail: format!(
+                        "machine {} ({}) certified by enrolment key {}",
+                        agent.machine.hostname,
+                        agent.machine.id,
+                        key.fingerprint()
+                    ),
+                },
+            );
             RelayMessage::Enrolled
         }
         Ok(false) => {

@@ -2,9 +2,12 @@
 //! from the store, until it logs the peer in or refuses it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cmdop_client::control::ControlStream;
+use cmdop_fleet::Registration;
+use cmdop_proto::audit_budget::source_of;
 use cmdop_proto::login::{
     FleetLookup, FleetQuery, LoggedIn, LoginAction, LoginInput, RelayLogin, RelayLoginConfig,
     StoreRefusal,
@@ -12,18 +15,18 @@ use cmdop_proto::login::{
 use cmdop_proto::wire::{EXPORTER_LABEL, EXPORTER_LEN, PeerMessage};
 use rand_core::{OsRng, RngCore};
 
-use super::{Shared, close_with, now, peer_gone, refuse_stream};
+use super::{CredentialSlot, Shared, close_with, now, peer_gone, refuse_stream};
 use crate::metrics::FailureReason;
 use crate::store::StoreError;
 
 /// Logs the peer of `connection` in by `deadline`. Returns its control stream and who it is, or `None` once
 /// it was refused (the refusal sent, audited, counted and the connection closed) or went away.
 pub(super) async fn log_in(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     connection: &quinn::Connection,
     remote: SocketAddr,
     deadline: Instant,
-) -> Option<(ControlStream, LoggedIn)> {
+) -> Option<(ControlStream, LoggedIn, Option<CredentialSlot>)> {
     let mut exporter = [0u8; EXPORTER_LEN];
     if connection
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
@@ -43,10 +46,18 @@ pub(super) async fn log_in(
         heartbeat_interval: shared.heartbeat_interval,
     });
     let mut stream: Option<ControlStream> = None;
+    let source = source_of(remote.ip());
+    let mut slot = None;
     loop {
-        if let Some(done) = run_actions(shared, connection, &mut login, stream.as_mut()).await {
+        let waiting = Waiting {
+            shared,
+            connection,
+            source: &source,
+            slot: &mut slot,
+        };
+        if let Some(done) = run_actions(waiting, &mut login, stream.as_mut()).await {
             return match (stream, done) {
-                (Some(stream), Some(logged_in)) => Some((stream, logged_in)),
+                (Some(stream), Some(logged_in)) => Some((stream, logged_in, slot)),
                 _ => None,
             };
         }
@@ -80,12 +91,27 @@ pub(super) async fn log_in(
 
 /// Carries out what the login asks until it waits for the peer. `Some(Some(_))`: logged in; `Some(None)`: the
 /// login ended without a peer (refused, or the stream broke); `None`: waiting for the next message.
+/// What carrying out a login's actions needs besides the login and its stream.
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    connection: &'a quinn::Connection,
+    /// The peer's source, for the audit budget.
+    source: &'a str,
+    /// The connection slot reserved for the credential, kept for the connection's life.
+    slot: &'a mut Option<CredentialSlot>,
+}
+
 async fn run_actions(
-    shared: &Shared,
-    connection: &quinn::Connection,
+    waiting: Waiting<'_>,
     login: &mut RelayLogin,
     mut stream: Option<&mut ControlStream>,
 ) -> Option<Option<LoggedIn>> {
+    let Waiting {
+        shared,
+        connection,
+        source,
+        slot,
+    } = waiting;
     // A refusal's error must reach the peer before the close; a bare close (the deadline) need not wait.
     let mut sent_error = false;
     while let Some(action) = login.poll_action() {
@@ -116,22 +142,21 @@ async fn run_actions(
                 login.handle(input, now(), &mut OsRng);
             }
             LoginAction::Register(registration) => {
-                let stored = match shared.lock_store().save_registration(&registration) {
-                    Ok(()) => Ok(()),
-                    Err(StoreError::HostnameTaken(_)) => Err(StoreRefusal::HostnameTaken),
-                    Err(err) => {
-                        tracing::error!(%err, "cannot store a registration");
-                        Err(StoreRefusal::Internal)
-                    }
-                };
+                let stored = register(shared, &registration);
                 login.handle(LoginInput::Stored(stored), now(), &mut OsRng);
+            }
+            LoginAction::ReserveConnection(id) => {
+                let reserved = shared.reserve_connection(id).map(|reserved| {
+                    *slot = Some(reserved);
+                });
+                login.handle(LoginInput::Reserved(reserved), now(), &mut OsRng);
             }
             LoginAction::MarkUsed(id) => {
                 if let Err(err) = shared.lock_store().mark_used(id, now().unix) {
                     tracing::warn!(%err, "cannot record a credential's last use");
                 }
             }
-            LoginAction::Audit(event) => shared.audit(&event),
+            LoginAction::Audit(event) => shared.audit(source, event),
             LoginAction::Close {
                 code,
                 reason,
@@ -151,6 +176,18 @@ async fn run_actions(
         }
     }
     None
+}
+
+/// Stores an agent's registration; a hostname another machine holds is the peer's to hear about.
+fn register(shared: &Shared, registration: &Registration) -> Result<(), StoreRefusal> {
+    match shared.lock_store().save_registration(registration) {
+        Ok(()) => Ok(()),
+        Err(StoreError::HostnameTaken(_)) => Err(StoreRefusal::HostnameTaken),
+        Err(err) => {
+            tracing::error!(%err, "cannot store a registration");
+            Err(StoreRefusal::Internal)
+        }
+    }
 }
 
 fn fleet_lookup(shared: &Shared, query: &FleetQuery) -> LoginInput {

@@ -4,9 +4,11 @@
 //! One task per connection. A connection first holds an "unauthenticated" permit and must log in within
 //! [`Limits::login_deadline`] (`login`); after login the permit is released, the connection is tracked in
 //! the session table, and `session` serves its control stream (and `lock` its fleet-lock requests) while
-//! `routing` serves the streams it opens. A watcher (`revocation`) re-checks the credentials of live connections against the store every
-//! [`ServerConfig::revocation_poll`] when the store changed, so a credential revoked by an admin verb (another
-//! process) cuts its connections within a second.
+//! `routing` serves the streams it opens. A watcher (`revocation`) re-checks the credentials of live
+//! connections against the store when it changed (polled every [`ServerConfig::revocation_poll`]) and every
+//! [`ServerConfig::revocation_recheck`] regardless, so a credential revoked by an admin verb (another process)
+//! cuts its connections within a second; a credential the store cannot read cuts its connection too (fail
+//! closed).
 
 mod lock;
 mod login;
@@ -19,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,12 +29,17 @@ use cmdop_client::control::{ControlStream, StreamError};
 use cmdop_client::transport::{Limits, Traffic, endpoint, udp_socket};
 use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
-use cmdop_proto::login::{AuditEvent, Time};
-use cmdop_proto::presence::PresenceBook;
-use cmdop_proto::wire::{
-    CloseCode, ErrorCode, ErrorMessage, IdBytes, RelayMessage, RouteReady, StreamHeader, WireError,
+use cmdop_proto::admission::{
+    Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use cmdop_proto::audit_budget::{AuditBudget, source_of};
+use cmdop_proto::login::{AuditEvent, CredentialBusy, Time};
+use cmdop_proto::presence::{PresenceBook, come_back_window};
+use cmdop_proto::wire::{
+    CloseCode, ErrorCode, ErrorMessage, GoAway, IdBytes, RelayMessage, RouteReady, StreamHeader,
+    WireError,
+};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
@@ -49,6 +56,22 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default for [`ServerConfig::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`ServerConfig::go_away_after`]: about as long as a service manager takes to start the
+/// replacement. An agent that comes back sooner finds no relay yet; QUIC resends its first packet until one
+/// answers.
+pub const DEFAULT_GO_AWAY_AFTER: Duration = Duration::from_millis(250);
+
+/// The login rate a stopping relay sizes its agents' return window for ([`come_back_window`]): 10,000 agents
+/// come back over 20 s, a handful within a second.
+const GO_AWAY_ADMIT_PER_SECOND: u32 = 500;
+
+/// After telling its agents to go away, how long a stopping relay with nothing left to drain waits for those
+/// messages to leave before it closes the connections.
+const GO_AWAY_FLUSH: Duration = Duration::from_millis(200);
+
+/// Default for [`ServerConfig::revocation_recheck`].
+pub const DEFAULT_REVOCATION_RECHECK: Duration = Duration::from_secs(30);
 
 /// How long the relay waits for a peer to receive a final error before closing.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -145,14 +168,20 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Heartbeat interval told to agents.
     pub heartbeat_interval: Duration,
-    /// How often live connections are checked against revocations and expiries.
+    /// How often the store's change counter is polled; a change re-checks every live connection's credential.
     pub revocation_poll: Duration,
+    /// How often every live connection's credential is re-checked even when no change was seen.
+    pub revocation_recheck: Duration,
     /// Sees every forwarded byte of routed streams (tests only; `None` in the binary).
     pub tap: Option<Tap>,
     /// Where the server counts what it does (`cmdop-relay serve --metrics` serves them).
     pub metrics: Arc<RelayMetrics>,
-    /// On shutdown, how long routed streams still running get to finish before the relay closes them.
+    /// On shutdown, how long commands and copies still running get to finish before the relay closes them
+    /// (shells and tunnels are not waited for: `cmdop_proto::routing::drain_waits_for`).
     pub drain_timeout: Duration,
+    /// On shutdown, how long after the close agents are told to wait before reconnecting ([`GoAway`]); the
+    /// window they spread over is sized to the number online ([`come_back_window`]).
+    pub go_away_after: Duration,
     /// Makes the relay hostile (tests only; `None` in the binary).
     pub meddler: Option<Arc<dyn Meddler>>,
 }
@@ -173,9 +202,11 @@ impl ServerConfig {
             limits: Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             revocation_poll: Duration::from_millis(250),
+            revocation_recheck: DEFAULT_REVOCATION_RECHECK,
             tap: None,
             metrics: Arc::new(RelayMetrics::new()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            go_away_after: DEFAULT_GO_AWAY_AFTER,
             meddler: None,
         }
     }
@@ -188,7 +219,9 @@ pub struct Server {
     shared: Arc<Shared>,
     fingerprint: RelayFingerprint,
     revocation_poll: Duration,
+    revocation_recheck: Duration,
     drain_timeout: Duration,
+    go_away_after: Duration,
 }
 
 /// What every connection task shares.
@@ -198,7 +231,16 @@ struct Shared {
     limits: Limits,
     heartbeat_interval: Duration,
     connections: Arc<Semaphore>,
-    unauthenticated: Arc<Semaphore>,
+    /// Connections not yet logged in: who may start, who must prove its address, whose slot goes to whom.
+    admission: Mutex<Admission>,
+    /// How to end each pending login early, by its admission ticket (when its slot goes to another).
+    evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
+    /// Connections held by each client credential.
+    per_credential: Mutex<HashMap<CredentialId, usize>>,
+    /// Set once the relay stops on purpose: every session then tells its agent to go away, with this.
+    stopping: watch::Sender<Option<GoAway>>,
+    /// Routed streams a stopping relay waits for (commands, copies: `cmdop_proto::routing::drain_waits_for`).
+    finishing: AtomicU64,
     /// Logged-in connections, by a number of the relay's own.
     sessions: Mutex<HashMap<u64, LiveConnection>>,
     /// Every machine's presence, with the connection that decides it (the newest one); written to the store
@@ -207,6 +249,8 @@ struct Shared {
     next_session: AtomicU64,
     tap: Option<Tap>,
     metrics: Arc<RelayMetrics>,
+    /// Refusals counted this minute instead of written one by one.
+    audit_budget: Mutex<AuditBudget>,
     meddler: Option<Arc<dyn Meddler>>,
 }
 
@@ -224,8 +268,16 @@ struct LiveConnection {
     lock: Option<(FleetId, watch::Sender<LockPush>)>,
 }
 
-/// A credential's standing as the revocation watcher last read it (`None`: not read yet).
-type Standing = Option<Result<(), cmdop_fleet::AuthError>>;
+/// A credential's standing as the revocation watcher last read it.
+#[derive(Debug, Clone)]
+enum Standing {
+    /// Not read since the connection logged in.
+    Unread,
+    /// What the store says.
+    Read(Result<(), cmdop_fleet::AuthError>),
+    /// The store could not say: the session ends (revocation fails closed).
+    Unknown,
+}
 
 /// The fleet's lock as the relay last pushed it to an agent (`None`: nothing pushed since it connected).
 type LockPush = Option<Arc<RelayMessage>>;
@@ -252,7 +304,15 @@ impl Server {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+            admission: Mutex::new(Admission::new(AdmissionConfig {
+                max_pending: config.limits.max_unauthenticated,
+                max_per_source: config.limits.max_unauthenticated_per_source,
+                retry_from: config.limits.retry_from,
+            })),
+            evictions: Mutex::new(HashMap::new()),
+            per_credential: Mutex::new(HashMap::new()),
+            stopping: watch::channel(None).0,
+            finishing: AtomicU64::new(0),
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
             sessions: Mutex::new(HashMap::new()),
@@ -260,6 +320,7 @@ impl Server {
             next_session: AtomicU64::new(1),
             tap: config.tap,
             metrics: config.metrics,
+            audit_budget: Mutex::new(AuditBudget::new()),
             meddler: config.meddler,
         });
         Ok(Self {
@@ -267,7 +328,9 @@ impl Server {
             shared,
             fingerprint,
             revocation_poll: config.revocation_poll,
+            revocation_recheck: config.revocation_recheck,
             drain_timeout: config.drain_timeout,
+            go_away_after: config.go_away_after,
         })
     }
 
@@ -286,11 +349,17 @@ impl Server {
         Arc::clone(&self.shared.metrics)
     }
 
-    /// Serves until `shutdown` completes, then drains: no new connections are accepted, routed streams still
-    /// running get [`ServerConfig::drain_timeout`] to finish, then every connection is closed (agents
+    /// Serves until `shutdown` completes, then drains: no new connections are accepted, agents are told to go
+    /// away ([`GoAway`]: when to come back), commands and copies still running get
+    /// [`ServerConfig::drain_timeout`] to finish, then every connection is closed (close code 7: peers
     /// reconnect to the relay's next run by themselves) and machines are marked offline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let watcher = tokio::spawn(revocation::watch(self.shared.clone(), self.revocation_poll));
+        let watcher = tokio::spawn(revocation::watch(
+            self.shared.clone(),
+            self.revocation_poll,
+            self.revocation_recheck,
+        ));
+        let audit_flusher = tokio::spawn(flush_audit_every(self.shared.clone(), AUDIT_FLUSH));
         let flusher = tokio::spawn(presence::flush_every(
             self.shared.clone(),
             presence::PRESENCE_FLUSH,
@@ -306,6 +375,8 @@ impl Server {
         }
         self.drain().await;
         watcher.abort();
+        audit_flusher.abort();
+        self.shared.flush_audit(true);
         self.endpoint
             .close(CloseCode::SHUTDOWN.0.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -316,50 +387,96 @@ impl Server {
         Ok(())
     }
 
-    /// Takes a connection permit and a login permit for a new connection, or refuses it.
+    /// Takes a connection permit and an admission slot for a new connection ([`Admission`]: a QUIC Retry for
+    /// an unproven address under load, a cap per source, the slot of a heavier source when full), or refuses
+    /// it. Refusals during a flood are counted in the metrics and logged at debug level only, so a flood
+    /// cannot fill the log either.
     fn admit(&self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
         let Ok(connection_permit) = self.shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            tracing::debug!(%remote, "connection limit reached; refusing");
             self.shared
                 .metrics
                 .handshake_failed(FailureReason::ConnectionLimit);
             incoming.refuse();
             return;
         };
-        let Ok(login_permit) = self.shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "unauthenticated connection limit reached; refusing");
-            self.shared
-                .metrics
-                .handshake_failed(FailureReason::UnauthenticatedLimit);
-            incoming.refuse();
-            return;
+        let source = source_of(remote.ip());
+        let decision = self
+            .shared
+            .admission()
+            .admit(&source, incoming.remote_address_validated());
+        let ticket = match decision {
+            Admit::Accept(ticket) => ticket,
+            Admit::AcceptEvicting { ticket, evicted } => {
+                self.shared.evict(evicted);
+                ticket
+            }
+            Admit::Retry => {
+                self.shared.metrics.retry_sent();
+                if let Err(err) = incoming.retry() {
+                    err.into_incoming().refuse();
+                }
+                return;
+            }
+            Admit::Refuse(refusal) => {
+                let reason = match refusal {
+                    AdmissionRefusal::SourceBusy => FailureReason::SourceLimit,
+                    _ => FailureReason::UnauthenticatedLimit,
+                };
+                tracing::debug!(%remote, ?refusal, "no login slot for this attempt; refusing");
+                self.shared.metrics.handshake_failed(reason);
+                incoming.refuse();
+                return;
+            }
+            other => {
+                tracing::error!(?other, "unknown admission decision; refusing");
+                incoming.refuse();
+                return;
+            }
+        };
+        let evicted = Arc::new(Notify::new());
+        self.shared.evictions().insert(ticket, Arc::clone(&evicted));
+        let slot = LoginSlot {
+            shared: Arc::clone(&self.shared),
+            ticket,
         };
         let shared = self.shared.clone();
         let task = async move {
-            handle_incoming(shared, incoming, login_permit).await;
+            handle_incoming(shared, incoming, slot, evicted).await;
             drop(connection_permit);
         };
         tokio::spawn(task);
     }
 
-    /// Refuses new connections at once and lets running streams (an exec, a copy) finish, up to the drain
-    /// timeout.
+    /// Refuses new connections at once, tells every agent to go away (to come back after the close, spread
+    /// over a window sized to the fleet), and lets commands and copies still running finish, up to the drain
+    /// timeout. Shells and tunnels are not waited for: a shell resumes through the restart without losing
+    /// output, and holding it would only strand the person attached until the deadline and then cut it anyway.
     async fn drain(&self) {
         self.endpoint.set_server_config(None);
-        let active = self.shared.metrics.active_streams();
-        if active == 0 {
+        let online = self.shared.presence().online_count();
+        let window = come_back_window(online, GO_AWAY_ADMIT_PER_SECOND);
+        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        self.shared.stopping.send_replace(Some(GoAway {
+            reconnect_after_ms: millis(self.go_away_after),
+            spread_ms: millis(window),
+        }));
+        let finishing = || self.shared.finishing.load(Ordering::Relaxed);
+        if finishing() == 0 {
+            tokio::time::sleep(GO_AWAY_FLUSH).await;
             return;
         }
-        tracing::info!(streams = active, timeout = ?self.drain_timeout, "draining: waiting for routed streams to finish");
+        tracing::info!(streams = finishing(), timeout = ?self.drain_timeout, "draining: waiting for commands and copies to finish");
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while self.shared.metrics.active_streams() > 0 && tokio::time::Instant::now() < deadline {
+        while finishing() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left = self.shared.metrics.active_streams();
+        let left = finishing();
         if left > 0 {
             tracing::warn!(
                 streams = left,
-                "drain timeout reached; closing the streams still running"
+                "drain timeout reached; closing the commands and copies still running"
             );
         }
     }
@@ -374,19 +491,93 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Appends a state machine's audit event, stamped now.
-    fn audit(&self, event: &AuditEvent) {
-        let entry = AuditEntry {
-            at: now().unix,
-            fleet: event.fleet,
-            actor: &event.actor,
-            action: event.action,
-            outcome: event.outcome,
-            detail: &event.detail,
+    /// Appends a state machine's audit event, stamped now, within the refusal budget of `source` (the peer's
+    /// address before login, the actor after): repeated refusals are counted, not written one by one.
+    fn audit(&self, source: &str, event: AuditEvent) {
+        let at = now().unix;
+        let write = self.budget().admit(source, event, at);
+        self.write_audit(&write, at);
+    }
+
+    /// Writes the refusal counts of a minute that is over (or, with `stopping`, of the running one).
+    fn flush_audit(&self, stopping: bool) {
+        let at = now().unix;
+        let write = if stopping {
+            self.budget().finish()
+        } else {
+            self.budget().flush(at)
         };
-        if let Err(err) = self.lock_store().append_audit(&entry) {
-            tracing::error!(%err, action = event.action, "cannot write the audit log");
+        self.write_audit(&write, at);
+    }
+
+    fn write_audit(&self, events: &[AuditEvent], at: Timestamp) {
+        if events.is_empty() {
+            return;
         }
+        let store = self.lock_store();
+        for event in events {
+            let entry = AuditEntry {
+                at,
+                fleet: event.fleet,
+                actor: &event.actor,
+                action: event.action,
+                outcome: event.outcome,
+                detail: &event.detail,
+            };
+            if let Err(err) = store.append_audit(&entry) {
+                tracing::error!(%err, action = event.action, "cannot write the audit log");
+            }
+        }
+    }
+
+    fn budget(&self) -> MutexGuard<'_, AuditBudget> {
+        self.audit_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn per_credential(&self) -> MutexGuard<'_, HashMap<CredentialId, usize>> {
+        self.per_credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reserves one of the connections `credential` may hold, if it has one left.
+    fn reserve_connection(
+        self: &Arc<Self>,
+        credential: CredentialId,
+    ) -> Result<CredentialSlot, CredentialBusy> {
+        let limit = self.limits.max_connections_per_credential;
+        let mut held = self.per_credential();
+        let count = held.entry(credential).or_insert(0);
+        if *count >= limit {
+            return Err(CredentialBusy { limit });
+        }
+        *count += 1;
+        Ok(CredentialSlot {
+            shared: Arc::clone(self),
+            credential,
+        })
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn evictions(&self) -> MutexGuard<'_, HashMap<Ticket, Arc<Notify>>> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the pending login holding `ticket`: its slot went to another attempt.
+    fn evict(&self, ticket: Ticket) {
+        if let Some(evicted) = self.evictions().remove(&ticket) {
+            evicted.notify_one();
+        }
+        self.metrics.handshake_failed(FailureReason::Evicted);
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, LiveConnection>> {
@@ -452,6 +643,17 @@ impl Shared {
     }
 }
 
+/// How often the refusal counts of a finished minute are written.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
+
+async fn flush_audit_every(shared: Arc<Shared>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        shared.flush_audit(false);
+    }
+}
+
 /// Both clocks, read once: what the state machines take as `now`.
 pub(crate) fn now() -> Time {
     let unix = SystemTime::now()
@@ -511,10 +713,46 @@ async fn refuse_stream(
     connection.close(CloseCode::PROTOCOL_ERROR.0.into(), reason.as_bytes());
 }
 
+/// One of the connections a client credential may hold (`Limits::max_connections_per_credential`), freed
+/// when the connection ends.
+struct CredentialSlot {
+    shared: Arc<Shared>,
+    credential: CredentialId,
+}
+
+impl Drop for CredentialSlot {
+    fn drop(&mut self) {
+        let mut held = self.shared.per_credential();
+        if let Some(count) = held.get_mut(&self.credential) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.credential);
+            }
+        }
+    }
+}
+
+/// A pending login's admission slot: freed when the login ends, however it ends.
+struct LoginSlot {
+    shared: Arc<Shared>,
+    ticket: Ticket,
+}
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        self.shared.evictions().remove(&self.ticket);
+        self.shared.admission().done(self.ticket);
+    }
+}
+
+/// The close reason of a login whose slot went to another attempt.
+const EVICTED: &str = "the relay is busy: this login's slot went to another attempt; retry";
+
 async fn handle_incoming(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
-    login_permit: OwnedSemaphorePermit,
+    slot: LoginSlot,
+    evicted: Arc<Notify>,
 ) {
     let remote = incoming.remote_address();
     let started = tokio::time::Instant::now();
@@ -527,25 +765,33 @@ async fn handle_incoming(
             return;
         }
     };
-    let Ok(Ok(connection)) = tokio::time::timeout_at(deadline, connecting).await else {
-        tracing::debug!(%remote, "handshake failed or timed out");
-        shared.metrics.handshake_failed(FailureReason::Tls);
-        return;
+    let connection = tokio::select! {
+        connected = tokio::time::timeout_at(deadline, connecting) => match connected {
+            Ok(Ok(connection)) => connection,
+            _ => {
+                tracing::debug!(%remote, "handshake failed or timed out");
+                shared.metrics.handshake_failed(FailureReason::Tls);
+                return;
+            }
+        },
+        // Dropping the handshake abandons it.
+        () = evicted.notified() => return,
     };
     // Boxed: the login's state is large and short-lived, and inline it would size this task's future, which
     // every idle agent's connection keeps for as long as it lives.
-    let Some((stream, logged_in)) = Box::pin(login::log_in(
-        &shared,
-        &connection,
-        remote,
-        deadline.into_std(),
-    ))
-    .await
-    else {
+    let logged_in = tokio::select! {
+        logged_in = Box::pin(login::log_in(&shared, &connection, remote, deadline.into_std())) => logged_in,
+        () = evicted.notified() => {
+            connection.close(CloseCode::LOGIN_TIMEOUT.0.into(), EVICTED.as_bytes());
+            return;
+        }
+    };
+    let Some((stream, logged_in, credential_slot)) = logged_in else {
         return;
     };
-    drop(login_permit);
+    drop(slot);
     session::serve(shared, connection.clone(), stream, logged_in, remote).await;
+    drop(credential_slot);
     tracing::info!(%remote, traffic = %Traffic::of(&connection), "connection ended");
 }
 

@@ -15,9 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use cmdop_client::control::ControlStream;
 use cmdop_fleet::FleetId;
+use cmdop_proto::display;
 use cmdop_proto::login::{AuditEvent, ClientSession, actor};
 use cmdop_proto::routing::{
-    LockMaterial, Route, RouteContext, RouteRefusal, offline, resolve_route, scope,
+    LockMaterial, Route, RouteContext, RouteRefusal, drain_waits_for, offline, resolve_route, scope,
 };
 use cmdop_proto::wire::{ErrorCode, ErrorMessage, OpenStream, PeerMessage, RelayMessage};
 use quinn::{RecvStream, SendStream};
@@ -76,16 +77,22 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     let (route, agent, answer) = match prepared {
         Ok(prepared) => prepared,
         Err(refusal) => {
-            shared.audit(&AuditEvent {
-                fleet: None,
-                actor: actor(&client.authenticated),
-                action: "session",
-                outcome: "refused",
-                detail: format!(
-                    "open {:?} kind {}: {}",
-                    request.machine, request.kind, refusal.message
-                ),
-            });
+            let actor = actor(&client.authenticated);
+            shared.audit(
+                &actor.clone(),
+                AuditEvent {
+                    fleet: None,
+                    actor,
+                    action: "session",
+                    outcome: "refused",
+                    detail: format!(
+                        "open {:?} kind {}: {}",
+                        display::for_terminal(&request.machine, display::AUDIT_FIELD_CHARS),
+                        request.kind,
+                        refusal.message
+                    ),
+                },
+            );
             let _ = refuse(shared, &mut control, refusal).await;
             return;
         }
@@ -112,6 +119,7 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     let active = shared
         .metrics
         .stream_opened(&format!("{:?}", route.kind).to_lowercase());
+    let finishing = drain_waits_for(route.kind).then(|| Finishing::count(shared));
     let outcome = splice(
         shared,
         (client_send, client_recv, leftover),
@@ -120,7 +128,24 @@ async fn route(shared: &Shared, send: SendStream, recv: RecvStream, client: &Cli
     .await;
     shared.metrics.relayed(outcome.up, outcome.down);
     drop(active);
+    drop(finishing);
     audit_spliced(shared, client, &route, started, &channel, &outcome);
+}
+
+/// A routed stream a stopping relay waits for, counted while it runs.
+struct Finishing<'a>(&'a Shared);
+
+impl<'a> Finishing<'a> {
+    fn count(shared: &'a Shared) -> Self {
+        shared.finishing.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The audit entry of a stream that was spliced: who reached which machine, how much moved, how it ended.
@@ -132,9 +157,10 @@ fn audit_spliced(
     channel: &str,
     outcome: &SpliceOutcome,
 ) {
-    shared.audit(&AuditEvent {
+    let actor = actor(&client.authenticated);
+    shared.audit(&actor.clone(), AuditEvent {
         fleet: Some(route.machine.fleet),
-        actor: actor(&client.authenticated),
+        actor,
         action: "session",
         outcome: if outcome.error.is_none() { "closed" } else { "cut" },
         detail: format!(
@@ -300,6 +326,9 @@ enum SpliceError {
     /// The receiving side is gone.
     #[error("write failed: {0}")]
     Write(quinn::WriteError),
+    /// The receiving side refused the stream before the sending side sent anything more.
+    #[error("stopped by the receiving side")]
+    Stopped,
 }
 
 /// Copies both directions until both have finished, propagating FIN; a reset or a stall ends both.
@@ -337,7 +366,17 @@ async fn copy(
         write(&mut to, Bytes::from(first), counter, tap).await?;
     }
     loop {
-        let read = tokio::time::timeout(STALL_TIMEOUT, from.read_chunk(SPLICE_BUFFER, true)).await;
+        let read = tokio::select! {
+            read = tokio::time::timeout(STALL_TIMEOUT, from.read_chunk(SPLICE_BUFFER, true)) => read,
+            // The receiver refused the stream (STOP_SENDING) while the sender is silent: answer with a reset,
+            // as QUIC asks, so the receiver's stream (and its flow-control credit) is freed now, and stop the
+            // sender too. Without this a silent sender held the receiver's stream until the stall timeout.
+            _ = to.stopped() => {
+                let _ = to.reset(0u32.into());
+                let _ = from.stop(0u32.into());
+                return Err(SpliceError::Stopped);
+            }
+        };
         match read {
             Err(_) => {
                 let _ = to.reset(0u32.into());

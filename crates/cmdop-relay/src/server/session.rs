@@ -9,7 +9,7 @@ use cmdop_client::control::ControlStream;
 use cmdop_fleet::{FleetId, MachineId};
 use cmdop_proto::login::LoggedIn;
 use cmdop_proto::presence::{RelaySession, SessionAction, SessionInput};
-use cmdop_proto::wire::{CloseCode, PeerMessage, RelayMessage};
+use cmdop_proto::wire::{CloseCode, GoAway, PeerMessage, RelayMessage};
 use tokio::sync::watch;
 
 use super::{
@@ -80,7 +80,7 @@ fn enter(
     logged_in: &LoggedIn,
     connection: &quinn::Connection,
 ) -> (u64, Inputs, Option<FleetId>) {
-    let (standing, standing_rx) = watch::channel(None);
+    let (standing, standing_rx) = watch::channel(Standing::Unread);
     let credential = match logged_in {
         LoggedIn::Agent(agent) => agent.authenticated.credential_id(),
         LoggedIn::Client(client) => client.authenticated.credential_id(),
@@ -171,6 +171,30 @@ async fn lock_pushed(lock: &mut Option<watch::Receiver<LockPush>>) -> Option<Rel
     receiver.borrow_and_update().as_deref().cloned()
 }
 
+/// Once the relay stops on purpose, what to tell this agent; never resolves for a session that is not told
+/// (a client, an agent that does not understand `GoAway`), nor after it was told once.
+async fn stopping(stopping: &mut Option<watch::Receiver<Option<GoAway>>>) -> GoAway {
+    let Some(receiver) = stopping else {
+        return std::future::pending().await;
+    };
+    // A session that logged in while the relay was already stopping is told at once.
+    let already = *receiver.borrow_and_update();
+    let told = match already {
+        Some(go_away) => Some(go_away),
+        None => match receiver.changed().await {
+            Ok(()) => *receiver.borrow_and_update(),
+            Err(_) => None,
+        },
+    };
+    match told {
+        Some(go_away) => {
+            *stopping = None;
+            go_away
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The session's loop: messages, standing checks, lock pushes and timers in, actions out, until it closes.
 async fn run(
     shared: &Shared,
@@ -184,6 +208,10 @@ async fn run(
         mut standing,
         mut lock,
     } = inputs;
+    let mut stop = match session.peer() {
+        LoggedIn::Agent(agent) if agent.go_away => Some(shared.stopping.subscribe()),
+        _ => None,
+    };
     loop {
         if run_actions(shared, id, connection, stream, &mut session).await {
             return;
@@ -211,13 +239,16 @@ async fn run(
             },
             Ok(()) = standing.changed() => {
                 let latest = standing.borrow_and_update().clone();
-                if let Some(latest) = latest {
-                    session.handle(SessionInput::Standing(latest), now());
+                match latest {
+                    Standing::Read(latest) => session.handle(SessionInput::Standing(latest), now()),
+                    Standing::Unknown => session.handle(SessionInput::StandingUnknown, now()),
+                    Standing::Unread => {}
                 }
             }
             Some(message) = lock_pushed(&mut lock) => {
                 session.handle(SessionInput::Push(message), now());
             }
+            go_away = stopping(&mut stop) => session.handle(SessionInput::Stopping(go_away), now()),
             () = sleep => session.handle_timeout(now()),
         }
     }
@@ -258,7 +289,10 @@ async fn run_actions(
                 };
                 session.handle(input, now());
             }
-            SessionAction::Audit(event) => shared.audit(&event),
+            SessionAction::Audit(event) => {
+                let source = event.actor.clone();
+                shared.audit(&source, event);
+            }
             SessionAction::Close { code, reason } => {
                 // Only a protocol error follows an error message that must reach the peer first; a goodbye,
                 // a silent agent or a revoked credential is closed at once.

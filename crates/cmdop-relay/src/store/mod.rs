@@ -22,6 +22,7 @@ use cmdop_fleet::{
     FleetId, FleetName, IdError, IssueError, Label, NameError, Role, Timestamp, User, UserId,
     UserName, UserToken, UserTokenSpec,
 };
+use cmdop_proto::display;
 use cmdop_proto::login::CredentialLookup;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -31,6 +32,16 @@ use self::rows::{api_key_from_row, fleet_from_row, sql_time, token_from_row, use
 
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "relay.db";
+
+/// Most characters of an audit entry's actor.
+const AUDIT_ACTOR_CHARS: usize = 160;
+/// Most characters of an audit entry's action, outcome or fleet name.
+const AUDIT_WORD_CHARS: usize = 64;
+/// Most characters of an audit entry's detail.
+const AUDIT_DETAIL_CHARS: usize = 600;
+/// Most characters of one audit entry's text fields together (the bound `docs/relay.md` states).
+pub const MAX_AUDIT_ENTRY_CHARS: usize =
+    AUDIT_ACTOR_CHARS + 3 * AUDIT_WORD_CHARS + AUDIT_DETAIL_CHARS;
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,8 +72,8 @@ pub enum StoreError {
         /// Its permission bits.
         mode: u32,
     },
-    /// SQLite failed.
-    #[error("relay database error: {0}; check disk space and that relay.db is not corrupted")]
+    /// SQLite failed; the message says what kind of failure it was and what to do (see [`sql_advice`]).
+    #[error("relay database error: {}; {}", .0, sql_advice(.0))]
     Sql(#[from] rusqlite::Error),
     /// A row holds a value this relay cannot read as a valid record.
     #[error(
@@ -123,6 +134,30 @@ pub enum StoreError {
     /// A new display name is another machine's hostname.
     #[error(transparent)]
     NameClash(#[from] cmdop_fleet::NameClash),
+}
+
+/// What to do about a SQLite failure. Only failures of the disk or the file blame them: a logic error (a
+/// constraint, a statement the schema does not support) must not send an admin to check free space.
+pub fn sql_advice(err: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as Code;
+    match err.sqlite_error_code() {
+        Some(Code::DiskFull) => "the disk holding relay.db is full; free some space",
+        Some(
+            Code::SystemIoFailure | Code::CannotOpen | Code::ReadOnly | Code::PermissionDenied,
+        ) => {
+            "check that the data dir and relay.db are writable by this user and that the disk is healthy"
+        }
+        Some(Code::DatabaseCorrupt | Code::NotADatabase) => {
+            "relay.db is damaged or not a cmdop relay database; restore it from a backup"
+        }
+        Some(Code::DatabaseBusy | Code::DatabaseLocked) => {
+            "another process kept relay.db locked for more than 5 s; retry, and check for a stuck cmdop-relay process"
+        }
+        Some(Code::ConstraintViolation) => {
+            "another change to the same record happened at the same moment; retry the command"
+        }
+        _ => "this is a bug in cmdop-relay; please report it with the command that failed",
+    }
 }
 
 /// A fleet with the time it was created (for the admin's listing).
@@ -189,7 +224,7 @@ impl Store {
         }
         let conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        enable_wal(&conn)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut store = Self { conn };
@@ -197,31 +232,37 @@ impl Store {
         Ok(store)
     }
 
+    /// Brings the schema to the newest version in one exclusive transaction. Whoever opens a fresh data dir
+    /// first migrates it; everyone else waits for the write lock (up to [`BUSY_TIMEOUT`]), then re-reads the
+    /// version under it and finds nothing left to do. So `serve` and an admin verb started at the same moment
+    /// never both create the tables, and nobody sees a half-made schema.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let current: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let supported = i64::try_from(schema::MIGRATIONS.len()).unwrap_or(i64::MAX);
-        if current > supported {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                supported,
-            });
+        let version = |conn: &Connection| -> Result<i64, StoreError> {
+            Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+        };
+        let too_new = |found: i64| StoreError::SchemaTooNew { found, supported };
+        // Already migrated (every open but the first): no write lock needed.
+        match version(&self.conn)? {
+            current if current == supported => return Ok(()),
+            current if current > supported => return Err(too_new(current)),
+            _ => {}
         }
-        for (index, migration) in schema::MIGRATIONS
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let current = version(&tx)?;
+        if current > supported {
+            return Err(too_new(current));
+        }
+        for migration in schema::MIGRATIONS
             .iter()
-            .enumerate()
             .skip(usize::try_from(current).unwrap_or(0))
         {
-            let tx = self.conn.transaction()?;
             tx.execute_batch(migration)?;
-            tx.pragma_update(
-                None,
-                "user_version",
-                i64::try_from(index + 1).unwrap_or(i64::MAX),
-            )?;
-            tx.commit()?;
         }
+        tx.pragma_update(None, "user_version", supported)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -255,15 +296,17 @@ impl Store {
         };
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(seed.as_mut());
-        self.conn.execute(
-            "INSERT INTO fleets (id, name, trust_seed, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                fleet.id.to_string(),
-                fleet.name.as_str(),
-                seed.as_slice(),
-                sql_time(now)
-            ],
-        )?;
+        self.conn
+            .execute(
+                "INSERT INTO fleets (id, name, trust_seed, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    fleet.id.to_string(),
+                    fleet.name.as_str(),
+                    seed.as_slice(),
+                    sql_time(now)
+                ],
+            )
+            .map_err(|err| taken(err, || StoreError::FleetExists(fleet.name.to_string())))?;
         self.append_audit(&AuditEntry {
             at: now,
             fleet: Some(fleet.id),
@@ -362,10 +405,12 @@ impl Store {
             id: UserId::generate(&mut OsRng),
             name,
         };
-        self.conn.execute(
-            "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)",
-            params![user.id.to_string(), user.name.as_str(), sql_time(now)],
-        )?;
+        self.conn
+            .execute(
+                "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![user.id.to_string(), user.name.as_str(), sql_time(now)],
+            )
+            .map_err(|err| taken(err, || StoreError::UserExists(user.name.to_string())))?;
         self.append_audit(&AuditEntry {
             at: now,
             fleet: None,
@@ -608,16 +653,18 @@ impl Store {
     }
 
     /// Appends to the audit log. There is deliberately no way to change or delete entries (the schema refuses it too).
+    /// Every field is stored bounded and without terminal controls ([`display::for_terminal`]): whatever a
+    /// peer managed to put into one, an entry stays under [`MAX_AUDIT_ENTRY_CHARS`].
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO audit_log (at, fleet_id, actor, action, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 sql_time(entry.at),
                 entry.fleet.map(|id| id.to_string()),
-                entry.actor,
-                entry.action,
-                entry.outcome,
-                entry.detail
+                display::for_terminal(entry.actor, AUDIT_ACTOR_CHARS),
+                display::for_terminal(entry.action, AUDIT_WORD_CHARS),
+                display::for_terminal(entry.outcome, AUDIT_WORD_CHARS),
+                display::for_terminal(entry.detail, AUDIT_DETAIL_CHARS),
             ],
         )?;
         Ok(())
@@ -633,18 +680,53 @@ impl Store {
             "SELECT a.seq, a.at, f.name, a.actor, a.action, a.outcome, a.detail FROM audit_log a
              LEFT JOIN fleets f ON f.id = a.fleet_id WHERE ?1 IS NULL OR a.fleet_id = ?1 ORDER BY a.seq",
         )?;
+        // Rows written by an older relay may hold raw peer text: bound and escape on the way out as well.
+        let shown = |text: String, max: usize| display::for_terminal(&text, max);
         let rows = stmt.query_map([fleet_id], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 at: rows::unix_seconds(r.get(1)?),
-                fleet: r.get(2)?,
-                actor: r.get(3)?,
-                action: r.get(4)?,
-                outcome: r.get(5)?,
-                detail: r.get(6)?,
+                fleet: r
+                    .get::<_, Option<String>>(2)?
+                    .map(|f| shown(f, AUDIT_WORD_CHARS)),
+                actor: shown(r.get(3)?, AUDIT_ACTOR_CHARS),
+                action: shown(r.get(4)?, AUDIT_WORD_CHARS),
+                outcome: shown(r.get(5)?, AUDIT_WORD_CHARS),
+                detail: shown(r.get(6)?, AUDIT_DETAIL_CHARS),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A unique name taken between the check and the insert (another process created it at that moment) is the
+/// same "already exists" as one taken before; any other failure stays what it is.
+fn taken(err: rusqlite::Error, exists: impl FnOnce() -> StoreError) -> StoreError {
+    match &err {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            exists()
+        }
+        _ => StoreError::Sql(err),
+    }
+}
+
+/// Switches the file to WAL mode (persistent: once any opener did it, the file stays in WAL). SQLite answers
+/// the switch with "database is locked" at once, without its busy handler, while another connection is
+/// opening the same fresh file; so wait and retry here, up to [`BUSY_TIMEOUT`] like every other statement.
+fn enable_wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())) {
+            Err(err)
+                if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
     }
 }
 

@@ -427,6 +427,136 @@ fn invalid_names_and_duplicates_are_refused() {
     ));
 }
 
+/// `serve` and an admin verb started together (a provisioning script right after `systemctl start`) both
+/// open a fresh data dir: whoever comes second must wait for the first one's migration, never fail or
+/// migrate twice, and every write of either must be there afterwards.
+#[test]
+fn concurrent_openers_of_a_fresh_data_dir_all_succeed_and_nothing_is_lost() {
+    const OPENERS: usize = 6;
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|i| {
+                let path = dir.path().to_owned();
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let store = Store::open(&path)?;
+                    store.create_fleet(&format!("fleet-{i}"), NOW)?;
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .collect();
+        for (i, opener) in openers.into_iter().enumerate() {
+            if let Err(err) = opener.join().unwrap() {
+                panic!("round {round}: opener {i} failed: {err}");
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.fleets().unwrap().len(), OPENERS, "round {round}");
+        assert_eq!(
+            store.schema_version().unwrap(),
+            i64::try_from(schema::MIGRATIONS.len()).unwrap()
+        );
+    }
+}
+
+/// Two admins creating the same fleet or user at the same moment: one wins, the other is told the name is
+/// taken (never a database error that blames the disk).
+#[test]
+fn the_same_name_created_twice_at_once_is_taken_not_a_database_error() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path()).unwrap();
+    for round in 0..30 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = dir.path().to_owned();
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let store = Store::open(&path).unwrap();
+                    barrier.wait();
+                    let fleet = store.create_fleet(&format!("fleet-{round}"), NOW).err();
+                    let user = store.create_user(&format!("user-{round}"), NOW).err();
+                    (fleet, user)
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let fleet_errors: Vec<_> = results.iter().filter_map(|(f, _)| f.as_ref()).collect();
+        let user_errors: Vec<_> = results.iter().filter_map(|(_, u)| u.as_ref()).collect();
+        assert!(
+            matches!(fleet_errors.as_slice(), [StoreError::FleetExists(_)]),
+            "round {round}: {fleet_errors:?}"
+        );
+        assert!(
+            matches!(user_errors.as_slice(), [StoreError::UserExists(_)]),
+            "round {round}: {user_errors:?}"
+        );
+    }
+}
+
+#[test]
+fn only_disk_and_file_failures_blame_the_disk() {
+    let disk =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    assert!(StoreError::Sql(disk).to_string().contains("disk"));
+    let logic = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some("table fleets already exists".into()),
+    );
+    let text = StoreError::Sql(logic).to_string();
+    assert!(!text.contains("disk"), "{text}");
+    assert!(text.contains("bug in cmdop-relay"), "{text}");
+}
+
+/// Whatever reaches `append_audit` (a peer's text the state machines did not shorten, a row an older relay
+/// wrote raw) is stored bounded, and `cmdop-relay audit` prints nothing a terminal would act on.
+#[test]
+fn audit_fields_are_stored_bounded_and_printed_without_terminal_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let hostile = format!("\u{1b}]0;owned\u{7}\u{1b}[2J\u{202e}{}", "A".repeat(65_000));
+    store
+        .append_audit(&AuditEntry {
+            at: NOW,
+            fleet: None,
+            actor: &format!("peer:{hostile}"),
+            action: "auth",
+            outcome: "refused",
+            detail: &hostile,
+        })
+        .unwrap();
+    // A row as an older relay wrote it: raw, unbounded.
+    store
+        .conn
+        .execute(
+            "INSERT INTO audit_log (at, fleet_id, actor, action, outcome, detail) VALUES (1, NULL, 'peer:x', 'auth', 'refused', ?1)",
+            [&hostile],
+        )
+        .unwrap();
+    let records = store.audit(None).unwrap();
+    let stored: i64 = store
+        .conn
+        .query_row(
+            "SELECT max(length(detail) + length(actor)) FROM audit_log WHERE seq = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stored <= 2048, "an entry of {stored} characters was stored");
+    let table = crate::admin::audit_table(&records);
+    for line in table.lines() {
+        assert!(
+            line.chars().all(|c| c == '\t' || !c.is_control()) && !line.contains('\u{202e}'),
+            "{line:?}"
+        );
+    }
+    assert!(table.contains("\\e"), "{table}");
+    assert!(table.lines().all(|line| line.chars().count() <= 3000));
+}
+
 #[test]
 fn a_version_1_database_is_migrated_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -585,6 +715,71 @@ fn concurrent_enrolments_of_a_single_use_key_certify_exactly_one_machine() {
             .len(),
         1
     );
+}
+
+/// Catalog A3, single-use really is single-use: 64 enrolments race for one single-use enrolment key, each on
+/// its own connection to relay.db (as many relay processes' connections would), 100 times over with a new
+/// key each round. Exactly one machine is certified per round, and the key is spent exactly once.
+#[test]
+fn a_single_use_key_raced_by_64_enrolments_certifies_exactly_one_machine_in_each_of_100_rounds() {
+    const RACERS: usize = 64;
+    const ROUNDS: u8 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (fleet, machines) = {
+        let store = Store::open(&data).unwrap();
+        let fleet = store.create_fleet("prod", NOW).unwrap().fleet;
+        let (_, secret) = store
+            .create_api_key("prod", Role::Agent, None, None, NOW)
+            .unwrap();
+        let agent = access(&store, &secret, Permission::Enrol);
+        for byte in 1..=u8::try_from(RACERS).unwrap() {
+            register_machine(&store, &agent, byte, &format!("m-{byte}"), NOW).unwrap();
+        }
+        let machines = store.machines_of(fleet.id).unwrap();
+        (fleet.id, machines)
+    };
+    // The key of round r is key(100 + r), apart from the machines' keys 1..=64.
+    let round_key = |round: u8| key(100 + round);
+    let start = std::sync::Barrier::new(RACERS + 1);
+    let end = std::sync::Barrier::new(RACERS + 1);
+    let wins: Vec<std::sync::atomic::AtomicUsize> = (0..ROUNDS).map(|_| 0.into()).collect();
+    std::thread::scope(|scope| {
+        for machine in &machines {
+            let (data, start, end, wins) = (&data, &start, &end, &wins);
+            scope.spawn(move || {
+                let mut store = Store::open(data).unwrap();
+                for round in 0..ROUNDS {
+                    start.wait();
+                    let won = store
+                        .enrol_machine(fleet, machine.id, round_key(round), b"cert", NOW)
+                        .unwrap();
+                    if won {
+                        wins[usize::from(round)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    end.wait();
+                }
+            });
+        }
+        let store = Store::open(&data).unwrap();
+        for round in 0..ROUNDS {
+            store
+                .save_enrolment_key(fleet, round_key(round), b"authorization", 1, NOW)
+                .unwrap();
+            start.wait();
+            end.wait();
+            let spent = store
+                .enrolment_key(fleet, &round_key(round))
+                .unwrap()
+                .unwrap();
+            assert_eq!(spent.used, 1, "round {round}");
+        }
+    });
+    let per_round: Vec<usize> = wins
+        .iter()
+        .map(|w| w.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert!(per_round.iter().all(|&w| w == 1), "{per_round:?}");
 }
 
 /// An agent's login reads a handful of machines by index, never the whole fleet: in a reconnect storm of N

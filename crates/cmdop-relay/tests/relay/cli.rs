@@ -239,3 +239,61 @@ async fn verbs_take_effect_on_a_running_server() {
         "{audit}"
     );
 }
+
+/// A provisioning script right after `systemctl start`: `serve` and admin verbs start at the same moment on a
+/// fresh data dir, a few hundred times. Every verb succeeds, the relay comes up, and what the verbs created is
+/// there afterwards.
+#[test]
+fn serve_and_admin_verbs_started_together_on_a_fresh_data_dir_never_fail() {
+    const ROUNDS: usize = 200;
+    let spawn = |data: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cmdop-relay"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .env_remove("CMDOP_RELAY_DATA_DIR")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("relay");
+        let mut serve = Serving(spawn(&data, &["serve", "--listen", "127.0.0.1:0"]));
+        let fleet = spawn(&data, &["fleet", "create", "prod"]);
+        let user = spawn(&data, &["user", "create", "alice"]);
+        for (what, child) in [("fleet create", fleet), ("user create", user)] {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {what} failed beside a starting serve: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let stdout = serve.0.stdout.take().unwrap();
+        let listening = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.starts_with("listening on "));
+        if !listening {
+            let _ = serve.0.kill();
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut serve.0.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
+            panic!("round {round}: serve did not come up beside the admin verbs: {stderr}");
+        }
+        assert!(
+            ok(&data, &["fleet", "list"]).contains("prod"),
+            "round {round}"
+        );
+        // The user exists too: a token can be made for it.
+        ok(
+            &data,
+            &["token", "create", "--user", "alice", "--fleet", "prod"],
+        );
+    }
+    eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
+}
