@@ -18,17 +18,22 @@ use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
 mod idle;
+mod measure;
 pub(crate) mod procfs;
 mod scale;
+mod sink;
 mod transfer;
 
 const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
        cargo xtask bench keystroke [--keystrokes N] [--no-build]
 
   --runs N    timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds
-  --no-build  use the release binaries already in target/release instead of building them";
+  --no-build  use the release binaries already in target/release (or in $CMDOP_BENCH_BINARIES) instead of
+              building them";
 
 const DEFAULT_RUNS: usize = 30;
+/// With `--no-build`, take the binaries from this directory instead of target/release.
+const BINARIES_ENV: &str = "CMDOP_BENCH_BINARIES";
 const WARMUP_RUNS: usize = 3;
 const SSHD: &str = "/usr/sbin/sshd";
 /// The heading of this benchmark's section in `docs/benchmarks.md`; the section is replaced on every run.
@@ -120,6 +125,9 @@ pub(crate) fn setup(root: &Path, build: bool) -> Result<(Scratch, Sshd, Contour)
     let bins = if build {
         contour::header("building the release binaries");
         Binaries::build_release(root)?
+    } else if let Some(dir) = std::env::var_os(BINARIES_ENV) {
+        // For comparing builds: each one's binaries kept in a directory of their own.
+        Binaries::existing_in(Path::new(&dir))?
     } else {
         Binaries::existing_release(root)?
     };
@@ -521,10 +529,10 @@ pub(crate) fn versions(built: bool) -> Result<String> {
         ""
     };
     // With --no-build the binaries may predate HEAD; say so rather than let the commit vouch for them.
-    let binaries = if built {
-        "built from it"
-    } else {
-        "binaries already in target/release, not rebuilt"
+    let binaries = match (built, std::env::var(BINARIES_ENV)) {
+        (true, _) => "built from it".to_owned(),
+        (false, Ok(dir)) => format!("binaries from {dir}, not rebuilt"),
+        (false, Err(_)) => "binaries already in target/release, not rebuilt".to_owned(),
     };
     Ok(format!("cmdop git {commit}{tree} ({binaries}); {ssh}"))
 }

@@ -59,6 +59,14 @@ impl Binaries {
         )
     }
 
+    /// The three binaries in `dir`; fails naming the first one missing.
+    pub(crate) fn existing_in(dir: &Path) -> Result<Self> {
+        Self::existing(
+            dir,
+            "cargo build --release -p cmdop-relay -p cmdop-agent -p cmdop-cli",
+        )
+    }
+
     /// Builds the debug binaries exactly as `cargo xtask ci` and the end-to-end tests do (the whole
     /// workspace's binaries, so features unify the same way and nothing is rebuilt), and returns their paths.
     pub(crate) fn build_debug(root: &Path) -> Result<Self> {
@@ -93,6 +101,13 @@ impl Binaries {
             cli: dir.join("cmdop"),
         }
     }
+}
+
+/// The process ids of a contour's daemons (0 for one that is not running).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DaemonPids {
+    pub(crate) relay: u32,
+    pub(crate) agent: u32,
 }
 
 /// Where the agent and the CLI dial the relay when that is not the address it listens on: the network lab puts
@@ -382,12 +397,17 @@ impl Contour {
     }
 
     /// The process ids of the relay and the agent, for CPU accounting.
-    pub(crate) fn daemon_pids(&self) -> Vec<u32> {
-        self.agent
-            .iter()
-            .chain(self.relay.iter())
-            .map(|daemon| daemon.child.id())
-            .collect()
+    pub(crate) fn daemon_pids(&self) -> DaemonPids {
+        let pid = |daemon: &Option<Daemon>| daemon.as_ref().map_or(0, |d| d.child.id());
+        DaemonPids {
+            relay: pid(&self.relay),
+            agent: pid(&self.agent),
+        }
+    }
+
+    /// The log file of the `relay` or the `agent`.
+    pub(crate) fn log_path(&self, name: &str) -> PathBuf {
+        self.state.join(format!("{name}.log"))
     }
 
     /// Stops the agent, then the relay.

@@ -1,26 +1,31 @@
 //! One interactive session: a login shell in a PTY that outlives the clients attached to it.
 //!
-//! Three threads own the blocking ends: one reads the PTY into the session's [`OutputRing`], one writes
-//! keystrokes to it, one waits for the shell to exit. Attached clients are async tasks that read the ring
-//! from their own offset. While a client is attached the reader never evicts bytes that client has not
-//! acknowledged writing to its terminal; it waits instead, so the program is slowed to the pace of its
-//! slowest viewer, as over ssh, and a client that dies mid-burst resumes without a gap. With nobody attached
-//! it keeps reading and the ring drops the oldest output, so a detached program never blocks.
+//! The PTY's master side is non-blocking and driven from the async runtime: a task reads it into the
+//! session's [`OutputRing`], and keystrokes are written to it by the task that received them, so neither
+//! direction waits for a thread hand-off. One thread waits for the shell to exit. Attached clients are
+//! async tasks that read the ring from their own offset. While a client is attached the reader never
+//! evicts bytes that client has not acknowledged writing to its terminal; it waits instead, so the program
+//! is slowed to the pace of its slowest viewer, as over ssh, and a client that dies mid-burst resumes
+//! without a gap. With nobody attached it keeps reading and the ring drops the oldest output, so a
+//! detached program never blocks.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_proto::ops::shell::{SessionInfo, WindowSize};
 use cmdop_proto::ops::{ExitStatus, MAX_CHUNK};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::unix::pipe;
+use tokio::sync::{Notify, watch};
 
 use crate::exec::{SANE_PATH, account};
 use crate::output_ring::OutputRing;
@@ -122,10 +127,11 @@ pub struct PtySession {
     /// The shell's pid, which is also its process group and session id (it runs `setsid`).
     shell: Pid,
     master: Mutex<Box<dyn MasterPty + Send>>,
-    input: mpsc::Sender<Vec<u8>>,
+    /// The (non-blocking) master side's writing end: keystrokes go out through it, one writer at a time.
+    writer: tokio::sync::Mutex<pipe::Sender>,
     state: Mutex<State>,
     /// Signalled when an attachment advances or leaves, so a waiting reader re-checks for room.
-    room: Condvar,
+    room: Notify,
     /// Bumped on new output, exit, or drain; attachments wait on it.
     progress: watch::Sender<u64>,
 }
@@ -141,7 +147,8 @@ impl std::fmt::Debug for PtySession {
 
 impl PtySession {
     /// Starts the account's login shell in a new PTY of `size`, in its home directory, with `TERM` from the
-    /// client and the same sane environment `exec` gives commands.
+    /// client and the same sane environment `exec` gives commands. Must be called inside the async runtime,
+    /// which drives the terminal from then on.
     pub fn spawn(
         name: String,
         term: &str,
@@ -165,30 +172,18 @@ impl PtySession {
             .ok_or_else(|| SpawnError("the shell has no process id".to_owned()))?;
         // We reap the shell ourselves (waitpid) to learn its signal number; the handle is not needed.
         drop(child);
-        let reader = pair
-            .master
-            .try_clone_reader()
-            .map_err(|e| fail("read the terminal", &e))?;
-        let writer = pair
-            .master
-            .take_writer()
-            .map_err(|e| fail("write the terminal", &e))?;
-        let (input, keystrokes) = mpsc::channel::<Vec<u8>>(64);
+        let (reader, writer) = nonblocking_ends(pair.master.as_ref())?;
         let session = Arc::new(Self {
             name,
             created: SystemTime::now(),
             shell: pid,
             master: Mutex::new(pair.master),
-            input,
+            writer: tokio::sync::Mutex::new(writer),
             state: Mutex::new(State::new(buffer)),
-            room: Condvar::new(),
+            room: Notify::new(),
             progress: watch::Sender::new(0),
         });
-        spawn_thread("pty-read", {
-            let session = Arc::clone(&session);
-            move || session.read_loop(reader)
-        })?;
-        spawn_thread("pty-write", move || write_loop(writer, keystrokes))?;
+        tokio::spawn(Arc::clone(&session).read_loop(reader));
         spawn_thread("pty-wait", {
             let session = Arc::clone(&session);
             move || session.wait_loop()
@@ -239,7 +234,7 @@ impl PtySession {
         state.last_attached = SystemTime::now();
         state.detached_since = None;
         drop(state);
-        self.room.notify_all();
+        self.room.notify_waiters();
         Grant {
             id,
             offset,
@@ -255,7 +250,7 @@ impl PtySession {
             state.detached_since = Some(Instant::now());
         }
         drop(state);
-        self.room.notify_all();
+        self.room.notify_waiters();
     }
 
     /// What attachment `id` should send next; at most [`MAX_CHUNK`] bytes at a time.
@@ -293,12 +288,13 @@ impl PtySession {
             attachment.acked = attachment.acked.max(offset.min(attachment.sent));
         }
         drop(state);
-        self.room.notify_all();
+        self.room.notify_waiters();
     }
 
-    /// Queues keystrokes for the shell; waits when the terminal is not reading them.
-    pub async fn write(&self, bytes: Vec<u8>) {
-        let _ = self.input.send(bytes).await;
+    /// Writes keystrokes to the terminal at once; waits when the terminal is not reading them. A terminal
+    /// that fails (the shell is gone) drops them.
+    pub async fn write(&self, bytes: &[u8]) {
+        let _ = self.writer.lock().await.write_all(bytes).await;
     }
 
     /// Changes the terminal's size; the foreground program gets SIGWINCH.
@@ -313,7 +309,7 @@ impl PtySession {
     /// period for whatever ignored it.
     pub fn kill(self: &Arc<Self>) {
         self.lock().closing = true;
-        self.room.notify_all();
+        self.room.notify_waiters();
         let _ = killpg(self.shell, Signal::SIGHUP);
         let session = Arc::clone(self);
         let _ = std::thread::Builder::new()
@@ -368,37 +364,41 @@ impl PtySession {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_loop(&self, mut reader: Box<dyn std::io::Read + Send>) {
+    /// Reads the terminal into the ring until its end, waiting for room while an attached client lags.
+    async fn read_loop(self: Arc<Self>, mut reader: pipe::Receiver) {
         let mut buf = vec![0u8; MAX_CHUNK];
         loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            let n = match reader.read(&mut buf).await {
                 // EIO: every slave descriptor closed, the usual way a PTY reports its end.
-                Err(_) => break,
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
             };
-            let chunk = buf.get(..n).unwrap_or_default();
-            let mut state = self.lock();
-            loop {
-                let keep_from = state.ring.start_after_push(chunk.len());
-                let lagging = state.attachments.values().any(|a| a.acked < keep_from);
-                if !lagging || state.closing {
-                    break;
-                }
-                // Timed, so a missed notification costs a moment, never a hang.
-                state = self
-                    .room
-                    .wait_timeout(state, Duration::from_millis(250))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-            state.ring.push(chunk);
-            drop(state);
+            self.push(buf.get(..n).unwrap_or_default()).await;
             self.progress.send_modify(|n| *n = n.wrapping_add(1));
         }
         self.lock().drained = true;
         self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Appends `chunk` to the ring once no attached client would lose bytes it has not acknowledged.
+    async fn push(&self, chunk: &[u8]) {
+        loop {
+            // Registered before the check, so a notification between the check and the wait is not missed.
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                let keep_from = state.ring.start_after_push(chunk.len());
+                let lagging = state.attachments.values().any(|a| a.acked < keep_from);
+                if !lagging || state.closing {
+                    state.ring.push(chunk);
+                    return;
+                }
+            }
+            // Timed, so a missed notification costs a moment, never a hang.
+            let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+        }
     }
 
     fn wait_loop(&self) {
@@ -462,16 +462,41 @@ pub enum Expiry {
     Idle,
 }
 
-fn write_loop(mut writer: Box<dyn std::io::Write + Send>, mut keystrokes: mpsc::Receiver<Vec<u8>>) {
-    while let Some(bytes) = keystrokes.blocking_recv() {
-        if writer
-            .write_all(&bytes)
-            .and_then(|()| writer.flush())
-            .is_err()
-        {
-            return;
-        }
-    }
+/// The master side as two non-blocking ends the runtime drives: output is read, and keystrokes written, the
+/// moment the terminal is ready, with no thread hand-off in between. Both are duplicates of the master's
+/// descriptor, so `O_NONBLOCK` (a flag of the open file they share) set once holds for both.
+fn nonblocking_ends(
+    master: &(dyn MasterPty + Send),
+) -> Result<(pipe::Receiver, pipe::Sender), SpawnError> {
+    let fail = |what: &str, err: &dyn std::fmt::Display| SpawnError(format!("{what}: {err}"));
+    let fd = master
+        .as_raw_fd()
+        .ok_or_else(|| SpawnError("the terminal has no descriptor".to_owned()))?;
+    // portable-pty hands out the master's descriptor only as a number.
+    #[expect(
+        unsafe_code,
+        reason = "borrowing a descriptor by number is unsafe; `master` owns it and is alive for the borrow"
+    )]
+    // SAFETY: `fd` is `master`'s open descriptor, and `master` outlives this borrow, which only duplicates it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let read_end = borrowed
+        .try_clone_to_owned()
+        .map_err(|e| fail("duplicate the terminal", &e))?;
+    let write_end = read_end
+        .try_clone()
+        .map_err(|e| fail("duplicate the terminal", &e))?;
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| fail("read the terminal's flags", &e))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| fail("make the terminal non-blocking", &e))?;
+    // A PTY master is no pipe, but it reads and writes like one; the runtime only needs readiness.
+    let reader = pipe::Receiver::from_owned_fd_unchecked(read_end)
+        .map_err(|e| fail("watch the terminal", &e))?;
+    let writer = pipe::Sender::from_owned_fd_unchecked(write_end)
+        .map_err(|e| fail("watch the terminal", &e))?;
+    Ok((reader, writer))
 }
 
 /// The account's login shell for session `name`, in its home directory, with `TERM` from the client and the
@@ -588,12 +613,10 @@ mod tests {
         )
         .unwrap();
         let grant = session.attach(owner(1), None);
-        session
-            .write(b"stty size; echo M-$((6*7))\r".to_vec())
-            .await;
+        session.write(b"stty size; echo M-$((6*7))\r").await;
         let out = collect_until(&session, grant.id, "M-42").await;
         assert!(out.contains("30 100"), "{out}");
-        session.write(b"exit 3\r".to_vec()).await;
+        session.write(b"exit 3\r").await;
         let mut progress = session.progress();
         loop {
             match session.next(grant.id) {

@@ -276,8 +276,8 @@ async fn attached(
         })
         .await?;
 
-    let (mut requests, _reader_guard) = read_requests(receiver);
-    let read_only = request.read_only;
+    let (mut detached, _reader_guard) =
+        read_requests(receiver, Arc::clone(session), grant.id, request.read_only);
     let mut progress = session.progress();
     loop {
         // Send everything available before waiting.
@@ -286,12 +286,6 @@ async fn attached(
                 let len = bytes.len();
                 sender.send(&ShellReply::Output(bytes)).await?;
                 session.sent(grant.id, len);
-                // Keystrokes queued behind a long burst of output still get through promptly.
-                while let Ok(request) = requests.try_recv() {
-                    if let Some(ending) = apply(session, grant.id, request, read_only).await {
-                        return Ok(ending);
-                    }
-                }
                 continue;
             }
             Next::Exited(status) => {
@@ -312,55 +306,38 @@ async fn attached(
                     return Ok(Ending::Replaced);
                 }
             }
-            request = requests.recv() => {
-                let Some(request) = request else {
-                    // The client's side ended without a detach: its connection went away.
-                    return Ok(Ending::Detached);
-                };
-                if let Some(ending) = apply(session, grant.id, request, read_only).await {
-                    return Ok(ending);
-                }
-            }
+            // A detach, or the client's side ended without one (its connection went away).
+            _ = detached.recv() => return Ok(Ending::Detached),
         }
     }
 }
 
-/// Reads the client's requests on their own task, so a slow send of output never delays a keystroke and a
-/// keystroke never interrupts a send half-way. The task stops when the returned guard is dropped.
-fn read_requests(mut receiver: SecureReceiver) -> (mpsc::Receiver<ShellRequest>, AbortOnDrop) {
-    let (requests_tx, requests) = mpsc::channel::<ShellRequest>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            match receiver.recv::<ShellRequest>().await {
-                Ok(Some(request)) => {
-                    if requests_tx.send(request).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(err) => return Err(err),
-            }
-        }
-    });
-    (requests, AbortOnDrop(reader))
-}
-
-/// Applies one client request to the session; returns how the attachment ends, if it does.
-async fn apply(
-    session: &PtySession,
+/// Reads the client's requests on their own task and applies them there: a keystroke goes to the terminal
+/// as soon as it is decrypted, a slow send of output never delays it, and it never interrupts a send half-way.
+/// The returned receiver yields (or closes) when the client detaches or its side ends; the task stops when
+/// the guard is dropped.
+fn read_requests(
+    mut receiver: SecureReceiver,
+    session: Arc<PtySession>,
     id: u64,
-    request: ShellRequest,
     read_only: bool,
-) -> Option<Ending> {
-    match request {
-        ShellRequest::Input(bytes) if !read_only => session.write(bytes).await,
-        ShellRequest::Resize(size) if !read_only => session.resize(size),
-        ShellRequest::Ack(offset) => session.ack(id, offset),
-        ShellRequest::Detach => return Some(Ending::Detached),
-        // Observers' input is ignored; a second attach/list/kill on the same stream is meaningless.
-        _ => {}
-    }
-    None
+) -> (mpsc::Receiver<()>, AbortOnDrop) {
+    let (detached_tx, detached) = mpsc::channel::<()>(1);
+    let reader = tokio::spawn(async move {
+        while let Some(request) = receiver.recv::<ShellRequest>().await? {
+            match request {
+                ShellRequest::Input(bytes) if !read_only => session.write(&bytes).await,
+                ShellRequest::Resize(size) if !read_only => session.resize(size),
+                ShellRequest::Ack(offset) => session.ack(id, offset),
+                ShellRequest::Detach => break,
+                // Observers' input is ignored; a second attach/list/kill on the same stream is meaningless.
+                _ => {}
+            }
+        }
+        let _ = detached_tx.send(()).await;
+        Ok(())
+    });
+    (detached, AbortOnDrop(reader))
 }
 
 /// Aborts a task when the owner goes away, so no reader outlives its attachment.

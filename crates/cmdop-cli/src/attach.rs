@@ -22,7 +22,6 @@ use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
 
 use crate::channel;
 use crate::escape::{Action, EscapeChar, EscapeScanner, help_text};
@@ -32,7 +31,7 @@ use crate::login::runtime;
 use crate::profile::{Profile, Session};
 use crate::resume::{Claim, Resume, ResumeFile};
 use crate::table::{print_columns, rfc3339};
-use crate::terminal::{self, RawMode, TerminalWriter};
+use crate::terminal::{self, Keys, RawMode, TerminalWriter};
 use cmdop_client::Channel;
 use cmdop_client::known_machines::KnownMachines;
 
@@ -258,7 +257,7 @@ impl Attachment {
             )
         })?;
         let mut io = TerminalIo {
-            input: crate::stdin_reader::spawn(4096),
+            input: Keys::start(),
             stdout: TerminalWriter::new(),
             signals,
         };
@@ -614,7 +613,7 @@ impl Attachment {
 
 /// The terminal's side of an attachment: keystrokes in, output out, and the signals it handles itself.
 struct TerminalIo {
-    input: mpsc::Receiver<Vec<u8>>,
+    input: Keys,
     stdout: TerminalWriter,
     signals: Signals,
 }

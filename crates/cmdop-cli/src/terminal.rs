@@ -11,11 +11,15 @@ use cmdop_proto::ops::shell::WindowSize;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
 
 /// Whether raw mode is on, so every exit path restores it exactly once.
 static RAW: AtomicBool = AtomicBool::new(false);
 /// stdout's file status flags before [`TerminalWriter`] made it non-blocking; -1 when untouched.
 static SAVED_FLAGS: AtomicI32 = AtomicI32::new(-1);
+/// stdin's, before [`Keys`] made it non-blocking; -1 when untouched.
+static SAVED_STDIN_FLAGS: AtomicI32 = AtomicI32::new(-1);
 
 /// Raw mode for as long as it lives; a no-op when stdin is not a terminal.
 #[derive(Debug)]
@@ -39,7 +43,7 @@ impl Drop for RawMode {
     }
 }
 
-/// Restores the terminal if raw mode is on, and stdout's blocking mode; safe to call from any exit path, any
+/// Restores the terminal if raw mode is on, and stdin's and stdout's blocking mode; safe to call from any exit path, any
 /// number of times.
 pub(crate) fn restore() {
     if RAW.swap(false, Ordering::SeqCst) {
@@ -49,6 +53,73 @@ pub(crate) fn restore() {
     if flags >= 0 {
         let _ = fcntl(
             std::io::stdout().as_raw_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)),
+        );
+    }
+    restore_stdin_flags();
+}
+
+/// Keystrokes from stdin, read on the runtime itself when stdin can be polled (a terminal, a pipe): a key
+/// is sent the moment the terminal has it, with no thread hand-off. Anything else (a file) is read on a
+/// thread. stdin is made non-blocking for this; [`restore`] undoes it.
+pub(crate) enum Keys {
+    /// A duplicate of stdin registered with the runtime's reactor, and the buffer it is read into.
+    Polled(pipe::Receiver, Vec<u8>),
+    /// A reader thread's hand-over.
+    Thread(mpsc::Receiver<Vec<u8>>),
+}
+
+impl Keys {
+    /// Starts reading stdin; must be called inside the async runtime.
+    pub(crate) fn start() -> Self {
+        let stdin = std::io::stdin();
+        let fd = stdin.as_raw_fd();
+        let polled = fcntl(fd, FcntlArg::F_GETFL).ok().and_then(|flags| {
+            let _ =
+                SAVED_STDIN_FLAGS.compare_exchange(-1, flags, Ordering::SeqCst, Ordering::SeqCst);
+            let old = OFlag::from_bits_truncate(flags);
+            fcntl(fd, FcntlArg::F_SETFL(old | OFlag::O_NONBLOCK)).ok()?;
+            let owned = stdin.as_fd().try_clone_to_owned().ok()?;
+            // Not necessarily a pipe (usually a terminal), but read like one; the reactor refuses what it
+            // cannot poll (a regular file), and the thread takes over.
+            pipe::Receiver::from_owned_fd_unchecked(owned).ok()
+        });
+        match polled {
+            Some(stdin) => Self::Polled(stdin, vec![0u8; 4096]),
+            None => {
+                restore_stdin_flags();
+                Self::Thread(crate::stdin_reader::spawn(4096))
+            }
+        }
+    }
+
+    /// The next keys, or `None` at the end of stdin. Cancel-safe: nothing is lost when the future is dropped.
+    pub(crate) async fn recv(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Self::Thread(keys) => keys.recv().await,
+            Self::Polled(stdin, buf) => loop {
+                // `readable` then `try_read` rather than `read`: cancelling between them loses nothing.
+                stdin.readable().await.ok()?;
+                match stdin.try_read(buf) {
+                    Ok(0) => return None,
+                    Ok(n) => return Some(buf.get(..n).unwrap_or_default().to_vec()),
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                        ) => {}
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+}
+
+fn restore_stdin_flags() {
+    let flags = SAVED_STDIN_FLAGS.swap(-1, Ordering::SeqCst);
+    if flags >= 0 {
+        let _ = fcntl(
+            std::io::stdin().as_raw_fd(),
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)),
         );
     }

@@ -37,7 +37,7 @@ use crate::fleet_lock::LockCheckError;
 use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
 use crate::secure_stream::SecureStreamError;
-use crate::transport::{Limits, SERVER_NAME, TransportError, client_config};
+use crate::transport::{Limits, SERVER_NAME, TransportError, client_config, client_endpoint};
 
 /// How long connecting (including the TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,12 +304,10 @@ impl Dialer {
             address: bind.to_string(),
             reason: format!("cannot open a local QUIC endpoint: {reason}"),
         };
-        let socket = crate::transport::udp_socket(bind).map_err(|e| unusable(e.to_string()))?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| unusable("no async runtime found".to_owned()))?;
+        // The same endpoint limits (UDP payload size, socket buffers, split offload batches) as a connection's
+        // own endpoint.
         let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                .map_err(|e| unusable(e.to_string()))?;
+            client_endpoint(bind, &Limits::default()).map_err(|e| unusable(e.to_string()))?;
         Ok(Self { endpoint })
     }
 
@@ -824,12 +822,8 @@ impl ClientConnection {
     /// Closes the connection while other tasks may still hold it (a forward's streams): the relay learns at
     /// once instead of after its idle timeout, and every stream on it ends.
     pub async fn close_now(&self) {
-        self.link
-            .connection
-            .close(CloseCode::NORMAL.0.into(), b"bye");
-        if self.link.own_endpoint {
-            let _ = tokio::time::timeout(CLIENT_DRAIN, self.link.endpoint.wait_idle()).await;
-        }
+        // Waits for this connection's close frame only, never for a shared endpoint to go idle.
+        close_and_send(&self.link.connection).await;
     }
 
     /// Resolves when the connection to the relay is gone, with the reason.
@@ -837,12 +831,30 @@ impl ClientConnection {
         self.link.closed().await
     }
 
-    /// Ends the session politely, without sitting out QUIC's draining period: a CLI about to exit only needs
-    /// its close frame on the wire (the relay then frees the connection at once), and the full draining wait
-    /// (three probe timeouts, ~80 ms on loopback) was most of a one-shot command's run time.
-    pub async fn close(mut self) {
-        let _ = self.link.send(&PeerMessage::Goodbye).await;
-        self.link.finish_with_drain(CLIENT_DRAIN).await;
+    /// Ends the session without waiting for the relay: a CLI about to exit only needs its close frame on the
+    /// wire (the relay then frees the connection at once, as it does after a goodbye), so this returns as
+    /// soon as that frame was sent. Neither QUIC's draining period (three probe timeouts, ~80 ms on loopback)
+    /// nor an acknowledgement is waited for; those were most of a one-shot command's run time.
+    pub async fn close(self) {
+        close_and_send(&self.link.connection).await;
+    }
+}
+
+/// Closes `connection` (code NORMAL) and returns once the close frame has left in a datagram, or after
+/// [`CLIENT_DRAIN`] at the latest.
+async fn close_and_send(connection: &quinn::Connection) {
+    let sent = connection.stats().udp_tx.datagrams;
+    connection.close(CloseCode::NORMAL.0.into(), b"bye");
+    let deadline = tokio::time::Instant::now() + CLIENT_DRAIN;
+    // The connection's driver task sends the frame on its next turn: usually one yield away.
+    for _ in 0..8 {
+        if connection.stats().udp_tx.datagrams != sent {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    while connection.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -1206,7 +1218,8 @@ impl Link {
                 address: address.clone(),
             })?;
         let seen = Arc::new(Mutex::new(None));
-        let config = client_config(relay.fingerprint, seen.clone(), &Limits::default())?;
+        let limits = Limits::default();
+        let config = client_config(relay.fingerprint, seen.clone(), &limits)?;
         let bind: SocketAddr = if resolved.is_ipv6() {
             "[::]:0"
         } else {
@@ -1222,7 +1235,7 @@ impl Link {
         };
         let endpoint = match dialer {
             Some(dialer) => dialer.endpoint.clone(),
-            None => quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?,
+            None => client_endpoint(bind, &limits).map_err(|e| unreachable(e.to_string()))?,
         };
         // Per connection rather than the endpoint's default: a shared endpoint serves several pins.
         let connecting = endpoint

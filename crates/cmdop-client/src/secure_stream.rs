@@ -5,9 +5,11 @@
 //! session's cipher states behind a mutex held only for the synchronous seal/open, never across an await, so
 //! one task can stream stdin while another reads output.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cmdop_identity::{Identity, PublicKey};
 use quinn::{RecvStream, SendStream};
 use rand_core::OsRng;
@@ -15,14 +17,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::{IncomingStream, RawStream, RoutedStream};
+use cmdop_proto::e2e::noise::TAG_LEN;
 use cmdop_proto::e2e::{
-    AgentHandshake, ChannelError, ClientHandshake, CloseReason, Ephemeral, Incoming,
-    MessageDecoder, Prologue, RekeyPolicy, Session,
+    AgentHandshake, ChannelError, ClientHandshake, CloseReason, DATA_HEADROOM, Ephemeral,
+    MAX_DATA_PER_FRAME, MessageDecoder, Opened, Prologue, RekeyPolicy, Session, complete_message,
 };
-use cmdop_proto::wire::{FrameDecoder, WireError, encode};
+use cmdop_proto::wire::{FrameDecoder, WireError, encode_into, encoded_len};
 
 /// How many bytes one read from the QUIC stream takes at most.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The receive buffer's starting size: whole messages are opened where they lie, so it holds a partial
+/// message plus one read; larger than that, moving the partial message to the front is rare.
+const RAW_BUFFER: usize = 256 * 1024;
 
 /// Why a secure stream failed.
 #[non_exhaustive]
@@ -67,22 +74,23 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 pub struct SecureSender {
     send: SendStream,
     session: Arc<Mutex<Session>>,
-    /// Sealed bytes on their way out, reused so that a bulk stream does not allocate per chunk.
-    out: Vec<u8>,
+    /// A `Rekey` message due before the next data message, reused.
+    control: Vec<u8>,
 }
 
 /// The receiving half.
+///
+/// The stream's bytes land in one buffer where each whole message is decrypted in place and its data handed
+/// out from there: one copy (out of QUIC's buffers) per byte received.
 pub struct SecureReceiver {
     recv: RecvStream,
     session: Arc<Mutex<Session>>,
-    messages: MessageDecoder,
     ops: FrameDecoder,
-    /// Ciphertext read from the stream, not yet a complete message.
+    /// Bytes from the stream; those before `start` are consumed.
     raw: Vec<u8>,
-    /// Decrypted application bytes, not yet a complete operation.
-    data: Vec<u8>,
-    /// The buffer one read from the stream lands in, reused.
-    chunk: Vec<u8>,
+    start: usize,
+    /// The decrypted data of the last message, in `raw`, not yet handed out.
+    plain: Range<usize>,
     side: &'static str,
     ended: bool,
 }
@@ -200,41 +208,86 @@ fn halves(
     leftover: Vec<u8>,
     side: &'static str,
 ) -> (SecureSender, SecureReceiver) {
+    // The handshake reader stops at a message boundary; what follows is in `leftover`.
+    debug_assert!(messages.is_at_boundary());
     let session = Arc::new(Mutex::new(session));
     let sender = SecureSender {
         send,
         session: Arc::clone(&session),
-        out: Vec::new(),
+        control: Vec::new(),
     };
     // Bytes that arrived with the handshake (the client's first request travels in the same flight) are
-    // still undecrypted in `leftover`; the receiver starts by draining them.
+    // still undecrypted in `leftover`; the receiver starts with them.
+    let mut raw = leftover;
+    raw.reserve(RAW_BUFFER.saturating_sub(raw.len()));
     let receiver = SecureReceiver {
         recv,
         session,
-        messages,
         ops: FrameDecoder::new(),
-        raw: leftover,
-        data: Vec::new(),
-        chunk: vec![0u8; READ_CHUNK],
+        raw,
+        start: 0,
+        plain: 0..0,
         side,
         ended: false,
     };
     (sender, receiver)
 }
 
+/// A buffer for [`SecureSender::send_buffer`] with room for `data` bytes: [`DATA_HEADROOM`] bytes of room
+/// come first, then the caller appends up to [`MAX_DATA_PER_FRAME`] bytes of data.
+pub fn data_buffer(data: usize) -> Vec<u8> {
+    let data = data.min(MAX_DATA_PER_FRAME);
+    let mut buffer = Vec::with_capacity(DATA_HEADROOM + data + TAG_LEN);
+    buffer.resize(DATA_HEADROOM, 0);
+    buffer
+}
+
 impl SecureSender {
-    /// Encrypts and sends one operation message.
+    /// Encrypts and sends one operation message. It is encoded straight into the buffer it is sealed in, and
+    /// that buffer is handed to QUIC without a copy.
     pub async fn send<M: Serialize>(&mut self, op: &M) -> Result<(), SecureStreamError> {
-        let plain = encode(op)?;
-        self.send_bytes(&plain).await
+        let mut buffer = data_buffer(encoded_len(op)?);
+        encode_into(op, &mut buffer)?;
+        if buffer.len() - DATA_HEADROOM <= MAX_DATA_PER_FRAME {
+            self.send_buffer(buffer).await
+        } else {
+            // Larger than one channel frame: split, which copies.
+            self.send_bytes(buffer.get(DATA_HEADROOM..).unwrap_or_default())
+                .await
+        }
     }
 
     /// Encrypts and sends application bytes as they are, without operation framing: for streams that switch
     /// to raw bytes after their first messages (tunnels). Empty `data` sends nothing.
     pub async fn send_bytes(&mut self, data: &[u8]) -> Result<(), SecureStreamError> {
-        self.out.clear();
-        lock(&self.session).send_data(data, Instant::now(), &mut self.out)?;
-        write(&mut self.send, &self.out).await
+        for chunk in data.chunks(MAX_DATA_PER_FRAME) {
+            let mut buffer = data_buffer(chunk.len());
+            buffer.extend_from_slice(chunk);
+            self.send_buffer(buffer).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the data in a [`data_buffer`] (everything after its first [`DATA_HEADROOM`] bytes, at most
+    /// [`MAX_DATA_PER_FRAME`]) where it lies and hands the buffer to QUIC as it is. A buffer without data sends
+    /// nothing.
+    pub async fn send_buffer(&mut self, mut buffer: Vec<u8>) -> Result<(), SecureStreamError> {
+        self.control.clear();
+        let start = lock(&self.session).seal_data_in_place(
+            &mut buffer,
+            Instant::now(),
+            &mut self.control,
+        )?;
+        if !self.control.is_empty() {
+            write(&mut self.send, &self.control).await?;
+        }
+        let Some(start) = start else {
+            return Ok(());
+        };
+        self.send
+            .write_chunk(Bytes::from(buffer).slice(start..))
+            .await
+            .map_err(|err| SecureStreamError::Io(err.to_string()))
     }
 
     /// Sends the authenticated end frame and finishes the stream: a cut stream is then distinguishable from a
@@ -271,12 +324,14 @@ impl SecureReceiver {
         &mut self,
     ) -> Result<Option<M>, SecureStreamError> {
         loop {
-            let mut slice = self.data.as_slice();
-            let decoded = self.ops.decode::<M>(&mut slice)?;
-            let consumed = self.data.len() - slice.len();
-            self.data.drain(..consumed);
-            if let Some(op) = decoded {
-                return Ok(Some(op));
+            if !self.plain.is_empty() {
+                let mut slice = self.raw.get(self.plain.clone()).unwrap_or_default();
+                let decoded = self.ops.decode::<M>(&mut slice)?;
+                self.plain.start = self.plain.end - slice.len();
+                if let Some(op) = decoded {
+                    return Ok(Some(op));
+                }
+                continue;
             }
             if self.ended {
                 if self.ops.is_mid_frame() {
@@ -284,52 +339,60 @@ impl SecureReceiver {
                 }
                 return Ok(None);
             }
-            self.pump().await?;
+            self.next_plain().await?;
         }
     }
 
-    /// The next application bytes as they arrived, without operation framing, into `buffer` (replacing its
-    /// contents): for streams that switched to raw bytes. Bytes that arrived behind the last operation message
-    /// come first. `false` after the peer's authenticated end frame; a cut stream is an error, as in
-    /// [`Self::recv`].
-    pub async fn recv_bytes(&mut self, buffer: &mut Vec<u8>) -> Result<bool, SecureStreamError> {
-        loop {
-            if !self.data.is_empty() {
-                buffer.clear();
-                // Swapping hands over the bytes without a copy and recycles the caller's buffer.
-                std::mem::swap(buffer, &mut self.data);
-                return Ok(true);
-            }
+    /// The next application bytes as they arrived, without operation framing: for streams that switched to
+    /// raw bytes. Bytes that arrived behind the last operation message come first. The slice is the
+    /// decrypted message where it lies, valid until the next call. `None` after the peer's authenticated end
+    /// frame; a cut stream is an error, as in [`Self::recv`].
+    pub async fn recv_slice(&mut self) -> Result<Option<&[u8]>, SecureStreamError> {
+        while self.plain.is_empty() {
             if self.ended {
-                return Ok(false);
+                return Ok(None);
             }
-            self.pump().await?;
+            self.next_plain().await?;
+        }
+        let range = std::mem::replace(&mut self.plain, 0..0);
+        Ok(Some(self.raw.get(range).unwrap_or_default()))
+    }
+
+    /// Like [`Self::recv_slice`], but copies the bytes into `buffer` (replacing its contents); `false` at the
+    /// end.
+    pub async fn recv_bytes(&mut self, buffer: &mut Vec<u8>) -> Result<bool, SecureStreamError> {
+        buffer.clear();
+        match self.recv_slice().await? {
+            Some(bytes) => {
+                buffer.extend_from_slice(bytes);
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
-    /// Reads from the stream until application data, the end frame, or a failure arrives. Memory stays
-    /// bounded: at most one read's worth of ciphertext is decrypted at a time.
-    async fn pump(&mut self) -> Result<(), SecureStreamError> {
+    /// Opens messages (reading from the stream when none is whole) until one with data, the end frame, or a
+    /// failure. Memory stays bounded: the buffer holds at most a partial message and one read.
+    async fn next_plain(&mut self) -> Result<(), SecureStreamError> {
         loop {
-            let mut slice = self.raw.as_slice();
-            let mut progressed = false;
-            while let Some(message) = self.messages.feed(&mut slice)? {
-                match lock(&self.session).open(&message)? {
+            let pending = self.raw.get_mut(self.start..).unwrap_or_default();
+            if let Some(len) = complete_message(pending)? {
+                let body = self.start + 2;
+                self.start = body + len;
+                let message = self.raw.get_mut(body..body + len).unwrap_or_default();
+                match lock(&self.session).open_in_place(message)? {
                     None => {}
-                    Some(Incoming::Data(data)) => {
-                        if self.data.is_empty() {
-                            self.data = data;
-                        } else {
-                            self.data.extend_from_slice(&data);
+                    Some(Opened::Data(range)) => {
+                        self.plain = body + range.start..body + range.end;
+                        if !self.plain.is_empty() {
+                            return Ok(());
                         }
-                        progressed = true;
                     }
-                    Some(Incoming::End { .. }) => {
+                    Some(Opened::End { .. }) => {
                         self.ended = true;
-                        progressed = true;
-                        break;
+                        return Ok(());
                     }
-                    Some(Incoming::Close { reason, message }) => {
+                    Some(Opened::Close { reason, message }) => {
                         return Err(SecureStreamError::Closed {
                             side: self.side,
                             reason,
@@ -338,25 +401,40 @@ impl SecureReceiver {
                         });
                     }
                 }
+                continue;
             }
-            let consumed = self.raw.len() - slice.len();
-            self.raw.drain(..consumed);
-            if progressed {
+            self.read_more().await?;
+            if self.ended {
                 return Ok(());
             }
-            match self.recv.read(&mut self.chunk).await {
-                Ok(Some(n)) => self
-                    .raw
-                    .extend_from_slice(self.chunk.get(..n).unwrap_or_default()),
-                Ok(None) => {
-                    // FIN without the authenticated end frame: cut, not complete.
-                    self.messages.finish()?;
-                    lock(&self.session).finish()?;
-                    self.ended = true;
-                    return Ok(());
+        }
+    }
+
+    /// Appends one read from the stream, first moving a partial message to the front when the buffer is
+    /// out of room. At FIN: an error unless the peer's authenticated end frame came first.
+    async fn read_more(&mut self) -> Result<(), SecureStreamError> {
+        match self.recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                if self.start == self.raw.len() {
+                    self.raw.clear();
+                    self.start = 0;
+                } else if self.raw.capacity() - self.raw.len() < chunk.bytes.len() {
+                    self.raw.drain(..self.start);
+                    self.start = 0;
                 }
-                Err(err) => return Err(SecureStreamError::Io(err.to_string())),
+                self.raw.extend_from_slice(&chunk.bytes);
+                Ok(())
             }
+            Ok(None) => {
+                // FIN without the authenticated end frame: cut, not complete.
+                if self.start < self.raw.len() {
+                    return Err(ChannelError::TruncatedMessage.into());
+                }
+                lock(&self.session).finish()?;
+                self.ended = true;
+                Ok(())
+            }
+            Err(err) => Err(SecureStreamError::Io(err.to_string())),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! aborts the connection before any application byte (and so any credential) is sent. The relay server builds
 //! its own endpoint from the same [`Limits`] and [`transport_config`].
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ pub struct Limits {
     /// probe of that size was acknowledged, so a high bound is safe on any path; where the path allows big
     /// packets (loopback, jumbo-frame LANs) far fewer packets carry the same bytes.
     pub mtu_upper_bound: u16,
+    /// Largest UDP payload this endpoint accepts, announced to the peer as the `max_udp_payload_size` transport
+    /// parameter. The peer never sends a larger packet, so MTU discovery towards us stops here whatever
+    /// [`Self::mtu_upper_bound`] says: quinn's default of 1,472 kept every packet on loopback at ~1.4 KB.
+    pub max_udp_payload_size: u16,
 }
 
 impl Default for Limits {
@@ -94,6 +99,7 @@ impl Default for Limits {
             keep_alive: Duration::from_secs(5),
             max_frame_size: MAX_FRAME_SIZE,
             mtu_upper_bound: 65_000,
+            max_udp_payload_size: 65_527,
         }
     }
 }
@@ -122,8 +128,8 @@ impl Limits {
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// A UDP socket bound to `bind` with [`SOCKET_BUFFER`]-sized buffers (as large as the kernel allows), for a
-/// quinn endpoint that serves or dials many connections: the relay's, and a shared `Dialer`'s.
-pub fn udp_socket(bind: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// quinn endpoint: the relay's, a shared `Dialer`'s, and each client's and agent's own.
+pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(bind)?;
     let sock = socket2::SockRef::from(&socket);
     // Best effort: a kernel that grants less (or a sandbox that refuses) still leaves a working socket.
@@ -154,6 +160,152 @@ pub fn transport_config(limits: &Limits) -> quinn::TransportConfig {
         config.max_idle_timeout(Some(idle));
     }
     config
+}
+
+/// Applies the endpoint-wide limits to `config`: the largest UDP payload this endpoint accepts.
+pub fn apply_endpoint_limits(config: &mut quinn::EndpointConfig, limits: &Limits) {
+    // quinn refuses values outside 1200..=65527; the default is then kept, which is safe.
+    let _ = config.max_udp_payload_size(limits.max_udp_payload_size);
+}
+
+/// A client-only endpoint on `bind` with the endpoint-wide [`Limits`] applied.
+pub fn client_endpoint(bind: SocketAddr, limits: &Limits) -> std::io::Result<quinn::Endpoint> {
+    let socket = udp_socket(bind)?;
+    let mut config = quinn::EndpointConfig::default();
+    apply_endpoint_limits(&mut config, limits);
+    endpoint(config, None, socket)
+}
+
+/// A quinn endpoint on `socket`, on the current tokio runtime, whose sends never exceed what one UDP send can
+/// carry (see `SplitBatches`).
+pub fn endpoint(
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+    socket: std::net::UdpSocket,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    let socket = runtime.wrap_udp_socket(socket)?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(SplitBatches(socket));
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
+}
+
+/// The most UDP payload one send can carry, segmentation offload or not: an IPv4 datagram's 65,535 bytes less
+/// its IP and UDP headers (IPv6 allows 20 bytes more; the smaller bound serves both).
+const MAX_SEND_BYTES: usize = 65_535 - 20 - 8;
+
+/// Splits quinn's segmentation-offload batches that one UDP send cannot carry.
+///
+/// quinn hands the socket up to ten datagrams of the path MTU in one send. Once MTU discovery has raised the
+/// MTU beyond ~6.5 KB (loopback, jumbo frames), such a batch exceeds 64 KiB; Linux refuses it with EMSGSIZE,
+/// which quinn-udp takes for a failed MTU probe and drops without a word. Those losses then look like an MTU
+/// black hole, and quinn falls back to 1,200-byte packets for a minute at a time. Here the batch goes out in
+/// as few sends as fit instead.
+#[derive(Debug)]
+struct SplitBatches(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for SplitBatches {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        Arc::clone(&self.0).create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        let Some(segment) = transmit
+            .segment_size
+            .filter(|&segment| segment > 0 && transmit.contents.len() > MAX_SEND_BYTES)
+        else {
+            return self.0.try_send(transmit);
+        };
+        let per_send = (MAX_SEND_BYTES / segment).max(1) * segment;
+        for part in transmit.contents.chunks(per_send) {
+            // A send that would block fails the whole batch, and quinn retries all of it: datagrams already
+            // sent then arrive twice, and the receiver drops the duplicates.
+            self.0.try_send(&quinn::udp::Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: part,
+                segment_size: (part.len() > segment).then_some(segment),
+                src_ip: transmit.src_ip,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.0.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
+}
+
+/// One connection's UDP traffic so far, for the log line a relay writes when a connection ends: whether big
+/// packets and segmentation offload are in use shows here (bytes per datagram, datagrams per system call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams, bytes and send calls (a GSO batch is one call for several datagrams).
+    pub sent: (u64, u64, u64),
+    /// Datagrams, bytes and receive calls (GRO hands several datagrams over in one).
+    pub received: (u64, u64, u64),
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// The path MTU reached by discovery, bytes of UDP payload.
+    pub mtu: u16,
+    /// Times MTU discovery concluded the path had become a black hole and fell back to 1,200 bytes.
+    pub black_holes: u64,
+}
+
+impl Traffic {
+    /// The counters of `connection`.
+    pub fn of(connection: &quinn::Connection) -> Self {
+        let stats = connection.stats();
+        Self {
+            sent: (stats.udp_tx.datagrams, stats.udp_tx.bytes, stats.udp_tx.ios),
+            received: (stats.udp_rx.datagrams, stats.udp_rx.bytes, stats.udp_rx.ios),
+            lost_packets: stats.path.lost_packets,
+            mtu: stats.path.current_mtu,
+            black_holes: stats.path.black_holes_detected,
+        }
+    }
+}
+
+impl std::fmt::Display for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |f: &mut std::fmt::Formatter<'_>, (datagrams, bytes, ios): (u64, u64, u64)| {
+            write!(
+                f,
+                "{datagrams} datagrams, {bytes} bytes ({} per datagram) in {ios} calls",
+                bytes.checked_div(datagrams).unwrap_or(0)
+            )
+        };
+        f.write_str("sent ")?;
+        side(f, self.sent)?;
+        f.write_str("; received ")?;
+        side(f, self.received)?;
+        write!(
+            f,
+            "; {} lost; path MTU {} ({} black holes)",
+            self.lost_packets, self.mtu, self.black_holes
+        )
+    }
 }
 
 /// The one crypto provider every cmdop endpoint uses: rustls with ring (it builds with a C compiler alone).
@@ -249,5 +401,54 @@ impl ServerCertVerifier for PinnedCertVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::AsyncUdpSocket as _;
+
+    /// A batch of ten 9,000-byte datagrams (90 KB, more than one UDP send can carry) goes out whole: the
+    /// receiver gets all ten. Unsplit, Linux refuses the send and quinn drops the batch without a word.
+    #[tokio::test]
+    async fn an_oversized_offload_batch_is_split_and_every_datagram_arrives() {
+        let receiver = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let runtime = quinn::default_runtime().unwrap();
+        let inner = runtime.wrap_udp_socket(socket).unwrap();
+        let segments = inner.max_transmit_segments().min(10);
+        let split = Arc::new(SplitBatches(inner));
+        // A fresh socket's readiness is unknown to the reactor until polled once.
+        let mut poller = Arc::clone(&split).create_io_poller();
+        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+            .await
+            .unwrap();
+        let segment = 9_000;
+        let contents: Vec<u8> = (0..segment * segments)
+            .map(|i| (i / segment) as u8)
+            .collect();
+        let destination = receiver.local_addr().unwrap();
+        split
+            .try_send(&quinn::udp::Transmit {
+                destination,
+                ecn: None,
+                contents: &contents,
+                segment_size: (segments > 1).then_some(segment),
+                src_ip: None,
+            })
+            .unwrap();
+        let mut buf = vec![0u8; 65_536];
+        for index in 0..segments {
+            let n = tokio::time::timeout(Duration::from_secs(5), receiver.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, segment);
+            assert!(
+                buf[..n].iter().all(|&b| b == index as u8),
+                "datagram {index}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! used by both ends: the client for the connection it accepted, the agent for the one it made.
 //!
 //! ```text
-//!  TCP read  ──▶ send_bytes (≤ one channel frame per read) ──▶ … peer … ──▶ TCP write
+//!  TCP read  ──▶ send_buffer (≤ one channel frame per read) ──▶ … peer … ──▶ TCP write
 //!  TCP EOF   ──▶ the channel's End frame                   ──▶ … peer … ──▶ shutdown(Write)   (half-close)
 //!  TCP error ──▶ the channel's Close frame                 ──▶ … peer … ──▶ connection dropped (reset)
 //! ```
@@ -10,11 +10,12 @@
 //! Each direction finishes on its own, so half-closed protocols (a request, then `shutdown(Write)`, then the
 //! reply) work; an error in either direction ends both.
 
+use bytes::BufMut as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::secure_stream::{SecureReceiver, SecureSender, SecureStreamError};
+use crate::secure_stream::{SecureReceiver, SecureSender, SecureStreamError, data_buffer};
 use cmdop_proto::e2e::CloseReason;
 
 /// Bytes read from the TCP connection at once: one channel data frame's worth, so each read becomes exactly
@@ -46,18 +47,20 @@ async fn upstream(
     mut read: OwnedReadHalf,
     mut sender: SecureSender,
 ) -> Result<u64, SecureStreamError> {
-    let mut buffer = vec![0u8; TCP_READ_CHUNK];
     let mut total = 0u64;
     loop {
-        match read.read(&mut buffer).await {
+        // Read straight into the buffer the channel seals in place and QUIC sends: no copy on the way.
+        let mut buffer = data_buffer(TCP_READ_CHUNK);
+        match read
+            .read_buf(&mut (&mut buffer).limit(TCP_READ_CHUNK))
+            .await
+        {
             Ok(0) => {
                 sender.end(0).await?;
                 return Ok(total);
             }
             Ok(n) => {
-                sender
-                    .send_bytes(buffer.get(..n).unwrap_or_default())
-                    .await?;
+                sender.send_buffer(buffer).await?;
                 total = total.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
             }
             Err(err) => {
@@ -73,14 +76,14 @@ async fn downstream(
     mut receiver: SecureReceiver,
     mut write: OwnedWriteHalf,
 ) -> Result<u64, SecureStreamError> {
-    let mut buffer = Vec::new();
     let mut total = 0u64;
-    while receiver.recv_bytes(&mut buffer).await? {
+    // Each message's data is written from where it was decrypted.
+    while let Some(bytes) = receiver.recv_slice().await? {
         write
-            .write_all(&buffer)
+            .write_all(bytes)
             .await
             .map_err(|err| SecureStreamError::Io(format!("the TCP connection failed: {err}")))?;
-        total = total.saturating_add(u64::try_from(buffer.len()).unwrap_or(u64::MAX));
+        total = total.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
     }
     // The peer's FIN, authenticated: pass it on as ours.
     let _ = write.shutdown().await;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::support::*;
 use cmdop_identity::{Purpose, Signature};
 use cmdop_proto::e2e::{
-    AuthFrame, ChannelError, ClientHandshake, CloseReason, Ephemeral, Frame, Incoming,
-    MAX_DATA_PER_FRAME, Prologue, RekeyPolicy, Role, StreamKind,
+    AuthFrame, ChannelError, ClientHandshake, CloseReason, DATA_HEADROOM, Ephemeral, Frame,
+    Incoming, MAX_DATA_PER_FRAME, Opened, Prologue, RekeyPolicy, Role, StreamKind,
 };
 
 fn data_flight(session: &mut cmdop_proto::e2e::Session, frames: &[&[u8]], end: bool) -> Vec<u8> {
@@ -940,4 +940,102 @@ fn close_after_end_survives_a_time_rekey() {
         ]
     );
     assert_eq!(got.outcome, Ok(()));
+}
+
+/// The in-place paths the bulk streams use are the same protocol: sealing where the data lies gives the bytes
+/// `send_data` gives (rekeys included), and opening where the message lies gives what `open` gives, with
+/// tampering still detected before any data is used.
+#[test]
+fn sealing_and_opening_in_place_match_the_copying_paths_byte_for_byte() {
+    let route = prologue(&agent());
+    let policy = RekeyPolicy {
+        max_frames: 3,
+        ..RekeyPolicy::default()
+    };
+    let sizes = [
+        1usize,
+        127,
+        128,
+        16_383,
+        16_384,
+        MAX_DATA_PER_FRAME,
+        5,
+        0,
+        300,
+    ];
+    let chunks: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+        .collect();
+    let at = now();
+    let mut copying = pair_with(11, route, route, policy);
+    let mut in_place = pair_with(11, route, route, policy);
+    let mut expected_wire = Vec::new();
+    let mut wire = Vec::new();
+    for chunk in &chunks {
+        copying
+            .client
+            .send_data(chunk, at, &mut expected_wire)
+            .unwrap();
+        let mut buffer = vec![0xEE; DATA_HEADROOM];
+        buffer.extend_from_slice(chunk);
+        let mut control = Vec::new();
+        let start = in_place
+            .client
+            .seal_data_in_place(&mut buffer, at, &mut control)
+            .unwrap();
+        wire.extend_from_slice(&control);
+        match start {
+            Some(start) => wire.extend_from_slice(&buffer[start..]),
+            None => assert!(chunk.is_empty() && control.is_empty()),
+        }
+    }
+    assert_eq!(wire, expected_wire);
+
+    let mut delivered = Vec::new();
+    for mut message in messages(&wire) {
+        match in_place.agent.open_in_place(&mut message).unwrap() {
+            None => {}
+            Some(Opened::Data(range)) => delivered.push(message[range].to_vec()),
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    let non_empty: Vec<Vec<u8>> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+    assert_eq!(delivered, non_empty);
+
+    // One flipped bit anywhere in a message fails it, and the session with it.
+    let mut tampered = pair_with(11, route, route, policy);
+    let mut message = messages(&wire).remove(0);
+    let last = message.len() - 1;
+    message[last / 2] ^= 0x01;
+    assert_eq!(
+        tampered.agent.open_in_place(&mut message),
+        Err(ChannelError::Decrypt)
+    );
+    let mut next = messages(&wire).remove(1);
+    assert_eq!(
+        tampered.agent.open_in_place(&mut next),
+        Err(ChannelError::Closed)
+    );
+}
+
+#[test]
+fn sealing_in_place_refuses_an_oversized_chunk_and_a_closed_session() {
+    let mut pair = pair();
+    let mut buffer = vec![0; DATA_HEADROOM + MAX_DATA_PER_FRAME + 1];
+    assert_eq!(
+        pair.client
+            .seal_data_in_place(&mut buffer, now(), &mut Vec::new()),
+        Err(ChannelError::MessageTooLarge {
+            len: MAX_DATA_PER_FRAME + 1
+        })
+    );
+    pair.client.send_end(0, now(), &mut Vec::new()).unwrap();
+    let mut buffer = vec![0; DATA_HEADROOM + 1];
+    assert_eq!(
+        pair.client
+            .seal_data_in_place(&mut buffer, now(), &mut Vec::new()),
+        Err(ChannelError::Closed)
+    );
 }

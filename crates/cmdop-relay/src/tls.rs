@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cmdop_client::transport::{Limits, SERVER_NAME, provider, transport_config};
+use cmdop_client::transport::{
+    Limits, SERVER_NAME, apply_endpoint_limits, provider, transport_config,
+};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::wire::ALPN;
 use rustls::pki_types::pem::PemObject;
@@ -225,7 +227,7 @@ pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// so agents and clients learn of the restart from their next packet and reconnect at once, instead of
 /// waiting out the idle timeout. The derivation is one-way (HKDF-SHA256), so the reset key reveals nothing
 /// about the TLS key. Tested end to end: agents and clients resume within seconds of a relay restart.
-pub(crate) fn endpoint_config(identity: &TlsIdentity) -> quinn::EndpointConfig {
+pub(crate) fn endpoint_config(identity: &TlsIdentity, limits: &Limits) -> quinn::EndpointConfig {
     let mut reset_key = zeroize::Zeroizing::new([0u8; 32]);
     let hkdf = hkdf::Hkdf::<Sha256>::new(Some(b"cmdop relay"), identity.key.secret_der());
     // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
@@ -240,6 +242,7 @@ pub(crate) fn endpoint_config(identity: &TlsIdentity) -> quinn::EndpointConfig {
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    apply_endpoint_limits(&mut config, limits);
     // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000 agents would need
     // 200 s to all hear theirs, and most would sit out the 30 s idle timeout instead. One per millisecond
     // lets a fleet of 10,000 learn within about 10 s, arriving about as fast as a relay admits logins. A reset

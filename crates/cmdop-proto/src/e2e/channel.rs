@@ -4,6 +4,7 @@
 //! authenticated (and, on the agent, authorized) and cannot reuse a state after an error.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use cmdop_identity::{Identity, PublicKey, Purpose};
@@ -12,7 +13,8 @@ use sha2::{Digest, Sha256};
 use super::ChannelError;
 use super::codec::encode_message;
 use super::frame::{
-    AuthFrame, CloseReason, Frame, MAX_CLOSE_MESSAGE_LEN, MAX_DATA_PER_FRAME, Role, decode_frame,
+    AuthFrame, CloseReason, DATA_HEADER_MAX, Frame, FrameRef, MAX_CLOSE_MESSAGE_LEN,
+    MAX_DATA_PER_FRAME, Role, data_header, decode_frame, decode_frame_ref,
 };
 use super::noise::{
     CipherState, DH_LEN, Ephemeral, NnInitiator, NnResponder, TAG_LEN, TransportState,
@@ -414,6 +416,29 @@ pub enum Incoming {
     },
 }
 
+/// What [`Session::open_in_place`] found: like [`Incoming`], but the data stays where it was decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Application bytes: this range of the message buffer.
+    Data(Range<usize>),
+    /// See [`Incoming::End`].
+    End {
+        /// The peer's status (0 = success).
+        status: u8,
+    },
+    /// See [`Incoming::Close`].
+    Close {
+        /// Why.
+        reason: CloseReason,
+        /// The peer's detail text (untrusted).
+        message: String,
+    },
+}
+
+/// Room to leave in front of the data given to [`Session::seal_data_in_place`]: the message's two-byte length
+/// prefix and the frame's variant byte and length.
+pub const DATA_HEADROOM: usize = 2 + DATA_HEADER_MAX;
+
 /// An authenticated, encrypted channel: per-direction keys, 64-bit counters, rekey by volume and time.
 ///
 /// Any error is terminal: the keys are wiped and every later call returns [`ChannelError::Closed`].
@@ -476,6 +501,53 @@ impl Session {
         Ok(())
     }
 
+    /// Seals the data in `buffer[DATA_HEADROOM..]` (at most [`MAX_DATA_PER_FRAME`] bytes) as one framed `Data`
+    /// message in place: the header goes into the headroom, the data is encrypted where it lies and the tag is
+    /// appended. Returns where the framed message starts in `buffer` (the headroom a short length does not need
+    /// is skipped), or `None` when there is no data. The bytes are those [`Self::send_data`] would produce.
+    ///
+    /// When the policy says the sending key is used up, the `Rekey` message that must go first is appended to
+    /// `control`; the caller sends `control` before the buffer.
+    pub fn seal_data_in_place(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        now: Instant,
+        control: &mut Vec<u8>,
+    ) -> Result<Option<usize>, ChannelError> {
+        if self.sent_end || self.closed {
+            return Err(ChannelError::Closed);
+        }
+        let len = buffer.len().saturating_sub(DATA_HEADROOM);
+        if len == 0 {
+            return Ok(None);
+        }
+        if len > MAX_DATA_PER_FRAME {
+            return Err(ChannelError::MessageTooLarge { len });
+        }
+        self.rekey_if_due(now, control)?;
+        let (header, header_len) = data_header(len);
+        let start = DATA_HEADROOM - header_len - 2;
+        let plaintext_len = header_len + len;
+        // At most MAX_MESSAGE_LEN by the check above, so the prefix fits.
+        let wire_len =
+            u16::try_from(plaintext_len + TAG_LEN).map_err(|_| ChannelError::MessageTooLarge {
+                len: plaintext_len + TAG_LEN,
+            })?;
+        if let Some(slot) = buffer.get_mut(start..DATA_HEADROOM) {
+            slot[..2].copy_from_slice(&wire_len.to_be_bytes());
+            slot[2..].copy_from_slice(&header[..header_len]);
+        }
+        let body = buffer.get_mut(start + 2..).unwrap_or_default();
+        match self.send.encrypt_in_place(&[], body) {
+            Ok(Some(tag)) => buffer.extend_from_slice(&tag),
+            Ok(None) => return Err(self.fail(ChannelError::Closed)),
+            Err(error) => return Err(self.fail(error)),
+        }
+        self.send_frames += 1;
+        self.send_bytes = self.send_bytes.saturating_add(plaintext_len as u64);
+        Ok(Some(start))
+    }
+
     /// Appends the authenticated end frame: this side will send no more data.
     pub fn send_end(
         &mut self,
@@ -514,28 +586,57 @@ impl Session {
     ///
     /// `Ok(None)` means a control frame (rekey) was handled and there is nothing for the application.
     pub fn open(&mut self, message: &[u8]) -> Result<Option<Incoming>, ChannelError> {
-        let frame = self.open_frame(message)?;
+        let mut buffer = message.to_vec();
+        Ok(match self.open_in_place(&mut buffer)? {
+            None => None,
+            Some(Opened::Data(range)) => {
+                buffer.truncate(range.end);
+                buffer.drain(..range.start);
+                Some(Incoming::Data(buffer))
+            }
+            Some(Opened::End { status }) => Some(Incoming::End { status }),
+            Some(Opened::Close { reason, message }) => Some(Incoming::Close { reason, message }),
+        })
+    }
+
+    /// Decrypts one message (without its length prefix) where it lies and interprets it, as [`Self::open`]
+    /// does; data is returned as a range of `message` instead of a copy. Nothing in `message` may be used if
+    /// this fails.
+    pub fn open_in_place(&mut self, message: &mut [u8]) -> Result<Option<Opened>, ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        let len = match self.recv.decrypt_in_place(&[], message) {
+            Ok(len) => len,
+            Err(error) => return Err(self.fail(error)),
+        };
+        let plaintext = message.get(..len).unwrap_or_default();
+        let frame = match decode_frame_ref(plaintext) {
+            Ok(frame) => frame,
+            Err(error) => return Err(self.fail(error)),
+        };
         // A sender may still rekey (its policy is checked on every seal) and close after its end frame.
-        if self.received_end && !matches!(frame, Frame::Close { .. } | Frame::Rekey) {
+        if self.received_end && !matches!(frame, FrameRef::Close { .. } | FrameRef::Rekey) {
             return Err(self.fail(ChannelError::UnexpectedFrame {
                 expected: "nothing after the end frame",
             }));
         }
         match frame {
-            Frame::Data(data) => Ok(Some(Incoming::Data(data))),
-            Frame::Rekey => match self.recv.rekey() {
+            // No trailing bytes are allowed, so the data is the plaintext's tail.
+            FrameRef::Data(data) => Ok(Some(Opened::Data(len - data.len()..len))),
+            FrameRef::Rekey => match self.recv.rekey() {
                 Ok(()) => Ok(None),
                 Err(error) => Err(self.fail(error)),
             },
-            Frame::End { status } => {
+            FrameRef::End { status } => {
                 self.received_end = true;
-                Ok(Some(Incoming::End { status }))
+                Ok(Some(Opened::End { status }))
             }
-            Frame::Close { reason, message } => {
+            FrameRef::Close { reason, message } => {
                 self.wipe();
-                Ok(Some(Incoming::Close { reason, message }))
+                Ok(Some(Opened::Close { reason, message }))
             }
-            Frame::Auth(_) => Err(self.fail(ChannelError::UnexpectedFrame {
+            FrameRef::Auth(_) => Err(self.fail(ChannelError::UnexpectedFrame {
                 expected: "data, rekey, end or close",
             })),
         }
@@ -573,10 +674,8 @@ impl Session {
         decode_frame(plaintext).map_err(|error| self.fail(error))
     }
 
-    fn seal(&mut self, frame: &Frame, now: Instant, out: &mut Vec<u8>) -> Result<(), ChannelError> {
-        if self.closed {
-            return Err(ChannelError::Closed);
-        }
+    /// Appends a `Rekey` message and switches the sending key when the policy says the key is used up.
+    fn rekey_if_due(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<(), ChannelError> {
         let since = *self.send_key_since.get_or_insert(now);
         let due = self.send_frames >= self.policy.max_frames
             || self.send_bytes >= self.policy.max_bytes
@@ -589,6 +688,14 @@ impl Session {
             self.send_bytes = 0;
             self.send_key_since = Some(now);
         }
+        Ok(())
+    }
+
+    fn seal(&mut self, frame: &Frame, now: Instant, out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        self.rekey_if_due(now, out)?;
         let len = self
             .seal_one(frame, out)
             .map_err(|error| self.fail(error))?;

@@ -19,6 +19,20 @@ pub fn encode_message(message: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelEr
     Ok(())
 }
 
+/// Whether `buffer` starts with a whole framed message: `Ok(Some(len))` means `buffer[2..2 + len]` is one
+/// Noise message, `Ok(None)` that more bytes are needed. A zero length is an error. For receivers that keep
+/// the stream in one buffer and open each message where it lies; [`MessageDecoder`] is the copying variant.
+pub fn complete_message(buffer: &[u8]) -> Result<Option<usize>, ChannelError> {
+    let Some(prefix) = buffer.get(..2) else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+    if len == 0 {
+        return Err(ChannelError::EmptyMessage);
+    }
+    Ok((buffer.len() >= 2 + len).then_some(len))
+}
+
 /// Splits a byte stream into Noise messages.
 ///
 /// ```text
@@ -170,6 +184,20 @@ mod tests {
         let mut header_only = MessageDecoder::new();
         assert!(decode_all(&mut header_only, &[0]).unwrap().is_empty());
         assert_eq!(header_only.finish(), Err(ChannelError::TruncatedMessage));
+    }
+
+    #[test]
+    fn complete_messages_are_found_where_they_lie() {
+        let mut wire = Vec::new();
+        encode_message(b"hello", &mut wire).unwrap();
+        assert_eq!(complete_message(&wire), Ok(Some(5)));
+        assert_eq!(complete_message(&wire[..6]), Ok(None));
+        assert_eq!(complete_message(&wire[..1]), Ok(None));
+        assert_eq!(complete_message(&[]), Ok(None));
+        assert_eq!(
+            complete_message(&[0, 0, 1]),
+            Err(ChannelError::EmptyMessage)
+        );
     }
 
     #[test]

@@ -28,11 +28,11 @@ mod frame;
 pub mod noise;
 
 pub use channel::{
-    AgentAwaitingClient, AgentHandshake, ClientAwaitingAgent, ClientHandshake, Incoming,
-    PROLOGUE_LABEL, PROLOGUE_LEN, PROTOCOL_VERSION, PendingClient, Prologue, RekeyPolicy, Session,
-    StreamKind,
+    AgentAwaitingClient, AgentHandshake, ClientAwaitingAgent, ClientHandshake, DATA_HEADROOM,
+    Incoming, Opened, PROLOGUE_LABEL, PROLOGUE_LEN, PROTOCOL_VERSION, PendingClient, Prologue,
+    RekeyPolicy, Session, StreamKind,
 };
-pub use codec::{MessageDecoder, encode_message};
+pub use codec::{MessageDecoder, complete_message, encode_message};
 pub use frame::{
     AuthFrame, CloseReason, Frame, MAX_CLOSE_MESSAGE_LEN, MAX_DATA_PER_FRAME, Role, decode_frame,
 };

@@ -27,6 +27,31 @@ pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
     Ok(frame)
 }
 
+/// Appends `message` to `out` as one frame, exactly as [`encode`] would produce it: for callers that build a
+/// frame in a buffer with room in front (the end-to-end channel seals it where it lies).
+pub fn encode_into<M: Serialize>(message: &M, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let body_len =
+        postcard::experimental::serialized_size(message).map_err(|_| WireError::Encode)?;
+    if body_len > MAX_FRAME_SIZE {
+        return Err(WireError::FrameTooLarge { len: body_len });
+    }
+    let prefix = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge { len: body_len })?;
+    out.reserve(LENGTH_PREFIX_LEN + body_len);
+    out.extend_from_slice(&prefix.to_be_bytes());
+    let start = out.len();
+    match postcard::to_extend(message, std::mem::take(out)) {
+        Ok(extended) => {
+            *out = extended;
+            Ok(())
+        }
+        Err(_) => {
+            // postcard hands the buffer back only on success; what was appended so far is lost with it.
+            out.truncate(start);
+            Err(WireError::Encode)
+        }
+    }
+}
+
 /// The exact number of bytes [`encode`] produces for `message`, prefix included.
 pub fn encoded_len<M: Serialize>(message: &M) -> Result<usize, WireError> {
     let body_len =
@@ -79,6 +104,19 @@ impl FrameDecoder {
         &mut self,
         input: &mut &[u8],
     ) -> Result<Option<M>, WireError> {
+        if self.body_len.is_none() && self.prefix_filled == 0 {
+            // A whole frame at the front of the input decodes where it lies, without a copy.
+            if let Some(prefix) = input.get(..LENGTH_PREFIX_LEN) {
+                let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+                if (1..=MAX_FRAME_SIZE).contains(&len)
+                    && let Some(body) = input.get(LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len)
+                {
+                    let message = decode_body(body)?;
+                    *input = input.get(LENGTH_PREFIX_LEN + len..).unwrap_or_default();
+                    return Ok(Some(message));
+                }
+            }
+        }
         if self.body_len.is_none() {
             let want = LENGTH_PREFIX_LEN - self.prefix_filled;
             let take = want.min(input.len());

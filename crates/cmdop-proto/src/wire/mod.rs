@@ -15,7 +15,7 @@ use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use frame::{
-    FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_SIZE, decode_body, encode, encoded_len,
+    FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_SIZE, decode_body, encode, encode_into, encoded_len,
 };
 
 /// The protocol version carried in [`Hello`]; the relay refuses any other. Version 2 appended `labels` to

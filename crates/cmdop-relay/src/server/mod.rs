@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmdop_client::control::{ControlStream, StreamError};
-use cmdop_client::transport::Limits;
+use cmdop_client::transport::{Limits, Traffic, endpoint, udp_socket};
 use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::admission::{
@@ -294,12 +294,13 @@ impl Server {
             source,
         };
         // Buffers sized for a reconnect storm: thousands of handshakes arriving at once.
-        let socket = cmdop_client::transport::udp_socket(config.listen).map_err(bind_error)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| bind_error(std::io::Error::other("no async runtime found")))?;
-        let endpoint =
-            quinn::Endpoint::new(endpoint_config(&config.tls), Some(quic), socket, runtime)
-                .map_err(bind_error)?;
+        let socket = udp_socket(config.listen).map_err(bind_error)?;
+        let endpoint = endpoint(
+            endpoint_config(&config.tls, &config.limits),
+            Some(quic),
+            socket,
+        )
+        .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -789,8 +790,9 @@ async fn handle_incoming(
         return;
     };
     drop(slot);
-    session::serve(shared, connection, stream, logged_in, remote).await;
+    session::serve(shared, connection.clone(), stream, logged_in, remote).await;
     drop(credential_slot);
+    tracing::info!(%remote, traffic = %Traffic::of(&connection), "connection ended");
 }
 
 #[cfg(test)]

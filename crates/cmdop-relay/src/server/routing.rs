@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cmdop_client::control::ControlStream;
 use cmdop_fleet::FleetId;
 use cmdop_proto::display;
@@ -28,7 +29,7 @@ use super::{MeddledRoute, Shared, now};
 /// How long a client has to send its [`OpenStream`] header on a new stream.
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Copy buffer per direction of a spliced stream: the whole per-stream memory the relay spends on payload.
+/// Largest chunk taken from one side of a spliced stream at a time.
 const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// A spliced stream with no progress in either direction for this long is dropped, so a stalled peer cannot
@@ -352,7 +353,8 @@ async fn splice(
 }
 
 /// One direction. Backpressure is QUIC's: a slow reader stops granting flow-control credit, our write waits,
-/// we stop reading, and the writer's credit runs out; the buffer here never grows.
+/// we stop reading, and the writer's credit runs out. Each chunk read (at most [`SPLICE_BUFFER`] bytes) is the
+/// received packet's own buffer, handed to the other stream as it is: nothing is copied here.
 async fn copy(
     mut from: RecvStream,
     mut to: SendStream,
@@ -361,12 +363,11 @@ async fn copy(
     tap: Option<&super::Tap>,
 ) -> Result<(), SpliceError> {
     if !first.is_empty() {
-        write(&mut to, &first, counter, tap).await?;
+        write(&mut to, Bytes::from(first), counter, tap).await?;
     }
-    let mut buf = vec![0u8; SPLICE_BUFFER];
     loop {
         let read = tokio::select! {
-            read = tokio::time::timeout(STALL_TIMEOUT, from.read(&mut buf)) => read,
+            read = tokio::time::timeout(STALL_TIMEOUT, from.read_chunk(SPLICE_BUFFER, true)) => read,
             // The receiver refused the stream (STOP_SENDING) while the sender is silent: answer with a reset,
             // as QUIC asks, so the receiver's stream (and its flow-control credit) is freed now, and stop the
             // sender too. Without this a silent sender held the receiver's stream until the stall timeout.
@@ -382,9 +383,7 @@ async fn copy(
                 let _ = from.stop(0u32.into());
                 return Err(SpliceError::Stalled);
             }
-            Ok(Ok(Some(n))) => {
-                write(&mut to, buf.get(..n).unwrap_or_default(), counter, tap).await?
-            }
+            Ok(Ok(Some(chunk))) => write(&mut to, chunk.bytes, counter, tap).await?,
             Ok(Ok(None)) => {
                 let _ = to.finish();
                 return Ok(());
@@ -400,19 +399,17 @@ async fn copy(
 
 async fn write(
     to: &mut SendStream,
-    bytes: &[u8],
+    bytes: Bytes,
     counter: &AtomicU64,
     tap: Option<&super::Tap>,
 ) -> Result<(), SpliceError> {
     if let Some(tap) = tap {
-        (tap.0)(bytes);
+        (tap.0)(&bytes);
     }
-    match tokio::time::timeout(STALL_TIMEOUT, to.write_all(bytes)).await {
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    match tokio::time::timeout(STALL_TIMEOUT, to.write_chunk(bytes)).await {
         Ok(Ok(())) => {
-            counter.fetch_add(
-                u64::try_from(bytes.len()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            counter.fetch_add(len, Ordering::Relaxed);
             Ok(())
         }
         Ok(Err(err)) => Err(SpliceError::Write(err)),
