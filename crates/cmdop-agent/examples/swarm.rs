@@ -19,6 +19,7 @@
 //! - `status` prints `{"event":"status","online":…}`; `quit` (or the end of stdin) exits.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,11 @@ struct Args {
     /// Give every agent a UDP socket of its own (one file descriptor each) instead of one shared endpoint.
     #[arg(long)]
     own_sockets: bool,
+    /// Spread the agents over this many shared endpoints, bound to 127.0.0.2, 127.0.0.3, … (a relay on
+    /// loopback only): a real fleet reaches the relay from many addresses, and the relay's admission control
+    /// caps what one source address may have logging in at once.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
 }
 
 /// What an agent's presence loop reported, and when.
@@ -103,10 +109,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let relay = RelayTarget::new(args.relay.clone(), args.relay_fingerprint.parse()?);
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
-    let dialer = if args.own_sockets {
-        None
+    let dialers = if args.own_sockets {
+        Vec::new()
+    } else if args.sources > 1 {
+        (0..args.sources)
+            .map(|i| Dialer::bind(SocketAddr::from(([127, 0, 0, i.saturating_add(2)], 0))))
+            .collect::<Result<Vec<_>, _>>()?
     } else {
-        Some(Dialer::bind("0.0.0.0:0".parse()?)?)
+        vec![Dialer::bind("0.0.0.0:0".parse()?)?]
     };
     let (reports, mut received) = mpsc::unbounded_channel();
     let started = Instant::now();
@@ -128,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             stream_limits: StreamLimits::default(),
             session_limits: SessionLimits::default(),
             forward_policy: DestinationPolicy::from_lists(&[], &[])?,
-            dialer: dialer.clone(),
+            dialer: (!dialers.is_empty()).then(|| dialers[agent % dialers.len()].clone()),
             fleet_key: None,
             enrolment: None,
         };

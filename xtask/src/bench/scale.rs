@@ -40,6 +40,9 @@ pub(super) const USAGE: &str = "usage: cargo xtask bench scale [--agents N] [--s
   --short          the CI variant: 10 s at steady state, 2 runs, and docs/benchmarks.md is not written
   --no-build       use the release binaries already in target/release";
 
+/// Source addresses the swarm's agents leave from (`swarm --sources`), unless each has its own socket.
+const SOURCES: u8 = 64;
+
 /// How long the swarm may take to bring every agent online, the first time or after the storm.
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(600);
 /// After registration, before memory is read: late heartbeats and the first keep-alives settle.
@@ -340,6 +343,8 @@ impl Swarm {
             .arg(dir.join("swarm"));
         if options.own_sockets {
             command.arg("--own-sockets");
+        } else {
+            command.args(["--sources", &SOURCES.to_string()]);
         }
         println!("{} 2> {}", contour::shell_line(&command), log.display());
         let stderr = std::fs::File::create(&log)
@@ -646,15 +651,16 @@ impl Results {
              proof bound to the TLS exporter, heartbeats at the relay's interval, exec served), all started at \
              once, {sockets}. Memory is the relay's resident set from `/proc/PID/status` (not sensitive to \
              load); CPU is its user + system time from `/proc/PID/stat`; wall times are noisy on this shared \
-             machine (about six other engineers compile on its two cores), so each figure carries the load \
-             average (1, 5, 15 min) read when it was taken.\n\n\
+             machine, so each figure carries the load average (1, 5, 15 min) read when it was taken.\n\n\
              - date: {date}\n- command: `cargo xtask bench scale --agents {n}{flags}`\n- machine: {machine}\n\
              - versions: {versions}\n\n",
             n = self.agents,
             sockets = if options.own_sockets {
                 "each with a UDP socket of its own"
             } else {
-                "their connections sharing one UDP socket (`cmdop_client::Dialer`)"
+                "their connections leaving from 64 shared UDP sockets (`cmdop_client::Dialer`) bound to \
+                 127.0.0.2 to 127.0.0.65: a real fleet reaches its relay from many addresses, and the relay \
+                 admits at most 64 logins at once per source address"
             },
             date = self.date,
             flags = command_flags(options),
