@@ -15,7 +15,10 @@
 //!   most, as long as that source holds at least as many as the newcomer's source would: a flood from many
 //!   addresses rotates through the table instead of freezing it, so an attempt that finishes its login in
 //!   less time than the flood takes to cycle the table gets in. A source never displaces itself or a lighter
-//!   one.
+//!   one, and no attempt is displaced before [`AdmissionConfig::min_age`]: when the table is full of young
+//!   attempts the newcomer is refused (and retries later) instead. Without that floor a reconnect storm of a
+//!   real fleet, thousands of machines each from its own address, turned the table into a queue in which every
+//!   attempt was displaced before its login could finish, and nobody got in.
 //!
 //! ```text
 //!  admit(source, validated) ─▶ Accept(ticket) | AcceptEvicting{ticket, evicted} | Retry | Refuse(why)
@@ -23,6 +26,12 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How long an attempt keeps its slot before a newcomer may take it: several times a login's round trips and
+/// work, under a flood of silent attempts a fraction of the time they would otherwise hold it (the login
+/// deadline).
+pub const MIN_AGE: Duration = Duration::from_millis(250);
 
 /// The admission limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +42,8 @@ pub struct AdmissionConfig {
     pub max_per_source: usize,
     /// From this many pending attempts on, an unvalidated address gets a Retry first.
     pub retry_from: usize,
+    /// An attempt younger than this is never displaced to make room.
+    pub min_age: Duration,
 }
 
 impl AdmissionConfig {
@@ -44,6 +55,7 @@ impl AdmissionConfig {
             max_pending,
             max_per_source: (max_pending / 2).max(1),
             retry_from: (max_pending / 4).max(1),
+            min_age: MIN_AGE,
         }
     }
 }
@@ -85,6 +97,8 @@ pub enum Admit {
 #[derive(Debug, Clone)]
 struct Pending {
     source: String,
+    /// When it was admitted, on the caller's monotonic clock.
+    since: Duration,
 }
 
 /// The table of attempts not yet logged in.
@@ -114,9 +128,10 @@ impl Admission {
         self.pending.len()
     }
 
-    /// Decides on a new attempt from `source`; `validated` says whether its address is proven (it came back
-    /// with a Retry token, or a token from an earlier connection).
-    pub fn admit(&mut self, source: &str, validated: bool) -> Admit {
+    /// Decides on a new attempt from `source` arriving at `now` (a monotonic clock of the caller's, such as the
+    /// time since it started); `validated` says whether its address is proven (it came back with a Retry token,
+    /// or a token from an earlier connection).
+    pub fn admit(&mut self, source: &str, validated: bool, now: Duration) -> Admit {
         if !validated && self.pending.len() >= self.config.retry_from {
             return Admit::Retry;
         }
@@ -125,21 +140,29 @@ impl Admission {
             return Admit::Refuse(Refusal::SourceBusy);
         }
         if self.pending.len() < self.config.max_pending {
-            return Admit::Accept(self.insert(source));
+            return Admit::Accept(self.insert(source, now));
         }
         // Full: the heaviest source (the oldest attempt among equals) gives up its oldest attempt, if it
-        // holds at least as many as this source will.
+        // holds at least as many as this source will and that attempt has had its minimum time.
+        let old_enough = |ticket: &Ticket| {
+            self.pending
+                .get(ticket)
+                .is_some_and(|p| now.saturating_sub(p.since) >= self.config.min_age)
+        };
         let heaviest = self
             .by_source
             .iter()
             .filter_map(|(name, tickets)| {
-                tickets.first().map(|oldest| (tickets.len(), *oldest, name))
+                tickets
+                    .first()
+                    .filter(|oldest| old_enough(oldest))
+                    .map(|oldest| (tickets.len(), *oldest, name))
             })
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         match heaviest {
             Some((count, oldest, name)) if count > held && name != source => {
                 self.done(oldest);
-                let ticket = self.insert(source);
+                let ticket = self.insert(source, now);
                 Admit::AcceptEvicting {
                     ticket,
                     evicted: oldest,
@@ -162,13 +185,14 @@ impl Admission {
         }
     }
 
-    fn insert(&mut self, source: &str) -> Ticket {
+    fn insert(&mut self, source: &str, now: Duration) -> Ticket {
         let ticket = Ticket(self.next);
         self.next = self.next.wrapping_add(1);
         self.pending.insert(
             ticket,
             Pending {
                 source: source.to_owned(),
+                since: now,
             },
         );
         self.by_source
@@ -188,8 +212,17 @@ mod tests {
             max_pending: 8,
             max_per_source: 3,
             retry_from: 2,
+            min_age: MIN_AGE,
         }
     }
+
+    /// A moment on the test's clock, this many milliseconds in; every attempt in these tests is old enough to
+    /// be displaced unless a test says otherwise.
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    const LATER: Duration = Duration::from_secs(60);
 
     fn ticket(admit: Admit) -> Ticket {
         match admit {
@@ -201,24 +234,27 @@ mod tests {
     #[test]
     fn below_the_retry_load_everyone_gets_in_without_a_round_trip() {
         let mut table = Admission::new(config());
-        assert!(matches!(table.admit("a", false), Admit::Accept(_)));
-        assert!(matches!(table.admit("b", false), Admit::Accept(_)));
+        assert!(matches!(table.admit("a", false, LATER), Admit::Accept(_)));
+        assert!(matches!(table.admit("b", false, LATER), Admit::Accept(_)));
         // From two pending on, an unproven address must come back with a Retry token.
-        assert_eq!(table.admit("c", false), Admit::Retry);
-        assert!(matches!(table.admit("c", true), Admit::Accept(_)));
+        assert_eq!(table.admit("c", false, LATER), Admit::Retry);
+        assert!(matches!(table.admit("c", true, LATER), Admit::Accept(_)));
     }
 
     #[test]
     fn one_source_cannot_take_more_than_its_share() {
         let mut table = Admission::new(config());
         for _ in 0..3 {
-            ticket(table.admit("flood", true));
+            ticket(table.admit("flood", true, LATER));
         }
         assert_eq!(
-            table.admit("flood", true),
+            table.admit("flood", true, LATER),
             Admit::Refuse(Refusal::SourceBusy)
         );
-        assert!(matches!(table.admit("person", true), Admit::Accept(_)));
+        assert!(matches!(
+            table.admit("person", true, LATER),
+            Admit::Accept(_)
+        ));
     }
 
     #[test]
@@ -227,52 +263,73 @@ mod tests {
             max_pending: 4,
             max_per_source: 4,
             retry_from: 4,
+            min_age: MIN_AGE,
         });
-        let first = ticket(table.admit("flood", true));
-        for _ in 0..3 {
-            ticket(table.admit("flood", true));
+        let first = ticket(table.admit("flood", true, at(0)));
+        for ms in 1..4 {
+            ticket(table.admit("flood", true, at(ms)));
         }
-        // A newcomer displaces the flood's oldest attempt.
+        // While the flood's attempts are young, a newcomer waits its turn (refused: it retries).
         assert_eq!(
-            table.admit("person", true),
+            table.admit("person", true, at(100)),
+            Admit::Refuse(Refusal::Full)
+        );
+        // Once they have had their time, a newcomer displaces the flood's oldest attempt.
+        assert_eq!(
+            table.admit("person", true, at(300)),
             Admit::AcceptEvicting {
                 ticket: Ticket(4),
                 evicted: first
             }
         );
         // The flood cannot displace its own attempts or the newcomer's.
-        assert_eq!(table.admit("flood", true), Admit::Refuse(Refusal::Full));
+        assert_eq!(
+            table.admit("flood", true, LATER),
+            Admit::Refuse(Refusal::Full)
+        );
         assert_eq!(table.pending(), 4);
+    }
+
+    /// Attempts from `count` addresses of their own (10.x.y.z), one every `every_ms`, from `start_ms` on; each
+    /// answers the Retry (a real host), so only the table's rules apply. Returns how many were let in.
+    fn arrivals(
+        table: &mut Admission,
+        first: u32,
+        count: u32,
+        start_ms: u64,
+        every_ms: u64,
+    ) -> usize {
+        let mut admitted = 0;
+        for n in 0..count {
+            let id = first + n;
+            let source = format!("10.{}.{}.{}", id >> 16, (id >> 8) & 255, id & 255);
+            let now = at(start_ms + u64::from(n) * every_ms);
+            let decision = match table.admit(&source, false, now) {
+                Admit::Retry => table.admit(&source, true, now),
+                other => other,
+            };
+            if matches!(decision, Admit::Accept(_) | Admit::AcceptEvicting { .. }) {
+                admitted += 1;
+            }
+        }
+        admitted
     }
 
     #[test]
     fn a_flood_from_many_addresses_cycles_through_and_a_quick_login_survives_it() {
         let mut table = Admission::new(AdmissionConfig::for_slots(128));
-        let mut flood = 0u32;
-        let mut arrive = |table: &mut Admission, n: u32| {
-            for _ in 0..n {
-                flood += 1;
-                let source = format!("10.{}.{}.{}", flood >> 16, (flood >> 8) & 255, flood & 255);
-                // Every flood address answers the Retry (a real host), so only the table's rules apply.
-                let admitted = match table.admit(&source, false) {
-                    Admit::Retry => table.admit(&source, true),
-                    other => other,
-                };
-                assert!(
-                    matches!(admitted, Admit::Accept(_) | Admit::AcceptEvicting { .. }),
-                    "{admitted:?}"
-                );
-            }
-        };
-        arrive(&mut table, 1_000);
+        // 250 silent attempts a second from 1,000 addresses: each slot lives about half a second, past the
+        // minimum age, so every attempt is let in and the table rotates.
+        assert_eq!(arrivals(&mut table, 0, 1_000, 0, 4), 1_000);
         assert_eq!(table.pending(), 128);
-        // A person arrives mid-flood, is let in, and finishes logging in before 127 more flood attempts come.
-        let person = match table.admit("192.0.2.50", false) {
-            Admit::Retry => table.admit("192.0.2.50", true),
+        // A person arrives mid-flood, is let in, and finishes logging in while the flood goes on.
+        let now = at(4_000);
+        let person = match table.admit("192.0.2.50", false, now) {
+            Admit::Retry => table.admit("192.0.2.50", true, now),
             other => other,
         };
         let person = ticket(person);
-        arrive(&mut table, 127);
+        arrivals(&mut table, 1_000, 127, 4_004, 4);
         assert!(
             table.pending.contains_key(&person),
             "the person was evicted too early"
@@ -280,5 +337,38 @@ mod tests {
         table.done(person);
         table.done(person);
         assert_eq!(table.pending(), 127);
+    }
+
+    /// A reconnect storm: 10,000 machines, each from its own address, arrive within 10 s. Without the minimum
+    /// age every arrival displaced the oldest attempt, each slot lived 13 ms, and no login that takes longer
+    /// could finish; now an attempt keeps its slot for at least `MIN_AGE`, and the rest are refused and retry.
+    #[test]
+    fn a_reconnect_storm_from_many_addresses_lets_attempts_finish() {
+        let mut table = Admission::new(AdmissionConfig::for_slots(128));
+        let mut admitted_at = HashMap::new();
+        let mut refused = 0;
+        for id in 0..10_000u32 {
+            let source = format!("10.{}.{}.{}", id >> 16, (id >> 8) & 255, id & 255);
+            let now = at(u64::from(id));
+            match table.admit(&source, true, now) {
+                Admit::Accept(ticket) => {
+                    admitted_at.insert(ticket, now);
+                }
+                Admit::AcceptEvicting { ticket, evicted } => {
+                    let age = now - admitted_at[&evicted];
+                    assert!(age >= MIN_AGE, "an attempt lost its slot after {age:?}");
+                    admitted_at.insert(ticket, now);
+                }
+                Admit::Refuse(Refusal::Full) => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // Every 250 ms the 128 slots can change hands once: at most 41 rounds in 10 s, and they do rotate.
+        let admitted = admitted_at.len();
+        assert!(
+            (128 * 30..=128 * 41).contains(&admitted),
+            "{admitted} let in"
+        );
+        assert_eq!(admitted + refused, 10_000);
     }
 }

@@ -233,6 +233,8 @@ struct Shared {
     connections: Arc<Semaphore>,
     /// Connections not yet logged in: who may start, who must prove its address, whose slot goes to whom.
     admission: Mutex<Admission>,
+    /// The monotonic clock the admission table's times are read from (time since the relay started).
+    admission_clock: tokio::time::Instant,
     /// How to end each pending login early, by its admission ticket (when its slot goes to another).
     evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
     /// Connections held by each client credential.
@@ -308,7 +310,9 @@ impl Server {
                 max_pending: config.limits.max_unauthenticated,
                 max_per_source: config.limits.max_unauthenticated_per_source,
                 retry_from: config.limits.retry_from,
+                min_age: cmdop_proto::admission::MIN_AGE,
             })),
+            admission_clock: tokio::time::Instant::now(),
             evictions: Mutex::new(HashMap::new()),
             per_credential: Mutex::new(HashMap::new()),
             stopping: watch::channel(None).0,
@@ -405,7 +409,11 @@ impl Server {
         let decision = self
             .shared
             .admission()
-            .admit(&source, incoming.remote_address_validated());
+            .admit(
+                &source,
+                incoming.remote_address_validated(),
+                self.shared.admission_clock.elapsed(),
+            );
         let ticket = match decision {
             Admit::Accept(ticket) => ticket,
             Admit::AcceptEvicting { ticket, evicted } => {
