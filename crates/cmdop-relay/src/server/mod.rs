@@ -406,14 +406,11 @@ impl Server {
             return;
         };
         let source = source_of(remote.ip());
-        let decision = self
-            .shared
-            .admission()
-            .admit(
-                &source,
-                incoming.remote_address_validated(),
-                self.shared.admission_clock.elapsed(),
-            );
+        let decision = self.shared.admission().admit(
+            &source,
+            incoming.remote_address_validated(),
+            self.shared.admission_clock.elapsed(),
+        );
         let ticket = match decision {
             Admit::Accept(ticket) => ticket,
             Admit::AcceptEvicting { ticket, evicted } => {
