@@ -72,7 +72,9 @@ fn timeout_kills_the_remote_group_and_exits_124() {
     let out = exec(
         &c,
         &["--timeout", "1s"],
-        &["sh", "-c", "sleep 100 & sleep 100"],
+        // A duration no other test uses: the check below looks at every process on this machine, and other
+        // tests running at the same time sleep 100 s too.
+        &["sh", "-c", "sleep 1017 & sleep 1017"],
     )
     .output()
     .unwrap();
@@ -90,7 +92,7 @@ fn timeout_kills_the_remote_group_and_exits_124() {
     );
     // Nothing of the group survives on the machine.
     let survivors = Command::new("pgrep")
-        .args(["-f", "sleep 100"])
+        .args(["-f", "sleep 1017"])
         .output()
         .unwrap();
     assert!(
