@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::net::Host;
 use super::probe::{self, RssSampler, SocketWatch};
-use super::scenarios::{cp, fresh_dir, make_file, remote, same_bytes};
+use super::scenarios::{ForwardedDownload, cp, fresh_dir, make_file, remote, same_bytes};
 use super::{Lab, Running, start_until, timed};
 
 const MIB: u64 = 1 << 20;
@@ -478,54 +478,19 @@ pub(crate) fn no_dial_out(lab: &mut Lab) -> Result<Vec<String>> {
         "cp from the machine",
         pull.status.success() && same_bytes(&source, &down.join("small.bin"))?,
     ));
-    {
-        let _server = Running(start_until(
-            &mut lab.helper(
-                Host::Agent,
-                "serve",
-                &[
-                    "--listen",
-                    "127.0.0.1:8001",
-                    "--file",
-                    &source.to_string_lossy(),
-                    "--seconds",
-                    "300",
-                ],
-            ),
-            "listening",
-            |line| line.contains("listening"),
-        )?);
-        let mut forward = lab.contour.cli();
-        forward.args([
-            "connect",
-            "forward",
-            &lab.contour.machine,
-            "127.0.0.1:18081:127.0.0.1:8001",
-        ]);
-        let _forward = Running(start_until(&mut forward, "forwarding", |line| {
-            line.starts_with("forwarding")
-        })?);
-        let out = dir.join("download.bin");
-        let get = timed(
-            &mut lab.helper(
-                Host::Client,
-                "get",
-                &[
-                    "--connect",
-                    "127.0.0.1:18081",
-                    "--out",
-                    &out.to_string_lossy(),
-                    "--seconds",
-                    "120",
-                ],
-            ),
-            Duration::from_secs(150),
-        )?;
-        steps.push((
-            "forward",
-            get.status.success() && same_bytes(&source, &out)?,
-        ));
+    let out = dir.join("download.bin");
+    let get = ForwardedDownload {
+        server_port: 8001,
+        local_port: 18081,
+        serve_seconds: 300,
+        get_seconds: 120,
+        timeout: Duration::from_secs(150),
     }
+    .run(lab, &source, &out)?;
+    steps.push((
+        "forward",
+        get.status.success() && same_bytes(&source, &out)?,
+    ));
     let mut shell = lab.contour.cli();
     shell.args(["connect", &lab.contour.machine, "--escape-char", "none"]);
     let mut terminal = super::terminal::Terminal::start(&shell)?;

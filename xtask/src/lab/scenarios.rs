@@ -175,51 +175,78 @@ fn cp_round_trip(lab: &Lab, source: &Path, dir: &Path, figures: &mut Vec<String>
     Ok(())
 }
 
+/// A download through `cmdop connect forward`: the HTTP server's port on the agent's loopback, the forward's
+/// local port on the client, how long the server serves and the download may take, and the step's timeout.
+pub(super) struct ForwardedDownload {
+    pub(super) server_port: u16,
+    pub(super) local_port: u16,
+    pub(super) serve_seconds: u64,
+    pub(super) get_seconds: u64,
+    pub(super) timeout: Duration,
+}
+
+impl ForwardedDownload {
+    /// Serves `source` over HTTP on the agent's loopback, forwards a local port to it with `cmdop connect
+    /// forward`, and downloads it into `out` on the client; the server and the forward stop on return.
+    pub(super) fn run(&self, lab: &Lab, source: &Path, out: &Path) -> Result<super::Timed> {
+        let server = format!("127.0.0.1:{}", self.server_port);
+        let local = format!("127.0.0.1:{}", self.local_port);
+        let _server = Running(start_until(
+            &mut lab.helper(
+                Host::Agent,
+                "serve",
+                &[
+                    "--listen",
+                    &server,
+                    "--file",
+                    &source.to_string_lossy(),
+                    "--seconds",
+                    &self.serve_seconds.to_string(),
+                ],
+            ),
+            "listening",
+            |line| line.contains("listening"),
+        )?);
+        let mut forward = lab.contour.cli();
+        forward.args([
+            "connect",
+            "forward",
+            &lab.contour.machine,
+            &format!("{local}:{server}"),
+        ]);
+        let _forward = Running(start_until(&mut forward, "forwarding", |line| {
+            line.starts_with("forwarding")
+        })?);
+        timed(
+            &mut lab.helper(
+                Host::Client,
+                "get",
+                &[
+                    "--connect",
+                    &local,
+                    "--out",
+                    &out.to_string_lossy(),
+                    "--seconds",
+                    &self.get_seconds.to_string(),
+                ],
+            ),
+            self.timeout,
+        )
+    }
+}
+
 /// Downloads `source` over HTTP through `cmdop connect forward` from a server on the agent's loopback.
 fn forward_download(lab: &Lab, source: &Path, dir: &Path, figures: &mut Vec<String>) -> Result<()> {
     let len = fs::metadata(source)?.len();
-    let _server = Running(start_until(
-        &mut lab.helper(
-            Host::Agent,
-            "serve",
-            &[
-                "--listen",
-                "127.0.0.1:8000",
-                "--file",
-                &source.to_string_lossy(),
-                "--seconds",
-                "900",
-            ],
-        ),
-        "listening",
-        |line| line.contains("listening"),
-    )?);
-    let mut forward = lab.contour.cli();
-    forward.args([
-        "connect",
-        "forward",
-        &lab.contour.machine,
-        "127.0.0.1:18080:127.0.0.1:8000",
-    ]);
-    let _forward = Running(start_until(&mut forward, "forwarding", |line| {
-        line.starts_with("forwarding")
-    })?);
     let out = dir.join("download.bin");
-    let get = timed(
-        &mut lab.helper(
-            Host::Client,
-            "get",
-            &[
-                "--connect",
-                "127.0.0.1:18080",
-                "--out",
-                &out.to_string_lossy(),
-                "--seconds",
-                "600",
-            ],
-        ),
-        Duration::from_secs(660),
-    )?;
+    let get = ForwardedDownload {
+        server_port: 8000,
+        local_port: 18080,
+        serve_seconds: 900,
+        get_seconds: 600,
+        timeout: Duration::from_secs(660),
+    }
+    .run(lab, source, &out)?;
     if !get.status.success() {
         bail!(
             "the HTTP download through the forward failed: {}{}",
