@@ -18,6 +18,7 @@ use crate::contour::{self, Binaries, Contour};
 use crate::quickstart::exec_available;
 
 mod idle;
+mod link_mtu;
 mod measure;
 pub(crate) mod procfs;
 mod scale;
@@ -29,7 +30,10 @@ const USAGE: &str = "usage: cargo xtask bench exec [--runs N] [--no-build]
 
   --runs N    timed rounds, one cmdop and one ssh process each (default 30), after 3 warm-up rounds
   --no-build  use the release binaries already in target/release (or in $CMDOP_BENCH_BINARIES) instead of
-              building them";
+              building them
+
+Every benchmark also takes --link-mtu BYTES: it then runs inside a network namespace of its own whose
+loopback has that MTU (1500 stands in for an Ethernet path), and writes a section of its own";
 
 const DEFAULT_RUNS: usize = 30;
 /// With `--no-build`, take the binaries from this directory instead of target/release.
@@ -41,6 +45,9 @@ const SECTION: &str = "## exec: cmdop vs ssh";
 
 /// Runs `cargo xtask bench ARGS`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
+    if let Some((mtu, args)) = link_mtu::take(args)? {
+        return link_mtu::rerun_inside(root, mtu, &args);
+    }
     let (which, rest) = args.split_first().context(USAGE)?;
     match which.as_str() {
         "exec" => {}
@@ -140,6 +147,8 @@ pub(crate) fn setup(root: &Path, build: bool) -> Result<(Scratch, Sshd, Contour)
 
 /// Prints a benchmark's section and writes it into `docs/benchmarks.md` under `heading`.
 pub(crate) fn publish(root: &Path, heading: &str, section: &str) -> Result<()> {
+    let (heading, section) = link_mtu::mark(heading, section);
+    let (heading, section) = (heading.as_str(), section.as_str());
     contour::header("results");
     println!("{section}");
     let doc = root.join("docs").join("benchmarks.md");
@@ -505,7 +514,10 @@ pub(crate) fn machine() -> Result<String> {
         .to_owned();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
-    Ok(format!("{cores} cores (nproc), {model}, Linux {kernel}"))
+    Ok(format!(
+        "{cores} cores (nproc), {model}, Linux {kernel}{}",
+        link_mtu::machine_note()
+    ))
 }
 
 pub(crate) fn versions(built: bool) -> Result<String> {

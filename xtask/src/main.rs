@@ -46,7 +46,9 @@ commands:
                keystroke-to-echo latency of `cmdop connect M` against `ssh -tt`; writes docs/benchmarks.md
   bench scale  N simulated agents on one relay: registration, memory, CPU, latency, a SIGKILL storm;
                writes docs/benchmarks.md
-  bench idle   an idle cmdop-agent's memory and CPU per hour beside an idle sshd; writes docs/benchmarks.md";
+  bench idle   an idle cmdop-agent's memory and CPU per hour beside an idle sshd; writes docs/benchmarks.md
+  bench … --link-mtu BYTES
+               any benchmark inside a network namespace whose loopback has that MTU (1500: an Ethernet path)";
 
 fn main() -> ExitCode {
     match run() {

@@ -120,12 +120,12 @@ pub(super) fn run(root: &Path, args: &[String]) -> Result<()> {
     results.agent_idle = contour.agent_pid().map(Memory::of).transpose()?;
 
     contour::header(&format!("{} simulated agents", options.agents));
-    let work = Work::start(relay)?;
+    let work = Work::start(relay, None)?;
     let mut swarm = Swarm::start(&swarm_bin, &contour, scratch.path(), &options)?;
     let registered = swarm.wait_for("registered", ONLINE_TIMEOUT)?;
     println!("  {registered}");
     results.registered = Some(registered);
-    results.registration_work = Some(work.done(relay)?);
+    results.registration_work = Some(work.done(relay, swarm.pid())?);
     thread::sleep(SETTLE);
     results.loaded = Sample::now(relay)?;
     results.swarm = Some(Memory::of(swarm.pid())?);
@@ -194,32 +194,37 @@ fn binaries(root: &Path, build: bool) -> Result<Binaries> {
 #[derive(Debug, Clone, Copy)]
 struct Work {
     relay_cpu: f64,
+    /// The swarm's CPU time: the agents' side of the same handshakes, on the same cores.
+    swarm_cpu: f64,
     drops: u64,
 }
 
 impl Work {
-    /// The counters now, to subtract at the end of the phase.
-    fn start(relay: u32) -> Result<Self> {
+    /// The counters now, to subtract at the end of the phase (`swarm`: the load generator, if it runs yet).
+    fn start(relay: u32, swarm: Option<u32>) -> Result<Self> {
         Ok(Self {
             relay_cpu: procfs::cpu_seconds(relay)?,
+            swarm_cpu: swarm.map(procfs::cpu_seconds).transpose()?.unwrap_or(0.0),
             drops: procfs::udp_receive_drops(),
         })
     }
 
     /// What was spent since [`start`](Self::start) (`relay` may be a new process, started with zero).
-    fn done(self, relay: u32) -> Result<Self> {
+    fn done(self, relay: u32, swarm: u32) -> Result<Self> {
         Ok(Self {
             relay_cpu: procfs::cpu_seconds(relay)? - self.relay_cpu,
+            swarm_cpu: procfs::cpu_seconds(swarm)? - self.swarm_cpu,
             drops: procfs::udp_receive_drops().saturating_sub(self.drops),
         })
     }
 
     fn describe(&self, agents: usize) -> String {
         format!(
-            "{:.2} CPU-s ({:.2} ms per agent); UDP datagrams dropped for a full receive buffer \
-             (machine-wide): {}",
+            "{:.2} CPU-s ({:.2} ms per agent); the swarm meanwhile, on the same cores: {:.2} CPU-s; UDP \
+             datagrams dropped for a full receive buffer (machine-wide): {}",
             self.relay_cpu,
             self.relay_cpu * 1000.0 / agents.max(1) as f64,
+            self.swarm_cpu,
             self.drops
         )
     }
@@ -475,6 +480,7 @@ struct Logins {
 
 fn storm(contour: &mut Contour, swarm: &mut Swarm) -> Result<StormResult> {
     let drops = procfs::udp_receive_drops();
+    let swarm_cpu = procfs::cpu_seconds(swarm.pid())?;
     swarm.send("kill")?;
     let killed = Instant::now();
     contour.kill_relay()?;
@@ -517,9 +523,10 @@ fn storm(contour: &mut Contour, swarm: &mut Swarm) -> Result<StormResult> {
     // The new relay started at zero CPU time.
     let work = Work {
         relay_cpu: 0.0,
+        swarm_cpu,
         drops,
     }
-    .done(relay)?;
+    .done(relay, swarm.pid())?;
     let real = contour.machine.clone();
     Ok(StormResult {
         work,
