@@ -37,7 +37,9 @@ use crate::fleet_lock::LockCheckError;
 use crate::known_machines::KnownMachinesError;
 use crate::machine::{Candidate, Machine};
 use crate::secure_stream::SecureStreamError;
-use crate::transport::{Limits, SERVER_NAME, TransportError, client_config, client_endpoint};
+use crate::transport::{
+    Limits, SERVER_NAME, TransportError, client_config, client_endpoint, transport_config_towards,
+};
 
 /// How long connecting (including the TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1219,7 +1221,8 @@ impl Link {
             })?;
         let seen = Arc::new(Mutex::new(None));
         let limits = Limits::default();
-        let config = client_config(relay.fingerprint, seen.clone(), &limits)?;
+        let mut config = client_config(relay.fingerprint, seen.clone(), &limits)?;
+        config.transport_config(Arc::new(transport_config_towards(&limits, resolved)));
         let bind: SocketAddr = if resolved.is_ipv6() {
             "[::]:0"
         } else {

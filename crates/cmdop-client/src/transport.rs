@@ -76,7 +76,8 @@ pub struct Limits {
     /// packets (loopback, jumbo-frame LANs) far fewer packets carry the same bytes. Not higher than 16 KiB:
     /// every connection keeps a send buffer of its path MTU, and at 65,000 an idle agent's connection cost
     /// the relay about 106 KiB instead of about 55 (`bench scale`), while `bench tunnel` moved as much
-    /// through 16 KiB packets as through 64 KB ones (1.00× `ssh -L`).
+    /// through 16 KiB packets as through 64 KB ones (1.00× `ssh -L`). Each connection lowers it to what its
+    /// route carries ([`mtu_upper_bound_towards`]).
     pub mtu_upper_bound: u16,
     /// Largest UDP payload this endpoint accepts, announced to the peer as the `max_udp_payload_size` transport
     /// parameter. The peer never sends a larger packet, so MTU discovery towards us stops here whatever
@@ -157,12 +158,93 @@ pub fn transport_config(limits: &Limits) -> quinn::TransportConfig {
         .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(limits.keep_alive));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(limits.mtu_upper_bound);
+    mtu.upper_bound(limits.mtu_upper_bound)
+        .minimum_change(mtu_search_step(limits.mtu_upper_bound));
     config.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
         config.max_idle_timeout(Some(idle));
     }
     config
+}
+
+/// The largest UDP payload the route to `peer` carries unfragmented, as this machine's kernel knows it: the MTU
+/// of the interface the route leaves by (or a smaller path MTU the kernel has learned), minus the IP and UDP
+/// headers. `None` where the kernel cannot say (no route, or not Linux).
+///
+/// Asked of a UDP socket connected to `peer`, which sends nothing. Cheap: a socket, a `connect(2)` and a
+/// `getsockopt(2)`.
+pub fn route_payload_ceiling(peer: SocketAddr) -> Option<u16> {
+    // An IPv4 peer reached through a dual-stack socket still travels in IPv4 packets.
+    let peer = match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        SocketAddr::V4(_) => peer,
+    };
+    route_mtu(peer).map(|mtu| {
+        let headers = if peer.is_ipv4() { 20 + 8 } else { 40 + 8 };
+        u16::try_from(mtu.saturating_sub(headers)).unwrap_or(u16::MAX)
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn route_mtu(peer: SocketAddr) -> Option<u32> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(peer).ok()?;
+    if peer.is_ipv4() {
+        rustix::net::sockopt::ip_mtu(&socket).ok()
+    } else {
+        rustix::net::sockopt::ipv6_mtu(&socket).ok()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn route_mtu(_peer: SocketAddr) -> Option<u32> {
+    None
+}
+
+/// [`Limits::mtu_upper_bound`], lowered to what the route to `peer` carries ([`route_payload_ceiling`]), never
+/// below QUIC's 1,200.
+///
+/// Path MTU discovery probes above what the first hop carries can never succeed, yet they cost: quinn builds
+/// each probe, padded to its full size, in the connection's send buffer, which keeps that capacity for the
+/// connection's life (on an Ethernet route the first probe towards a 16 KiB bound is 8,792 bytes), and a probe
+/// that does arrive is parsed padding byte by padding byte. On a route that carries big packets (loopback, a
+/// jumbo-frame LAN) the configured bound stands.
+pub fn mtu_upper_bound_towards(limits: &Limits, peer: SocketAddr) -> u16 {
+    match route_payload_ceiling(peer) {
+        Some(ceiling) => limits.mtu_upper_bound.min(ceiling).max(1200),
+        None => limits.mtu_upper_bound,
+    }
+}
+
+/// [`transport_config`] for a connection to or from `peer`: MTU discovery bounded by the route
+/// ([`mtu_upper_bound_towards`]).
+pub fn transport_config_towards(limits: &Limits, peer: SocketAddr) -> quinn::TransportConfig {
+    let limits = Limits {
+        mtu_upper_bound: mtu_upper_bound_towards(limits, peer),
+        ..limits.clone()
+    };
+    transport_config(&limits)
+}
+
+/// The smallest change path MTU discovery keeps searching for, towards `upper_bound`: a sixteenth of the range
+/// above QUIC's 1,200 bytes, and at least quinn's default of 20.
+///
+/// quinn searches by halving the range, and every probe is a packet of the probed size, padded with PADDING
+/// frames that the receiver parses one byte at a time (~12 ns a byte: half of the relay's CPU during a
+/// registration storm on loopback went there). With quinn's fixed step of 20 bytes, the search towards 16 KiB
+/// took 10 probes, ~147 KB of padding each way per connection; with a sixteenth it takes 5 (~67 KB) and ends
+/// within 949 bytes of the bound, or on it when the route carries it. Towards an Ethernet bound (1,472) the
+/// step stays 20.
+pub fn mtu_search_step(upper_bound: u16) -> u16 {
+    (upper_bound.saturating_sub(1200) / 16).max(20)
 }
 
 /// Applies the endpoint-wide limits to `config`: the largest UDP payload this endpoint accepts.
@@ -452,6 +534,46 @@ mod tests {
                 buf[..n].iter().all(|&b| b == index as u8),
                 "datagram {index}"
             );
+        }
+    }
+
+    /// The loopback interface's MTU, as `ip link` shows it.
+    #[cfg(target_os = "linux")]
+    fn loopback_mtu() -> u32 {
+        std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn mtu_discovery_stops_where_the_route_does() {
+        let lo = loopback_mtu();
+        let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // An IPv4 packet is at most 65,535 bytes whatever the interface allows (loopback's MTU is 65,536).
+        let ceiling = u16::try_from(lo.min(65_535) - 28).unwrap();
+        assert_eq!(route_payload_ceiling(v4), Some(ceiling));
+        // An IPv4 peer seen through a dual-stack socket travels in IPv4 packets.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:9".parse().unwrap();
+        assert_eq!(route_payload_ceiling(mapped), Some(ceiling));
+
+        // A bound above what the route carries comes down to it; one below stays.
+        let high = Limits {
+            mtu_upper_bound: u16::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(mtu_upper_bound_towards(&high, v4), ceiling);
+        let low = Limits {
+            mtu_upper_bound: 1300,
+            ..Limits::default()
+        };
+        assert_eq!(mtu_upper_bound_towards(&low, v4), 1300);
+        // A route the kernel does not know leaves the bound alone rather than failing the connection.
+        let unroutable: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        if route_payload_ceiling(unroutable).is_none() {
+            assert_eq!(mtu_upper_bound_towards(&high, unroutable), u16::MAX);
         }
     }
 }

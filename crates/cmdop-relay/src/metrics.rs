@@ -156,6 +156,7 @@ pub struct RelayMetrics {
     auth_failures: Family<ReasonLabel, Counter>,
     reconnects: Counter,
     retries: Counter,
+    waited: Counter,
     memory: Gauge,
     /// Machines that registered since the relay started: a second registration is a reconnect.
     seen: Mutex<HashSet<cmdop_fleet::MachineId>>,
@@ -190,6 +191,7 @@ impl RelayMetrics {
         let auth_failures = Family::<ReasonLabel, Counter>::default();
         let reconnects = Counter::default();
         let retries = Counter::default();
+        let waited = Counter::default();
         let memory = Gauge::default();
         registry.register(
             "agents_connected",
@@ -242,6 +244,11 @@ impl RelayMetrics {
             retries.clone(),
         );
         registry.register(
+            "login_waits",
+            "Connection attempts that found every login slot taken and waited for one instead of being refused",
+            waited.clone(),
+        );
+        registry.register(
             "resident_memory_bytes",
             "Resident memory of the relay process",
             memory.clone(),
@@ -258,6 +265,7 @@ impl RelayMetrics {
             auth_failures,
             reconnects,
             retries,
+            waited,
             memory,
             seen: Mutex::new(HashSet::new()),
             active_streams: AtomicU64::new(0),
@@ -340,6 +348,11 @@ impl RelayMetrics {
     /// Counts a QUIC Retry sent to validate an address.
     pub(crate) fn retry_sent(&self) {
         self.retries.inc();
+    }
+
+    /// Counts an attempt that waits for a login slot.
+    pub(crate) fn login_waited(&self) {
+        self.waited.inc();
     }
 
     /// Counts a connection that failed before it logged in.

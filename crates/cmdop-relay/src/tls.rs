@@ -202,10 +202,7 @@ pub(crate) fn server_config(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Tls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = transport_config(limits);
-    // Only the control stream until login; `server::session` raises a client's limit once it is logged in.
-    transport.max_concurrent_bidi_streams(limits.login_bidi_streams.into());
-    config.transport_config(Arc::new(transport));
+    config.transport_config(Arc::new(server_transport(transport_config(limits), limits)));
     // Each connection beyond this is refused at the QUIC layer before any TLS work.
     config.max_incoming(
         limits
@@ -217,8 +214,68 @@ pub(crate) fn server_config(
     Ok(config)
 }
 
+/// The relay's transport settings for a connection not yet logged in.
+fn server_transport(
+    mut transport: quinn::TransportConfig,
+    limits: &Limits,
+) -> quinn::TransportConfig {
+    // Only the control stream until login; `server::session` raises a client's limit once it is logged in.
+    transport.max_concurrent_bidi_streams(limits.login_bidi_streams.into());
+    transport
+}
+
+/// The relay's server configuration per route MTU: a connection is accepted with MTU discovery bounded by
+/// what the route back to its peer carries (`cmdop_client::transport::mtu_upper_bound_towards`), so a peer
+/// behind an Ethernet route costs no 16 KiB probe buffer. One configuration per distinct bound (a handful on
+/// any relay), shared by every connection that has it.
+pub(crate) struct RouteConfigs {
+    base: quinn::ServerConfig,
+    limits: Limits,
+    made: std::sync::Mutex<Vec<(u16, Arc<quinn::ServerConfig>)>>,
+}
+
+impl std::fmt::Debug for RouteConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteConfigs").finish_non_exhaustive()
+    }
+}
+
+impl RouteConfigs {
+    pub(crate) fn new(base: quinn::ServerConfig, limits: Limits) -> Self {
+        Self {
+            base,
+            limits,
+            made: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The configuration to accept a connection from `peer` with.
+    pub(crate) fn towards(&self, peer: std::net::SocketAddr) -> Arc<quinn::ServerConfig> {
+        let bound = cmdop_client::transport::mtu_upper_bound_towards(&self.limits, peer);
+        let mut made = self
+            .made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, config)) = made.iter().find(|(b, _)| *b == bound) {
+            return config.clone();
+        }
+        let limits = Limits {
+            mtu_upper_bound: bound,
+            ..self.limits.clone()
+        };
+        let mut config = self.base.clone();
+        config.transport_config(Arc::new(server_transport(
+            transport_config(&limits),
+            &limits,
+        )));
+        let config = Arc::new(config);
+        made.push((bound, config.clone()));
+        config
+    }
+}
+
 /// The least time between two stateless resets the relay sends (see `endpoint_config`).
-pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::ZERO;
 
 /// The relay endpoint's configuration, with a stateless-reset key derived from the TLS private key.
 ///
@@ -244,10 +301,14 @@ pub(crate) fn endpoint_config(identity: &TlsIdentity, limits: &Limits) -> quinn:
     });
     apply_endpoint_limits(&mut config, limits);
     // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000 agents would need
-    // 200 s to all hear theirs, and most would sit out the 30 s idle timeout instead. One per millisecond
-    // lets a fleet of 10,000 learn within about 10 s, arriving about as fast as a relay admits logins. A reset
-    // is always smaller than the packet that caused it (no amplification), and the keyed connection-id check
-    // above drops stray packets before any reset is considered, which is what quinn asks of a small interval.
+    // 200 s to all hear theirs, and most would sit out the 30 s idle timeout instead. No interval at all: the
+    // interval is checked against the time of the receive batch, so even one of 1 ms let a busy endpoint send
+    // one reset per batch of datagrams, and in a storm of 10,000 agents a quarter heard none before their
+    // heartbeat went unanswered (10 s after it was sent, up to a heartbeat interval after the restart). With a
+    // reset for every packet of a connection the relay no longer knows, every agent hears of the restart
+    // within one keep-alive interval (5 s), which also spreads their return over those 5 s. A reset is always
+    // smaller than the packet that caused it (no amplification), and the keyed connection-id check above
+    // drops stray packets before any reset is considered, which is what quinn asks of a small interval.
     config.min_reset_interval(RESET_INTERVAL);
     config
 }

@@ -30,7 +30,7 @@ use cmdop_client::transport::{Limits, Traffic, endpoint, udp_socket};
 use cmdop_fleet::{CredentialId, FleetId, MachineId, Timestamp};
 use cmdop_proto::RelayFingerprint;
 use cmdop_proto::admission::{
-    Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket,
+    Admission, AdmissionConfig, Admit, Refusal as AdmissionRefusal, Ticket, WaitingRoom,
 };
 use cmdop_proto::audit_budget::{AuditBudget, source_of};
 use cmdop_proto::login::{AuditEvent, CredentialBusy, Time};
@@ -39,11 +39,11 @@ use cmdop_proto::wire::{
     CloseCode, ErrorCode, ErrorMessage, GoAway, IdBytes, RelayMessage, RouteReady, StreamHeader,
     WireError,
 };
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::{FailureReason, RelayMetrics};
 use crate::store::{AuditEntry, Store, StoreError};
-use crate::tls::{TlsError, TlsIdentity, endpoint_config, server_config};
+use crate::tls::{RouteConfigs, TlsError, TlsIdentity, endpoint_config, server_config};
 
 pub use cmdop_proto::presence::MISSED_HEARTBEATS;
 pub use routing::STALL_TIMEOUT;
@@ -229,6 +229,8 @@ pub struct Server {
 struct Shared {
     store: Mutex<Store>,
     limits: Limits,
+    /// What each connection is accepted with: MTU discovery bounded by the route back to its peer.
+    route_configs: RouteConfigs,
     heartbeat_interval: Duration,
     connections: Arc<Semaphore>,
     /// Connections not yet logged in: who may start, who must prove its address, whose slot goes to whom.
@@ -237,6 +239,8 @@ struct Shared {
     admission_clock: tokio::time::Instant,
     /// How to end each pending login early, by its admission ticket (when its slot goes to another).
     evictions: Mutex<HashMap<Ticket, Arc<Notify>>>,
+    /// Told whenever an admission slot frees, so that an attempt waiting for one gets it.
+    slot_freed: Notify,
     /// Connections held by each client credential.
     per_credential: Mutex<HashMap<CredentialId, usize>>,
     /// Set once the relay stops on purpose: every session then tells its agent to go away, with this.
@@ -297,6 +301,7 @@ impl Server {
         };
         // Buffers sized for a reconnect storm: thousands of handshakes arriving at once.
         let socket = udp_socket(config.listen).map_err(bind_error)?;
+        let route_configs = RouteConfigs::new(quic.clone(), config.limits.clone());
         let endpoint = endpoint(
             endpoint_config(&config.tls, &config.limits),
             Some(quic),
@@ -305,6 +310,7 @@ impl Server {
         .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
+            route_configs,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             admission: Mutex::new(Admission::new(AdmissionConfig {
                 max_pending: config.limits.max_unauthenticated,
@@ -314,6 +320,7 @@ impl Server {
             })),
             admission_clock: tokio::time::Instant::now(),
             evictions: Mutex::new(HashMap::new()),
+            slot_freed: Notify::new(),
             per_credential: Mutex::new(HashMap::new()),
             stopping: watch::channel(None).0,
             finishing: AtomicU64::new(0),
@@ -369,13 +376,36 @@ impl Server {
             presence::PRESENCE_FLUSH,
         ));
         tokio::pin!(shutdown);
+        let limits = &self.shared.limits;
+        let mut waiting = WaitingRoom::new(
+            limits.max_unauthenticated.saturating_mul(WAITING_PER_SLOT),
+            limits
+                .max_unauthenticated_per_source
+                .saturating_mul(WAITING_PER_SLOT),
+            MAX_WAIT,
+        );
         loop {
+            let expiry = waiting
+                .next_expiry()
+                .map(|at| self.shared.admission_clock + at);
             let incoming = tokio::select! {
                 () = &mut shutdown => break,
                 incoming = self.endpoint.accept() => incoming,
+                () = self.shared.slot_freed.notified(), if !waiting.is_empty() => {
+                    self.admit_waiting(&mut waiting);
+                    continue;
+                }
+                () = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)),
+                    if expiry.is_some() => {
+                    self.admit_waiting(&mut waiting);
+                    continue;
+                }
             };
             let Some(incoming) = incoming else { break };
-            self.admit(incoming);
+            self.admit(incoming, &mut waiting);
+        }
+        while let Some((incoming, _permit)) = waiting.take_front() {
+            incoming.refuse();
         }
         self.drain().await;
         watcher.abort();
@@ -395,7 +425,7 @@ impl Server {
     /// an unproven address under load, a cap per source, the slot of a heavier source when full), or refuses
     /// it. Refusals during a flood are counted in the metrics and logged at debug level only, so a flood
     /// cannot fill the log either.
-    fn admit(&self, incoming: quinn::Incoming) {
+    fn admit(&self, incoming: quinn::Incoming, waiting: &mut WaitingRoom<Attempt>) {
         let remote = incoming.remote_address();
         let Ok(connection_permit) = self.shared.connections.clone().try_acquire_owned() else {
             tracing::debug!(%remote, "connection limit reached; refusing");
@@ -425,11 +455,18 @@ impl Server {
                 return;
             }
             Admit::Refuse(refusal) => {
+                let now = self.shared.admission_clock.elapsed();
+                let Err((incoming, _permit)) =
+                    waiting.push(&source, (incoming, connection_permit), now)
+                else {
+                    self.shared.metrics.login_waited();
+                    return;
+                };
                 let reason = match refusal {
                     AdmissionRefusal::SourceBusy => FailureReason::SourceLimit,
                     _ => FailureReason::UnauthenticatedLimit,
                 };
-                tracing::debug!(%remote, ?refusal, "no login slot for this attempt; refusing");
+                tracing::debug!(%remote, ?refusal, "no login slot and no room to wait; refusing");
                 self.shared.metrics.handshake_failed(reason);
                 incoming.refuse();
                 return;
@@ -440,6 +477,50 @@ impl Server {
                 return;
             }
         };
+        self.start_login(incoming, connection_permit, ticket);
+    }
+
+    /// Gives attempts waiting for a login slot the slots free now, oldest first, and refuses those that have
+    /// waited [`MAX_WAIT`].
+    fn admit_waiting(&self, waiting: &mut WaitingRoom<Attempt>) {
+        let now = self.shared.admission_clock.elapsed();
+        for (incoming, _permit) in waiting.expire(now) {
+            tracing::debug!(remote = %incoming.remote_address(), "waited too long for a login slot; refusing");
+            self.shared
+                .metrics
+                .handshake_failed(FailureReason::UnauthenticatedLimit);
+            incoming.refuse();
+        }
+        while let Some((source, (incoming, _))) = waiting.front() {
+            let validated = incoming.remote_address_validated();
+            let ticket = match self.shared.admission().admit(source, validated, now) {
+                Admit::Accept(ticket) => ticket,
+                Admit::AcceptEvicting { ticket, evicted } => {
+                    self.shared.evict(evicted);
+                    ticket
+                }
+                Admit::Retry => {
+                    if let Some((incoming, _permit)) = waiting.take_front() {
+                        self.shared.metrics.retry_sent();
+                        if let Err(err) = incoming.retry() {
+                            err.into_incoming().refuse();
+                        }
+                    }
+                    continue;
+                }
+                // Still no slot (for this source): it keeps its place at the front.
+                _ => break,
+            };
+            let Some((incoming, permit)) = waiting.take_front() else {
+                self.shared.admission().done(ticket);
+                break;
+            };
+            self.start_login(incoming, permit, ticket);
+        }
+    }
+
+    /// Runs the handshake and login of an admitted attempt in a task of its own.
+    fn start_login(&self, incoming: quinn::Incoming, permit: OwnedSemaphorePermit, ticket: Ticket) {
         let evicted = Arc::new(Notify::new());
         self.shared.evictions().insert(ticket, Arc::clone(&evicted));
         let slot = LoginSlot {
@@ -449,7 +530,7 @@ impl Server {
         let shared = self.shared.clone();
         let task = async move {
             handle_incoming(shared, incoming, slot, evicted).await;
-            drop(connection_permit);
+            drop(permit);
         };
         tokio::spawn(task);
     }
@@ -747,8 +828,21 @@ impl Drop for LoginSlot {
     fn drop(&mut self) {
         self.shared.evictions().remove(&self.ticket);
         self.shared.admission().done(self.ticket);
+        self.shared.slot_freed.notify_one();
     }
 }
+
+/// An attempt waiting for a login slot: its first packets and its connection permit.
+type Attempt = (quinn::Incoming, OwnedSemaphorePermit);
+
+/// Attempts that may wait for a login slot, per slot (and per source, per slot a source may hold): a reconnect
+/// storm of thousands then queues for the next free slot instead of being refused and backing off for up to
+/// 30 s ([`WaitingRoom`]).
+const WAITING_PER_SLOT: usize = 32;
+
+/// The longest an attempt waits for a login slot before it is refused: within a peer's 10 s connection
+/// timeout, so that it still has time to log in once admitted.
+const MAX_WAIT: Duration = Duration::from_secs(6);
 
 /// The close reason of a login whose slot went to another attempt.
 const EVICTED: &str = "the relay is busy: this login's slot went to another attempt; retry";
@@ -762,7 +856,7 @@ async fn handle_incoming(
     let remote = incoming.remote_address();
     let started = tokio::time::Instant::now();
     let deadline = started + shared.limits.login_deadline;
-    let connecting = match incoming.accept() {
+    let connecting = match incoming.accept_with(shared.route_configs.towards(remote)) {
         Ok(connecting) => connecting,
         Err(err) => {
             tracing::debug!(%remote, %err, "incoming connection failed");

@@ -61,6 +61,55 @@ async fn raw_connection(running: &Running) -> (quinn::Endpoint, quinn::Connectio
     (endpoint, connection)
 }
 
+/// Path MTU discovery between a peer and the relay finds the largest packet the route carries, up to the bound,
+/// in a handful of probes: each probe is a packet of the probed size that the other side parses padding byte
+/// by padding byte, so a search in 20-byte steps cost ten of them towards 16 KiB.
+#[tokio::test]
+async fn path_mtu_discovery_settles_in_a_handful_of_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), Limits::default()).await;
+    let limits = Limits::default();
+    let endpoint =
+        cmdop_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &limits).unwrap();
+    let mut config =
+        client_config(running.fingerprint, Arc::new(Mutex::new(None)), &limits).unwrap();
+    config.transport_config(Arc::new(cmdop_client::transport::transport_config_towards(
+        &limits,
+        running.addr,
+    )));
+    let connection = endpoint
+        .connect_with(config, running.addr, cmdop_client::transport::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let bound = cmdop_client::transport::mtu_upper_bound_towards(&limits, running.addr);
+    let close_enough = bound - cmdop_client::transport::mtu_search_step(bound);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut path = connection.stats().path;
+    // The search is over once the MTU is near the bound and no probe is outstanding.
+    while (path.current_mtu < close_enough || path.sent_plpmtud_probes == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        path = connection.stats().path;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = connection.stats().path;
+    assert!(
+        path.current_mtu >= close_enough,
+        "path MTU {} after 5 s, bound {bound}",
+        path.current_mtu
+    );
+    assert!(
+        path.sent_plpmtud_probes <= 6,
+        "{} probes to reach {} (bound {bound})",
+        path.sent_plpmtud_probes,
+        path.current_mtu
+    );
+    endpoint.close(0u32.into(), b"");
+    let _ = running.stop.send(());
+}
+
 /// Sends `bytes` on a fresh control stream and returns the relay's first message and the close code.
 async fn send_raw(running: &Running, bytes: &[u8]) -> (Option<RelayMessage>, Option<u64>) {
     let (_endpoint, connection) = raw_connection(running).await;
@@ -604,6 +653,53 @@ async fn a_login_gets_in_during_a_flood_of_silent_connections_from_many_addresse
         .expect("the login did not finish within 8 s")
         .expect("the login was refused during the flood");
     client.close().await;
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
+/// More attempts than there are login slots, all at once: those that find every slot taken wait for one
+/// instead of being refused (which would send each into a backoff of up to 30 s), and all of them log in.
+#[tokio::test]
+async fn attempts_beyond_the_login_slots_wait_for_one_instead_of_being_refused() {
+    const LOGINS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let limits = Limits {
+        max_unauthenticated: 4,
+        max_unauthenticated_per_source: 4,
+        // No Retry round trip: the slots, not address validation, are what this is about.
+        retry_from: 1_000,
+        ..Limits::default()
+    };
+    let running = start(dir.path(), limits).await;
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..LOGINS {
+        let target = target.clone();
+        let key = member.expose_text();
+        logins.spawn(async move {
+            let identity = cmdop_identity::Identity::generate(&mut OsRng);
+            let client = ClientConnection::login(&target, &identity, &key).await?;
+            client.close().await;
+            Ok::<_, cmdop_client::ClientError>(())
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(login) = logins.join_next().await {
+        if let Err(err) = login.unwrap() {
+            refused.push(err.to_string());
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {LOGINS} logins failed: {refused:?}",
+        refused.len()
+    );
+    assert!(metric(&running.metrics, "cmdop_relay_login_waits_total") > 0);
     let _ = running.stop.send(());
     running.task.await.unwrap().unwrap();
 }
