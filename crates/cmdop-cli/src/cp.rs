@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use cmdop_client::Channel;
-use cmdop_client::landing::{Landing, LandingError, Standing};
+use cmdop_client::landing::{Landing, LandingError, Partial, Standing};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
@@ -1352,27 +1352,41 @@ async fn get_file(
         .into());
     }
     let modified_ns = transfer.run.preserve.then_some(entry.modified_ns);
-    // The syncs wait for the disk: off the runtime's threads, so the other streams go on meanwhile.
+    // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
+    land(partial, dir, name, mode & 0o777, modified_ns).await?;
+    transfer.run.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Gives a verified partial file its modification time (`-p`) and `mode`, syncs it and gives it its `name` in
+/// `dir`. The syncs wait for the disk, so they run off the runtime's threads and the other streams go on.
+async fn land(
+    partial: Partial,
+    dir: Landing,
+    name: OsString,
+    mode: u32,
+    modified_ns: Option<u64>,
+) -> Result<(), Failure> {
+    let target = dir.shown().join(&name);
+    let shown = target.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(modified_ns) = modified_ns {
             partial
                 .set_modified(modified_ns)
                 .map_err(|err| cannot_write(&target, err))?;
         }
-        // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
-        partial
-            .finish(&dir, &name, mode & 0o777)
-            .map_err(landing_failure)
+        partial.finish(&dir, &name, mode).map_err(landing_failure)
     })
     .await
     .map_err(|err| {
         Failure::new(
             Kind::General,
-            format!("finishing {remote} stopped unexpectedly ({err}); run the copy again"),
+            format!(
+                "finishing {} stopped unexpectedly ({err}); run the copy again",
+                shown.display()
+            ),
         )
-    })??;
-    transfer.run.files.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    })?
 }
 
 /// Refuses a name where a directory, device, FIFO or socket stands; a file or a symlink there is replaced by
