@@ -12,12 +12,14 @@ use std::io::{IsTerminal as _, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use cmdop_client::Channel;
-use cmdop_client::landing::{Landing, LandingError, Standing};
+use cmdop_client::landing::{Landing, LandingError, Partial, Standing};
 use cmdop_client::secure_stream::{SecureReceiver, SecureSender};
 use cmdop_proto::e2e::StreamKind;
 use cmdop_proto::ops::MAX_CHUNK;
@@ -31,6 +33,10 @@ use sha2::{Digest as _, Sha256};
 use crate::exit::{Failure, Kind};
 use crate::global_args::GlobalArgs;
 use crate::reach::{self, bulk_runtime};
+
+mod streams;
+
+use streams::{DEFAULT_PARALLEL, Job, PushedRoot, Streams};
 
 /// Flags of `cmdop connect cp`.
 #[derive(Debug, Args)]
@@ -48,6 +54,12 @@ pub(crate) struct CpArgs {
     /// Send or receive at most this many bytes per second (suffixes K, M, G: powers of 1024); 0 for no limit.
     #[arg(long, default_value = "0", value_name = "RATE")]
     limit_rate: String,
+    /// Move up to N files at once, each over its own stream to the machine (1 to 16): one file's round trips and
+    /// the receiving side's fsync overlap with the others'. Directories are still made before what goes in
+    /// them and symlinks after the files; every file is still verified, synced and renamed before it counts.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PARALLEL,
+        value_parser = clap::value_parser!(u8).range(1..=16))]
+    parallel: u8,
     /// Sources, then the destination; exactly one side is `MACHINE:PATH` (remote paths are relative to the
     /// machine user's home unless absolute).
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
@@ -66,18 +78,66 @@ struct Totals {
     refused: Vec<String>,
 }
 
-/// The per-run state every transfer shares.
-struct Transfer {
-    sender: SecureSender,
-    receiver: SecureReceiver,
+/// The per-run state every stream of the copy shares.
+struct Run {
     progress: ProgressBar,
-    totals: Totals,
+    files: AtomicU64,
+    /// Bytes sent or received in this run.
+    bytes: AtomicU64,
+    /// Bytes resumed files already had from an earlier run.
+    resumed: AtomicU64,
+    /// Remote names refused as unsafe.
+    refused: Mutex<Vec<String>>,
     limit: Option<u64>,
     started: Instant,
     /// The machine as the person named it, for messages.
     machine: String,
     /// `-p`: give every file and directory its source's modification time.
     preserve: bool,
+}
+
+impl Run {
+    fn totals(&self) -> Totals {
+        Totals {
+            files: self.files.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            refused: self
+                .refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Counts bytes a resumed file already had.
+    fn resumed(&self, bytes: u64) {
+        self.resumed.fetch_add(bytes, Ordering::Relaxed);
+        self.progress.inc(bytes);
+    }
+}
+
+/// One copy stream to the machine.
+struct Transfer {
+    sender: SecureSender,
+    receiver: SecureReceiver,
+    run: Arc<Run>,
+    /// The pushed trees' top directories this stream made (see [`PushedRoot`]).
+    roots: Vec<String>,
+}
+
+impl Transfer {
+    fn new(channel: Channel, run: Arc<Run>) -> Self {
+        let Channel {
+            sender, receiver, ..
+        } = channel;
+        Self {
+            sender,
+            receiver,
+            run,
+            roots: Vec::new(),
+        }
+    }
 }
 
 /// Runs `cmdop connect cp`.
@@ -144,7 +204,7 @@ impl Plan {
     }
 }
 
-/// Logs in, opens one copy stream to the machine and runs the whole plan over it.
+/// Logs in, opens a copy stream to the machine (and more for `--parallel`) and runs the whole plan over them.
 async fn copy(
     global: &GlobalArgs,
     workspace: Option<&str>,
@@ -153,19 +213,23 @@ async fn copy(
     limit: Option<u64>,
 ) -> Result<Totals, Failure> {
     let reach = reach::login(global, workspace, &plan.machine).await?;
-    let Channel {
-        sender, receiver, ..
-    } = reach::open(&reach, StreamKind::Copy).await?;
-    let mut transfer = Transfer {
-        sender,
-        receiver,
+    let first = reach::open(&reach, StreamKind::Copy).await?;
+    let run = Arc::new(Run {
         progress: progress_bar(args.json)?,
-        totals: Totals::default(),
+        files: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
+        refused: Mutex::new(Vec::new()),
         limit,
         started: Instant::now(),
         machine: plan.machine.clone(),
         preserve: args.preserve,
-    };
+    });
+    let mut streams = Streams::new(
+        &reach,
+        Transfer::new(first, Arc::clone(&run)),
+        args.parallel,
+    );
     let result = if plan.push {
         let remote = plan.destination.path().to_owned();
         let local: Vec<PathBuf> = plan
@@ -173,26 +237,68 @@ async fn copy(
             .iter()
             .map(|s| PathBuf::from(s.path()))
             .collect();
-        push_all(&mut transfer, &local, &remote, args.recursive).await
+        push_all(&mut streams, &local, &remote, args.recursive).await
     } else {
         let remote: Vec<String> = plan.sources.iter().map(|s| s.path().to_owned()).collect();
         pull_all(
-            &mut transfer,
+            &mut streams,
             &remote,
             Path::new(plan.destination.path()),
             args.recursive,
         )
         .await
     };
-    transfer.progress.finish_and_clear();
+    run.progress.finish_and_clear();
     if let Err(failure) = result {
         // A stream cut because the credential was revoked says so, rather than "connection lost".
         return Err(reach::explain(&reach, failure).await);
     }
-    let Transfer { sender, totals, .. } = transfer;
-    sender.end(0).await?;
+    streams.end().await?;
     reach.close().await;
-    Ok(totals)
+    Ok(run.totals())
+}
+
+/// Moves one file over `transfer`.
+async fn run_job(transfer: &mut Transfer, job: Job) -> Result<(), Failure> {
+    match job {
+        Job::Put {
+            local,
+            metadata,
+            remote,
+            root,
+        } => {
+            if let Some(root) = root {
+                claim_root(transfer, &root).await?;
+            }
+            put_file(transfer, &local, &metadata, &remote).await
+        }
+        Job::GetInTree {
+            remote,
+            entry,
+            root,
+            relative,
+        } => {
+            let outcome = match place_of(&root, &relative) {
+                Ok((dir, name)) => get_file(transfer, &remote, &entry, dir, name).await,
+                Err(refusal) => Err(refusal),
+            };
+            settle(&transfer.run, &entry.path, outcome)
+        }
+        Job::Get {
+            remote,
+            entry,
+            local,
+        } => get_file_named(transfer, &remote, &entry, &local).await,
+    }
+}
+
+/// Makes a pushed tree's top directory on this stream, once, before a file goes below it.
+async fn claim_root(transfer: &mut Transfer, root: &PushedRoot) -> Result<(), Failure> {
+    if !transfer.roots.contains(&root.remote) {
+        mkdir(transfer, &root.remote, root.mode).await?;
+        transfer.roots.push(root.remote.clone());
+    }
+    Ok(())
 }
 
 /// A progress bar on a terminal's stderr, unless the summary is JSON.
@@ -426,11 +532,12 @@ fn local_name(path: &Path) -> Result<String, Failure> {
 }
 
 async fn push_all(
-    transfer: &mut Transfer,
+    streams: &mut Streams<'_>,
     sources: &[PathBuf],
     destination: &str,
     recursive: bool,
 ) -> Result<(), Failure> {
+    let transfer = streams.first()?;
     let target = stat(transfer, destination).await?;
     let into_dir = matches!(target.as_ref().map(|e| &e.kind), Some(EntryKind::Dir));
     if sources.len() > 1 && !into_dir {
@@ -460,56 +567,85 @@ async fn push_all(
                 .iter()
                 .map(|(_, m)| if m.is_file() { m.len() } else { 0 })
                 .sum();
-            transfer.progress.inc_length(bytes);
+            transfer.run.progress.inc_length(bytes);
             plan.push((source.clone(), remote, metadata, Some(entries)));
         } else {
-            transfer.progress.inc_length(metadata.len());
+            transfer.run.progress.inc_length(metadata.len());
             plan.push((source.clone(), remote, metadata, None));
         }
     }
+    // Single files are spread together; a tree waits for the files before it, and they for it.
+    let mut files = Vec::new();
     for (source, remote, metadata, entries) in plan {
         match entries {
-            None => put_file(transfer, &source, &metadata, &remote).await?,
-            Some(entries) => push_tree(transfer, &source, &remote, &metadata, entries).await?,
+            None => files.push(Job::Put {
+                local: source,
+                metadata,
+                remote,
+                root: None,
+            }),
+            Some(entries) => {
+                streams.spread(std::mem::take(&mut files)).await?;
+                push_tree(streams, &source, &remote, &metadata, entries).await?;
+            }
         }
     }
-    Ok(())
+    streams.spread(files).await
 }
 
-/// A local directory and everything under it, to `remote`.
+/// A local directory and everything under it, to `remote`: the directories first, in order on one stream, then
+/// the files spread over the streams, then the symlinks and (`-p`) the directories' times.
 async fn push_tree(
-    transfer: &mut Transfer,
+    streams: &mut Streams<'_>,
     source: &Path,
     remote: &str,
     metadata: &fs::Metadata,
     entries: Vec<(PathBuf, fs::Metadata)>,
 ) -> Result<(), Failure> {
-    mkdir(transfer, remote, metadata.mode()).await?;
+    let root = Arc::new(PushedRoot {
+        remote: remote.to_owned(),
+        mode: metadata.mode() & 0o7777,
+    });
+    let transfer = streams.first()?;
+    claim_root(transfer, &root).await?;
     let mut dirs = vec![(remote.to_owned(), modified_ns(metadata))];
+    let mut files = Vec::new();
+    let mut links = Vec::new();
     for (relative, metadata) in entries {
         let local = source.join(&relative);
         let remote = remote_join(remote, &relative.to_string_lossy());
         if metadata.file_type().is_symlink() {
-            let target = fs::read_link(&local)
-                .with_context(|| format!("cannot read link {}", local.display()))?;
-            let reply = request(
-                transfer,
-                &CopyRequest::Symlink {
-                    path: remote,
-                    target: target.to_string_lossy().into_owned(),
-                },
-            )
-            .await?;
-            expect_done(reply)?;
+            links.push((local, remote));
         } else if metadata.is_dir() {
             mkdir(transfer, &remote, metadata.mode()).await?;
             dirs.push((remote, modified_ns(&metadata)));
         } else if metadata.is_file() {
-            put_file(transfer, &local, &metadata, &remote).await?;
+            files.push(Job::Put {
+                local,
+                metadata,
+                remote,
+                root: Some(Arc::clone(&root)),
+            });
         }
     }
+    streams.spread(files).await?;
+    let transfer = streams.first()?;
+    claim_root(transfer, &root).await?;
+    for (local, remote) in links {
+        let target = fs::read_link(&local)
+            .with_context(|| format!("cannot read link {}", local.display()))?;
+        let reply = request(
+            transfer,
+            &CopyRequest::Symlink {
+                path: remote,
+                target: target.to_string_lossy().into_owned(),
+            },
+        )
+        .await?;
+        expect_done(reply)?;
+    }
     // After their contents, which change a directory's time as they arrive; deepest first.
-    if transfer.preserve {
+    if transfer.run.preserve {
         for (dir, modified) in dirs.iter().rev() {
             set_remote_modified(transfer, dir, *modified).await?;
         }
@@ -548,7 +684,7 @@ fn put_failed(transfer: &Transfer, local: &Path, remote: &str, tag: u64, message
         format!(
             "cannot copy {} to {}:{remote}: {message}",
             local.display(),
-            transfer.machine
+            transfer.run.machine
         ),
     )
 }
@@ -636,8 +772,7 @@ async fn put_file(
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; MAX_CHUNK];
     hash_prefix(&mut file, offset, &mut hasher, &mut buffer).map_err(cannot)?;
-    transfer.totals.resumed += offset;
-    transfer.progress.inc(offset);
+    transfer.run.resumed(offset);
     loop {
         let n = file.read(&mut buffer).map_err(cannot)?;
         if n == 0 {
@@ -665,10 +800,10 @@ async fn put_file(
         }
         other => return Err(unexpected(&other)),
     }
-    if transfer.preserve {
+    if transfer.run.preserve {
         set_remote_modified(transfer, remote, modified_ns(metadata)).await?;
     }
-    transfer.totals.files += 1;
+    transfer.run.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -691,14 +826,16 @@ fn hash_prefix(
     Ok(())
 }
 
-/// Counts bytes moved and, under `--limit-rate`, waits until the average rate is back under the limit.
-async fn account(transfer: &mut Transfer, n: usize) {
+/// Counts bytes moved and, under `--limit-rate`, waits until the average rate of all streams together is back
+/// under the limit.
+async fn account(transfer: &Transfer, n: usize) {
+    let run = &transfer.run;
     let n = u64::try_from(n).unwrap_or(u64::MAX);
-    transfer.totals.bytes += n;
-    transfer.progress.inc(n);
-    if let Some(limit) = transfer.limit {
-        let due = Duration::from_secs_f64(transfer.totals.bytes as f64 / limit as f64);
-        let elapsed = transfer.started.elapsed();
+    let moved = run.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+    run.progress.inc(n);
+    if let Some(limit) = run.limit {
+        let due = Duration::from_secs_f64(moved as f64 / limit as f64);
+        let elapsed = run.started.elapsed();
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
@@ -712,7 +849,7 @@ fn modified_ns(metadata: &fs::Metadata) -> u64 {
 }
 
 async fn pull_all(
-    transfer: &mut Transfer,
+    streams: &mut Streams<'_>,
     sources: &[String],
     destination: &Path,
     recursive: bool,
@@ -726,18 +863,26 @@ async fn pull_all(
     }
     // Everything is looked up first, so the progress bar knows the total.
     let mut pulls = Vec::new();
+    let transfer = streams.first()?;
     for source in sources {
         pulls.push(Pull::look_up(transfer, source, destination, into_dir, recursive).await?);
     }
+    // Single files are spread together; a tree waits for the files before it, and they for it.
+    let mut files = Vec::new();
     for pull in pulls {
         match pull.tree {
-            None => get_file_named(transfer, &pull.source, &pull.entry, &pull.local).await?,
+            None => files.push(Job::Get {
+                remote: pull.source,
+                entry: pull.entry,
+                local: pull.local,
+            }),
             Some(entries) => {
-                pull_tree(transfer, &pull.source, &pull.entry, &pull.local, entries).await?;
+                streams.spread(std::mem::take(&mut files)).await?;
+                pull_tree(streams, &pull.source, &pull.entry, &pull.local, entries).await?;
             }
         }
     }
-    Ok(())
+    streams.spread(files).await
 }
 
 /// `-p`: gives a local file or directory the source's modification time.
@@ -781,7 +926,7 @@ impl Pull {
                 Kind::General,
                 format!(
                     "{}:{source}: no such file or directory on the machine",
-                    transfer.machine
+                    transfer.run.machine
                 ),
             )
         })?;
@@ -793,12 +938,13 @@ impl Pull {
         };
         let tree = match entry.kind {
             EntryKind::File => {
-                transfer.progress.inc_length(entry.size);
+                transfer.run.progress.inc_length(entry.size);
                 None
             }
             EntryKind::Dir if recursive => {
                 let entries = list(transfer, source).await?;
                 transfer
+                    .run
                     .progress
                     .inc_length(entries.iter().map(|e| e.size).sum());
                 Some(entries)
@@ -821,25 +967,28 @@ impl Pull {
 
 /// A directory and everything under it. Every name comes from the machine and is checked before anything is
 /// written; an unsafe one is refused (and reported), the rest is copied. Everything below `local` is reached
-/// through a handle of it, never through a symlink; symlinks from the machine are made last, then each is
+/// through a handle of it, never through a symlink. The directories are made first, in the listing's order;
+/// then the files are spread over the streams; the symlinks from the machine are made last, then each is
 /// followed through everything the copy made and removed if it leads outside.
 async fn pull_tree(
-    transfer: &mut Transfer,
+    streams: &mut Streams<'_>,
     source: &str,
     top: &Entry,
     local: &Path,
     entries: Vec<Entry>,
 ) -> Result<(), Failure> {
     create_dir(local, top.mode)?;
-    let root = Landing::open_named(local).map_err(landing_failure)?;
+    let root = Arc::new(Landing::open_named(local).map_err(landing_failure)?);
+    let run = Arc::clone(&streams.first()?.run);
     let mut links = Vec::new();
+    let mut files = Vec::new();
     // For `-p`: each directory made, with the time to give it once its contents are in.
     let mut dirs = Vec::new();
     for child in entries {
         let relative = match safe_relative(&child.path) {
             Ok(relative) => relative,
             Err(why) => {
-                refuse(transfer, &child.path, why);
+                refuse(&run, &child.path, why);
                 continue;
             }
         };
@@ -852,10 +1001,15 @@ async fn pull_tree(
                 }
                 made
             }
-            EntryKind::File => match place_of(&root, &relative) {
-                Ok((dir, name)) => get_file(transfer, &remote, &child, &dir, &name).await,
-                Err(refusal) => Err(refusal),
-            },
+            EntryKind::File => {
+                files.push(Job::GetInTree {
+                    remote,
+                    entry: child,
+                    root: Arc::clone(&root),
+                    relative,
+                });
+                continue;
+            }
             EntryKind::Symlink { target } => match symlink_stays_inside(&relative, target) {
                 Ok(()) => {
                     links.push((child.path.clone(), relative, target.clone()));
@@ -864,11 +1018,12 @@ async fn pull_tree(
                 Err(why) => Err(Refusal::Unsafe(why.to_owned())),
             },
         };
-        settle(transfer, &child.path, outcome)?;
+        settle(&run, &child.path, outcome)?;
     }
-    place_symlinks(transfer, &root, links)?;
+    streams.spread(files).await?;
+    place_symlinks(&run, &root, links)?;
     // Directory times last, since their contents change them as they arrive; deepest first.
-    if transfer.preserve {
+    if run.preserve {
         for (relative, modified_ns) in dirs.iter().rev() {
             if let Ok((dir, name)) = place_of(&root, relative) {
                 dir.set_modified(&name, *modified_ns)
@@ -917,15 +1072,11 @@ fn landing_failure(err: LandingError) -> Failure {
 }
 
 /// Reports a refused name and goes on, or ends the copy.
-fn settle(
-    transfer: &mut Transfer,
-    name: &str,
-    outcome: Result<(), Refusal>,
-) -> Result<(), Failure> {
+fn settle(run: &Run, name: &str, outcome: Result<(), Refusal>) -> Result<(), Failure> {
     match outcome {
         Ok(()) => Ok(()),
         Err(Refusal::Unsafe(why)) => {
-            refuse(transfer, name, &why);
+            refuse(run, name, &why);
             Ok(())
         }
         Err(Refusal::Fatal(failure)) => Err(failure),
@@ -956,7 +1107,7 @@ const MACHINE_MODE_BITS: u32 = 0o1777;
 /// all the others, leads outside the destination; removing one can change where others lead, so the check is
 /// repeated until none is removed.
 fn place_symlinks(
-    transfer: &mut Transfer,
+    run: &Run,
     root: &Landing,
     links: Vec<(String, PathBuf, String)>,
 ) -> Result<(), Failure> {
@@ -964,7 +1115,7 @@ fn place_symlinks(
     for (name, relative, target) in links {
         let outcome = place_symlink(root, &relative, &target);
         let made = outcome.is_ok();
-        settle(transfer, &name, outcome)?;
+        settle(run, &name, outcome)?;
         if made {
             placed.push((name, relative));
         }
@@ -982,7 +1133,7 @@ fn place_symlinks(
         })?;
         dir.remove(&file_name).map_err(landing_failure)?;
         refuse(
-            transfer,
+            run,
             &name,
             "symlink that, followed through the other symlinks of the copy, leads outside the destination",
         );
@@ -1001,11 +1152,14 @@ fn place_symlink(root: &Landing, relative: &Path, target: &str) -> Result<(), Re
     }
 }
 
-fn refuse(transfer: &mut Transfer, name: &str, why: &str) {
-    transfer.progress.suspend(|| {
+fn refuse(run: &Run, name: &str, why: &str) {
+    run.progress.suspend(|| {
         eprintln!("cmdop: refusing {name:?} from the machine: {why}");
     });
-    transfer.totals.refused.push(name.to_owned());
+    run.refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(name.to_owned());
 }
 
 /// The directory a person named (created if missing, symlinks in its path followed as given), with the
@@ -1122,7 +1276,7 @@ async fn get_file_named(
         _ => Path::new("."),
     };
     let dir = Landing::open_named(parent).map_err(landing_failure)?;
-    match get_file(transfer, remote, entry, &dir, name).await {
+    match get_file(transfer, remote, entry, dir, name.to_owned()).await {
         Ok(()) => Ok(()),
         Err(Refusal::Unsafe(why)) => Err(Failure::new(
             Kind::General,
@@ -1133,31 +1287,30 @@ async fn get_file_named(
 }
 
 /// Downloads `remote` into `name` in `dir`: into a partial file (resumed if an earlier run left one), checked
-/// against the machine's whole-file SHA-256, then given its mode (less setuid and setgid) and its name.
+/// against the machine's whole-file SHA-256, then given its mode (less setuid and setgid), synced, and its name.
 async fn get_file(
     transfer: &mut Transfer,
     remote: &str,
     entry: &Entry,
-    dir: &Landing,
-    name: &OsStr,
+    dir: Landing,
+    name: OsString,
 ) -> Result<(), Refusal> {
-    refuse_unless_a_file_may_land(dir, name)?;
+    refuse_unless_a_file_may_land(&dir, &name)?;
     let text = name.to_str().ok_or_else(|| {
         usage(&format!(
             "{} is not UTF-8",
-            dir.shown().join(name).display()
+            dir.shown().join(&name).display()
         ))
     })?;
     let tag = version_tag(entry.size, entry.modified_ns, entry.mode);
     let mut partial = dir.partial(text, tag, entry.size)?;
-    let target = dir.shown().join(name);
+    let target = dir.shown().join(&name);
     let cannot = |err: std::io::Error| cannot_write(&target, err);
     let offset = partial.length();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; MAX_CHUNK];
     hash_prefix(partial.file(), offset, &mut hasher, &mut buffer).map_err(cannot)?;
-    transfer.totals.resumed += offset;
-    transfer.progress.inc(offset);
+    transfer.run.resumed(offset);
     transfer
         .sender
         .send(&CopyRequest::Get {
@@ -1179,8 +1332,8 @@ async fn get_file(
                     Kind::General,
                     format!(
                         "cannot copy {}:{remote} to {}: the machine says: {message}",
-                        transfer.machine,
-                        dir.shown().join(name).display()
+                        transfer.run.machine,
+                        target.display()
                     ),
                 )
                 .into());
@@ -1189,7 +1342,7 @@ async fn get_file(
         }
     };
     if <[u8; 32]>::from(hasher.finalize()) != digest {
-        partial.discard(dir);
+        partial.discard(&dir);
         return Err(Failure::new(
             Kind::General,
             format!(
@@ -1198,17 +1351,42 @@ async fn get_file(
         )
         .into());
     }
-    if transfer.preserve {
-        partial
-            .set_modified(entry.modified_ns)
-            .map_err(|err| cannot_write(&target, err))?;
-    }
+    let modified_ns = transfer.run.preserve.then_some(entry.modified_ns);
     // A file keeps its permission bits only: no setuid, setgid or sticky bit from the machine.
-    partial
-        .finish(dir, name, mode & 0o777)
-        .map_err(landing_failure)?;
-    transfer.totals.files += 1;
+    land(partial, dir, name, mode & 0o777, modified_ns).await?;
+    transfer.run.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Gives a verified partial file its modification time (`-p`) and `mode`, syncs it and gives it its `name` in
+/// `dir`. The syncs wait for the disk, so they run off the runtime's threads and the other streams go on.
+async fn land(
+    partial: Partial,
+    dir: Landing,
+    name: OsString,
+    mode: u32,
+    modified_ns: Option<u64>,
+) -> Result<(), Failure> {
+    let target = dir.shown().join(&name);
+    let shown = target.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(modified_ns) = modified_ns {
+            partial
+                .set_modified(modified_ns)
+                .map_err(|err| cannot_write(&target, err))?;
+        }
+        partial.finish(&dir, &name, mode).map_err(landing_failure)
+    })
+    .await
+    .map_err(|err| {
+        Failure::new(
+            Kind::General,
+            format!(
+                "finishing {} stopped unexpectedly ({err}); run the copy again",
+                shown.display()
+            ),
+        )
+    })?
 }
 
 /// Refuses a name where a directory, device, FIFO or socket stands; a file or a symlink there is replaced by
