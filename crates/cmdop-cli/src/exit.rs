@@ -136,6 +136,7 @@ impl From<ClientError> for Failure {
             ClientError::InvalidRelayAddress { .. } => Kind::Usage,
             ClientError::Resolve { .. }
             | ClientError::Unreachable { .. }
+            | ClientError::RelayBusy { .. }
             | ClientError::Closed { .. }
             | ClientError::Timeout(_) => Kind::Unreachable,
             // A relay limit (the connections one credential may hold): try again later, like a lost relay.

@@ -56,6 +56,9 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Largest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// How long [`ClientConnection::login`] keeps trying a relay that refuses connections because it is busy.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Errors a relay client sees. Each message names the fix.
 ///
 /// The cases a caller usually tells apart:
@@ -103,6 +106,15 @@ pub enum ClientError {
         address: String,
         /// What failed.
         reason: String,
+    },
+    /// The relay refused the connection before any login: it has no room for another one right now (every
+    /// login slot and its waiting room taken, or its connection limit reached). Retrying shortly helps.
+    #[error(
+        "the relay at {address} is too busy to take another connection right now (it refused the handshake); try again in a moment"
+    )]
+    RelayBusy {
+        /// The address tried.
+        address: String,
     },
     /// The relay refused the credential or the key proof.
     #[error("{0}")]
@@ -213,6 +225,7 @@ impl ClientError {
         matches!(
             self,
             Self::Unreachable { .. }
+                | Self::RelayBusy { .. }
                 | Self::Closed { .. }
                 | Self::GoingAway(_)
                 | Self::Timeout(_)
@@ -631,7 +644,31 @@ pub struct ClientConnection {
 
 impl ClientConnection {
     /// Connects and logs in with an API key (`cmdop_ak_…`, member or admin) or a user token (`cmdop_ut_…`).
+    ///
+    /// A relay too busy to take the connection ([`ClientError::RelayBusy`], as during a reconnect storm of its
+    /// fleet) is tried again with the agents' backoff for up to [`BUSY_PATIENCE`], so that a person's command
+    /// goes through a storm instead of failing at its first refusal.
     pub async fn login(
+        relay: &RelayTarget,
+        identity: &Identity,
+        credential: &str,
+    ) -> Result<Self, ClientError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match Self::login_once(relay, identity, credential).await {
+                Err(ClientError::RelayBusy { .. }) if started.elapsed() < BUSY_PATIENCE => {
+                    let delay = reconnect_delay(attempt, &mut rand_core::OsRng);
+                    attempt += 1;
+                    tracing::debug!(?delay, "the relay is busy; trying again");
+                    tokio::time::sleep(delay).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn login_once(
         relay: &RelayTarget,
         identity: &Identity,
         credential: &str,
@@ -1247,6 +1284,13 @@ impl Link {
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(ClientError::Timeout(CONNECT_TIMEOUT)),
             Ok(Ok(connection)) => Ok((endpoint, connection)),
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Err(ClientError::RelayBusy {
+                    address: relay.address.clone(),
+                })
+            }
             Ok(Err(err)) => {
                 let got = seen.lock().ok().and_then(|seen| *seen);
                 Err(match got {

@@ -40,9 +40,9 @@ pub use cmdop_identity as identity;
 pub use cmdop_proto as proto;
 pub use cmdop_proto::RelayFingerprint;
 pub use connection::{
-    AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT,
-    ClientConnection, ClientError, ComeBack, Dialer, EnrolmentReply, IncomingStream,
-    REQUEST_TIMEOUT, RelayTarget, RoutedStream, StreamAcceptor, check_relay_address,
-    reconnect_delay,
+    AgentConnection, AgentRegistration, BACKOFF_INITIAL, BACKOFF_MAX, BUSY_PATIENCE,
+    CONNECT_TIMEOUT, ClientConnection, ClientError, ComeBack, Dialer, EnrolmentReply,
+    IncomingStream, REQUEST_TIMEOUT, RelayTarget, RoutedStream, StreamAcceptor,
+    check_relay_address, reconnect_delay,
 };
 pub use machine::{Candidate, Machine};

@@ -260,8 +260,10 @@ async fn connections_beyond_the_limit_are_refused() {
         )
         .unwrap(),
     );
+    // The second attempt waits for the one slot (up to `MAX_WAIT`), which the first, never logging in,
+    // holds for longer: it is refused then, never accepted.
     let second = tokio::time::timeout(
-        Duration::from_secs(5),
+        MAX_WAIT + Duration::from_secs(3),
         endpoint.connect(running.addr, "cmdop-relay").unwrap(),
     )
     .await
@@ -270,6 +272,7 @@ async fn connections_beyond_the_limit_are_refused() {
         second.is_err(),
         "second unauthenticated connection accepted"
     );
+    assert_eq!(metric(&running.metrics, "cmdop_relay_login_waits_total"), 1);
     let _ = running.stop.send(());
     running.task.await.unwrap().unwrap();
 }
@@ -700,6 +703,51 @@ async fn attempts_beyond_the_login_slots_wait_for_one_instead_of_being_refused()
         refused.len()
     );
     assert!(metric(&running.metrics, "cmdop_relay_login_waits_total") > 0);
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
+/// A person's command reaches a relay that is momentarily full: the relay refuses the handshake (here its
+/// connection limit, as a reconnect storm fills its login slots and waiting room), and the client tries again
+/// with backoff instead of failing at the first refusal.
+#[tokio::test]
+async fn a_client_login_waits_out_a_relay_too_busy_to_take_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let running = start(dir.path(), limits).await;
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let identity = || cmdop_identity::Identity::generate(&mut OsRng);
+    let first = ClientConnection::login(&target, &identity(), &member.expose_text())
+        .await
+        .unwrap();
+    let second = {
+        let (target, key, identity) = (target.clone(), member.expose_text(), identity());
+        tokio::spawn(async move { ClientConnection::login(&target, &identity, &key).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.close().await;
+    let second = tokio::time::timeout(cmdop_client::BUSY_PATIENCE + Duration::from_secs(5), second)
+        .await
+        .expect("the second login neither finished nor gave up")
+        .unwrap()
+        .expect("the second login failed although the relay had room again");
+    assert!(
+        running
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| l.contains("reason=\"connection_limit\"") && !l.ends_with(" 0")),
+        "the relay never refused the second login"
+    );
+    second.close().await;
     let _ = running.stop.send(());
     running.task.await.unwrap().unwrap();
 }
