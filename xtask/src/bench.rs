@@ -40,6 +40,8 @@ const DEFAULT_RUNS: usize = 30;
 const BINARIES_ENV: &str = "CMDOP_BENCH_BINARIES";
 const WARMUP_RUNS: usize = 3;
 const SSHD: &str = "/usr/sbin/sshd";
+/// cmdop's exec time as a share of ssh's that `bench exec` aims at (issue 16).
+const GOAL: f64 = 0.03;
 /// The heading of this benchmark's section in `docs/benchmarks.md`; the section is replaced on every run.
 const SECTION: &str = "## exec: cmdop vs ssh";
 
@@ -455,11 +457,12 @@ impl Report {
         if let [(_, cmdop), (_, ssh), ..] = self.rows.as_slice() {
             let ratio =
                 cmdop.median.as_secs_f64() / ssh.median.as_secs_f64().max(f64::MIN_POSITIVE);
-            let verdict = if ratio <= 0.25 { "met" } else { "not met" };
+            // Issue 16's goal; the first one, 0.25×, was met long ago.
+            let verdict = if ratio <= GOAL { "met" } else { "not met" };
             let what = if self.exec { "" } else { " (stand-in)" };
             let _ = writeln!(
                 out,
-                "\nRatio of medians, cmdop{what} / ssh: **{ratio:.3}×** (goal ≤ 0.25×: {verdict})."
+                "\nRatio of medians, cmdop{what} / ssh: **{ratio:.3}×** (goal ≤ {GOAL}×: {verdict})."
             );
         }
         out
