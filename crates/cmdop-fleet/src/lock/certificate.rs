@@ -53,6 +53,16 @@ fn check_validity(
     Ok(())
 }
 
+/// The certificate's hostname, which must already be in the form [`Hostname::parse`] gives it (lower case):
+/// a signed document has one encoding, so that what was signed, what is shown and what the resolver matches are
+/// the same bytes, and a relay cannot pass off `WEB-1` for a certificate signed for `web-1`.
+fn canonical_hostname(text: &str) -> Result<Hostname, LockError> {
+    match Hostname::parse(text) {
+        Ok(hostname) if hostname.as_str() == text => Ok(hostname),
+        _ => Err(LockError::Malformed { what: MACHINE }),
+    }
+}
+
 /// What a machine certificate says: this agent key is machine `machine` of `fleet`, named `hostname`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachineCertificateBody {
@@ -105,8 +115,7 @@ impl MachineCertificateBody {
             fleet: FleetId::from_bytes(wire.fleet),
             machine: MachineId::from_bytes(wire.machine),
             agent_key: key(MACHINE, &wire.agent_key)?,
-            hostname: Hostname::parse(&wire.hostname)
-                .map_err(|_| LockError::Malformed { what: MACHINE })?,
+            hostname: canonical_hostname(&wire.hostname)?,
             issued_at: Timestamp::from_unix_seconds(wire.issued_at),
             expires: Timestamp::from_unix_seconds(wire.expires),
         })

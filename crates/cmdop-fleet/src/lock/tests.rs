@@ -182,6 +182,23 @@ fn golden_bytes_match_an_independent_implementation() {
     );
 }
 
+/// A signed document has exactly one encoding: a hostname in any other case than the canonical lower case is
+/// refused, not quietly lowered (which made the decoder accept bytes it would never produce; found by the
+/// `fleet_lock_documents` fuzz target).
+#[test]
+fn a_machine_certificate_with_a_hostname_in_another_case_is_malformed() {
+    let mut bytes = body(&id(0x0c)).sign_as_admin(&id(0x0a)).to_bytes();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"web-1")
+        .expect("the hostname is in the encoding");
+    bytes[at..at + 5].copy_from_slice(b"wEb-1");
+    assert!(matches!(
+        MachineCertificate::from_bytes(&bytes),
+        Err(LockError::Malformed { .. })
+    ));
+}
+
 #[test]
 fn the_golden_bytes_are_the_ones_in_the_docs() {
     let doc: String = include_str!("../../../../docs/fleet.md")
