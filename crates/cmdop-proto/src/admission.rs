@@ -207,7 +207,7 @@ impl Admission {
 ///
 /// A refused attempt backs off, and a machine refused a few times over waits its longest backoff (30 s) before
 /// it tries again, whatever the relay could take meanwhile: in a reconnect storm of 10,000 agents that, not
-/// the relay's work, set the p99. A waiting attempt costs the relay only what quinn keeps of its first packets
+/// the relay's work, set the p99. A waiting attempt costs the relay only what its transport keeps of its first packets
 /// (capped by the endpoint's incoming buffers), and gets the next free slot, oldest first. The room is bounded
 /// in total and per source, like every other pre-login resource, and nobody waits longer than `max_wait`:
 /// past that the caller refuses the attempt, well before the peer's own connection timeout.
@@ -286,18 +286,29 @@ impl<T> WaitingRoom<T> {
         self.queue.front().map(|w| w.since + self.max_wait)
     }
 
-    /// The longest-waiting attempt and its source, without taking it out.
-    pub fn front(&self) -> Option<(&str, &T)> {
-        self.queue.front().map(|w| (w.source.as_str(), &w.item))
+    /// The attempt `index` places from the front (0: the longest-waiting) and its source, without taking it
+    /// out. A caller looks past the front when the front's source is at its share of the slots, so that one
+    /// source's attempts cannot hold up everybody else's.
+    pub fn peek(&self, index: usize) -> Option<(&str, &T)> {
+        self.queue.get(index).map(|w| (w.source.as_str(), &w.item))
+    }
+
+    /// Takes out the attempt `index` places from the front.
+    pub fn take(&mut self, index: usize) -> Option<T> {
+        self.remove(index).map(|w| w.item)
     }
 
     /// Takes out the longest-waiting attempt.
     pub fn take_front(&mut self) -> Option<T> {
-        self.pop().map(|w| w.item)
+        self.take(0)
     }
 
     fn pop(&mut self) -> Option<Waiting<T>> {
-        let waiting = self.queue.pop_front()?;
+        self.remove(0)
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Waiting<T>> {
+        let waiting = self.queue.remove(index)?;
         if let Some(held) = self.per_source.get_mut(&waiting.source) {
             *held -= 1;
             if *held == 0 {
@@ -487,7 +498,9 @@ mod tests {
         assert_eq!(room.push("a", 3, at(20)), Err(3));
         assert!(room.push("b", 4, at(30)).is_ok());
         assert_eq!(room.push("c", 5, at(40)), Err(5));
-        assert_eq!(room.front(), Some(("a", &1)));
+        assert_eq!(room.peek(0), Some(("a", &1)));
+        assert_eq!(room.peek(2), Some(("b", &4)));
+        assert_eq!(room.peek(3), None);
         assert_eq!(room.take_front(), Some(1));
         // A place taken out is a place free again, for the room and for its source.
         assert!(room.push("a", 6, at(50)).is_ok());
@@ -495,7 +508,14 @@ mod tests {
         assert_eq!(room.expire(at(3009)), Vec::<i32>::new());
         assert_eq!(room.expire(at(3030)), vec![2, 4]);
         assert_eq!(room.len(), 1);
+        // Taken from the middle: its source's place is free again too.
+        assert!(room.push("b", 7, at(3040)).is_ok());
+        assert_eq!(room.take(1), Some(7));
+        assert!(room.push("b", 8, at(3050)).is_ok());
+        assert!(room.push("b", 9, at(3060)).is_ok());
         assert_eq!(room.take_front(), Some(6));
+        assert_eq!(room.take_front(), Some(8));
+        assert_eq!(room.take_front(), Some(9));
         assert!(room.is_empty());
         assert_eq!(room.next_expiry(), None);
     }

@@ -491,7 +491,13 @@ impl Server {
                 .handshake_failed(FailureReason::UnauthenticatedLimit);
             incoming.refuse();
         }
-        while let Some((source, (incoming, _))) = waiting.front() {
+        // From the front, past attempts whose source is at its share of the slots (one source must not hold up
+        // the others'), but only so far: each look is an admission decision.
+        let mut index = 0;
+        while index < WAITING_SCAN {
+            let Some((source, (incoming, _))) = waiting.peek(index) else {
+                break;
+            };
             let validated = incoming.remote_address_validated();
             let ticket = match self.shared.admission().admit(source, validated, now) {
                 Admit::Accept(ticket) => ticket,
@@ -500,7 +506,7 @@ impl Server {
                     ticket
                 }
                 Admit::Retry => {
-                    if let Some((incoming, _permit)) = waiting.take_front() {
+                    if let Some((incoming, _permit)) = waiting.take(index) {
                         self.shared.metrics.retry_sent();
                         if let Err(err) = incoming.retry() {
                             err.into_incoming().refuse();
@@ -508,10 +514,14 @@ impl Server {
                     }
                     continue;
                 }
-                // Still no slot (for this source): it keeps its place at the front.
+                Admit::Refuse(AdmissionRefusal::SourceBusy) => {
+                    index += 1;
+                    continue;
+                }
+                // No slot for anybody: everyone keeps their place.
                 _ => break,
             };
-            let Some((incoming, permit)) = waiting.take_front() else {
+            let Some((incoming, permit)) = waiting.take(index) else {
                 self.shared.admission().done(ticket);
                 break;
             };
@@ -839,6 +849,9 @@ type Attempt = (quinn::Incoming, OwnedSemaphorePermit);
 /// storm of thousands then queues for the next free slot instead of being refused and backing off for up to
 /// 30 s ([`WaitingRoom`]).
 const WAITING_PER_SLOT: usize = 32;
+
+/// How many waiting attempts one free slot is offered to, from the front, before the rest wait on.
+const WAITING_SCAN: usize = 64;
 
 /// The longest an attempt waits for a login slot before it is refused: within a peer's 10 s connection
 /// timeout, so that it still has time to log in once admitted.

@@ -707,6 +707,75 @@ async fn attempts_beyond_the_login_slots_wait_for_one_instead_of_being_refused()
     running.task.await.unwrap().unwrap();
 }
 
+/// A source at its share of the login slots does not hold up the attempts waiting behind its own: a freed slot
+/// goes to the first waiting attempt that may take it, not only to the longest-waiting one.
+#[tokio::test]
+async fn a_source_at_its_share_does_not_hold_up_others_waiting_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, member) = admin
+        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
+        .unwrap();
+    let limits = Limits {
+        max_unauthenticated: 4,
+        max_unauthenticated_per_source: 2,
+        retry_from: 1_000,
+        ..Limits::default()
+    };
+    let running = start(dir.path(), limits).await;
+    let config = client_config(
+        running.fingerprint,
+        Arc::new(Mutex::new(None)),
+        &Limits::default(),
+    )
+    .unwrap();
+    let silent = |last: u8| {
+        let config = config.clone();
+        let addr = running.addr;
+        async move {
+            let mut endpoint =
+                quinn::Endpoint::client((std::net::Ipv4Addr::new(127, 0, 0, last), 0).into())
+                    .unwrap();
+            endpoint.set_default_client_config(config);
+            let connecting = endpoint
+                .connect(addr, cmdop_client::transport::SERVER_NAME)
+                .unwrap();
+            (endpoint, connecting)
+        }
+    };
+    // Every slot taken by attempts that never log in: two from 127.0.0.4 (its share), two from 127.0.0.3.
+    let mut held = Vec::new();
+    for last in [4, 4, 3, 3] {
+        let (endpoint, connecting) = silent(last).await;
+        held.push((endpoint, connecting.await.unwrap()));
+    }
+    // 127.0.0.4 tries once more: over its share, it waits at the front of the room.
+    let (_front_endpoint, front) = silent(4).await;
+    let _front = tokio::spawn(front);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A real login from 127.0.0.1 finds every slot taken by young attempts and waits behind it.
+    let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
+    let key = member.expose_text();
+    let login = tokio::spawn(async move {
+        let identity = cmdop_identity::Identity::generate(&mut OsRng);
+        ClientConnection::login(&target, &identity, &key).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One of 127.0.0.3's slots frees: it goes to the login, which 127.0.0.4's front place must not block.
+    let (endpoint, connection) = held.pop().unwrap();
+    connection.close(0u32.into(), b"");
+    drop(endpoint);
+    let client = tokio::time::timeout(Duration::from_secs(3), login)
+        .await
+        .expect("the login waited behind an attempt that could not take the slot")
+        .unwrap()
+        .unwrap();
+    client.close().await;
+    let _ = running.stop.send(());
+    running.task.await.unwrap().unwrap();
+}
+
 /// A person's command reaches a relay that is momentarily full: the relay refuses the handshake (here its
 /// connection limit, as a reconnect storm fills its login slots and waiting room), and the client tries again
 /// with backoff instead of failing at the first refusal.
