@@ -226,7 +226,7 @@ fn server_transport(
 
 /// The relay's server configuration per route MTU: a connection is accepted with MTU discovery bounded by
 /// what the route back to its peer carries (`cmdop_client::transport::mtu_upper_bound_towards`), so a peer
-/// behind an Ethernet route costs no 16 KiB probe buffer. One configuration per distinct bound (a handful on
+/// behind an Ethernet route costs no 9 KB probe buffer. One configuration per distinct bound (a handful on
 /// any relay), shared by every connection that has it.
 pub(crate) struct RouteConfigs {
     base: quinn::ServerConfig,

@@ -1,11 +1,11 @@
 //! `cargo xtask bench … --link-mtu BYTES`: any benchmark, run again inside a network namespace of its own whose
 //! loopback interface has that MTU, so loopback stands in for an Ethernet path (1500) instead of its own 65,536.
 //!
-//! Why it matters: quinn's path MTU discovery probes up to `Limits::mtu_upper_bound` (16 KiB) with packets
+//! Why it matters: quinn's path MTU discovery probes up to `Limits::mtu_upper_bound` (8,972 bytes) with packets
 //! padded by PADDING frames, and every connection keeps a send buffer of its current path MTU. On loopback the
-//! probes succeed, so each connection pays for 16 KiB packets: their buffers, and the receiver's parsing of
-//! up to ~140 KB of padding per connection. On an Ethernet path the kernel refuses the larger probes locally
-//! (EMSGSIZE) and discovery settles just under 1500, which is what a relay on a real network sees.
+//! probes succeed, so each connection pays for 9 KB packets: their buffers, and the receiver's parsing of
+//! ~35 KB of padding per connection. Behind an Ethernet route discovery stops at what the route carries
+//! (1,472 bytes), which is what a relay on a real network sees.
 
 use std::path::Path;
 use std::process::Command;
