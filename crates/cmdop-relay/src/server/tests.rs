@@ -21,6 +21,17 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
+/// A data directory holding fleet `prod` and one key of `role` in it, with the store to make more keys.
+fn fleet_with_key(role: KeyRole) -> (tempfile::TempDir, Store, cmdop_fleet::CredentialSecret) {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Store::open(dir.path()).unwrap();
+    admin.create_fleet("prod", now().unix).unwrap();
+    let (_, key) = admin
+        .create_api_key("prod", role, None, None, now().unix)
+        .unwrap();
+    (dir, admin, key)
+}
+
 async fn start(data: &std::path::Path, limits: Limits) -> Running {
     let (tls, _) = TlsIdentity::load_or_generate(data).unwrap();
     let mut config = ServerConfig::new(data.to_owned(), "127.0.0.1:0".parse().unwrap(), tls);
@@ -150,12 +161,7 @@ fn bad_frame(reply: Option<RelayMessage>) -> bool {
 
 #[tokio::test]
 async fn malformed_and_oversized_frames_get_an_error_and_others_keep_being_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let running = start(dir.path(), Limits::default()).await;
 
     let oversized = u32::try_from(MAX_FRAME_SIZE + 1).unwrap().to_be_bytes();
@@ -287,12 +293,7 @@ struct LoggedInClient {
 }
 
 async fn logged_in_client(recheck: Duration) -> LoggedInClient {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let (tls, _) = TlsIdentity::load_or_generate(dir.path()).unwrap();
     let mut config = ServerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap(), tls);
     config.revocation_recheck = recheck;
@@ -490,12 +491,7 @@ fn loopback_source(i: usize) -> std::net::Ipv4Addr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_gets_in_during_a_flood_of_spoofed_handshakes() {
     const FLOOD: usize = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let running = start(dir.path(), Limits::default()).await;
     let baseline = {
         let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
@@ -577,12 +573,7 @@ fn metric(metrics: &RelayMetrics, name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_gets_in_during_a_flood_of_silent_connections_from_many_addresses() {
     const FLOOD: usize = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let running = start(dir.path(), Limits::default()).await;
     let config = client_config(
         running.fingerprint,
@@ -665,12 +656,7 @@ async fn a_login_gets_in_during_a_flood_of_silent_connections_from_many_addresse
 #[tokio::test]
 async fn attempts_beyond_the_login_slots_wait_for_one_instead_of_being_refused() {
     const LOGINS: usize = 40;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let limits = Limits {
         max_unauthenticated: 4,
         max_unauthenticated_per_source: 4,
@@ -711,12 +697,7 @@ async fn attempts_beyond_the_login_slots_wait_for_one_instead_of_being_refused()
 /// goes to the first waiting attempt that may take it, not only to the longest-waiting one.
 #[tokio::test]
 async fn a_source_at_its_share_does_not_hold_up_others_waiting_behind_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let limits = Limits {
         max_unauthenticated: 4,
         max_unauthenticated_per_source: 2,
@@ -781,12 +762,7 @@ async fn a_source_at_its_share_does_not_hold_up_others_waiting_behind_it() {
 /// with backoff instead of failing at the first refusal.
 #[tokio::test]
 async fn a_client_login_waits_out_a_relay_too_busy_to_take_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, member) = fleet_with_key(KeyRole::Member);
     let limits = Limits {
         max_connections: 1,
         ..Limits::default()
@@ -825,12 +801,7 @@ async fn a_client_login_waits_out_a_relay_too_busy_to_take_it() {
 /// logins are refused with BUSY naming the limit, another key is unaffected, and a freed slot is usable again.
 #[tokio::test]
 async fn a_credential_cannot_hold_more_than_its_share_of_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, member) = admin
-        .create_api_key("prod", KeyRole::Member, None, None, now().unix)
-        .unwrap();
+    let (dir, admin, member) = fleet_with_key(KeyRole::Member);
     let (_, other) = admin
         .create_api_key("prod", KeyRole::Member, None, None, now().unix)
         .unwrap();
@@ -887,12 +858,7 @@ async fn a_credential_cannot_hold_more_than_its_share_of_connections() {
 /// within a fraction of a second instead of draining for its full timeout.
 #[tokio::test]
 async fn a_stopping_relay_tells_its_agents_when_to_come_back_and_stops_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = Store::open(dir.path()).unwrap();
-    admin.create_fleet("prod", now().unix).unwrap();
-    let (_, agent_key) = admin
-        .create_api_key("prod", KeyRole::Agent, None, None, now().unix)
-        .unwrap();
+    let (dir, _admin, agent_key) = fleet_with_key(KeyRole::Agent);
     let running = start(dir.path(), Limits::default()).await;
     let target = RelayTarget::new(running.addr.to_string(), running.fingerprint);
     let registration = cmdop_client::AgentRegistration {
