@@ -111,6 +111,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// These limits for a connection to or from `peer`: the MTU bound lowered to what the route to it carries
+    /// ([`mtu_upper_bound_towards`]).
+    pub fn towards(&self, peer: SocketAddr) -> Self {
+        Self {
+            mtu_upper_bound: mtu_upper_bound_towards(self, peer),
+            ..self.clone()
+        }
+    }
+
     /// The connection-level windows (receive and send) of the connection between an agent and the relay: room
     /// for every stream's window at once, plus one for the control stream.
     ///
@@ -227,13 +236,9 @@ pub fn mtu_upper_bound_towards(limits: &Limits, peer: SocketAddr) -> u16 {
 }
 
 /// [`transport_config`] for a connection to or from `peer`: MTU discovery bounded by the route
-/// ([`mtu_upper_bound_towards`]).
+/// ([`Limits::towards`]).
 pub fn transport_config_towards(limits: &Limits, peer: SocketAddr) -> quinn::TransportConfig {
-    let limits = Limits {
-        mtu_upper_bound: mtu_upper_bound_towards(limits, peer),
-        ..limits.clone()
-    };
-    transport_config(&limits)
+    transport_config(&limits.towards(peer))
 }
 
 /// The smallest change path MTU discovery keeps searching for, towards `upper_bound`: a sixteenth of the range

@@ -225,7 +225,7 @@ fn server_transport(
 }
 
 /// The relay's server configuration per route MTU: a connection is accepted with MTU discovery bounded by
-/// what the route back to its peer carries (`cmdop_client::transport::mtu_upper_bound_towards`), so a peer
+/// what the route back to its peer carries (`cmdop_client::transport::Limits::towards`), so a peer
 /// behind an Ethernet route costs no 9 KB probe buffer. One configuration per distinct bound (a handful on
 /// any relay), shared by every connection that has it.
 pub(crate) struct RouteConfigs {
@@ -251,7 +251,8 @@ impl RouteConfigs {
 
     /// The configuration to accept a connection from `peer` with.
     pub(crate) fn towards(&self, peer: std::net::SocketAddr) -> Arc<quinn::ServerConfig> {
-        let bound = cmdop_client::transport::mtu_upper_bound_towards(&self.limits, peer);
+        let limits = self.limits.towards(peer);
+        let bound = limits.mtu_upper_bound;
         let mut made = self
             .made
             .lock()
@@ -259,10 +260,6 @@ impl RouteConfigs {
         if let Some((_, config)) = made.iter().find(|(b, _)| *b == bound) {
             return config.clone();
         }
-        let limits = Limits {
-            mtu_upper_bound: bound,
-            ..self.limits.clone()
-        };
         let mut config = self.base.clone();
         config.transport_config(Arc::new(server_transport(
             transport_config(&limits),
