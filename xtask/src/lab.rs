@@ -12,7 +12,7 @@
 mod floods;
 mod forwarder;
 mod helpers;
-mod net;
+pub(crate) mod net;
 mod probe;
 mod scenarios;
 mod terminal;

@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::contour;
+use crate::lab::net::{ip, kill_all_in};
 
 /// Set inside the namespace, to the link MTU, so the reports can say where they ran.
 const ENV: &str = "CMDOP_BENCH_LINK_MTU";
@@ -103,30 +104,8 @@ pub(crate) fn machine_note() -> String {
 
 fn remove_namespace() {
     // Processes left inside would keep it alive; the benchmarks stop their own, this is for a crash.
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", NETNS]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", NETNS])
-        .stderr(std::process::Stdio::null())
-        .status();
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    kill_all_in(NETNS);
+    let _ = ip(&["netns", "del", NETNS]);
 }
 
 #[cfg(test)]

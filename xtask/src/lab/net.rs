@@ -527,7 +527,8 @@ pub(crate) fn teardown() {
     }
 }
 
-fn kill_all_in(netns: &str) {
+/// Stops every process still running in `netns`: TERM, then KILL after 5 s.
+pub(crate) fn kill_all_in(netns: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut signal = "TERM";
     loop {
@@ -559,7 +560,8 @@ fn counter_packets(listing: &str) -> u64 {
         .sum()
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS`; a failure names the command and what it printed.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     run_quiet(Command::new("ip").args(args)).map(|_| ())
 }
 
