@@ -448,10 +448,7 @@ impl Server {
                 ticket
             }
             Admit::Retry => {
-                self.shared.metrics.retry_sent();
-                if let Err(err) = incoming.retry() {
-                    err.into_incoming().refuse();
-                }
+                self.send_retry(incoming);
                 return;
             }
             Admit::Refuse(refusal) => {
@@ -507,10 +504,7 @@ impl Server {
                 }
                 Admit::Retry => {
                     if let Some((incoming, _permit)) = waiting.take(index) {
-                        self.shared.metrics.retry_sent();
-                        if let Err(err) = incoming.retry() {
-                            err.into_incoming().refuse();
-                        }
+                        self.send_retry(incoming);
                     }
                     continue;
                 }
@@ -526,6 +520,14 @@ impl Server {
                 break;
             };
             self.start_login(incoming, permit, ticket);
+        }
+    }
+
+    /// Answers an attempt with a QUIC Retry (its address must be proven first), or refuses it if quinn cannot.
+    fn send_retry(&self, incoming: quinn::Incoming) {
+        self.shared.metrics.retry_sent();
+        if let Err(err) = incoming.retry() {
+            err.into_incoming().refuse();
         }
     }
 
