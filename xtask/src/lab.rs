@@ -435,6 +435,15 @@ impl Lab {
             .unwrap_or(Value::Null)
     }
 
+    /// `cmdop connect forward MACHINE SPEC` on the client, once it says it is forwarding; stopped on drop.
+    pub(crate) fn forward(&self, spec: &str) -> Result<Running> {
+        let mut forward = self.contour.cli();
+        forward.args(["connect", "forward", &self.contour.machine, spec]);
+        Ok(Running(start_until(&mut forward, "forwarding", |line| {
+            line.starts_with("forwarding")
+        })?))
+    }
+
     /// `xtask lab --helper NAME ARGS…` on `host`.
     pub(crate) fn helper(&self, host: Host, name: &str, args: &[&str]) -> Command {
         let mut command = Net::command(host, &self.xtask);

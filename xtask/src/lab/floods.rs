@@ -171,16 +171,7 @@ fn forward_to_blast(lab: &Lab, local_port: u16, bytes: u64) -> Result<(Running, 
         "listening",
         |line| line.contains("listening"),
     )?);
-    let mut forward = lab.contour.cli();
-    forward.args([
-        "connect",
-        "forward",
-        &lab.contour.machine,
-        &format!("127.0.0.1:{local_port}:127.0.0.1:9000"),
-    ]);
-    let forward = Running(start_until(&mut forward, "forwarding", |line| {
-        line.starts_with("forwarding")
-    })?);
+    let forward = lab.forward(&format!("127.0.0.1:{local_port}:127.0.0.1:9000"))?;
     Ok((server, forward))
 }
 

@@ -207,16 +207,7 @@ impl ForwardedDownload {
             "listening",
             |line| line.contains("listening"),
         )?);
-        let mut forward = lab.contour.cli();
-        forward.args([
-            "connect",
-            "forward",
-            &lab.contour.machine,
-            &format!("{local}:{server}"),
-        ]);
-        let _forward = Running(start_until(&mut forward, "forwarding", |line| {
-            line.starts_with("forwarding")
-        })?);
+        let _forward = lab.forward(&format!("{local}:{server}"))?;
         timed(
             &mut lab.helper(
                 Host::Client,
